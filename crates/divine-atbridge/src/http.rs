@@ -1,0 +1,1 @@
+//! Placeholder for the `http` module; its owner replaces this file.

@@ -1,0 +1,1 @@
+//! Placeholder for the `nostr` module; its owner replaces this file.

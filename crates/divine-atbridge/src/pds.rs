@@ -1,0 +1,1 @@
+//! Placeholder for the `pds` module; its owner replaces this file.

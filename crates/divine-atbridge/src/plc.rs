@@ -1,0 +1,1 @@
+//! Placeholder for the `plc` module; its owner replaces this file.

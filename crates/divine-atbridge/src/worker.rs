@@ -1,0 +1,1 @@
+//! Placeholder for the `worker` module; its owner replaces this file.

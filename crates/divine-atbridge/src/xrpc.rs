@@ -1,0 +1,1 @@
+//! Placeholder for the `xrpc` module; its owner replaces this file.
