@@ -1,0 +1,45 @@
+//! Embedded migrations, applied under a Postgres advisory lock so replicas starting at once never race. Every binary
+//! calls [`run_migrations`] at startup; `divine-atbridge migrate` calls it alone. Owns schema evolution only.
+
+use crate::error::DbError;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// The project's migrations, compiled into every binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+
+/// Number of embedded migrations (for tests and diagnostics).
+pub fn migration_count() -> usize {
+    use diesel_migrations::MigrationSource;
+    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Advisory lock key shared by all migrators (arbitrary constant: "divine-bridge-migrate").
+pub const MIGRATION_LOCK_KEY: i64 = 0x0d1b_4e_b1d6_e001;
+
+/// Applies pending migrations while holding a session advisory lock; returns the versions applied by this call
+/// (empty when another process already did the work).
+pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(conn)?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+        .map_err(|e| DbError::Migration(e.to_string()));
+    let unlock = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(conn);
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+/// True when every embedded migration has been applied (used by `/ready`).
+pub fn migrations_applied(conn: &mut PgConnection) -> Result<bool, DbError> {
+    conn.has_pending_migration(MIGRATIONS)
+        .map(|pending| !pending)
+        .map_err(|e| DbError::Migration(e.to_string()))
+}

@@ -1,0 +1,151 @@
+//! The closed sets of states and kinds stored in Postgres. Each enum names exactly the values of the matching SQL
+//! CHECK constraint (verified by `tests/schema.rs`). Allowed job-state transitions live here, in one place; the
+//! queue's SQL only ever performs transitions this module allows. Owns no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value stored in Postgres.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s { $($s => Ok($name::$variant),)+ other => Err(UnknownValue(stringify!($name), other.to_string())) }
+            }
+        }
+    };
+}
+
+/// A stored string that is not one of the enum's values (schema drift or corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {0} value {1:?}")]
+pub struct UnknownValue(pub &'static str, pub String);
+
+string_enum!(
+    /// Job lifecycle. `queued → running → {succeeded | failed | ineligible | cancelled | queued (retry/reclaim)}`,
+    /// `queued → cancelled`, and operator retry `{failed | cancelled | ineligible} → queued`.
+    JobState {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+        Ineligible => "ineligible",
+    }
+);
+
+impl JobState {
+    /// Terminal states carry `finished_at` and are never leased again unless an operator retries them.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Ineligible
+        )
+    }
+
+    /// The one table of allowed transitions.
+    pub fn can_transition_to(self, to: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, to),
+            (Queued, Running)
+                | (Queued, Cancelled)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Ineligible)
+                | (Running, Cancelled)
+                | (Running, Queued)
+                | (Failed, Queued)
+                | (Cancelled, Queued)
+                | (Ineligible, Queued)
+        )
+    }
+}
+
+string_enum!(
+    /// Kinds of work. One generic table serves them all.
+    JobKind {
+        ProvisionAccount => "provision_account",
+        PublishPost => "publish_post",
+        DeletePost => "delete_post",
+        SyncProfile => "sync_profile",
+        BackfillAuthor => "backfill_author",
+        Noop => "noop",
+    }
+);
+
+string_enum!(
+    /// Account link lifecycle as shown by the gateway's status endpoint.
+    ProvisioningState {
+        Pending => "pending",
+        Provisioning => "provisioning",
+        Ready => "ready",
+        Failed => "failed",
+        Disabled => "disabled",
+    }
+);
+
+string_enum!(
+    /// Lifecycle of a bridged record.
+    RecordState {
+        Reserved => "reserved",
+        Published => "published",
+        Deleted => "deleted",
+        Superseded => "superseded",
+    }
+);
+
+/// Job priorities: lower runs first. Live events go before backfill.
+pub mod priority {
+    /// Live events and account operations.
+    pub const LIVE: i16 = 0;
+    /// History imported on opt-in.
+    pub const BACKFILL: i16 = 10;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().unwrap(), *s);
+        }
+        for k in JobKind::ALL {
+            assert_eq!(k.as_str().parse::<JobKind>().unwrap(), *k);
+        }
+        assert!("bogus".parse::<JobState>().is_err());
+    }
+
+    #[test]
+    fn terminal_states_only_leave_by_operator_retry() {
+        for from in JobState::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                let allowed = from.can_transition_to(*to);
+                let expected = *to == JobState::Queued && *from != JobState::Succeeded;
+                assert_eq!(allowed, expected, "{from} -> {to}");
+            }
+        }
+        assert!(!JobState::Queued.can_transition_to(JobState::Succeeded));
+    }
+}

@@ -1,0 +1,79 @@
+//! Test support: a throwaway database per test (created from `TEST_DATABASE_URL`'s server, default
+//! `postgres://postgres@127.0.0.1:5432`), migrated, and dropped on drop. Only compiled with the `testutil` feature.
+
+use crate::{migrate, Db};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+
+/// A uniquely named database that is dropped (with `FORCE`) when this value is dropped.
+pub struct TestDb {
+    /// Connection URL of the test database.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+impl TestDb {
+    /// Creates an empty database (no migrations).
+    pub fn empty(prefix: &str) -> TestDb {
+        let server = server_url();
+        let admin_url = format!("{server}/postgres");
+        let name = format!(
+            "{}_{}_{}",
+            prefix
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut admin =
+            PgConnection::establish(&admin_url).expect("connect to test Postgres server");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .expect("create test database");
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    /// Creates a database and applies all migrations.
+    pub fn migrated(prefix: &str) -> TestDb {
+        let db = TestDb::empty(prefix);
+        let mut conn = PgConnection::establish(&db.url).expect("connect to test database");
+        migrate::run_migrations(&mut conn).expect("migrations");
+        db
+    }
+
+    /// A pool on the test database.
+    pub fn pool(&self, max_size: u32) -> Db {
+        Db::connect(&self.url, max_size).expect("pool")
+    }
+
+    /// A single connection on the test database.
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_DB").is_some() {
+            eprintln!("keeping test database {}", self.url);
+            return;
+        }
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
+        }
+    }
+}
