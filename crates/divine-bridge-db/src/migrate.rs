@@ -12,7 +12,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 
 /// Number of embedded migrations (for tests and diagnostics).
 pub fn migration_count() -> usize {
-    use diesel_migrations::MigrationSource;
+    use diesel::migration::MigrationSource;
     MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map(|m| m.len()).unwrap_or(0)
 }
 
