@@ -7,9 +7,12 @@
 //! without a measurable gain for this workload. This crate owns SQL and nothing else: no HTTP, no crypto, no
 //! protocol knowledge.
 
+pub mod accounts;
 pub mod class;
 pub mod error;
 pub mod migrate;
+pub mod queue;
+pub mod records;
 pub mod schema;
 pub mod states;
 #[cfg(feature = "testutil")]

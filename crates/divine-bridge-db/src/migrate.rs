@@ -13,7 +13,9 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 /// Number of embedded migrations (for tests and diagnostics).
 pub fn migration_count() -> usize {
     use diesel::migration::MigrationSource;
-    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map(|m| m.len()).unwrap_or(0)
+    MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 /// Advisory lock key shared by all migrators (arbitrary constant: "divine-bridge-migrate").

@@ -1,0 +1,1 @@
+//! Placeholder: record_mappings, tombstones, cursors and session stores; its owner replaces this file.
