@@ -19,7 +19,7 @@ pub fn migration_count() -> usize {
 }
 
 /// Advisory lock key shared by all migrators (arbitrary constant: "divine-bridge-migrate").
-pub const MIGRATION_LOCK_KEY: i64 = 0x0d1b_4e_b1d6_e001;
+pub const MIGRATION_LOCK_KEY: i64 = 0x0d1b_4eb1_d6e0_0001;
 
 /// Applies pending migrations while holding a session advisory lock; returns the versions applied by this call
 /// (empty when another process already did the work).
