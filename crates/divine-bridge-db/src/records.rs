@@ -1,1 +1,422 @@
-//! Placeholder: record_mappings, tombstones, cursors and session stores; its owner replaces this file.
+//! Stores for what the worker remembers between jobs: sealed account keys and provisioning progress, PDS sessions,
+//! Nostr event → ATProto record mappings (the exactly-once ledger), deletion tombstones, profile sync marks and relay
+//! cursors. Plain row access only: no crypto (callers pass sealed bytes), no protocol logic, no job state.
+
+use crate::error::DbError;
+use crate::schema::{
+    account_keys, account_sessions, nostr_tombstones, profile_sync, record_mappings, relay_cursors,
+};
+use crate::states::RecordState;
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Text, Timestamptz};
+
+// ---------------------------------------------------------------------------------------------------------------
+// account_keys
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Sealed key material of one account.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = account_keys)]
+pub struct AccountKeys {
+    pub nostr_pubkey: String,
+    pub kek_id: String,
+    pub signing_key_sealed: Vec<u8>,
+    pub rotation_key_sealed: Vec<u8>,
+    pub password_sealed: Vec<u8>,
+    pub signing_did_key: String,
+    pub rotation_did_key: String,
+    pub provision_state: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Inserts keys unless the account already has some; returns the stored row either way, so a retried provisioning
+/// job always continues with the keys generated on its first try (never a second identity).
+pub fn insert_keys_once(
+    conn: &mut PgConnection,
+    keys: &AccountKeys,
+) -> Result<AccountKeys, DbError> {
+    diesel::insert_into(account_keys::table)
+        .values(keys)
+        .on_conflict(account_keys::nostr_pubkey)
+        .do_nothing()
+        .execute(conn)?;
+    get_keys(conn, &keys.nostr_pubkey)?
+        .ok_or_else(|| DbError::Corrupt("account_keys row vanished".into()))
+}
+
+/// The sealed keys of an account, if generated.
+pub fn get_keys(conn: &mut PgConnection, pubkey: &str) -> Result<Option<AccountKeys>, DbError> {
+    Ok(account_keys::table
+        .find(pubkey)
+        .select(AccountKeys::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Persists the provisioning checkpoint (serialized `identity::ProvisionState`).
+pub fn save_provision_state(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    state: &serde_json::Value,
+) -> Result<(), DbError> {
+    let n = diesel::update(account_keys::table.find(pubkey))
+        .set((
+            account_keys::provision_state.eq(state),
+            account_keys::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(DbError::Corrupt(format!(
+            "no account_keys row for {pubkey}"
+        )))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// account_sessions
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Sealed PDS session tokens of one account.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = account_sessions)]
+pub struct AccountSession {
+    pub did: String,
+    pub nostr_pubkey: String,
+    pub access_jwt_sealed: Vec<u8>,
+    pub refresh_jwt_sealed: Vec<u8>,
+    pub access_expires_at: Option<DateTime<Utc>>,
+    pub refresh_expires_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Upserts the session of `did`.
+pub fn save_session(conn: &mut PgConnection, session: &AccountSession) -> Result<(), DbError> {
+    diesel::insert_into(account_sessions::table)
+        .values(session)
+        .on_conflict(account_sessions::did)
+        .do_update()
+        .set(session)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The stored session of `did`.
+pub fn get_session(conn: &mut PgConnection, did: &str) -> Result<Option<AccountSession>, DbError> {
+    Ok(account_sessions::table
+        .find(did)
+        .select(AccountSession::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// record_mappings: the exactly-once ledger
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One bridged (or reserved) record.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = record_mappings)]
+pub struct RecordMapping {
+    pub nostr_event_id: String,
+    pub nostr_pubkey: String,
+    pub did: String,
+    pub collection: String,
+    pub rkey: String,
+    pub event_kind: i32,
+    pub coordinate: Option<String>,
+    pub event_created_at: DateTime<Utc>,
+    pub state: String,
+    pub record: Option<serde_json::Value>,
+    pub at_uri: Option<String>,
+    pub cid: Option<String>,
+    pub published_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RecordMapping {
+    /// The parsed state.
+    pub fn record_state(&self) -> Result<RecordState, DbError> {
+        Ok(self.state.parse()?)
+    }
+}
+
+/// Reserves the rkey and stores the prepared record BEFORE any side effect. If a reservation for the event already
+/// exists it is returned unchanged (a retry reuses the first try's rkey and record), so the write that follows is an
+/// idempotent `putRecord`.
+pub fn reserve_record(
+    conn: &mut PgConnection,
+    row: &RecordMapping,
+) -> Result<RecordMapping, DbError> {
+    diesel::insert_into(record_mappings::table)
+        .values(row)
+        .on_conflict(record_mappings::nostr_event_id)
+        .do_nothing()
+        .execute(conn)
+        .map_err(DbError::from_diesel)?;
+    get_record(conn, &row.nostr_event_id)?
+        .ok_or_else(|| DbError::Corrupt("record_mappings row vanished".into()))
+}
+
+/// The mapping of a Nostr event.
+pub fn get_record(
+    conn: &mut PgConnection,
+    event_id: &str,
+) -> Result<Option<RecordMapping>, DbError> {
+    Ok(record_mappings::table
+        .find(event_id)
+        .select(RecordMapping::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Replaces the prepared record of a still-`reserved` mapping (e.g. after re-uploading media whose blob ref changed).
+pub fn update_reserved_record(
+    conn: &mut PgConnection,
+    event_id: &str,
+    record: &serde_json::Value,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        record_mappings::table
+            .find(event_id)
+            .filter(record_mappings::state.eq(RecordState::Reserved.as_str())),
+    )
+    .set((
+        record_mappings::record.eq(record),
+        record_mappings::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Marks a reserved mapping published with the PDS's answer.
+pub fn mark_published(
+    conn: &mut PgConnection,
+    event_id: &str,
+    at_uri: &str,
+    cid: &str,
+) -> Result<(), DbError> {
+    let now = Utc::now();
+    diesel::update(record_mappings::table.find(event_id))
+        .set((
+            record_mappings::state.eq(RecordState::Published.as_str()),
+            record_mappings::at_uri.eq(at_uri),
+            record_mappings::cid.eq(cid),
+            record_mappings::published_at.eq(now),
+            record_mappings::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Marks a mapping deleted (kind 5) or superseded (newer addressable revision).
+pub fn mark_removed(
+    conn: &mut PgConnection,
+    event_id: &str,
+    state: RecordState,
+) -> Result<(), DbError> {
+    debug_assert!(matches!(
+        state,
+        RecordState::Deleted | RecordState::Superseded
+    ));
+    let now = Utc::now();
+    diesel::update(record_mappings::table.find(event_id))
+        .set((
+            record_mappings::state.eq(state.as_str()),
+            record_mappings::deleted_at.eq(now),
+            record_mappings::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Live (reserved or published) mappings for an addressable coordinate, newest revision first.
+pub fn live_records_for_coordinate(
+    conn: &mut PgConnection,
+    coordinate: &str,
+) -> Result<Vec<RecordMapping>, DbError> {
+    Ok(record_mappings::table
+        .filter(record_mappings::coordinate.eq(coordinate))
+        .filter(record_mappings::state.eq_any([
+            RecordState::Reserved.as_str(),
+            RecordState::Published.as_str(),
+        ]))
+        .order(record_mappings::event_created_at.desc())
+        .select(RecordMapping::as_select())
+        .load(conn)?)
+}
+
+/// The newest revision (any state) seen for a coordinate.
+pub fn newest_for_coordinate(
+    conn: &mut PgConnection,
+    coordinate: &str,
+) -> Result<Option<RecordMapping>, DbError> {
+    Ok(record_mappings::table
+        .filter(record_mappings::coordinate.eq(coordinate))
+        .order((
+            record_mappings::event_created_at.desc(),
+            record_mappings::nostr_event_id.desc(),
+        ))
+        .select(RecordMapping::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// nostr_tombstones
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A remembered deletion.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = nostr_tombstones)]
+pub struct Tombstone {
+    pub target: String,
+    pub nostr_pubkey: String,
+    pub delete_event_id: String,
+    pub deleted_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a tombstone; the newest delete of a target wins (matters for coordinates, where the delete time decides
+/// which revisions it covers).
+pub fn put_tombstone(conn: &mut PgConnection, t: &Tombstone) -> Result<(), DbError> {
+    diesel::sql_query(
+        "INSERT INTO nostr_tombstones (target, nostr_pubkey, delete_event_id, deleted_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target) DO UPDATE \
+         SET delete_event_id = EXCLUDED.delete_event_id, deleted_at = EXCLUDED.deleted_at \
+         WHERE nostr_tombstones.deleted_at < EXCLUDED.deleted_at",
+    )
+    .bind::<Text, _>(&t.target)
+    .bind::<Text, _>(&t.nostr_pubkey)
+    .bind::<Text, _>(&t.delete_event_id)
+    .bind::<Timestamptz, _>(t.deleted_at)
+    .bind::<Timestamptz, _>(t.created_at)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Whether an event is deleted: by id, or (for addressable events) by a coordinate delete dated at or after the
+/// revision's created_at. Only tombstones by the same author count.
+pub fn is_tombstoned(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    event_id: &str,
+    coordinate: Option<&str>,
+    created_at: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let by_id = nostr_tombstones::table
+        .find(event_id)
+        .filter(nostr_tombstones::nostr_pubkey.eq(pubkey))
+        .count()
+        .get_result::<i64>(conn)?
+        > 0;
+    if by_id {
+        return Ok(true);
+    }
+    let Some(coord) = coordinate else {
+        return Ok(false);
+    };
+    Ok(nostr_tombstones::table
+        .find(coord)
+        .filter(nostr_tombstones::nostr_pubkey.eq(pubkey))
+        .filter(nostr_tombstones::deleted_at.ge(created_at))
+        .count()
+        .get_result::<i64>(conn)?
+        > 0)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// profile_sync
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Claims the right to sync a kind 0 event: true when it is newer than the last synced one (newest wins).
+pub fn claim_profile_event(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    event_id: &str,
+    created_at: DateTime<Utc>,
+) -> Result<bool, DbError> {
+    let n = diesel::sql_query(
+        "INSERT INTO profile_sync (nostr_pubkey, event_id, event_created_at, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (nostr_pubkey) DO UPDATE \
+         SET event_id = EXCLUDED.event_id, event_created_at = EXCLUDED.event_created_at, synced_at = NULL, \
+             updated_at = now() \
+         WHERE (profile_sync.event_created_at, profile_sync.event_id) < (EXCLUDED.event_created_at, EXCLUDED.event_id)",
+    )
+    .bind::<Text, _>(pubkey)
+    .bind::<Text, _>(event_id)
+    .bind::<Timestamptz, _>(created_at)
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Marks the profile event synced, if it is still the newest one.
+pub fn mark_profile_synced(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    event_id: &str,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        profile_sync::table
+            .find(pubkey)
+            .filter(profile_sync::event_id.eq(event_id)),
+    )
+    .set(profile_sync::synced_at.eq(Utc::now()))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// The newest claimed profile event `(event_id, created_at)` of an account.
+pub fn newest_profile_event(
+    conn: &mut PgConnection,
+    pubkey: &str,
+) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+    Ok(profile_sync::table
+        .find(pubkey)
+        .select((profile_sync::event_id, profile_sync::event_created_at))
+        .first(conn)
+        .optional()?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// relay_cursors
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The resume point of a relay.
+pub fn get_cursor(
+    conn: &mut PgConnection,
+    relay: &str,
+) -> Result<Option<(DateTime<Utc>, String)>, DbError> {
+    Ok(relay_cursors::table
+        .find(relay)
+        .select((relay_cursors::last_created_at, relay_cursors::last_event_id))
+        .first(conn)
+        .optional()?)
+}
+
+/// Advances the cursor of a relay; never moves it backwards ((created_at, id) order).
+pub fn advance_cursor(
+    conn: &mut PgConnection,
+    relay: &str,
+    created_at: DateTime<Utc>,
+    event_id: &str,
+) -> Result<(), DbError> {
+    diesel::sql_query(
+        "INSERT INTO relay_cursors (relay_url, last_created_at, last_event_id, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (relay_url) DO UPDATE \
+         SET last_created_at = EXCLUDED.last_created_at, last_event_id = EXCLUDED.last_event_id, updated_at = now() \
+         WHERE (relay_cursors.last_created_at, relay_cursors.last_event_id) \
+             < (EXCLUDED.last_created_at, EXCLUDED.last_event_id)",
+    )
+    .bind::<Text, _>(relay)
+    .bind::<Timestamptz, _>(created_at)
+    .bind::<Text, _>(event_id)
+    .execute(conn)?;
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Stores behind exactly-once publishing and ordering: reservation reuse, tombstones by id and by coordinate,
+//! newest-wins profiles, monotonic relay cursors, keys inserted once.
+
+use chrono::{Duration, TimeZone, Utc};
+use diesel::prelude::*;
+use divine_bridge_db::records::*;
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::RecordState;
+
+const PK: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn link(conn: &mut PgConnection) {
+    diesel::sql_query(format!(
+        "INSERT INTO account_links (nostr_pubkey, handle) VALUES ('{PK}', 'alice.test')"
+    ))
+    .execute(conn)
+    .unwrap();
+}
+
+fn mapping(
+    event_id: &str,
+    rkey: &str,
+    created: chrono::DateTime<Utc>,
+    coordinate: Option<&str>,
+) -> RecordMapping {
+    RecordMapping {
+        nostr_event_id: event_id.to_string(),
+        nostr_pubkey: PK.to_string(),
+        did: "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".to_string(),
+        collection: "app.bsky.feed.post".to_string(),
+        rkey: rkey.to_string(),
+        event_kind: 34235,
+        coordinate: coordinate.map(str::to_string),
+        event_created_at: created,
+        state: RecordState::Reserved.as_str().to_string(),
+        record: Some(serde_json::json!({"text": rkey})),
+        at_uri: None,
+        cid: None,
+        published_at: None,
+        deleted_at: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+#[test]
+fn reservation_is_reused_by_retries() {
+    let db = TestDb::migrated("records_reserve");
+    let mut conn = db.conn();
+    let id = "a".repeat(64);
+    let first =
+        reserve_record(&mut conn, &mapping(&id, "3kaaaaaaaaa22", Utc::now(), None)).unwrap();
+    let retry =
+        reserve_record(&mut conn, &mapping(&id, "3kbbbbbbbbb22", Utc::now(), None)).unwrap();
+    assert_eq!(
+        retry.rkey, "3kaaaaaaaaa22",
+        "a retry keeps the first try's rkey"
+    );
+    assert_eq!(retry.record, first.record);
+    mark_published(
+        &mut conn,
+        &id,
+        "at://did/app.bsky.feed.post/3kaaaaaaaaa22",
+        "bafycid",
+    )
+    .unwrap();
+    let got = get_record(&mut conn, &id).unwrap().unwrap();
+    assert_eq!(got.record_state().unwrap(), RecordState::Published);
+    assert_eq!(got.cid.as_deref(), Some("bafycid"));
+    assert!(
+        !update_reserved_record(&mut conn, &id, &serde_json::json!({})).unwrap(),
+        "published rows are frozen"
+    );
+}
+
+#[test]
+fn tombstones_cover_ids_and_older_revisions_of_a_coordinate() {
+    let db = TestDb::migrated("records_tomb");
+    let mut conn = db.conn();
+    let t0 = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    let coord = format!("34235:{PK}:clip");
+    put_tombstone(
+        &mut conn,
+        &Tombstone {
+            target: coord.clone(),
+            nostr_pubkey: PK.into(),
+            delete_event_id: "d1".into(),
+            deleted_at: t0,
+            created_at: Utc::now(),
+        },
+    )
+    .unwrap();
+    assert!(is_tombstoned(
+        &mut conn,
+        PK,
+        &"b".repeat(64),
+        Some(&coord),
+        t0 - Duration::seconds(5)
+    )
+    .unwrap());
+    assert!(is_tombstoned(&mut conn, PK, &"b".repeat(64), Some(&coord), t0).unwrap());
+    assert!(
+        !is_tombstoned(
+            &mut conn,
+            PK,
+            &"b".repeat(64),
+            Some(&coord),
+            t0 + Duration::seconds(5)
+        )
+        .unwrap(),
+        "newer revision survives"
+    );
+    assert!(
+        !is_tombstoned(
+            &mut conn,
+            &"2".repeat(64),
+            &"b".repeat(64),
+            Some(&coord),
+            t0
+        )
+        .unwrap(),
+        "other author"
+    );
+    // An older delete does not move the tombstone backwards.
+    put_tombstone(
+        &mut conn,
+        &Tombstone {
+            target: coord.clone(),
+            nostr_pubkey: PK.into(),
+            delete_event_id: "d0".into(),
+            deleted_at: t0 - Duration::seconds(100),
+            created_at: Utc::now(),
+        },
+    )
+    .unwrap();
+    assert!(is_tombstoned(
+        &mut conn,
+        PK,
+        &"b".repeat(64),
+        Some(&coord),
+        t0 - Duration::seconds(5)
+    )
+    .unwrap());
+    let id = "c".repeat(64);
+    put_tombstone(
+        &mut conn,
+        &Tombstone {
+            target: id.clone(),
+            nostr_pubkey: PK.into(),
+            delete_event_id: "d2".into(),
+            deleted_at: t0,
+            created_at: Utc::now(),
+        },
+    )
+    .unwrap();
+    assert!(
+        is_tombstoned(&mut conn, PK, &id, None, t0 + Duration::days(1)).unwrap(),
+        "id deletes ignore time"
+    );
+}
+
+#[test]
+fn newest_profile_wins_and_cursors_never_move_back() {
+    let db = TestDb::migrated("records_profile");
+    let mut conn = db.conn();
+    link(&mut conn);
+    let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+    assert!(claim_profile_event(&mut conn, PK, "e2", t).unwrap());
+    assert!(
+        !claim_profile_event(&mut conn, PK, "e1", t - Duration::seconds(1)).unwrap(),
+        "older loses"
+    );
+    assert!(
+        claim_profile_event(&mut conn, PK, "e3", t + Duration::seconds(1)).unwrap(),
+        "newer wins"
+    );
+    assert!(
+        !mark_profile_synced(&mut conn, PK, "e2").unwrap(),
+        "superseded event cannot mark synced"
+    );
+    assert!(mark_profile_synced(&mut conn, PK, "e3").unwrap());
+    assert_eq!(
+        newest_profile_event(&mut conn, PK).unwrap().unwrap().0,
+        "e3"
+    );
+
+    advance_cursor(&mut conn, "wss://r", t, "bb").unwrap();
+    advance_cursor(&mut conn, "wss://r", t - Duration::seconds(10), "ff").unwrap();
+    advance_cursor(&mut conn, "wss://r", t, "aa").unwrap();
+    assert_eq!(
+        get_cursor(&mut conn, "wss://r").unwrap().unwrap(),
+        (t, "bb".to_string())
+    );
+    advance_cursor(&mut conn, "wss://r", t, "cc").unwrap();
+    assert_eq!(
+        get_cursor(&mut conn, "wss://r").unwrap().unwrap(),
+        (t, "cc".to_string())
+    );
+}
+
+#[test]
+fn keys_are_inserted_once() {
+    let db = TestDb::migrated("records_keys");
+    let mut conn = db.conn();
+    link(&mut conn);
+    let keys = |sig: &str| AccountKeys {
+        nostr_pubkey: PK.into(),
+        kek_id: "k1".into(),
+        signing_key_sealed: sig.as_bytes().to_vec(),
+        rotation_key_sealed: vec![2],
+        password_sealed: vec![3],
+        signing_did_key: format!("did:key:{sig}"),
+        rotation_did_key: "did:key:r".into(),
+        provision_state: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    let first = insert_keys_once(&mut conn, &keys("first")).unwrap();
+    let second = insert_keys_once(&mut conn, &keys("second")).unwrap();
+    assert_eq!(
+        second.signing_key_sealed, first.signing_key_sealed,
+        "second generation never replaces the first"
+    );
+    save_provision_state(
+        &mut conn,
+        PK,
+        &serde_json::json!({"step": "plc_registered"}),
+    )
+    .unwrap();
+    assert_eq!(
+        get_keys(&mut conn, PK)
+            .unwrap()
+            .unwrap()
+            .provision_state
+            .unwrap()["step"],
+        "plc_registered"
+    );
+}
