@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod identity;
+pub mod ingest;
 pub mod jwt;
 pub mod keys;
 pub mod media;
