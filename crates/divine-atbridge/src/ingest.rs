@@ -91,15 +91,12 @@ fn event_time(event: &Event) -> DateTime<Utc> {
 }
 
 /// Enqueues the job for an accepted event; `Ok(None)` when it was already enqueued (duplicate delivery).
-pub fn enqueue_event(
-    conn: &mut PgConnection,
-    event: &Event,
-    prio: i16,
-) -> Result<Option<i64>, DbError> {
+pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Result<Option<i64>, DbError> {
     let Some((kind, unique)) = job_for(event) else {
         return Ok(None);
     };
-    let payload = serde_json::json!({ "event": serde_json::to_value(event).map_err(|e| DbError::Corrupt(e.to_string()))? });
+    let payload =
+        serde_json::json!({ "event": serde_json::to_value(event).map_err(|e| DbError::Corrupt(e.to_string()))? });
     let mut job = NewJob::new(kind, event.pubkey.to_hex(), payload).unique(unique);
     job.priority = prio;
     job.source_created_at = Some(event_time(event));
@@ -125,16 +122,9 @@ struct RelayProgress {
 }
 
 /// The live subscription loop. Returns when `shutdown` flips to true.
-pub async fn run(
-    db: Db,
-    cfg: IngestConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     if cfg.relays.is_empty() {
-        tracing::warn!(
-            code = "no_relays_configured",
-            "NOSTR_RELAYS is empty; ingest is idle"
-        );
+        tracing::warn!(code = "no_relays_configured", "NOSTR_RELAYS is empty; ingest is idle");
         let _ = shutdown.wait_for(|s| *s).await;
         return Ok(());
     }
@@ -233,18 +223,10 @@ fn relay_key(url: &str) -> String {
         .unwrap_or_else(|_| url.to_string())
 }
 
-async fn subscribe_relay(
-    client: &Client,
-    db: &Db,
-    cfg: &IngestConfig,
-    relay: &str,
-    authors: &BTreeSet<String>,
-) {
+async fn subscribe_relay(client: &Client, db: &Db, cfg: &IngestConfig, relay: &str, authors: &BTreeSet<String>) {
     let key = relay_key(relay);
     if authors.is_empty() {
-        client
-            .unsubscribe(&SubscriptionId::new(SUBSCRIPTION_ID))
-            .await;
+        client.unsubscribe(&SubscriptionId::new(SUBSCRIPTION_ID)).await;
         return;
     }
     let cursor = {
@@ -259,10 +241,7 @@ async fn subscribe_relay(
             Some(Utc::now().timestamp() - cfg.cursor_overlap.as_secs() as i64)
         }
     };
-    let pubkeys: Vec<PublicKey> = authors
-        .iter()
-        .filter_map(|a| PublicKey::from_hex(a).ok())
-        .collect();
+    let pubkeys: Vec<PublicKey> = authors.iter().filter_map(|a| PublicKey::from_hex(a).ok()).collect();
     let mut filter = Filter::new()
         .authors(pubkeys)
         .kinds(KINDS.iter().map(|k| Kind::from(*k)));
@@ -270,12 +249,7 @@ async fn subscribe_relay(
         filter = filter.since(Timestamp::from(since.max(0) as u64));
     }
     match client
-        .subscribe_with_id_to(
-            [key.as_str()],
-            SubscriptionId::new(SUBSCRIPTION_ID),
-            filter,
-            None,
-        )
+        .subscribe_with_id_to([key.as_str()], SubscriptionId::new(SUBSCRIPTION_ID), filter, None)
         .await
     {
         Ok(_) => tracing::info!(relay = %key, ?since, authors = authors.len(), "subscribed"),
@@ -287,25 +261,18 @@ async fn subscribe_relay(
 
 /// Checks and enqueues one event. Returns the cursor position it reached when the event is durably handled
 /// (enqueued, duplicate, or refused for good); `None` when it must be seen again (database unavailable).
-async fn accept(
-    db: &Db,
-    authors: &BTreeSet<String>,
-    event: Event,
-) -> Option<(DateTime<Utc>, String)> {
+async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event) -> Option<(DateTime<Utc>, String)> {
     let position = (event_time(&event), event.id.to_hex());
     if let Err(rejection) = check_event(&event, Utc::now()) {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => rejection.reason())
-            .increment(1);
+        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => rejection.reason()).increment(1);
         return Some(position);
     }
     if !authors.contains(&event.pubkey.to_hex()) {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => Rejection::NotOptedIn.reason()).increment(1);
+        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => Rejection::NotOptedIn.reason())
+            .increment(1);
         return Some(position);
     }
-    match db
-        .run(move |c| enqueue_event(c, &event, priority::LIVE))
-        .await
-    {
+    match db.run(move |c| enqueue_event(c, &event, priority::LIVE)).await {
         Ok(_) => Some(position),
         Err(e) => {
             tracing::warn!(error = %e, "could not enqueue event; it will be re-read from the cursor");
@@ -321,10 +288,7 @@ async fn flush_cursors(db: &Db, progress: &mut HashMap<String, RelayProgress>) {
         }
         if let Some((at, id)) = p.pending.take() {
             let (relay2, id2) = (relay.clone(), id.clone());
-            if let Err(e) = db
-                .run(move |c| records::advance_cursor(c, &relay2, at, &id2))
-                .await
-            {
+            if let Err(e) = db.run(move |c| records::advance_cursor(c, &relay2, at, &id2)).await {
                 tracing::warn!(relay = %relay, error = %e, "cursor not saved");
                 p.pending = Some((at, id));
             }

@@ -68,12 +68,7 @@ async fn wait_until(conn: &mut PgConnection, done: impl Fn(&[JobRow]) -> bool) -
 
 fn video(keys: &Keys, text: &str) -> Event {
     EventBuilder::new(Kind::from(22u16), text)
-        .tags([Tag::parse([
-            "imeta",
-            "url https://media.divine.video/a.mp4",
-            "m video/mp4",
-        ])
-        .unwrap()])
+        .tags([Tag::parse(["imeta", "url https://media.divine.video/a.mp4", "m video/mp4"]).unwrap()])
         .sign_with_keys(keys)
         .unwrap()
 }
@@ -87,13 +82,7 @@ async fn publisher(urls: &[String]) -> Client {
     client
 }
 
-fn start(
-    db: &TestDb,
-    urls: Vec<String>,
-) -> (
-    watch::Sender<bool>,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+fn start(db: &TestDb, urls: Vec<String>) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let (tx, rx) = watch::channel(false);
     let cfg = IngestConfig {
         relays: urls,
@@ -122,10 +111,7 @@ async fn relay_events_become_exactly_one_job_each() {
 
     let v = video(&alice, "first clip");
     client.send_event(&v).await.unwrap(); // reaches both relays: must still be one job
-    client
-        .send_event(&video(&bob, "disabled account"))
-        .await
-        .unwrap();
+    client.send_event(&video(&bob, "disabled account")).await.unwrap();
     client.send_event(&video(&carol, "stranger")).await.unwrap();
     let del = EventBuilder::new(Kind::from(5u16), "")
         .tags([Tag::event(v.id)])
@@ -141,11 +127,7 @@ async fn relay_events_become_exactly_one_job_each() {
     tokio::time::sleep(Duration::from_millis(500)).await; // would let a duplicate arrive
     let rows2 = jobs(&mut conn);
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert_eq!(
-        rows2.len(),
-        3,
-        "no duplicate job from the second relay: {rows2:?}"
-    );
+    assert_eq!(rows2.len(), 3, "no duplicate job from the second relay: {rows2:?}");
     let keys: Vec<&str> = rows2.iter().map(|r| r.unique_key.as_str()).collect();
     assert!(keys.contains(&format!("publish:{}", v.id.to_hex()).as_str()));
     assert!(keys.contains(&format!("delete:{}", del.id.to_hex()).as_str()));
@@ -171,16 +153,10 @@ async fn relay_events_become_exactly_one_job_each() {
     let b2 = video(&bob, "bob is back");
     client.send_event(&b2).await.unwrap();
     let b2_key = format!("publish:{}", b2.id.to_hex());
-    let rows = wait_until(&mut conn, |rows| {
-        rows.iter().any(|r| r.unique_key == b2_key)
-    })
-    .await;
+    let rows = wait_until(&mut conn, |rows| rows.iter().any(|r| r.unique_key == b2_key)).await;
     assert!(rows.iter().any(|r| r.unique_key == b2_key), "{rows:?}");
     let before_restart = rows.len();
-    assert_eq!(
-        before_restart, 5,
-        "bob's two posts join alice's three jobs: {rows:?}"
-    );
+    assert_eq!(before_restart, 5, "bob's two posts join alice's three jobs: {rows:?}");
 
     // Cursors were persisted for both relays.
     #[derive(QueryableByName)]
@@ -232,10 +208,7 @@ fn refuses_bad_signatures_future_events_and_other_kinds() {
         .custom_created_at(Timestamp::from(now.timestamp() as u64 + 11 * 60))
         .sign_with_keys(&keys)
         .unwrap();
-    assert_eq!(
-        ingest::check_event(&future, now).unwrap_err().reason(),
-        "future_dated"
-    );
+    assert_eq!(ingest::check_event(&future, now).unwrap_err().reason(), "future_dated");
     let near_future = EventBuilder::new(Kind::from(22u16), "soon")
         .custom_created_at(Timestamp::from(now.timestamp() as u64 + 9 * 60))
         .sign_with_keys(&keys)
@@ -248,14 +221,9 @@ fn refuses_bad_signatures_future_events_and_other_kinds() {
     let mut forged: serde_json::Value = serde_json::to_value(&ok).unwrap();
     forged["content"] = serde_json::json!("tampered");
     let forged: Event = serde_json::from_value(forged).unwrap();
-    assert_eq!(
-        ingest::check_event(&forged, now).unwrap_err().reason(),
-        "bad_signature"
-    );
+    assert_eq!(ingest::check_event(&forged, now).unwrap_err().reason(), "bad_signature");
 
-    let note = EventBuilder::text_note("plain note")
-        .sign_with_keys(&keys)
-        .unwrap();
+    let note = EventBuilder::text_note("plain note").sign_with_keys(&keys).unwrap();
     assert_eq!(
         ingest::check_event(&note, now).unwrap_err().reason(),
         "unsupported_kind"

@@ -28,21 +28,16 @@ impl DbError {
         matches!(self, DbError::UniqueViolation { .. })
             || matches!(
                 self,
-                DbError::Query(DieselError::DatabaseError(
-                    DatabaseErrorKind::UniqueViolation,
-                    _
-                ))
+                DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
             )
     }
 
     /// Converts a raw Diesel error, lifting unique violations into a variant carrying the constraint name.
     pub fn from_diesel(e: DieselError) -> DbError {
         match e {
-            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                DbError::UniqueViolation {
-                    constraint: info.constraint_name().unwrap_or("unknown").to_string(),
-                }
-            }
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => DbError::UniqueViolation {
+                constraint: info.constraint_name().unwrap_or("unknown").to_string(),
+            },
             other => DbError::Query(other),
         }
     }
@@ -77,9 +72,7 @@ impl Classified for DbError {
             },
             DbError::Query(DieselError::BrokenTransactionManager) => ErrorClass::Transient,
             DbError::Query(_) => ErrorClass::Permanent,
-            DbError::Migration(_) | DbError::UniqueViolation { .. } | DbError::Corrupt(_) => {
-                ErrorClass::Permanent
-            }
+            DbError::Migration(_) | DbError::UniqueViolation { .. } | DbError::Corrupt(_) => ErrorClass::Permanent,
         }
     }
 }

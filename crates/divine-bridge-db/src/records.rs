@@ -3,9 +3,7 @@
 //! cursors. Plain row access only: no crypto (callers pass sealed bytes), no protocol logic, no job state.
 
 use crate::error::DbError;
-use crate::schema::{
-    account_keys, account_sessions, nostr_tombstones, profile_sync, record_mappings, relay_cursors,
-};
+use crate::schema::{account_keys, account_sessions, nostr_tombstones, profile_sync, record_mappings, relay_cursors};
 use crate::states::RecordState;
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
@@ -34,17 +32,13 @@ pub struct AccountKeys {
 
 /// Inserts keys unless the account already has some; returns the stored row either way, so a retried provisioning
 /// job always continues with the keys generated on its first try (never a second identity).
-pub fn insert_keys_once(
-    conn: &mut PgConnection,
-    keys: &AccountKeys,
-) -> Result<AccountKeys, DbError> {
+pub fn insert_keys_once(conn: &mut PgConnection, keys: &AccountKeys) -> Result<AccountKeys, DbError> {
     diesel::insert_into(account_keys::table)
         .values(keys)
         .on_conflict(account_keys::nostr_pubkey)
         .do_nothing()
         .execute(conn)?;
-    get_keys(conn, &keys.nostr_pubkey)?
-        .ok_or_else(|| DbError::Corrupt("account_keys row vanished".into()))
+    get_keys(conn, &keys.nostr_pubkey)?.ok_or_else(|| DbError::Corrupt("account_keys row vanished".into()))
 }
 
 /// The sealed keys of an account, if generated.
@@ -57,11 +51,7 @@ pub fn get_keys(conn: &mut PgConnection, pubkey: &str) -> Result<Option<AccountK
 }
 
 /// Persists the provisioning checkpoint (serialized `identity::ProvisionState`).
-pub fn save_provision_state(
-    conn: &mut PgConnection,
-    pubkey: &str,
-    state: &serde_json::Value,
-) -> Result<(), DbError> {
+pub fn save_provision_state(conn: &mut PgConnection, pubkey: &str, state: &serde_json::Value) -> Result<(), DbError> {
     let n = diesel::update(account_keys::table.find(pubkey))
         .set((
             account_keys::provision_state.eq(state),
@@ -71,9 +61,7 @@ pub fn save_provision_state(
     if n == 1 {
         Ok(())
     } else {
-        Err(DbError::Corrupt(format!(
-            "no account_keys row for {pubkey}"
-        )))
+        Err(DbError::Corrupt(format!("no account_keys row for {pubkey}")))
     }
 }
 
@@ -150,25 +138,18 @@ impl RecordMapping {
 /// Reserves the rkey and stores the prepared record BEFORE any side effect. If a reservation for the event already
 /// exists it is returned unchanged (a retry reuses the first try's rkey and record), so the write that follows is an
 /// idempotent `putRecord`.
-pub fn reserve_record(
-    conn: &mut PgConnection,
-    row: &RecordMapping,
-) -> Result<RecordMapping, DbError> {
+pub fn reserve_record(conn: &mut PgConnection, row: &RecordMapping) -> Result<RecordMapping, DbError> {
     diesel::insert_into(record_mappings::table)
         .values(row)
         .on_conflict(record_mappings::nostr_event_id)
         .do_nothing()
         .execute(conn)
         .map_err(DbError::from_diesel)?;
-    get_record(conn, &row.nostr_event_id)?
-        .ok_or_else(|| DbError::Corrupt("record_mappings row vanished".into()))
+    get_record(conn, &row.nostr_event_id)?.ok_or_else(|| DbError::Corrupt("record_mappings row vanished".into()))
 }
 
 /// The mapping of a Nostr event.
-pub fn get_record(
-    conn: &mut PgConnection,
-    event_id: &str,
-) -> Result<Option<RecordMapping>, DbError> {
+pub fn get_record(conn: &mut PgConnection, event_id: &str) -> Result<Option<RecordMapping>, DbError> {
     Ok(record_mappings::table
         .find(event_id)
         .select(RecordMapping::as_select())
@@ -196,12 +177,7 @@ pub fn update_reserved_record(
 }
 
 /// Marks a reserved mapping published with the PDS's answer.
-pub fn mark_published(
-    conn: &mut PgConnection,
-    event_id: &str,
-    at_uri: &str,
-    cid: &str,
-) -> Result<(), DbError> {
+pub fn mark_published(conn: &mut PgConnection, event_id: &str, at_uri: &str, cid: &str) -> Result<(), DbError> {
     let now = Utc::now();
     diesel::update(record_mappings::table.find(event_id))
         .set((
@@ -216,15 +192,8 @@ pub fn mark_published(
 }
 
 /// Marks a mapping deleted (kind 5) or superseded (newer addressable revision).
-pub fn mark_removed(
-    conn: &mut PgConnection,
-    event_id: &str,
-    state: RecordState,
-) -> Result<(), DbError> {
-    debug_assert!(matches!(
-        state,
-        RecordState::Deleted | RecordState::Superseded
-    ));
+pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState) -> Result<(), DbError> {
+    debug_assert!(matches!(state, RecordState::Deleted | RecordState::Superseded));
     let now = Utc::now();
     diesel::update(record_mappings::table.find(event_id))
         .set((
@@ -237,26 +206,17 @@ pub fn mark_removed(
 }
 
 /// Live (reserved or published) mappings for an addressable coordinate, newest revision first.
-pub fn live_records_for_coordinate(
-    conn: &mut PgConnection,
-    coordinate: &str,
-) -> Result<Vec<RecordMapping>, DbError> {
+pub fn live_records_for_coordinate(conn: &mut PgConnection, coordinate: &str) -> Result<Vec<RecordMapping>, DbError> {
     Ok(record_mappings::table
         .filter(record_mappings::coordinate.eq(coordinate))
-        .filter(record_mappings::state.eq_any([
-            RecordState::Reserved.as_str(),
-            RecordState::Published.as_str(),
-        ]))
+        .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()]))
         .order(record_mappings::event_created_at.desc())
         .select(RecordMapping::as_select())
         .load(conn)?)
 }
 
 /// The newest revision (any state) seen for a coordinate.
-pub fn newest_for_coordinate(
-    conn: &mut PgConnection,
-    coordinate: &str,
-) -> Result<Option<RecordMapping>, DbError> {
+pub fn newest_for_coordinate(conn: &mut PgConnection, coordinate: &str) -> Result<Option<RecordMapping>, DbError> {
     Ok(record_mappings::table
         .filter(record_mappings::coordinate.eq(coordinate))
         .order((
@@ -357,11 +317,7 @@ pub fn claim_profile_event(
 }
 
 /// Marks the profile event synced, if it is still the newest one.
-pub fn mark_profile_synced(
-    conn: &mut PgConnection,
-    pubkey: &str,
-    event_id: &str,
-) -> Result<bool, DbError> {
+pub fn mark_profile_synced(conn: &mut PgConnection, pubkey: &str, event_id: &str) -> Result<bool, DbError> {
     let n = diesel::update(
         profile_sync::table
             .find(pubkey)
@@ -373,10 +329,7 @@ pub fn mark_profile_synced(
 }
 
 /// The newest claimed profile event `(event_id, created_at)` of an account.
-pub fn newest_profile_event(
-    conn: &mut PgConnection,
-    pubkey: &str,
-) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+pub fn newest_profile_event(conn: &mut PgConnection, pubkey: &str) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
     Ok(profile_sync::table
         .find(pubkey)
         .select((profile_sync::event_id, profile_sync::event_created_at))
@@ -389,10 +342,7 @@ pub fn newest_profile_event(
 // ---------------------------------------------------------------------------------------------------------------
 
 /// The resume point of a relay.
-pub fn get_cursor(
-    conn: &mut PgConnection,
-    relay: &str,
-) -> Result<Option<(DateTime<Utc>, String)>, DbError> {
+pub fn get_cursor(conn: &mut PgConnection, relay: &str) -> Result<Option<(DateTime<Utc>, String)>, DbError> {
     Ok(relay_cursors::table
         .find(relay)
         .select((relay_cursors::last_created_at, relay_cursors::last_event_id))

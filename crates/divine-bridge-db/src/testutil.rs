@@ -14,8 +14,7 @@ pub struct TestDb {
 }
 
 fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
 }
 
 impl TestDb {
@@ -25,14 +24,11 @@ impl TestDb {
         let admin_url = format!("{server}/postgres");
         let name = format!(
             "{}_{}_{}",
-            prefix
-                .to_lowercase()
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            prefix.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             std::process::id(),
             rand::random::<u32>()
         );
-        let mut admin =
-            PgConnection::establish(&admin_url).expect("connect to test Postgres server");
+        let mut admin = PgConnection::establish(&admin_url).expect("connect to test Postgres server");
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut admin)
             .expect("create test database");
@@ -69,11 +65,8 @@ impl Drop for TestDb {
             return;
         }
         if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut admin);
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                .execute(&mut admin);
         }
     }
 }

@@ -17,12 +17,7 @@ fn link(conn: &mut PgConnection) {
     .unwrap();
 }
 
-fn mapping(
-    event_id: &str,
-    rkey: &str,
-    created: chrono::DateTime<Utc>,
-    coordinate: Option<&str>,
-) -> RecordMapping {
+fn mapping(event_id: &str, rkey: &str, created: chrono::DateTime<Utc>, coordinate: Option<&str>) -> RecordMapping {
     RecordMapping {
         nostr_event_id: event_id.to_string(),
         nostr_pubkey: PK.to_string(),
@@ -48,22 +43,11 @@ fn reservation_is_reused_by_retries() {
     let db = TestDb::migrated("records_reserve");
     let mut conn = db.conn();
     let id = "a".repeat(64);
-    let first =
-        reserve_record(&mut conn, &mapping(&id, "3kaaaaaaaaa22", Utc::now(), None)).unwrap();
-    let retry =
-        reserve_record(&mut conn, &mapping(&id, "3kbbbbbbbbb22", Utc::now(), None)).unwrap();
-    assert_eq!(
-        retry.rkey, "3kaaaaaaaaa22",
-        "a retry keeps the first try's rkey"
-    );
+    let first = reserve_record(&mut conn, &mapping(&id, "3kaaaaaaaaa22", Utc::now(), None)).unwrap();
+    let retry = reserve_record(&mut conn, &mapping(&id, "3kbbbbbbbbb22", Utc::now(), None)).unwrap();
+    assert_eq!(retry.rkey, "3kaaaaaaaaa22", "a retry keeps the first try's rkey");
     assert_eq!(retry.record, first.record);
-    mark_published(
-        &mut conn,
-        &id,
-        "at://did/app.bsky.feed.post/3kaaaaaaaaa22",
-        "bafycid",
-    )
-    .unwrap();
+    mark_published(&mut conn, &id, "at://did/app.bsky.feed.post/3kaaaaaaaaa22", "bafycid").unwrap();
     let got = get_record(&mut conn, &id).unwrap().unwrap();
     assert_eq!(got.record_state().unwrap(), RecordState::Published);
     assert_eq!(got.cid.as_deref(), Some("bafycid"));
@@ -90,35 +74,14 @@ fn tombstones_cover_ids_and_older_revisions_of_a_coordinate() {
         },
     )
     .unwrap();
-    assert!(is_tombstoned(
-        &mut conn,
-        PK,
-        &"b".repeat(64),
-        Some(&coord),
-        t0 - Duration::seconds(5)
-    )
-    .unwrap());
+    assert!(is_tombstoned(&mut conn, PK, &"b".repeat(64), Some(&coord), t0 - Duration::seconds(5)).unwrap());
     assert!(is_tombstoned(&mut conn, PK, &"b".repeat(64), Some(&coord), t0).unwrap());
     assert!(
-        !is_tombstoned(
-            &mut conn,
-            PK,
-            &"b".repeat(64),
-            Some(&coord),
-            t0 + Duration::seconds(5)
-        )
-        .unwrap(),
+        !is_tombstoned(&mut conn, PK, &"b".repeat(64), Some(&coord), t0 + Duration::seconds(5)).unwrap(),
         "newer revision survives"
     );
     assert!(
-        !is_tombstoned(
-            &mut conn,
-            &"2".repeat(64),
-            &"b".repeat(64),
-            Some(&coord),
-            t0
-        )
-        .unwrap(),
+        !is_tombstoned(&mut conn, &"2".repeat(64), &"b".repeat(64), Some(&coord), t0).unwrap(),
         "other author"
     );
     // An older delete does not move the tombstone backwards.
@@ -133,14 +96,7 @@ fn tombstones_cover_ids_and_older_revisions_of_a_coordinate() {
         },
     )
     .unwrap();
-    assert!(is_tombstoned(
-        &mut conn,
-        PK,
-        &"b".repeat(64),
-        Some(&coord),
-        t0 - Duration::seconds(5)
-    )
-    .unwrap());
+    assert!(is_tombstoned(&mut conn, PK, &"b".repeat(64), Some(&coord), t0 - Duration::seconds(5)).unwrap());
     let id = "c".repeat(64);
     put_tombstone(
         &mut conn,
@@ -179,10 +135,7 @@ fn newest_profile_wins_and_cursors_never_move_back() {
         "superseded event cannot mark synced"
     );
     assert!(mark_profile_synced(&mut conn, PK, "e3").unwrap());
-    assert_eq!(
-        newest_profile_event(&mut conn, PK).unwrap().unwrap().0,
-        "e3"
-    );
+    assert_eq!(newest_profile_event(&mut conn, PK).unwrap().unwrap().0, "e3");
 
     advance_cursor(&mut conn, "wss://r", t, "bb").unwrap();
     advance_cursor(&mut conn, "wss://r", t - Duration::seconds(10), "ff").unwrap();
@@ -221,18 +174,9 @@ fn keys_are_inserted_once() {
         second.signing_key_sealed, first.signing_key_sealed,
         "second generation never replaces the first"
     );
-    save_provision_state(
-        &mut conn,
-        PK,
-        &serde_json::json!({"step": "plc_registered"}),
-    )
-    .unwrap();
+    save_provision_state(&mut conn, PK, &serde_json::json!({"step": "plc_registered"})).unwrap();
     assert_eq!(
-        get_keys(&mut conn, PK)
-            .unwrap()
-            .unwrap()
-            .provision_state
-            .unwrap()["step"],
+        get_keys(&mut conn, PK).unwrap().unwrap().provision_state.unwrap()["step"],
         "plc_registered"
     );
 }

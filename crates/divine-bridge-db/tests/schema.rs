@@ -25,16 +25,9 @@ fn check_values(conn: &mut PgConnection, table: &str, column: &str) -> Vec<Strin
     let def = defs
         .into_iter()
         .map(|d| d.def)
-        .find(|d| {
-            d.contains(&format!("({column} = ANY")) || d.contains(&format!("(({column} = ANY"))
-        })
+        .find(|d| d.contains(&format!("({column} = ANY")) || d.contains(&format!("(({column} = ANY")))
         .unwrap_or_else(|| panic!("no CHECK on {table}.{column}"));
-    let mut values: Vec<String> = def
-        .split('\'')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
+    let mut values: Vec<String> = def.split('\'').skip(1).step_by(2).map(str::to_string).collect();
     values.sort();
     values
 }
@@ -114,15 +107,12 @@ fn rust_enums_match_sql_check_constraints() {
 fn state_constraints_reject_free_text_and_inconsistent_leases() {
     let db = TestDb::migrated("schema_checks");
     let mut conn = db.conn();
-    let bad_state = diesel::sql_query(
-        "INSERT INTO jobs (kind, ordering_key, state) VALUES ('noop', 'k', 'exploded')",
-    )
-    .execute(&mut conn);
+    let bad_state = diesel::sql_query("INSERT INTO jobs (kind, ordering_key, state) VALUES ('noop', 'k', 'exploded')")
+        .execute(&mut conn);
     assert!(bad_state.is_err(), "free-text state is refused");
-    let running_without_lease = diesel::sql_query(
-        "INSERT INTO jobs (kind, ordering_key, state) VALUES ('noop', 'k', 'running')",
-    )
-    .execute(&mut conn);
+    let running_without_lease =
+        diesel::sql_query("INSERT INTO jobs (kind, ordering_key, state) VALUES ('noop', 'k', 'running')")
+            .execute(&mut conn);
     assert!(running_without_lease.is_err(), "running requires a lease");
     let upper_handle = diesel::sql_query(
         "INSERT INTO account_links (nostr_pubkey, handle) VALUES (repeat('a', 64), 'Alice.divine.test')",
@@ -140,8 +130,5 @@ fn two_running_jobs_for_one_key_are_refused_by_the_database() {
     diesel::sql_query(insert).execute(&mut conn).unwrap();
     let second = diesel::sql_query(insert).execute(&mut conn);
     let err = second.expect_err("second running job for the same key");
-    assert!(
-        err.to_string().contains("jobs_one_running_per_key"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("jobs_one_running_per_key"), "{err}");
 }
