@@ -1,0 +1,212 @@
+//! Process configuration for `divine-atbridge`, read once from the environment at startup. Owns parsing, defaults and
+//! the startup error codes; it must not open connections or read files (callers do, with these values).
+//!
+//! Every variable and its default is listed in README.md and docs/runbooks/troubleshooting.md.
+
+use divine_bridge_db::{Classified, ErrorClass};
+use std::time::Duration;
+
+/// A missing or malformed environment variable. Startup stops with this code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("required environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+impl Classified for ConfigError {
+    fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Missing(_) => "config_missing",
+            ConfigError::Invalid { .. } => "config_invalid",
+        }
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// Reads an optional variable (empty counts as unset).
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Reads a required variable.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError::Missing(name))
+}
+
+/// Parses an optional variable with a default.
+pub fn parse_or<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name,
+            reason: format!("{v:?}: {e}"),
+        }),
+    }
+}
+
+/// Parses a boolean (`true/false/1/0/yes/no`).
+pub fn bool_or(name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match var(name).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{v:?} is not a boolean"),
+        }),
+    }
+}
+
+/// Splits a comma-separated list, dropping empty items.
+pub fn list(name: &str) -> Vec<String> {
+    var(name)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Validates an http(s) URL and strips a trailing slash.
+pub fn url(name: &'static str, value: String) -> Result<String, ConfigError> {
+    let parsed = url::Url::parse(&value).map_err(|e| ConfigError::Invalid {
+        name,
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be an http(s) URL".into(),
+        });
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+/// Identity settings: where accounts are created and how their keys are protected.
+#[derive(Clone)]
+pub struct IdentityConfig {
+    pub plc_url: String,
+    pub pds_url: String,
+    /// base64 of 32 bytes; parsed by `keys::KeyEncryptionKey`.
+    pub key_encryption_key: String,
+    pub recovery_keys: Vec<String>,
+    pub email_domain: String,
+}
+
+impl std::fmt::Debug for IdentityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityConfig")
+            .field("plc_url", &self.plc_url)
+            .field("pds_url", &self.pds_url)
+            .field("key_encryption_key", &"<redacted>")
+            .field("recovery_keys", &self.recovery_keys)
+            .field("email_domain", &self.email_domain)
+            .finish()
+    }
+}
+
+impl IdentityConfig {
+    pub fn from_env() -> Result<IdentityConfig, ConfigError> {
+        let recovery_keys = list("PLC_RECOVERY_KEYS");
+        for k in &recovery_keys {
+            if !k.starts_with("did:key:z") {
+                return Err(ConfigError::Invalid {
+                    name: "PLC_RECOVERY_KEYS",
+                    reason: format!("{k:?} is not a did:key"),
+                });
+            }
+        }
+        Ok(IdentityConfig {
+            plc_url: url("PLC_DIRECTORY_URL", required("PLC_DIRECTORY_URL")?)?,
+            pds_url: url("PDS_URL", required("PDS_URL")?)?,
+            key_encryption_key: required("KEY_ENCRYPTION_KEY")?,
+            recovery_keys,
+            email_domain: required("ACCOUNT_EMAIL_DOMAIN")?,
+        })
+    }
+}
+
+/// Cross-posting settings.
+#[derive(Debug, Clone)]
+pub struct CrosspostConfig {
+    pub relays: Vec<String>,
+    pub cursor_overlap: Duration,
+    pub account_refresh: Duration,
+    pub media_allowed_hosts: Vec<String>,
+    pub media_allow_loopback: bool,
+    pub media_timeout: Duration,
+    pub backfill_max_events: usize,
+}
+
+impl CrosspostConfig {
+    pub fn from_env() -> Result<CrosspostConfig, ConfigError> {
+        let relays = list("NOSTR_RELAYS");
+        for r in &relays {
+            if !(r.starts_with("ws://") || r.starts_with("wss://")) {
+                return Err(ConfigError::Invalid {
+                    name: "NOSTR_RELAYS",
+                    reason: format!("{r:?} is not a ws(s) URL"),
+                });
+            }
+        }
+        Ok(CrosspostConfig {
+            relays,
+            cursor_overlap: Duration::from_secs(parse_or("CURSOR_OVERLAP_SECS", 300u64)?),
+            account_refresh: Duration::from_secs(parse_or("ACCOUNT_REFRESH_SECS", 5u64)?),
+            media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
+            media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
+            media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),
+            backfill_max_events: parse_or("BACKFILL_MAX_EVENTS", 1000usize)?,
+        })
+    }
+}
+
+/// Everything `divine-atbridge run` needs besides the worker pool settings (`worker::WorkerConfig::from_env`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub http_addr: std::net::SocketAddr,
+    pub db_pool_size: u32,
+    pub identity: IdentityConfig,
+    pub crosspost: CrosspostConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Ok(Config {
+            database_url: required("DATABASE_URL")?,
+            http_addr: parse_or("HTTP_ADDR", "0.0.0.0:9090".parse().expect("valid default"))?,
+            db_pool_size: parse_or("DB_POOL_SIZE", 16u32)?,
+            identity: IdentityConfig::from_env()?,
+            crosspost: CrosspostConfig::from_env()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_parsers() {
+        assert_eq!(ConfigError::Missing("X").code(), "config_missing");
+        assert_eq!(
+            url("X", "http://localhost:2583/".into()).unwrap(),
+            "http://localhost:2583"
+        );
+        assert!(url("X", "ftp://x".into()).is_err());
+        assert!(url("X", "not a url".into()).is_err());
+    }
+}
