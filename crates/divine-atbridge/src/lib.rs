@@ -6,6 +6,7 @@
 //! Runtime: `worker` (job pool, heartbeat, watchdog), `metrics`, `http` (health/ready/metrics server).
 
 pub mod config;
+pub mod failpoint;
 pub mod http;
 pub mod identity;
 pub mod ingest;
