@@ -116,7 +116,10 @@ string_enum!(
 
 /// Job priorities: lower runs first. Live events go before backfill.
 pub mod priority {
-    /// Live events and account operations.
+    /// Account provisioning: runs before any post of the same account (an account's posts wait behind it in the
+    /// per-account order instead of failing against an account that does not exist yet).
+    pub const ACCOUNT: i16 = -10;
+    /// Live events.
     pub const LIVE: i16 = 0;
     /// History imported on opt-in.
     pub const BACKFILL: i16 = 10;
