@@ -32,11 +32,7 @@ pub struct NewJob {
 
 impl NewJob {
     /// A live-priority job with no delay.
-    pub fn new(
-        kind: JobKind,
-        ordering_key: impl Into<String>,
-        payload: serde_json::Value,
-    ) -> NewJob {
+    pub fn new(kind: JobKind, ordering_key: impl Into<String>, payload: serde_json::Value) -> NewJob {
         NewJob {
             kind,
             ordering_key: ordering_key.into(),
@@ -96,11 +92,7 @@ pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbE
 
 /// Cancels every queued job of `kinds` for `ordering_key` (queued → cancelled at once) and requests cancellation of
 /// running ones (honoured at finalize). Returns the number of jobs affected.
-pub fn cancel_for_key(
-    conn: &mut PgConnection,
-    ordering_key: &str,
-    kinds: &[JobKind],
-) -> Result<usize, DbError> {
+pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
