@@ -321,3 +321,122 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The gateway binary (built by the same `cargo test --workspace` run) as a child process.
+pub struct GatewayProcess {
+    child: Option<Child>,
+    pub base_url: String,
+    pub token: String,
+    pub http: reqwest::Client,
+    pub log_path: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn spawn(db: &TestDb) -> GatewayProcess {
+        let bin = std::path::Path::new(env!("CARGO_BIN_EXE_divine-atbridge")).with_file_name("divine-handle-gateway");
+        assert!(bin.exists(), "{} not built; run the tests with `cargo test --workspace`", bin.display());
+        let addr = free_addr();
+        let token = format!("tok-{}", rand::random::<u64>());
+        let log_path = std::env::temp_dir().join(format!("gateway-e2e-{}-{}.log", std::process::id(), rand::random::<u32>()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin)
+            .env("DATABASE_URL", &db.url)
+            .env("BIND_ADDR", addr.to_string())
+            .env("HANDLE_DOMAIN", "test")
+            .env("GATEWAY_SERVICE_TOKEN", &token)
+            .env("PUBLIC_URL", format!("http://{addr}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn divine-handle-gateway");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let g = GatewayProcess {
+            child: Some(child),
+            base_url: format!("http://{addr}"),
+            token,
+            http: reqwest::Client::new(),
+            log_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if ureq_get(&format!("{}/ready", g.base_url)).is_ok_and(|s| s == 200) {
+                return g;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("gateway not ready; log:\n{}", std::fs::read_to_string(&g.log_path).unwrap_or_default());
+    }
+
+    /// `POST path` with the service token and a JSON body; returns (status, JSON body).
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn status(&self, pubkey: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .get(format!("{}/api/account-links/{pubkey}/status", self.base_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn opt_in(&self, pubkey: &str, handle: &str) -> (u16, serde_json::Value) {
+        self.post("/api/account-links/opt-in", serde_json::json!({"nostr_pubkey": pubkey, "handle": handle})).await
+    }
+
+    /// Waits until the account is `ready` and returns its record.
+    pub async fn wait_ready(&self, pubkey: &str, timeout: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let got = eventually(timeout, || async {
+            let (_, body) = self.status(pubkey).await;
+            last = body.clone();
+            (body["provisioning_state"] == "ready").then_some(body)
+        })
+        .await;
+        got.unwrap_or_else(|| panic!("account {pubkey} not ready within {timeout:?}: {last}"))
+    }
+
+    /// `GET /.well-known/atproto-did` with `Host: <handle>`.
+    pub async fn well_known(&self, handle: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(format!("{}/.well-known/atproto-did", self.base_url))
+            .header("host", handle)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// CIDv1 (raw codec, sha2-256) of `bytes`, as the PDS names blobs (`bafkrei…`).
+pub fn blob_cid(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let mut raw = vec![0x01, 0x55, 0x12, 0x20];
+    raw.extend_from_slice(&sha2::Sha256::digest(bytes));
+    format!("b{}", data_encoding::BASE32_NOPAD.encode(&raw).to_lowercase())
+}
