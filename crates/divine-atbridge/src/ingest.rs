@@ -150,7 +150,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
         tokio::select! {
             _ = shutdown.changed() => { if *shutdown.borrow() { break; } }
             _ = refresh.tick() => {
-                match db.run(|c| load_enabled_authors(c)).await {
+                match db.run(load_enabled_authors).await {
                     Ok(now_authors) if now_authors != authors => {
                         tracing::info!(count = now_authors.len(), "opted-in author set changed; resubscribing");
                         authors = now_authors;

@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod jobs;
 pub mod jwt;
 pub mod keys;
 pub mod media;

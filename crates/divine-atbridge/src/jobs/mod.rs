@@ -1,0 +1,118 @@
+//! Job handlers: one module per job kind (`provision`, `publish` (publish + delete), `profile`, `backfill`). Each
+//! handler decides, from the job payload and the database, what side effects to perform and records every step so a
+//! retry after a crash converges instead of repeating work. Handlers own the *policy* (gates, ordering, exactly-once
+//! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
+//! small ports defined here so the policy is testable against real Postgres without a PDS.
+
+pub mod publish;
+
+use divine_bridge_db::{Classified, ErrorClass};
+use futures::future::BoxFuture;
+use std::time::Duration;
+
+/// Why a job did not complete. Codes are stable (see docs/runbooks/troubleshooting.md).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The job was correctly skipped; recorded as `ineligible` with this reason code.
+    #[error("{code}: {detail}")]
+    Ineligible { code: &'static str, detail: String },
+    /// The account is still being provisioned: retry later (in order behind provisioning).
+    #[error("account is not ready yet ({state})")]
+    AccountNotReady { state: String },
+    /// An error from a lower layer, keeping its own code and class.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("database: {0}")]
+    Db(#[from] divine_bridge_db::DbError),
+    /// The job payload is not what this handler expects (a bug or a hand-edited row).
+    #[error("invalid job payload: {0}")]
+    BadPayload(String),
+}
+
+/// A classified error from another module, carried with its code, class and retry hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UpstreamError {
+    pub code: &'static str,
+    pub class: ErrorClass,
+    pub retry_after: Option<Duration>,
+    pub message: String,
+}
+
+impl UpstreamError {
+    /// Captures any classified error.
+    pub fn of<E: Classified + ?Sized>(e: &E) -> UpstreamError {
+        UpstreamError {
+            code: e.code(),
+            class: e.class(),
+            retry_after: e.retry_after(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Classified for JobError {
+    fn code(&self) -> &'static str {
+        match self {
+            JobError::Ineligible { code, .. } => code,
+            JobError::AccountNotReady { .. } => "account_not_ready",
+            JobError::Upstream(u) => u.code,
+            JobError::Db(e) => e.code(),
+            JobError::BadPayload(_) => "invalid_job_payload",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            JobError::Ineligible { .. } | JobError::BadPayload(_) => ErrorClass::Permanent,
+            JobError::AccountNotReady { .. } => ErrorClass::Transient,
+            JobError::Upstream(u) => u.class,
+            JobError::Db(e) => e.class(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            JobError::Upstream(u) => u.retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl JobError {
+    pub fn ineligible(code: &'static str, detail: impl Into<String>) -> JobError {
+        JobError::Ineligible {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A blob reference as the PDS returns it (`{"$type":"blob","ref":{"$link":cid},"mimeType","size"}`).
+pub type BlobJson = serde_json::Value;
+
+/// Writes to one account's repo, with that account's session. Implemented over `pds::SessionManager` in
+/// production and by an in-memory repo in tests.
+pub trait RepoWriter: Send + Sync {
+    fn upload_blob<'a>(
+        &'a self,
+        did: &'a str,
+        bytes: Vec<u8>,
+        mime: &'a str,
+    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>>;
+    /// `putRecord`; returns `(uri, cid)`.
+    fn put_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+        record: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(String, String), UpstreamError>>;
+    /// `deleteRecord` (deleting a missing record succeeds).
+    fn delete_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>>;
+}

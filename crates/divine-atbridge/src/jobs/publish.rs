@@ -1,0 +1,368 @@
+//! `publish_post` and `delete_post`: exactly-once bridging of Nostr video events and their deletions.
+//!
+//! Exactly-once rests on three rules: (1) the rkey and the prepared record are reserved in `record_mappings` BEFORE
+//! any side effect, and a retry re-uses that reservation; (2) the write is `putRecord` at the reserved rkey, which the
+//! PDS treats as a no-op when the content is identical; (3) blob refs are content addresses computed locally, so a
+//! re-upload after a crash yields the same record. Deletions are remembered as tombstones so a delete seen before
+//! its video still wins. This module owns that policy; it must not talk HTTP itself (it goes through [`RepoWriter`])
+//! nor translate events (it goes through [`PostSource`]).
+
+use super::{BlobJson, JobError, RepoWriter};
+use chrono::{DateTime, TimeZone, Utc};
+use diesel::prelude::*;
+use divine_bridge_db::records::{self, RecordMapping, Tombstone};
+use divine_bridge_db::schema::account_links;
+use divine_bridge_db::{Db, ProvisioningState, RecordState};
+use futures::future::BoxFuture;
+use nostr::{Event, Kind};
+
+/// The collection bridged posts live in.
+pub const POST_COLLECTION: &str = "app.bsky.feed.post";
+
+/// Media to upload for a post; its blob ref (computed locally from the bytes) is already in the record.
+#[derive(Debug, Clone)]
+pub struct PreparedMedia {
+    pub bytes: Vec<u8>,
+    pub mime: String,
+}
+
+/// A translated post ready to write: the record JSON (with `$type`) and the blobs it references.
+#[derive(Debug, Clone)]
+pub struct PreparedPost {
+    pub record: serde_json::Value,
+    pub media: Vec<PreparedMedia>,
+}
+
+/// Turns an event into a [`PreparedPost`]: parsing, translation and safe media fetch. No side effects.
+pub trait PostSource: Send + Sync {
+    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>>;
+}
+
+/// What a publish or delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Written (or confirmed) at this URI.
+    Written { uri: String, cid: String },
+    /// Already published by an earlier try.
+    AlreadyDone,
+}
+
+/// CIDv1 (raw, sha2-256) of `bytes` in base32 multibase: the PDS's blob address.
+pub fn blob_cid(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let mut raw = vec![0x01, 0x55, 0x12, 0x20];
+    raw.extend_from_slice(&sha2::Sha256::digest(bytes));
+    format!("b{}", data_encoding::BASE32_NOPAD.encode(&raw).to_lowercase())
+}
+
+/// The blob ref the PDS will return for `bytes` uploaded as `mime`.
+pub fn local_blob_ref(bytes: &[u8], mime: &str) -> BlobJson {
+    serde_json::json!({"$type": "blob", "ref": {"$link": blob_cid(bytes)}, "mimeType": mime, "size": bytes.len()})
+}
+
+/// `<kind>:<pubkey>:<d>` for addressable video kinds.
+pub fn coordinate(event: &Event) -> Option<String> {
+    let kind = event.kind.as_u16();
+    if !matches!(kind, 34235 | 34236) {
+        return None;
+    }
+    let d = event.tags.identifier().unwrap_or("");
+    Some(format!("{kind}:{}:{d}", event.pubkey.to_hex()))
+}
+
+pub(crate) fn event_time(event: &Event) -> DateTime<Utc> {
+    Utc.timestamp_opt(event.created_at.as_secs() as i64, 0)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+/// The account's DID if bridging is allowed now: disabled → ineligible; provisioning failed → ineligible; still
+/// provisioning → retry (it runs before the account's posts, so this is rare).
+pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, JobError> {
+    let row: Option<(Option<String>, bool, String)> = account_links::table
+        .find(pubkey)
+        .select((
+            account_links::did,
+            account_links::crosspost_enabled,
+            account_links::provisioning_state,
+        ))
+        .first(conn)
+        .optional()
+        .map_err(divine_bridge_db::DbError::from)?;
+    let Some((did, enabled, state)) = row else {
+        return Err(JobError::ineligible(
+            "account_disabled",
+            "no account link for this pubkey",
+        ));
+    };
+    let state: ProvisioningState = state.parse().map_err(divine_bridge_db::DbError::from)?;
+    match (state, did) {
+        (ProvisioningState::Disabled, _) => Err(JobError::ineligible("account_disabled", "account is disabled")),
+        _ if !enabled => Err(JobError::ineligible("account_disabled", "cross-posting is turned off")),
+        (ProvisioningState::Ready, Some(did)) => Ok(did),
+        (ProvisioningState::Failed, _) => Err(JobError::ineligible(
+            "account_not_ready",
+            "account provisioning failed; re-drive it first",
+        )),
+        (other, _) => Err(JobError::AccountNotReady {
+            state: other.to_string(),
+        }),
+    }
+}
+
+/// A deterministic TID rkey for an event: its created_at in microseconds (low bits taken from the event id so two
+/// events of the same second differ) and a clock id from the id. Posts therefore sort by their original time.
+pub fn rkey_for(event: &Event) -> String {
+    let id = event.id.as_bytes();
+    let sub_second = u32::from_be_bytes([0, id[0], id[1], id[2]]) % 1_000_000;
+    let micros = event.created_at.as_secs() * 1_000_000 + sub_second as u64;
+    let clock_id = (u16::from_be_bytes([id[3], id[4]]) & 0x3ff) as u64;
+    tid_string(micros, clock_id)
+}
+
+// TEMPORARY until `tid` lands: base32-sortable encoding of (micros << 10 | clock_id).
+fn tid_string(micros: u64, clock_id: u64) -> String {
+    const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
+    let v = ((micros & ((1 << 53) - 1)) << 10) | (clock_id & 0x3ff);
+    (0..13)
+        .rev()
+        .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+fn replace_blob_refs(value: &mut serde_json::Value, cid: &str, actual: &BlobJson) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_target = map.get("$type").and_then(|t| t.as_str()) == Some("blob")
+                && map.get("ref").and_then(|r| r.get("$link")).and_then(|l| l.as_str()) == Some(cid);
+            if is_target {
+                *value = actual.clone();
+            } else {
+                for v in map.values_mut() {
+                    replace_blob_refs(v, cid, actual);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| replace_blob_refs(v, cid, actual)),
+        _ => {}
+    }
+}
+
+/// Publishes one video event exactly once.
+pub async fn publish(
+    db: &Db,
+    source: &dyn PostSource,
+    repo: &dyn RepoWriter,
+    event: &Event,
+) -> Result<Published, JobError> {
+    let pubkey = event.pubkey.to_hex();
+    let event_id = event.id.to_hex();
+    let created = event_time(event);
+    let coord = coordinate(event);
+
+    // Gates, all from the database (no side effects yet).
+    let (did, existing) = {
+        let (pubkey, event_id, coord) = (pubkey.clone(), event_id.clone(), coord.clone());
+        db.run(move |c| {
+            let did = match account_gate(c, &pubkey) {
+                Ok(did) => did,
+                Err(e) => return Ok(Err(e)),
+            };
+            if records::is_tombstoned(c, &pubkey, &event_id, coord.as_deref(), created)? {
+                return Ok(Err(JobError::ineligible(
+                    "deleted",
+                    "a kind 5 deletion for this event was seen",
+                )));
+            }
+            let existing = records::get_record(c, &event_id)?;
+            if let Some(coord) = coord.as_deref() {
+                if let Some(newest) = records::newest_for_coordinate(c, coord)? {
+                    let newer =
+                        (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id.as_str());
+                    if newer && newest.nostr_event_id != event_id {
+                        return Ok(Err(JobError::ineligible(
+                            "superseded",
+                            format!(
+                                "a newer revision ({}) of {coord} is already bridged",
+                                newest.nostr_event_id
+                            ),
+                        )));
+                    }
+                }
+            }
+            Ok(Ok((did, existing)))
+        })
+        .await??
+    };
+    if let Some(m) = &existing {
+        match m.record_state().map_err(JobError::Db)? {
+            RecordState::Published => return Ok(Published::AlreadyDone),
+            RecordState::Deleted => return Err(JobError::ineligible("deleted", "the bridged post was deleted")),
+            RecordState::Superseded => return Err(JobError::ineligible("superseded", "a newer revision replaced it")),
+            RecordState::Reserved => {}
+        }
+    }
+
+    // Translate and fetch (no side effects), then reserve before the first write.
+    let prepared = source.prepare(event).await?;
+    let mapping = RecordMapping {
+        nostr_event_id: event_id.clone(),
+        nostr_pubkey: pubkey.clone(),
+        did: did.clone(),
+        collection: POST_COLLECTION.to_string(),
+        rkey: rkey_for(event),
+        event_kind: event.kind.as_u16() as i32,
+        coordinate: coord.clone(),
+        event_created_at: created,
+        state: RecordState::Reserved.as_str().to_string(),
+        record: Some(prepared.record.clone()),
+        at_uri: None,
+        cid: None,
+        published_at: None,
+        deleted_at: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    let reserved = {
+        let mapping = mapping.clone();
+        let record = prepared.record.clone();
+        db.run(move |c| {
+            let row = records::reserve_record(c, &mapping)?;
+            // A reservation from an earlier try keeps its rkey; its record follows the current translation.
+            if row.record.as_ref() != Some(&record) {
+                records::update_reserved_record(c, &row.nostr_event_id, &record)?;
+            }
+            Ok(row)
+        })
+        .await?
+    };
+    crate::failpoint::hit("publish_after_reserve");
+
+    // Upload media; the PDS normally returns exactly the locally computed ref. If it sniffed another type, the
+    // record follows the PDS (deterministically, so a retry builds the same record).
+    let mut record = prepared.record;
+    for m in prepared.media {
+        let expected = local_blob_ref(&m.bytes, &m.mime);
+        let cid = blob_cid(&m.bytes);
+        let actual = repo.upload_blob(&did, m.bytes, &m.mime).await?;
+        if actual != expected {
+            replace_blob_refs(&mut record, &cid, &actual);
+        }
+    }
+    crate::failpoint::hit("publish_after_upload");
+
+    let (uri, cid) = repo
+        .put_record(&did, POST_COLLECTION, &reserved.rkey, record.clone())
+        .await?;
+    crate::failpoint::hit("publish_after_put");
+    {
+        let (event_id, uri, cid) = (event_id.clone(), uri.clone(), cid.clone());
+        db.run(move |c| {
+            records::update_reserved_record(c, &event_id, &record)?;
+            records::mark_published(c, &event_id, &uri, &cid)
+        })
+        .await?;
+    }
+
+    // A newer revision of an addressable video replaces the older bridged ones.
+    if let Some(coord) = coord {
+        let older = {
+            let coord = coord.clone();
+            db.run(move |c| records::live_records_for_coordinate(c, &coord)).await?
+        };
+        for old in older.into_iter().filter(|m| m.nostr_event_id != event_id) {
+            repo.delete_record(&old.did, &old.collection, &old.rkey).await?;
+            let id = old.nostr_event_id.clone();
+            db.run(move |c| records::mark_removed(c, &id, RecordState::Superseded))
+                .await?;
+        }
+    }
+    Ok(Published::Written { uri, cid })
+}
+
+/// Targets of a kind 5 event by the same author: event ids and `<kind>:<pubkey>:<d>` coordinates.
+pub fn delete_targets(event: &Event) -> (Vec<String>, Vec<String>) {
+    let author = event.pubkey.to_hex();
+    let mut ids = Vec::new();
+    let mut coords = Vec::new();
+    for tag in event.tags.iter() {
+        let parts = tag.as_slice();
+        match (parts.first().map(String::as_str), parts.get(1)) {
+            (Some("e"), Some(id)) if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
+                ids.push(id.to_lowercase())
+            }
+            (Some("a"), Some(coord)) => {
+                let mut it = coord.splitn(3, ':');
+                let (kind, pk) = (it.next(), it.next());
+                if pk.is_some_and(|pk| pk.eq_ignore_ascii_case(&author))
+                    && kind.is_some_and(|k| k.parse::<u16>().is_ok())
+                {
+                    coords.push(coord.to_lowercase());
+                }
+            }
+            _ => {}
+        }
+    }
+    (ids, coords)
+}
+
+/// Applies a kind 5 deletion: remembers tombstones, removes bridged records of the same author. Returns how many
+/// records were deleted from the repo.
+pub async fn delete(db: &Db, repo: &dyn RepoWriter, event: &Event) -> Result<usize, JobError> {
+    if event.kind != Kind::from(5u16) {
+        return Err(JobError::BadPayload(format!(
+            "delete_post job for kind {}",
+            event.kind.as_u16()
+        )));
+    }
+    let pubkey = event.pubkey.to_hex();
+    let deleted_at = event_time(event);
+    let (ids, coords) = delete_targets(event);
+    let victims: Vec<RecordMapping> = {
+        let (pubkey, delete_id) = (pubkey.clone(), event.id.to_hex());
+        db.run(move |c| {
+            let mut victims = Vec::new();
+            for target in ids.iter().chain(coords.iter()) {
+                records::put_tombstone(
+                    c,
+                    &Tombstone {
+                        target: target.clone(),
+                        nostr_pubkey: pubkey.clone(),
+                        delete_event_id: delete_id.clone(),
+                        deleted_at,
+                        created_at: Utc::now(),
+                    },
+                )?;
+            }
+            for id in &ids {
+                if let Some(m) = records::get_record(c, id)? {
+                    if m.nostr_pubkey == pubkey {
+                        victims.push(m);
+                    }
+                }
+            }
+            for coord in &coords {
+                for m in records::live_records_for_coordinate(c, coord)? {
+                    if m.event_created_at <= deleted_at && m.nostr_pubkey == pubkey {
+                        victims.push(m);
+                    }
+                }
+            }
+            Ok(victims)
+        })
+        .await?
+    };
+    let mut removed = 0;
+    for m in victims {
+        let state = m.record_state()?;
+        if !matches!(state, RecordState::Published | RecordState::Reserved) {
+            continue;
+        }
+        repo.delete_record(&m.did, &m.collection, &m.rkey).await?;
+        let id = m.nostr_event_id.clone();
+        db.run(move |c| records::mark_removed(c, &id, RecordState::Deleted))
+            .await?;
+        removed += 1;
+    }
+    Ok(removed)
+}

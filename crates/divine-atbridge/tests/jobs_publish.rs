@@ -1,0 +1,335 @@
+//! The publish/delete policy against real Postgres and an in-memory repo: exactly one record per event across
+//! crashes at every step, gates (disabled, not ready, tombstoned), addressable revisions, and deletes by id and by
+//! coordinate.
+
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use divine_atbridge::jobs::publish::{self, local_blob_ref, PostSource, PreparedMedia, PreparedPost, Published};
+use divine_atbridge::jobs::{BlobJson, JobError, RepoWriter, UpstreamError};
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
+use futures::future::BoxFuture;
+use nostr::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+const DID: &str = "did:plc:testtesttesttesttesttest";
+
+/// An in-memory repo: records by (collection, rkey); can fail the next N puts after storing (a crash between the
+/// PDS write and our bookkeeping) or before storing (a PDS outage).
+#[derive(Default)]
+struct MemRepo {
+    records: Mutex<BTreeMap<(String, String), serde_json::Value>>,
+    puts: Mutex<usize>,
+    fail_after_store: Mutex<usize>,
+    fail_before_store: Mutex<usize>,
+}
+
+fn transient(msg: &str) -> UpstreamError {
+    UpstreamError {
+        code: "xrpc_server_error",
+        class: ErrorClass::Transient,
+        retry_after: None,
+        message: msg.into(),
+    }
+}
+
+impl RepoWriter for MemRepo {
+    fn upload_blob<'a>(
+        &'a self,
+        _did: &'a str,
+        bytes: Vec<u8>,
+        mime: &'a str,
+    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+        Box::pin(async move { Ok(local_blob_ref(&bytes, mime)) })
+    }
+    fn put_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+        record: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(String, String), UpstreamError>> {
+        Box::pin(async move {
+            {
+                let mut f = self.fail_before_store.lock().unwrap();
+                if *f > 0 {
+                    *f -= 1;
+                    return Err(transient("PDS down"));
+                }
+            }
+            *self.puts.lock().unwrap() += 1;
+            self.records
+                .lock()
+                .unwrap()
+                .insert((collection.into(), rkey.into()), record);
+            let mut f = self.fail_after_store.lock().unwrap();
+            if *f > 0 {
+                *f -= 1;
+                return Err(transient("connection reset after write"));
+            }
+            Ok((format!("at://{did}/{collection}/{rkey}"), "bafyreicid".into()))
+        })
+    }
+    fn delete_record<'a>(
+        &'a self,
+        _did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            self.records
+                .lock()
+                .unwrap()
+                .remove(&(collection.to_string(), rkey.to_string()));
+            Ok(())
+        })
+    }
+}
+
+struct FakeSource;
+
+impl PostSource for FakeSource {
+    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
+        Box::pin(async move {
+            if event.content.contains("no video") {
+                return Err(JobError::ineligible("no_video", "no imeta url"));
+            }
+            let bytes = format!("video of {}", event.id).into_bytes();
+            let record = serde_json::json!({
+                "$type": "app.bsky.feed.post",
+                "text": event.content,
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "embed": {"$type": "app.bsky.embed.video", "video": local_blob_ref(&bytes, "video/mp4")},
+            });
+            Ok(PreparedPost {
+                record,
+                media: vec![PreparedMedia {
+                    bytes,
+                    mime: "video/mp4".into(),
+                }],
+            })
+        })
+    }
+}
+
+fn account(conn: &mut PgConnection, keys: &Keys, state: &str, enabled: bool) {
+    diesel::sql_query(
+        "INSERT INTO account_links (nostr_pubkey, handle, did, provisioning_state, crosspost_enabled) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind::<Text, _>(keys.public_key().to_hex())
+    .bind::<Text, _>(format!("u{}.test", &keys.public_key().to_hex()[..8]))
+    .bind::<Text, _>(format!("{DID}{}", &keys.public_key().to_hex()[..4]))
+    .bind::<Text, _>(state)
+    .bind::<diesel::sql_types::Bool, _>(enabled)
+    .execute(conn)
+    .unwrap();
+}
+
+fn video(keys: &Keys, text: &str, kind: u16, d: Option<&str>, at: u64) -> Event {
+    let mut tags = vec![];
+    if let Some(d) = d {
+        tags.push(Tag::identifier(d));
+    }
+    EventBuilder::new(Kind::from(kind), text)
+        .tags(tags)
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+fn delete_event(keys: &Keys, tags: Vec<Tag>, at: u64) -> Event {
+    EventBuilder::new(Kind::from(5u16), "")
+        .tags(tags)
+        .custom_created_at(Timestamp::from(at))
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+const T: u64 = 1_790_000_000;
+
+#[tokio::test]
+async fn crashes_at_any_step_still_leave_exactly_one_record() {
+    let tdb = TestDb::migrated("jobs_publish_once");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let e = video(&keys, "hello", 22, None, T);
+
+    // PDS down: nothing written, reservation kept.
+    *repo.fail_before_store.lock().unwrap() = 1;
+    let err = publish::publish(&db, &FakeSource, &repo, &e).await.unwrap_err();
+    assert_eq!((err.code(), err.class()), ("xrpc_server_error", ErrorClass::Transient));
+    let reserved = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
+    assert_eq!(reserved.record_state().unwrap(), RecordState::Reserved);
+
+    // Written but the answer was lost: the retry re-puts the same record at the same rkey.
+    *repo.fail_after_store.lock().unwrap() = 1;
+    assert!(publish::publish(&db, &FakeSource, &repo, &e).await.is_err());
+    let out = publish::publish(&db, &FakeSource, &repo, &e).await.unwrap();
+    assert!(matches!(out, Published::Written { .. }));
+    assert_eq!(repo.records.lock().unwrap().len(), 1, "one record despite three tries");
+    let done = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
+    assert_eq!(done.rkey, reserved.rkey, "the reserved rkey is kept");
+    assert_eq!(done.record_state().unwrap(), RecordState::Published);
+    assert_eq!(
+        done.at_uri.unwrap(),
+        format!(
+            "at://{DID}{}/app.bsky.feed.post/{}",
+            &keys.public_key().to_hex()[..4],
+            done.rkey
+        )
+    );
+
+    // A further duplicate delivery is a no-op.
+    assert_eq!(
+        publish::publish(&db, &FakeSource, &repo, &e).await.unwrap(),
+        Published::AlreadyDone
+    );
+    assert_eq!(*repo.puts.lock().unwrap(), 2, "no write after publication was recorded");
+}
+
+#[tokio::test]
+async fn gates_disabled_not_ready_failed_and_untranslatable() {
+    let tdb = TestDb::migrated("jobs_publish_gates");
+    let db = tdb.pool(4);
+    let repo = MemRepo::default();
+    let (off, pending, failed, ok) = (Keys::generate(), Keys::generate(), Keys::generate(), Keys::generate());
+    account(&mut tdb.conn(), &off, "disabled", false);
+    account(&mut tdb.conn(), &pending, "provisioning", true);
+    account(&mut tdb.conn(), &failed, "failed", true);
+    account(&mut tdb.conn(), &ok, "ready", true);
+
+    let e = publish::publish(&db, &FakeSource, &repo, &video(&off, "x", 22, None, T))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.class()), ("account_disabled", ErrorClass::Permanent));
+    let e = publish::publish(&db, &FakeSource, &repo, &video(&pending, "x", 22, None, T))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Transient));
+    let e = publish::publish(&db, &FakeSource, &repo, &video(&failed, "x", 22, None, T))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Permanent));
+    let e = publish::publish(&db, &FakeSource, &repo, &video(&ok, "no video here", 22, None, T))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "no_video");
+    assert!(repo.records.lock().unwrap().is_empty());
+    assert!(
+        records::get_record(&mut tdb.conn(), &video(&ok, "no video here", 22, None, T).id.to_hex())
+            .unwrap()
+            .is_none(),
+        "nothing reserved for an untranslatable event"
+    );
+}
+
+#[tokio::test]
+async fn deletes_win_in_either_order() {
+    let tdb = TestDb::migrated("jobs_publish_delete");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+
+    // Publish then delete.
+    let a = video(&keys, "first", 22, None, T);
+    publish::publish(&db, &FakeSource, &repo, &a).await.unwrap();
+    assert_eq!(
+        publish::delete(&db, &repo, &delete_event(&keys, vec![Tag::event(a.id)], T + 10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(repo.records.lock().unwrap().is_empty());
+    assert_eq!(
+        records::get_record(&mut tdb.conn(), &a.id.to_hex())
+            .unwrap()
+            .unwrap()
+            .record_state()
+            .unwrap(),
+        RecordState::Deleted
+    );
+    let again = publish::publish(&db, &FakeSource, &repo, &a).await.unwrap_err();
+    assert_eq!(again.code(), "deleted", "a redelivered event stays deleted");
+
+    // Delete first, video later.
+    let b = video(&keys, "second", 22, None, T + 20);
+    assert_eq!(
+        publish::delete(&db, &repo, &delete_event(&keys, vec![Tag::event(b.id)], T + 30))
+            .await
+            .unwrap(),
+        0
+    );
+    let late = publish::publish(&db, &FakeSource, &repo, &b).await.unwrap_err();
+    assert_eq!((late.code(), late.class()), ("deleted", ErrorClass::Permanent));
+    assert!(repo.records.lock().unwrap().is_empty());
+
+    // Someone else's delete is ignored.
+    let c = video(&keys, "third", 22, None, T + 40);
+    publish::publish(&db, &FakeSource, &repo, &c).await.unwrap();
+    let stranger = Keys::generate();
+    assert_eq!(
+        publish::delete(&db, &repo, &delete_event(&stranger, vec![Tag::event(c.id)], T + 50))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(repo.records.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones() {
+    let tdb = TestDb::migrated("jobs_publish_revisions");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+
+    let v1 = video(&keys, "rev 1", 34235, Some("clip"), T);
+    let v2 = video(&keys, "rev 2", 34235, Some("clip"), T + 100);
+    let v0 = video(&keys, "rev 0", 34235, Some("clip"), T - 100);
+    publish::publish(&db, &FakeSource, &repo, &v1).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap();
+    {
+        let recs = repo.records.lock().unwrap();
+        assert_eq!(recs.len(), 1, "the newer revision replaced the older post");
+        assert_eq!(recs.values().next().unwrap()["text"], "rev 2");
+    }
+    let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
+    assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
+    let late = publish::publish(&db, &FakeSource, &repo, &v0).await.unwrap_err();
+    assert_eq!(late.code(), "superseded", "an older revision arriving late is ignored");
+
+    // A coordinate delete removes revisions at or before its time; a later revision survives.
+    let coord = format!("34235:{}:clip", keys.public_key().to_hex());
+    let del = delete_event(&keys, vec![Tag::parse(["a", &coord]).unwrap()], T + 150);
+    assert_eq!(publish::delete(&db, &repo, &del).await.unwrap(), 1);
+    assert!(repo.records.lock().unwrap().is_empty());
+    let v3 = video(&keys, "rev 3", 34235, Some("clip"), T + 200);
+    publish::publish(&db, &FakeSource, &repo, &v3).await.unwrap();
+    assert_eq!(
+        repo.records.lock().unwrap().len(),
+        1,
+        "a revision newer than the delete is bridged"
+    );
+}
+
+#[test]
+fn rkeys_are_tids_stable_per_event_and_ordered_by_time() {
+    let keys = Keys::generate();
+    let a = video(&keys, "a", 22, None, T);
+    let b = video(&keys, "b", 22, None, T + 1);
+    let ra = publish::rkey_for(&a);
+    assert_eq!(ra, publish::rkey_for(&a));
+    assert_eq!(ra.len(), 13);
+    assert!(ra.chars().all(|c| "234567abcdefghijklmnopqrstuvwxyz".contains(c)));
+    assert!(ra < publish::rkey_for(&b), "later events sort after earlier ones");
+    assert_ne!(
+        publish::rkey_for(&video(&keys, "c", 22, None, T)),
+        ra,
+        "same second, different event"
+    );
+}
