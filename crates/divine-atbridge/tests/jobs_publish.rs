@@ -333,3 +333,48 @@ fn rkeys_are_tids_stable_per_event_and_ordered_by_time() {
         "same second, different event"
     );
 }
+
+struct FakeProfiles;
+
+impl divine_atbridge::jobs::profile::ProfileSource for FakeProfiles {
+    fn prepare<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> BoxFuture<'a, Result<divine_atbridge::jobs::profile::PreparedProfile, JobError>> {
+        Box::pin(async move {
+            let meta: serde_json::Value = serde_json::from_str(&event.content).unwrap();
+            Ok(divine_atbridge::jobs::profile::PreparedProfile {
+                record: serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": meta["name"]}),
+                media: vec![],
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_newest_profile_wins() {
+    use divine_atbridge::jobs::profile::sync_profile;
+    let tdb = TestDb::migrated("jobs_profile");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let meta = |name: &str, at: u64| {
+        EventBuilder::new(Kind::Metadata, format!(r#"{{"name":"{name}"}}"#))
+            .custom_created_at(Timestamp::from(at))
+            .sign_with_keys(&keys)
+            .unwrap()
+    };
+    let (newer, older) = (meta("new name", T + 10), meta("old name", T));
+    sync_profile(&db, &FakeProfiles, &repo, &newer).await.unwrap();
+    let stale = sync_profile(&db, &FakeProfiles, &repo, &older).await.unwrap_err();
+    assert_eq!((stale.code(), stale.class()), ("superseded", ErrorClass::Permanent));
+    sync_profile(&db, &FakeProfiles, &repo, &newer)
+        .await
+        .expect("re-delivery of the newest is fine");
+    let recs = repo.records.lock().unwrap();
+    assert_eq!(
+        recs[&("app.bsky.actor.profile".to_string(), "self".to_string())]["displayName"],
+        "new name"
+    );
+}
