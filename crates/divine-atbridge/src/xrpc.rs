@@ -1,1 +1,657 @@
-//! Placeholder for the `xrpc` module; its owner replaces this file.
+//! The one HTTP path for every PDS and PLC call: a wrapper around a single `reqwest::Client` (connect + total
+//! timeouts, user agent), optional bearer auth, JSON or raw-bytes/streamed bodies, per-request metrics, and the ONE
+//! place where transport failures and HTTP statuses become a classified [`XrpcError`].
+//!
+//! Owns: status/XRPC-error-name → code/class mapping, `Retry-After`/`RateLimit-Reset` parsing, the
+//! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds.rs and plc.rs
+//! refine errors per call), retry by itself, or log bearer tokens or request bodies.
+
+use bytes::Bytes;
+use divine_bridge_db::{Classified, ErrorClass};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// Metric name counting every request, labelled `method` (NSID or `plc.<op>`) and `status` (HTTP status or `error`).
+pub const REQUESTS_METRIC: &str = "bridge_pds_requests_total";
+
+/// Longest error-body excerpt kept in an error (bytes of text).
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct XrpcConfig {
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Total time for one request, from send to the last body byte.
+    pub timeout: Duration,
+    /// `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl Default for XrpcConfig {
+    fn default() -> Self {
+        XrpcConfig {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            user_agent: format!("divine-atbridge/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The `{error, message}` body of an XRPC (or PLC: `{message}`) error response. For non-JSON bodies `message` is a
+/// text excerpt and `error` is `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: Option<String>,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.error, &self.message) {
+            (Some(e), Some(m)) => write!(f, "{e}: {m}"),
+            (Some(e), None) => write!(f, "{e}"),
+            (None, Some(m)) => write!(f, "{m}"),
+            (None, None) => write!(f, "(no body)"),
+        }
+    }
+}
+
+/// A failed request, classified where it was born.
+#[derive(Debug, thiserror::Error)]
+pub enum XrpcError {
+    /// Connection refused/reset, DNS, TLS, or the body stream broke.
+    #[error("{method}: transport error: {detail}")]
+    Transport { method: String, detail: String },
+    /// Connect or total timeout elapsed.
+    #[error("{method}: timed out: {detail}")]
+    Timeout { method: String, detail: String },
+    /// HTTP 429.
+    #[error("{method}: rate limited (HTTP {status}, retry after {retry_after:?}): {body}")]
+    RateLimited {
+        method: String,
+        status: u16,
+        retry_after: Option<Duration>,
+        body: ErrorBody,
+    },
+    /// HTTP 5xx.
+    #[error("{method}: server error HTTP {status}: {body}")]
+    ServerError {
+        method: String,
+        status: u16,
+        body: ErrorBody,
+    },
+    /// 400/401 with `ExpiredToken`, `InvalidToken` or `BadJwt*`: the session must be refreshed, the request is fine.
+    #[error("{method}: session expired (HTTP {status}): {body}")]
+    SessionExpired {
+        method: String,
+        status: u16,
+        body: ErrorBody,
+    },
+    /// Any other 4xx (and unexpected 1xx/3xx): the peer refused this request.
+    #[error("{method}: rejected HTTP {status}: {body}")]
+    Rejected {
+        method: String,
+        status: u16,
+        body: ErrorBody,
+    },
+    /// 2xx whose body is not what the endpoint promises (e.g. HTML from a proxy, wrong JSON shape).
+    #[error("{method}: unexpected response body (HTTP {status}): {detail}")]
+    BadResponse {
+        method: String,
+        status: u16,
+        detail: String,
+    },
+    /// The request could not be built (bad URL, body not serializable). A bug or bad configuration.
+    #[error("{method}: invalid request: {detail}")]
+    InvalidRequest { method: String, detail: String },
+}
+
+impl Classified for XrpcError {
+    fn code(&self) -> &'static str {
+        match self {
+            XrpcError::Transport { .. } => "xrpc_transport",
+            XrpcError::Timeout { .. } => "xrpc_timeout",
+            XrpcError::RateLimited { .. } => "xrpc_rate_limited",
+            XrpcError::ServerError { .. } => "xrpc_server_error",
+            XrpcError::SessionExpired { .. } => "session_expired",
+            XrpcError::Rejected { .. } => "xrpc_rejected",
+            XrpcError::BadResponse { .. } => "xrpc_bad_response",
+            XrpcError::InvalidRequest { .. } => "xrpc_request_invalid",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            XrpcError::Rejected { .. } | XrpcError::InvalidRequest { .. } => ErrorClass::Permanent,
+            // A 2xx with a body we cannot read is a peer/proxy fault, not something wrong with our request.
+            XrpcError::Transport { .. }
+            | XrpcError::Timeout { .. }
+            | XrpcError::RateLimited { .. }
+            | XrpcError::ServerError { .. }
+            | XrpcError::SessionExpired { .. }
+            | XrpcError::BadResponse { .. } => ErrorClass::Transient,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            XrpcError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl XrpcError {
+    /// HTTP status, when a response arrived.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            XrpcError::RateLimited { status, .. }
+            | XrpcError::ServerError { status, .. }
+            | XrpcError::SessionExpired { status, .. }
+            | XrpcError::Rejected { status, .. }
+            | XrpcError::BadResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The XRPC `error` name of the response body, if any.
+    pub fn error_name(&self) -> Option<&str> {
+        self.body().and_then(|b| b.error.as_deref())
+    }
+
+    /// The `message` of the response body (or a text excerpt), if any.
+    pub fn message(&self) -> Option<&str> {
+        self.body().and_then(|b| b.message.as_deref())
+    }
+
+    /// The parsed error body, when a response arrived.
+    pub fn body(&self) -> Option<&ErrorBody> {
+        match self {
+            XrpcError::RateLimited { body, .. }
+            | XrpcError::ServerError { body, .. }
+            | XrpcError::SessionExpired { body, .. }
+            | XrpcError::Rejected { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The metric/method label of the failed request.
+    pub fn method(&self) -> &str {
+        match self {
+            XrpcError::Transport { method, .. }
+            | XrpcError::Timeout { method, .. }
+            | XrpcError::RateLimited { method, .. }
+            | XrpcError::ServerError { method, .. }
+            | XrpcError::SessionExpired { method, .. }
+            | XrpcError::Rejected { method, .. }
+            | XrpcError::BadResponse { method, .. }
+            | XrpcError::InvalidRequest { method, .. } => method,
+        }
+    }
+}
+
+/// Request body.
+#[derive(Debug, Default)]
+pub enum RequestBody {
+    /// No body.
+    #[default]
+    Empty,
+    /// Serialized JSON (`Content-Type: application/json`).
+    Json(Vec<u8>),
+    /// Raw bytes or a stream with an explicit content type (blob uploads).
+    Raw { content_type: String, body: reqwest::Body },
+}
+
+/// One request. `label` is the metric/method label: the NSID for XRPC calls, `plc.<op>` for PLC calls.
+#[derive(Debug)]
+pub struct XrpcRequest {
+    method: Method,
+    url: String,
+    label: String,
+    bearer: Option<String>,
+    query: Vec<(String, String)>,
+    body: RequestBody,
+}
+
+impl XrpcRequest {
+    /// A GET of `url`.
+    pub fn get(url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+        XrpcRequest::new(Method::GET, url, label)
+    }
+
+    /// A POST to `url` (empty body until one is set).
+    pub fn post(url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+        XrpcRequest::new(Method::POST, url, label)
+    }
+
+    fn new(method: Method, url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+        XrpcRequest {
+            method,
+            url: url.into(),
+            label: label.into(),
+            bearer: None,
+            query: Vec::new(),
+            body: RequestBody::Empty,
+        }
+    }
+
+    /// `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: impl Into<String>) -> XrpcRequest {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// Appends a query parameter.
+    pub fn query(mut self, key: impl Into<String>, value: impl Into<String>) -> XrpcRequest {
+        self.query.push((key.into(), value.into()));
+        self
+    }
+
+    /// A JSON body.
+    pub fn json<T: Serialize + ?Sized>(mut self, body: &T) -> Result<XrpcRequest, XrpcError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| XrpcError::InvalidRequest {
+            method: self.label.clone(),
+            detail: format!("JSON body: {e}"),
+        })?;
+        self.body = RequestBody::Json(bytes);
+        Ok(self)
+    }
+
+    /// A raw body (bytes or a stream) with its content type.
+    pub fn raw(mut self, content_type: impl Into<String>, body: impl Into<reqwest::Body>) -> XrpcRequest {
+        self.body = RequestBody::Raw {
+            content_type: content_type.into(),
+            body: body.into(),
+        };
+        self
+    }
+
+    /// The metric label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// A successful (2xx) response.
+#[derive(Debug, Clone)]
+pub struct XrpcResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    label: String,
+}
+
+impl XrpcResponse {
+    /// Decodes the body as JSON; a body of the wrong shape is [`XrpcError::BadResponse`].
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, XrpcError> {
+        serde_json::from_slice(&self.body).map_err(|e| XrpcError::BadResponse {
+            method: self.label.clone(),
+            status: self.status,
+            detail: format!("{e}; body starts {:?}", excerpt(&self.body)),
+        })
+    }
+}
+
+/// The shared HTTP client. Cheap to clone (one connection pool).
+#[derive(Clone, Debug)]
+pub struct XrpcClient {
+    http: reqwest::Client,
+}
+
+/// `{base}/xrpc/{nsid}`.
+pub fn xrpc_url(base: &str, nsid: &str) -> String {
+    format!("{}/xrpc/{nsid}", base.trim_end_matches('/'))
+}
+
+impl XrpcClient {
+    /// Builds the client. Installs ring as the rustls crypto provider if none is installed yet.
+    pub fn new(config: &XrpcConfig) -> Result<XrpcClient, XrpcError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .user_agent(config.user_agent.clone())
+            .build()
+            .map_err(|e| XrpcError::InvalidRequest {
+                method: "client".into(),
+                detail: error_chain(&e),
+            })?;
+        Ok(XrpcClient { http })
+    }
+
+    /// Sends `request`; any non-2xx status becomes a classified error. Counts the request in
+    /// `bridge_pds_requests_total`.
+    pub async fn send(&self, request: XrpcRequest) -> Result<XrpcResponse, XrpcError> {
+        let label = request.label.clone();
+        let started = Instant::now();
+        let result = self.send_inner(request).await;
+        let status_label = match &result {
+            Ok(resp) => resp.status.to_string(),
+            Err(e) => e.status().map(|s| s.to_string()).unwrap_or_else(|| "error".to_string()),
+        };
+        metrics::counter!(REQUESTS_METRIC, "method" => label.clone(), "status" => status_label.clone()).increment(1);
+        match &result {
+            Ok(_) => {
+                tracing::debug!(method = %label, status = %status_label, elapsed_ms = started.elapsed().as_millis() as u64, "xrpc ok")
+            }
+            Err(e) => {
+                tracing::debug!(method = %label, status = %status_label, code = e.code(), error = %e, "xrpc failed")
+            }
+        }
+        result
+    }
+
+    async fn send_inner(&self, request: XrpcRequest) -> Result<XrpcResponse, XrpcError> {
+        let XrpcRequest {
+            method,
+            url,
+            label,
+            bearer,
+            query,
+            body,
+        } = request;
+        let parsed = url::Url::parse(&url).map_err(|e| XrpcError::InvalidRequest {
+            method: label.clone(),
+            detail: format!("URL {url:?}: {e}"),
+        })?;
+        let mut builder = self.http.request(method, parsed);
+        if !query.is_empty() {
+            builder = builder.query(&query);
+        }
+        if let Some(token) = bearer {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder = match body {
+            RequestBody::Empty => builder,
+            RequestBody::Json(bytes) => builder.header(CONTENT_TYPE, "application/json").body(bytes),
+            RequestBody::Raw { content_type, body } => builder.header(CONTENT_TYPE, content_type).body(body),
+        };
+        let response = builder.send().await.map_err(|e| transport_error(&label, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| transport_error(&label, &e))?;
+        if (200..300).contains(&status) {
+            return Ok(XrpcResponse {
+                status,
+                headers,
+                body,
+                label,
+            });
+        }
+        Err(classify_status(label, status, &headers, &body, chrono::Utc::now()))
+    }
+}
+
+fn transport_error(label: &str, e: &reqwest::Error) -> XrpcError {
+    if e.is_timeout() {
+        XrpcError::Timeout {
+            method: label.to_string(),
+            detail: error_chain(e),
+        }
+    } else if e.is_builder() {
+        XrpcError::InvalidRequest {
+            method: label.to_string(),
+            detail: error_chain(e),
+        }
+    } else {
+        XrpcError::Transport {
+            method: label.to_string(),
+            detail: error_chain(e),
+        }
+    }
+}
+
+/// `e: cause: cause…`, so the root cause (e.g. "connection refused") is visible in one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if trimmed.chars().count() > MAX_MESSAGE_CHARS {
+        format!("{}…", trimmed.chars().take(MAX_MESSAGE_CHARS).collect::<String>())
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Parses an XRPC/PLC error body: JSON `{error?, message?}` or, failing that, a text excerpt as the message.
+pub fn parse_error_body(body: &[u8]) -> ErrorBody {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        error: Option<serde_json::Value>,
+        message: Option<serde_json::Value>,
+    }
+    let as_text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    match serde_json::from_slice::<Raw>(body) {
+        Ok(raw) if raw.error.is_some() || raw.message.is_some() => ErrorBody {
+            error: raw.error.map(as_text).filter(|s| !s.is_empty()),
+            message: raw.message.map(as_text),
+        },
+        _ => {
+            let text = excerpt(body);
+            // A bare JSON string (PLC sometimes answers `"OK"`-style bodies) is unwrapped.
+            let text = serde_json::from_str::<String>(&text).unwrap_or(text);
+            ErrorBody {
+                error: None,
+                message: (!text.is_empty()).then_some(text),
+            }
+        }
+    }
+}
+
+fn is_session_expired_name(name: &str) -> bool {
+    name == "ExpiredToken" || name == "InvalidToken" || name.starts_with("BadJwt")
+}
+
+/// Maps a non-2xx response to its error. `now` is injectable for `Retry-After` HTTP dates in tests.
+pub fn classify_status(
+    method: String,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> XrpcError {
+    let body = parse_error_body(body);
+    match status {
+        429 => XrpcError::RateLimited {
+            method,
+            status,
+            retry_after: retry_after_from_headers(headers, now),
+            body,
+        },
+        500..=599 => XrpcError::ServerError { method, status, body },
+        400 | 401 if body.error.as_deref().is_some_and(is_session_expired_name) => {
+            XrpcError::SessionExpired { method, status, body }
+        }
+        _ => XrpcError::Rejected { method, status, body },
+    }
+}
+
+/// `Retry-After` (delay seconds or HTTP date), else `RateLimit-Reset` (epoch seconds when it looks like one — the
+/// atproto PDS sends epoch seconds — otherwise delay seconds).
+pub fn retry_after_from_headers(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    if let Some(value) = headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::trim) {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(date) = chrono::DateTime::parse_from_rfc2822(value) {
+            let delta = date.with_timezone(&chrono::Utc) - now;
+            return Some(delta.to_std().unwrap_or(Duration::ZERO));
+        }
+    }
+    let reset = headers
+        .get("ratelimit-reset")
+        .and_then(|v| v.to_str().ok())?
+        .trim()
+        .parse::<i64>()
+        .ok()?;
+    if reset >= 1_000_000_000 {
+        Some(Duration::from_secs((reset - now.timestamp()).max(0) as u64))
+    } else {
+        Some(Duration::from_secs(reset.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn status_mapping() {
+        let now = chrono::Utc::now();
+        let h = HeaderMap::new();
+        let cases: &[(u16, &str, &str, ErrorClass)] = &[
+            (
+                500,
+                r#"{"error":"InternalServerError","message":"x"}"#,
+                "xrpc_server_error",
+                ErrorClass::Transient,
+            ),
+            (503, "<html>down</html>", "xrpc_server_error", ErrorClass::Transient),
+            (
+                400,
+                r#"{"error":"ExpiredToken","message":"Token has expired"}"#,
+                "session_expired",
+                ErrorClass::Transient,
+            ),
+            (
+                401,
+                r#"{"error":"InvalidToken"}"#,
+                "session_expired",
+                ErrorClass::Transient,
+            ),
+            (
+                401,
+                r#"{"error":"BadJwtSignature","message":"x"}"#,
+                "session_expired",
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                r#"{"error":"InvalidRequest","message":"bad"}"#,
+                "xrpc_rejected",
+                ErrorClass::Permanent,
+            ),
+            (
+                401,
+                r#"{"error":"AccountDeactivated"}"#,
+                "xrpc_rejected",
+                ErrorClass::Permanent,
+            ),
+            (403, "", "xrpc_rejected", ErrorClass::Permanent),
+            (
+                404,
+                "DID not registered: did:plc:x",
+                "xrpc_rejected",
+                ErrorClass::Permanent,
+            ),
+            (429, "{}", "xrpc_rate_limited", ErrorClass::Transient),
+        ];
+        for (status, body, code, class) in cases {
+            let e = classify_status("m".into(), *status, &h, body.as_bytes(), now);
+            assert_eq!(e.code(), *code, "{status} {body}");
+            assert_eq!(e.class(), *class, "{status} {body}");
+            assert_eq!(e.status(), Some(*status));
+        }
+        let e = classify_status(
+            "m".into(),
+            400,
+            &h,
+            br#"{"error":"InvalidRequest","message":"bad"}"#,
+            now,
+        );
+        assert_eq!(e.error_name(), Some("InvalidRequest"));
+        assert_eq!(e.message(), Some("bad"));
+        let plc = classify_status(
+            "plc.submit".into(),
+            400,
+            &h,
+            br#"{"message":"Operations not correctly ordered"}"#,
+            now,
+        );
+        assert_eq!(plc.error_name(), None);
+        assert_eq!(plc.message(), Some("Operations not correctly ordered"));
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("retry-after", "Thu, 01 Jan 2026 00:01:30 GMT")]), now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("retry-after", "Wed, 31 Dec 2025 23:00:00 GMT")]), now),
+            Some(Duration::ZERO)
+        );
+        let reset = (now.timestamp() + 42).to_string();
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("ratelimit-reset", &reset)]), now),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("ratelimit-reset", "12")]), now),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(retry_after_from_headers(&HeaderMap::new(), now), None);
+        assert_eq!(
+            retry_after_from_headers(&headers(&[("retry-after", "soon")]), now),
+            None
+        );
+    }
+
+    #[test]
+    fn error_body_parsing() {
+        assert_eq!(
+            parse_error_body(br#"{"error":"X","message":"y"}"#),
+            ErrorBody {
+                error: Some("X".into()),
+                message: Some("y".into())
+            }
+        );
+        assert_eq!(
+            parse_error_body(b"plain text"),
+            ErrorBody {
+                error: None,
+                message: Some("plain text".into())
+            }
+        );
+        assert_eq!(parse_error_body(b""), ErrorBody::default());
+        let long = "x".repeat(5000);
+        assert!(parse_error_body(long.as_bytes()).message.unwrap().chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+}
