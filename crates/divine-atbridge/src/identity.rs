@@ -545,6 +545,31 @@ impl<C: Checkpoint> Provisioner<C> {
                 }
                 Err(_) => return Err(e.into()),
             },
+            // The reference PDS reports a handle held by an ACTIVE account as a bare `InvalidRequest` (no error
+            // name). Classify it with a structured probe instead of the message text: who holds the handle?
+            Err(e @ PdsError::Rejected { status: 400, .. }) => {
+                match self.pds.resolve_handle(&self.request.handle).await {
+                    Ok(Some(owner)) if owner == did => {
+                        run.session = Some(
+                            self.verify_existing(&did)
+                                .await
+                                .map_err(ProvisionError::AccountUnverified)?,
+                        );
+                        tracing::info!(
+                            did,
+                            "account already exists and is active; verified with the stored password"
+                        );
+                    }
+                    Ok(Some(owner)) => {
+                        return Err(PdsError::HandleUnavailable {
+                            error: "HandleTaken".into(),
+                            message: format!("{} is held by {owner} ({e})", self.request.handle),
+                        }
+                        .into())
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         }
         self.advance(run, ProvisionStep::AccountCreated).await

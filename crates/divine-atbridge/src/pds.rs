@@ -407,6 +407,20 @@ impl PdsClient {
         Ok(out.data)
     }
 
+    /// `com.atproto.identity.resolveHandle`: the DID holding `handle`, or `None` when the PDS cannot resolve it
+    /// (any 400: the reference PDS answers `InvalidRequest "Unable to resolve handle"` for a free handle).
+    pub async fn resolve_handle(&self, handle: &str) -> Result<Option<String>, PdsError> {
+        let request = self.get(identity::resolve_handle::NSID).query("handle", handle);
+        match self
+            .call::<Object<identity::resolve_handle::OutputData>>(Call::Other, request)
+            .await
+        {
+            Ok(out) => Ok(Some(out.data.did.to_string())),
+            Err(PdsError::Rejected { status: 400, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `com.atproto.sync.getRepoStatus` (public).
     pub async fn get_repo_status(&self, did: &str) -> Result<sync::get_repo_status::OutputData, PdsError> {
         let out: Object<_> = self
