@@ -467,7 +467,7 @@ async fn invalid_handle_is_handle_unavailable_and_pds_errors_classify() {
 }
 
 #[tokio::test]
-async fn invalid_record_is_pds_validation() {
+async fn records_and_blobs_on_a_provisioned_account() {
     let Some(stack) = stack() else { return };
     let acct = account(&stack, "valid");
     let outcome = Provisioner::new(
@@ -489,10 +489,21 @@ async fn invalid_record_is_pds_validation() {
         validate: None,
         swap_record: None,
     };
-    let err = pds
-        .put_record(&outcome.session.unwrap().access_jwt, &put)
-        .await
-        .unwrap_err();
+    let access = outcome.session.unwrap().access_jwt;
+    let err = pds.put_record(&access, &put).await.unwrap_err();
     assert_eq!(err.code(), "pds_validation", "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);
+
+    // uploadBlob with a streamed body (chunks, no Content-Length) stores the bytes as sniffed video/mp4.
+    let mp4 = include_bytes!("fixtures/tiny.mp4").to_vec();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = mp4.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let out = pds.upload_blob(&access, "video/mp4", body).await.unwrap();
+    let blob = serde_json::to_value(&out.blob).unwrap();
+    assert_eq!(blob["mimeType"], "video/mp4");
+    assert_eq!(blob["size"], mp4.len());
+    assert!(blob["ref"]["$link"].as_str().unwrap().starts_with("bafkrei"), "{blob}");
+    // The same bytes from memory give the same CID.
+    let again = pds.upload_blob(&access, "video/mp4", mp4.clone()).await.unwrap();
+    assert_eq!(serde_json::to_value(&again.blob).unwrap()["ref"], blob["ref"]);
 }
