@@ -14,7 +14,7 @@
 
 use crate::failpoint;
 use crate::jwt;
-use crate::keys::{decode_did_key, AccountKey};
+use crate::keys::{decode_did_key, random_password, secret_aad, AccountKey, KeyEncryptionKey, KeyError, SecretPurpose};
 use crate::pds::{record_json, PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
@@ -177,6 +177,57 @@ impl std::fmt::Debug for ProvisionSecrets {
             .field("signing_key", &self.signing_key)
             .field("rotation_key", &self.rotation_key)
             .finish_non_exhaustive()
+    }
+}
+
+/// The sealed form of [`ProvisionSecrets`] for `account_keys` (see keys.rs for the layout and associated data).
+#[derive(Clone, Debug)]
+pub struct SealedSecrets {
+    pub kek_id: String,
+    pub signing_key_sealed: Vec<u8>,
+    pub rotation_key_sealed: Vec<u8>,
+    pub password_sealed: Vec<u8>,
+    /// Public halves, kept in clear for diagnosis.
+    pub signing_did_key: String,
+    pub rotation_did_key: String,
+}
+
+impl ProvisionSecrets {
+    /// Fresh signing key, rotation key and PDS password.
+    pub fn generate() -> ProvisionSecrets {
+        ProvisionSecrets {
+            signing_key: AccountKey::generate(),
+            rotation_key: AccountKey::generate(),
+            password: random_password(),
+        }
+    }
+
+    /// Seals every secret under `kek`, bound to `nostr_pubkey` and each secret's purpose.
+    pub fn seal(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> SealedSecrets {
+        SealedSecrets {
+            kek_id: kek.key_id(),
+            signing_key_sealed: kek.seal_key(&secret_aad(nostr_pubkey, SecretPurpose::Signing), &self.signing_key),
+            rotation_key_sealed: kek.seal_key(&secret_aad(nostr_pubkey, SecretPurpose::Rotation), &self.rotation_key),
+            password_sealed: kek.seal_str(&secret_aad(nostr_pubkey, SecretPurpose::Password), &self.password),
+            signing_did_key: self.signing_key.did_key(),
+            rotation_did_key: self.rotation_key.did_key(),
+        }
+    }
+
+    /// Opens secrets sealed by [`ProvisionSecrets::seal`] for the same `nostr_pubkey` (`key_decrypt_failed`
+    /// otherwise).
+    pub fn open(
+        kek: &KeyEncryptionKey,
+        nostr_pubkey: &str,
+        signing_key_sealed: &[u8],
+        rotation_key_sealed: &[u8],
+        password_sealed: &[u8],
+    ) -> Result<ProvisionSecrets, KeyError> {
+        Ok(ProvisionSecrets {
+            signing_key: kek.open_key(&secret_aad(nostr_pubkey, SecretPurpose::Signing), signing_key_sealed)?,
+            rotation_key: kek.open_key(&secret_aad(nostr_pubkey, SecretPurpose::Rotation), rotation_key_sealed)?,
+            password: kek.open_string(&secret_aad(nostr_pubkey, SecretPurpose::Password), password_sealed)?,
+        })
     }
 }
 
@@ -845,6 +896,45 @@ mod tests {
         for s in steps {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+    }
+
+    #[test]
+    fn secrets_seal_and_open_per_account() {
+        let kek = KeyEncryptionKey::from_bytes([3u8; 32]);
+        let secrets = ProvisionSecrets::generate();
+        assert!(secrets.password.len() >= 24);
+        let alice = "a1".repeat(32);
+        let sealed = secrets.seal(&kek, &alice);
+        assert_eq!(sealed.kek_id, kek.key_id());
+        assert_eq!(sealed.signing_did_key, secrets.signing_key.did_key());
+        let opened = ProvisionSecrets::open(
+            &kek,
+            &alice,
+            &sealed.signing_key_sealed,
+            &sealed.rotation_key_sealed,
+            &sealed.password_sealed,
+        )
+        .unwrap();
+        assert_eq!(opened.signing_key.did_key(), secrets.signing_key.did_key());
+        assert_eq!(opened.rotation_key.did_key(), secrets.rotation_key.did_key());
+        assert_eq!(opened.password, secrets.password);
+        // Columns swapped, or the row moved to another account: refuses to open.
+        let swapped = ProvisionSecrets::open(
+            &kek,
+            &alice,
+            &sealed.rotation_key_sealed,
+            &sealed.signing_key_sealed,
+            &sealed.password_sealed,
+        );
+        assert_eq!(swapped.unwrap_err().code(), "key_decrypt_failed");
+        let moved = ProvisionSecrets::open(
+            &kek,
+            &"b2".repeat(32),
+            &sealed.signing_key_sealed,
+            &sealed.rotation_key_sealed,
+            &sealed.password_sealed,
+        );
+        assert_eq!(moved.unwrap_err().code(), "key_decrypt_failed");
     }
 
     #[test]

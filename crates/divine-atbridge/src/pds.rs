@@ -11,6 +11,7 @@
 //! `$type`), because the XRPC wire format is JSON and a JSON → `Unknown` → JSON round trip buys nothing.
 
 use crate::jwt;
+use crate::keys::{secret_aad, KeyEncryptionKey, KeyError, SecretPurpose};
 use crate::xrpc::{xrpc_url, XrpcClient, XrpcError, XrpcRequest};
 use atrium_api::com::atproto::{identity, repo, server, sync};
 use atrium_api::types::Object;
@@ -485,6 +486,30 @@ fn expires_after(exp: Option<DateTime<Utc>>, margin: Duration) -> bool {
     exp.is_some_and(|exp| exp - margin > Utc::now())
 }
 
+impl StoredSession {
+    /// Seals both tokens for `account_sessions` (bound to the account's Nostr pubkey and each token's purpose):
+    /// `(access_jwt_sealed, refresh_jwt_sealed)`.
+    pub fn seal(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> (Vec<u8>, Vec<u8>) {
+        (
+            kek.seal_str(&secret_aad(nostr_pubkey, SecretPurpose::AccessJwt), &self.access_jwt),
+            kek.seal_str(&secret_aad(nostr_pubkey, SecretPurpose::RefreshJwt), &self.refresh_jwt),
+        )
+    }
+
+    /// Opens tokens sealed by [`StoredSession::seal`].
+    pub fn open(
+        kek: &KeyEncryptionKey,
+        nostr_pubkey: &str,
+        access_jwt_sealed: &[u8],
+        refresh_jwt_sealed: &[u8],
+    ) -> Result<StoredSession, KeyError> {
+        Ok(StoredSession {
+            access_jwt: kek.open_string(&secret_aad(nostr_pubkey, SecretPurpose::AccessJwt), access_jwt_sealed)?,
+            refresh_jwt: kek.open_string(&secret_aad(nostr_pubkey, SecretPurpose::RefreshJwt), refresh_jwt_sealed)?,
+        })
+    }
+}
+
 impl From<server::create_session::OutputData> for StoredSession {
     fn from(o: server::create_session::OutputData) -> Self {
         StoredSession {
@@ -911,5 +936,14 @@ mod tests {
         assert!(!s.access_valid_for(REFRESH_MARGIN));
         assert!(!s.refresh_usable());
         assert!(!format!("{s:?}").contains("garbage"));
+
+        let kek = KeyEncryptionKey::from_bytes([5u8; 32]);
+        let (access, refresh) = s.seal(&kek, "ab");
+        assert_eq!(StoredSession::open(&kek, "ab", &access, &refresh).unwrap(), s);
+        assert!(
+            StoredSession::open(&kek, "ab", &refresh, &access).is_err(),
+            "columns swapped"
+        );
+        assert!(StoredSession::open(&kek, "cd", &access, &refresh).is_err());
     }
 }
