@@ -5,7 +5,11 @@
 //! small ports defined here so the policy is testable against real Postgres without a PDS.
 
 pub mod profile;
+pub mod provision;
 pub mod publish;
+pub mod store;
+
+pub use store::upstream;
 
 use divine_bridge_db::{Classified, ErrorClass};
 use futures::future::BoxFuture;

@@ -1,0 +1,220 @@
+//! Postgres-backed adapters for the identity layer: the [`SessionStore`] the `pds::SessionManager` persists sessions
+//! through (sealed under the KEK), the provisioning [`Checkpoint`], and the [`RepoWriter`] that performs repo writes
+//! with each account's own session. Owns the mapping between those traits and the stores in divine-bridge-db; no
+//! policy lives here.
+
+use super::{BlobJson, RepoWriter, UpstreamError};
+use crate::identity::{Checkpoint, ProvisionState};
+use crate::keys::KeyEncryptionKey;
+use crate::pds::{PdsError, PutRecord, SessionManager, SessionStore, StoreError, StoredSession};
+use chrono::Utc;
+use diesel::prelude::*;
+use divine_bridge_db::records::{self, AccountSession};
+use divine_bridge_db::schema::{account_keys, account_links};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+
+fn store_err(e: &DbError) -> StoreError {
+    StoreError::from_classified(e)
+}
+
+/// Sessions and passwords in `account_sessions` / `account_keys`, sealed under the KEK.
+#[derive(Clone)]
+pub struct DbSessionStore {
+    pub db: Db,
+    pub kek: Arc<KeyEncryptionKey>,
+}
+
+impl DbSessionStore {
+    async fn pubkey_for(&self, did: &str) -> Result<String, StoreError> {
+        let did = did.to_string();
+        let found = self
+            .db
+            .run(move |c| {
+                Ok(account_links::table
+                    .filter(account_links::did.eq(&did))
+                    .select(account_links::nostr_pubkey)
+                    .first::<String>(c)
+                    .optional()?)
+            })
+            .await
+            .map_err(|e| store_err(&e))?;
+        found.ok_or_else(|| {
+            StoreError::new(
+                "account_not_found",
+                ErrorClass::Permanent,
+                "no account link for this DID",
+            )
+        })
+    }
+}
+
+impl SessionStore for DbSessionStore {
+    async fn load(&self, did: &str) -> Result<Option<StoredSession>, StoreError> {
+        let d = did.to_string();
+        let row = self
+            .db
+            .run(move |c| records::get_session(c, &d))
+            .await
+            .map_err(|e| store_err(&e))?;
+        match row {
+            None => Ok(None),
+            Some(r) => StoredSession::open(&self.kek, &r.nostr_pubkey, &r.access_jwt_sealed, &r.refresh_jwt_sealed)
+                .map(Some)
+                .map_err(|e| StoreError::from_classified(&e)),
+        }
+    }
+
+    async fn save(&self, did: &str, session: &StoredSession) -> Result<(), StoreError> {
+        let pubkey = self.pubkey_for(did).await?;
+        save_session(&self.db, &self.kek, &pubkey, did, session)
+            .await
+            .map_err(|e| store_err(&e))
+    }
+
+    async fn password(&self, did: &str) -> Result<String, StoreError> {
+        let pubkey = self.pubkey_for(did).await?;
+        let pk = pubkey.clone();
+        let sealed: Vec<u8> = self
+            .db
+            .run(move |c| {
+                Ok(account_keys::table
+                    .find(&pk)
+                    .select(account_keys::password_sealed)
+                    .first(c)?)
+            })
+            .await
+            .map_err(|e| store_err(&e))?;
+        self.kek
+            .open_string(
+                &crate::keys::secret_aad(&pubkey, crate::keys::SecretPurpose::Password),
+                &sealed,
+            )
+            .map_err(|e| StoreError::from_classified(&e))
+    }
+}
+
+/// Seals and upserts a session for `did` (owned by `pubkey`).
+pub async fn save_session(
+    db: &Db,
+    kek: &KeyEncryptionKey,
+    pubkey: &str,
+    did: &str,
+    session: &StoredSession,
+) -> Result<(), DbError> {
+    let (access, refresh) = session.seal(kek, pubkey);
+    let row = AccountSession {
+        did: did.to_string(),
+        nostr_pubkey: pubkey.to_string(),
+        access_jwt_sealed: access,
+        refresh_jwt_sealed: refresh,
+        access_expires_at: session.access_expires_at(),
+        refresh_expires_at: session.refresh_expires_at(),
+        updated_at: Utc::now(),
+    };
+    db.run(move |c| records::save_session(c, &row)).await
+}
+
+/// Provisioning progress in `account_keys.provision_state`.
+pub struct DbCheckpoint {
+    pub db: Db,
+    pub pubkey: String,
+}
+
+impl Checkpoint for DbCheckpoint {
+    async fn save(&self, state: &ProvisionState) -> Result<(), StoreError> {
+        let (pk, json) = (self.pubkey.clone(), state.to_json());
+        self.db
+            .run(move |c| records::save_provision_state(c, &pk, &json))
+            .await
+            .map_err(|e| store_err(&e))
+    }
+}
+
+/// Repo writes through the account's own session (refreshed or re-created as needed by the `SessionManager`).
+pub struct PdsRepo {
+    pub sessions: Arc<SessionManager<DbSessionStore>>,
+}
+
+fn up(e: PdsError) -> UpstreamError {
+    UpstreamError::of(&e)
+}
+
+impl RepoWriter for PdsRepo {
+    fn upload_blob<'a>(
+        &'a self,
+        did: &'a str,
+        bytes: Vec<u8>,
+        mime: &'a str,
+    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+        Box::pin(async move {
+            let pds = self.sessions.pds();
+            let out = self
+                .sessions
+                .with_session(did, |token| {
+                    let body = bytes.clone();
+                    async move { pds.upload_blob(&token, mime, body).await }
+                })
+                .await
+                .map_err(up)?;
+            serde_json::to_value(&out.blob).map_err(|e| UpstreamError {
+                code: "xrpc_bad_response",
+                class: ErrorClass::Transient,
+                retry_after: None,
+                message: e.to_string(),
+            })
+        })
+    }
+
+    fn put_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+        record: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(String, String), UpstreamError>> {
+        Box::pin(async move {
+            let pds = self.sessions.pds();
+            let input = PutRecord {
+                repo: did.to_string(),
+                collection: collection.to_string(),
+                rkey: rkey.to_string(),
+                record,
+                validate: None,
+                swap_record: None,
+            };
+            let out = self
+                .sessions
+                .with_session(did, |token| {
+                    let input = input.clone();
+                    async move { pds.put_record(&token, &input).await }
+                })
+                .await
+                .map_err(up)?;
+            Ok((out.uri.to_string(), out.cid.as_ref().to_string()))
+        })
+    }
+
+    fn delete_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let pds = self.sessions.pds();
+            self.sessions
+                .with_session(did, |token| async move {
+                    pds.delete_record(&token, did, collection, rkey).await
+                })
+                .await
+                .map_err(up)
+        })
+    }
+}
+
+/// Wraps any classified error for the job layer.
+pub fn upstream<E: Classified>(e: E) -> super::JobError {
+    super::JobError::Upstream(UpstreamError::of(&e))
+}
