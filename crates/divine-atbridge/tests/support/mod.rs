@@ -81,7 +81,11 @@ impl MediaServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        MediaServer { base_url: format!("http://127.0.0.1:{}", addr.port()), files, hits }
+        MediaServer {
+            base_url: format!("http://127.0.0.1:{}", addr.port()),
+            files,
+            hits,
+        }
     }
 
     /// Serves `bytes` at the returned URL.
@@ -170,7 +174,11 @@ impl BridgeProcess {
     /// Starts `divine-atbridge run` with `env` (+ extra vars such as `BRIDGE_FAILPOINTS`) and waits for `/ready`.
     pub fn spawn(env: &[(String, String)], extra: &[(&str, &str)]) -> BridgeProcess {
         let http_addr = free_addr();
-        let log_path = std::env::temp_dir().join(format!("atbridge-e2e-{}-{}.log", std::process::id(), rand::random::<u32>()));
+        let log_path = std::env::temp_dir().join(format!(
+            "atbridge-e2e-{}-{}.log",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
             .arg("run")
@@ -182,7 +190,11 @@ impl BridgeProcess {
             .stderr(log)
             .spawn()
             .expect("spawn divine-atbridge");
-        let p = BridgeProcess { child: Some(child), http_addr, log_path };
+        let p = BridgeProcess {
+            child: Some(child),
+            http_addr,
+            log_path,
+        };
         p.wait_ready(Duration::from_secs(30));
         p
     }
@@ -207,7 +219,10 @@ impl BridgeProcess {
 
     /// Whether the process has exited (e.g. at a failpoint).
     pub fn exited(&mut self) -> bool {
-        self.child.as_mut().map(|c| c.try_wait().unwrap().is_some()).unwrap_or(true)
+        self.child
+            .as_mut()
+            .map(|c| c.try_wait().unwrap().is_some())
+            .unwrap_or(true)
     }
 
     /// SIGKILL: no cleanup at all.
@@ -248,7 +263,10 @@ fn unsafe_sigterm(pid: u32) {
 fn ureq_get(url: &str) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = std::net::TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
@@ -269,15 +287,31 @@ pub struct Probe {
 impl Probe {
     pub fn new(stack: &Refstack) -> Probe {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Probe { http: reqwest::Client::new(), stack: stack.clone() }
+        Probe {
+            http: reqwest::Client::new(),
+            stack: stack.clone(),
+        }
     }
 
     pub async fn plc_data(&self, did: &str) -> serde_json::Value {
-        self.http.get(format!("{}/{did}/data", self.stack.plc_url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/{did}/data", self.stack.plc_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn xrpc(&self, nsid: &str, query: &[(&str, &str)]) -> (u16, serde_json::Value) {
-        let resp = self.http.get(format!("{}/xrpc/{nsid}", self.stack.pds_url)).query(query).send().await.unwrap();
+        let resp = self
+            .http
+            .get(format!("{}/xrpc/{nsid}", self.stack.pds_url))
+            .query(query)
+            .send()
+            .await
+            .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
@@ -334,10 +368,18 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     pub fn spawn(db: &TestDb) -> GatewayProcess {
         let bin = std::path::Path::new(env!("CARGO_BIN_EXE_divine-atbridge")).with_file_name("divine-handle-gateway");
-        assert!(bin.exists(), "{} not built; run the tests with `cargo test --workspace`", bin.display());
+        assert!(
+            bin.exists(),
+            "{} not built; run the tests with `cargo test --workspace`",
+            bin.display()
+        );
         let addr = free_addr();
         let token = format!("tok-{}", rand::random::<u64>());
-        let log_path = std::env::temp_dir().join(format!("gateway-e2e-{}-{}.log", std::process::id(), rand::random::<u32>()));
+        let log_path = std::env::temp_dir().join(format!(
+            "gateway-e2e-{}-{}.log",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(bin)
             .env("DATABASE_URL", &db.url)
@@ -366,7 +408,10 @@ impl GatewayProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("gateway not ready; log:\n{}", std::fs::read_to_string(&g.log_path).unwrap_or_default());
+        panic!(
+            "gateway not ready; log:\n{}",
+            std::fs::read_to_string(&g.log_path).unwrap_or_default()
+        );
     }
 
     /// `POST path` with the service token and a JSON body; returns (status, JSON body).
@@ -396,19 +441,26 @@ impl GatewayProcess {
     }
 
     pub async fn opt_in(&self, pubkey: &str, handle: &str) -> (u16, serde_json::Value) {
-        self.post("/api/account-links/opt-in", serde_json::json!({"nostr_pubkey": pubkey, "handle": handle})).await
+        self.post(
+            "/api/account-links/opt-in",
+            serde_json::json!({"nostr_pubkey": pubkey, "handle": handle}),
+        )
+        .await
     }
 
     /// Waits until the account is `ready` and returns its record.
     pub async fn wait_ready(&self, pubkey: &str, timeout: Duration) -> serde_json::Value {
-        let mut last = serde_json::Value::Null;
-        let got = eventually(timeout, || async {
+        let deadline = Instant::now() + timeout;
+        loop {
             let (_, body) = self.status(pubkey).await;
-            last = body.clone();
-            (body["provisioning_state"] == "ready").then_some(body)
-        })
-        .await;
-        got.unwrap_or_else(|| panic!("account {pubkey} not ready within {timeout:?}: {last}"))
+            if body["provisioning_state"] == "ready" {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!("account {pubkey} not ready within {timeout:?}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `GET /.well-known/atproto-did` with `Host: <handle>`.
