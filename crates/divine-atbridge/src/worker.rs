@@ -1,1 +1,522 @@
-//! Placeholder for the `worker` module; its owner replaces this file.
+//! The worker pool: leases jobs in batches, runs each with the handler registered for its kind (at most `WORKERS`
+//! at once per process), renews leases while work runs (heartbeat), finalizes every try through the fenced queue
+//! functions (successes batched), reclaims expired leases (watchdog) and refreshes the queue gauges. On shutdown it
+//! stops leasing, lets in-flight work finish within the grace period and releases what is left.
+//!
+//! Owns scheduling and lifecycle only: what a job *does* belongs to the handlers (`jobs`), and every state change
+//! goes through `divine_bridge_db::queue` (the one place transitions live).
+
+pub use divine_bridge_db::queue::LeasedJob;
+
+use crate::config::{bool_or, parse_or, ConfigError};
+use divine_bridge_db::queue::{self, Finish, Finished};
+use divine_bridge_db::{Classified, Db, ErrorClass, JobKind};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// How a handler's try ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    /// Correctly skipped; recorded as `ineligible` with a reason code.
+    Ineligible {
+        code: String,
+        detail: String,
+    },
+    /// Transient: retried with backoff, or after `retry_after` when the server gave one.
+    Retry {
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Permanent: `failed` with a stable code.
+    Fail {
+        code: String,
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// Maps a classified error: transient → retry (keeping its retry hint), permanent → fail.
+    pub fn from_error<E: Classified + ?Sized>(e: &E) -> Outcome {
+        match e.class() {
+            ErrorClass::Transient => Outcome::Retry {
+                code: e.code().to_string(),
+                message: e.to_string(),
+                retry_after: e.retry_after(),
+            },
+            ErrorClass::Permanent => Outcome::Fail {
+                code: e.code().to_string(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Ineligible { .. } => "ineligible",
+            Outcome::Retry { .. } => "retried",
+            Outcome::Fail { .. } => "failed",
+        }
+    }
+}
+
+/// Runs one kind of job.
+pub trait JobHandler: Send + Sync + 'static {
+    fn handle<'a>(&'a self, job: &'a LeasedJob) -> BoxFuture<'a, Outcome>;
+}
+
+/// Job kind → handler.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<JobKind, Arc<dyn JobHandler>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+    pub fn register(&mut self, kind: JobKind, handler: Arc<dyn JobHandler>) -> &mut Registry {
+        self.handlers.insert(kind, handler);
+        self
+    }
+}
+
+/// Pool settings (`WorkerConfig::from_env`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub workers: usize,
+    pub lease: Duration,
+    pub watchdog_enabled: bool,
+    pub watchdog_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    pub retry_max_age: Duration,
+    /// Idle poll interval when the queue is empty.
+    pub poll_interval: Duration,
+    /// Gauge refresh interval.
+    pub stats_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            workers: 8,
+            lease: Duration::from_secs(300),
+            watchdog_enabled: true,
+            watchdog_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            retry_base: Duration::from_secs(5),
+            retry_cap: Duration::from_secs(3600),
+            retry_max_age: Duration::from_secs(7 * 24 * 3600),
+            poll_interval: Duration::from_millis(100),
+            stats_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Reads `WORKERS`, `LEASE_SECS`, `WATCHDOG_ENABLED`, `WATCHDOG_INTERVAL_SECS`, `SHUTDOWN_GRACE_SECS`,
+    /// `RETRY_BASE_SECS`, `RETRY_CAP_SECS`, `RETRY_MAX_AGE_SECS`, `POLL_INTERVAL_MS`.
+    pub fn from_env() -> Result<WorkerConfig, ConfigError> {
+        let d = WorkerConfig::default();
+        let c = WorkerConfig {
+            workers: parse_or("WORKERS", d.workers)?,
+            lease: Duration::from_secs(parse_or("LEASE_SECS", d.lease.as_secs())?),
+            watchdog_enabled: bool_or("WATCHDOG_ENABLED", true)?,
+            watchdog_interval: Duration::from_secs(parse_or("WATCHDOG_INTERVAL_SECS", d.watchdog_interval.as_secs())?),
+            shutdown_grace: Duration::from_secs(parse_or("SHUTDOWN_GRACE_SECS", d.shutdown_grace.as_secs())?),
+            retry_base: Duration::from_secs(parse_or("RETRY_BASE_SECS", d.retry_base.as_secs())?),
+            retry_cap: Duration::from_secs(parse_or("RETRY_CAP_SECS", d.retry_cap.as_secs())?),
+            retry_max_age: Duration::from_secs(parse_or("RETRY_MAX_AGE_SECS", d.retry_max_age.as_secs())?),
+            poll_interval: Duration::from_millis(parse_or("POLL_INTERVAL_MS", 100u64)?),
+            stats_interval: d.stats_interval,
+        };
+        if c.workers == 0 {
+            return Err(ConfigError::Invalid {
+                name: "WORKERS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if c.lease < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid {
+                name: "LEASE_SECS",
+                reason: "must be at least 2".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// A lease owner unique per process: `<hostname>-<random hex>` (never a bare PID: PIDs repeat across pods).
+pub fn lease_owner() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}-{:016x}", rand::random::<u64>())
+}
+
+struct Done {
+    job: LeasedJob,
+    outcome: Outcome,
+    started: Instant,
+}
+
+/// The pool.
+pub struct WorkerPool {
+    db: Db,
+    config: WorkerConfig,
+    registry: Registry,
+    owner: String,
+}
+
+impl WorkerPool {
+    pub fn new(db: Db, config: WorkerConfig, registry: Registry) -> WorkerPool {
+        WorkerPool {
+            db,
+            config,
+            registry,
+            owner: lease_owner(),
+        }
+    }
+
+    /// This pool's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs until `shutdown` becomes true, then drains (see the module docs).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let cfg = self.config.clone();
+        let owner = self.owner.clone();
+        let inflight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let permits = Arc::new(Semaphore::new(cfg.workers));
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+        let (stop_aux_tx, stop_aux) = watch::channel(false);
+        tracing::info!(
+            owner,
+            workers = cfg.workers,
+            lease_secs = cfg.lease.as_secs(),
+            "worker pool started"
+        );
+
+        let completer = tokio::spawn(completer(
+            self.db.clone(),
+            cfg.clone(),
+            owner.clone(),
+            inflight.clone(),
+            done_rx,
+        ));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.db.clone(),
+            cfg.clone(),
+            owner.clone(),
+            inflight.clone(),
+            stop_aux.clone(),
+        ));
+        let watchdog = cfg
+            .watchdog_enabled
+            .then(|| tokio::spawn(watchdog(self.db.clone(), cfg.watchdog_interval, stop_aux.clone())));
+        let stats = tokio::spawn(refresh_stats(self.db.clone(), cfg.stats_interval, stop_aux.clone()));
+        let mut tasks = tokio::task::JoinSet::new();
+
+        while !*shutdown.borrow() {
+            let free = permits.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = permits.clone().acquire_owned() => {}
+                }
+                continue;
+            }
+            let (o, lease_for) = (owner.clone(), cfg.lease);
+            let leased = match self.db.run(move |c| queue::lease(c, &o, free as i64, lease_for)).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
+                    tokio::time::sleep(cfg.poll_interval * 10).await;
+                    continue;
+                }
+            };
+            let got = leased.len();
+            for job in leased {
+                let permit = permits
+                    .clone()
+                    .try_acquire_owned()
+                    .expect("leased no more than the free permits");
+                inflight.lock().unwrap().insert(job.id);
+                let handler = job
+                    .job_kind()
+                    .ok()
+                    .and_then(|k| self.registry.handlers.get(&k).cloned());
+                let tx = done_tx.clone();
+                tasks.spawn(async move {
+                    let started = Instant::now();
+                    let outcome = match handler {
+                        None => Outcome::Fail {
+                            code: "no_handler".into(),
+                            message: format!("no handler registered for kind {:?}", job.kind),
+                        },
+                        Some(h) => match AssertUnwindSafe(h.handle(&job)).catch_unwind().await {
+                            Ok(o) => o,
+                            Err(panic) => {
+                                let msg = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_else(|| "handler panicked".into());
+                                tracing::error!(job = job.id, kind = job.kind, panic = msg, "handler panicked");
+                                Outcome::Retry {
+                                    code: "handler_panicked".into(),
+                                    message: msg,
+                                    retry_after: None,
+                                }
+                            }
+                        },
+                    };
+                    let _ = tx.send(Done { job, outcome, started });
+                    drop(permit);
+                });
+            }
+            while tasks.try_join_next().is_some() {}
+            if got < free {
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(cfg.poll_interval) => {}
+                }
+            }
+        }
+
+        // Drain: no new leases; give in-flight work the grace period, then release what is left.
+        tracing::info!(inflight = inflight.lock().unwrap().len(), "draining worker pool");
+        let drained =
+            tokio::time::timeout(cfg.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        drop(done_tx);
+        let _ = completer.await;
+        let left: Vec<i64> = inflight.lock().unwrap().iter().copied().collect();
+        if !left.is_empty() {
+            let o = owner.clone();
+            match self.db.run(move |c| queue::release(c, &o, &left)).await {
+                Ok(n) => tracing::info!(released = n, "released unfinished leases"),
+                Err(e) => tracing::warn!(error = %e, "could not release leases; the watchdog will reclaim them"),
+            }
+        }
+        let _ = stop_aux_tx.send(true);
+        let _ = heartbeat.await;
+        if let Some(w) = watchdog {
+            let _ = w.await;
+        }
+        let _ = stats.await;
+        tracing::info!(owner, "worker pool stopped");
+    }
+}
+
+/// Finalizes tries: successes in batches (one fenced UPDATE), everything else one by one.
+async fn completer(
+    db: Db,
+    cfg: WorkerConfig,
+    owner: String,
+    inflight: Arc<Mutex<HashSet<i64>>>,
+    mut rx: mpsc::UnboundedReceiver<Done>,
+) {
+    let mut batch: Vec<Done> = Vec::new();
+    loop {
+        let first = match rx.recv().await {
+            Some(d) => d,
+            None => break,
+        };
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let (ok, rest): (Vec<Done>, Vec<Done>) = batch.drain(..).partition(|d| d.outcome == Outcome::Succeeded);
+        if !ok.is_empty() {
+            let ids: Vec<i64> = ok.iter().map(|d| d.job.id).collect();
+            let o = owner.clone();
+            let ids2 = ids.clone();
+            match db.run(move |c| queue::complete_many(c, &o, &ids2)).await {
+                Ok(applied) => {
+                    let applied: HashSet<i64> = applied.into_iter().collect();
+                    for d in &ok {
+                        if applied.contains(&d.job.id) {
+                            record(&d.job, &d.outcome, d.started);
+                        } else {
+                            tracing::warn!(job = d.job.id, "lost lease before completion; result dropped");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record successes; the watchdog will retry them"),
+            }
+            let mut set = inflight.lock().unwrap();
+            for id in ids {
+                set.remove(&id);
+            }
+        }
+        for d in rest {
+            let finish = match &d.outcome {
+                Outcome::Succeeded => Finish::Succeeded,
+                Outcome::Ineligible { code, detail } => Finish::Ineligible {
+                    code: code.clone(),
+                    detail: detail.clone(),
+                },
+                Outcome::Fail { code, message } => Finish::Failed {
+                    code: code.clone(),
+                    message: message.clone(),
+                },
+                Outcome::Retry {
+                    code,
+                    message,
+                    retry_after,
+                } => {
+                    let delay = match retry_after {
+                        Some(d) => (*d).min(cfg.retry_cap),
+                        None => queue::backoff(d.job.attempt, cfg.retry_base, cfg.retry_cap),
+                    };
+                    Finish::Retry {
+                        code: code.clone(),
+                        message: message.clone(),
+                        run_at: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+                        max_age: cfg.retry_max_age,
+                    }
+                }
+            };
+            let (o, id) = (owner.clone(), d.job.id);
+            match db.run(move |c| queue::finish(c, id, &o, &finish)).await {
+                Ok(Finished::Applied(state)) => {
+                    tracing::info!(job = id, kind = d.job.kind, attempt = d.job.attempt, %state, outcome = ?d.outcome, "job finished a try");
+                    let outcome = if state == divine_bridge_db::JobState::Cancelled {
+                        Outcome::Fail {
+                            code: "cancelled".into(),
+                            message: String::new(),
+                        }
+                    } else {
+                        d.outcome.clone()
+                    };
+                    let label = if state == divine_bridge_db::JobState::Cancelled {
+                        "cancelled"
+                    } else {
+                        outcome.label()
+                    };
+                    metrics::counter!("bridge_jobs_finished_total", "kind" => d.job.kind.clone(), "outcome" => label)
+                        .increment(1);
+                    metrics::histogram!("bridge_job_duration_seconds", "kind" => d.job.kind.clone())
+                        .record(d.started.elapsed().as_secs_f64());
+                }
+                Ok(Finished::LostLease) => {
+                    tracing::warn!(job = id, "lost lease before finalize; result dropped (fenced)")
+                }
+                Err(e) => tracing::warn!(job = id, error = %e, "finalize failed; the watchdog will retry the job"),
+            }
+            inflight.lock().unwrap().remove(&id);
+        }
+    }
+}
+
+fn record(job: &LeasedJob, outcome: &Outcome, started: Instant) {
+    metrics::counter!("bridge_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => outcome.label())
+        .increment(1);
+    metrics::histogram!("bridge_job_duration_seconds", "kind" => job.kind.clone())
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn heartbeat(
+    db: Db,
+    cfg: WorkerConfig,
+    owner: String,
+    inflight: Arc<Mutex<HashSet<i64>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = (cfg.lease / 3).max(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let ids: Vec<i64> = inflight.lock().unwrap().iter().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let (o, lease) = (owner.clone(), cfg.lease);
+        let asked = ids.len();
+        match db.run(move |c| queue::heartbeat(c, &o, &ids, lease)).await {
+            Ok(held) if held.len() < asked => {
+                tracing::warn!(
+                    lost = asked - held.len(),
+                    "some leases were lost (reclaimed or finalized)"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// Watchdog loop: reclaims expired leases every `interval` and exports the gauges.
+pub async fn watchdog(db: Db, interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match db.run(queue::reclaim_expired).await {
+            Ok(reclaimed) => {
+                for r in &reclaimed {
+                    tracing::warn!(
+                        job = r.id,
+                        kind = r.kind,
+                        state = r.state,
+                        "watchdog reclaimed an expired lease"
+                    );
+                }
+                if !reclaimed.is_empty() {
+                    metrics::counter!("bridge_watchdog_reclaimed_total").increment(reclaimed.len() as u64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watchdog pass failed"),
+        }
+        if let Ok(n) = db.run(queue::expired_lease_count).await {
+            metrics::gauge!("bridge_expired_leases").set(n as f64);
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn refresh_stats(db: Db, interval: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Ok(stats) = db.run(queue::stats).await {
+            let mut oldest: HashMap<String, f64> = JobKind::ALL.iter().map(|k| (k.as_str().to_string(), 0.0)).collect();
+            for kind in JobKind::ALL {
+                for state in divine_bridge_db::JobState::ALL {
+                    let n = stats
+                        .iter()
+                        .find(|s| s.kind == kind.as_str() && s.state == state.as_str())
+                        .map_or(0, |s| s.count);
+                    metrics::gauge!("bridge_jobs", "kind" => kind.as_str(), "state" => state.as_str()).set(n as f64);
+                }
+            }
+            for s in stats.iter().filter(|s| s.state == "queued") {
+                oldest.insert(s.kind.clone(), s.oldest_age_secs);
+            }
+            for (kind, age) in oldest {
+                metrics::gauge!("bridge_oldest_queued_job_age_seconds", "kind" => kind).set(age);
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

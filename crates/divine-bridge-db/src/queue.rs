@@ -12,6 +12,8 @@ use crate::states::{JobKind, JobState};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
+use std::time::Duration;
 
 /// A job to enqueue.
 #[derive(Debug, Clone)]
@@ -119,4 +121,428 @@ pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobK
     .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
     .execute(conn)?;
     Ok(queued + running)
+}
+
+/// A job leased by this process. `attempt` already counts the current try.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct LeasedJob {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub ordering_key: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub unique_key: Option<String>,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+    #[diesel(sql_type = Int2)]
+    pub priority: i16,
+    #[diesel(sql_type = Int4)]
+    pub attempt: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub source_created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+}
+
+impl LeasedJob {
+    /// The parsed kind.
+    pub fn job_kind(&self) -> Result<JobKind, DbError> {
+        Ok(self.kind.parse()?)
+    }
+}
+
+/// Leases up to `limit` runnable jobs for `owner`, in dispatch order `(priority, source_created_at, id)`.
+///
+/// Only the head of each ordering key is leasable: a job waits while an earlier job of its key is queued (even one
+/// in backoff) or running, so an account's jobs run one at a time and in order. The partial unique index
+/// `jobs_one_running_per_key` enforces the same invariant in the database; should a concurrent lease ever trip it,
+/// this call returns no jobs instead of failing.
+pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
+    debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
+    let result = diesel::sql_query(
+        "WITH cand AS ( \
+           SELECT j.id FROM jobs j \
+           WHERE j.state = 'queued' AND j.run_at <= now() \
+             AND NOT EXISTS ( \
+               SELECT 1 FROM jobs e \
+               WHERE e.ordering_key = j.ordering_key AND e.state IN ('queued', 'running') \
+                 AND (e.state = 'running' OR (e.priority, e.source_created_at, e.id) < (j.priority, j.source_created_at, j.id))) \
+           ORDER BY j.priority, j.source_created_at, j.id \
+           LIMIT $2 \
+           FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $1, \
+                lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+         FROM cand WHERE jobs.id = cand.id \
+         RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
+                   jobs.source_created_at, jobs.created_at",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<BigInt, _>(limit)
+    .bind::<Double, _>(lease_for.as_secs_f64())
+    .load::<LeasedJob>(conn)
+    .map_err(DbError::from_diesel);
+    match result {
+        Err(e) if e.is_unique_violation() => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+/// Renews the leases of `ids` held by `owner`; returns the ids still held (a missing id lost its lease).
+pub fn heartbeat(conn: &mut PgConnection, owner: &str, ids: &[i64], lease_for: Duration) -> Result<Vec<i64>, DbError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running' RETURNING id",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Double, _>(lease_for.as_secs_f64())
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Marks `ids` succeeded, fenced on `owner` and `state = 'running'`; returns the ids actually finalized (the rest
+/// lost their lease to the watchdog and another worker owns them now). A cancel requested while the job ran does not
+/// undo a success: the side effect happened.
+pub fn complete_many(conn: &mut PgConnection, owner: &str, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    debug_assert!(JobState::Running.can_transition_to(JobState::Succeeded));
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
+                updated_at = now() \
+         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running' RETURNING id",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Array<BigInt>, _>(ids)
+    .load(conn)?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// How a try ended, for [`finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Succeeded,
+    /// Correctly skipped (e.g. account disabled).
+    Ineligible {
+        code: String,
+        detail: String,
+    },
+    /// Permanent failure.
+    Failed {
+        code: String,
+        message: String,
+    },
+    /// Transient failure: try again at `run_at`, unless the job is older than `max_age`.
+    Retry {
+        code: String,
+        message: String,
+        run_at: DateTime<Utc>,
+        max_age: Duration,
+    },
+}
+
+/// What [`finish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The job moved to this state.
+    Applied(JobState),
+    /// The caller no longer holds the lease (reclaimed by the watchdog); nothing was written.
+    LostLease,
+}
+
+/// Finalizes one try, fenced on `owner`: the row is locked and only changed while it is still `running` under this
+/// owner. A pending cancel turns a retry or failure into `cancelled`. A retry past `max_age` (from created_at) becomes
+/// `failed` with `retry_window_exhausted`, keeping the last error text.
+pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -> Result<Finished, DbError> {
+    conn.transaction(|conn| {
+        let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = jobs::table
+            .find(id)
+            .filter(jobs::lease_owner.eq(owner))
+            .filter(jobs::state.eq(JobState::Running.as_str()))
+            .select((jobs::created_at, jobs::cancel_requested_at))
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some((created_at, cancel_requested)) = row else {
+            return Ok(Finished::LostLease);
+        };
+        let now = Utc::now();
+        let (state, code, message, run_at): (JobState, Option<String>, Option<String>, Option<DateTime<Utc>>) =
+            match outcome {
+                Finish::Succeeded => (JobState::Succeeded, None, None, None),
+                Finish::Ineligible { code, detail } => {
+                    (JobState::Ineligible, Some(code.clone()), Some(detail.clone()), None)
+                }
+                _ if cancel_requested.is_some() => {
+                    let (code, message) = match outcome {
+                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => (code, message),
+                        _ => unreachable!(),
+                    };
+                    (
+                        JobState::Cancelled,
+                        Some("cancelled".into()),
+                        Some(format!("cancelled after {code}: {message}")),
+                        None,
+                    )
+                }
+                Finish::Failed { code, message } => (JobState::Failed, Some(code.clone()), Some(message.clone()), None),
+                Finish::Retry {
+                    code,
+                    message,
+                    run_at,
+                    max_age,
+                } => {
+                    let age = (now - created_at).to_std().unwrap_or_default();
+                    if age >= *max_age {
+                        (
+                            JobState::Failed,
+                            Some("retry_window_exhausted".into()),
+                            Some(format!(
+                                "gave up after {}s of transient failures; last {code}: {message}",
+                                age.as_secs()
+                            )),
+                            None,
+                        )
+                    } else {
+                        (
+                            JobState::Queued,
+                            Some(code.clone()),
+                            Some(message.clone()),
+                            Some(*run_at),
+                        )
+                    }
+                }
+            };
+        debug_assert!(JobState::Running.can_transition_to(state));
+        let finished_at = state.is_terminal().then_some(now);
+        diesel::update(jobs::table.find(id))
+            .set((
+                jobs::state.eq(state.as_str()),
+                jobs::lease_owner.eq(None::<String>),
+                jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+                jobs::finished_at.eq(finished_at),
+                jobs::run_at.eq(run_at.unwrap_or(now)),
+                jobs::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        if code.is_some() {
+            diesel::update(jobs::table.find(id))
+                .set((jobs::last_error_code.eq(code), jobs::last_error.eq(message)))
+                .execute(conn)?;
+        }
+        Ok(Finished::Applied(state))
+    })
+}
+
+/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^(attempt-1))]`.
+pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
+    let exp = (attempt.max(1) - 1).min(30) as u32;
+    let ceiling = base.saturating_mul(2u32.saturating_pow(exp)).min(cap);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// Puts unfinished jobs of `owner` back in the queue at shutdown. The interrupted try is not counted (the attempt
+/// counter goes back by one): the process gave the work up, the work did not fail.
+pub fn release(conn: &mut PgConnection, owner: &str, ids: &[i64]) -> Result<usize, DbError> {
+    debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(diesel::sql_query(
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
+                attempt = GREATEST(attempt - 1, 0), last_error_code = 'released_at_shutdown', \
+                last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
+         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running'",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Array<BigInt>, _>(ids)
+    .execute(conn)?)
+}
+
+/// A job the watchdog put back in the queue.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Reclaimed {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+}
+
+/// Watchdog: running jobs whose lease expired go back to `queued` (or to `cancelled` when a cancel was requested).
+/// The attempt counter is untouched (the next lease counts the next real try); `reclaim_count` and the error fields
+/// record why. Safe to run from every replica at once (`SKIP LOCKED`).
+pub fn reclaim_expired(conn: &mut PgConnection) -> Result<Vec<Reclaimed>, DbError> {
+    debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
+    Ok(diesel::sql_query(
+        "WITH expired AS ( \
+           SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
+           ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs SET \
+           state = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+           finished_at = CASE WHEN jobs.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+           last_error_code = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'lease_expired' ELSE 'cancelled' END, \
+           last_error = 'lease of ' || jobs.lease_owner || ' expired at ' || jobs.lease_expires_at, \
+           reclaim_count = jobs.reclaim_count + 1, lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
+           updated_at = now() \
+         FROM expired WHERE jobs.id = expired.id \
+         RETURNING jobs.id, jobs.kind, jobs.state",
+    )
+    .load(conn)?)
+}
+
+/// Cancels one job: queued → cancelled at once; running → cancel requested (honoured at finalize). Returns false
+/// when the job does not exist or is already finished.
+pub fn cancel(conn: &mut PgConnection, id: i64) -> Result<bool, DbError> {
+    let now = Utc::now();
+    let queued = diesel::update(jobs::table.find(id).filter(jobs::state.eq(JobState::Queued.as_str())))
+        .set((
+            jobs::state.eq(JobState::Cancelled.as_str()),
+            jobs::finished_at.eq(now),
+            jobs::updated_at.eq(now),
+            jobs::last_error_code.eq("cancelled"),
+        ))
+        .execute(conn)?;
+    if queued == 1 {
+        return Ok(true);
+    }
+    let running = diesel::update(jobs::table.find(id).filter(jobs::state.eq(JobState::Running.as_str())))
+        .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
+        .execute(conn)?;
+    Ok(running == 1)
+}
+
+/// Operator retry: failed / cancelled / ineligible → queued now. The attempt count is kept (history stays honest);
+/// the retry window restarts because `created_at` is not changed — so a job that exhausted its window gets exactly
+/// one more try per operator retry.
+pub fn retry(conn: &mut PgConnection, id: i64) -> Result<bool, DbError> {
+    let n = diesel::update(jobs::table.find(id).filter(jobs::state.eq_any([
+        JobState::Failed.as_str(),
+        JobState::Cancelled.as_str(),
+        JobState::Ineligible.as_str(),
+    ])))
+    .set((
+        jobs::state.eq(JobState::Queued.as_str()),
+        jobs::run_at.eq(Utc::now()),
+        jobs::finished_at.eq(None::<DateTime<Utc>>),
+        jobs::cancel_requested_at.eq(None::<DateTime<Utc>>),
+        jobs::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Ids of failed jobs (optionally of one kind), oldest first, for `jobs retry --failed`.
+pub fn failed_ids(conn: &mut PgConnection, kind: Option<JobKind>) -> Result<Vec<i64>, DbError> {
+    let mut q = jobs::table
+        .filter(jobs::state.eq(JobState::Failed.as_str()))
+        .select(jobs::id)
+        .into_boxed();
+    if let Some(k) = kind {
+        q = q.filter(jobs::kind.eq(k.as_str()));
+    }
+    Ok(q.order(jobs::id).load(conn)?)
+}
+
+/// Enqueues `job`, or re-queues the existing job with the same unique key when it is in a terminal state other
+/// than succeeded (re-driving provisioning after a failure). Returns the job id.
+pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbError> {
+    if let Some(id) = enqueue(conn, job)? {
+        return Ok(Some(id));
+    }
+    let Some(key) = job.unique_key.as_deref() else {
+        return Ok(None);
+    };
+    let id: Option<i64> = jobs::table
+        .filter(jobs::unique_key.eq(key))
+        .select(jobs::id)
+        .first(conn)
+        .optional()?;
+    if let Some(id) = id {
+        retry(conn, id)?;
+    }
+    Ok(id)
+}
+
+/// A job row for operators.
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = jobs)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub ordering_key: String,
+    pub unique_key: Option<String>,
+    pub state: String,
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub attempt: i32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub reclaim_count: i32,
+    pub last_error: Option<String>,
+    pub last_error_code: Option<String>,
+    pub source_created_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One job by id.
+pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> {
+    Ok(jobs::table
+        .find(id)
+        .select(JobRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Counts per (kind, state) and the age of the oldest runnable queued job per kind, for the gauges.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct QueueStat {
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = BigInt)]
+    pub count: i64,
+    #[diesel(sql_type = Double)]
+    pub oldest_age_secs: f64,
+}
+
+/// Gauge source: one GROUP BY over the live states plus terminal counts.
+pub fn stats(conn: &mut PgConnection) -> Result<Vec<QueueStat>, DbError> {
+    Ok(diesel::sql_query(
+        "SELECT kind, state, count(*) AS count, \
+                COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8 \
+                  AS oldest_age_secs \
+         FROM jobs GROUP BY kind, state",
+    )
+    .load(conn)?)
+}
+
+/// Running jobs whose lease already expired (the `bridge_expired_leases` gauge).
+pub fn expired_lease_count(conn: &mut PgConnection) -> Result<i64, DbError> {
+    Ok(jobs::table
+        .filter(jobs::state.eq(JobState::Running.as_str()))
+        .filter(jobs::lease_expires_at.lt(Utc::now()))
+        .count()
+        .get_result(conn)?)
 }
