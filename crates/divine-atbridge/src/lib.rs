@@ -5,6 +5,7 @@
 //! Cross-posting: `nostr` (event checks, NIP-71 parsing), `tid`, `translate`, `media`.
 //! Runtime: `worker` (job pool, heartbeat, watchdog), `metrics`, `http` (health/ready/metrics server).
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod failpoint;

@@ -4,9 +4,11 @@
 //! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
 //! small ports defined here so the policy is testable against real Postgres without a PDS.
 
+pub mod handlers;
 pub mod profile;
 pub mod provision;
 pub mod publish;
+pub mod sources;
 pub mod store;
 
 pub use store::upstream;

@@ -1,0 +1,169 @@
+//! Maps each job kind to its handler for the worker pool, and converts handler results into queue outcomes
+//! (success, ineligible with a reason, retry with backoff or Retry-After, permanent failure). Owns the wiring of
+//! production adapters (PDS session repo, translation + media post source); no policy lives here.
+
+use super::profile::{self, ProfileSource};
+use super::provision::{self, ProvisionDeps};
+use super::publish::{self, PostSource};
+use super::store::{DbSessionStore, PdsRepo};
+use super::JobError;
+use crate::config::{CrosspostConfig, IdentityConfig};
+use crate::keys::KeyEncryptionKey;
+use crate::pds::{PdsClient, SessionManager};
+use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
+use crate::xrpc::XrpcClient;
+use divine_bridge_db::states::priority;
+use divine_bridge_db::{Db, ErrorClass, JobKind};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the handlers share.
+pub struct Handlers {
+    pub db: Db,
+    pub xrpc: XrpcClient,
+    pub kek: Arc<KeyEncryptionKey>,
+    pub identity: IdentityConfig,
+    pub crosspost: CrosspostConfig,
+    pub repo: PdsRepo,
+    pub posts: Box<dyn PostSource>,
+    pub profiles: Box<dyn ProfileSource>,
+}
+
+impl Handlers {
+    pub fn new(
+        db: Db,
+        xrpc: XrpcClient,
+        kek: Arc<KeyEncryptionKey>,
+        identity: IdentityConfig,
+        crosspost: CrosspostConfig,
+    ) -> Handlers {
+        let pds = PdsClient::new(xrpc.clone(), &identity.pds_url);
+        let sessions = Arc::new(SessionManager::new(
+            pds,
+            DbSessionStore {
+                db: db.clone(),
+                kek: kek.clone(),
+            },
+        ));
+        let media = super::sources::media_config(&crosspost);
+        Handlers {
+            posts: Box::new(super::sources::TranslatedPosts::new(media.clone())),
+            profiles: Box::new(super::sources::TranslatedProfiles::new(media)),
+            repo: PdsRepo { sessions },
+            db,
+            xrpc,
+            kek,
+            identity,
+            crosspost,
+        }
+    }
+
+    /// The worker registry: one entry per job kind.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::new();
+        for kind in [
+            JobKind::ProvisionAccount,
+            JobKind::PublishPost,
+            JobKind::DeletePost,
+            JobKind::SyncProfile,
+            JobKind::BackfillAuthor,
+        ] {
+            r.register(
+                kind,
+                Arc::new(KindHandler {
+                    kind,
+                    handlers: self.clone(),
+                }),
+            );
+        }
+        r
+    }
+
+    async fn handle(&self, kind: JobKind, job: &LeasedJob) -> Result<(), JobError> {
+        match kind {
+            JobKind::ProvisionAccount => {
+                let pubkey = job.ordering_key.clone();
+                let deps = ProvisionDeps {
+                    db: &self.db,
+                    xrpc: &self.xrpc,
+                    kek: &self.kek,
+                    identity: &self.identity,
+                };
+                provision::provision(&deps, &pubkey).await.map(|_| ())
+            }
+            JobKind::PublishPost => {
+                let event = event_of(job)?;
+                publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
+                if job.priority <= priority::LIVE {
+                    let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;
+                    metrics::histogram!("bridge_publish_lag_seconds").record(lag.max(0.0));
+                }
+                Ok(())
+            }
+            JobKind::DeletePost => {
+                let event = event_of(job)?;
+                publish::delete(&self.db, &self.repo, &event).await.map(|_| ())
+            }
+            JobKind::SyncProfile => {
+                let event = event_of(job)?;
+                profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
+            }
+            JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
+            JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
+            JobKind::BackfillAuthor => {
+                let pubkey = job.ordering_key.clone();
+                crate::ingest::backfill(
+                    &self.db,
+                    &self.crosspost.relays,
+                    &pubkey,
+                    self.crosspost.backfill_max_events,
+                    Duration::from_secs(10),
+                )
+                .await
+                .map(|n| tracing::info!(pubkey, enqueued = n, "backfill enqueued history"))
+                .map_err(|e| {
+                    JobError::Upstream(super::UpstreamError {
+                        code: "backfill_relay_error",
+                        class: ErrorClass::Transient,
+                        retry_after: None,
+                        message: e.to_string(),
+                    })
+                })
+            }
+            JobKind::Noop => Ok(()),
+        }
+    }
+}
+
+fn event_of(job: &LeasedJob) -> Result<nostr::Event, JobError> {
+    let value = job
+        .payload
+        .get("event")
+        .cloned()
+        .ok_or_else(|| JobError::BadPayload("no event in payload".into()))?;
+    serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))
+}
+
+/// Converts a handler result into the queue's outcome.
+pub fn outcome_of(result: Result<(), JobError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Succeeded,
+        Err(JobError::Ineligible { code, detail }) => Outcome::Ineligible {
+            code: code.to_string(),
+            detail,
+        },
+        Err(e) => Outcome::from_error(&e),
+    }
+}
+
+struct KindHandler {
+    kind: JobKind,
+    handlers: Arc<Handlers>,
+}
+
+impl JobHandler for KindHandler {
+    fn handle<'a>(&'a self, job: &'a LeasedJob) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move { outcome_of(self.handlers.handle(self.kind, job).await) })
+    }
+}
