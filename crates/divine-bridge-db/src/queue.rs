@@ -5,6 +5,17 @@
 //! Unique-key conventions (callers must use these so enqueue is idempotent across replicas):
 //! `provision:<pubkey>`, `publish:<event id>`, `delete:<kind-5 event id>`, `profile:<event id>`,
 //! `backfill:<pubkey>:<generation>`.
+//!
+//! Semantics decided here (see docs/runbooks/job-queue.md):
+//! - **Head of key.** A job is leasable only when no earlier `(priority, source_created_at, id)` job of its
+//!   ordering key is queued or running. A queued head that is waiting out a backoff (`run_at` in the future) blocks
+//!   its successors: per-key order is a hard guarantee, latency is not.
+//! - **Attempt** counts real tries: incremented once, at lease. The watchdog never touches it; a graceful-shutdown
+//!   release gives the interrupted try back (`attempt - 1`); an operator retry keeps it.
+//! - **Fencing.** Every write by a worker (heartbeat, finalize) is conditioned on `lease_owner` and
+//!   `state = 'running'`; a reclaimed worker's write matches no row and is reported as lost.
+//! - **Cancel** of a running job is a request honoured at finalize: a retry or failure becomes `cancelled`; a
+//!   success stays `succeeded` (the side effect happened); an ineligible result stays `ineligible`.
 
 use crate::error::DbError;
 use crate::schema::jobs;
@@ -90,6 +101,47 @@ pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbE
         metrics::counter!("bridge_jobs_enqueued_total", "kind" => job.kind.as_str()).increment(1);
     }
     Ok(id)
+}
+
+/// Enqueues many jobs in one multi-row INSERT (bulk loads such as backfill); jobs whose unique key already exists
+/// are skipped. Returns the ids of the rows inserted. Works inside a caller's transaction.
+pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64>, DbError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let rows: Vec<InsertJob<'_>> = batch
+        .iter()
+        .map(|job| InsertJob {
+            kind: job.kind.as_str(),
+            ordering_key: &job.ordering_key,
+            unique_key: job.unique_key.as_deref(),
+            payload: &job.payload,
+            priority: job.priority,
+            run_at: job.run_at.unwrap_or(now),
+            source_created_at: job.source_created_at.unwrap_or(now),
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(batch.len());
+    // Postgres allows 65,535 bind parameters per statement; 7 per row.
+    for chunk in rows.chunks(5_000) {
+        let inserted: Vec<(i64, String)> = diesel::insert_into(jobs::table)
+            .values(chunk)
+            .on_conflict(jobs::unique_key)
+            .do_nothing()
+            .returning((jobs::id, jobs::kind))
+            .get_results(conn)
+            .map_err(DbError::from_diesel)?;
+        let mut per_kind: std::collections::BTreeMap<String, u64> = Default::default();
+        for (id, kind) in inserted {
+            ids.push(id);
+            *per_kind.entry(kind).or_default() += 1;
+        }
+        for (kind, n) in per_kind {
+            metrics::counter!("bridge_jobs_enqueued_total", "kind" => kind).increment(n);
+        }
+    }
+    Ok(ids)
 }
 
 /// Cancels every queued job of `kinds` for `ordering_key` (queued → cancelled at once) and requests cancellation of
@@ -331,30 +383,47 @@ pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -
             };
         debug_assert!(JobState::Running.can_transition_to(state));
         let finished_at = state.is_terminal().then_some(now);
-        diesel::update(jobs::table.find(id))
-            .set((
-                jobs::state.eq(state.as_str()),
-                jobs::lease_owner.eq(None::<String>),
-                jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
-                jobs::finished_at.eq(finished_at),
-                jobs::run_at.eq(run_at.unwrap_or(now)),
-                jobs::updated_at.eq(now),
-            ))
-            .execute(conn)?;
-        if code.is_some() {
-            diesel::update(jobs::table.find(id))
-                .set((jobs::last_error_code.eq(code), jobs::last_error.eq(message)))
-                .execute(conn)?;
-        }
+        // A success leaves the previous error fields alone (history of earlier tries); every other outcome records
+        // its code and text.
+        let update = diesel::update(jobs::table.find(id));
+        let set_common = (
+            jobs::state.eq(state.as_str()),
+            jobs::lease_owner.eq(None::<String>),
+            jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+            jobs::finished_at.eq(finished_at),
+            jobs::run_at.eq(run_at.unwrap_or(now)),
+            jobs::updated_at.eq(now),
+        );
+        match code {
+            Some(code) => update
+                .set((set_common, jobs::last_error_code.eq(code), jobs::last_error.eq(message)))
+                .execute(conn)?,
+            None => update.set(set_common).execute(conn)?,
+        };
         Ok(Finished::Applied(state))
     })
 }
 
-/// Full-jitter exponential backoff: uniform in `[0, min(cap, base * 2^(attempt-1))]`.
+/// Full-jitter exponential backoff after the try numbered `attempt` (1 = first try) failed: a uniform delay in
+/// `[0, min(cap, base * 2^attempt)]`. With the defaults (5 s, 1 h) the ceiling is 10 s after the first failure and
+/// reaches the cap after the ninth.
 pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
-    let exp = (attempt.max(1) - 1).min(30) as u32;
-    let ceiling = base.saturating_mul(2u32.saturating_pow(exp)).min(cap);
-    ceiling.mul_f64(rand::random::<f64>())
+    backoff_ceiling(attempt, base, cap).mul_f64(rand::random::<f64>())
+}
+
+/// The upper bound [`backoff`] draws from: `min(cap, base * 2^attempt)` (saturating).
+pub fn backoff_ceiling(attempt: i32, base: Duration, cap: Duration) -> Duration {
+    let exp = attempt.clamp(0, 31) as u32;
+    base.saturating_mul(2u32.saturating_pow(exp)).min(cap)
+}
+
+/// The delay before the next try: the server's `Retry-After` when it gave one (capped at `cap`: a hostile or buggy
+/// server cannot park a job for a week), else [`backoff`].
+pub fn retry_delay(attempt: i32, retry_after: Option<Duration>, base: Duration, cap: Duration) -> Duration {
+    match retry_after {
+        Some(d) => d.min(cap),
+        None => backoff(attempt, base, cap),
+    }
 }
 
 /// Puts unfinished jobs of `owner` back in the queue at shutdown. The interrupted try is not counted (the attempt
@@ -391,21 +460,32 @@ pub struct Reclaimed {
 /// record why. Safe to run from every replica at once (`SKIP LOCKED`).
 pub fn reclaim_expired(conn: &mut PgConnection) -> Result<Vec<Reclaimed>, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
-    Ok(diesel::sql_query(
-        "WITH expired AS ( \
-           SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
-           ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs SET \
-           state = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
-           finished_at = CASE WHEN jobs.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-           last_error_code = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'lease_expired' ELSE 'cancelled' END, \
-           last_error = 'lease of ' || jobs.lease_owner || ' expired at ' || jobs.lease_expires_at, \
-           reclaim_count = jobs.reclaim_count + 1, lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
-           updated_at = now() \
-         FROM expired WHERE jobs.id = expired.id \
-         RETURNING jobs.id, jobs.kind, jobs.state",
-    )
-    .load(conn)?)
+    debug_assert!(JobState::Running.can_transition_to(JobState::Cancelled));
+    const BATCH: usize = 1000;
+    let mut all = Vec::new();
+    loop {
+        let batch: Vec<Reclaimed> = diesel::sql_query(
+            "WITH expired AS ( \
+               SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
+               ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs SET \
+               state = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
+               finished_at = CASE WHEN jobs.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
+               last_error_code = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'lease_expired' ELSE 'cancelled' END, \
+               last_error = 'lease of ' || jobs.lease_owner || ' expired at ' || jobs.lease_expires_at \
+                 || ' (try ' || jobs.attempt || ' not finished; reclaimed by the watchdog)', \
+               reclaim_count = jobs.reclaim_count + 1, lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
+               updated_at = now() \
+             FROM expired WHERE jobs.id = expired.id \
+             RETURNING jobs.id, jobs.kind, jobs.state",
+        )
+        .load(conn)?;
+        let n = batch.len();
+        all.extend(batch);
+        if n < BATCH {
+            return Ok(all);
+        }
+    }
 }
 
 /// Cancels one job: queued → cancelled at once; running → cancel requested (honoured at finalize). Returns false
@@ -429,24 +509,52 @@ pub fn cancel(conn: &mut PgConnection, id: i64) -> Result<bool, DbError> {
     Ok(running == 1)
 }
 
-/// Operator retry: failed / cancelled / ineligible → queued now. The attempt count is kept (history stays honest);
-/// the retry window restarts because `created_at` is not changed — so a job that exhausted its window gets exactly
-/// one more try per operator retry.
+/// States an operator retry may re-queue (see [`JobState::can_transition_to`]); `succeeded` is not one of them.
+const RETRYABLE: [&str; 3] = ["failed", "cancelled", "ineligible"];
+
+/// Operator retry: failed / cancelled / ineligible → queued, runnable now. Returns false when the job does not exist
+/// or is not in one of those states.
+///
+/// The attempt count is kept (history stays honest: the next lease counts the next real try) and `created_at` is
+/// not changed, so the retry window is not reset: a job that already exhausted `RETRY_MAX_AGE_SECS` gets exactly
+/// one more try per operator retry before a transient failure fails it again with `retry_window_exhausted`. The
+/// re-queued job keeps its place in its key's order: it becomes the head again and later jobs of the key wait for it.
 pub fn retry(conn: &mut PgConnection, id: i64) -> Result<bool, DbError> {
-    let n = diesel::update(jobs::table.find(id).filter(jobs::state.eq_any([
-        JobState::Failed.as_str(),
-        JobState::Cancelled.as_str(),
-        JobState::Ineligible.as_str(),
-    ])))
-    .set((
+    debug_assert!(RETRYABLE.iter().all(|s| s
+        .parse::<JobState>()
+        .is_ok_and(|s| s.can_transition_to(JobState::Queued))));
+    let now = Utc::now();
+    let n = diesel::update(jobs::table.find(id).filter(jobs::state.eq_any(RETRYABLE)))
+        .set((
+            jobs::state.eq(JobState::Queued.as_str()),
+            jobs::run_at.eq(now),
+            jobs::finished_at.eq(None::<DateTime<Utc>>),
+            jobs::cancel_requested_at.eq(None::<DateTime<Utc>>),
+            jobs::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Operator retry of every `failed` job (optionally of one kind) in one statement; returns how many were re-queued.
+/// Same attempt and window rules as [`retry`].
+pub fn retry_failed(conn: &mut PgConnection, kind: Option<JobKind>) -> Result<usize, DbError> {
+    debug_assert!(JobState::Failed.can_transition_to(JobState::Queued));
+    let now = Utc::now();
+    let mut q = diesel::update(jobs::table)
+        .filter(jobs::state.eq(JobState::Failed.as_str()))
+        .into_boxed();
+    if let Some(k) = kind {
+        q = q.filter(jobs::kind.eq(k.as_str()));
+    }
+    Ok(q.set((
         jobs::state.eq(JobState::Queued.as_str()),
-        jobs::run_at.eq(Utc::now()),
+        jobs::run_at.eq(now),
         jobs::finished_at.eq(None::<DateTime<Utc>>),
         jobs::cancel_requested_at.eq(None::<DateTime<Utc>>),
-        jobs::updated_at.eq(Utc::now()),
+        jobs::updated_at.eq(now),
     ))
-    .execute(conn)?;
-    Ok(n == 1)
+    .execute(conn)?)
 }
 
 /// Ids of failed jobs (optionally of one kind), oldest first, for `jobs retry --failed`.
@@ -461,24 +569,72 @@ pub fn failed_ids(conn: &mut PgConnection, kind: Option<JobKind>) -> Result<Vec<
     Ok(q.order(jobs::id).load(conn)?)
 }
 
-/// Enqueues `job`, or re-queues the existing job with the same unique key when it is in a terminal state other
-/// than succeeded (re-driving provisioning after a failure). Returns the job id.
+/// Enqueues `job`, or re-drives the existing job holding its unique key; returns the id of the job that will run
+/// (`None` only when nothing was enqueued, which cannot happen for a job without a unique key). Used by
+/// `accounts reprovision` and account re-enable. Runs in one transaction, the existing row locked:
+/// - no row with the key → a fresh job (as [`enqueue`]);
+/// - queued or running → left alone (it is about to run or running; its id is returned);
+/// - failed / cancelled / ineligible → re-queued as by [`retry`] (attempt kept);
+/// - succeeded → that row cannot leave `succeeded` (its side effect happened), so it keeps its history and gives its
+///   unique key up (renamed `<key>@<id>`), and a fresh job takes the key.
 pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbError> {
-    if let Some(id) = enqueue(conn, job)? {
-        return Ok(Some(id));
-    }
     let Some(key) = job.unique_key.as_deref() else {
-        return Ok(None);
+        return enqueue(conn, job);
     };
-    let id: Option<i64> = jobs::table
-        .filter(jobs::unique_key.eq(key))
-        .select(jobs::id)
-        .first(conn)
-        .optional()?;
-    if let Some(id) = id {
-        retry(conn, id)?;
+    conn.transaction(|conn| {
+        if let Some(id) = enqueue(conn, job)? {
+            return Ok(Some(id));
+        }
+        let existing: Option<(i64, String)> = jobs::table
+            .filter(jobs::unique_key.eq(key))
+            .select((jobs::id, jobs::state))
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some((id, state)) = existing else {
+            // Lost a race with a concurrent re-drive that renamed the key away; enqueue against the new holder.
+            return enqueue(conn, job);
+        };
+        match state.parse::<JobState>()? {
+            JobState::Queued | JobState::Running => Ok(Some(id)),
+            JobState::Failed | JobState::Cancelled | JobState::Ineligible => {
+                retry(conn, id)?;
+                Ok(Some(id))
+            }
+            JobState::Succeeded => {
+                diesel::update(jobs::table.find(id))
+                    .set((
+                        jobs::unique_key.eq(format!("{key}@{id}")),
+                        jobs::updated_at.eq(Utc::now()),
+                    ))
+                    .execute(conn)?;
+                enqueue(conn, job)
+            }
+        }
+    })
+}
+
+/// Filter for [`list`]; `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+    pub ordering_key: Option<String>,
+}
+
+/// Jobs matching `filter`, newest first, at most `limit` (clamped to 1..=10,000), for the operator CLI.
+pub fn list(conn: &mut PgConnection, filter: &JobFilter, limit: i64) -> Result<Vec<JobRow>, DbError> {
+    let mut q = jobs::table.select(JobRow::as_select()).into_boxed();
+    if let Some(s) = filter.state {
+        q = q.filter(jobs::state.eq(s.as_str()));
     }
-    Ok(id)
+    if let Some(k) = filter.kind {
+        q = q.filter(jobs::kind.eq(k.as_str()));
+    }
+    if let Some(key) = &filter.ordering_key {
+        q = q.filter(jobs::ordering_key.eq(key));
+    }
+    Ok(q.order(jobs::id.desc()).limit(limit.clamp(1, 10_000)).load(conn)?)
 }
 
 /// A job row for operators.

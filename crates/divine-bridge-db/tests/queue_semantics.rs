@@ -1,0 +1,604 @@
+//! Job-queue semantics against a real Postgres (one throwaway database per test): head-of-key leasing, attempt
+//! accounting, fenced finalize, backoff and the retry window, cancel paths, heartbeat, release, watchdog reclaim,
+//! operator retry / re-drive and listing.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use divine_bridge_db::queue::{self, Finish, Finished, JobFilter, NewJob};
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::{JobKind, JobState};
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(60);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A live noop job for `key`, dispatched at `t0 + n` ms so order is explicit.
+fn job(key: &str, n: i64) -> NewJob {
+    let mut j = NewJob::new(JobKind::Noop, key, serde_json::json!({ "n": n }));
+    j.source_created_at = Some(t0() + ChronoDuration::milliseconds(n));
+    j
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn enq(conn: &mut PgConnection, j: &NewJob) -> i64 {
+    queue::enqueue(conn, j).unwrap().expect("new job")
+}
+
+fn row(conn: &mut PgConnection, id: i64) -> queue::JobRow {
+    queue::get(conn, id).unwrap().expect("job exists")
+}
+
+fn ids(jobs: &[queue::LeasedJob]) -> Vec<i64> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+/// Moves a running job's lease into the past, as if its owner stopped heartbeating long ago.
+fn expire_lease(conn: &mut PgConnection, id: i64) {
+    diesel::sql_query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .execute(conn)
+        .unwrap();
+}
+
+fn retry_now(code: &str) -> Finish {
+    Finish::Retry {
+        code: code.into(),
+        message: format!("{code} happened"),
+        run_at: Utc::now() - ChronoDuration::seconds(1),
+        max_age: WEEK,
+    }
+}
+
+#[test]
+fn only_the_head_of_each_key_is_leased_and_attempt_counts_tries() {
+    let db = TestDb::migrated("queue_head");
+    let mut c = db.conn();
+    let a1 = enq(&mut c, &job("a", 1));
+    let a2 = enq(&mut c, &job("a", 2));
+    let b1 = enq(&mut c, &job("b", 3));
+    let a3 = enq(&mut c, &job("a", 4));
+
+    let first = queue::lease(&mut c, "w1", 10, LEASE).unwrap();
+    assert_eq!(ids(&first), vec![a1, b1], "one job per key, in dispatch order");
+    assert!(first.iter().all(|j| j.attempt == 1), "attempt counts the lease");
+    assert!(
+        queue::lease(&mut c, "w2", 10, LEASE).unwrap().is_empty(),
+        "successors wait behind running heads"
+    );
+
+    assert_eq!(queue::complete_many(&mut c, "w1", &[a1]).unwrap(), vec![a1]);
+    assert_eq!(ids(&queue::lease(&mut c, "w2", 10, LEASE).unwrap()), vec![a2]);
+    assert_eq!(queue::complete_many(&mut c, "w2", &[a2]).unwrap(), vec![a2]);
+    assert_eq!(ids(&queue::lease(&mut c, "w2", 10, LEASE).unwrap()), vec![a3]);
+    assert_eq!(row(&mut c, a3).state, "running");
+    assert_eq!(row(&mut c, a3).lease_owner.as_deref(), Some("w2"));
+}
+
+#[test]
+fn lower_priority_value_runs_first_across_and_within_keys() {
+    let db = TestDb::migrated("queue_priority");
+    let mut c = db.conn();
+    let live = enq(&mut c, &job("a", 1));
+    let mut backfill = job("b", 0);
+    backfill.priority = divine_bridge_db::states::priority::BACKFILL;
+    let backfill = enq(&mut c, &backfill);
+    // Enqueued last for key "a", but provisioning priority puts it ahead of the account's posts.
+    let mut account = job("a", 50);
+    account.priority = divine_bridge_db::states::priority::ACCOUNT;
+    let account = enq(&mut c, &account);
+
+    let got = queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(ids(&got), vec![account]);
+    let got = queue::lease(&mut c, "w", 10, LEASE).unwrap();
+    assert_eq!(
+        ids(&got),
+        vec![backfill],
+        "key a is busy; b's backfill is the only head left"
+    );
+    queue::complete_many(&mut c, "w", &[account, backfill]).unwrap();
+    assert_eq!(ids(&queue::lease(&mut c, "w", 10, LEASE).unwrap()), vec![live]);
+}
+
+#[test]
+fn a_head_in_backoff_blocks_its_successors_but_not_other_keys() {
+    let db = TestDb::migrated("queue_backoff_head");
+    let mut c = db.conn();
+    let a1 = enq(&mut c, &job("a", 1));
+    let a2 = enq(&mut c, &job("a", 2));
+    let b1 = enq(&mut c, &job("b", 3));
+    assert_eq!(ids(&queue::lease(&mut c, "w", 1, LEASE).unwrap()), vec![a1]);
+    let later = Finish::Retry {
+        code: "pds_unavailable".into(),
+        message: "503".into(),
+        run_at: Utc::now() + ChronoDuration::hours(1),
+        max_age: WEEK,
+    };
+    assert_eq!(
+        queue::finish(&mut c, a1, "w", &later).unwrap(),
+        Finished::Applied(JobState::Queued)
+    );
+    let got = queue::lease(&mut c, "w", 10, LEASE).unwrap();
+    assert_eq!(
+        ids(&got),
+        vec![b1],
+        "a2 waits for a1's backoff: per-key order beats latency"
+    );
+    assert_eq!(row(&mut c, a2).state, "queued");
+    assert_eq!(row(&mut c, a1).attempt, 1);
+    assert_eq!(row(&mut c, a1).last_error_code.as_deref(), Some("pds_unavailable"));
+}
+
+#[test]
+fn a_unique_violation_at_lease_time_is_an_empty_lease() {
+    let db = TestDb::migrated("queue_lease_race");
+    let mut c1 = db.conn();
+    let mut setup = db.conn();
+    let a1 = enq(&mut setup, &job("a", 10));
+    let url = db.url.clone();
+    let (holder, other) = c1
+        .transaction::<_, divine_bridge_db::DbError, _>(|c1| {
+            // Holder leases a1 but has not committed yet.
+            let held = queue::lease(c1, "holder", 10, LEASE)?;
+            // Meanwhile an earlier job of the same key commits: for a fresh snapshot it is the head of key "a".
+            enq(&mut setup, &job("a", 1));
+            let other = std::thread::spawn(move || {
+                let mut c2 = PgConnection::establish(&url).unwrap();
+                // Blocks on the partial unique index until the holder commits, then trips it.
+                let started = std::time::Instant::now();
+                (queue::lease(&mut c2, "other", 10, LEASE), started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            Ok((held, other))
+        })
+        .unwrap();
+    assert_eq!(ids(&holder), vec![a1]);
+    let (other, waited) = other.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the racing lease must have waited on the unique index (took {waited:?})"
+    );
+    assert!(
+        matches!(&other, Ok(v) if v.is_empty()),
+        "racing lease must be empty, got {other:?}"
+    );
+    let running: i64 = divine_bridge_db::schema::jobs::table
+        .filter(divine_bridge_db::schema::jobs::state.eq("running"))
+        .count()
+        .get_result(&mut setup)
+        .unwrap();
+    assert_eq!(running, 1);
+}
+
+#[test]
+fn a_reclaimed_owner_cannot_overwrite_the_new_owners_result() {
+    let db = TestDb::migrated("queue_fencing");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    assert_eq!(ids(&queue::lease(&mut c, "stale", 1, LEASE).unwrap()), vec![id]);
+    expire_lease(&mut c, id);
+    assert_eq!(queue::expired_lease_count(&mut c).unwrap(), 1);
+
+    let reclaimed = queue::reclaim_expired(&mut c).unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!((reclaimed[0].id, reclaimed[0].state.as_str()), (id, "queued"));
+    let r = row(&mut c, id);
+    assert_eq!((r.state.as_str(), r.attempt, r.reclaim_count), ("queued", 1, 1));
+    assert_eq!(r.last_error_code.as_deref(), Some("lease_expired"));
+    assert!(r.last_error.as_deref().unwrap().contains("stale"), "{:?}", r.last_error);
+    assert_eq!(queue::expired_lease_count(&mut c).unwrap(), 0);
+
+    let again = queue::lease(&mut c, "fresh", 1, LEASE).unwrap();
+    assert_eq!(
+        (again[0].id, again[0].attempt),
+        (id, 2),
+        "the next real try counts once"
+    );
+
+    // The stale owner wakes up: every write it attempts is fenced off.
+    let fail = Finish::Failed {
+        code: "pds_rejected".into(),
+        message: "late".into(),
+    };
+    assert_eq!(queue::finish(&mut c, id, "stale", &fail).unwrap(), Finished::LostLease);
+    assert_eq!(
+        queue::finish(&mut c, id, "stale", &Finish::Succeeded).unwrap(),
+        Finished::LostLease
+    );
+    assert!(queue::complete_many(&mut c, "stale", &[id]).unwrap().is_empty());
+    assert!(queue::heartbeat(&mut c, "stale", &[id], LEASE).unwrap().is_empty());
+    assert_eq!(queue::release(&mut c, "stale", &[id]).unwrap(), 0);
+    assert_eq!(row(&mut c, id).lease_owner.as_deref(), Some("fresh"));
+
+    assert_eq!(
+        queue::finish(&mut c, id, "fresh", &Finish::Succeeded).unwrap(),
+        Finished::Applied(JobState::Succeeded)
+    );
+    // Once finished, nobody (not even the last owner) can finalize again.
+    assert_eq!(queue::finish(&mut c, id, "fresh", &fail).unwrap(), Finished::LostLease);
+    let r = row(&mut c, id);
+    assert_eq!(r.state, "succeeded");
+    assert!(r.finished_at.is_some() && r.lease_owner.is_none());
+}
+
+#[test]
+fn backoff_is_full_jitter_within_the_capped_exponential_ceiling() {
+    let base = Duration::from_secs(5);
+    let cap = Duration::from_secs(3600);
+    assert_eq!(queue::backoff_ceiling(1, base, cap), Duration::from_secs(10));
+    assert_eq!(queue::backoff_ceiling(3, base, cap), Duration::from_secs(40));
+    assert_eq!(queue::backoff_ceiling(9, base, cap), Duration::from_secs(2560));
+    assert_eq!(queue::backoff_ceiling(10, base, cap), cap);
+    assert_eq!(
+        queue::backoff_ceiling(10_000, base, cap),
+        cap,
+        "no overflow on huge attempts"
+    );
+    for attempt in 1..=40 {
+        let ceiling = base.saturating_mul(2u32.saturating_pow(attempt as u32)).min(cap);
+        let samples: Vec<Duration> = (0..300).map(|_| queue::backoff(attempt, base, cap)).collect();
+        assert!(
+            samples.iter().all(|d| *d <= ceiling),
+            "attempt {attempt} exceeded {ceiling:?}"
+        );
+        // Full jitter: spread over the whole range, not pinned to the ceiling or to zero.
+        assert!(
+            samples.iter().any(|d| *d < ceiling / 4),
+            "attempt {attempt}: no low draws"
+        );
+        assert!(
+            samples.iter().any(|d| *d > ceiling * 3 / 4),
+            "attempt {attempt}: no high draws"
+        );
+    }
+    // Retry-After wins when given, capped at the cap.
+    assert_eq!(
+        queue::retry_delay(1, Some(Duration::from_secs(42)), base, cap),
+        Duration::from_secs(42)
+    );
+    assert_eq!(queue::retry_delay(1, Some(Duration::from_secs(86_400)), base, cap), cap);
+    assert!(queue::retry_delay(2, None, base, cap) <= Duration::from_secs(20));
+}
+
+#[test]
+fn transient_failures_never_become_terminal_by_count_alone() {
+    let db = TestDb::migrated("queue_transient");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    for n in 1..=50 {
+        let got = queue::lease(&mut c, "w", 1, LEASE).unwrap();
+        assert_eq!((got[0].id, got[0].attempt), (id, n));
+        assert_eq!(
+            queue::finish(&mut c, id, "w", &retry_now("pds_unavailable")).unwrap(),
+            Finished::Applied(JobState::Queued)
+        );
+    }
+    let r = row(&mut c, id);
+    assert_eq!((r.state.as_str(), r.attempt), ("queued", 50));
+    assert_eq!(r.last_error_code.as_deref(), Some("pds_unavailable"));
+    assert!(r.finished_at.is_none());
+}
+
+#[test]
+fn a_retry_schedules_run_at_and_records_the_error() {
+    let db = TestDb::migrated("queue_retry_at");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    let at = Utc::now() + ChronoDuration::seconds(90);
+    let outcome = Finish::Retry {
+        code: "pds_rate_limited".into(),
+        message: "429, retry after 90 s".into(),
+        run_at: at,
+        max_age: WEEK,
+    };
+    assert_eq!(
+        queue::finish(&mut c, id, "w", &outcome).unwrap(),
+        Finished::Applied(JobState::Queued)
+    );
+    let r = row(&mut c, id);
+    assert!(
+        (r.run_at - at).num_milliseconds().abs() < 5,
+        "run_at {} vs {at}",
+        r.run_at
+    );
+    assert_eq!(r.last_error.as_deref(), Some("429, retry after 90 s"));
+    assert!(r.lease_owner.is_none() && r.lease_expires_at.is_none());
+    assert!(
+        queue::lease(&mut c, "w", 1, LEASE).unwrap().is_empty(),
+        "not before run_at"
+    );
+}
+
+#[test]
+fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
+    let db = TestDb::migrated("queue_max_age");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    diesel::sql_query("UPDATE jobs SET created_at = now() - interval '8 days' WHERE id = $1")
+        .bind::<BigInt, _>(id)
+        .execute(&mut c)
+        .unwrap();
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(
+        queue::finish(&mut c, id, "w", &retry_now("pds_unavailable")).unwrap(),
+        Finished::Applied(JobState::Failed)
+    );
+    let r = row(&mut c, id);
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.last_error_code.as_deref(), Some("retry_window_exhausted"));
+    let text = r.last_error.unwrap();
+    assert!(
+        text.contains("pds_unavailable") && text.contains("pds_unavailable happened"),
+        "{text}"
+    );
+    assert!(r.finished_at.is_some());
+
+    // A younger job with the same failure is still retried.
+    let young = enq(&mut c, &job("b", 2));
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(
+        queue::finish(&mut c, young, "w", &retry_now("pds_unavailable")).unwrap(),
+        Finished::Applied(JobState::Queued)
+    );
+}
+
+#[test]
+fn permanent_failure_and_ineligible_record_their_codes() {
+    let db = TestDb::migrated("queue_terminal");
+    let mut c = db.conn();
+    let f = enq(&mut c, &job("a", 1));
+    let i = enq(&mut c, &job("b", 2));
+    queue::lease(&mut c, "w", 2, LEASE).unwrap();
+    let failed = Finish::Failed {
+        code: "translate_invalid_event".into(),
+        message: "no video url".into(),
+    };
+    let inel = Finish::Ineligible {
+        code: "account_disabled".into(),
+        detail: "cross-posting disabled by the user".into(),
+    };
+    assert_eq!(
+        queue::finish(&mut c, f, "w", &failed).unwrap(),
+        Finished::Applied(JobState::Failed)
+    );
+    assert_eq!(
+        queue::finish(&mut c, i, "w", &inel).unwrap(),
+        Finished::Applied(JobState::Ineligible)
+    );
+    let rf = row(&mut c, f);
+    assert_eq!(
+        (
+            rf.state.as_str(),
+            rf.last_error_code.as_deref(),
+            rf.last_error.as_deref()
+        ),
+        ("failed", Some("translate_invalid_event"), Some("no video url"))
+    );
+    let ri = row(&mut c, i);
+    assert_eq!(
+        (ri.state.as_str(), ri.last_error_code.as_deref()),
+        ("ineligible", Some("account_disabled"))
+    );
+    assert!(rf.finished_at.is_some() && ri.finished_at.is_some());
+}
+
+#[test]
+fn cancel_queued_is_immediate_and_cancel_running_is_honoured_at_finalize() {
+    let db = TestDb::migrated("queue_cancel");
+    let mut c = db.conn();
+    let queued = enq(&mut c, &job("q", 1));
+    assert!(queue::cancel(&mut c, queued).unwrap());
+    let r = row(&mut c, queued);
+    assert_eq!(
+        (r.state.as_str(), r.last_error_code.as_deref()),
+        ("cancelled", Some("cancelled"))
+    );
+    assert!(!queue::cancel(&mut c, queued).unwrap(), "already finished");
+    assert!(!queue::cancel(&mut c, 999_999).unwrap(), "no such job");
+
+    // Running + retry → cancelled; running + failure → cancelled; running + success → stays succeeded.
+    let r1 = enq(&mut c, &job("r1", 2));
+    let r2 = enq(&mut c, &job("r2", 3));
+    let r3 = enq(&mut c, &job("r3", 4));
+    assert_eq!(queue::lease(&mut c, "w", 10, LEASE).unwrap().len(), 3);
+    for id in [r1, r2, r3] {
+        assert!(queue::cancel(&mut c, id).unwrap());
+        let r = row(&mut c, id);
+        assert_eq!(r.state, "running", "a running job is not interrupted");
+        assert!(r.cancel_requested_at.is_some());
+    }
+    assert_eq!(
+        queue::finish(&mut c, r1, "w", &retry_now("pds_unavailable")).unwrap(),
+        Finished::Applied(JobState::Cancelled)
+    );
+    let fail = Finish::Failed {
+        code: "pds_rejected".into(),
+        message: "400".into(),
+    };
+    assert_eq!(
+        queue::finish(&mut c, r2, "w", &fail).unwrap(),
+        Finished::Applied(JobState::Cancelled)
+    );
+    assert_eq!(queue::complete_many(&mut c, "w", &[r3]).unwrap(), vec![r3]);
+    let c1 = row(&mut c, r1);
+    assert_eq!(c1.last_error_code.as_deref(), Some("cancelled"));
+    assert!(c1.last_error.unwrap().contains("pds_unavailable"));
+    assert_eq!(row(&mut c, r3).state, "succeeded", "the side effect happened");
+
+    // A running job whose owner died with a cancel pending is cancelled by the watchdog, not re-queued.
+    let r4 = enq(&mut c, &job("r4", 5));
+    queue::lease(&mut c, "dead", 1, LEASE).unwrap();
+    assert!(queue::cancel(&mut c, r4).unwrap());
+    expire_lease(&mut c, r4);
+    let rec = queue::reclaim_expired(&mut c).unwrap();
+    assert_eq!((rec[0].id, rec[0].state.as_str()), (r4, "cancelled"));
+    assert!(row(&mut c, r4).finished_at.is_some());
+
+    // cancel_for_key: queued ones at once, running ones by request.
+    let k1 = enq(&mut c, &job("k", 6));
+    let k2 = enq(&mut c, &job("k", 7));
+    queue::lease(&mut c, "w", 10, LEASE).unwrap();
+    assert_eq!(queue::cancel_for_key(&mut c, "k", &[JobKind::Noop]).unwrap(), 2);
+    assert_eq!(row(&mut c, k2).state, "cancelled");
+    assert!(row(&mut c, k1).cancel_requested_at.is_some());
+}
+
+#[test]
+fn enqueue_is_idempotent_by_unique_key() {
+    let db = TestDb::migrated("queue_idem");
+    let mut c = db.conn();
+    let j = job("a", 1).unique("publish:abc");
+    let first = queue::enqueue(&mut c, &j).unwrap();
+    assert!(first.is_some());
+    assert_eq!(queue::enqueue(&mut c, &j).unwrap(), None);
+    let many = queue::enqueue_many(&mut c, &[j.clone(), job("a", 2).unique("publish:def"), job("a", 3)]).unwrap();
+    assert_eq!(many.len(), 2, "the duplicate is skipped in bulk too");
+    let n: i64 = divine_bridge_db::schema::jobs::table
+        .filter(divine_bridge_db::schema::jobs::unique_key.eq("publish:abc"))
+        .count()
+        .get_result(&mut c)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn heartbeat_extends_only_the_owners_leases() {
+    let db = TestDb::migrated("queue_heartbeat");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    queue::lease(&mut c, "w", 1, Duration::from_secs(5)).unwrap();
+    let before = row(&mut c, id).lease_expires_at.unwrap();
+    assert_eq!(
+        queue::heartbeat(&mut c, "w", &[id, 12345], Duration::from_secs(600)).unwrap(),
+        vec![id]
+    );
+    let after = row(&mut c, id).lease_expires_at.unwrap();
+    assert!(after - before > ChronoDuration::seconds(590), "{before} → {after}");
+    assert!(queue::heartbeat(&mut c, "intruder", &[id], Duration::from_secs(6000))
+        .unwrap()
+        .is_empty());
+    assert_eq!(row(&mut c, id).lease_expires_at.unwrap(), after);
+}
+
+#[test]
+fn release_at_shutdown_requeues_and_gives_the_try_back() {
+    let db = TestDb::migrated("queue_release");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(queue::release(&mut c, "other", &[id]).unwrap(), 0);
+    assert_eq!(queue::release(&mut c, "w", &[id]).unwrap(), 1);
+    let r = row(&mut c, id);
+    assert_eq!((r.state.as_str(), r.attempt, r.reclaim_count), ("queued", 0, 0));
+    assert_eq!(r.last_error_code.as_deref(), Some("released_at_shutdown"));
+    let again = queue::lease(&mut c, "w2", 1, LEASE).unwrap();
+    assert_eq!(again[0].attempt, 1);
+}
+
+#[test]
+fn operator_retry_requeue_and_listing() {
+    let db = TestDb::migrated("queue_operator");
+    let mut c = db.conn();
+    let failed = enq(&mut c, &job("a", 1));
+    let other_kind = {
+        let mut j = job("b", 2);
+        j.kind = JobKind::SyncProfile;
+        enq(&mut c, &j)
+    };
+    queue::lease(&mut c, "w", 10, LEASE).unwrap();
+    let fail = Finish::Failed {
+        code: "pds_rejected".into(),
+        message: "bad".into(),
+    };
+    queue::finish(&mut c, failed, "w", &fail).unwrap();
+    queue::finish(&mut c, other_kind, "w", &fail).unwrap();
+
+    assert!(queue::retry(&mut c, failed).unwrap());
+    let r = row(&mut c, failed);
+    assert_eq!((r.state.as_str(), r.attempt), ("queued", 1), "attempt kept");
+    assert!(r.finished_at.is_none());
+    assert!(!queue::retry(&mut c, failed).unwrap(), "queued is not retryable");
+
+    assert_eq!(queue::retry_failed(&mut c, Some(JobKind::Noop)).unwrap(), 0);
+    assert_eq!(queue::failed_ids(&mut c, None).unwrap(), vec![other_kind]);
+    assert_eq!(queue::retry_failed(&mut c, Some(JobKind::SyncProfile)).unwrap(), 1);
+    assert_eq!(row(&mut c, other_kind).state, "queued");
+
+    let listed = queue::list(
+        &mut c,
+        &JobFilter {
+            state: Some(JobState::Queued),
+            kind: Some(JobKind::Noop),
+            ordering_key: Some("a".into()),
+        },
+        10,
+    )
+    .unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![failed]);
+    let all = queue::list(&mut c, &JobFilter::default(), 1).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].id, other_kind, "newest first");
+}
+
+#[test]
+fn requeue_or_enqueue_redrives_terminal_jobs() {
+    let db = TestDb::migrated("queue_redrive");
+    let mut c = db.conn();
+    let j = job("a", 1).unique("provision:a");
+    let first = queue::requeue_or_enqueue(&mut c, &j).unwrap().unwrap();
+    assert_eq!(
+        queue::requeue_or_enqueue(&mut c, &j).unwrap(),
+        Some(first),
+        "live job left alone"
+    );
+
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    let inel = Finish::Ineligible {
+        code: "account_disabled".into(),
+        detail: "off".into(),
+    };
+    queue::finish(&mut c, first, "w", &inel).unwrap();
+    assert_eq!(queue::requeue_or_enqueue(&mut c, &j).unwrap(), Some(first));
+    assert_eq!(row(&mut c, first).state, "queued", "ineligible → queued");
+
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    queue::complete_many(&mut c, "w", &[first]).unwrap();
+    let second = queue::requeue_or_enqueue(&mut c, &j).unwrap().unwrap();
+    assert_ne!(
+        second, first,
+        "a succeeded job is never re-run; a fresh job takes the key"
+    );
+    let old = row(&mut c, first);
+    assert_eq!(old.state, "succeeded");
+    assert_eq!(old.unique_key, Some(format!("provision:a@{first}")));
+    assert_eq!(row(&mut c, second).unique_key.as_deref(), Some("provision:a"));
+    assert_eq!(queue::enqueue(&mut c, &j).unwrap(), None, "the key still deduplicates");
+}
+
+#[test]
+fn stats_group_by_kind_and_state() {
+    let db = TestDb::migrated("queue_stats");
+    let mut c = db.conn();
+    enq(&mut c, &job("a", 1));
+    enq(&mut c, &job("b", 2));
+    enq(&mut c, &job("a", 3));
+    diesel::sql_query("UPDATE jobs SET run_at = now() - interval '100 seconds' WHERE ordering_key = 'b'")
+        .execute(&mut c)
+        .unwrap();
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    let stats = queue::stats(&mut c).unwrap();
+    let get = |state: &str| stats.iter().find(|s| s.kind == "noop" && s.state == state).unwrap();
+    assert_eq!(get("queued").count, 2);
+    assert_eq!(get("running").count, 1);
+    assert!(
+        get("queued").oldest_age_secs >= 99.0,
+        "{}",
+        get("queued").oldest_age_secs
+    );
+}
