@@ -1,1 +1,686 @@
-//! Placeholder for the `media` module; its owner replaces this file.
+//! Safe fetch of user-supplied media URLs (videos, captions, avatars) named in Nostr events.
+//!
+//! Owns the SSRF defences: http/https only, a host allow-list checked on every redirect hop (redirects are followed
+//! here, never by reqwest), DNS resolved here and refused if ANY address is non-public (loopback is allowed only
+//! with `allow_loopback`, for the local stack), and the connection pinned to the vetted addresses so DNS rebinding
+//! cannot swap them; plus size caps (declared and streamed), SHA-256 verification, an overall deadline and content
+//! sniffing. Errors are [`Classified`] where they are born. It must not upload, translate or retry.
+
+use divine_bridge_db::{Classified, ErrorClass};
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+use url::{Host, Url};
+
+/// Fetch policy.
+#[derive(Debug, Clone)]
+pub struct MediaFetchConfig {
+    /// Hosts media may come from: an exact host (`cdn.divine.video`, `127.0.0.1`) or `*.suffix` (any subdomain of
+    /// `suffix`, not `suffix` itself). Empty = nothing allowed.
+    pub allowed_hosts: Vec<String>,
+    /// Also allow loopback addresses (env `MEDIA_ALLOW_LOOPBACK`; local stack only). Private, link-local and other
+    /// non-public ranges stay refused.
+    pub allow_loopback: bool,
+    /// Largest body accepted for [`MediaKind::Video`] / [`MediaKind::Any`] (other kinds have lexicon caps).
+    pub max_bytes: u64,
+    /// Deadline for the whole fetch: DNS, every redirect hop and the body.
+    pub timeout: Duration,
+    /// TCP/TLS connect deadline per hop.
+    pub connect_timeout: Duration,
+    /// Redirects followed before giving up.
+    pub max_redirects: usize,
+}
+
+impl Default for MediaFetchConfig {
+    fn default() -> Self {
+        MediaFetchConfig {
+            allowed_hosts: Vec::new(),
+            allow_loopback: false,
+            max_bytes: 100_000_000,
+            timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            max_redirects: 3,
+        }
+    }
+}
+
+impl MediaFetchConfig {
+    /// Defaults with the given allow-list and loopback switch.
+    pub fn new(allowed_hosts: Vec<String>, allow_loopback: bool) -> MediaFetchConfig {
+        MediaFetchConfig {
+            allowed_hosts,
+            allow_loopback,
+            ..MediaFetchConfig::default()
+        }
+    }
+}
+
+/// What is being fetched; decides the accepted (sniffed) type and the size cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    /// `video/mp4` only, ≤ `max_bytes`.
+    Video,
+    /// `text/vtt`, ≤ 20,000 bytes (`app.bsky.embed.video#caption`).
+    Caption,
+    /// `image/png` or `image/jpeg`, ≤ 1,000,000 bytes (`app.bsky.actor.profile#avatar`).
+    Avatar,
+    /// Any type, ≤ `max_bytes`.
+    Any,
+}
+
+impl MediaKind {
+    fn cap(self, config: &MediaFetchConfig) -> u64 {
+        match self {
+            MediaKind::Video | MediaKind::Any => config.max_bytes,
+            MediaKind::Caption => crate::translate::MAX_CAPTION_BYTES.min(config.max_bytes),
+            MediaKind::Avatar => crate::translate::MAX_AVATAR_BYTES.min(config.max_bytes),
+        }
+    }
+
+    fn accepts(self, mime: &str) -> bool {
+        match self {
+            MediaKind::Video => mime == "video/mp4",
+            MediaKind::Caption => mime == "text/vtt",
+            MediaKind::Avatar => matches!(mime, "image/png" | "image/jpeg"),
+            MediaKind::Any => true,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            MediaKind::Video => "video/mp4",
+            MediaKind::Caption => "text/vtt",
+            MediaKind::Avatar => "image/png|image/jpeg",
+            MediaKind::Any => "*/*",
+        }
+    }
+}
+
+/// Fetch failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    #[error("media URL is unusable: {0}")]
+    BadUrl(String),
+    #[error("media host {host:?} is not on the allow-list")]
+    HostNotAllowed { host: String },
+    #[error("media host {host:?} resolves to forbidden address {addr}")]
+    AddressForbidden { host: String, addr: IpAddr },
+    #[error("media exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("media SHA-256 {actual} does not match the event's x {expected}")]
+    HashMismatch { expected: String, actual: String },
+    #[error("media server answered HTTP {status}")]
+    HttpStatus { status: u16, retry_after: Option<Duration> },
+    #[error("media fetch timed out")]
+    Timeout,
+    #[error("media transport error: {0}")]
+    Transport(String),
+    #[error("more than {max} redirects")]
+    TooManyRedirects { max: usize },
+    #[error("media is {found}, expected {expected}")]
+    UnsupportedType { expected: &'static str, found: String },
+}
+
+impl Classified for MediaError {
+    fn code(&self) -> &'static str {
+        match self {
+            MediaError::BadUrl(_) => "media_bad_url",
+            MediaError::HostNotAllowed { .. } => "media_host_not_allowed",
+            MediaError::AddressForbidden { .. } => "media_address_forbidden",
+            MediaError::TooLarge { .. } => "media_too_large",
+            MediaError::HashMismatch { .. } => "hash_mismatch",
+            MediaError::HttpStatus { .. } => "media_http_status",
+            MediaError::Timeout => "media_timeout",
+            MediaError::Transport(_) => "media_transport",
+            MediaError::TooManyRedirects { .. } => "media_too_many_redirects",
+            MediaError::UnsupportedType { .. } => "media_unsupported_type",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            MediaError::Timeout | MediaError::Transport(_) => ErrorClass::Transient,
+            MediaError::HttpStatus { status, .. } => match status {
+                408 | 429 => ErrorClass::Transient,
+                s if *s >= 500 => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            MediaError::HttpStatus { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A fetched, verified body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedMedia {
+    pub bytes: Vec<u8>,
+    /// Sniffed type when recognised, else the declared one, else `application/octet-stream`.
+    pub mime: String,
+    /// `Content-Type` as sent (lower-case, no parameters).
+    pub declared_mime: Option<String>,
+    /// Lower-case hex SHA-256 of `bytes`.
+    pub sha256: String,
+    /// URL of the last hop.
+    pub final_url: String,
+}
+
+/// How an address may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpClass {
+    Public,
+    /// 127.0.0.0/8, ::1 (and their IPv4-mapped forms).
+    Loopback,
+    /// Private, link-local, CGNAT, unique-local, unspecified, multicast, documentation, reserved.
+    Forbidden,
+}
+
+fn in_v4(ip: Ipv4Addr, net: [u8; 4], bits: u32) -> bool {
+    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
+}
+
+fn classify_v4(ip: Ipv4Addr) -> IpClass {
+    if in_v4(ip, [127, 0, 0, 0], 8) {
+        return IpClass::Loopback;
+    }
+    const FORBIDDEN: &[([u8; 4], u32)] = &[
+        ([0, 0, 0, 0], 8),       // "this network", unspecified
+        ([10, 0, 0, 0], 8),      // private
+        ([100, 64, 0, 0], 10),   // CGNAT
+        ([169, 254, 0, 0], 16),  // link-local
+        ([172, 16, 0, 0], 12),   // private
+        ([192, 0, 0, 0], 24),    // IETF protocol assignments
+        ([192, 0, 2, 0], 24),    // TEST-NET-1
+        ([192, 88, 99, 0], 24),  // 6to4 relay anycast
+        ([192, 168, 0, 0], 16),  // private
+        ([198, 18, 0, 0], 15),   // benchmarking
+        ([198, 51, 100, 0], 24), // TEST-NET-2
+        ([203, 0, 113, 0], 24),  // TEST-NET-3
+        ([224, 0, 0, 0], 4),     // multicast
+        ([240, 0, 0, 0], 4),     // reserved + broadcast
+    ];
+    if FORBIDDEN.iter().any(|(net, bits)| in_v4(ip, *net, *bits)) {
+        IpClass::Forbidden
+    } else {
+        IpClass::Public
+    }
+}
+
+/// Classifies an address for outbound media fetches.
+pub fn classify_ip(ip: IpAddr) -> IpClass {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => {
+            if v6 == Ipv6Addr::LOCALHOST {
+                return IpClass::Loopback;
+            }
+            if v6.is_unspecified() {
+                return IpClass::Forbidden;
+            }
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+            // ::ffff:a.b.c.d (IPv4-mapped) → judge the IPv4 address.
+            if s[..5] == [0, 0, 0, 0, 0] && s[5] == 0xffff {
+                return classify_v4(embedded(s[6], s[7]));
+            }
+            // ::a.b.c.d (deprecated IPv4-compatible) and ::ffff:0:a.b.c.d (SIIT).
+            if s[..6] == [0; 6] || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0) {
+                return IpClass::Forbidden;
+            }
+            // 64:ff9b::/96 NAT64 → judge the embedded IPv4 address.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return classify_v4(embedded(s[6], s[7]));
+            }
+            // 2002::/16 6to4 → judge the embedded IPv4 address.
+            if s[0] == 0x2002 {
+                return classify_v4(embedded(s[1], s[2]));
+            }
+            let forbidden = (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
+                || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
+                || (s[0] & 0xffc0) == 0xfec0 // fec0::/10 site-local (deprecated)
+                || (s[0] & 0xff00) == 0xff00 // ff00::/8 multicast
+                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo
+                || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1) // 64:ff9b:1::/48 local NAT64
+                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]); // 100::/64 discard
+            if forbidden {
+                IpClass::Forbidden
+            } else {
+                IpClass::Public
+            }
+        }
+    }
+}
+
+/// Whether `ip` may be connected to under `allow_loopback`.
+pub fn ip_allowed(ip: IpAddr, allow_loopback: bool) -> bool {
+    match classify_ip(ip) {
+        IpClass::Public => true,
+        IpClass::Loopback => allow_loopback,
+        IpClass::Forbidden => false,
+    }
+}
+
+fn normalize_host(h: &str) -> String {
+    h.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// Whether `host` (as in a URL, lower-case) matches the allow-list (exact, or `*.suffix` for strict subdomains).
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = normalize_host(host);
+    if host.is_empty() {
+        return false;
+    }
+    allowed.iter().any(|entry| {
+        let entry = normalize_host(entry);
+        match entry.strip_prefix("*.") {
+            Some(suffix) if !suffix.is_empty() => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            _ => !entry.is_empty() && host == entry,
+        }
+    })
+}
+
+/// Recognises the formats the bridge handles from their magic bytes.
+pub fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        return Some(match &bytes[8..12] {
+            b"qt  " => "video/quicktime",
+            b"M4A " | b"M4B " => "audio/mp4",
+            b"avif" | b"avis" => "image/avif",
+            b"heic" | b"heix" | b"mif1" => "image/heic",
+            _ => "video/mp4",
+        });
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Some("image/png");
+    }
+    if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        return Some("image/jpeg");
+    }
+    if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        return Some("image/gif");
+    }
+    if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        return Some("image/webp");
+    }
+    if bytes.starts_with(&[0x1a, 0x45, 0xdf, 0xa3]) {
+        return Some("video/webm");
+    }
+    let text = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    if text.starts_with(b"WEBVTT") && text.get(6).is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        return Some("text/vtt");
+    }
+    None
+}
+
+fn map_reqwest(e: reqwest::Error) -> MediaError {
+    if e.is_timeout() {
+        MediaError::Timeout
+    } else {
+        MediaError::Transport(e.to_string())
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Fetches media under a [`MediaFetchConfig`].
+#[derive(Debug, Clone)]
+pub struct MediaFetcher {
+    config: MediaFetchConfig,
+}
+
+impl MediaFetcher {
+    /// Also installs the rustls ring provider (idempotent).
+    pub fn new(config: MediaFetchConfig) -> MediaFetcher {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        MediaFetcher { config }
+    }
+
+    pub fn config(&self) -> &MediaFetchConfig {
+        &self.config
+    }
+
+    /// Fetches `url`, following up to `max_redirects` vetted redirects, within the overall timeout. Verifies
+    /// `expected_sha256` (hex, any case) when given and that the sniffed type suits `kind`.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+    ) -> Result<FetchedMedia, MediaError> {
+        match tokio::time::timeout(self.config.timeout, self.fetch_inner(url, expected_sha256, kind)).await {
+            Ok(r) => r,
+            Err(_) => Err(MediaError::Timeout),
+        }
+    }
+
+    /// Checks a URL's scheme and host against the policy without any network access.
+    pub fn check_url(&self, url: &Url) -> Result<(), MediaError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(MediaError::BadUrl(format!(
+                "scheme {:?} is not http/https",
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(MediaError::BadUrl("credentials in URL".into()));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| MediaError::BadUrl("URL has no host".into()))?;
+        if !host_allowed(host, &self.config.allowed_hosts) {
+            return Err(MediaError::HostNotAllowed {
+                host: normalize_host(host),
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves the URL's host and vets every address.
+    async fn vetted_addrs(&self, url: &Url) -> Result<Vec<SocketAddr>, MediaError> {
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| MediaError::BadUrl("no port".into()))?;
+        let (host, addrs): (String, Vec<SocketAddr>) = match url.host() {
+            Some(Host::Ipv4(ip)) => (ip.to_string(), vec![SocketAddr::new(IpAddr::V4(ip), port)]),
+            Some(Host::Ipv6(ip)) => (ip.to_string(), vec![SocketAddr::new(IpAddr::V6(ip), port)]),
+            Some(Host::Domain(d)) => {
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((d, port))
+                    .await
+                    .map_err(|e| MediaError::Transport(format!("resolving {d}: {e}")))?
+                    .collect();
+                (d.to_string(), found)
+            }
+            None => return Err(MediaError::BadUrl("URL has no host".into())),
+        };
+        if addrs.is_empty() {
+            return Err(MediaError::Transport(format!("{host} resolved to no address")));
+        }
+        if let Some(bad) = addrs.iter().find(|a| !ip_allowed(a.ip(), self.config.allow_loopback)) {
+            return Err(MediaError::AddressForbidden { host, addr: bad.ip() });
+        }
+        Ok(addrs)
+    }
+
+    async fn fetch_inner(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+    ) -> Result<FetchedMedia, MediaError> {
+        let expected = match expected_sha256 {
+            Some(x) if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) => Some(x.to_ascii_lowercase()),
+            Some(x) => {
+                return Err(MediaError::HashMismatch {
+                    expected: x.to_string(),
+                    actual: "(expected value is not a hex SHA-256)".into(),
+                });
+            }
+            None => None,
+        };
+        let cap = kind.cap(&self.config);
+        let mut current = Url::parse(url).map_err(|e| MediaError::BadUrl(format!("{url:?}: {e}")))?;
+        let mut redirects = 0usize;
+        let resp = loop {
+            self.check_url(&current)?;
+            let addrs = self.vetted_addrs(&current).await?;
+            let mut builder = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .connect_timeout(self.config.connect_timeout)
+                .timeout(self.config.timeout);
+            if let Some(Host::Domain(d)) = current.host() {
+                // Pin the connection to the addresses vetted above (no second DNS lookup to rebind).
+                builder = builder.resolve_to_addrs(d, &addrs);
+            }
+            let client = builder
+                .build()
+                .map_err(|e| MediaError::Transport(format!("client: {e}")))?;
+            let resp = client
+                .get(current.clone())
+                .header(reqwest::header::ACCEPT_ENCODING, "identity")
+                .send()
+                .await
+                .map_err(map_reqwest)?;
+            let status = resp.status();
+            if status.is_redirection() && status != reqwest::StatusCode::NOT_MODIFIED {
+                let Some(location) = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                else {
+                    return Err(MediaError::HttpStatus {
+                        status: status.as_u16(),
+                        retry_after: None,
+                    });
+                };
+                if redirects >= self.config.max_redirects {
+                    return Err(MediaError::TooManyRedirects {
+                        max: self.config.max_redirects,
+                    });
+                }
+                redirects += 1;
+                current = current
+                    .join(location)
+                    .map_err(|e| MediaError::BadUrl(format!("redirect to {location:?}: {e}")))?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(MediaError::HttpStatus {
+                    status: status.as_u16(),
+                    retry_after: retry_after(&resp),
+                });
+            }
+            break resp;
+        };
+
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(MediaError::TooLarge { limit: cap });
+        }
+        let declared_mime = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(crate::nostr::normalize_mime)
+            .filter(|m| !m.is_empty());
+        let final_url = resp.url().to_string();
+        let mut resp = resp;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
+            if bytes.len() as u64 + chunk.len() as u64 > cap {
+                return Err(MediaError::TooLarge { limit: cap });
+            }
+            hasher.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(expected) = expected {
+            if expected != sha256 {
+                return Err(MediaError::HashMismatch {
+                    expected,
+                    actual: sha256,
+                });
+            }
+        }
+        let mime = sniff_mime(&bytes)
+            .map(str::to_string)
+            .or_else(|| declared_mime.clone())
+            .unwrap_or_else(|| "application/octet-stream".into());
+        if !kind.accepts(&mime) {
+            return Err(MediaError::UnsupportedType {
+                expected: kind.expected(),
+                found: mime,
+            });
+        }
+        Ok(FetchedMedia {
+            bytes,
+            mime,
+            declared_mime,
+            sha256,
+            final_url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ip_classification() {
+        for s in [
+            "10.0.0.1",
+            "10.255.255.255",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "255.255.255.255",
+            "192.0.2.1",
+            "fc00::1",
+            "fdff:ffff::1",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::",
+            "::ffff:10.0.0.1",
+            "::ffff:192.168.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "2002:c0a8:0101::1",
+            "2001:db8::1",
+            "::10.0.0.1",
+        ] {
+            assert_eq!(classify_ip(ip(s)), IpClass::Forbidden, "{s}");
+            assert!(!ip_allowed(ip(s), true), "{s} stays refused with allow_loopback");
+        }
+        for s in ["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(classify_ip(ip(s)), IpClass::Loopback, "{s}");
+            assert!(!ip_allowed(ip(s), false), "{s}");
+            assert!(ip_allowed(ip(s), true), "{s}");
+        }
+        for s in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.15.255.255",
+            "172.32.0.0",
+            "100.63.255.255",
+            "100.128.0.0",
+            "192.169.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(classify_ip(ip(s)), IpClass::Public, "{s}");
+        }
+    }
+
+    #[test]
+    fn allow_list_matching() {
+        let list = vec![
+            "cdn.divine.video".to_string(),
+            "*.blossom.example".to_string(),
+            "127.0.0.1".to_string(),
+            "[::1]".to_string(),
+        ];
+        assert!(host_allowed("cdn.divine.video", &list));
+        assert!(host_allowed("CDN.Divine.Video.", &list));
+        assert!(!host_allowed("evil-cdn.divine.video", &list));
+        assert!(!host_allowed("cdn.divine.video.evil.com", &list));
+        assert!(host_allowed("a.blossom.example", &list));
+        assert!(host_allowed("x.y.blossom.example", &list));
+        assert!(
+            !host_allowed("blossom.example", &list),
+            "wildcard means strict subdomains"
+        );
+        assert!(!host_allowed("evilblossom.example", &list));
+        assert!(host_allowed("127.0.0.1", &list));
+        assert!(host_allowed("[::1]", &list));
+        assert!(!host_allowed("localhost", &list));
+        assert!(!host_allowed("anything", &[]));
+        assert!(!host_allowed("x", &["*.".to_string(), "".to_string()]));
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff_mime(b"\0\0\0\x18ftypisom\0\0\x02\0"), Some("video/mp4"));
+        assert_eq!(sniff_mime(b"\0\0\0\x14ftypqt  \0\0\0\0"), Some("video/quicktime"));
+        assert_eq!(sniff_mime(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
+        assert_eq!(sniff_mime(&[0xff, 0xd8, 0xff, 0xe0]), Some("image/jpeg"));
+        assert_eq!(sniff_mime(b"\xef\xbb\xbfWEBVTT\n\n00:00.000"), Some("text/vtt"));
+        assert_eq!(sniff_mime(b"WEBVTT"), Some("text/vtt"));
+        assert_eq!(sniff_mime(b"WEBVTTX"), None);
+        assert_eq!(sniff_mime(b"<html>"), None);
+    }
+
+    #[test]
+    fn classes() {
+        let s = |status| {
+            MediaError::HttpStatus {
+                status,
+                retry_after: None,
+            }
+            .class()
+        };
+        assert_eq!(s(404), ErrorClass::Permanent);
+        assert_eq!(s(403), ErrorClass::Permanent);
+        assert_eq!(s(408), ErrorClass::Transient);
+        assert_eq!(s(429), ErrorClass::Transient);
+        assert_eq!(s(500), ErrorClass::Transient);
+        assert_eq!(s(503), ErrorClass::Transient);
+        assert_eq!(MediaError::Timeout.class(), ErrorClass::Transient);
+        assert_eq!(MediaError::Transport("x".into()).class(), ErrorClass::Transient);
+        assert_eq!(MediaError::TooLarge { limit: 1 }.class(), ErrorClass::Permanent);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_refused_without_network() {
+        let f = MediaFetcher::new(MediaFetchConfig::new(vec!["a.example".into()], false));
+        for (u, code) in [
+            ("ftp://a.example/x", "media_bad_url"),
+            ("file:///etc/passwd", "media_bad_url"),
+            ("not a url", "media_bad_url"),
+            ("https://user:pw@a.example/x", "media_bad_url"),
+            ("https://b.example/x", "media_host_not_allowed"),
+        ] {
+            let e = f.fetch(u, None, MediaKind::Any).await.unwrap_err();
+            assert_eq!(e.code(), code, "{u}");
+            assert_eq!(e.class(), ErrorClass::Permanent);
+        }
+    }
+}

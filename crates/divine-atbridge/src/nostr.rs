@@ -1,1 +1,730 @@
-//! Placeholder for the `nostr` module; its owner replaces this file.
+//! Nostr event checks and NIP-71 / NIP-09 / kind 0 parsing into typed values.
+//!
+//! Owns: the admission check every event passes before it is bridged ([`check_event`]: id, signature, not dated
+//! more than [`MAX_FUTURE_SKEW_SECS`] ahead, supported kind) with a stable [`Rejection::reason`] for
+//! `bridge_nostr_events_rejected_total{reason}`, and parsing into [`VideoEvent`], [`DeleteRequest`] and
+//! [`ProfileMeta`]. It reads tags exactly as published and keeps every value the translation needs; it must not decide
+//! how a post looks (that is `translate`), fetch media (`media`), emit metrics or touch the database.
+
+use crate::translate::TranslateError;
+use divine_bridge_db::{Classified, ErrorClass};
+use nostr::Event;
+
+/// Kind 0: user metadata (profile).
+pub const KIND_PROFILE: u16 = 0;
+/// Kind 5: deletion request (NIP-09).
+pub const KIND_DELETE: u16 = 5;
+/// Kind 21: NIP-71 normal video.
+pub const KIND_VIDEO: u16 = 21;
+/// Kind 22: NIP-71 short video.
+pub const KIND_SHORT_VIDEO: u16 = 22;
+/// Kind 34235: addressable normal video (`d` tag).
+pub const KIND_ADDRESSABLE_VIDEO: u16 = 34235;
+/// Kind 34236: addressable short video (`d` tag).
+pub const KIND_ADDRESSABLE_SHORT_VIDEO: u16 = 34236;
+/// Every kind the bridge handles.
+pub const SUPPORTED_KINDS: [u16; 6] = [
+    KIND_PROFILE,
+    KIND_DELETE,
+    KIND_VIDEO,
+    KIND_SHORT_VIDEO,
+    KIND_ADDRESSABLE_VIDEO,
+    KIND_ADDRESSABLE_SHORT_VIDEO,
+];
+/// Events dated more than this many seconds after "now" are refused.
+pub const MAX_FUTURE_SKEW_SECS: u64 = 600;
+
+/// True for the four NIP-71 video kinds.
+pub fn is_video_kind(kind: u16) -> bool {
+    matches!(
+        kind,
+        KIND_VIDEO | KIND_SHORT_VIDEO | KIND_ADDRESSABLE_VIDEO | KIND_ADDRESSABLE_SHORT_VIDEO
+    )
+}
+
+/// True for the addressable video kinds (identified by `<kind>:<pubkey>:<d>`).
+pub fn is_addressable_video_kind(kind: u16) -> bool {
+    matches!(kind, KIND_ADDRESSABLE_VIDEO | KIND_ADDRESSABLE_SHORT_VIDEO)
+}
+
+/// Why an event was refused at admission. `reason()` is the metric label and equals `code()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The id is not the hash of the serialized event.
+    #[error("event id does not match its content")]
+    BadId,
+    /// The Schnorr signature does not verify against the pubkey.
+    #[error("event signature does not verify")]
+    BadSignature,
+    /// `created_at` is more than 10 minutes ahead of the bridge clock.
+    #[error("event dated {created_at}, more than {MAX_FUTURE_SKEW_SECS}s after now ({now})")]
+    FutureDated { created_at: u64, now: u64 },
+    /// The bridge does not handle this kind.
+    #[error("event kind {0} is not bridged")]
+    UnsupportedKind(u16),
+}
+
+impl Rejection {
+    /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::BadId => "bad_id",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::FutureDated { .. } => "future_dated",
+            Rejection::UnsupportedKind(_) => "unsupported_kind",
+        }
+    }
+}
+
+impl Classified for Rejection {
+    fn code(&self) -> &'static str {
+        self.reason()
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// Admission check: id, then signature, then clock skew, then kind. `now` is UNIX seconds.
+pub fn check_event(event: &Event, now: u64) -> Result<(), Rejection> {
+    if !event.verify_id() {
+        return Err(Rejection::BadId);
+    }
+    if !event.verify_signature() {
+        return Err(Rejection::BadSignature);
+    }
+    let created_at = event.created_at.as_secs();
+    if created_at > now.saturating_add(MAX_FUTURE_SKEW_SECS) {
+        return Err(Rejection::FutureDated { created_at, now });
+    }
+    let kind = event.kind.as_u16();
+    if !SUPPORTED_KINDS.contains(&kind) {
+        return Err(Rejection::UnsupportedKind(kind));
+    }
+    Ok(())
+}
+
+/// [`check_event`] against the system clock.
+pub fn check_event_now(event: &Event) -> Result<(), Rejection> {
+    check_event(event, chrono::Utc::now().timestamp().max(0) as u64)
+}
+
+/// A parsed, bridgeable event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BridgeEvent {
+    Video(VideoEvent),
+    Delete(DeleteRequest),
+    Profile(ProfileMeta),
+}
+
+/// Parses a (checked) event by kind. Does not verify; call [`check_event`] first.
+pub fn parse_event(event: &Event) -> Result<BridgeEvent, TranslateError> {
+    match event.kind.as_u16() {
+        k if is_video_kind(k) => VideoEvent::from_event(event).map(BridgeEvent::Video),
+        KIND_DELETE => DeleteRequest::from_event(event).map(BridgeEvent::Delete),
+        KIND_PROFILE => ProfileMeta::from_event(event).map(BridgeEvent::Profile),
+        k => Err(TranslateError::UnsupportedKind(k)),
+    }
+}
+
+/// One video file (an `imeta` tag, or the legacy top-level tags).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VideoVariant {
+    pub url: String,
+    /// Lower-cased MIME type without parameters, when declared.
+    pub mime: Option<String>,
+    /// Lower-cased hex SHA-256 (`x`).
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    /// `(width, height)` in pixels.
+    pub dim: Option<(u64, u64)>,
+    /// Seconds; may be fractional.
+    pub duration: Option<f64>,
+    pub alt: Option<String>,
+    /// Other URLs serving the same file.
+    pub fallbacks: Vec<String>,
+}
+
+/// A NIP-71 `text-track`: `["text-track", "<url>", "<captions|subtitles|chapters|metadata>", "<lang>"]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TextTrack {
+    /// The tag's first value: a WebVTT URL, or (older layout) an encoded event the bridge cannot use.
+    pub url: String,
+    pub kind: Option<String>,
+    pub lang: Option<String>,
+}
+
+/// A NIP-71 video event (kinds 21, 22, 34235, 34236).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VideoEvent {
+    /// Hex event id.
+    pub id: String,
+    /// Hex author pubkey.
+    pub pubkey: String,
+    pub kind: u16,
+    /// UNIX seconds.
+    pub created_at: u64,
+    /// `d` tag (addressable kinds only).
+    pub d_tag: Option<String>,
+    pub title: Option<String>,
+    pub content: String,
+    /// `t` tags without '#', deduplicated case-insensitively, order kept.
+    pub hashtags: Vec<String>,
+    /// Valid ISO-639-1 codes from `l` tags (lower-case, deduplicated, order kept; not yet capped).
+    pub langs: Vec<String>,
+    /// `imeta` variants in tag order, or the single legacy variant; empty when the event carries no video.
+    pub variants: Vec<VideoVariant>,
+    pub text_tracks: Vec<TextTrack>,
+    /// Top-level `alt` tag.
+    pub alt: Option<String>,
+    /// `summary` tag.
+    pub summary: Option<String>,
+}
+
+impl VideoEvent {
+    /// Parses a video event. Malformed `imeta`/`x`/`dim`/`size`/`duration` values, or an addressable kind without a
+    /// `d` tag, are `invalid_event`.
+    pub fn from_event(event: &Event) -> Result<VideoEvent, TranslateError> {
+        let kind = event.kind.as_u16();
+        if !is_video_kind(kind) {
+            return Err(TranslateError::UnsupportedKind(kind));
+        }
+        let tags: Vec<&[String]> = event.tags.iter().map(|t| t.as_slice()).collect();
+        let first = |name: &str| -> Option<String> {
+            tags.iter()
+                .find(|t| t.first().map(String::as_str) == Some(name))
+                .and_then(|t| t.get(1))
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let d_tag = if is_addressable_video_kind(kind) {
+            let d = tags
+                .iter()
+                .find(|t| t.first().map(String::as_str) == Some("d"))
+                .map(|t| t.get(1).cloned().unwrap_or_default());
+            Some(d.ok_or_else(|| TranslateError::invalid("addressable video event without a d tag"))?)
+        } else {
+            None
+        };
+
+        let mut variants = Vec::new();
+        for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("imeta")) {
+            variants.push(parse_imeta(&t[1..])?);
+        }
+        if variants.is_empty() {
+            if let Some(url) = first("url") {
+                variants.push(VideoVariant {
+                    url,
+                    mime: first("m").map(|m| normalize_mime(&m)),
+                    sha256: first("x").map(|x| parse_sha256(&x)).transpose()?,
+                    size: first("size").map(|s| parse_size(&s)).transpose()?,
+                    dim: first("dim").map(|d| parse_dim(&d)).transpose()?,
+                    duration: first("duration").map(|d| parse_duration(&d)).transpose()?,
+                    alt: None,
+                    fallbacks: Vec::new(),
+                });
+            }
+        }
+
+        let mut hashtags: Vec<String> = Vec::new();
+        for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("t")) {
+            let Some(raw) = t.get(1) else { continue };
+            let tag = raw.trim().trim_start_matches(['#', '＃']).trim();
+            if tag.is_empty() || tag.chars().any(char::is_whitespace) {
+                continue;
+            }
+            if !hashtags.iter().any(|h| h.to_lowercase() == tag.to_lowercase()) {
+                hashtags.push(tag.to_string());
+            }
+        }
+
+        let text_tracks = tags
+            .iter()
+            .filter(|t| t.first().map(String::as_str) == Some("text-track"))
+            .filter_map(|t| {
+                let url = t.get(1)?.trim().to_string();
+                let opt = |i: usize| t.get(i).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+                Some(TextTrack {
+                    url,
+                    kind: opt(2).map(|k| k.to_ascii_lowercase()),
+                    lang: opt(3),
+                })
+            })
+            .collect();
+
+        Ok(VideoEvent {
+            id: event.id.to_hex(),
+            pubkey: event.pubkey.to_hex(),
+            kind,
+            created_at: event.created_at.as_secs(),
+            d_tag,
+            title: first("title"),
+            content: event.content.clone(),
+            hashtags,
+            langs: parse_langs(&tags),
+            variants,
+            text_tracks,
+            alt: first("alt"),
+            summary: first("summary"),
+        })
+    }
+
+    /// `<kind>:<pubkey>:<d>` for addressable kinds.
+    pub fn coordinate(&self) -> Option<String> {
+        self.d_tag
+            .as_ref()
+            .map(|d| format!("{}:{}:{}", self.kind, self.pubkey, d))
+    }
+}
+
+fn parse_imeta(entries: &[String]) -> Result<VideoVariant, TranslateError> {
+    let mut v = VideoVariant {
+        url: String::new(),
+        mime: None,
+        sha256: None,
+        size: None,
+        dim: None,
+        duration: None,
+        alt: None,
+        fallbacks: Vec::new(),
+    };
+    for entry in entries {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = entry.split_once(' ') else {
+            return Err(TranslateError::invalid(format!(
+                "imeta entry {entry:?} is not \"key value\""
+            )));
+        };
+        let value = value.trim();
+        match key {
+            "url" if v.url.is_empty() => v.url = value.to_string(),
+            "m" if v.mime.is_none() => v.mime = Some(normalize_mime(value)),
+            "x" if v.sha256.is_none() => v.sha256 = Some(parse_sha256(value)?),
+            "size" if v.size.is_none() => v.size = Some(parse_size(value)?),
+            "dim" if v.dim.is_none() => v.dim = Some(parse_dim(value)?),
+            "duration" if v.duration.is_none() => v.duration = Some(parse_duration(value)?),
+            "alt" if v.alt.is_none() && !value.is_empty() => v.alt = Some(value.to_string()),
+            "fallback" if !value.is_empty() => v.fallbacks.push(value.to_string()),
+            _ => {}
+        }
+    }
+    if v.url.is_empty() {
+        return Err(TranslateError::invalid("imeta tag without url"));
+    }
+    Ok(v)
+}
+
+/// Lower-case, without parameters: `Video/MP4; codecs=x` → `video/mp4`.
+pub fn normalize_mime(m: &str) -> String {
+    m.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+fn parse_sha256(x: &str) -> Result<String, TranslateError> {
+    if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(x.to_ascii_lowercase())
+    } else {
+        Err(TranslateError::invalid(format!("x {x:?} is not a hex SHA-256")))
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, TranslateError> {
+    s.parse::<u64>()
+        .map_err(|_| TranslateError::invalid(format!("size {s:?} is not a byte count")))
+}
+
+/// `WxH` with both positive.
+fn parse_dim(d: &str) -> Result<(u64, u64), TranslateError> {
+    let bad = || TranslateError::invalid(format!("dim {d:?} is not <width>x<height>"));
+    let (w, h) = d.split_once(['x', 'X']).ok_or_else(bad)?;
+    let w: u64 = w.trim().parse().map_err(|_| bad())?;
+    let h: u64 = h.trim().parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+fn parse_duration(s: &str) -> Result<f64, TranslateError> {
+    match s.parse::<f64>() {
+        Ok(d) if d.is_finite() && d >= 0.0 => Ok(d),
+        _ => Err(TranslateError::invalid(format!(
+            "duration {s:?} is not a number of seconds"
+        ))),
+    }
+}
+
+/// Languages from NIP-32 labels: `["l", "en", "ISO-639-1"]` (with or without `["L", "ISO-639-1"]`) and the bare
+/// `["l", "en"]`. Labels in another namespace are ignored; codes must be ISO-639-1.
+fn parse_langs(tags: &[&[String]]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("l")) {
+        let Some(code) = t.get(1) else { continue };
+        match t.get(2).map(|n| n.trim()) {
+            None | Some("") => {}
+            Some(ns) if ns.eq_ignore_ascii_case("ISO-639-1") => {}
+            Some(_) => continue,
+        }
+        let code = code.trim().to_ascii_lowercase();
+        if is_iso639_1(&code) && !out.contains(&code) {
+            out.push(code);
+        }
+    }
+    out
+}
+
+/// Every ISO 639-1 two-letter code (including the deprecated `bh`).
+const ISO_639_1: &[&str] = &[
+    "aa", "ab", "ae", "af", "ak", "am", "an", "ar", "as", "av", "ay", "az", "ba", "be", "bg", "bh", "bi", "bm", "bn",
+    "bo", "br", "bs", "ca", "ce", "ch", "co", "cr", "cs", "cu", "cv", "cy", "da", "de", "dv", "dz", "ee", "el", "en",
+    "eo", "es", "et", "eu", "fa", "ff", "fi", "fj", "fo", "fr", "fy", "ga", "gd", "gl", "gn", "gu", "gv", "ha", "he",
+    "hi", "ho", "hr", "ht", "hu", "hy", "hz", "ia", "id", "ie", "ig", "ii", "ik", "io", "is", "it", "iu", "ja", "jv",
+    "ka", "kg", "ki", "kj", "kk", "kl", "km", "kn", "ko", "kr", "ks", "ku", "kv", "kw", "ky", "la", "lb", "lg", "li",
+    "ln", "lo", "lt", "lu", "lv", "mg", "mh", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "na", "nb", "nd", "ne",
+    "ng", "nl", "nn", "no", "nr", "nv", "ny", "oc", "oj", "om", "or", "os", "pa", "pi", "pl", "ps", "pt", "qu", "rm",
+    "rn", "ro", "ru", "rw", "sa", "sc", "sd", "se", "sg", "si", "sk", "sl", "sm", "sn", "so", "sq", "sr", "ss", "st",
+    "su", "sv", "sw", "ta", "te", "tg", "th", "ti", "tk", "tl", "tn", "to", "tr", "ts", "tt", "tw", "ty", "ug", "uk",
+    "ur", "uz", "ve", "vi", "vo", "wa", "wo", "xh", "yi", "yo", "za", "zh", "zu",
+];
+
+/// True when `code` (already lower-case) is an ISO 639-1 language code.
+pub fn is_iso639_1(code: &str) -> bool {
+    ISO_639_1.binary_search(&code).is_ok()
+}
+
+/// An addressable event coordinate `<kind>:<pubkey>:<d>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Coordinate {
+    pub kind: u16,
+    pub pubkey: String,
+    pub d: String,
+}
+
+impl std::fmt::Display for Coordinate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.kind, self.pubkey, self.d)
+    }
+}
+
+impl Coordinate {
+    /// Parses `<kind>:<64-hex pubkey>:<d>` (the `d` part may itself contain ':').
+    pub fn parse(s: &str) -> Option<Coordinate> {
+        let mut parts = s.splitn(3, ':');
+        let kind = parts.next()?.parse::<u16>().ok()?;
+        let pubkey = parts.next()?;
+        let d = parts.next()?;
+        if pubkey.len() != 64 || !pubkey.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Coordinate {
+            kind,
+            pubkey: pubkey.to_ascii_lowercase(),
+            d: d.to_string(),
+        })
+    }
+}
+
+/// A NIP-09 deletion request, limited to targets the author may delete.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeleteRequest {
+    pub id: String,
+    pub pubkey: String,
+    pub created_at: u64,
+    /// `e` targets (lower-case hex event ids). Authorship is checked when the target is looked up.
+    pub event_ids: Vec<String>,
+    /// `a` targets whose pubkey equals the author; foreign ones are dropped here.
+    pub coordinates: Vec<Coordinate>,
+    /// The request's content (an optional reason).
+    pub reason: String,
+}
+
+impl DeleteRequest {
+    /// Parses a kind 5 event; `invalid_event` when no usable target remains.
+    pub fn from_event(event: &Event) -> Result<DeleteRequest, TranslateError> {
+        let kind = event.kind.as_u16();
+        if kind != KIND_DELETE {
+            return Err(TranslateError::UnsupportedKind(kind));
+        }
+        let author = event.pubkey.to_hex();
+        let mut event_ids: Vec<String> = Vec::new();
+        let mut coordinates: Vec<Coordinate> = Vec::new();
+        for t in event.tags.iter().map(|t| t.as_slice()) {
+            match (t.first().map(String::as_str), t.get(1)) {
+                (Some("e"), Some(id)) => {
+                    let id = id.trim();
+                    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        let id = id.to_ascii_lowercase();
+                        if !event_ids.contains(&id) {
+                            event_ids.push(id);
+                        }
+                    }
+                }
+                (Some("a"), Some(a)) => {
+                    if let Some(c) = Coordinate::parse(a.trim()) {
+                        if c.pubkey == author && !coordinates.contains(&c) {
+                            coordinates.push(c);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if event_ids.is_empty() && coordinates.is_empty() {
+            return Err(TranslateError::invalid(
+                "deletion request without an e target or an a target of its author",
+            ));
+        }
+        Ok(DeleteRequest {
+            id: event.id.to_hex(),
+            pubkey: author,
+            created_at: event.created_at.as_secs(),
+            event_ids,
+            coordinates,
+            reason: event.content.clone(),
+        })
+    }
+}
+
+/// Kind 0 metadata fields the bridge mirrors.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProfileMeta {
+    pub id: String,
+    pub pubkey: String,
+    pub created_at: u64,
+    pub name: Option<String>,
+    /// `display_name` (or the legacy `displayName`).
+    pub display_name: Option<String>,
+    pub about: Option<String>,
+    pub picture: Option<String>,
+}
+
+impl ProfileMeta {
+    /// Parses kind 0 content JSON; non-object content is `invalid_event`, non-string fields are ignored.
+    pub fn from_event(event: &Event) -> Result<ProfileMeta, TranslateError> {
+        let kind = event.kind.as_u16();
+        if kind != KIND_PROFILE {
+            return Err(TranslateError::UnsupportedKind(kind));
+        }
+        let v: serde_json::Value = serde_json::from_str(&event.content)
+            .map_err(|e| TranslateError::invalid(format!("kind 0 content is not JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| TranslateError::invalid("kind 0 content is not a JSON object"))?;
+        let field = |k: &str| {
+            obj.get(k)
+                .and_then(|v| v.as_str())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        Ok(ProfileMeta {
+            id: event.id.to_hex(),
+            pubkey: event.pubkey.to_hex(),
+            created_at: event.created_at.as_secs(),
+            name: field("name"),
+            display_name: field("display_name").or_else(|| field("displayName")),
+            about: field("about"),
+            picture: field("picture"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nostr::{EventBuilder, Keys, Kind, Tag, Timestamp};
+
+    fn keys() -> Keys {
+        Keys::parse("6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e").unwrap()
+    }
+
+    fn sign(kind: u16, content: &str, tags: Vec<Vec<&str>>, created_at: u64) -> Event {
+        let tags: Vec<Tag> = tags.into_iter().map(|t| Tag::parse(t).unwrap()).collect();
+        EventBuilder::new(Kind::from(kind), content)
+            .tags(tags)
+            .custom_created_at(Timestamp::from(created_at))
+            .sign_with_keys(&keys())
+            .unwrap()
+    }
+
+    #[test]
+    fn iso_list_sorted_and_complete_enough() {
+        let mut sorted = ISO_639_1.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ISO_639_1, "binary search needs a sorted, unique list");
+        assert_eq!(ISO_639_1.len(), 184, "183 current codes plus the deprecated bh");
+        for c in ["en", "ja", "zh", "pt", "es", "de", "ar", "zu"] {
+            assert!(is_iso639_1(c), "{c}");
+        }
+        for c in ["xx", "eng", "e", "EN", "qq"] {
+            assert!(!is_iso639_1(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn check_accepts_good_and_rejects_each_reason() {
+        let now = 1_735_689_600;
+        let ev = sign(22, "hi", vec![vec!["url", "https://x/v.mp4"]], now);
+        assert_eq!(check_event(&ev, now), Ok(()));
+        // Exactly 10 minutes ahead is still accepted; one second more is not.
+        let edge = sign(22, "hi", vec![], now + 600);
+        assert_eq!(check_event(&edge, now), Ok(()));
+        let future = sign(22, "hi", vec![], now + 601);
+        let r = check_event(&future, now).unwrap_err();
+        assert_eq!(r.reason(), "future_dated");
+        assert_eq!(r.class(), ErrorClass::Permanent);
+
+        let kind1 = sign(1, "note", vec![], now);
+        assert_eq!(check_event(&kind1, now).unwrap_err().reason(), "unsupported_kind");
+
+        let mut json: serde_json::Value = serde_json::from_str(&nostr::JsonUtil::as_json(&ev)).unwrap();
+        json["content"] = "tampered".into();
+        let tampered: Event = nostr::JsonUtil::from_json(json.to_string()).unwrap();
+        assert_eq!(check_event(&tampered, now).unwrap_err().reason(), "bad_id");
+
+        let mut json: serde_json::Value = serde_json::from_str(&nostr::JsonUtil::as_json(&ev)).unwrap();
+        let sig = json["sig"].as_str().unwrap().to_string();
+        let flipped = format!("{}{}", if &sig[..1] == "0" { "1" } else { "0" }, &sig[1..]);
+        json["sig"] = flipped.into();
+        let badsig: Event = nostr::JsonUtil::from_json(json.to_string()).unwrap();
+        assert_eq!(check_event(&badsig, now).unwrap_err().reason(), "bad_signature");
+    }
+
+    #[test]
+    fn imeta_and_legacy_parsing() {
+        let ev = sign(
+            34236,
+            "body",
+            vec![
+                vec!["d", "clip-1"],
+                vec!["title", " Title "],
+                vec![
+                    "imeta",
+                    "url https://cdn/v.mp4",
+                    "m Video/MP4",
+                    "x ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+                    "dim 1080x1920",
+                    "duration 6.5",
+                    "size 1234",
+                    "alt a cat",
+                    "fallback https://b/v.mp4",
+                ],
+                vec!["t", "#Cats"],
+                vec!["t", "cats"],
+                vec!["t", "two words"],
+                vec!["L", "ISO-639-1"],
+                vec!["l", "EN", "ISO-639-1"],
+                vec!["l", "fr"],
+                vec!["l", "xx"],
+                vec!["l", "de", "other"],
+                vec!["text-track", "https://cdn/en.vtt", "captions", "en"],
+            ],
+            100,
+        );
+        let v = VideoEvent::from_event(&ev).unwrap();
+        assert_eq!(
+            v.coordinate().unwrap(),
+            format!("34236:{}:clip-1", keys().public_key().to_hex())
+        );
+        assert_eq!(v.title.as_deref(), Some("Title"));
+        assert_eq!(v.hashtags, vec!["Cats"]);
+        assert_eq!(v.langs, vec!["en", "fr"]);
+        let var = &v.variants[0];
+        assert_eq!(var.mime.as_deref(), Some("video/mp4"));
+        assert_eq!(var.sha256.as_deref().unwrap()[..6].to_string(), "abcdef");
+        assert_eq!(var.dim, Some((1080, 1920)));
+        assert_eq!(var.duration, Some(6.5));
+        assert_eq!(var.size, Some(1234));
+        assert_eq!(var.alt.as_deref(), Some("a cat"));
+        assert_eq!(var.fallbacks, vec!["https://b/v.mp4"]);
+        assert_eq!(v.text_tracks[0].lang.as_deref(), Some("en"));
+
+        let legacy = sign(
+            21,
+            "",
+            vec![
+                vec!["url", "https://cdn/l.mp4"],
+                vec!["m", "video/mp4"],
+                vec!["dim", "1920x1080"],
+            ],
+            100,
+        );
+        let v = VideoEvent::from_event(&legacy).unwrap();
+        assert_eq!(v.variants.len(), 1);
+        assert_eq!(v.variants[0].dim, Some((1920, 1080)));
+        assert_eq!(v.coordinate(), None);
+    }
+
+    #[test]
+    fn malformed_tags_are_invalid_event() {
+        for tags in [
+            vec![vec!["imeta", "url"]],
+            vec![vec!["imeta", "m video/mp4"]],
+            vec![vec!["imeta", "url https://a/v.mp4", "x nothex"]],
+            vec![vec!["imeta", "url https://a/v.mp4", "dim 0x10"]],
+            vec![vec!["imeta", "url https://a/v.mp4", "duration soon"]],
+            vec![vec!["url", "https://a/v.mp4"], vec!["size", "-3"]],
+        ] {
+            let ev = sign(22, "", tags.clone(), 100);
+            let e = VideoEvent::from_event(&ev).unwrap_err();
+            assert_eq!(e.code(), "invalid_event", "{tags:?}");
+        }
+        let no_d = sign(34235, "", vec![vec!["url", "https://a/v.mp4"]], 100);
+        assert_eq!(VideoEvent::from_event(&no_d).unwrap_err().code(), "invalid_event");
+    }
+
+    #[test]
+    fn delete_drops_foreign_a_targets() {
+        let me = keys().public_key().to_hex();
+        let other = "f".repeat(64);
+        let id = "A".repeat(64);
+        let mine = format!("34236:{me}:clip:with:colons");
+        let foreign = format!("34236:{other}:clip");
+        let ev = sign(
+            5,
+            "oops",
+            vec![
+                vec!["e", &id],
+                vec!["e", "short"],
+                vec!["a", &mine],
+                vec!["a", &foreign],
+                vec!["a", "garbage"],
+            ],
+            100,
+        );
+        let d = DeleteRequest::from_event(&ev).unwrap();
+        assert_eq!(d.event_ids, vec!["a".repeat(64)]);
+        assert_eq!(d.coordinates.len(), 1);
+        assert_eq!(d.coordinates[0].d, "clip:with:colons");
+        assert_eq!(d.coordinates[0].to_string(), mine);
+        let only_foreign = sign(5, "", vec![vec!["a", &foreign]], 100);
+        assert_eq!(
+            DeleteRequest::from_event(&only_foreign).unwrap_err().code(),
+            "invalid_event"
+        );
+    }
+
+    #[test]
+    fn profile_fields() {
+        let ev = sign(
+            0,
+            r#"{"name":"bob","displayName":"Bob B","about":"hi","picture":"https://p/a.png","nip05":3}"#,
+            vec![],
+            100,
+        );
+        let p = ProfileMeta::from_event(&ev).unwrap();
+        assert_eq!(p.display_name.as_deref(), Some("Bob B"));
+        assert_eq!(p.name.as_deref(), Some("bob"));
+        assert_eq!(p.picture.as_deref(), Some("https://p/a.png"));
+        let bad = sign(0, "not json", vec![], 100);
+        assert_eq!(ProfileMeta::from_event(&bad).unwrap_err().code(), "invalid_event");
+        let arr = sign(0, "[1]", vec![], 100);
+        assert_eq!(ProfileMeta::from_event(&arr).unwrap_err().code(), "invalid_event");
+        assert!(matches!(
+            parse_event(&sign(1, "", vec![], 1)),
+            Err(TranslateError::UnsupportedKind(1))
+        ));
+    }
+}

@@ -1,0 +1,449 @@
+//! Translation of parsed Nostr events into Bluesky records.
+//!
+//! Owns the mapping NIP-71 video event → [`PostPlan`] (text, facets, langs, createdAt, the video/caption sources to
+//! fetch, alt text, all within the `app.bsky.feed.post` / `app.bsky.embed.video` lexicon limits) and kind 0 →
+//! [`ProfilePlan`], plus the builders that turn a plan and uploaded blob refs into atrium record values
+//! ([`build_post`], [`build_profile`]) and the JSON actually sent ([`post_record_json`], [`profile_record_json`]).
+//! It must not fetch media, talk to a PDS or touch the database; its errors ([`TranslateError`]) are all permanent
+//! and become a job's `ineligible` reason.
+
+mod record;
+pub mod text;
+
+pub use record::{build_post, build_profile, post_record_json, profile_record_json, POST_NSID, PROFILE_NSID};
+pub use text::{FacetFeature, FacetSpan};
+
+use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
+use divine_bridge_db::{Classified, ErrorClass};
+
+/// `app.bsky.feed.post#text` maxGraphemes.
+pub const MAX_TEXT_GRAPHEMES: usize = 300;
+/// `app.bsky.feed.post#text` maxLength (UTF-8 bytes).
+pub const MAX_TEXT_BYTES: usize = 3000;
+/// `app.bsky.feed.post#langs` maxLength.
+pub const MAX_LANGS: usize = 3;
+/// `app.bsky.feed.post#tags` maxLength.
+pub const MAX_POST_TAGS: usize = 8;
+/// `app.bsky.embed.video#alt` maxGraphemes.
+pub const MAX_ALT_GRAPHEMES: usize = 1000;
+/// `app.bsky.embed.video#alt` maxLength (bytes).
+pub const MAX_ALT_BYTES: usize = 10_000;
+/// `app.bsky.embed.video#captions` maxLength.
+pub const MAX_CAPTIONS: usize = 20;
+/// `app.bsky.embed.video#caption.file` maxSize (bytes, `text/vtt`).
+pub const MAX_CAPTION_BYTES: u64 = 20_000;
+/// Largest video the bridge uploads (bytes).
+pub const MAX_VIDEO_BYTES: u64 = 100_000_000;
+/// `app.bsky.actor.profile#displayName` maxGraphemes / maxLength.
+pub const MAX_DISPLAY_NAME_GRAPHEMES: usize = 64;
+pub const MAX_DISPLAY_NAME_BYTES: usize = 640;
+/// `app.bsky.actor.profile#description` maxGraphemes / maxLength.
+pub const MAX_DESCRIPTION_GRAPHEMES: usize = 256;
+pub const MAX_DESCRIPTION_BYTES: usize = 2560;
+/// `app.bsky.actor.profile#avatar` maxSize (png/jpeg).
+pub const MAX_AVATAR_BYTES: u64 = 1_000_000;
+/// The only video MIME type `app.bsky.embed.video` accepts.
+pub const VIDEO_MIME: &str = "video/mp4";
+
+/// Why an event cannot be bridged. Every variant is permanent: the same event can never translate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// No `imeta` variant and no legacy `url` tag.
+    #[error("event carries no video")]
+    NoVideo,
+    /// Video tags exist but none is `video/mp4`.
+    #[error("no video/mp4 variant (found {mime})")]
+    UnsupportedMediaType { mime: String },
+    /// Malformed tags or content.
+    #[error("invalid event: {reason}")]
+    InvalidEvent { reason: String },
+    /// A kind the translation does not handle.
+    #[error("kind {0} is not translated")]
+    UnsupportedKind(u16),
+}
+
+impl TranslateError {
+    pub(crate) fn invalid(reason: impl Into<String>) -> TranslateError {
+        TranslateError::InvalidEvent { reason: reason.into() }
+    }
+}
+
+impl Classified for TranslateError {
+    fn code(&self) -> &'static str {
+        match self {
+            TranslateError::NoVideo => "no_video",
+            TranslateError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            TranslateError::InvalidEvent { .. } => "invalid_event",
+            TranslateError::UnsupportedKind(_) => "unsupported_kind",
+        }
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// The video file to fetch and upload.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VideoSource {
+    /// Primary http(s) URL.
+    pub url: String,
+    /// Other http(s) URLs serving the same file (NIP-71 `fallback`).
+    pub fallbacks: Vec<String>,
+    /// Always [`VIDEO_MIME`].
+    pub mime: String,
+    /// Lower-case hex SHA-256 to verify, when the event declares `x`.
+    pub sha256: Option<String>,
+    /// Declared size in bytes.
+    pub size: Option<u64>,
+    /// `(width, height)` reduced by their gcd (1080x1920 → 9:16).
+    pub aspect_ratio: Option<(u64, u64)>,
+    /// Seconds, when declared.
+    pub duration: Option<f64>,
+}
+
+/// A WebVTT caption to fetch (as `text/vtt`, ≤ [`MAX_CAPTION_BYTES`]) and attach.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CaptionSource {
+    /// BCP-47 language tag.
+    pub lang: String,
+    pub url: String,
+}
+
+/// Everything needed to publish one video post, before any fetch or upload.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PostPlan {
+    /// Final text (≤ 300 graphemes and ≤ 3000 bytes).
+    pub text: String,
+    /// Facets on `text` with UTF-8 byte offsets, sorted by start.
+    pub facets: Vec<FacetSpan>,
+    /// ≤ 3 ISO-639-1 codes.
+    pub langs: Vec<String>,
+    /// Event hashtags that are not tag facets in `text` (≤ 8), for the record's `tags`.
+    pub tags: Vec<String>,
+    /// RFC 3339 UTC with milliseconds, e.g. `2025-01-01T00:00:00.000Z`.
+    pub created_at: String,
+    pub video: VideoSource,
+    /// Alt text (≤ 1000 graphemes, ≤ 10000 bytes).
+    pub alt: Option<String>,
+    /// ≤ 20 captions, one per language.
+    pub captions: Vec<CaptionSource>,
+}
+
+/// `created_at` (UNIX seconds) as RFC 3339 UTC with milliseconds and 'Z'.
+pub fn format_created_at(secs: u64) -> Result<String, TranslateError> {
+    let dt = i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .ok_or_else(|| TranslateError::invalid(format!("created_at {secs} out of range")))?;
+    Ok(dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// `(w, h)` reduced by gcd.
+pub fn aspect_ratio(w: u64, h: u64) -> Option<(u64, u64)> {
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let g = gcd(w, h);
+    Some((w / g, h / g))
+}
+
+fn is_http_url(s: &str) -> bool {
+    url::Url::parse(s)
+        .map(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()))
+        .unwrap_or(false)
+}
+
+/// Declared MIME type, or one inferred from a `.mp4`/`.m4v` path when undeclared.
+fn effective_mime(v: &VideoVariant) -> Option<String> {
+    if let Some(m) = &v.mime {
+        return Some(m.clone());
+    }
+    let path = url::Url::parse(&v.url)
+        .map(|u| u.path().to_ascii_lowercase())
+        .unwrap_or_default();
+    (path.ends_with(".mp4") || path.ends_with(".m4v")).then(|| VIDEO_MIME.to_string())
+}
+
+/// Picks the variant to upload: the first `video/mp4` variant whose declared size fits [`MAX_VIDEO_BYTES`], else
+/// the first `video/mp4` variant (the fetch will then refuse it as too large).
+pub fn choose_variant(variants: &[VideoVariant]) -> Result<&VideoVariant, TranslateError> {
+    if variants.is_empty() {
+        return Err(TranslateError::NoVideo);
+    }
+    let mp4: Vec<&VideoVariant> = variants
+        .iter()
+        .filter(|v| effective_mime(v).as_deref() == Some(VIDEO_MIME))
+        .collect();
+    if let Some(v) = mp4.iter().find(|v| v.size.is_none_or(|s| s <= MAX_VIDEO_BYTES)) {
+        return Ok(v);
+    }
+    if let Some(v) = mp4.first() {
+        return Ok(v);
+    }
+    let found: Vec<String> = variants
+        .iter()
+        .map(|v| effective_mime(v).unwrap_or_else(|| "unknown".into()))
+        .collect();
+    Err(TranslateError::UnsupportedMediaType { mime: found.join(",") })
+}
+
+fn captions_from(tracks: &[TextTrack], langs: &[String]) -> Vec<CaptionSource> {
+    let mut out: Vec<CaptionSource> = Vec::new();
+    for t in tracks {
+        if out.len() >= MAX_CAPTIONS {
+            break;
+        }
+        if !matches!(t.kind.as_deref(), None | Some("captions") | Some("subtitles")) || !is_http_url(&t.url) {
+            continue;
+        }
+        let Some(lang) = t.lang.clone().or_else(|| langs.first().cloned()) else {
+            continue;
+        };
+        if atrium_api::types::string::Language::new(lang.clone()).is_err() {
+            continue;
+        }
+        if out.iter().any(|c| c.lang.eq_ignore_ascii_case(&lang)) {
+            continue;
+        }
+        out.push(CaptionSource {
+            lang,
+            url: t.url.clone(),
+        });
+    }
+    out
+}
+
+/// Translates a parsed video event into a [`PostPlan`].
+pub fn plan_post(ev: &VideoEvent) -> Result<PostPlan, TranslateError> {
+    let variant = choose_variant(&ev.variants)?;
+    let mut urls = std::iter::once(&variant.url)
+        .chain(variant.fallbacks.iter())
+        .filter(|u| is_http_url(u))
+        .cloned();
+    let url = urls
+        .next()
+        .ok_or_else(|| TranslateError::invalid("the video/mp4 variant has no http(s) URL"))?;
+    let video = VideoSource {
+        url,
+        fallbacks: urls.collect(),
+        mime: VIDEO_MIME.to_string(),
+        sha256: variant.sha256.clone(),
+        size: variant.size,
+        aspect_ratio: variant.dim.and_then(|(w, h)| aspect_ratio(w, h)),
+        duration: variant.duration,
+    };
+
+    let composed = text::compose(ev.title.as_deref(), &ev.content, &ev.hashtags);
+    let mut facets = text::detect_facets(&composed);
+    let (text, cut) = text::truncate(&composed, MAX_TEXT_GRAPHEMES, MAX_TEXT_BYTES);
+    if let Some(cut) = cut {
+        facets.retain(|f| f.byte_end <= cut);
+    }
+    let faceted: Vec<String> = facets
+        .iter()
+        .filter_map(|f| match &f.feature {
+            FacetFeature::Tag(t) => Some(t.to_lowercase()),
+            FacetFeature::Link(_) => None,
+        })
+        .collect();
+    let tags: Vec<String> = ev
+        .hashtags
+        .iter()
+        .filter(|h| !faceted.contains(&h.to_lowercase()))
+        .filter(|h| text::grapheme_len(h) <= text::MAX_TAG_GRAPHEMES && h.len() <= text::MAX_TAG_BYTES)
+        .take(MAX_POST_TAGS)
+        .cloned()
+        .collect();
+
+    let langs: Vec<String> = ev.langs.iter().take(MAX_LANGS).cloned().collect();
+    let alt = variant
+        .alt
+        .as_deref()
+        .or(ev.alt.as_deref())
+        .or(ev.summary.as_deref())
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| text::truncate(a, MAX_ALT_GRAPHEMES, MAX_ALT_BYTES).0);
+
+    Ok(PostPlan {
+        text,
+        facets,
+        captions: captions_from(&ev.text_tracks, &langs),
+        langs,
+        tags,
+        created_at: format_created_at(ev.created_at)?,
+        video,
+        alt,
+    })
+}
+
+/// A profile update from kind 0.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProfilePlan {
+    /// `display_name`, else `name`; ≤ 64 graphemes / 640 bytes.
+    pub display_name: Option<String>,
+    /// `about`; ≤ 256 graphemes / 2560 bytes.
+    pub description: Option<String>,
+    /// `picture` when it is an http(s) URL; fetch as png/jpeg ≤ [`MAX_AVATAR_BYTES`].
+    pub avatar_url: Option<String>,
+    /// Event time, RFC 3339 with milliseconds.
+    pub created_at: String,
+}
+
+/// Translates kind 0 metadata into a [`ProfilePlan`].
+pub fn plan_profile(meta: &ProfileMeta) -> Result<ProfilePlan, TranslateError> {
+    let display_name = meta
+        .display_name
+        .as_deref()
+        .or(meta.name.as_deref())
+        .map(|n| text::truncate(n, MAX_DISPLAY_NAME_GRAPHEMES, MAX_DISPLAY_NAME_BYTES).0);
+    let description = meta
+        .about
+        .as_deref()
+        .map(|a| text::truncate(a, MAX_DESCRIPTION_GRAPHEMES, MAX_DESCRIPTION_BYTES).0);
+    Ok(ProfilePlan {
+        display_name,
+        description,
+        avatar_url: meta.picture.clone().filter(|p| is_http_url(p)),
+        created_at: format_created_at(meta.created_at)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(url: &str, mime: Option<&str>, size: Option<u64>) -> VideoVariant {
+        VideoVariant {
+            url: url.into(),
+            mime: mime.map(Into::into),
+            sha256: None,
+            size,
+            dim: None,
+            duration: None,
+            alt: None,
+            fallbacks: vec![],
+        }
+    }
+
+    #[test]
+    fn aspect_and_time() {
+        assert_eq!(aspect_ratio(1080, 1920), Some((9, 16)));
+        assert_eq!(aspect_ratio(1920, 1080), Some((16, 9)));
+        assert_eq!(aspect_ratio(480, 480), Some((1, 1)));
+        assert_eq!(aspect_ratio(1001, 1000), Some((1001, 1000)));
+        assert_eq!(aspect_ratio(0, 5), None);
+        assert_eq!(format_created_at(1_735_689_600).unwrap(), "2025-01-01T00:00:00.000Z");
+        assert_eq!(format_created_at(u64::MAX).unwrap_err().code(), "invalid_event");
+    }
+
+    #[test]
+    fn variant_choice() {
+        assert_eq!(choose_variant(&[]).unwrap_err(), TranslateError::NoVideo);
+        let hls = variant("https://a/v.m3u8", Some("application/x-mpegurl"), None);
+        let webm = variant("https://a/v.webm", Some("video/webm"), None);
+        let big = variant("https://a/big.mp4", Some("video/mp4"), Some(MAX_VIDEO_BYTES + 1));
+        let small = variant("https://a/small.mp4", Some("video/mp4"), Some(10));
+        let inferred = variant("https://a/x.MP4?sig=1", None, None);
+        assert_eq!(
+            choose_variant(&[hls.clone(), big.clone(), small.clone()]).unwrap().url,
+            small.url
+        );
+        assert_eq!(choose_variant(std::slice::from_ref(&big)).unwrap().url, big.url);
+        assert_eq!(
+            choose_variant(&[hls.clone(), inferred.clone()]).unwrap().url,
+            inferred.url
+        );
+        let e = choose_variant(&[hls, webm]).unwrap_err();
+        assert_eq!(e.code(), "unsupported_media_type");
+        assert_eq!(e.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn captions_filtered_and_capped() {
+        let mut tracks: Vec<TextTrack> = vec![
+            TextTrack {
+                url: "https://a/c.vtt".into(),
+                kind: Some("chapters".into()),
+                lang: Some("en".into()),
+            },
+            TextTrack {
+                url: "nevent1xyz".into(),
+                kind: Some("captions".into()),
+                lang: Some("en".into()),
+            },
+            TextTrack {
+                url: "https://a/en.vtt".into(),
+                kind: Some("captions".into()),
+                lang: Some("en".into()),
+            },
+            TextTrack {
+                url: "https://a/en2.vtt".into(),
+                kind: Some("subtitles".into()),
+                lang: Some("EN".into()),
+            },
+            TextTrack {
+                url: "https://a/nolang.vtt".into(),
+                kind: None,
+                lang: None,
+            },
+        ];
+        let c = captions_from(&tracks, &["de".into()]);
+        assert_eq!(
+            c,
+            vec![
+                CaptionSource {
+                    lang: "en".into(),
+                    url: "https://a/en.vtt".into()
+                },
+                CaptionSource {
+                    lang: "de".into(),
+                    url: "https://a/nolang.vtt".into()
+                },
+            ]
+        );
+        assert_eq!(
+            captions_from(&tracks[4..], &[]).len(),
+            0,
+            "no language at all → skipped"
+        );
+        tracks.clear();
+        for i in 0..30 {
+            tracks.push(TextTrack {
+                url: format!("https://a/{i}.vtt"),
+                kind: Some("captions".into()),
+                lang: Some(format!("x-l{i}")),
+            });
+        }
+        assert_eq!(captions_from(&tracks, &[]).len(), MAX_CAPTIONS);
+    }
+
+    #[test]
+    fn profile_limits() {
+        let meta = ProfileMeta {
+            id: "0".repeat(64),
+            pubkey: "1".repeat(64),
+            created_at: 0,
+            name: Some("n".into()),
+            display_name: None,
+            about: Some("b".repeat(300)),
+            picture: Some("data:image/png;base64,xx".into()),
+        };
+        let p = plan_profile(&meta).unwrap();
+        assert_eq!(p.display_name.as_deref(), Some("n"));
+        assert_eq!(
+            text::grapheme_len(p.description.as_deref().unwrap()),
+            MAX_DESCRIPTION_GRAPHEMES
+        );
+        assert_eq!(p.avatar_url, None);
+        assert_eq!(p.created_at, "1970-01-01T00:00:00.000Z");
+    }
+}
