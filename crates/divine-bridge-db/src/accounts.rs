@@ -1,1 +1,554 @@
-//! Placeholder: the account_links store (owned by the gateway work); its owner replaces this file.
+//! The `account_links` store: one row per opted-in Nostr pubkey with its handle, DID and provisioning state, plus
+//! the per-event cross-post status view over `record_mappings` and `jobs`.
+//!
+//! Owns every state change of an account link and the jobs that must be written atomically with it: opt-in writes
+//! the link and its `provision_account` job in one transaction; disable cancels the account's queued publish /
+//! delete / profile / backfill jobs in the same transaction; enable re-drives provisioning when the account never
+//! got a DID. The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they
+//! never take an account out of `disabled`. This module validates nothing about handle or pubkey syntax (the
+//! gateway's `handle` module does) and performs no protocol calls.
+//!
+//! Lifecycle: `pending → provisioning → ready | failed`, any state → `disabled` (operator or user), and
+//! `disabled | failed → pending | ready` on enable (ready when the account already has a DID).
+
+use crate::class::{Classified, ErrorClass};
+use crate::error::DbError;
+use crate::queue::{self, NewJob};
+use crate::schema::{account_links, jobs, record_mappings};
+use crate::states::{priority, JobKind, JobState, ProvisioningState, RecordState};
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use std::collections::HashMap;
+
+/// Job kinds cancelled when an account is disabled. Provisioning is deliberately absent: a run in flight finishes
+/// (the DID is kept) and the worker's state fence leaves the account `disabled`.
+pub const DISABLE_CANCELS: &[JobKind] = &[
+    JobKind::PublishPost,
+    JobKind::DeletePost,
+    JobKind::SyncProfile,
+    JobKind::BackfillAuthor,
+];
+
+/// Most event ids accepted by one [`crosspost_status`] call.
+pub const MAX_STATUS_IDS: usize = 100;
+
+/// One `account_links` row.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = account_links)]
+pub struct AccountLink {
+    pub nostr_pubkey: String,
+    pub handle: String,
+    pub did: Option<String>,
+    pub crosspost_enabled: bool,
+    pub provisioning_state: String,
+    /// Stable error code of the last permanent provisioning failure (see troubleshooting.md).
+    pub provisioning_error: Option<String>,
+    /// Human-readable detail of that failure (operator-facing; not shown by the gateway).
+    pub provisioning_error_detail: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl AccountLink {
+    /// The parsed provisioning state.
+    pub fn state(&self) -> Result<ProvisioningState, DbError> {
+        Ok(self.provisioning_state.parse()?)
+    }
+}
+
+/// Errors of the account-link operations that callers turn into user-facing answers.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// Another pubkey already holds this handle.
+    #[error("handle {handle} is already taken by another account")]
+    HandleTaken { handle: String },
+    /// The pubkey is already linked under a different handle (handle changes are not supported).
+    #[error("this pubkey is already linked as {existing}; handle changes are not supported")]
+    HandleMismatch { existing: String },
+    /// No link for this pubkey.
+    #[error("no account link for this pubkey")]
+    NotFound,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for AccountError {
+    fn from(e: diesel::result::Error) -> Self {
+        AccountError::Db(DbError::from_diesel(e))
+    }
+}
+
+impl Classified for AccountError {
+    fn code(&self) -> &'static str {
+        match self {
+            AccountError::HandleTaken { .. } => "handle_taken",
+            AccountError::HandleMismatch { .. } => "handle_mismatch",
+            AccountError::NotFound => "account_not_found",
+            AccountError::Db(e) => e.code(),
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            AccountError::Db(e) => e.class(),
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// Unique key of an account's provisioning job (one per account, ever; re-driven in place).
+pub fn provision_unique_key(pubkey: &str) -> String {
+    format!("provision:{pubkey}")
+}
+
+/// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
+pub fn provision_job(pubkey: &str) -> NewJob {
+    let mut job = NewJob::new(
+        JobKind::ProvisionAccount,
+        pubkey,
+        serde_json::json!({ "nostr_pubkey": pubkey }),
+    )
+    .unique(provision_unique_key(pubkey));
+    job.priority = priority::ACCOUNT;
+    job
+}
+
+/// A `backfill_author` job for `pubkey`; `generation` distinguishes re-enables (unix seconds of the enable).
+pub fn backfill_job(pubkey: &str, generation: i64) -> NewJob {
+    let mut job = NewJob::new(
+        JobKind::BackfillAuthor,
+        pubkey,
+        serde_json::json!({ "nostr_pubkey": pubkey }),
+    )
+    .unique(format!("backfill:{pubkey}:{generation}"));
+    job.priority = priority::BACKFILL;
+    job
+}
+
+/// An opt-in request, already normalised and validated by the caller.
+#[derive(Debug, Clone)]
+pub struct OptIn {
+    /// 64 lower-case hex characters.
+    pub nostr_pubkey: String,
+    /// Lower-case handle under the operator's domain.
+    pub handle: String,
+    pub crosspost_enabled: bool,
+}
+
+/// What [`opt_in`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptInOutcome {
+    /// A new link and its provisioning job were written.
+    Created,
+    /// The same pubkey + handle was already linked; nothing changed (idempotent repeat).
+    Existing,
+    /// The link existed but was disabled; it was enabled again (as by [`enable`]).
+    Reenabled,
+}
+
+/// Result of [`opt_in`].
+#[derive(Debug, Clone)]
+pub struct OptInResult {
+    pub link: AccountLink,
+    pub outcome: OptInOutcome,
+}
+
+fn lock(conn: &mut PgConnection, pubkey: &str) -> Result<Option<AccountLink>, DbError> {
+    Ok(account_links::table
+        .find(pubkey)
+        .select(AccountLink::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?)
+}
+
+fn handle_error(e: diesel::result::Error, handle: &str) -> AccountError {
+    match DbError::from_diesel(e) {
+        DbError::UniqueViolation { constraint } if constraint.contains("handle") => AccountError::HandleTaken {
+            handle: handle.to_string(),
+        },
+        other => AccountError::Db(other),
+    }
+}
+
+/// Opts a pubkey in: writes the link (`pending`) and its `provision_account` job (unique key
+/// `provision:<pubkey>`) in one transaction. Repeating the same pubkey + handle returns the existing link without a
+/// second job; a disabled link with the same handle is enabled again. A handle held by another pubkey is
+/// [`AccountError::HandleTaken`]; the same pubkey with another handle is [`AccountError::HandleMismatch`].
+pub fn opt_in(conn: &mut PgConnection, req: &OptIn) -> Result<OptInResult, AccountError> {
+    conn.transaction(|c| {
+        if let Some(existing) = lock(c, &req.nostr_pubkey)? {
+            return opt_in_existing(c, existing, &req.handle);
+        }
+        let holder: Option<String> = account_links::table
+            .filter(account_links::handle.eq(&req.handle))
+            .select(account_links::nostr_pubkey)
+            .first(c)
+            .optional()?;
+        match holder {
+            Some(pk) if pk == req.nostr_pubkey => {
+                // The same opt-in committed since the first read: answer as a repeat of it.
+                let existing = lock(c, &req.nostr_pubkey)?.ok_or(AccountError::NotFound)?;
+                return opt_in_existing(c, existing, &req.handle);
+            }
+            Some(_) => {
+                return Err(AccountError::HandleTaken {
+                    handle: req.handle.clone(),
+                })
+            }
+            None => {}
+        }
+        let now = Utc::now();
+        let inserted = diesel::insert_into(account_links::table)
+            .values((
+                account_links::nostr_pubkey.eq(&req.nostr_pubkey),
+                account_links::handle.eq(&req.handle),
+                account_links::crosspost_enabled.eq(req.crosspost_enabled),
+                account_links::provisioning_state.eq(ProvisioningState::Pending.as_str()),
+                account_links::created_at.eq(now),
+                account_links::updated_at.eq(now),
+            ))
+            // No conflict target: a concurrent opt-in that committed first may collide on the pubkey, the handle
+            // or both; every such collision is decided below by re-reading, never by a constraint error.
+            .on_conflict_do_nothing()
+            .returning(AccountLink::as_returning())
+            .get_result(c)
+            .optional()
+            .map_err(|e| handle_error(e, &req.handle))?;
+        let Some(link) = inserted else {
+            return match lock(c, &req.nostr_pubkey)? {
+                // The same pubkey committed first: answer as a repeat of it.
+                Some(existing) => opt_in_existing(c, existing, &req.handle),
+                // Another pubkey took the handle first.
+                None => Err(AccountError::HandleTaken {
+                    handle: req.handle.clone(),
+                }),
+            };
+        };
+        queue::enqueue(c, &provision_job(&req.nostr_pubkey))?;
+        Ok(OptInResult {
+            link,
+            outcome: OptInOutcome::Created,
+        })
+    })
+}
+
+fn opt_in_existing(conn: &mut PgConnection, existing: AccountLink, handle: &str) -> Result<OptInResult, AccountError> {
+    if existing.handle != handle {
+        return Err(AccountError::HandleMismatch {
+            existing: existing.handle,
+        });
+    }
+    if existing.state()? == ProvisioningState::Disabled {
+        let link = enable_locked(conn, existing)?;
+        return Ok(OptInResult {
+            link,
+            outcome: OptInOutcome::Reenabled,
+        });
+    }
+    Ok(OptInResult {
+        link: existing,
+        outcome: OptInOutcome::Existing,
+    })
+}
+
+/// The link of `pubkey`.
+pub fn get(conn: &mut PgConnection, pubkey: &str) -> Result<Option<AccountLink>, DbError> {
+    Ok(account_links::table
+        .find(pubkey)
+        .select(AccountLink::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The link holding `handle` (exact, lower-case).
+pub fn get_by_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<AccountLink>, DbError> {
+    Ok(account_links::table
+        .filter(account_links::handle.eq(handle))
+        .select(AccountLink::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The link of `did`.
+pub fn get_by_did(conn: &mut PgConnection, did: &str) -> Result<Option<AccountLink>, DbError> {
+    Ok(account_links::table
+        .filter(account_links::did.eq(did))
+        .select(AccountLink::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The DID published for `handle` by `/.well-known/atproto-did`: only `ready` accounts resolve.
+pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<String>, DbError> {
+    Ok(account_links::table
+        .filter(account_links::handle.eq(handle))
+        .filter(account_links::provisioning_state.eq(ProvisioningState::Ready.as_str()))
+        .select(account_links::did)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// Turns cross-posting back on. No-op (returns the link) when it is already on and the account is neither
+/// `disabled` nor `failed`. Otherwise: `crosspost_enabled = true`, `disabled_at = NULL`, error cleared; the state
+/// becomes `ready` when the account already has a DID, else `pending` with provisioning re-driven
+/// ([`queue::requeue_or_enqueue`] on `provision:<pubkey>`: a terminal failed/cancelled/ineligible job is queued
+/// again; a live one is left alone); and a `backfill_author` job (`backfill:<pubkey>:<unix seconds>`, backfill
+/// priority) imports the history missed meanwhile. All in one transaction.
+pub fn enable(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, AccountError> {
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        enable_locked(c, link)
+    })
+}
+
+fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLink, AccountError> {
+    let state = link.state()?;
+    let off = matches!(state, ProvisioningState::Disabled | ProvisioningState::Failed);
+    if link.crosspost_enabled && !off {
+        return Ok(link);
+    }
+    let now = Utc::now();
+    let new_state = match (&link.did, state) {
+        (Some(_), _) => ProvisioningState::Ready,
+        (None, ProvisioningState::Pending | ProvisioningState::Provisioning) => state,
+        (None, _) => ProvisioningState::Pending,
+    };
+    let updated = diesel::update(account_links::table.find(&link.nostr_pubkey))
+        .set((
+            account_links::crosspost_enabled.eq(true),
+            account_links::disabled_at.eq(None::<DateTime<Utc>>),
+            account_links::provisioning_state.eq(new_state.as_str()),
+            account_links::provisioning_error.eq(None::<String>),
+            account_links::provisioning_error_detail.eq(None::<String>),
+            account_links::updated_at.eq(now),
+        ))
+        .returning(AccountLink::as_returning())
+        .get_result(conn)?;
+    if updated.did.is_none() {
+        queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey))?;
+    }
+    queue::enqueue(conn, &backfill_job(&updated.nostr_pubkey, now.timestamp()))?;
+    Ok(updated)
+}
+
+/// Result of [`disable`].
+#[derive(Debug, Clone)]
+pub struct Disabled {
+    pub link: AccountLink,
+    /// Jobs cancelled (queued) or asked to cancel (running) by this call.
+    pub cancelled_jobs: usize,
+}
+
+/// Turns the account off: state `disabled`, `crosspost_enabled = false`, `disabled_at = now` (kept from the first
+/// disable on repeats), and — in the same transaction — cancels the account's queued publish / delete / profile /
+/// backfill jobs ([`DISABLE_CANCELS`]) and requests cancellation of running ones. Provisioning in flight is left
+/// alone (the worker checks the state).
+pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, AccountError> {
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        let now = Utc::now();
+        let updated = diesel::update(account_links::table.find(pubkey))
+            .set((
+                account_links::provisioning_state.eq(ProvisioningState::Disabled.as_str()),
+                account_links::crosspost_enabled.eq(false),
+                account_links::disabled_at.eq(link.disabled_at.unwrap_or(now)),
+                account_links::updated_at.eq(now),
+            ))
+            .returning(AccountLink::as_returning())
+            .get_result(c)?;
+        let cancelled_jobs = queue::cancel_for_key(c, pubkey, DISABLE_CANCELS)?;
+        Ok(Disabled {
+            link: updated,
+            cancelled_jobs,
+        })
+    })
+}
+
+/// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is
+/// `disabled` — a disabled account stays disabled whatever provisioning does underneath. Returns whether a row
+/// changed (false: no such account, or disabled).
+pub fn set_state(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    state: ProvisioningState,
+    error: Option<(&str, &str)>,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        account_links::table
+            .find(pubkey)
+            .filter(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str())),
+    )
+    .set((
+        account_links::provisioning_state.eq(state.as_str()),
+        account_links::provisioning_error.eq(error.map(|e| e.0)),
+        account_links::provisioning_error_detail.eq(error.map(|e| e.1)),
+        account_links::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Worker: a provisioning run started (`provisioning`, error cleared). Fenced like [`set_state`].
+pub fn mark_provisioning(conn: &mut PgConnection, pubkey: &str) -> Result<bool, DbError> {
+    set_state(conn, pubkey, ProvisioningState::Provisioning, None)
+}
+
+/// Worker: provisioning finished with `did`. The DID is always recorded (even on a disabled account, so a later
+/// enable goes straight to `ready`); the state becomes `ready` unless the account is disabled. Returns whether the
+/// state became `ready`. A DID already held by another account is a [`DbError::UniqueViolation`].
+pub fn mark_ready(conn: &mut PgConnection, pubkey: &str, did: &str) -> Result<bool, DbError> {
+    conn.transaction(|c| {
+        let now = Utc::now();
+        diesel::update(account_links::table.find(pubkey))
+            .set((account_links::did.eq(did), account_links::updated_at.eq(now)))
+            .execute(c)
+            .map_err(DbError::from_diesel)?;
+        set_state(c, pubkey, ProvisioningState::Ready, None)
+    })
+}
+
+/// Worker: provisioning failed permanently with a stable `code` (troubleshooting.md) and an operator-facing
+/// `detail`. Fenced like [`set_state`].
+pub fn mark_failed(conn: &mut PgConnection, pubkey: &str, code: &str, detail: &str) -> Result<bool, DbError> {
+    set_state(conn, pubkey, ProvisioningState::Failed, Some((code, detail)))
+}
+
+/// Cross-post status of one Nostr event, as shown to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishStatus {
+    /// Neither a publish job nor a record is known for this event (of this account).
+    NotFound,
+    /// Waiting for its first attempt.
+    Queued,
+    /// A worker holds it now (or a reservation exists without a live job).
+    Publishing,
+    /// On the PDS: `at_uri` and `cid` are set.
+    Published,
+    /// Queued again after a transient failure; `error_code` says why.
+    Retrying,
+    /// Failed or ineligible; `error_code` says why.
+    Failed,
+    /// Cancelled (account disabled, deleted on Nostr, superseded by a newer revision).
+    Cancelled,
+}
+
+/// One entry of [`crosspost_status`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CrosspostStatus {
+    pub nostr_event_id: String,
+    pub status: PublishStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+/// The facts about one event that decide its status.
+#[derive(Debug, Clone, Default)]
+pub struct StatusFacts {
+    /// `(state, at_uri, cid)` of its `record_mappings` row.
+    pub mapping: Option<(String, Option<String>, Option<String>)>,
+    /// `(state, attempt, last_error_code)` of its `publish:<event id>` job.
+    pub job: Option<(String, i32, Option<String>)>,
+}
+
+/// Decides the status of one event. The record mapping wins when it is final (published / deleted / superseded);
+/// otherwise the job decides: queued & attempt 0 → queued, queued & attempt > 0 → retrying, running → publishing,
+/// failed / ineligible → failed, cancelled → cancelled, succeeded → published. A reservation without a job →
+/// publishing; nothing → not_found.
+pub fn derive_status(event_id: &str, facts: &StatusFacts) -> Result<CrosspostStatus, DbError> {
+    let mut out = CrosspostStatus {
+        nostr_event_id: event_id.to_string(),
+        status: PublishStatus::NotFound,
+        at_uri: None,
+        cid: None,
+        error_code: None,
+    };
+    if let Some((state, at_uri, cid)) = &facts.mapping {
+        match state.parse::<RecordState>()? {
+            RecordState::Published => {
+                out.status = PublishStatus::Published;
+                out.at_uri = at_uri.clone();
+                out.cid = cid.clone();
+                return Ok(out);
+            }
+            RecordState::Deleted => {
+                out.status = PublishStatus::Cancelled;
+                out.error_code = Some("deleted".to_string());
+                return Ok(out);
+            }
+            RecordState::Superseded => {
+                out.status = PublishStatus::Cancelled;
+                out.error_code = Some("superseded".to_string());
+                return Ok(out);
+            }
+            RecordState::Reserved => out.status = PublishStatus::Publishing,
+        }
+    }
+    if let Some((state, attempt, code)) = &facts.job {
+        let (status, with_code) = match state.parse::<JobState>()? {
+            JobState::Queued if *attempt == 0 => (PublishStatus::Queued, false),
+            JobState::Queued => (PublishStatus::Retrying, true),
+            JobState::Running => (PublishStatus::Publishing, false),
+            JobState::Succeeded => (PublishStatus::Published, false),
+            JobState::Failed | JobState::Ineligible => (PublishStatus::Failed, true),
+            JobState::Cancelled => (PublishStatus::Cancelled, true),
+        };
+        out.status = status;
+        if with_code {
+            out.error_code = code.clone();
+        }
+    }
+    Ok(out)
+}
+
+/// Status of each of `event_ids` (lower-case hex, at most [`MAX_STATUS_IDS`]; answered in the given order) for
+/// events authored by `pubkey`: mappings and publish jobs of other accounts are invisible.
+pub fn crosspost_status(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    event_ids: &[String],
+) -> Result<Vec<CrosspostStatus>, DbError> {
+    let mut facts: HashMap<String, StatusFacts> = HashMap::new();
+    if !event_ids.is_empty() {
+        type MappingRow = (String, String, Option<String>, Option<String>);
+        let mappings: Vec<MappingRow> = record_mappings::table
+            .filter(record_mappings::nostr_event_id.eq_any(event_ids))
+            .filter(record_mappings::nostr_pubkey.eq(pubkey))
+            .select((
+                record_mappings::nostr_event_id,
+                record_mappings::state,
+                record_mappings::at_uri,
+                record_mappings::cid,
+            ))
+            .load(conn)?;
+        for (id, state, at_uri, cid) in mappings {
+            facts.entry(id).or_default().mapping = Some((state, at_uri, cid));
+        }
+        let keys: Vec<String> = event_ids.iter().map(|id| format!("publish:{id}")).collect();
+        type JobFactRow = (Option<String>, String, i32, Option<String>);
+        let rows: Vec<JobFactRow> = jobs::table
+            .filter(jobs::unique_key.eq_any(&keys))
+            .filter(jobs::ordering_key.eq(pubkey))
+            .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
+            .select((jobs::unique_key, jobs::state, jobs::attempt, jobs::last_error_code))
+            .load(conn)?;
+        for (key, state, attempt, code) in rows {
+            if let Some(id) = key.as_deref().and_then(|k| k.strip_prefix("publish:")) {
+                facts.entry(id.to_string()).or_default().job = Some((state, attempt, code));
+            }
+        }
+    }
+    let empty = StatusFacts::default();
+    event_ids
+        .iter()
+        .map(|id| derive_status(id, facts.get(id).unwrap_or(&empty)))
+        .collect()
+}

@@ -117,6 +117,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    nip98_seen (event_id) {
+        event_id -> Text,
+        seen_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(account_keys -> account_links (nostr_pubkey));
 diesel::allow_tables_to_appear_in_same_query!(
     account_links,
@@ -127,4 +134,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     nostr_tombstones,
     profile_sync,
     relay_cursors,
+    nip98_seen,
 );

@@ -1,0 +1,535 @@
+//! The account_links store against a real Postgres: opt-in writes link + provisioning job atomically and is
+//! idempotent, handle clashes, disable cancels only that account's queued work, enable re-drives provisioning, the
+//! worker's fenced transitions, and the cross-post status derived from record_mappings + jobs for every status.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use divine_bridge_db::accounts::{self, AccountError, OptIn, OptInOutcome, PublishStatus};
+use divine_bridge_db::queue::{self, NewJob};
+use divine_bridge_db::records::{self, RecordMapping};
+use divine_bridge_db::schema::jobs;
+use divine_bridge_db::states::priority;
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::{Classified, JobKind, ProvisioningState, RecordState};
+
+const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn req(pk: &str, handle: &str) -> OptIn {
+    OptIn {
+        nostr_pubkey: pk.to_string(),
+        handle: handle.to_string(),
+        crosspost_enabled: true,
+    }
+}
+
+#[derive(Debug, Queryable)]
+struct JobFacts {
+    id: i64,
+    kind: String,
+    ordering_key: String,
+    unique_key: Option<String>,
+    payload: serde_json::Value,
+    state: String,
+    priority: i16,
+}
+
+fn jobs_of(conn: &mut PgConnection, key: &str) -> Vec<JobFacts> {
+    jobs::table
+        .filter(jobs::ordering_key.eq(key))
+        .order(jobs::id)
+        .select((
+            jobs::id,
+            jobs::kind,
+            jobs::ordering_key,
+            jobs::unique_key,
+            jobs::payload,
+            jobs::state,
+            jobs::priority,
+        ))
+        .load(conn)
+        .unwrap()
+}
+
+fn link_count(conn: &mut PgConnection) -> i64 {
+    divine_bridge_db::schema::account_links::table
+        .count()
+        .get_result(conn)
+        .unwrap()
+}
+
+/// Sets a job's state directly (respecting the table's lease/finished constraints) to simulate worker outcomes.
+fn force_job(conn: &mut PgConnection, unique_key: &str, state: &str, attempt: i32, code: Option<&str>) {
+    let sql = match state {
+        "running" => "UPDATE jobs SET state = 'running', attempt = $2, last_error_code = $3, lease_owner = 'w1', \
+                      lease_expires_at = now() + interval '1 minute', finished_at = NULL WHERE unique_key = $1"
+            .to_string(),
+        "queued" => "UPDATE jobs SET state = 'queued', attempt = $2, last_error_code = $3, lease_owner = NULL, \
+                     lease_expires_at = NULL, finished_at = NULL WHERE unique_key = $1"
+            .to_string(),
+        terminal => format!(
+            "UPDATE jobs SET state = '{terminal}', attempt = $2, last_error_code = $3, lease_owner = NULL, \
+             lease_expires_at = NULL, finished_at = now() WHERE unique_key = $1"
+        ),
+    };
+    let n = diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(unique_key)
+        .bind::<diesel::sql_types::Integer, _>(attempt)
+        .bind::<diesel::sql_types::Nullable<diesel::sql_types::Text>, _>(code)
+        .execute(conn)
+        .unwrap();
+    assert_eq!(n, 1, "job {unique_key} exists");
+}
+
+fn publish_job(conn: &mut PgConnection, pk: &str, event_id: &str) -> i64 {
+    queue::enqueue(
+        conn,
+        &NewJob::new(JobKind::PublishPost, pk, serde_json::json!({"id": event_id}))
+            .unique(format!("publish:{event_id}")),
+    )
+    .unwrap()
+    .expect("new job")
+}
+
+fn job_state(conn: &mut PgConnection, id: i64) -> String {
+    queue::get(conn, id).unwrap().unwrap().state
+}
+
+#[test]
+fn opt_in_writes_link_and_one_provisioning_job() {
+    let db = TestDb::migrated("acc_optin");
+    let mut c = db.conn();
+    let r = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert_eq!(r.outcome, OptInOutcome::Created);
+    assert_eq!(r.link.nostr_pubkey, A);
+    assert_eq!(r.link.handle, "alice.divine.test");
+    assert_eq!(r.link.state().unwrap(), ProvisioningState::Pending);
+    assert!(r.link.crosspost_enabled);
+    assert_eq!(r.link.did, None);
+
+    let jobs = jobs_of(&mut c, A);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let j = &jobs[0];
+    assert_eq!(j.kind, "provision_account");
+    assert_eq!(j.ordering_key, A);
+    assert_eq!(j.unique_key.as_deref(), Some(format!("provision:{A}").as_str()));
+    assert_eq!(j.payload, serde_json::json!({"nostr_pubkey": A}));
+    assert_eq!(j.state, "queued");
+    assert_eq!(j.priority, priority::ACCOUNT);
+
+    let got = accounts::get(&mut c, A).unwrap().unwrap();
+    assert_eq!(got, r.link);
+    assert_eq!(
+        accounts::get_by_handle(&mut c, "alice.divine.test").unwrap().unwrap(),
+        r.link
+    );
+    assert!(accounts::get(&mut c, B).unwrap().is_none());
+}
+
+#[test]
+fn opt_in_is_atomic_when_the_job_cannot_be_written() {
+    let db = TestDb::migrated("acc_atomic");
+    let mut c = db.conn();
+    diesel::sql_query(
+        "CREATE FUNCTION refuse_jobs() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'jobs refused by test'; END $$",
+    )
+    .execute(&mut c)
+    .unwrap();
+    diesel::sql_query("CREATE TRIGGER refuse BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION refuse_jobs()")
+        .execute(&mut c)
+        .unwrap();
+    let err = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap_err();
+    assert!(matches!(err, AccountError::Db(_)), "{err:?}");
+    assert_eq!(link_count(&mut c), 0, "the link rolled back with its job");
+
+    diesel::sql_query("DROP TRIGGER refuse ON jobs")
+        .execute(&mut c)
+        .unwrap();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert_eq!(link_count(&mut c), 1);
+    assert_eq!(jobs_of(&mut c, A).len(), 1);
+}
+
+#[test]
+fn repeated_opt_in_is_idempotent() {
+    let db = TestDb::migrated("acc_repeat");
+    let mut c = db.conn();
+    let first = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    let second = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert_eq!(second.outcome, OptInOutcome::Existing);
+    assert_eq!(second.link, first.link);
+    assert_eq!(jobs_of(&mut c, A).len(), 1);
+}
+
+#[test]
+fn concurrent_opt_ins_of_one_pubkey_write_one_link_and_one_job() {
+    let db = TestDb::migrated("acc_concurrent");
+    let url = db.url.clone();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut c = PgConnection::establish(&url).unwrap();
+                accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap().outcome
+            })
+        })
+        .collect();
+    let outcomes: Vec<OptInOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == OptInOutcome::Created).count(),
+        1,
+        "{outcomes:?}"
+    );
+    let mut c = db.conn();
+    assert_eq!(link_count(&mut c), 1);
+    assert_eq!(jobs_of(&mut c, A).len(), 1);
+}
+
+#[test]
+fn handle_clashes_are_refused() {
+    let db = TestDb::migrated("acc_clash");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+
+    let taken = accounts::opt_in(&mut c, &req(B, "alice.divine.test")).unwrap_err();
+    assert!(matches!(&taken, AccountError::HandleTaken { handle } if handle == "alice.divine.test"));
+    assert_eq!(taken.code(), "handle_taken");
+    assert!(accounts::get(&mut c, B).unwrap().is_none());
+    assert!(jobs_of(&mut c, B).is_empty(), "no job for a refused opt-in");
+
+    let mismatch = accounts::opt_in(&mut c, &req(A, "other.divine.test")).unwrap_err();
+    assert!(matches!(&mismatch, AccountError::HandleMismatch { existing } if existing == "alice.divine.test"));
+    assert_eq!(mismatch.code(), "handle_mismatch");
+    assert_eq!(accounts::get(&mut c, A).unwrap().unwrap().handle, "alice.divine.test");
+
+    // Under a race the unique constraint still decides: a different pubkey racing for the handle loses.
+    let url = db.url.clone();
+    let racers: Vec<_> = ["c", "d", "e", "f"]
+        .into_iter()
+        .map(|ch| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut c = PgConnection::establish(&url).unwrap();
+                accounts::opt_in(&mut c, &req(&ch.repeat(64), "race.divine.test")).map(|_| ())
+            })
+        })
+        .collect();
+    let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code() == "handle_taken"));
+}
+
+#[test]
+fn disable_cancels_only_this_accounts_queued_work() {
+    let db = TestDb::migrated("acc_disable");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::opt_in(&mut c, &req(B, "bob.divine.test")).unwrap();
+    let a1 = publish_job(&mut c, A, &"1".repeat(64));
+    let a2 = publish_job(&mut c, A, &"2".repeat(64));
+    let a_profile = queue::enqueue(
+        &mut c,
+        &NewJob::new(JobKind::SyncProfile, A, serde_json::json!({})).unique(format!("profile:{}", "3".repeat(64))),
+    )
+    .unwrap()
+    .unwrap();
+    let a_running = publish_job(&mut c, A, &"5".repeat(64));
+    force_job(&mut c, &format!("publish:{}", "5".repeat(64)), "running", 1, None);
+    let b1 = publish_job(&mut c, B, &"4".repeat(64));
+
+    let d = accounts::disable(&mut c, A).unwrap();
+    assert_eq!(d.link.state().unwrap(), ProvisioningState::Disabled);
+    assert!(!d.link.crosspost_enabled);
+    let disabled_at = d.link.disabled_at.expect("disabled_at set");
+    assert_eq!(d.cancelled_jobs, 4, "3 queued + 1 running asked to cancel");
+
+    for id in [a1, a2, a_profile] {
+        assert_eq!(job_state(&mut c, id), "cancelled");
+    }
+    let running = queue::get(&mut c, a_running).unwrap().unwrap();
+    assert_eq!(running.state, "running", "a running job is asked, not forced");
+    assert!(running.cancel_requested_at.is_some());
+    assert_eq!(job_state(&mut c, b1), "queued", "other accounts are untouched");
+    let provision = jobs_of(&mut c, A)
+        .into_iter()
+        .find(|j| j.kind == "provision_account")
+        .unwrap();
+    assert_eq!(provision.state, "queued", "provisioning is left alone");
+    assert_eq!(
+        accounts::get(&mut c, B).unwrap().unwrap().state().unwrap(),
+        ProvisioningState::Pending
+    );
+
+    // Repeat: still disabled, the first disabled_at is kept.
+    let again = accounts::disable(&mut c, A).unwrap();
+    assert_eq!(again.link.disabled_at, Some(disabled_at));
+    assert_eq!(again.cancelled_jobs, 0);
+
+    assert!(matches!(
+        accounts::disable(&mut c, &"9".repeat(64)),
+        Err(AccountError::NotFound)
+    ));
+}
+
+#[test]
+fn worker_transitions_never_leave_disabled() {
+    let db = TestDb::migrated("acc_fence");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert!(accounts::mark_provisioning(&mut c, A).unwrap());
+    assert_eq!(
+        accounts::get(&mut c, A).unwrap().unwrap().state().unwrap(),
+        ProvisioningState::Provisioning
+    );
+    assert!(accounts::mark_failed(&mut c, A, "plc_rejected", "bad op").unwrap());
+    let l = accounts::get(&mut c, A).unwrap().unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Failed);
+    assert_eq!(l.provisioning_error.as_deref(), Some("plc_rejected"));
+    assert_eq!(l.provisioning_error_detail.as_deref(), Some("bad op"));
+
+    accounts::disable(&mut c, A).unwrap();
+    assert!(!accounts::mark_provisioning(&mut c, A).unwrap());
+    assert!(!accounts::mark_ready(&mut c, A, "did:plc:aaaa").unwrap());
+    let l = accounts::get(&mut c, A).unwrap().unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Disabled);
+    assert_eq!(
+        l.did.as_deref(),
+        Some("did:plc:aaaa"),
+        "the DID is kept under a disabled account"
+    );
+    assert_eq!(accounts::resolve_handle(&mut c, "alice.divine.test").unwrap(), None);
+    assert_eq!(
+        accounts::get_by_did(&mut c, "did:plc:aaaa")
+            .unwrap()
+            .unwrap()
+            .nostr_pubkey,
+        A
+    );
+
+    // Enable goes straight to ready (it has a DID) and imports history.
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Ready);
+    assert_eq!(l.provisioning_error, None);
+    assert_eq!(
+        accounts::resolve_handle(&mut c, "alice.divine.test")
+            .unwrap()
+            .as_deref(),
+        Some("did:plc:aaaa")
+    );
+
+    // Another account cannot claim the same DID.
+    accounts::opt_in(&mut c, &req(B, "bob.divine.test")).unwrap();
+    let e = accounts::mark_ready(&mut c, B, "did:plc:aaaa").unwrap_err();
+    assert!(e.is_unique_violation(), "{e:?}");
+    assert!(!accounts::mark_ready(&mut c, &"9".repeat(64), "did:plc:zzzz").unwrap());
+}
+
+#[test]
+fn enable_redrives_provisioning_when_needed() {
+    let db = TestDb::migrated("acc_enable");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    let provision_key = format!("provision:{A}");
+
+    // Already on and pending: enable is a no-op (no backfill, no state change).
+    let before = accounts::get(&mut c, A).unwrap().unwrap();
+    let same = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(same, before);
+    assert_eq!(jobs_of(&mut c, A).len(), 1);
+
+    // Provisioning failed permanently: enable → pending, error cleared, the same job row queued again.
+    force_job(&mut c, &provision_key, "failed", 3, Some("plc_rejected"));
+    accounts::mark_failed(&mut c, A, "plc_rejected", "bad op").unwrap();
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Pending);
+    assert_eq!(l.provisioning_error, None);
+    assert_eq!(l.provisioning_error_detail, None);
+    let jobs = jobs_of(&mut c, A);
+    let provisions: Vec<_> = jobs.iter().filter(|j| j.kind == "provision_account").collect();
+    assert_eq!(provisions.len(), 1, "re-driven in place, not duplicated");
+    assert_eq!(provisions[0].state, "queued");
+    let backfills: Vec<_> = jobs.iter().filter(|j| j.kind == "backfill_author").collect();
+    assert_eq!(backfills.len(), 1);
+    assert_eq!(backfills[0].priority, priority::BACKFILL);
+    let bkey = backfills[0].unique_key.clone().unwrap();
+    let generation: i64 = bkey
+        .strip_prefix(&format!("backfill:{A}:"))
+        .expect("backfill key format")
+        .parse()
+        .unwrap();
+    assert!((Utc::now().timestamp() - generation).abs() < 60);
+
+    // Disabled before provisioning finished (job ineligible, no DID): enable re-drives it too.
+    force_job(&mut c, &provision_key, "ineligible", 1, Some("account_disabled"));
+    accounts::disable(&mut c, A).unwrap();
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Pending);
+    assert!(l.crosspost_enabled);
+    assert_eq!(l.disabled_at, None);
+    let provision = jobs_of(&mut c, A)
+        .into_iter()
+        .find(|j| j.kind == "provision_account")
+        .unwrap();
+    assert_eq!(provision.state, "queued");
+
+    // A provisioned account (DID, job succeeded): enable after disable → ready, provisioning not re-run.
+    force_job(&mut c, &provision_key, "succeeded", 1, None);
+    assert!(accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap());
+    accounts::disable(&mut c, A).unwrap();
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Ready);
+    let provision = jobs_of(&mut c, A)
+        .into_iter()
+        .find(|j| j.kind == "provision_account")
+        .unwrap();
+    assert_eq!(provision.state, "succeeded");
+
+    assert!(matches!(
+        accounts::enable(&mut c, &"9".repeat(64)),
+        Err(AccountError::NotFound)
+    ));
+}
+
+#[test]
+fn opt_in_of_a_disabled_link_enables_it() {
+    let db = TestDb::migrated("acc_reoptin");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    accounts::disable(&mut c, A).unwrap();
+    let r = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert_eq!(r.outcome, OptInOutcome::Reenabled);
+    assert_eq!(r.link.state().unwrap(), ProvisioningState::Ready);
+    assert!(r.link.crosspost_enabled);
+    let again = accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert_eq!(again.outcome, OptInOutcome::Existing);
+}
+
+fn mapping(event_id: &str, pk: &str, rkey: &str) -> RecordMapping {
+    RecordMapping {
+        nostr_event_id: event_id.to_string(),
+        nostr_pubkey: pk.to_string(),
+        did: format!("did:plc:{}", &pk[..24]),
+        collection: "app.bsky.feed.post".to_string(),
+        rkey: rkey.to_string(),
+        event_kind: 22,
+        coordinate: None,
+        event_created_at: Utc::now(),
+        state: RecordState::Reserved.as_str().to_string(),
+        record: None,
+        at_uri: None,
+        cid: None,
+        published_at: None,
+        deleted_at: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+#[test]
+fn crosspost_status_covers_every_status() {
+    let db = TestDb::migrated("acc_status");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::opt_in(&mut c, &req(B, "bob.divine.test")).unwrap();
+    let id = |n: u8| format!("{:064x}", n);
+
+    // queued: attempt 0
+    publish_job(&mut c, A, &id(1));
+    // retrying: queued after a failed attempt
+    publish_job(&mut c, A, &id(2));
+    force_job(&mut c, &format!("publish:{}", id(2)), "queued", 1, Some("xrpc_timeout"));
+    // publishing: running
+    publish_job(&mut c, A, &id(3));
+    force_job(&mut c, &format!("publish:{}", id(3)), "running", 1, None);
+    // published: mapping published (job succeeded)
+    publish_job(&mut c, A, &id(4));
+    force_job(&mut c, &format!("publish:{}", id(4)), "succeeded", 1, None);
+    records::reserve_record(&mut c, &mapping(&id(4), A, "3kaaaaaaaaa24")).unwrap();
+    records::mark_published(
+        &mut c,
+        &id(4),
+        "at://did:plc:x/app.bsky.feed.post/3kaaaaaaaaa24",
+        "bafyreiabc",
+    )
+    .unwrap();
+    // failed and ineligible → failed with the job's code
+    publish_job(&mut c, A, &id(5));
+    force_job(
+        &mut c,
+        &format!("publish:{}", id(5)),
+        "failed",
+        4,
+        Some("pds_validation"),
+    );
+    publish_job(&mut c, A, &id(6));
+    force_job(&mut c, &format!("publish:{}", id(6)), "ineligible", 1, Some("no_video"));
+    // cancelled job
+    let seven = publish_job(&mut c, A, &id(7));
+    assert!(queue::cancel(&mut c, seven).unwrap());
+    // deleted mapping → cancelled "deleted"; superseded → cancelled "superseded"
+    records::reserve_record(&mut c, &mapping(&id(8), A, "3kaaaaaaaaa28")).unwrap();
+    records::mark_published(&mut c, &id(8), "at://x/y/z", "bafy").unwrap();
+    records::mark_removed(&mut c, &id(8), RecordState::Deleted).unwrap();
+    records::reserve_record(&mut c, &mapping(&id(9), A, "3kaaaaaaaaa29")).unwrap();
+    records::mark_removed(&mut c, &id(9), RecordState::Superseded).unwrap();
+    // a reservation whose job is gone → publishing
+    records::reserve_record(&mut c, &mapping(&id(10), A, "3kaaaaaaaa210")).unwrap();
+    // another account's event and record: invisible to A
+    publish_job(&mut c, B, &id(11));
+    records::reserve_record(&mut c, &mapping(&id(12), B, "3kaaaaaaaa212")).unwrap();
+    records::mark_published(&mut c, &id(12), "at://b/app.bsky.feed.post/1", "bafyb").unwrap();
+
+    let ids: Vec<String> = (0..=12).map(id).collect();
+    let got = accounts::crosspost_status(&mut c, A, &ids).unwrap();
+    let summary: Vec<(String, PublishStatus, Option<String>)> = got
+        .iter()
+        .map(|s| (s.nostr_event_id.clone(), s.status, s.error_code.clone()))
+        .collect();
+    let expect = |n: u8, st: PublishStatus, code: Option<&str>| (id(n), st, code.map(str::to_string));
+    assert_eq!(
+        summary,
+        vec![
+            expect(0, PublishStatus::NotFound, None),
+            expect(1, PublishStatus::Queued, None),
+            expect(2, PublishStatus::Retrying, Some("xrpc_timeout")),
+            expect(3, PublishStatus::Publishing, None),
+            expect(4, PublishStatus::Published, None),
+            expect(5, PublishStatus::Failed, Some("pds_validation")),
+            expect(6, PublishStatus::Failed, Some("no_video")),
+            expect(7, PublishStatus::Cancelled, Some("cancelled")),
+            expect(8, PublishStatus::Cancelled, Some("deleted")),
+            expect(9, PublishStatus::Cancelled, Some("superseded")),
+            expect(10, PublishStatus::Publishing, None),
+            expect(11, PublishStatus::NotFound, None),
+            expect(12, PublishStatus::NotFound, None),
+        ]
+    );
+    assert_eq!(
+        got[4].at_uri.as_deref(),
+        Some("at://did:plc:x/app.bsky.feed.post/3kaaaaaaaaa24")
+    );
+    assert_eq!(got[4].cid.as_deref(), Some("bafyreiabc"));
+    assert!(got.iter().enumerate().all(|(i, s)| i == 4 || s.at_uri.is_none()));
+
+    // B sees its own.
+    let b = accounts::crosspost_status(&mut c, B, &[id(11), id(12), id(1)]).unwrap();
+    assert_eq!(
+        b.iter().map(|s| s.status).collect::<Vec<_>>(),
+        vec![PublishStatus::Queued, PublishStatus::Published, PublishStatus::NotFound]
+    );
+    assert!(accounts::crosspost_status(&mut c, A, &[]).unwrap().is_empty());
+
+    // JSON shape: optional fields are omitted, status is snake_case.
+    let v = serde_json::to_value(&got[2]).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"nostr_event_id": id(2), "status": "retrying", "error_code": "xrpc_timeout"})
+    );
+    let v = serde_json::to_value(&got[0]).unwrap();
+    assert_eq!(v, serde_json::json!({"nostr_event_id": id(0), "status": "not_found"}));
+}
