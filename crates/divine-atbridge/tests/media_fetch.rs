@@ -1,0 +1,404 @@
+//! Safe media fetch against local axum servers on 127.0.0.1: allow-list (also on redirect hops), loopback switch,
+//! size caps (declared and streamed), hash check, timeout, status classification and type checks.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use divine_atbridge::media::{MediaError, MediaFetchConfig, MediaFetcher, MediaKind};
+use divine_bridge_db::{Classified, ErrorClass};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn mp4_bytes() -> Vec<u8> {
+    let mut v = b"\0\0\0\x18ftypisom\0\0\x02\0isomiso2".to_vec();
+    v.extend((0..4000u32).map(|i| (i % 251) as u8));
+    v
+}
+
+const VTT: &str = "WEBVTT\n\n00:00.000 --> 00:01.000\nhello\n";
+
+#[derive(Clone)]
+struct Srv {
+    hits: Arc<AtomicUsize>,
+    other_port: Arc<AtomicUsize>,
+}
+
+async fn video() -> Response {
+    ([(header::CONTENT_TYPE, "video/mp4")], mp4_bytes()).into_response()
+}
+
+async fn big_declared() -> Response {
+    ([(header::CONTENT_TYPE, "video/mp4")], vec![0u8; 5000]).into_response()
+}
+
+async fn big_chunked() -> Response {
+    let chunks = (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 500])));
+    let stream = futures::stream::iter(chunks);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn slow() -> Response {
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    video().await
+}
+
+async fn redirect_out(State(s): State<Srv>) -> Response {
+    let port = s.other_port.load(Ordering::SeqCst);
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("http://127.0.0.1:{port}/video.mp4"))],
+    )
+        .into_response()
+}
+
+async fn redirect_in() -> Response {
+    (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/video.mp4")]).into_response()
+}
+
+async fn redirect_loop() -> Response {
+    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, "/loop")]).into_response()
+}
+
+async fn status(code: u16) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert(header::RETRY_AFTER, "7".parse().unwrap());
+    (StatusCode::from_u16(code).unwrap(), h, "nope").into_response()
+}
+
+async fn spawn() -> (u16, Srv) {
+    let srv = Srv {
+        hits: Arc::new(AtomicUsize::new(0)),
+        other_port: Arc::new(AtomicUsize::new(0)),
+    };
+    let counter = srv.hits.clone();
+    let app = Router::new()
+        .route("/video.mp4", get(video))
+        .route(
+            "/captions.vtt",
+            get(|| async { ([(header::CONTENT_TYPE, "text/vtt")], VTT) }),
+        )
+        .route("/big-declared", get(big_declared))
+        .route("/big-chunked", get(big_chunked))
+        .route("/slow", get(slow))
+        .route("/redirect-out", get(redirect_out))
+        .route("/redirect-in", get(redirect_in))
+        .route("/loop", get(redirect_loop))
+        .route("/404", get(|| status(404)))
+        .route("/503", get(|| status(503)))
+        .route("/429", get(|| status(429)))
+        .layer(axum::middleware::from_fn(move |req, next: axum::middleware::Next| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                next.run(req).await
+            }
+        }))
+        .with_state(srv.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, srv)
+}
+
+fn fetcher(allowed: &[&str], allow_loopback: bool) -> MediaFetcher {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    MediaFetcher::new(MediaFetchConfig {
+        allowed_hosts: allowed.iter().map(|s| s.to_string()).collect(),
+        allow_loopback,
+        max_bytes: 4500,
+        timeout: Duration::from_millis(800),
+        connect_timeout: Duration::from_millis(500),
+        max_redirects: 3,
+    })
+}
+
+fn expect_err(
+    r: Result<divine_atbridge::media::FetchedMedia, MediaError>,
+    code: &str,
+    class: ErrorClass,
+) -> MediaError {
+    let e = r.expect_err("fetch must fail");
+    assert_eq!(e.code(), code, "{e}");
+    assert_eq!(e.class(), class, "{e}");
+    e
+}
+
+#[tokio::test]
+async fn allowed_host_with_loopback_fetches_and_hashes() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let want = hex::encode(Sha256::digest(mp4_bytes()));
+    // The event's x may be upper-case.
+    let got = f
+        .fetch(
+            &format!("http://localhost:{port}/video.mp4"),
+            Some(&want.to_uppercase()),
+            MediaKind::Video,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.sha256, want);
+    assert_eq!(got.bytes, mp4_bytes());
+    assert_eq!(got.mime, "video/mp4");
+    assert_eq!(got.declared_mime.as_deref(), Some("video/mp4"));
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 1);
+
+    // IP-literal hosts work when listed exactly.
+    let f = fetcher(&["127.0.0.1"], true);
+    let got = f
+        .fetch(&format!("http://127.0.0.1:{port}/video.mp4"), None, MediaKind::Video)
+        .await
+        .unwrap();
+    assert_eq!(got.sha256, want);
+
+    // A relative redirect on an allowed host is followed.
+    let f = fetcher(&["localhost"], true);
+    let got = f
+        .fetch(
+            &format!("http://localhost:{port}/redirect-in"),
+            Some(&want),
+            MediaKind::Video,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.final_url, format!("http://localhost:{port}/video.mp4"));
+}
+
+#[tokio::test]
+async fn loopback_refused_without_the_switch() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["localhost", "127.0.0.1"], false);
+    for url in [
+        format!("http://localhost:{port}/video.mp4"),
+        format!("http://127.0.0.1:{port}/video.mp4"),
+    ] {
+        let e = expect_err(
+            f.fetch(&url, None, MediaKind::Video).await,
+            "media_address_forbidden",
+            ErrorClass::Permanent,
+        );
+        assert!(matches!(e, MediaError::AddressForbidden { .. }));
+    }
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0, "refused before connecting");
+}
+
+#[tokio::test]
+async fn host_not_on_allow_list_refused_before_any_connection() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["media.divine.video", "*.divine.video"], true);
+    expect_err(
+        f.fetch(&format!("http://127.0.0.1:{port}/video.mp4"), None, MediaKind::Video)
+            .await,
+        "media_host_not_allowed",
+        ErrorClass::Permanent,
+    );
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/video.mp4"), None, MediaKind::Video)
+            .await,
+        "media_host_not_allowed",
+        ErrorClass::Permanent,
+    );
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn redirect_to_non_allowed_host_refused() {
+    let (port_a, srv_a) = spawn().await;
+    let (port_b, srv_b) = spawn().await;
+    srv_a.other_port.store(port_b as usize, Ordering::SeqCst);
+    // Only "localhost" is allowed; the redirect points at 127.0.0.1 (same machine, different host name).
+    let f = fetcher(&["localhost"], true);
+    expect_err(
+        f.fetch(
+            &format!("http://localhost:{port_a}/redirect-out"),
+            None,
+            MediaKind::Video,
+        )
+        .await,
+        "media_host_not_allowed",
+        ErrorClass::Permanent,
+    );
+    assert_eq!(srv_a.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        srv_b.hits.load(Ordering::SeqCst),
+        0,
+        "the redirect target is never contacted"
+    );
+}
+
+#[tokio::test]
+async fn redirect_loop_stops_at_the_limit() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/loop"), None, MediaKind::Any)
+            .await,
+        "media_too_many_redirects",
+        ErrorClass::Permanent,
+    );
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 4, "first request + 3 redirects");
+}
+
+#[tokio::test]
+async fn oversize_refused_by_content_length_and_by_stream() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let e = expect_err(
+        f.fetch(&format!("http://localhost:{port}/big-declared"), None, MediaKind::Video)
+            .await,
+        "media_too_large",
+        ErrorClass::Permanent,
+    );
+    assert_eq!(e, MediaError::TooLarge { limit: 4500 });
+
+    // Chunked body without Content-Length: the server really sends no length.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let raw = plain
+        .get(format!("http://127.0.0.1:{port}/big-chunked"))
+        .send()
+        .await
+        .unwrap();
+    assert!(raw.content_length().is_none());
+    assert_eq!(
+        raw.headers()
+            .get(header::TRANSFER_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+        Some("chunked")
+    );
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/big-chunked"), None, MediaKind::Video)
+            .await,
+        "media_too_large",
+        ErrorClass::Permanent,
+    );
+    // Per-kind caps are min(lexicon cap, max_bytes): with max_bytes = 100 even an avatar fetch refuses 4 KB.
+    let mut cfg = f.config().clone();
+    cfg.max_bytes = 100;
+    let small = MediaFetcher::new(cfg);
+    expect_err(
+        small
+            .fetch(&format!("http://localhost:{port}/video.mp4"), None, MediaKind::Avatar)
+            .await,
+        "media_too_large",
+        ErrorClass::Permanent,
+    );
+}
+
+#[tokio::test]
+async fn hash_mismatch_is_permanent() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let e = expect_err(
+        f.fetch(
+            &format!("http://localhost:{port}/video.mp4"),
+            Some(&"0".repeat(64)),
+            MediaKind::Video,
+        )
+        .await,
+        "hash_mismatch",
+        ErrorClass::Permanent,
+    );
+    match e {
+        MediaError::HashMismatch { expected, actual } => {
+            assert_eq!(expected, "0".repeat(64));
+            assert_eq!(actual, hex::encode(Sha256::digest(mp4_bytes())));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn slow_server_times_out() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let start = Instant::now();
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/slow"), None, MediaKind::Video)
+            .await,
+        "media_timeout",
+        ErrorClass::Transient,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "gave up at the deadline ({:?})",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn http_status_classification() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/404"), None, MediaKind::Video)
+            .await,
+        "media_http_status",
+        ErrorClass::Permanent,
+    );
+    let e = expect_err(
+        f.fetch(&format!("http://localhost:{port}/503"), None, MediaKind::Video)
+            .await,
+        "media_http_status",
+        ErrorClass::Transient,
+    );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/429"), None, MediaKind::Video)
+            .await,
+        "media_http_status",
+        ErrorClass::Transient,
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_transient() {
+    // Bind then drop to get a port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let f = fetcher(&["localhost"], true);
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/x"), None, MediaKind::Any)
+            .await,
+        "media_transport",
+        ErrorClass::Transient,
+    );
+}
+
+#[tokio::test]
+async fn sniffed_type_must_suit_the_kind() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let e = expect_err(
+        f.fetch(&format!("http://localhost:{port}/video.mp4"), None, MediaKind::Avatar)
+            .await,
+        "media_unsupported_type",
+        ErrorClass::Permanent,
+    );
+    assert!(matches!(e, MediaError::UnsupportedType { ref found, .. } if found == "video/mp4"));
+    expect_err(
+        f.fetch(&format!("http://localhost:{port}/captions.vtt"), None, MediaKind::Video)
+            .await,
+        "media_unsupported_type",
+        ErrorClass::Permanent,
+    );
+    let c = f
+        .fetch(
+            &format!("http://localhost:{port}/captions.vtt"),
+            None,
+            MediaKind::Caption,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.mime, "text/vtt");
+    assert_eq!(c.bytes, VTT.as_bytes());
+}
