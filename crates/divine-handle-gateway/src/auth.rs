@@ -1,0 +1,288 @@
+//! Authentication of `/api/*` requests. Two schemes:
+//!
+//! - `Authorization: Bearer <GATEWAY_SERVICE_TOKEN>` — the trusted login service acting for a user; compared in
+//!   constant time (SHA-256 of both sides through `subtle`, so the length is not leaked either).
+//! - `Authorization: Nostr <base64 event>` — NIP-98: a kind-27235 event signed by the pubkey the request acts on,
+//!   whose `u` tag is `PUBLIC_URL + path (+ ?query)`, `method` tag the request method, `created_at` within ±60 s,
+//!   `payload` tag the hex SHA-256 of the body (required when the body is not empty), used once: event ids are
+//!   remembered in memory for [`MEMORY_TTL`] and in Postgres (`nip98_seen`, shared by replicas, pruned after
+//!   [`DB_RETENTION`]).
+//!
+//! The [`Credential`] extractor checks everything that depends on the request line alone (so a bad credential is
+//! answered 401 before the body is read); [`Credential::authorize`] finishes with the acting pubkey and the body.
+//! This module decides *who* may act, never *what* the action does.
+
+use crate::problem::ApiError;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, Uri};
+use base64::Engine;
+use chrono::Utc;
+use diesel::prelude::*;
+use divine_bridge_db::schema::nip98_seen;
+use divine_bridge_db::Db;
+use nostr::{Event, JsonUtil, Kind};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// Allowed distance between a NIP-98 event's `created_at` and now, either way.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 60;
+/// How long a replica remembers used event ids in memory (covers the whole ±60 s acceptance window).
+pub const MEMORY_TTL: Duration = Duration::from_secs(180);
+/// Age after which `nip98_seen` rows are pruned.
+pub const DB_RETENTION: Duration = Duration::from_secs(600);
+/// Largest accepted `Authorization: Nostr` token (base64 characters).
+pub const MAX_NIP98_TOKEN: usize = 16 * 1024;
+
+fn unauthorized(reason: &'static str, detail: impl Into<String>) -> ApiError {
+    ApiError::Unauthorized {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// A verified NIP-98 event, pending the checks that need the acting pubkey and the body.
+#[derive(Debug, Clone)]
+pub struct Nip98Claim {
+    /// Event id (hex), the replay key.
+    pub event_id: String,
+    /// Signer (hex).
+    pub pubkey: String,
+    /// The `payload` tag, lower-cased, if present.
+    pub payload: Option<String>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// The login service, holding `GATEWAY_SERVICE_TOKEN`; may act for any pubkey.
+    Service,
+    /// A user, proven by a NIP-98 event.
+    Nostr(Nip98Claim),
+}
+
+/// Constant-time comparison of a presented bearer token with the configured one.
+pub fn verify_bearer(given: &str, expected: &str) -> Result<(), ApiError> {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        Ok(())
+    } else {
+        Err(unauthorized("bad_token", "invalid bearer token"))
+    }
+}
+
+/// The URL a NIP-98 event must name for this request: `PUBLIC_URL` + path (+ `?query`).
+pub fn expected_url(public_url: &str, uri: &Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{public_url}{}?{q}", uri.path()),
+        None => format!("{public_url}{}", uri.path()),
+    }
+}
+
+fn tag_value<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
+    event.tags.iter().find_map(|t| {
+        let s = t.as_slice();
+        (s.first().map(String::as_str) == Some(name)).then(|| s.get(1).map(String::as_str).unwrap_or(""))
+    })
+}
+
+/// Checks a NIP-98 token against the request line at unix time `now`: decodes, verifies id and signature, kind
+/// 27235, `u` == `url`, `method` == `method`, `created_at` within ±[`MAX_CLOCK_SKEW_SECS`].
+pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Nip98Claim, ApiError> {
+    if token.len() > MAX_NIP98_TOKEN {
+        return Err(unauthorized("malformed", "NIP-98 token too large"));
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(token))
+        .map_err(|_| unauthorized("malformed", "NIP-98 token is not base64"))?;
+    let event = Event::from_json(&raw).map_err(|e| unauthorized("malformed", format!("NIP-98 event: {e}")))?;
+    event
+        .verify()
+        .map_err(|e| unauthorized("bad_signature", format!("NIP-98 event id or signature invalid: {e}")))?;
+    if event.kind != Kind::HttpAuth {
+        return Err(unauthorized(
+            "wrong_kind",
+            format!("NIP-98 event must be kind 27235, got {}", event.kind.as_u16()),
+        ));
+    }
+    let created = event.created_at.as_secs() as i64;
+    if created < now - MAX_CLOCK_SKEW_SECS {
+        return Err(unauthorized(
+            "stale",
+            format!("NIP-98 event created {}s ago (max {MAX_CLOCK_SKEW_SECS}s)", now - created),
+        ));
+    }
+    if created > now + MAX_CLOCK_SKEW_SECS {
+        return Err(unauthorized(
+            "future",
+            format!("NIP-98 event created {}s in the future (max {MAX_CLOCK_SKEW_SECS}s)", created - now),
+        ));
+    }
+    match tag_value(&event, "u") {
+        Some(u) if u == url => {}
+        Some(u) => {
+            return Err(unauthorized(
+                "wrong_url",
+                format!("NIP-98 u tag {u:?} does not match {url:?}"),
+            ))
+        }
+        None => return Err(unauthorized("wrong_url", "NIP-98 event has no u tag")),
+    }
+    match tag_value(&event, "method") {
+        Some(m) if m == method => {}
+        other => {
+            return Err(unauthorized(
+                "wrong_method",
+                format!("NIP-98 method tag {other:?} does not match {method}"),
+            ))
+        }
+    }
+    Ok(Nip98Claim {
+        event_id: event.id.to_hex(),
+        pubkey: event.pubkey.to_hex(),
+        payload: tag_value(&event, "payload").map(|p| p.to_ascii_lowercase()),
+    })
+}
+
+impl FromRequestParts<AppState> for Credential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing", "Authorization header required (Bearer or Nostr)"))?
+            .to_str()
+            .map_err(|_| unauthorized("malformed", "Authorization header is not ASCII"))?;
+        let (scheme, rest) = value
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| unauthorized("malformed", "Authorization header must be '<scheme> <credentials>'"))?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            verify_bearer(rest, &state.config.service_token)?;
+            Ok(Credential::Service)
+        } else if scheme.eq_ignore_ascii_case("nostr") {
+            let url = expected_url(&state.config.public_url, &parts.uri);
+            let claim = verify_nip98(rest, parts.method.as_str(), &url, Utc::now().timestamp())?;
+            Ok(Credential::Nostr(claim))
+        } else {
+            Err(unauthorized(
+                "bad_scheme",
+                "unsupported Authorization scheme (use Bearer or Nostr)",
+            ))
+        }
+    }
+}
+
+impl Credential {
+    /// Completes authorization for a request acting on `acting_pubkey` (hex) with `body`: a NIP-98 event must be
+    /// signed by that pubkey, carry the body's hash, and not have been used before (recorded here). The service
+    /// token may act for anyone.
+    pub async fn authorize(&self, state: &AppState, acting_pubkey: &str, body: &[u8]) -> Result<(), ApiError> {
+        let claim = match self {
+            Credential::Service => return Ok(()),
+            Credential::Nostr(claim) => claim,
+        };
+        if claim.pubkey != acting_pubkey {
+            return Err(unauthorized(
+                "wrong_pubkey",
+                "NIP-98 event is not signed by the pubkey this request acts on",
+            ));
+        }
+        match &claim.payload {
+            None if !body.is_empty() => {
+                return Err(unauthorized(
+                    "payload_missing",
+                    "NIP-98 payload tag required for a request with a body",
+                ))
+            }
+            Some(p) if *p != hex::encode(Sha256::digest(body)) => {
+                return Err(unauthorized(
+                    "payload_mismatch",
+                    "NIP-98 payload tag does not match the body's SHA-256",
+                ))
+            }
+            _ => {}
+        }
+        state.replay.check_and_record(&state.db, &claim.event_id).await
+    }
+}
+
+/// Remembers used NIP-98 event ids: in memory (this replica) and in Postgres (all replicas).
+#[derive(Debug)]
+pub struct ReplayGuard {
+    recent: Mutex<HashMap<String, Instant>>,
+    last_sweep: Mutex<Instant>,
+    /// Unix seconds of the last `nip98_seen` prune by this replica.
+    last_db_prune: AtomicI64,
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        ReplayGuard {
+            recent: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
+            last_db_prune: AtomicI64::new(0),
+        }
+    }
+}
+
+impl ReplayGuard {
+    fn seen_in_memory(&self, id: &str) -> bool {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.get(id).is_some_and(|at| at.elapsed() < MEMORY_TTL)
+    }
+
+    fn remember(&self, id: &str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.insert(id.to_string(), Instant::now());
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() > Duration::from_secs(10) {
+            recent.retain(|_, at| at.elapsed() < MEMORY_TTL);
+            *last = Instant::now();
+        }
+    }
+
+    /// Accepts `event_id` once: a second use (in this replica's memory or in `nip98_seen`) is a replay. Every 60 s
+    /// a replica also deletes `nip98_seen` rows older than [`DB_RETENTION`].
+    pub async fn check_and_record(&self, db: &Db, event_id: &str) -> Result<(), ApiError> {
+        if self.seen_in_memory(event_id) {
+            return Err(unauthorized("replay", "NIP-98 event was already used"));
+        }
+        let now = Utc::now();
+        let prev = self.last_db_prune.load(Ordering::Relaxed);
+        let prune = now.timestamp() - prev >= 60
+            && self
+                .last_db_prune
+                .compare_exchange(prev, now.timestamp(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let id = event_id.to_string();
+        let fresh = db
+            .run(move |c| {
+                let inserted = diesel::insert_into(nip98_seen::table)
+                    .values((nip98_seen::event_id.eq(&id), nip98_seen::seen_at.eq(now)))
+                    .on_conflict_do_nothing()
+                    .execute(c)?;
+                if prune {
+                    let cutoff = now - chrono::Duration::from_std(DB_RETENTION).unwrap_or_default();
+                    diesel::delete(nip98_seen::table.filter(nip98_seen::seen_at.lt(cutoff))).execute(c)?;
+                }
+                Ok(inserted == 1)
+            })
+            .await?;
+        self.remember(event_id);
+        if fresh {
+            Ok(())
+        } else {
+            Err(unauthorized("replay", "NIP-98 event was already used"))
+        }
+    }
+}

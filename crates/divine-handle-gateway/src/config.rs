@@ -1,0 +1,165 @@
+//! Gateway configuration from the environment: `BIND_ADDR` (default `0.0.0.0:3000`), `DATABASE_URL`,
+//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8).
+//!
+//! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
+
+use crate::handle::normalize_domain;
+use divine_bridge_db::{Classified, ErrorClass};
+use std::net::SocketAddr;
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct Config {
+    pub bind_addr: SocketAddr,
+    pub database_url: String,
+    /// Lower-case domain without dots at either end; handles are `<name>.<handle_domain>`.
+    pub handle_domain: String,
+    /// Shared secret of the trusted login service (`Authorization: Bearer …`). Never logged.
+    pub service_token: String,
+    /// External base URL (scheme + host [+ path prefix], no trailing slash) used for NIP-98 `u` checks.
+    pub public_url: String,
+    pub db_pool_size: u32,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind_addr", &self.bind_addr)
+            .field("handle_domain", &self.handle_domain)
+            .field("public_url", &self.public_url)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("service_token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A missing or invalid setting; the process exits at startup.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl Classified for ConfigError {
+    fn code(&self) -> &'static str {
+        "gateway_config_invalid"
+    }
+
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Normalises `PUBLIC_URL`: an absolute http(s) URL without query or fragment; the trailing slash is dropped.
+pub fn normalize_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| e.to_string())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be http:// or https://".into());
+    }
+    if url.host_str().is_none() {
+        return Err("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let required = |var: &'static str| -> Result<String, ConfigError> {
+            get(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| err(var, "is required"))
+        };
+        let bind_addr = get("BIND_ADDR")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "0.0.0.0:3000".to_string())
+            .trim()
+            .parse()
+            .map_err(|e| err("BIND_ADDR", format!("not host:port: {e}")))?;
+        let database_url = required("DATABASE_URL")?;
+        let handle_domain = normalize_domain(&required("HANDLE_DOMAIN")?).map_err(|e| err("HANDLE_DOMAIN", e))?;
+        let service_token = required("GATEWAY_SERVICE_TOKEN")?.trim().to_string();
+        let public_url = normalize_public_url(&required("PUBLIC_URL")?).map_err(|e| err("PUBLIC_URL", e))?;
+        let db_pool_size = match get("DB_POOL_SIZE").filter(|v| !v.trim().is_empty()) {
+            None => 8,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| err("DB_POOL_SIZE", "must be a positive integer"))?,
+        };
+        Ok(Config {
+            bind_addr,
+            database_url,
+            handle_domain,
+            service_token,
+            public_url,
+            db_pool_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("DATABASE_URL", "postgres://x/y"),
+        ("HANDLE_DOMAIN", "Divine.Test"),
+        ("GATEWAY_SERVICE_TOKEN", "secret-token"),
+        ("PUBLIC_URL", "https://gw.divine.test/"),
+    ];
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.bind_addr.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.handle_domain, "divine.test");
+        assert_eq!(c.public_url, "https://gw.divine.test");
+        assert_eq!(c.db_pool_size, 8);
+        assert!(!format!("{c:?}").contains("secret-token"), "token never printed");
+    }
+
+    #[test]
+    fn missing_and_invalid_values_name_the_variable() {
+        for var in ["DATABASE_URL", "HANDLE_DOMAIN", "GATEWAY_SERVICE_TOKEN", "PUBLIC_URL"] {
+            let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != var).collect();
+            let e = load(&pairs).unwrap_err();
+            assert_eq!(e.var, var);
+            assert_eq!(e.code(), "gateway_config_invalid");
+        }
+        let mut bad = BASE.to_vec();
+        bad.retain(|(k, _)| *k != "PUBLIC_URL");
+        bad.push(("PUBLIC_URL", "ftp://x"));
+        assert_eq!(load(&bad).unwrap_err().var, "PUBLIC_URL");
+        let mut bad = BASE.to_vec();
+        bad.push(("BIND_ADDR", "nope"));
+        assert_eq!(load(&bad).unwrap_err().var, "BIND_ADDR");
+        let mut bad = BASE.to_vec();
+        bad.push(("DB_POOL_SIZE", "0"));
+        assert_eq!(load(&bad).unwrap_err().var, "DB_POOL_SIZE");
+    }
+}

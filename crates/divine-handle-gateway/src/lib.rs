@@ -1,0 +1,141 @@
+//! divine-handle-gateway: the HTTP front door of the Divine ATProto bridge. Users (through the Divine login
+//! service, or directly with NIP-98) opt in, enable/disable cross-posting and read their account and per-post
+//! status; Bluesky resolves `<name>.<HANDLE_DOMAIN>` handles through `/.well-known/atproto-did`.
+//!
+//! This crate owns HTTP only: routing, authentication, input validation, problem+json errors, metrics. Account
+//! state and job writes live in `divine_bridge_db::accounts`; provisioning and publishing are the worker's
+//! (`divine-atbridge`). The binary (`src/main.rs`) only loads [`config::Config`] and calls [`run`].
+
+pub mod auth;
+pub mod config;
+pub mod edge;
+pub mod extract;
+pub mod handle;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+
+use crate::auth::ReplayGuard;
+use crate::config::Config;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use divine_bridge_db::{migrate, Db};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub replay: Arc<ReplayGuard>,
+    pub prometheus: PrometheusHandle,
+}
+
+impl AppState {
+    /// State over an existing pool (the process-wide Prometheus recorder is installed on first use).
+    pub fn new(db: Db, config: Config) -> AppState {
+        AppState {
+            db,
+            config: Arc::new(config),
+            replay: Arc::new(ReplayGuard::default()),
+            prometheus: metrics::prometheus(),
+        }
+    }
+}
+
+/// The gateway's routes and middleware. Tests drive it with `tower::ServiceExt::oneshot` or a real listener.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/account-links/opt-in", post(routes::opt_in))
+        .route("/api/account-links/{pubkey}/enable", post(routes::enable))
+        .route("/api/account-links/{pubkey}/disable", post(routes::disable))
+        .route("/api/account-links/{pubkey}/status", get(routes::status))
+        .route("/api/account-links/{pubkey}/crosspost-status", post(routes::crosspost_status))
+        .route("/.well-known/atproto-did", get(routes::atproto_did))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        // After the routes: applies to each of them.
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .route_layer(axum::middleware::from_fn(edge::route_label))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(edge::edge))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; draining"),
+        _ = term => tracing::info!("SIGTERM received; draining"),
+    }
+}
+
+/// Connects (retrying for up to a minute while Postgres comes up), applies migrations under the shared advisory
+/// lock, binds `BIND_ADDR` and serves until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let db = loop {
+        let url = config.database_url.clone();
+        let size = config.db_pool_size;
+        let attempt = tokio::task::spawn_blocking(move || {
+            let db = Db::connect(&url, size)?;
+            let applied = db.conn().and_then(|mut c| migrate::run_migrations(&mut c))?;
+            Ok::<_, divine_bridge_db::DbError>((db, applied))
+        })
+        .await?;
+        match attempt {
+            Ok((db, applied)) => {
+                tracing::info!(?applied, "migrations applied");
+                break db;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not ready; retrying in 2s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("database: {e}")),
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(config.bind_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind {}: {e}", config.bind_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, domain = %config.handle_domain, "gateway listening");
+    serve(listener, AppState::new(db, config), shutdown_signal()).await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! The gateway's Prometheus metrics: the process-wide recorder (installed once, rendered by `GET /metrics`) and
+//! the metric names. Owns naming and rendering only; the `edge` middleware and `problem` record the values.
+//!
+//! Metrics: `gateway_http_requests_total{route,status}` (route is the matched route TEMPLATE such as
+//! `/api/account-links/{pubkey}/status`, `unmatched` for unknown paths — never the raw path, so cardinality stays
+//! bounded), `gateway_http_request_duration_seconds{route}`, `gateway_auth_failures_total{reason}`,
+//! `gateway_opt_ins_total{outcome}`.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Requests answered, by route template and status code.
+pub const HTTP_REQUESTS: &str = "gateway_http_requests_total";
+/// Request latency by route template.
+pub const HTTP_DURATION: &str = "gateway_http_request_duration_seconds";
+/// Rejected credentials by reason (`missing`, `bad_token`, `bad_signature`, `wrong_url`, `replay`, …).
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+/// Opt-ins by outcome (`created`, `existing`, `reenabled`).
+pub const OPT_INS: &str = "gateway_opt_ins_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus handle. The first call installs the global recorder; if another recorder is
+/// already installed (embedding process), a detached recorder is used so `/metrics` still answers.
+pub fn prometheus() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = match PrometheusBuilder::new().install_recorder() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a metrics recorder is already installed; gateway metrics detached");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route template and status");
+            metrics::describe_histogram!(
+                HTTP_DURATION,
+                metrics::Unit::Seconds,
+                "HTTP request latency by route template"
+            );
+            metrics::describe_counter!(AUTH_FAILURES, "rejected credentials by reason");
+            metrics::describe_counter!(OPT_INS, "opt-in requests by outcome");
+            handle
+        })
+        .clone()
+}
+
+/// Prometheus text exposition of every metric.
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}

@@ -1,0 +1,230 @@
+//! Every error the gateway answers with, as ONE enum ([`ApiError`]) whose stable codes are listed in
+//! `fn code` (the runbook check extracts them from there), rendered as RFC 9457 `application/problem+json`
+//! `{type, title, status, detail, code, request_id}`.
+//!
+//! Owns the mapping error → HTTP status/code/body and nothing else: it must not decide *whether* a request is
+//! valid (extractors, `auth` and `handle` do) and must not know about request ids (the `edge` middleware fills
+//! `request_id` in, because it alone knows it). An `ApiError` turned into a response carries a [`Problem`] in the
+//! response extensions; `edge` serialises it with the request id.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use divine_bridge_db::accounts::AccountError;
+use divine_bridge_db::{Classified, DbError, ErrorClass};
+use std::time::Duration;
+
+/// Content type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Errors answered by the gateway. Each variant has one stable code (see [`Classified::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing, malformed or rejected credentials (bearer token or NIP-98). `reason` is a metric label.
+    #[error("{detail}")]
+    Unauthorized { reason: &'static str, detail: String },
+    #[error("invalid pubkey: {0}")]
+    InvalidPubkey(String),
+    #[error("invalid handle: {0}")]
+    InvalidHandle(String),
+    #[error("handle {0} is already taken by another account")]
+    HandleTaken(String),
+    #[error("this pubkey is already linked as {0}; handle changes are not supported")]
+    HandleMismatch(String),
+    #[error("no account link for this pubkey")]
+    AccountNotFound,
+    #[error("no ready account for host {0:?}")]
+    HandleNotFound(String),
+    #[error("{0} event ids given; at most 100 per request")]
+    TooManyIds(usize),
+    #[error("invalid event id {0:?}: expected 64 hex characters")]
+    InvalidEventId(String),
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(String),
+    #[error("unsupported content type {0:?}; send application/json")]
+    UnsupportedMediaType(String),
+    #[error("request body larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("no such route")]
+    NotFound,
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Classified for ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::InvalidPubkey(_) => "invalid_pubkey",
+            ApiError::InvalidHandle(_) => "invalid_handle",
+            ApiError::HandleTaken(_) => "handle_taken",
+            ApiError::HandleMismatch(_) => "handle_mismatch",
+            ApiError::AccountNotFound => "account_not_found",
+            ApiError::HandleNotFound(_) => "handle_not_found",
+            ApiError::TooManyIds(_) => "too_many_ids",
+            ApiError::InvalidEventId(_) => "invalid_event_id",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotFound => "not_found",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::NotReady(_) | ApiError::Unavailable(_) | ApiError::Internal(_) => ErrorClass::Transient,
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::NotReady(_) | ApiError::Unavailable(_) => Some(Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidPubkey(_)
+            | ApiError::InvalidHandle(_)
+            | ApiError::TooManyIds(_)
+            | ApiError::InvalidEventId(_)
+            | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::HandleTaken(_) | ApiError::HandleMismatch(_) => StatusCode::CONFLICT,
+            ApiError::AccountNotFound | ApiError::HandleNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotReady(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short human summary, constant per code.
+    pub fn title(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::InvalidPubkey(_) => "Invalid Nostr public key",
+            ApiError::InvalidHandle(_) => "Invalid handle",
+            ApiError::HandleTaken(_) => "Handle already taken",
+            ApiError::HandleMismatch(_) => "Pubkey already linked to another handle",
+            ApiError::AccountNotFound => "Account link not found",
+            ApiError::HandleNotFound(_) => "Handle not found",
+            ApiError::TooManyIds(_) => "Too many event ids",
+            ApiError::InvalidEventId(_) => "Invalid event id",
+            ApiError::InvalidJson(_) => "Invalid JSON body",
+            ApiError::UnsupportedMediaType(_) => "Unsupported media type",
+            ApiError::PayloadTooLarge => "Payload too large",
+            ApiError::MethodNotAllowed => "Method not allowed",
+            ApiError::NotFound => "Not found",
+            ApiError::NotReady(_) => "Not ready",
+            ApiError::Unavailable(_) => "Service unavailable",
+            ApiError::Internal(_) => "Internal server error",
+        }
+    }
+
+    /// The error for a bare status produced outside our handlers (axum's own rejections, a caught panic), so such
+    /// responses still carry a problem body with a stable code.
+    pub fn from_status(status: StatusCode) -> ApiError {
+        match status {
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized {
+                reason: "rejected",
+                detail: "authorization required".into(),
+            },
+            StatusCode::NOT_FOUND => ApiError::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("unknown".into()),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable("service unavailable".into()),
+            s if s.is_client_error() => ApiError::InvalidJson(format!("request rejected ({s})")),
+            s => ApiError::Internal(format!("unexpected status {s}")),
+        }
+    }
+
+    /// The problem document (without request id; `edge` adds it).
+    pub fn problem(&self) -> Problem {
+        Problem {
+            status: self.status().as_u16(),
+            code: self.code(),
+            title: self.title(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::HandleTaken { handle } => ApiError::HandleTaken(handle),
+            AccountError::HandleMismatch { existing } => ApiError::HandleMismatch(existing),
+            AccountError::NotFound => ApiError::AccountNotFound,
+            AccountError::Db(db) => db.into(),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        // Details of database failures go to the log, not to the client.
+        tracing::error!(code = e.code(), error = %e, "database error");
+        match e.class() {
+            ErrorClass::Transient => ApiError::Unavailable(format!("database ({})", e.code())),
+            ErrorClass::Permanent => ApiError::Internal(format!("database ({})", e.code())),
+        }
+    }
+}
+
+/// The parts of a problem document known where the error is born.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: u16,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    /// The JSON body with `request_id`.
+    pub fn to_json(&self, request_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": format!("urn:divine-bridge:problem:{}", self.code),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            "request_id": request_id,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let mut resp = (self.status(), [(header::CONTENT_TYPE, PROBLEM_JSON)], problem.to_json("").to_string())
+            .into_response();
+        if let ApiError::Unauthorized { reason, .. } = &self {
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => *reason).increment(1);
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Nostr"));
+        }
+        if let Some(after) = self.retry_after() {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
+        resp.extensions_mut().insert(problem);
+        resp
+    }
+}

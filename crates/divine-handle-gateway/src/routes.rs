@@ -1,0 +1,259 @@
+//! HTTP handlers. Each `/api/*` handler: authenticate ([`Credential`] extractor, then
+//! [`Credential::authorize`] with the acting pubkey and body), validate, call the account store in
+//! `divine_bridge_db::accounts` on the blocking pool, and answer the [`AccountLinkRecord`] JSON.
+//!
+//! Opt-in semantics (documented for the login service and the app):
+//! - new pubkey + free handle → 202, link `pending`, `provision_account` job written in the same transaction;
+//! - same pubkey + same handle again → 202 with the existing link, no second job (a `disabled` link is enabled
+//!   again, as by `/enable`);
+//! - handle held by another pubkey → 409 `handle_taken`;
+//! - same pubkey with a different handle → 409 `handle_mismatch` (handle changes are out of scope, whatever the
+//!   link's state).
+//!
+//! Owns request/response shapes only; state changes and their atomicity belong to the store.
+
+use crate::auth::Credential;
+use crate::extract::{JsonBody, PubkeyParam, RawBody};
+use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey};
+use crate::metrics::OPT_INS;
+use crate::problem::ApiError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, SecondsFormat, Utc};
+use diesel::prelude::*;
+use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
+use divine_bridge_db::migrate::migrations_applied;
+use divine_bridge_db::Classified;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The account link as the API shows it (RFC 3339 timestamps; the operator-only error detail is omitted).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountLinkRecord {
+    pub nostr_pubkey: String,
+    pub handle: String,
+    pub did: Option<String>,
+    pub crosspost_enabled: bool,
+    pub provisioning_state: String,
+    pub provisioning_error: Option<String>,
+    pub disabled_at: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl From<AccountLink> for AccountLinkRecord {
+    fn from(l: AccountLink) -> Self {
+        AccountLinkRecord {
+            nostr_pubkey: l.nostr_pubkey,
+            handle: l.handle,
+            did: l.did,
+            crosspost_enabled: l.crosspost_enabled,
+            provisioning_state: l.provisioning_state,
+            provisioning_error: l.provisioning_error,
+            disabled_at: l.disabled_at.map(rfc3339),
+            created_at: rfc3339(l.created_at),
+            updated_at: rfc3339(l.updated_at),
+        }
+    }
+}
+
+/// `POST /api/account-links/opt-in` body.
+#[derive(Debug, Deserialize)]
+pub struct OptInBody {
+    pub nostr_pubkey: String,
+    pub handle: String,
+    #[serde(default = "default_true")]
+    pub crosspost_enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /api/account-links/{pubkey}/crosspost-status` body.
+#[derive(Debug, Deserialize)]
+pub struct CrosspostStatusBody {
+    pub nostr_event_ids: Vec<String>,
+}
+
+/// `POST /api/account-links/{pubkey}/crosspost-status` answer.
+#[derive(Debug, Serialize)]
+pub struct CrosspostStatusResponse {
+    pub statuses: Vec<CrosspostStatus>,
+}
+
+/// `POST /api/account-links/opt-in` → 202 record.
+pub async fn opt_in(
+    State(state): State<AppState>,
+    credential: Credential,
+    body: JsonBody<OptInBody>,
+) -> Result<Response, ApiError> {
+    let pubkey = normalize_pubkey(&body.value.nostr_pubkey)?;
+    credential.authorize(&state, &pubkey, &body.raw).await?;
+    let handle = normalize_handle(&body.value.handle, &state.config.handle_domain)?;
+    let req = OptIn {
+        nostr_pubkey: pubkey,
+        handle,
+        crosspost_enabled: body.value.crosspost_enabled,
+    };
+    let result = state
+        .db
+        .run(move |c| Ok(accounts::opt_in(c, &req)))
+        .await?
+        .map_err(ApiError::from)?;
+    let outcome = match result.outcome {
+        OptInOutcome::Created => "created",
+        OptInOutcome::Existing => "existing",
+        OptInOutcome::Reenabled => "reenabled",
+    };
+    metrics::counter!(OPT_INS, "outcome" => outcome).increment(1);
+    tracing::info!(pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
+    Ok((StatusCode::ACCEPTED, Json(AccountLinkRecord::from(result.link))).into_response())
+}
+
+/// `POST /api/account-links/{pubkey}/enable` → 200 record.
+pub async fn enable(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let link = state
+        .db
+        .run(move |c| Ok(accounts::enable(c, &pubkey)))
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
+    Ok(Json(link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/disable` → 200 record.
+pub async fn disable(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let disabled = state
+        .db
+        .run(move |c| Ok(accounts::disable(c, &pubkey)))
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(
+        pubkey = %disabled.link.nostr_pubkey,
+        cancelled_jobs = disabled.cancelled_jobs,
+        "disabled"
+    );
+    Ok(Json(disabled.link.into()))
+}
+
+/// `GET /api/account-links/{pubkey}/status` → 200 record or 404 `account_not_found`.
+pub async fn status(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let link = state.db.run(move |c| accounts::get(c, &pubkey)).await?;
+    link.map(|l| Json(l.into())).ok_or(ApiError::AccountNotFound)
+}
+
+/// `POST /api/account-links/{pubkey}/crosspost-status` → 200 `{"statuses": [...]}`.
+pub async fn crosspost_status(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    body: JsonBody<CrosspostStatusBody>,
+) -> Result<Json<CrosspostStatusResponse>, ApiError> {
+    credential.authorize(&state, &pubkey, &body.raw).await?;
+    let ids = &body.value.nostr_event_ids;
+    if ids.len() > MAX_STATUS_IDS {
+        return Err(ApiError::TooManyIds(ids.len()));
+    }
+    let ids: Vec<String> = ids.iter().map(|id| normalize_event_id(id)).collect::<Result<_, _>>()?;
+    let statuses = state
+        .db
+        .run(move |c| accounts::crosspost_status(c, &pubkey, &ids))
+        .await?;
+    Ok(Json(CrosspostStatusResponse { statuses }))
+}
+
+/// `GET /.well-known/atproto-did` with `Host: <handle>` → `text/plain` DID of a `ready` account, else 404
+/// `handle_not_found`.
+pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let handle = host_to_handle(&host);
+    let suffix = format!(".{}", state.config.handle_domain);
+    if !handle.ends_with(&suffix) {
+        return Err(ApiError::HandleNotFound(handle));
+    }
+    let lookup = handle.clone();
+    let did = state.db.run(move |c| accounts::resolve_handle(c, &lookup)).await?;
+    match did {
+        Some(did) => Ok((
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=60"),
+            ],
+            did,
+        )
+            .into_response()),
+        None => Err(ApiError::HandleNotFound(handle)),
+    }
+}
+
+/// `GET /health` → 200 while the process serves.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /ready` → 200 when Postgres answers `SELECT 1` (within 3 s) and every migration is applied, else 503.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let check = state.db.run(|c| {
+        diesel::sql_query("SELECT 1").execute(c)?;
+        migrations_applied(c)
+    });
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(Json(serde_json::json!({"status": "ready"}))),
+        Ok(Ok(false)) => Err(ApiError::NotReady("migrations pending".into())),
+        Ok(Err(e)) => {
+            tracing::warn!(code = e.code(), error = %e, "readiness check failed");
+            Err(ApiError::NotReady(format!("database ({})", e.code())))
+        }
+        Err(_) => Err(ApiError::NotReady("database did not answer within 3s".into())),
+    }
+}
+
+/// `GET /metrics` → Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        crate::metrics::render(&state.prometheus),
+    )
+        .into_response()
+}
+
+/// Fallback for unknown routes → 404 `not_found`.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// Fallback for a known route with another method → 405 `method_not_allowed`.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
