@@ -1,5 +1,7 @@
 //! The operational HTTP server of `divine-atbridge` on `HTTP_ADDR`: `/metrics` (Prometheus text), `/health`
-//! (process alive), `/ready` (database reachable and migrations applied). Owns nothing else: no admin actions here.
+//! (200 while the process runs), `/ready` (200 only when the database is reachable and every migration is applied,
+//! else 503 with a JSON `reason`: `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
+//! actions here, and it never changes the database.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -46,15 +48,25 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serves until `shutdown` becomes true.
+/// Binds `addr` (`HTTP_ADDR`, default `0.0.0.0:9090`) and serves until `shutdown` becomes true.
 pub async fn serve(
     addr: std::net::SocketAddr,
     db: Db,
     metrics: PrometheusHandle,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "health server listening");
+    serve_on(listener, db, metrics, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` becomes true.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    db: Db,
+    metrics: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "health server listening");
     axum::serve(listener, router(db, metrics))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;

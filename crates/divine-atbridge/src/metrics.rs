@@ -1,18 +1,42 @@
 //! Prometheus metrics: installs the global recorder once and describes every metric of the fixed contract (names
-//! and labels are an operator-facing API: see docs/runbooks/metrics.md). Other modules emit with the `metrics`
-//! macros; this module must not compute values itself.
+//! and labels are an operator-facing API: see docs/runbooks/job-queue.md). Other modules emit with the `metrics`
+//! macros; this module must not compute values itself. Series whose label values form a closed set (job kinds,
+//! outcomes) are created at zero on install, so dashboards and alerts see them before the first event.
+//!
+//! The exporter crate is built without its HTTP listener: `crate::http` renders [`PrometheusHandle`] on `/metrics`.
 
+use divine_bridge_db::{JobKind, JobState};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Latency buckets (seconds) for job durations and publish lag.
-const BUCKETS: &[f64] = &[
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+/// Every metric name of the contract, in the order of the runbook.
+pub const METRIC_NAMES: &[&str] = &[
+    "bridge_jobs_enqueued_total",
+    "bridge_jobs_finished_total",
+    "bridge_job_duration_seconds",
+    "bridge_jobs",
+    "bridge_oldest_queued_job_age_seconds",
+    "bridge_expired_leases",
+    "bridge_watchdog_reclaimed_total",
+    "bridge_relay_connected",
+    "bridge_nostr_events_rejected_total",
+    "bridge_publish_lag_seconds",
+    "bridge_pds_requests_total",
 ];
 
-/// Installs the recorder (idempotent) and returns the handle `/metrics` renders.
+/// Values of the `outcome` label of `bridge_jobs_finished_total`.
+pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Buckets (seconds) for every `*_seconds` histogram (job durations, publish lag): from a fast no-op try (5 ms) to a
+/// video upload or a backfilled post (an hour).
+pub const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+];
+
+/// Installs the recorder as the process-global one (idempotent: later calls return the same handle) and returns the
+/// handle `/metrics` renders. Tests call it freely and parse [`render`]'s text.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -21,9 +45,11 @@ pub fn install() -> PrometheusHandle {
                 .expect("valid buckets")
                 .build_recorder();
             let handle = recorder.handle();
-            // In tests another recorder may already be installed; the handle still renders ours.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will not see this process's metrics");
+            }
             describe();
+            zero_closed_series();
             handle
         })
         .clone()
@@ -44,7 +70,10 @@ fn describe() {
         Unit::Seconds,
         "Duration of one job try, by kind."
     );
-    describe_gauge!("bridge_jobs", "Jobs by kind and state.");
+    describe_gauge!(
+        "bridge_jobs",
+        "Jobs by kind and state (refreshed every 15 s from one GROUP BY query)."
+    );
     describe_gauge!(
         "bridge_oldest_queued_job_age_seconds",
         Unit::Seconds,
@@ -72,6 +101,27 @@ fn describe() {
         "bridge_pds_requests_total",
         "Requests to the PDS and PLC, by method and HTTP status (or error)."
     );
+}
+
+/// Creates the series with closed label sets at zero (counters only ever go up from here; gauges are overwritten
+/// by their owners).
+fn zero_closed_series() {
+    for kind in JobKind::ALL {
+        let kind = kind.as_str();
+        metrics::counter!("bridge_jobs_enqueued_total", "kind" => kind).increment(0);
+        for outcome in OUTCOMES {
+            metrics::counter!("bridge_jobs_finished_total", "kind" => kind, "outcome" => *outcome).increment(0);
+        }
+        // Registering a histogram renders its (empty) buckets.
+        let _ = metrics::histogram!("bridge_job_duration_seconds", "kind" => kind);
+        metrics::gauge!("bridge_oldest_queued_job_age_seconds", "kind" => kind).set(0.0);
+        for state in JobState::ALL {
+            metrics::gauge!("bridge_jobs", "kind" => kind, "state" => state.as_str()).set(0.0);
+        }
+    }
+    metrics::gauge!("bridge_expired_leases").set(0.0);
+    metrics::counter!("bridge_watchdog_reclaimed_total").increment(0);
+    let _ = metrics::histogram!("bridge_publish_lag_seconds");
 }
 
 /// The current exposition text.

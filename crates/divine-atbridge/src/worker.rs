@@ -10,14 +10,14 @@ pub use divine_bridge_db::queue::LeasedJob;
 
 use crate::config::{bool_or, parse_or, ConfigError};
 use divine_bridge_db::queue::{self, Finish, Finished};
-use divine_bridge_db::{Classified, Db, ErrorClass, JobKind};
+use divine_bridge_db::{Classified, Db, ErrorClass, JobKind, JobState};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 
 /// How a handler's try ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,37 +67,61 @@ impl Outcome {
     }
 }
 
-/// Runs one kind of job.
+/// Runs one kind of job. Implementations classify every failure ([`Outcome::from_error`]) and must be idempotent
+/// per job: a try can be repeated after a crash or a lost lease. A panic is caught and becomes a
+/// `handler_panicked` retry; it never takes the worker down.
 pub trait JobHandler: Send + Sync + 'static {
+    /// Performs one try of `job` (`job.attempt` already counts it).
     fn handle<'a>(&'a self, job: &'a LeasedJob) -> BoxFuture<'a, Outcome>;
 }
 
-/// Job kind → handler.
+/// Job kind → handler. A kind without a handler fails permanently with `no_handler`.
 #[derive(Default, Clone)]
 pub struct Registry {
     handlers: HashMap<JobKind, Arc<dyn JobHandler>>,
 }
 
 impl Registry {
+    /// An empty registry.
     pub fn new() -> Registry {
         Registry::default()
     }
+    /// Sets the handler of `kind` (replacing any previous one).
     pub fn register(&mut self, kind: JobKind, handler: Arc<dyn JobHandler>) -> &mut Registry {
         self.handlers.insert(kind, handler);
         self
+    }
+
+    /// The handler of `kind`; `None` makes the try a permanent `no_handler` failure.
+    pub fn get(&self, kind: JobKind) -> Option<Arc<dyn JobHandler>> {
+        self.handlers.get(&kind).cloned()
+    }
+
+    /// Kinds with a handler.
+    pub fn kinds(&self) -> Vec<JobKind> {
+        self.handlers.keys().copied().collect()
     }
 }
 
 /// Pool settings (`WorkerConfig::from_env`).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// `WORKERS` (8): jobs run at once by this process.
     pub workers: usize,
+    /// `LEASE_SECS` (300): lease length; the heartbeat renews it every third of it.
     pub lease: Duration,
+    /// `WATCHDOG_ENABLED` (true): reclaim expired leases from this process too (safe on every replica).
     pub watchdog_enabled: bool,
+    /// `WATCHDOG_INTERVAL_SECS` (30).
     pub watchdog_interval: Duration,
+    /// `SHUTDOWN_GRACE_SECS` (30): how long in-flight tries may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `RETRY_BASE_SECS` (5): backoff base.
     pub retry_base: Duration,
+    /// `RETRY_CAP_SECS` (3600): backoff ceiling, also the cap on a server's Retry-After.
     pub retry_cap: Duration,
+    /// `RETRY_MAX_AGE_SECS` (604800 = 7 days): transient failures of a job older than this (from `created_at`)
+    /// fail it with `retry_window_exhausted`.
     pub retry_max_age: Duration,
     /// Idle poll interval when the queue is empty.
     pub poll_interval: Duration,
@@ -139,19 +163,37 @@ impl WorkerConfig {
             poll_interval: Duration::from_millis(parse_or("POLL_INTERVAL_MS", 100u64)?),
             stats_interval: d.stats_interval,
         };
-        if c.workers == 0 {
-            return Err(ConfigError::Invalid {
-                name: "WORKERS",
-                reason: "must be at least 1".into(),
-            });
-        }
-        if c.lease < Duration::from_secs(2) {
-            return Err(ConfigError::Invalid {
-                name: "LEASE_SECS",
-                reason: "must be at least 2".into(),
-            });
-        }
+        c.validate()?;
         Ok(c)
+    }
+
+    /// Checks the invariants `from_env` enforces (also useful for configs built in code).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                name,
+                reason: reason.into(),
+            })
+        };
+        if self.workers == 0 {
+            return invalid("WORKERS", "must be at least 1");
+        }
+        if self.lease < Duration::from_secs(2) {
+            return invalid("LEASE_SECS", "must be at least 2 (the heartbeat renews every third of it)");
+        }
+        if self.watchdog_enabled && self.watchdog_interval.is_zero() {
+            return invalid("WATCHDOG_INTERVAL_SECS", "must be at least 1 when WATCHDOG_ENABLED=true");
+        }
+        if self.retry_cap < self.retry_base {
+            return invalid("RETRY_CAP_SECS", "must not be below RETRY_BASE_SECS");
+        }
+        if self.retry_max_age.is_zero() {
+            return invalid("RETRY_MAX_AGE_SECS", "must be at least 1");
+        }
+        if self.poll_interval.is_zero() {
+            return invalid("POLL_INTERVAL_MS", "must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -178,6 +220,7 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
+    /// A pool with a fresh lease owner id ([`lease_owner`]).
     pub fn new(db: Db, config: WorkerConfig, registry: Registry) -> WorkerPool {
         WorkerPool {
             db,
@@ -192,12 +235,17 @@ impl WorkerPool {
         &self.owner
     }
 
-    /// Runs until `shutdown` becomes true, then drains (see the module docs).
+    /// Runs until `shutdown` becomes true, then drains: no new leases; in-flight tries get `shutdown_grace` to
+    /// finish (their results are recorded normally); tries still running after that are abandoned and their jobs
+    /// released back to `queued` with the try given back (`attempt - 1`, code `released_at_shutdown`) — the process
+    /// gave the work up, the work did not fail. If the release itself fails, the watchdog reclaims the jobs after
+    /// lease expiry (then the abandoned try does count).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let cfg = self.config.clone();
         let owner = self.owner.clone();
         let inflight: Arc<Mutex<HashSet<i64>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(cfg.workers));
+        let finalized = Arc::new(Notify::new());
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
         let (stop_aux_tx, stop_aux) = watch::channel(false);
         tracing::info!(
@@ -212,6 +260,7 @@ impl WorkerPool {
             cfg.clone(),
             owner.clone(),
             inflight.clone(),
+            finalized.clone(),
             done_rx,
         ));
         let heartbeat = tokio::spawn(heartbeat(
@@ -241,7 +290,10 @@ impl WorkerPool {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
-                    tokio::time::sleep(cfg.poll_interval * 10).await;
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(cfg.poll_interval * 10) => {}
+                    }
                     continue;
                 }
             };
@@ -252,43 +304,22 @@ impl WorkerPool {
                     .try_acquire_owned()
                     .expect("leased no more than the free permits");
                 inflight.lock().unwrap().insert(job.id);
-                let handler = job
-                    .job_kind()
-                    .ok()
-                    .and_then(|k| self.registry.handlers.get(&k).cloned());
+                let handler = job.job_kind().ok().and_then(|k| self.registry.get(k));
                 let tx = done_tx.clone();
                 tasks.spawn(async move {
                     let started = Instant::now();
-                    let outcome = match handler {
-                        None => Outcome::Fail {
-                            code: "no_handler".into(),
-                            message: format!("no handler registered for kind {:?}", job.kind),
-                        },
-                        Some(h) => match AssertUnwindSafe(h.handle(&job)).catch_unwind().await {
-                            Ok(o) => o,
-                            Err(panic) => {
-                                let msg = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| s.to_string())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_else(|| "handler panicked".into());
-                                tracing::error!(job = job.id, kind = job.kind, panic = msg, "handler panicked");
-                                Outcome::Retry {
-                                    code: "handler_panicked".into(),
-                                    message: msg,
-                                    retry_after: None,
-                                }
-                            }
-                        },
-                    };
+                    let outcome = run_one(handler, &job).await;
                     let _ = tx.send(Done { job, outcome, started });
                     drop(permit);
                 });
             }
             while tasks.try_join_next().is_some() {}
             if got < free {
+                // Nothing (more) runnable right now. A finalize by this pool may unblock the next job of a key,
+                // so wake on that as well as on the poll tick.
                 tokio::select! {
                     _ = shutdown.changed() => {}
+                    _ = finalized.notified() => {}
                     _ = tokio::time::sleep(cfg.poll_interval) => {}
                 }
             }
@@ -299,6 +330,10 @@ impl WorkerPool {
         let drained =
             tokio::time::timeout(cfg.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
+            tracing::warn!(
+                grace_secs = cfg.shutdown_grace.as_secs(),
+                "in-flight jobs did not finish within the grace period; abandoning them"
+            );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
@@ -322,22 +357,47 @@ impl WorkerPool {
     }
 }
 
-/// Finalizes tries: successes in batches (one fenced UPDATE), everything else one by one.
+/// Runs one try: the registered handler with panics caught, or `no_handler` when the kind has none.
+async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> Outcome {
+    let Some(h) = handler else {
+        return Outcome::Fail {
+            code: "no_handler".into(),
+            message: format!("no handler registered for job kind {:?}", job.kind),
+        };
+    };
+    match AssertUnwindSafe(h.handle(job)).catch_unwind().await {
+        Ok(o) => o,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".into());
+            tracing::error!(job = job.id, kind = job.kind, panic = msg, "handler panicked");
+            Outcome::Retry {
+                code: "handler_panicked".into(),
+                message: format!("handler panicked: {msg}"),
+                retry_after: None,
+            }
+        }
+    }
+}
+
+/// Finalizes tries: successes in batches (one fenced UPDATE for everything that finished since the last flush),
+/// everything else one by one through the fenced [`queue::finish`]. A try whose lease was lost is logged and its
+/// result dropped (the new owner's result stands).
 async fn completer(
     db: Db,
     cfg: WorkerConfig,
     owner: String,
     inflight: Arc<Mutex<HashSet<i64>>>,
+    finalized: Arc<Notify>,
     mut rx: mpsc::UnboundedReceiver<Done>,
 ) {
     let mut batch: Vec<Done> = Vec::new();
-    loop {
-        let first = match rx.recv().await {
-            Some(d) => d,
-            None => break,
-        };
+    while let Some(first) = rx.recv().await {
         batch.push(first);
-        while batch.len() < 256 {
+        while batch.len() < 1024 {
             match rx.try_recv() {
                 Ok(d) => batch.push(d),
                 Err(_) => break,
@@ -353,9 +413,13 @@ async fn completer(
                     let applied: HashSet<i64> = applied.into_iter().collect();
                     for d in &ok {
                         if applied.contains(&d.job.id) {
-                            record(&d.job, &d.outcome, d.started);
+                            record(&d.job, "succeeded", d.started);
                         } else {
-                            tracing::warn!(job = d.job.id, "lost lease before completion; result dropped");
+                            tracing::warn!(
+                                job = d.job.id,
+                                kind = d.job.kind,
+                                "lost lease before completion; result dropped (fenced)"
+                            );
                         }
                     }
                 }
@@ -382,10 +446,7 @@ async fn completer(
                     message,
                     retry_after,
                 } => {
-                    let delay = match retry_after {
-                        Some(d) => (*d).min(cfg.retry_cap),
-                        None => queue::backoff(d.job.attempt, cfg.retry_base, cfg.retry_cap),
-                    };
+                    let delay = queue::retry_delay(d.job.attempt, *retry_after, cfg.retry_base, cfg.retry_cap);
                     Finish::Retry {
                         code: code.clone(),
                         message: message.clone(),
@@ -397,38 +458,28 @@ async fn completer(
             let (o, id) = (owner.clone(), d.job.id);
             match db.run(move |c| queue::finish(c, id, &o, &finish)).await {
                 Ok(Finished::Applied(state)) => {
+                    let label = match state {
+                        JobState::Cancelled => "cancelled",
+                        JobState::Failed => "failed",
+                        _ => d.outcome.label(),
+                    };
                     tracing::info!(job = id, kind = d.job.kind, attempt = d.job.attempt, %state, outcome = ?d.outcome, "job finished a try");
-                    let outcome = if state == divine_bridge_db::JobState::Cancelled {
-                        Outcome::Fail {
-                            code: "cancelled".into(),
-                            message: String::new(),
-                        }
-                    } else {
-                        d.outcome.clone()
-                    };
-                    let label = if state == divine_bridge_db::JobState::Cancelled {
-                        "cancelled"
-                    } else {
-                        outcome.label()
-                    };
-                    metrics::counter!("bridge_jobs_finished_total", "kind" => d.job.kind.clone(), "outcome" => label)
-                        .increment(1);
-                    metrics::histogram!("bridge_job_duration_seconds", "kind" => d.job.kind.clone())
-                        .record(d.started.elapsed().as_secs_f64());
+                    record(&d.job, label, d.started);
                 }
                 Ok(Finished::LostLease) => {
-                    tracing::warn!(job = id, "lost lease before finalize; result dropped (fenced)")
+                    tracing::warn!(job = id, kind = d.job.kind, outcome = ?d.outcome, "lost lease before finalize; result dropped (fenced)")
                 }
                 Err(e) => tracing::warn!(job = id, error = %e, "finalize failed; the watchdog will retry the job"),
             }
             inflight.lock().unwrap().remove(&id);
         }
+        finalized.notify_one();
     }
 }
 
-fn record(job: &LeasedJob, outcome: &Outcome, started: Instant) {
-    metrics::counter!("bridge_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => outcome.label())
-        .increment(1);
+/// Counts a finished try (`outcome`: succeeded|failed|retried|cancelled|ineligible) and its duration.
+fn record(job: &LeasedJob, outcome: &'static str, started: Instant) {
+    metrics::counter!("bridge_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!("bridge_job_duration_seconds", "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
 }

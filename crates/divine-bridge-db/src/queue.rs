@@ -205,16 +205,10 @@ impl LeasedJob {
     }
 }
 
-/// Leases up to `limit` runnable jobs for `owner`, in dispatch order `(priority, source_created_at, id)`.
-///
-/// Only the head of each ordering key is leasable: a job waits while an earlier job of its key is queued (even one
-/// in backoff) or running, so an account's jobs run one at a time and in order. The partial unique index
-/// `jobs_one_running_per_key` enforces the same invariant in the database; should a concurrent lease ever trip it,
-/// this call returns no jobs instead of failing.
-pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
-    debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
-    let result = diesel::sql_query(
-        "WITH cand AS ( \
+/// The lease statement (`$1` owner, `$2` batch size, `$3` lease seconds), public for `EXPLAIN` in the benchmark
+/// and the runbook. The candidate scan walks `jobs_lease_order` in dispatch order; the head-of-key test is an
+/// anti-join probing `jobs_key_order`.
+pub const LEASE_SQL: &str = "WITH cand AS ( \
            SELECT j.id FROM jobs j \
            WHERE j.state = 'queued' AND j.run_at <= now() \
              AND NOT EXISTS ( \
@@ -228,17 +222,38 @@ pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Durati
                 lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
          FROM cand WHERE jobs.id = cand.id \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
-                   jobs.source_created_at, jobs.created_at",
-    )
+                   jobs.source_created_at, jobs.created_at";
+
+/// Leases up to `limit` runnable jobs for `owner`, in dispatch order `(priority, source_created_at, id)`.
+///
+/// Only the head of each ordering key is leasable: a job waits while an earlier job of its key is queued (even one
+/// in backoff) or running, so an account's jobs run one at a time and in order. The partial unique index
+/// `jobs_one_running_per_key` enforces the same invariant in the database; should a concurrent lease ever trip it,
+/// this call returns no jobs instead of failing.
+pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
+    debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
+    let result = diesel::sql_query(LEASE_SQL)
     .bind::<Text, _>(owner)
     .bind::<BigInt, _>(limit)
     .bind::<Double, _>(lease_for.as_secs_f64())
     .load::<LeasedJob>(conn)
     .map_err(DbError::from_diesel);
     match result {
-        Err(e) if e.is_unique_violation() => Ok(Vec::new()),
+        Err(e) if e.is_unique_violation() => {
+            LEASE_CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(owner, error = %e, "lease raced another lease on jobs_one_running_per_key; empty lease");
+            Ok(Vec::new())
+        }
         other => other,
     }
+}
+
+static LEASE_CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many leases in this process were turned into empty leases because they tripped `jobs_one_running_per_key`
+/// (a concurrent enqueue of an earlier job for a key being leased). Diagnostics and tests.
+pub fn lease_conflicts() -> u64 {
+    LEASE_CONFLICTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Renews the leases of `ids` held by `owner`; returns the ids still held (a missing id lost its lease).

@@ -141,6 +141,7 @@ fn a_unique_violation_at_lease_time_is_an_empty_lease() {
     let mut setup = db.conn();
     let a1 = enq(&mut setup, &job("a", 10));
     let url = db.url.clone();
+    let conflicts_before = queue::lease_conflicts();
     let (holder, other) = c1
         .transaction::<_, divine_bridge_db::DbError, _>(|c1| {
             // Holder leases a1 but has not committed yet.
@@ -167,6 +168,7 @@ fn a_unique_violation_at_lease_time_is_an_empty_lease() {
         matches!(&other, Ok(v) if v.is_empty()),
         "racing lease must be empty, got {other:?}"
     );
+    assert!(queue::lease_conflicts() > conflicts_before, "the conflict is counted");
     let running: i64 = divine_bridge_db::schema::jobs::table
         .filter(divine_bridge_db::schema::jobs::state.eq("running"))
         .count()

@@ -1,0 +1,62 @@
+//! `WorkerConfig::from_env`: defaults, overrides and clear `config_invalid` errors. Alone in its test binary
+//! because it changes process environment variables.
+
+use divine_atbridge::worker::WorkerConfig;
+use divine_bridge_db::Classified;
+use std::time::Duration;
+
+#[test]
+fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
+    let vars = [
+        "WORKERS",
+        "LEASE_SECS",
+        "WATCHDOG_ENABLED",
+        "WATCHDOG_INTERVAL_SECS",
+        "SHUTDOWN_GRACE_SECS",
+        "RETRY_BASE_SECS",
+        "RETRY_CAP_SECS",
+        "RETRY_MAX_AGE_SECS",
+        "POLL_INTERVAL_MS",
+    ];
+    for v in vars {
+        std::env::remove_var(v);
+    }
+    let d = WorkerConfig::from_env().unwrap();
+    assert_eq!(d.workers, 8);
+    assert_eq!(d.lease, Duration::from_secs(300));
+    assert!(d.watchdog_enabled);
+    assert_eq!(d.watchdog_interval, Duration::from_secs(30));
+    assert_eq!(d.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(d.retry_base, Duration::from_secs(5));
+    assert_eq!(d.retry_cap, Duration::from_secs(3600));
+    assert_eq!(d.retry_max_age, Duration::from_secs(7 * 24 * 3600));
+
+    std::env::set_var("WORKERS", "3");
+    std::env::set_var("LEASE_SECS", "2");
+    std::env::set_var("WATCHDOG_ENABLED", "false");
+    std::env::set_var("RETRY_MAX_AGE_SECS", "60");
+    let c = WorkerConfig::from_env().unwrap();
+    assert_eq!((c.workers, c.lease, c.watchdog_enabled), (3, Duration::from_secs(2), false));
+    assert_eq!(c.retry_max_age, Duration::from_secs(60));
+
+    for (var, value) in [
+        ("WORKERS", "0"),
+        ("WORKERS", "many"),
+        ("LEASE_SECS", "1"),
+        ("WATCHDOG_ENABLED", "perhaps"),
+        ("RETRY_CAP_SECS", "1"),
+    ] {
+        let saved = std::env::var(var).ok();
+        std::env::set_var(var, value);
+        let err = WorkerConfig::from_env().expect_err(value);
+        assert_eq!(err.code(), "config_invalid");
+        assert!(err.to_string().contains(var), "{err}");
+        match saved {
+            Some(s) => std::env::set_var(var, s),
+            None => std::env::remove_var(var),
+        }
+    }
+    for v in vars {
+        std::env::remove_var(v);
+    }
+}
