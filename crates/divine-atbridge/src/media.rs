@@ -378,6 +378,31 @@ impl MediaFetcher {
         }
     }
 
+    /// Tries `urls` in order (a primary URL then its NIP-71 fallbacks), each with its own deadline, and returns the
+    /// first success. When all fail: the first transient error if there was one (a retry may succeed), else the
+    /// primary URL's error. An empty list is `media_bad_url`.
+    pub async fn fetch_any(
+        &self,
+        urls: &[String],
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+    ) -> Result<FetchedMedia, MediaError> {
+        let mut errors: Vec<MediaError> = Vec::new();
+        for url in urls {
+            match self.fetch(url, expected_sha256, kind).await {
+                Ok(m) => return Ok(m),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(i) = errors.iter().position(|e| e.class() == ErrorClass::Transient) {
+            return Err(errors.swap_remove(i));
+        }
+        Err(errors
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| MediaError::BadUrl("no URL to fetch".into())))
+    }
+
     /// Checks a URL's scheme and host against the policy without any network access.
     pub fn check_url(&self, url: &Url) -> Result<(), MediaError> {
         if !matches!(url.scheme(), "http" | "https") {

@@ -402,3 +402,41 @@ async fn sniffed_type_must_suit_the_kind() {
     assert_eq!(c.mime, "text/vtt");
     assert_eq!(c.bytes, VTT.as_bytes());
 }
+
+#[tokio::test]
+async fn fetch_any_falls_back_and_prefers_transient_errors() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let want = hex::encode(Sha256::digest(mp4_bytes()));
+    let urls = vec![
+        format!("http://media.not-allowed.example:{port}/video.mp4"),
+        format!("http://localhost:{port}/404"),
+        format!("http://localhost:{port}/video.mp4"),
+    ];
+    let got = f.fetch_any(&urls, Some(&want), MediaKind::Video).await.unwrap();
+    assert_eq!(got.sha256, want);
+    assert_eq!(
+        srv.hits.load(Ordering::SeqCst),
+        2,
+        "404 then the video; the disallowed host is never contacted"
+    );
+
+    // All fail: a transient failure wins so the job retries.
+    let urls = vec![
+        format!("http://localhost:{port}/404"),
+        format!("http://localhost:{port}/503"),
+    ];
+    let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
+    assert_eq!((e.code(), e.class()), ("media_http_status", ErrorClass::Transient));
+    // Only permanent failures: the primary URL's error.
+    let urls = vec![
+        format!("http://evil.example:{port}/x"),
+        format!("http://localhost:{port}/404"),
+    ];
+    let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
+    assert_eq!(e.code(), "media_host_not_allowed");
+    assert_eq!(
+        f.fetch_any(&[], None, MediaKind::Video).await.unwrap_err().code(),
+        "media_bad_url"
+    );
+}
