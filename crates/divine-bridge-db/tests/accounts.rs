@@ -25,7 +25,7 @@ fn req(pk: &str, handle: &str) -> OptIn {
 
 #[derive(Debug, Queryable)]
 struct JobFacts {
-    id: i64,
+    _id: i64, // Queryable maps by position; the tests compare kind, key and state
     kind: String,
     ordering_key: String,
     unique_key: Option<String>,
