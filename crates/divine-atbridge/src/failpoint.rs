@@ -10,7 +10,12 @@ static ARMED: OnceLock<Vec<String>> = OnceLock::new();
 fn armed() -> &'static [String] {
     ARMED.get_or_init(|| {
         std::env::var("BRIDGE_FAILPOINTS")
-            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     })
 }

@@ -179,10 +179,16 @@ impl WorkerConfig {
             return invalid("WORKERS", "must be at least 1");
         }
         if self.lease < Duration::from_secs(2) {
-            return invalid("LEASE_SECS", "must be at least 2 (the heartbeat renews every third of it)");
+            return invalid(
+                "LEASE_SECS",
+                "must be at least 2 (the heartbeat renews every third of it)",
+            );
         }
         if self.watchdog_enabled && self.watchdog_interval.is_zero() {
-            return invalid("WATCHDOG_INTERVAL_SECS", "must be at least 1 when WATCHDOG_ENABLED=true");
+            return invalid(
+                "WATCHDOG_INTERVAL_SECS",
+                "must be at least 1 when WATCHDOG_ENABLED=true",
+            );
         }
         if self.retry_cap < self.retry_base {
             return invalid("RETRY_CAP_SECS", "must not be below RETRY_BASE_SECS");

@@ -3,12 +3,12 @@
 //! in enqueue order, two jobs of one key never overlap (checked in the handler), and the database never rejects a
 //! lease with a unique violation.
 
+use diesel::prelude::*;
 use divine_atbridge::worker::{JobHandler, LeasedJob, Outcome, Registry, WorkerConfig, WorkerPool};
 use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::schema::jobs;
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::JobKind;
-use diesel::prelude::*;
 use futures::future::BoxFuture;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,11 +41,19 @@ impl JobHandler for Checker {
             let w = &self.witness;
             if !w.in_flight.lock().unwrap().insert(job.ordering_key.clone()) {
                 w.overlaps.fetch_add(1, Ordering::SeqCst);
-                eprintln!("OVERLAP on key {} (job {}, pool {})", job.ordering_key, job.id, self.pool);
+                eprintln!(
+                    "OVERLAP on key {} (job {}, pool {})",
+                    job.ordering_key, job.id, self.pool
+                );
             }
             *w.runs.lock().unwrap().entry(job.id).or_default() += 1;
             let seq = job.payload["seq"].as_u64().expect("seq");
-            w.order.lock().unwrap().entry(job.ordering_key.clone()).or_default().push(seq);
+            w.order
+                .lock()
+                .unwrap()
+                .entry(job.ordering_key.clone())
+                .or_default()
+                .push(seq);
             // Give the other pool a chance to (wrongly) start the same key.
             if job.id % 7 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -123,7 +131,11 @@ async fn sixteen_workers_in_two_pools_run_every_job_once_in_key_order() {
         p.await.unwrap();
     }
 
-    assert_eq!(witness.overlaps.load(Ordering::SeqCst), 0, "two tries of one key overlapped");
+    assert_eq!(
+        witness.overlaps.load(Ordering::SeqCst),
+        0,
+        "two tries of one key overlapped"
+    );
     let runs = witness.runs.lock().unwrap();
     assert_eq!(runs.len(), JOBS, "every job ran");
     let repeated: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
@@ -134,7 +146,11 @@ async fn sixteen_workers_in_two_pools_run_every_job_once_in_key_order() {
     for (key, seqs) in order.iter() {
         assert_eq!(seqs, &expected, "key {key} ran out of order");
     }
-    assert_eq!(queue::lease_conflicts(), conflicts_before, "a lease hit the unique index");
+    assert_eq!(
+        queue::lease_conflicts(),
+        conflicts_before,
+        "a lease hit the unique index"
+    );
     // Both "processes" did real work.
     for c in &checkers {
         assert!(c.ran.load(Ordering::SeqCst) > JOBS / 10, "{} ran too little", c.pool);
@@ -146,6 +162,9 @@ async fn sixteen_workers_in_two_pools_run_every_job_once_in_key_order() {
         .unwrap();
     assert_eq!(max_attempt, Some(1));
     assert_eq!(reclaims, Some(0));
-    let min_attempt: Option<i32> = jobs::table.select(diesel::dsl::min(jobs::attempt)).first(&mut conn).unwrap();
+    let min_attempt: Option<i32> = jobs::table
+        .select(diesel::dsl::min(jobs::attempt))
+        .first(&mut conn)
+        .unwrap();
     assert_eq!(min_attempt, Some(1));
 }

@@ -36,7 +36,10 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
     std::env::set_var("WATCHDOG_ENABLED", "false");
     std::env::set_var("RETRY_MAX_AGE_SECS", "60");
     let c = WorkerConfig::from_env().unwrap();
-    assert_eq!((c.workers, c.lease, c.watchdog_enabled), (3, Duration::from_secs(2), false));
+    assert_eq!(
+        (c.workers, c.lease, c.watchdog_enabled),
+        (3, Duration::from_secs(2), false)
+    );
     assert_eq!(c.retry_max_age, Duration::from_secs(60));
 
     for (var, value) in [

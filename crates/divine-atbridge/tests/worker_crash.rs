@@ -51,7 +51,9 @@ async fn a_sigkilled_worker_loses_its_job_to_the_watchdog_and_the_job_runs_once_
             let _ = tx.send(line);
         }
     });
-    let owner_line = rx.recv_timeout(Duration::from_secs(30)).expect("child announces its owner");
+    let owner_line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("child announces its owner");
     let child_owner = owner_line.strip_prefix("owner=").expect("owner line").to_string();
     assert!(
         !child_owner.chars().all(|c| c.is_ascii_digit()) && child_owner.contains('-'),
@@ -68,7 +70,10 @@ async fn a_sigkilled_worker_loses_its_job_to_the_watchdog_and_the_job_runs_once_
     // Let the child's heartbeat renew the 2 s lease at least once, then kill -9 it.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let row = queue::get(&mut conn, id).unwrap().unwrap();
-    assert_eq!(row.state, "running", "the heartbeat kept the lease alive past its first expiry");
+    assert_eq!(
+        row.state, "running",
+        "the heartbeat kept the lease alive past its first expiry"
+    );
     child.kill().expect("SIGKILL");
     let status = child.wait().unwrap();
     assert!(!status.success());
@@ -109,7 +114,11 @@ async fn a_sigkilled_worker_loses_its_job_to_the_watchdog_and_the_job_runs_once_
         "the error names the owner that lost the lease: {:?}",
         row.last_error
     );
-    assert_eq!(*handler.runs.lock().unwrap(), vec![(id, 2)], "completed exactly once, as try 2");
+    assert_eq!(
+        *handler.runs.lock().unwrap(),
+        vec![(id, 2)],
+        "completed exactly once, as try 2"
+    );
     assert!(
         recovered_after < Duration::from_secs(10),
         "recovered {recovered_after:?} after the kill"

@@ -21,7 +21,10 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -49,7 +52,12 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(divine_atbridge::http::serve_on(listener, pool.clone(), handle.clone(), stop_rx));
+    let server = tokio::spawn(divine_atbridge::http::serve_on(
+        listener,
+        pool.clone(),
+        handle.clone(),
+        stop_rx,
+    ));
 
     let (status, body) = get(addr, "/health").await;
     assert_eq!(status, 200);
@@ -94,7 +102,10 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
         if sample(&text, finished) >= 1.0 && sample(&text, succeeded_gauge) >= 1.0 {
             break text;
         }
-        assert!(std::time::Instant::now() < deadline, "metrics never showed the job:\n{text}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed the job:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     pool_stop.send(true).unwrap();
@@ -123,7 +134,11 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
     assert!(divine_atbridge::metrics::install().render().contains(finished));
 
     stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

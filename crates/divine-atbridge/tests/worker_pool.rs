@@ -106,9 +106,12 @@ fn config() -> WorkerConfig {
 }
 
 fn enqueue(db: &TestDb, kind: JobKind, key: &str, script: &str) -> i64 {
-    queue::enqueue(&mut db.conn(), &NewJob::new(kind, key, serde_json::json!({ "do": script })))
-        .unwrap()
-        .unwrap()
+    queue::enqueue(
+        &mut db.conn(),
+        &NewJob::new(kind, key, serde_json::json!({ "do": script })),
+    )
+    .unwrap()
+    .unwrap()
 }
 
 fn start(db: &TestDb, cfg: WorkerConfig, handler: Arc<Scripted>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
@@ -144,13 +147,20 @@ async fn outcomes_are_recorded_and_panics_and_unknown_kinds_do_not_kill_the_work
 
     let row = wait_for(&db, panicking, |r| r.state == "queued" && r.attempt == 1).await;
     assert_eq!(row.last_error_code.as_deref(), Some("handler_panicked"));
-    assert!(row.last_error.as_deref().unwrap().contains("boom in job"), "{:?}", row.last_error);
+    assert!(
+        row.last_error.as_deref().unwrap().contains("boom in job"),
+        "{:?}",
+        row.last_error
+    );
     assert!(row.run_at > Utc::now(), "a panic is retried with backoff");
 
     let row = wait_for(&db, limited, |r| r.state == "queued" && r.attempt == 1).await;
     assert_eq!(row.last_error_code.as_deref(), Some("pds_rate_limited"));
     let wait = (row.run_at - Utc::now()).num_seconds();
-    assert!((590..=600).contains(&wait), "a day of Retry-After is capped at RETRY_CAP (600 s), got {wait}");
+    assert!(
+        (590..=600).contains(&wait),
+        "a day of Retry-After is capped at RETRY_CAP (600 s), got {wait}"
+    );
 
     let row = wait_for(&db, rejected, |r| r.state == "failed").await;
     assert_eq!(row.last_error_code.as_deref(), Some("pds_rejected"));
@@ -177,14 +187,24 @@ async fn the_heartbeat_keeps_a_try_longer_than_its_lease_alive() {
     };
     let (stop, pool) = start(&db, cfg, handler.clone());
     handler.started.notified().await;
-    let first = wait_for(&db, id, |r| r.state == "running").await.lease_expires_at.unwrap();
+    let first = wait_for(&db, id, |r| r.state == "running")
+        .await
+        .lease_expires_at
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(3_000)).await;
     let mid = queue::get(&mut db.conn(), id).unwrap().unwrap();
     assert_eq!(mid.state, "running");
     assert!(mid.lease_expires_at.unwrap() > first, "lease renewed");
-    assert!(mid.lease_expires_at.unwrap() > Utc::now(), "lease still valid past the original expiry");
+    assert!(
+        mid.lease_expires_at.unwrap() > Utc::now(),
+        "lease still valid past the original expiry"
+    );
     let row = wait_for(&db, id, |r| r.state == "succeeded").await;
-    assert_eq!((row.attempt, row.reclaim_count), (1, 0), "the watchdog never reclaimed it");
+    assert_eq!(
+        (row.attempt, row.reclaim_count),
+        (1, 0),
+        "the watchdog never reclaimed it"
+    );
     assert_eq!(handler.runs.load(Ordering::SeqCst), 1);
     stop.send(true).unwrap();
     pool.await.unwrap();
@@ -216,7 +236,10 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
     // The original worker reports success; the fence drops it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let row = queue::get(&mut conn, id).unwrap().unwrap();
-    assert_eq!((row.state.as_str(), row.lease_owner.as_deref()), ("running", Some("thief")));
+    assert_eq!(
+        (row.state.as_str(), row.lease_owner.as_deref()),
+        ("running", Some("thief"))
+    );
     let fail = Finish::Failed {
         code: "pds_rejected".into(),
         message: "thief's verdict".into(),
@@ -225,7 +248,10 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
     stop.send(true).unwrap();
     pool.await.unwrap();
     let row = queue::get(&mut conn, id).unwrap().unwrap();
-    assert_eq!((row.state.as_str(), row.last_error.as_deref()), ("failed", Some("thief's verdict")));
+    assert_eq!(
+        (row.state.as_str(), row.last_error.as_deref()),
+        ("failed", Some("thief's verdict"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,11 +267,18 @@ async fn shutdown_lets_in_flight_work_finish_and_stops_leasing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pool.is_finished(), "waits for the in-flight try");
     handler.release.notify_one();
-    tokio::time::timeout(Duration::from_secs(5), pool).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pool)
+        .await
+        .unwrap()
+        .unwrap();
     let mut conn = db.conn();
     assert_eq!(queue::get(&mut conn, id).unwrap().unwrap().state, "succeeded");
     let late = queue::get(&mut conn, late).unwrap().unwrap();
-    assert_eq!((late.state.as_str(), late.attempt), ("queued", 0), "no lease after shutdown");
+    assert_eq!(
+        (late.state.as_str(), late.attempt),
+        ("queued", 0),
+        "no lease after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,7 +295,10 @@ async fn shutdown_releases_what_does_not_finish_within_the_grace_period() {
     assert_eq!(wait_for(&db, id, |r| r.state == "running").await.attempt, 1);
     let asked = Instant::now();
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), pool).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), pool)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(asked.elapsed() >= Duration::from_secs(1), "the grace period was given");
     let row = queue::get(&mut db.conn(), id).unwrap().unwrap();
     assert_eq!(row.state, "queued");

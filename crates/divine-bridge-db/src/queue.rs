@@ -233,11 +233,11 @@ pub const LEASE_SQL: &str = "WITH cand AS ( \
 pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
     let result = diesel::sql_query(LEASE_SQL)
-    .bind::<Text, _>(owner)
-    .bind::<BigInt, _>(limit)
-    .bind::<Double, _>(lease_for.as_secs_f64())
-    .load::<LeasedJob>(conn)
-    .map_err(DbError::from_diesel);
+        .bind::<Text, _>(owner)
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(lease_for.as_secs_f64())
+        .load::<LeasedJob>(conn)
+        .map_err(DbError::from_diesel);
     match result {
         Err(e) if e.is_unique_violation() => {
             LEASE_CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

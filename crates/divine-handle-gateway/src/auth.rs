@@ -116,13 +116,19 @@ pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Ni
     if created < now - MAX_CLOCK_SKEW_SECS {
         return Err(unauthorized(
             "stale",
-            format!("NIP-98 event created {}s ago (max {MAX_CLOCK_SKEW_SECS}s)", now - created),
+            format!(
+                "NIP-98 event created {}s ago (max {MAX_CLOCK_SKEW_SECS}s)",
+                now - created
+            ),
         ));
     }
     if created > now + MAX_CLOCK_SKEW_SECS {
         return Err(unauthorized(
             "future",
-            format!("NIP-98 event created {}s in the future (max {MAX_CLOCK_SKEW_SECS}s)", created - now),
+            format!(
+                "NIP-98 event created {}s in the future (max {MAX_CLOCK_SKEW_SECS}s)",
+                created - now
+            ),
         ));
     }
     match tag_value(&event, "u") {

@@ -58,7 +58,10 @@ pub fn check_handle_syntax(handle: &str) -> Result<(), String> {
         if label.len() > 63 {
             return Err(format!("label {label:?} is longer than 63 characters"));
         }
-        if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(format!("label {label:?} may only contain a-z, 0-9 and '-'"));
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -94,9 +97,7 @@ pub fn normalize_handle(raw: &str, domain: &str) -> Result<String, ApiError> {
     let handle = raw.trim().to_lowercase();
     check_handle_syntax(&handle).map_err(|why| ApiError::InvalidHandle(format!("{handle:?}: {why}")))?;
     let Some(name) = handle.strip_suffix(domain).and_then(|rest| rest.strip_suffix('.')) else {
-        return Err(ApiError::InvalidHandle(format!(
-            "{handle:?}: must be <name>.{domain}"
-        )));
+        return Err(ApiError::InvalidHandle(format!("{handle:?}: must be <name>.{domain}")));
     };
     if name.contains('.') {
         return Err(ApiError::InvalidHandle(format!(
@@ -141,7 +142,10 @@ mod tests {
 
     #[test]
     fn handles_are_normalised_and_validated() {
-        assert_eq!(normalize_handle("  Alice.Divine.Test ", D).unwrap(), "alice.divine.test");
+        assert_eq!(
+            normalize_handle("  Alice.Divine.Test ", D).unwrap(),
+            "alice.divine.test"
+        );
         assert_eq!(normalize_handle("a-1.divine.test", D).unwrap(), "a-1.divine.test");
         assert_eq!(normalize_handle("0day.divine.test", D).unwrap(), "0day.divine.test");
         // exactly 30 characters
@@ -162,7 +166,9 @@ mod tests {
         assert!(bad("a.b.divine.test").contains("exactly one label"));
         assert!(bad("divine.test").contains("must be <name>"));
         assert!(check_handle_syntax("alice.1test").unwrap_err().contains("top-level"));
-        assert!(check_handle_syntax(&format!("{}.test", "a".repeat(64))).unwrap_err().contains("63"));
+        assert!(check_handle_syntax(&format!("{}.test", "a".repeat(64)))
+            .unwrap_err()
+            .contains("63"));
     }
 
     #[test]
@@ -181,7 +187,14 @@ mod tests {
         assert_eq!(normalize_pubkey(&hex.to_uppercase()).unwrap(), hex);
         let npub = nostr::ToBech32::to_bech32(&keys.public_key()).unwrap();
         assert_eq!(normalize_pubkey(&npub).unwrap(), hex);
-        for bad in ["", "abc", &hex[..63], &format!("{hex}0"), &format!("{}g", &hex[..63]), "npub1qqqq"] {
+        for bad in [
+            "",
+            "abc",
+            &hex[..63],
+            &format!("{hex}0"),
+            &format!("{}g", &hex[..63]),
+            "npub1qqqq",
+        ] {
             assert_eq!(normalize_pubkey(bad).unwrap_err().code(), "invalid_pubkey", "{bad}");
         }
     }
@@ -191,7 +204,10 @@ mod tests {
         let id = "AB".repeat(32);
         assert_eq!(normalize_event_id(&id).unwrap(), "ab".repeat(32));
         assert_eq!(normalize_event_id("xyz").unwrap_err().code(), "invalid_event_id");
-        assert_eq!(normalize_event_id(&"a".repeat(65)).unwrap_err().code(), "invalid_event_id");
+        assert_eq!(
+            normalize_event_id(&"a".repeat(65)).unwrap_err().code(),
+            "invalid_event_id"
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/account-links/{pubkey}/enable", post(routes::enable))
         .route("/api/account-links/{pubkey}/disable", post(routes::disable))
         .route("/api/account-links/{pubkey}/status", get(routes::status))
-        .route("/api/account-links/{pubkey}/crosspost-status", post(routes::crosspost_status))
+        .route(
+            "/api/account-links/{pubkey}/crosspost-status",
+            post(routes::crosspost_status),
+        )
         .route("/.well-known/atproto-did", get(routes::atproto_did))
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))

@@ -214,7 +214,11 @@ impl Problem {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let problem = self.problem();
-        let mut resp = (self.status(), [(header::CONTENT_TYPE, PROBLEM_JSON)], problem.to_json("").to_string())
+        let mut resp = (
+            self.status(),
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            problem.to_json("").to_string(),
+        )
             .into_response();
         if let ApiError::Unauthorized { reason, .. } = &self {
             metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => *reason).increment(1);
@@ -222,7 +226,8 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Nostr"));
         }
         if let Some(after) = self.retry_after() {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }
         resp.extensions_mut().insert(problem);
         resp
