@@ -181,22 +181,30 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
                 let ok = with_conn(move |c| queue::retry(c, id)).await?;
                 print_change(args.json, "retried", id, ok);
             } else if args.failed {
-                let kind = args.kind;
-                let ids = with_conn(move |c| queue::failed_ids(c, kind)).await?;
-                let total = ids.len();
-                let mut done = 0usize;
-                for (i, id) in ids.into_iter().enumerate() {
-                    if with_conn(move |c| queue::retry(c, id)).await? {
-                        done += 1;
+                let (kind, json) = (args.kind, args.json);
+                // One connection for the whole run; one statement per job so the progress line means something and
+                // a job that left `failed` meanwhile (retried by a worker or another operator) is simply skipped.
+                let (done, total) = with_conn(move |c| {
+                    let ids = queue::failed_ids(c, kind)?;
+                    let total = ids.len();
+                    let mut done = 0usize;
+                    for (i, id) in ids.into_iter().enumerate() {
+                        if queue::retry(c, id)? {
+                            done += 1;
+                        }
+                        if !json && ((i + 1) % 100 == 0 || i + 1 == total) {
+                            eprint!("\rretrying failed jobs: {}/{total}", i + 1);
+                        }
                     }
-                    if !args.json {
-                        eprint!("\rretrying failed jobs: {}/{total}", i + 1);
-                    }
-                }
-                if args.json {
+                    Ok((done, total))
+                })
+                .await?;
+                if json {
                     println!("{}", serde_json::json!({"retried": done, "matched": total}));
                 } else {
-                    eprintln!();
+                    if total > 0 {
+                        eprintln!();
+                    }
                     println!("retried {done} of {total} failed job(s)");
                 }
             } else {

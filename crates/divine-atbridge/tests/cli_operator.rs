@@ -1,0 +1,223 @@
+//! The operator CLI as operators run it: the real `divine-atbridge` binary against a throwaway Postgres database
+//! (`DATABASE_URL`), seeded through the stores. Checks `migrate`, `jobs list` filters (table and `--json`),
+//! `jobs retry <id>` / `--failed --kind`, `jobs cancel`, `accounts show` by pubkey, handle and DID, and
+//! `accounts reprovision`, including exit codes and the stable error codes printed on failure. Needs no PLC/PDS.
+
+use diesel::prelude::*;
+use divine_bridge_db::accounts::{self, OptIn};
+use divine_bridge_db::queue::{self, Finish, NewJob};
+use divine_bridge_db::schema::{account_links, jobs};
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::JobKind;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn cli(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run divine-atbridge")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "exit {:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+fn pubkey(n: u8) -> String {
+    format!("{:02x}", n).repeat(32)
+}
+
+/// Leases the only queued job and fails it permanently (one try, like a worker would).
+fn fail_head(c: &mut PgConnection, key: &str, code: &str) -> i64 {
+    let leased = queue::lease(c, "cli-test", 100, Duration::from_secs(60)).unwrap();
+    assert_eq!(leased.len(), 1, "exactly one job is queued");
+    let job = &leased[0];
+    assert_eq!(job.ordering_key, key);
+    let finish = Finish::Failed {
+        code: code.into(),
+        message: format!("{code} for the CLI test"),
+    };
+    queue::finish(c, job.id, "cli-test", &finish).unwrap();
+    job.id
+}
+
+fn state_of(c: &mut PgConnection, id: i64) -> String {
+    jobs::table.find(id).select(jobs::state).first(c).unwrap()
+}
+
+#[test]
+fn migrate_is_idempotent_and_reports_what_it_applied() {
+    let db = TestDb::empty("cli_migrate");
+    let first = cli(&db, &["migrate"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let text = stdout(&first);
+    let n = divine_bridge_db::migrate::migration_count();
+    assert!(text.starts_with(&format!("applied {n} migration(s):")), "{text}");
+    assert_eq!(text.lines().count(), n + 1, "one line per applied version:\n{text}");
+    assert!(
+        text.contains("20261123000001"),
+        "the foundation version is listed:\n{text}"
+    );
+    let again = cli(&db, &["migrate"]);
+    assert!(again.status.success());
+    assert_eq!(stdout(&again).trim(), "applied 0 migration(s)");
+}
+
+#[test]
+fn jobs_list_retry_and_cancel() {
+    let db = TestDb::migrated("cli_jobs");
+    let mut c = db.conn();
+    let (a, b) = (pubkey(0xa1), pubkey(0xb2));
+    let pa = queue::enqueue(
+        &mut c,
+        &NewJob::new(JobKind::PublishPost, &a, serde_json::json!({})).unique("p:a"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(fail_head(&mut c, &a, "pds_rejected"), pa);
+    let pb = queue::enqueue(
+        &mut c,
+        &NewJob::new(JobKind::SyncProfile, &b, serde_json::json!({})).unique("s:b"),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(fail_head(&mut c, &b, "media_too_large"), pb);
+    let queued = queue::enqueue(
+        &mut c,
+        &NewJob::new(JobKind::DeletePost, &a, serde_json::json!({})).unique("d:a"),
+    )
+    .unwrap()
+    .unwrap();
+
+    // Table output: a header, one row per job, the error code visible.
+    let table = cli(&db, &["jobs", "list", "--state", "failed"]);
+    assert!(table.status.success());
+    let text = stdout(&table);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("ERROR_CODE"), "{text}");
+    assert_eq!(lines.len(), 4, "header, rule, two failed jobs:\n{text}");
+    assert!(
+        text.contains("pds_rejected") && text.contains("media_too_large"),
+        "{text}"
+    );
+
+    // Filters combine; --json gives full rows.
+    let rows = json(&cli(
+        &db,
+        &["jobs", "list", "--state", "failed", "--kind", "publish_post", "--json"],
+    ));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["id"], pa);
+    assert_eq!(rows[0]["last_error_code"], "pds_rejected");
+    assert_eq!(rows[0]["attempt"], 1);
+    let by_account = json(&cli(&db, &["jobs", "list", "--account", &a.to_uppercase(), "--json"]));
+    let ids: Vec<i64> = by_account
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![queued, pa], "newest first, only account a");
+
+    // Retry one job by id.
+    let r = json(&cli(&db, &["jobs", "retry", &pa.to_string(), "--json"]));
+    assert_eq!(r, serde_json::json!({"id": pa, "retried": true}));
+    assert_eq!(state_of(&mut c, pa), "queued");
+    // Retrying a queued job is refused without an error exit.
+    let again = cli(&db, &["jobs", "retry", &pa.to_string()]);
+    assert!(again.status.success());
+    assert!(stdout(&again).contains("not retried"), "{}", stdout(&again));
+
+    // Bulk retry by kind leaves other kinds alone.
+    let bulk = json(&cli(
+        &db,
+        &["jobs", "retry", "--failed", "--kind", "publish_post", "--json"],
+    ));
+    assert_eq!(bulk, serde_json::json!({"retried": 0, "matched": 0}));
+    let bulk = cli(&db, &["jobs", "retry", "--failed", "--kind", "sync_profile"]);
+    assert!(bulk.status.success());
+    assert_eq!(stdout(&bulk).trim(), "retried 1 of 1 failed job(s)");
+    assert!(String::from_utf8_lossy(&bulk.stderr).contains("retrying failed jobs: 1/1"));
+    assert_eq!(state_of(&mut c, pb), "queued");
+
+    // Cancel: queued → cancelled at once; a finished job cannot be cancelled.
+    let cancel = json(&cli(&db, &["jobs", "cancel", &queued.to_string(), "--json"]));
+    assert_eq!(cancel, serde_json::json!({"id": queued, "cancelled": true}));
+    assert_eq!(state_of(&mut c, queued), "cancelled");
+    let twice = json(&cli(&db, &["jobs", "cancel", &queued.to_string(), "--json"]));
+    assert_eq!(twice["cancelled"], false);
+
+    // Usage errors carry a stable code and a failing exit status.
+    let usage = cli(&db, &["jobs", "retry"]);
+    assert!(!usage.status.success());
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("error[cli_usage]"));
+    let bogus = cli(&db, &["jobs", "list", "--state", "bogus"]);
+    assert!(!bogus.status.success(), "clap rejects unknown states");
+}
+
+#[test]
+fn accounts_show_by_any_selector_and_reprovision() {
+    let db = TestDb::migrated("cli_accounts");
+    let mut c = db.conn();
+    let pk = pubkey(0xc3);
+    accounts::opt_in(
+        &mut c,
+        &OptIn {
+            nostr_pubkey: pk.clone(),
+            handle: "carol.test".into(),
+            crosspost_enabled: true,
+        },
+    )
+    .unwrap();
+    let did = "did:plc:abcdefghijklmnopqrstuvwx";
+    diesel::update(account_links::table.find(&pk))
+        .set((
+            account_links::did.eq(did),
+            account_links::provisioning_state.eq("failed"),
+            account_links::provisioning_error.eq("pds_rejected"),
+        ))
+        .execute(&mut c)
+        .unwrap();
+    let provision = fail_head(&mut c, &pk, "pds_rejected");
+
+    for who in [pk.as_str(), "Carol.TEST", did] {
+        let v = json(&cli(&db, &["accounts", "show", who, "--json"]));
+        assert_eq!(v["nostr_pubkey"], pk.as_str(), "selector {who}");
+        assert_eq!(v["handle"], "carol.test");
+        assert_eq!(v["did"], did);
+        assert_eq!(v["provisioning_state"], "failed");
+        assert_eq!(v["provisioning_error"], "pds_rejected");
+        assert_eq!(v["jobs_by_state"], serde_json::json!([["failed", 1]]));
+    }
+    let table = cli(&db, &["accounts", "show", &pk]);
+    assert!(table.status.success());
+    let text = stdout(&table);
+    assert!(text.contains("provisioning_state") && text.contains("failed"), "{text}");
+    assert!(text.contains("carol.test"), "{text}");
+
+    let missing = cli(&db, &["accounts", "show", "nobody.test"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("error[account_not_found]"));
+
+    // Reprovision re-drives the failed provisioning job (same row, attempt kept) and resets the link.
+    let r = json(&cli(&db, &["accounts", "reprovision", &pk, "--json"]));
+    assert_eq!(r["job_id"], provision);
+    assert_eq!(state_of(&mut c, provision), "queued");
+    let link = accounts::get(&mut c, &pk).unwrap().unwrap();
+    assert_eq!(link.provisioning_state, "pending", "reprovision clears the failure");
+    assert_eq!(link.provisioning_error, None);
+    assert_eq!(link.did.as_deref(), Some(did), "the DID is kept: no second identity");
+}
