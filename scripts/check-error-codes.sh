@@ -147,6 +147,12 @@ for l in "${labels[@]}"; do
     fail "reason label $l ($where) is not mentioned in ${doc#"$ROOT"/}"
   fi
 done
+# Entries whose code the source no longer emits: reported, not failed (the code may come back, or be emitted by a
+# shape this extractor does not know yet — then teach it the shape).
+mapfile -t documented < <(grep -oE '^#{3,4} `[a-z][a-z0-9_]*`$' "$doc" | grep -oE '[a-z][a-z0-9_]*' | sort -u)
+for d in $(comm -23 <(printf '%s\n' "${documented[@]}") <(printf '%s\n' "${codes[@]}" "${labels[@]}" | sort -u)); do
+  echo "  note: ${doc#"$ROOT"/} has an entry for $d, which the source no longer emits"
+done
 if ((${#codes[@]} < MIN_CODES)); then
   fail "only ${#codes[@]} codes extracted (expected at least $MIN_CODES): the extractor no longer matches the code's shapes"
 fi
