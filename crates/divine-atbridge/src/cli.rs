@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use diesel::prelude::*;
+use divine_bridge_db::accounts::AccountLink;
 use divine_bridge_db::schema::{account_keys, account_links, account_sessions, jobs, record_mappings};
 use divine_bridge_db::{JobKind, JobState};
 use serde::Serialize;
@@ -200,19 +201,12 @@ pub fn render_jobs(rows: &[JobRow]) -> String {
     )
 }
 
-/// Everything an operator wants to know about one account.
+/// Everything an operator wants to know about one account: the link row (flattened, so `--json` shows its fields
+/// at the top level) plus keys, provisioning step, session expiry and job/record counts.
 #[derive(Debug, Serialize)]
 pub struct AccountView {
-    pub nostr_pubkey: String,
-    pub handle: String,
-    pub did: Option<String>,
-    pub crosspost_enabled: bool,
-    pub provisioning_state: String,
-    pub provisioning_error: Option<String>,
-    pub provisioning_error_detail: Option<String>,
-    pub disabled_at: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub link: AccountLink,
     pub signing_did_key: Option<String>,
     pub rotation_did_key: Option<String>,
     pub provision_step: Option<String>,
@@ -235,42 +229,20 @@ pub fn normalise_selector(who: &str) -> String {
 /// Loads an [`AccountView`] by pubkey, handle or DID.
 pub fn load_account(conn: &mut PgConnection, who: &str) -> QueryResult<Option<AccountView>> {
     let who = normalise_selector(who);
-    type LinkRow = (
-        String,
-        String,
-        Option<String>,
-        bool,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    );
-    let link: Option<LinkRow> = account_links::table
+    let link: Option<AccountLink> = account_links::table
         .filter(
             account_links::nostr_pubkey
                 .eq(&who)
                 .or(account_links::handle.eq(&who))
                 .or(account_links::did.eq(&who)),
         )
-        .select((
-            account_links::nostr_pubkey,
-            account_links::handle,
-            account_links::did,
-            account_links::crosspost_enabled,
-            account_links::provisioning_state,
-            account_links::provisioning_error,
-            account_links::provisioning_error_detail,
-            account_links::disabled_at,
-            account_links::created_at,
-            account_links::updated_at,
-        ))
+        .select(AccountLink::as_select())
         .first(conn)
         .optional()?;
-    let Some((pk, handle, did, enabled, state, err, detail, disabled_at, created_at, updated_at)) = link else {
+    let Some(link) = link else {
         return Ok(None);
     };
+    let pk = link.nostr_pubkey.clone();
     let keys: Option<(String, String, Option<serde_json::Value>)> = account_keys::table
         .find(&pk)
         .select((
@@ -280,7 +252,7 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> QueryResult<Option<Ac
         ))
         .first(conn)
         .optional()?;
-    let session_exp: Option<Option<DateTime<Utc>>> = match &did {
+    let session_exp: Option<Option<DateTime<Utc>>> = match &link.did {
         Some(d) => account_sessions::table
             .find(d)
             .select(account_sessions::access_expires_at)
@@ -309,16 +281,7 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> QueryResult<Option<Ac
         None => (None, None, None),
     };
     Ok(Some(AccountView {
-        nostr_pubkey: pk,
-        handle,
-        did,
-        crosspost_enabled: enabled,
-        provisioning_state: state,
-        provisioning_error: err,
-        provisioning_error_detail: detail,
-        disabled_at,
-        created_at,
-        updated_at,
+        link,
         signing_did_key,
         rotation_did_key,
         provision_step,
@@ -339,17 +302,17 @@ pub fn render_account(a: &AccountView) -> String {
         }
     };
     let rows = vec![
-        vec!["nostr_pubkey".into(), a.nostr_pubkey.clone()],
-        vec!["handle".into(), a.handle.clone()],
-        vec!["did".into(), opt(&a.did)],
-        vec!["crosspost_enabled".into(), a.crosspost_enabled.to_string()],
-        vec!["provisioning_state".into(), a.provisioning_state.clone()],
+        vec!["nostr_pubkey".into(), a.link.nostr_pubkey.clone()],
+        vec!["handle".into(), a.link.handle.clone()],
+        vec!["did".into(), opt(&a.link.did)],
+        vec!["crosspost_enabled".into(), a.link.crosspost_enabled.to_string()],
+        vec!["provisioning_state".into(), a.link.provisioning_state.clone()],
         vec!["provision_step".into(), opt(&a.provision_step)],
-        vec!["provisioning_error".into(), opt(&a.provisioning_error)],
-        vec!["error_detail".into(), opt(&a.provisioning_error_detail)],
+        vec!["provisioning_error".into(), opt(&a.link.provisioning_error)],
+        vec!["error_detail".into(), opt(&a.link.provisioning_error_detail)],
         vec![
             "disabled_at".into(),
-            a.disabled_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "-".into()),
+            a.link.disabled_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "-".into()),
         ],
         vec!["signing_did_key".into(), opt(&a.signing_did_key)],
         vec!["rotation_did_key".into(), opt(&a.rotation_did_key)],
@@ -361,8 +324,8 @@ pub fn render_account(a: &AccountView) -> String {
         ],
         vec!["jobs".into(), counts(&a.jobs_by_state)],
         vec!["records".into(), counts(&a.records_by_state)],
-        vec!["created_at".into(), a.created_at.to_rfc3339()],
-        vec!["updated_at".into(), a.updated_at.to_rfc3339()],
+        vec!["created_at".into(), a.link.created_at.to_rfc3339()],
+        vec!["updated_at".into(), a.link.updated_at.to_rfc3339()],
     ];
     table(&["FIELD", "VALUE"], &rows)
 }
