@@ -27,8 +27,8 @@
 # extractor broke, which fails the check).
 set -euo pipefail
 ROOT="${ROOT:-$(cd "$(dirname "$0")/.." && pwd)}"
-LOG_TAG=error-codes
-# shellcheck source=lib/common.sh
+export LOG_TAG=error-codes
+# shellcheck source=lib/common.sh source-path=SCRIPTDIR
 source "$(dirname "$0")/lib/common.sh"
 
 list=0
@@ -149,6 +149,7 @@ for l in "${labels[@]}"; do
 done
 # Entries whose code the source no longer emits: reported, not failed (the code may come back, or be emitted by a
 # shape this extractor does not know yet — then teach it the shape).
+# shellcheck disable=SC2016 # the backticks are literal Markdown
 mapfile -t documented < <(grep -oE '^#{3,4} `[a-z][a-z0-9_]*`$' "$doc" | grep -oE '[a-z][a-z0-9_]*' | sort -u)
 for d in $(comm -23 <(printf '%s\n' "${documented[@]}") <(printf '%s\n' "${codes[@]}" "${labels[@]}" | sort -u)); do
   echo "  note: ${doc#"$ROOT"/} has an entry for $d, which the source no longer emits"
