@@ -12,6 +12,7 @@ use crate::keys::KeyEncryptionKey;
 use crate::xrpc::XrpcClient;
 use chrono::Utc;
 use diesel::prelude::*;
+use divine_bridge_db::accounts;
 use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::records::{self, AccountKeys};
 use divine_bridge_db::schema::account_links;
@@ -29,28 +30,6 @@ pub struct ProvisionDeps<'a> {
 /// The PDS needs an email; ours are synthetic and unique per account.
 pub fn account_email(pubkey: &str, domain: &str) -> String {
     format!("{}@{}", &pubkey[..pubkey.len().min(20)], domain)
-}
-
-fn set_state(
-    conn: &mut PgConnection,
-    pubkey: &str,
-    state: ProvisioningState,
-    error: Option<(&str, &str)>,
-) -> Result<(), DbError> {
-    // A disabled account stays disabled; provisioning may still finish underneath it (the DID is kept).
-    diesel::update(
-        account_links::table
-            .find(pubkey)
-            .filter(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str())),
-    )
-    .set((
-        account_links::provisioning_state.eq(state.as_str()),
-        account_links::provisioning_error.eq(error.map(|e| e.0)),
-        account_links::provisioning_error_detail.eq(error.map(|e| e.1)),
-        account_links::updated_at.eq(Utc::now()),
-    ))
-    .execute(conn)?;
-    Ok(())
 }
 
 /// Runs (or resumes) provisioning for `pubkey`; returns the DID.
@@ -120,9 +99,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     };
 
     let pk = pubkey.to_string();
-    deps.db
-        .run(move |c| set_state(c, &pk, ProvisioningState::Provisioning, None))
-        .await?;
+    deps.db.run(move |c| accounts::mark_provisioning(c, &pk)).await?;
 
     // 2-6. The protocol run, checkpointed after every step.
     let request = ProvisionRequest {
@@ -146,7 +123,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
             if e.class() == ErrorClass::Permanent {
                 let (pk, code, detail) = (pubkey.to_string(), e.code(), e.to_string());
                 deps.db
-                    .run(move |c| set_state(c, &pk, ProvisioningState::Failed, Some((code, &detail))))
+                    .run(move |c| accounts::mark_failed(c, &pk, code, &detail))
                     .await?;
             }
             return Err(upstream(e));
@@ -171,7 +148,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     deps.db
         .run(move |c| {
             c.transaction(|c| {
-                set_state(c, &pk, ProvisioningState::Ready, None)?;
+                accounts::set_state(c, &pk, ProvisioningState::Ready, None)?;
                 let mut backfill = NewJob::new(
                     JobKind::BackfillAuthor,
                     pk.clone(),
