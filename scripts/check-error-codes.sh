@@ -13,7 +13,11 @@
 #   error_code   `last_error_code.eq("x")`, `error_code = Some("x"…)`, SQL `last_error_code = 'x'` and
 #                `last_error_code = CASE … THEN 'x' ELSE 'y' END`
 #
-# Each code must have a heading in the doc that names it in backticks, e.g. `### \`plc_rejected\``.
+# A `fn code` whose result is neither a literal nor a delegation (`e.code()`, `self.code`, `self.reason()`, a `code`
+# binding) — e.g. a const — fails the check as unextractable, so no code can hide from it.
+#
+# Each code must have a heading in the doc that names it in backticks, e.g. `### \`plc_rejected\``. Entries for codes
+# the source no longer emits are reported as notes.
 #
 # Labels — metric `reason` values that accompany a code rather than being one (gateway 401 reasons
 # `unauthorized("x", …)` / `reason: "x"`, `/ready` JSON `"reason": "x"`) — must be mentioned in backticks anywhere in
@@ -90,7 +94,8 @@ extract() {
 
       # fn_code: bodies of fn code(&self) / fn reason(&self), brace-matched.
       while ($src =~ /\bfn\s+(code|reason)\s*\(\s*&?\s*(?:mut\s+)?self\s*\)[^{;]*\{/g) {
-        my $open = $+[0] - 1; my ($depth, $i) = (0, $open);
+        my ($fn, $open) = ($1, $+[0] - 1);
+        my ($depth, $i) = (0, $open);
         for (; $i < length $src; $i++) {
           my $c = substr($src, $i, 1);
           $depth++ if $c eq "{";
@@ -98,6 +103,16 @@ extract() {
         }
         my $body = substr($src, $open, $i - $open + 1);
         while ($body =~ /"($CODE)"/g) { $emit->("code", $1, $open + $-[0], "fn_code"); }
+        # Every result (the right-hand side of each match arm, or the whole body) must be a literal or a delegation
+        # (`e.code()`, `self.code`, `self.reason()`, a `code` binding); anything else (a const, a format!) would hide
+        # codes from this check, so it is reported as unextractable.
+        my $inner = substr($body, 1, length($body) - 2);
+        my @results = $inner =~ /=>/ ? ($inner =~ /=>\s*([^,\n]+?)\s*(?:,|\n|\}|$)/g) : ($inner);
+        for my $r (@results) {
+          $r =~ s/^\s+|\s+$//g;
+          next if $r =~ /^(?:"$CODE"|\w+\.code(?:\(\))?|self\.reason\(\)|\*?code)$/;
+          $emit->("unextractable", "fn $fn returning `$r`", $open, "fn_code");
+        }
       }
       while ($src =~ /(?<![\w.])code\s*[:=]\s*"($CODE)"/g)                { $emit->("code", $1, $-[0], "code_field"); }
       while ($src =~ /\bineligible\s*\(\s*"($CODE)"/g)                    { $emit->("code", $1, $-[0], "ineligible"); }
@@ -154,6 +169,9 @@ mapfile -t documented < <(grep -oE '^#{3,4} `[a-z][a-z0-9_]*`$' "$doc" | grep -o
 for d in $(comm -23 <(printf '%s\n' "${documented[@]}") <(printf '%s\n' "${codes[@]}" "${labels[@]}" | sort -u)); do
   echo "  note: ${doc#"$ROOT"/} has an entry for $d, which the source no longer emits"
 done
+while IFS=$'\t' read -r _ what where _; do
+  fail "cannot extract the codes of $what at $where: return string literals or delegate to another code()"
+done < <(awk -F'\t' '$1 == "unextractable"' <<< "$raw")
 if ((${#codes[@]} < MIN_CODES)); then
   fail "only ${#codes[@]} codes extracted (expected at least $MIN_CODES): the extractor no longer matches the code's shapes"
 fi
