@@ -3,6 +3,8 @@
 //! SIGKILL it. Shared by the `e2e_*` test binaries; each uses a subset, hence the dead-code allowance.
 #![allow(dead_code)]
 
+pub mod crosspost;
+
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
