@@ -113,6 +113,9 @@ KEY_ENCRYPTION_KEY=$(sed -n 's/^KEY_ENCRYPTION_KEY=//p' "$DIR/secrets")
 GATEWAY_SERVICE_TOKEN=$(sed -n 's/^GATEWAY_SERVICE_TOKEN=//p' "$DIR/secrets")
 [[ -n "$KEY_ENCRYPTION_KEY" && -n "$GATEWAY_SERVICE_TOKEN" ]] || die "$DIR/secrets is incomplete: delete it and re-run"
 
+# The ports and database of this localnet, so localnet-down.sh stops the same refstack (even after a failed start).
+printf 'PLC_P=%s\nPDS_P=%s\nDB=%s\n' "$PLC_P" "$PDS_P" "$DB" > "$DIR/ports"
+
 # Reference PLC + PDS.
 fresh_identity=0
 if ! refstack_up; then
@@ -195,6 +198,7 @@ ACCOUNT_REFRESH_SECS=${ACCOUNT_REFRESH_SECS:-1}
 CURSOR_OVERLAP_SECS=${CURSOR_OVERLAP_SECS:-300}
 DB_POOL_SIZE=${DB_POOL_SIZE:-8}
 RUST_LOG=${RUST_LOG:-info,divine_atbridge=debug}
+NO_COLOR=1
 ENV
 cat > "$DIR/gateway.env" << ENV
 DATABASE_URL=$DATABASE_URL
@@ -204,6 +208,7 @@ GATEWAY_SERVICE_TOKEN=$GATEWAY_SERVICE_TOKEN
 PUBLIC_URL=$GATEWAY_URL
 DB_POOL_SIZE=4
 RUST_LOG=${RUST_LOG:-info}
+NO_COLOR=1
 ENV
 umask 022
 
@@ -249,7 +254,5 @@ umask 077
 } > "$DIR/env.tmp"
 mv "$DIR/env.tmp" "$DIR/env"
 umask 022
-# The ports this localnet was started with, so localnet-down.sh stops the same refstack.
-printf 'PLC_P=%s\nPDS_P=%s\nDB=%s\n' "$PLC_P" "$PDS_P" "$DB" > "$DIR/ports"
 log "ready in $((SECONDS - T0)) s"
 print_env
