@@ -257,6 +257,48 @@ async fn concurrent_identical_opt_ins_write_one_link_and_one_job() {
     assert_eq!(gw.provision_jobs(&pk).len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clashing_opt_ins_give_one_winner_and_409s_never_500() {
+    let gw = Gw::new("gw_race_clash");
+    // Eight pubkeys race for one handle.
+    let h = handle("prize");
+    let pubkeys: Vec<String> = (0..8).map(|_| new_pubkey()).collect();
+    let reqs = pubkeys.iter().map(|pk| {
+        let app = gw.app.clone();
+        let body = serde_json::json!({"nostr_pubkey": pk, "handle": h});
+        tokio::spawn(async move { send(&app, bearer(Method::POST, "/api/account-links/opt-in", Some(body))).await })
+    });
+    let results = futures_join(reqs).await;
+    let winners: Vec<&Resp> = results.iter().filter(|r| r.status == 202).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "statuses: {:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for r in results.iter().filter(|r| r.status != 202) {
+        r.problem(409, "handle_taken");
+    }
+    let winner = winners[0].json()["nostr_pubkey"].as_str().unwrap().to_string();
+    for pk in &pubkeys {
+        assert_eq!(gw.provision_jobs(pk).len(), usize::from(*pk == winner), "{pk}");
+    }
+    // One pubkey races with eight different handles.
+    let pk = new_pubkey();
+    let handles: Vec<String> = (0..8).map(|_| handle("multi")).collect();
+    let reqs = handles.iter().map(|h| {
+        let app = gw.app.clone();
+        let body = serde_json::json!({"nostr_pubkey": pk, "handle": h});
+        tokio::spawn(async move { send(&app, bearer(Method::POST, "/api/account-links/opt-in", Some(body))).await })
+    });
+    let results = futures_join(reqs).await;
+    assert_eq!(results.iter().filter(|r| r.status == 202).count(), 1);
+    for r in results.iter().filter(|r| r.status != 202) {
+        r.problem(409, "handle_mismatch");
+    }
+    assert_eq!(gw.provision_jobs(&pk).len(), 1);
+}
+
 async fn futures_join<T: Send + 'static>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
     for h in handles.collect::<Vec<_>>() {
@@ -863,4 +905,38 @@ async fn bodies_that_are_not_acceptable_json_are_4xx_problems() {
         .send(bearer(Method::GET, &format!("/api/account-links/{pk}/status"), None))
         .await;
     assert_eq!(r.json()["provisioning_state"], "pending");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_an_internal_problem_through_the_same_layers() {
+    // The gateway's routes cannot be made to panic from outside, so this mounts one panicking route behind the same
+    // outer layers `router()` uses (catch-panic inside the edge middleware) and checks the answer clients get.
+    async fn boom() -> &'static str {
+        panic!("handler bug")
+    }
+    let app = axum::Router::new()
+        .route("/boom", axum::routing::get(boom))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(divine_handle_gateway::edge::edge));
+    let r = send(&app, Request::get("/boom").body(Body::empty()).unwrap()).await;
+    let body = r.problem(500, "internal");
+    assert!(!r.text().contains("handler bug"), "panic message not leaked: {body}");
+    // And the mapping of bare statuses the edge applies.
+    use divine_bridge_db::Classified;
+    use divine_handle_gateway::problem::ApiError;
+    // (status seen, code answered, status answered)
+    for (seen, code, answered) in [
+        (500, "internal", 500),
+        (502, "internal", 500),
+        (401, "unauthorized", 401),
+        (404, "not_found", 404),
+        (405, "method_not_allowed", 405),
+        (413, "payload_too_large", 413),
+        (415, "unsupported_media_type", 415),
+        (422, "invalid_json", 400),
+        (503, "unavailable", 503),
+    ] {
+        let e = ApiError::from_status(axum::http::StatusCode::from_u16(seen).unwrap());
+        assert_eq!((e.code(), e.status().as_u16()), (code, answered), "{seen}");
+    }
 }
