@@ -29,8 +29,9 @@ if [[ ! -d "$DIR" ]]; then
 fi
 DIR=$(cd "$DIR" && pwd)
 
-# The ports/database the localnet was started with (LOCALNET_* in the environment as a fallback).
-PLC_P="${LOCALNET_PLC_PORT:-2582}" PDS_P="${LOCALNET_PDS_PORT:-2583}" DB="${LOCALNET_DB:-divine_localnet}"
+# The ports/database the localnet was started with, as localnet-up.sh recorded them (LOCALNET_* ports in the
+# environment as a fallback). Without that record no database is dropped: it may belong to another localnet.
+PLC_P="${LOCALNET_PLC_PORT:-2582}" PDS_P="${LOCALNET_PDS_PORT:-2583}" DB=""
 if [[ -f "$DIR/ports" ]]; then
   PLC_P=$(sed -n 's/^PLC_P=//p' "$DIR/ports")
   PDS_P=$(sed -n 's/^PDS_P=//p' "$DIR/ports")
@@ -46,7 +47,9 @@ if [[ -d "$DIR/refstack" ]]; then
 fi
 
 if ((wipe)); then
-  if [[ "$DB" =~ ^[a-z_][a-z0-9_]*$ ]] && pg_ready; then
+  if [[ -z "$DB" ]]; then
+    log "no $DIR/ports (localnet-up.sh never got that far): no database to drop"
+  elif [[ "$DB" =~ ^[a-z_][a-z0-9_]*$ ]] && pg_ready; then
     log "dropping database $DB"
     pg_sql -c "drop database if exists \"$DB\" with (force)" > /dev/null
   else
@@ -55,4 +58,4 @@ if ((wipe)); then
   log "removing $DIR"
   rm -rf "$DIR"
 fi
-if ((wipe)); then log "localnet stopped and wiped"; else log "localnet stopped (database $DB and $DIR kept)"; fi
+if ((wipe)); then log "localnet stopped and wiped"; else log "localnet stopped (database ${DB:-?} and $DIR kept)"; fi

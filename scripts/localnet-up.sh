@@ -31,7 +31,7 @@ BRIDGE_P="${LOCALNET_BRIDGE_PORT:-9090}"
 DB="${LOCALNET_DB:-divine_localnet}"
 ADMIN_PW="${LOCALNET_PDS_ADMIN_PASSWORD:-admin-pass}"
 for p in "$PLC_P" "$PDS_P" "$RELAY_P" "$MEDIA_P" "$GATEWAY_P" "$BRIDGE_P"; do
-  [[ "$p" =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "bad port $p (LOCALNET_*_PORT)"
+  if ! [[ "$p" =~ ^[0-9]+$ ]] || ((p < 1 || p > 65535)); then die "bad port $p (LOCALNET_*_PORT)"; fi
 done
 [[ "$DB" =~ ^[a-z_][a-z0-9_]*$ ]] || die "bad database name $DB (LOCALNET_DB: lower-case letters, digits, _)"
 
@@ -45,7 +45,7 @@ RELAY_URL="ws://127.0.0.1:$RELAY_P"
 MEDIA_URL="http://127.0.0.1:$MEDIA_P"
 GATEWAY_URL="http://127.0.0.1:$GATEWAY_P"
 BRIDGE_HTTP_URL="http://127.0.0.1:$BRIDGE_P"
-HANDLE_DOMAIN=test
+HANDLE_DOMAIN="test"
 DATABASE_URL="postgres://postgres@${PGHOST_ADDR}:${PGPORT_NUM}/$DB"
 
 # refstack.sh with this localnet's run dir and ports (and nothing inherited from a caller such as scripts/test.sh).
@@ -70,6 +70,20 @@ if [[ -f "$DIR/env" ]] && refstack_up && http_ok "http://127.0.0.1:$PLC_P/_healt
   log "everything is already running"
   print_env
   exit 0
+fi
+
+# Refuse before starting anything when a port we need is held by a process that is not ours.
+busy=()
+if ! refstack_up; then
+  port_busy "$PLC_P" && busy+=("$PLC_P (PLC)")
+  port_busy "$PDS_P" && busy+=("$PDS_P (PDS)")
+fi
+pid_alive "$DIR/relay.pid" dev-relay || ! port_busy "$RELAY_P" || busy+=("$RELAY_P (relay)")
+pid_alive "$DIR/media.pid" media-server.mjs || ! port_busy "$MEDIA_P" || busy+=("$MEDIA_P (media)")
+pid_alive "$DIR/atbridge.pid" divine-atbridge || ! port_busy "$BRIDGE_P" || busy+=("$BRIDGE_P (bridge HTTP)")
+pid_alive "$DIR/gateway.pid" divine-handle-gateway || ! port_busy "$GATEWAY_P" || busy+=("$GATEWAY_P (gateway)")
+if ((${#busy[@]})); then
+  die "port(s) already in use by other processes: ${busy[*]}. Find them with ss -ltnp, or move this localnet with LOCALNET_PLC_PORT, LOCALNET_PDS_PORT, LOCALNET_RELAY_PORT, LOCALNET_MEDIA_PORT, LOCALNET_BRIDGE_PORT, LOCALNET_GATEWAY_PORT"
 fi
 
 T0=$SECONDS
@@ -113,6 +127,11 @@ KEY_ENCRYPTION_KEY=$(sed -n 's/^KEY_ENCRYPTION_KEY=//p' "$DIR/secrets")
 GATEWAY_SERVICE_TOKEN=$(sed -n 's/^GATEWAY_SERVICE_TOKEN=//p' "$DIR/secrets")
 [[ -n "$KEY_ENCRYPTION_KEY" && -n "$GATEWAY_SERVICE_TOKEN" ]] || die "$DIR/secrets is incomplete: delete it and re-run"
 
+# A database this localnet directory did not create may belong to another localnet: never reset someone else's.
+db_exists() { [[ -n "$(pg_sql -c "select 1 from pg_database where datname = '$DB'")" ]]; }
+if db_exists && [[ "$(sed -n 's/^DB=//p' "$DIR/ports" 2> /dev/null)" != "$DB" ]]; then
+  die "database $DB exists but was not created for $DIR (another localnet's?): choose LOCALNET_DB, or drop it: psql -h $PGHOST_ADDR -U postgres -c 'drop database \"$DB\" with (force)'"
+fi
 # The ports and database of this localnet, so localnet-down.sh stops the same refstack (even after a failed start).
 printf 'PLC_P=%s\nPDS_P=%s\nDB=%s\n' "$PLC_P" "$PDS_P" "$DB" > "$DIR/ports"
 
@@ -127,7 +146,6 @@ NODE=$(refstack node)
 
 # The database: created when missing; reset when the (in-memory) PLC was just started, because every DID and PDS
 # account the old rows point at is gone. The bridge and gateway must not hold connections to it meanwhile.
-db_exists() { [[ -n "$(pg_sql -c "select 1 from pg_database where datname = '$DB'")" ]]; }
 if ((fresh_identity)) && db_exists; then
   stop_pidfile "$DIR/gateway.pid" divine-handle-gateway 10
   stop_pidfile "$DIR/atbridge.pid" divine-atbridge 15
@@ -141,6 +159,7 @@ start_bg() {
   local name=$1 pidfile=$2 logfile=$3
   shift 3
   log "starting $name (log: $logfile)"
+  echo "==== $(date -u +%FT%TZ) localnet-up.sh starting $name" >> "$logfile"
   nohup "$@" < /dev/null >> "$logfile" 2>&1 &
   echo $! > "$pidfile"
 }
