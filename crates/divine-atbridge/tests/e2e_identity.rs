@@ -113,6 +113,16 @@ impl World {
             .n
     }
 
+    /// The sealed session row of `did` (access token ciphertext, updated_at).
+    fn session_row(&self, did: &str) -> (Vec<u8>, chrono::DateTime<chrono::Utc>) {
+        use divine_bridge_db::schema::account_sessions;
+        account_sessions::table
+            .find(did)
+            .select((account_sessions::access_jwt_sealed, account_sessions::updated_at))
+            .first(&mut self.tdb.conn())
+            .expect("the bridge stored a session")
+    }
+
     async fn plc_get(&self, path: &str) -> (u16, serde_json::Value) {
         let resp = self
             .probe
@@ -238,6 +248,7 @@ async fn opt_in_through_the_gateway_yields_a_working_identity() {
 
     // The stored session (sealed by the bridge under its KEK) works: the PDS's recommended credentials are what PLC
     // shows, the account is active, and a repo write succeeds.
+    let stored_before = w.session_row(&did);
     let sessions = w.sessions();
     let pds = sessions.pds().clone();
     let token = sessions.access_token(&did).await.expect("stored session usable");
@@ -311,6 +322,11 @@ async fn opt_in_through_the_gateway_yields_a_working_identity() {
         .await;
     assert_eq!(status, 200, "{fetched}");
     assert_eq!(fetched["value"]["text"], "written with the bridge's stored session");
+    assert_eq!(
+        w.session_row(&did),
+        stored_before,
+        "the session the bridge stored was used as is (no refresh, no new session)"
+    );
 
     // The initial profile.
     let (status, profile) = w
