@@ -201,6 +201,33 @@ impl BridgeProcess {
         p
     }
 
+    /// Like [`BridgeProcess::spawn`] but returns at once, without waiting for `/ready`: for processes armed with a
+    /// failpoint that may abort before the first readiness probe.
+    pub fn spawn_unready(env: &[(String, String)], extra: &[(&str, &str)]) -> BridgeProcess {
+        let http_addr = free_addr();
+        let log_path = std::env::temp_dir().join(format!(
+            "atbridge-e2e-{}-{}.log",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
+            .arg("run")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .env("HTTP_ADDR", http_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn divine-atbridge");
+        BridgeProcess {
+            child: Some(child),
+            http_addr,
+            log_path,
+        }
+    }
+
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let url = format!("http://{}/ready", self.http_addr);
