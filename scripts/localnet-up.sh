@@ -139,6 +139,13 @@ printf 'PLC_P=%s\nPDS_P=%s\nDB=%s\n' "$PLC_P" "$PDS_P" "$DB" > "$DIR/ports"
 fresh_identity=0
 if ! refstack_up; then
   fresh_identity=1
+  if ! refstack node > /dev/null 2>&1; then
+    # First install: npm compiles better-sqlite3 (python3, make, g++), and Node 22 comes from the npm registry.
+    command -v npm > /dev/null || die "npm is needed for the first refstack install (apt-get install -y npm)"
+    need_cmd python3 python3
+    need_cmd make make
+    need_cmd g++ g++
+  fi
   refstack install
   refstack start
 fi
