@@ -7,9 +7,9 @@
 # :9090, the port divine-atbridge uses. Prints `N passed, N failed`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=../lib/common.sh
+# shellcheck source=scripts/lib/common.sh
 source "$ROOT/scripts/lib/common.sh"
-# shellcheck source=../../deploy/k8s/tests/venv.sh
+# shellcheck source=deploy/k8s/tests/venv.sh
 source "$ROOT/deploy/k8s/tests/venv.sh"
 LOG_TAG=alerts
 
@@ -37,6 +37,7 @@ find_promtool() {
     fi
     local tmp
     tmp=$(mktemp -d)
+    chown _apt "$tmp" 2> /dev/null || true # apt-get download fetches as the _apt user
     log "downloading the Debian package prometheus to unpack promtool into $dir"
     (cd "$tmp" && apt-get download -qq prometheus >&2) || die "apt-get download prometheus failed"
     dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"

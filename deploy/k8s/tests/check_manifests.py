@@ -7,8 +7,13 @@ the configuration variables documented in README.md.
 Run by scripts/test.d/30-k8s.sh inside its cached venv; prints one `ok`/`FAIL` line per check and ends with
 `N passed, N failed` (exit 1 on any failure). It reads the tree and never talks to a cluster.
 
-Usage: check_manifests.py --kubectl PATH [--k8s-version 1.30] [--root deploy/k8s]
+It also lints deploy/docker/*.Dockerfile with hadolint (deploy/docker/hadolint.yaml) and checks that each runtime
+stage runs as uid 10001 with an exec-form ENTRYPOINT (the images cannot be built here: no network for base images).
+
+Usage: check_manifests.py --kubectl PATH [--hadolint PATH] [--k8s-version 1.30] [--root deploy/k8s]
 """
+
+import glob
 
 import argparse
 import os
@@ -262,9 +267,28 @@ def validate_schemas(t, name, docs, version):
             t.check(False, f"{ident} valid against Kubernetes {version} (strict)", str(e).splitlines()[0])
 
 
+def check_dockerfiles(t, hadolint, docker_dir):
+    files = sorted(glob.glob(os.path.join(docker_dir, "*.Dockerfile")))
+    t.check(len(files) >= 2, f"{len(files)} Dockerfiles in {docker_dir}")
+    for f in files:
+        name = os.path.basename(f)
+        out = subprocess.run([hadolint, "--no-color", "--config", os.path.join(docker_dir, "hadolint.yaml"), f],
+                             capture_output=True, text=True, timeout=60)
+        t.check(out.returncode == 0, f"{name}: hadolint clean", (out.stdout + out.stderr).strip().replace("\n", "; "))
+        lines = [ln.strip() for ln in open(f, encoding="utf-8") if ln.strip() and not ln.lstrip().startswith("#")]
+        stages = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
+        t.check(len(stages) >= 2, f"{name}: multi-stage build")
+        final = lines[stages[-1]:] if stages else []
+        t.check("USER 10001:10001" in final, f"{name}: runtime stage runs as USER 10001:10001")
+        t.check(any(ln.startswith('ENTRYPOINT ["/') for ln in final), f"{name}: exec-form ENTRYPOINT of the binary")
+        t.check(any("libpq5" in ln and "ca-certificates" in ln for ln in final),
+                f"{name}: runtime installs libpq5 + ca-certificates")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kubectl", required=True)
+    ap.add_argument("--hadolint")
     ap.add_argument("--k8s-version", default="1.30")
     ap.add_argument("--root", default=os.path.join(os.path.dirname(__file__), ".."))
     ap.add_argument("--readme", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "README.md"))
@@ -282,6 +306,8 @@ def main():
             continue
         validate_schemas(t, name, docs, args.k8s_version)
         check_tree(t, name, docs, readme_vars, production, overlay)
+    if args.hadolint:
+        check_dockerfiles(t, args.hadolint, os.path.normpath(os.path.join(root, "..", "docker")))
     # The alert rules file is a CRD object too: well-formed, but validated by promtool in 31-alerts.sh.
     alerts = yaml.safe_load(open(os.path.join(root, "alerts.yaml"), encoding="utf-8"))
     t.check(alerts.get("kind") == "PrometheusRule" and alerts.get("apiVersion") == "monitoring.coreos.com/v1",
