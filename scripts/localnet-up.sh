@@ -189,7 +189,7 @@ wait_port() { # name port timeout pidfile logfile
 if ! relay_up; then
   stop_pidfile "$DIR/relay.pid" dev-relay 5
   claim_port "$RELAY_P" relay
-  start_bg dev-relay "$DIR/relay.pid" "$DIR/relay.log" "$BIN_DIR/dev-relay" --addr "127.0.0.1:$RELAY_P"
+  start_bg dev-relay "$DIR/relay.pid" "$DIR/relay.log" env NO_COLOR=1 RUST_LOG=info "$BIN_DIR/dev-relay" --addr "127.0.0.1:$RELAY_P"
   wait_port dev-relay "$RELAY_P" 20 "$DIR/relay.pid" "$DIR/relay.log"
 fi
 

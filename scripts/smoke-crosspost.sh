@@ -33,9 +33,7 @@ if [[ -z "$state_file" || ! -s "$state_file" ]]; then
   if scripts/smoke-opt-in.sh "${SMOKE_ARGS[@]}" --state-file "$state_file"; then
     pass "smoke-opt-in.sh provisioned an account"
   else
-    fail "smoke-opt-in.sh failed; no account to cross-post for"
-    summary
-    exit 1
+    abort "smoke-opt-in.sh failed; no account to cross-post for"
   fi
 fi
 SECRET=$(jq -r .secret "$state_file")
@@ -46,7 +44,8 @@ echo "account $HANDLE ($DID), key $PUBKEY"
 
 # The media file, as the bridge will fetch it.
 MEDIA_FILE_URL="$SMOKE_MEDIA/${SMOKE_MEDIA_FILE:-tiny.mp4}"
-curl -fsS --max-time 30 -o "$SMOKE_TMP/video.mp4" "$MEDIA_FILE_URL" || die "cannot download $MEDIA_FILE_URL"
+curl -fsS --max-time 30 -o "$SMOKE_TMP/video.mp4" "$MEDIA_FILE_URL" 2> "$SMOKE_TMP/media.err" ||
+  abort "media file $MEDIA_FILE_URL downloadable: $(cat "$SMOKE_TMP/media.err")"
 SIZE=$(stat -c %s "$SMOKE_TMP/video.mp4")
 SHA=$(sha256sum "$SMOKE_TMP/video.mp4" | cut -d' ' -f1)
 echo "media $MEDIA_FILE_URL: $SIZE bytes, sha256 $SHA"
@@ -63,13 +62,11 @@ TITLE="Divine smoke $tag"
 HASHTAG="divinesmoke"
 "$NOSTR_TOOL" video-event --secret "$SECRET" --url "$MEDIA_FILE_URL" --file "$SMOKE_TMP/video.mp4" \
   --title "$TITLE" --content "Smoke test video $tag" --hashtag "$HASHTAG" --hashtag "smk$tag" --duration 1 \
-  > "$SMOKE_TMP/video.json" || die "nostr-tool video-event failed"
+  > "$SMOKE_TMP/video.json" || abort "nostr-tool video-event builds the event"
 if EVENT_ID=$("$NOSTR_TOOL" publish --relay "$SMOKE_RELAY" "$SMOKE_TMP/video.json"); then
   pass "relay accepted video event $EVENT_ID"
 else
-  fail "relay $SMOKE_RELAY rejected the video event"
-  summary
-  exit 1
+  abort "relay $SMOKE_RELAY rejected the video event"
 fi
 
 # 2. wait until published (crosspost-status), failing fast on a terminal state
@@ -86,9 +83,7 @@ read -r s_status AT_URI s_code <<< "$ST"
 if [[ $s_status == published ]]; then
   pass "crosspost-status: published in $((SECONDS - t_pub)) s"
 else
-  fail "crosspost-status is '${s_status:-?}' (error_code ${s_code:-?}) after $((SECONDS - t_pub)) s — HTTP $HTTP_STATUS ${HTTP_BODY:0:300}"
-  summary
-  exit 1
+  abort "crosspost-status is '${s_status:-?}' (error_code ${s_code:-?}) after $((SECONDS - t_pub)) s — HTTP $HTTP_STATUS ${HTTP_BODY:0:300}"
 fi
 RKEY=${AT_URI##*/}
 check "at_uri is at://$DID/app.bsky.feed.post/<rkey>" eq "$AT_URI" "at://$DID/app.bsky.feed.post/$RKEY"
@@ -130,7 +125,7 @@ expect "listRecords lists the post" eq "$(jqb --arg u "$AT_URI" '[.records[] | s
 
 # 5. delete (NIP-09 kind 5) → the post disappears
 "$NOSTR_TOOL" delete-event --secret "$SECRET" --event-id "$EVENT_ID" --reason "smoke test cleanup" \
-  > "$SMOKE_TMP/delete.json" || die "nostr-tool delete-event failed"
+  > "$SMOKE_TMP/delete.json" || abort "nostr-tool delete-event builds the deletion"
 if DEL_ID=$("$NOSTR_TOOL" publish --relay "$SMOKE_RELAY" "$SMOKE_TMP/delete.json"); then
   pass "relay accepted the kind 5 deletion $DEL_ID"
 else

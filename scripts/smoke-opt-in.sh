@@ -27,7 +27,7 @@ echo "smoke-opt-in: gateway $SMOKE_GATEWAY, PDS $SMOKE_PDS, PLC $SMOKE_PLC, doma
 T0=$SECONDS
 
 # A fresh key and a random handle smk<random>.<domain> of at most 30 characters.
-keys=$("$NOSTR_TOOL" keygen) || die "nostr-tool keygen failed"
+keys=$("$NOSTR_TOOL" keygen) || abort "nostr-tool keygen"
 SECRET=$(jq -r .secret_hex <<< "$keys")
 PUBKEY=$(jq -r .pubkey_hex <<< "$keys")
 n=$((30 - 4 - ${#SMOKE_DOMAIN}))
@@ -42,6 +42,7 @@ optin_body() { jq -nc --arg pk "$1" --arg h "$2" '{nostr_pubkey: $pk, handle: $h
 api POST /api/account-links/opt-in "$(optin_body "$PUBKEY" "$HANDLE")"
 expect "opt-in answers 202" eq "$HTTP_STATUS" 202
 expect "opt-in link is pending for $HANDLE" eq "$(jqb '.provisioning_state + " " + .handle')" "pending $HANDLE"
+[[ $HTTP_STATUS == 202 ]] || abort "opt-in refused; nothing else can be checked"
 
 # 2. status → ready
 deadline=$((SECONDS + SMOKE_TIMEOUT))
@@ -56,9 +57,7 @@ done
 if [[ $state == ready ]]; then
   pass "status reaches ready in $((SECONDS - T0)) s"
 else
-  fail "status did not reach ready within ${SMOKE_TIMEOUT}s: state ${state:-?}, error $(jqb .provisioning_error) — HTTP $HTTP_STATUS ${HTTP_BODY:0:300}"
-  summary
-  exit 1
+  abort "status did not reach ready within ${SMOKE_TIMEOUT}s: state ${state:-?}, error $(jqb .provisioning_error) — HTTP $HTTP_STATUS ${HTTP_BODY:0:300}"
 fi
 DID=$(jqb .did)
 expect "status carries a did:plc" eval '[[ $DID =~ ^did:plc:[a-z2-7]{24}$ ]]'

@@ -152,5 +152,12 @@ rand_name() {
   echo "$out"
 }
 
+# abort MSG — count MSG as a failure, print the summary and exit 1 (a check the rest cannot run without).
+abort() {
+  fail "$*"
+  summary || true
+  exit 1
+}
+
 # eq A B — string equality as a command (for check/expect).
 eq() { [[ "$1" == "$2" ]]; }
