@@ -777,7 +777,10 @@ async fn health_ready_and_metrics() {
         );
     }
     assert!(!after.contains(&pk), "the raw path (with the pubkey) is never a label");
-    assert!(after.contains("gateway_http_request_duration_seconds"));
+    assert!(
+        after.contains("gateway_http_request_duration_seconds_bucket{route=\"/health\",le=\"0.001\"}"),
+        "latency is a real histogram (aggregatable across replicas):\n{after}"
+    );
     assert!(after.contains("gateway_opt_ins_total{outcome=\"created\"}"), "{after}");
     assert!(
         request_count(&after, "/api/account-links/opt-in", 202)
