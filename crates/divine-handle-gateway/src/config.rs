@@ -1,9 +1,11 @@
 //! Gateway configuration from the environment: `BIND_ADDR` (default `0.0.0.0:3000`), `DATABASE_URL`,
-//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8).
+//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8) and
+//! `RESERVED_HANDLE_NAMES` (comma-separated names refused under the handle domain; unset = the built-in list
+//! [`DEFAULT_RESERVED_NAMES`], empty = none).
 //!
 //! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
 
-use crate::handle::normalize_domain;
+use crate::handle::{check_handle_syntax, normalize_domain, DEFAULT_RESERVED_NAMES};
 use divine_bridge_db::{Classified, ErrorClass};
 use std::net::SocketAddr;
 
@@ -19,6 +21,8 @@ pub struct Config {
     /// External base URL (scheme + host [+ path prefix], no trailing slash) used for NIP-98 `u` checks.
     pub public_url: String,
     pub db_pool_size: u32,
+    /// Lower-case first labels refused with `handle_reserved`.
+    pub reserved_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -28,6 +32,7 @@ impl std::fmt::Debug for Config {
             .field("handle_domain", &self.handle_domain)
             .field("public_url", &self.public_url)
             .field("db_pool_size", &self.db_pool_size)
+            .field("reserved_names", &self.reserved_names)
             .field("service_token", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -105,6 +110,22 @@ impl Config {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| err("DB_POOL_SIZE", "must be a positive integer"))?,
         };
+        let reserved_names = match get("RESERVED_HANDLE_NAMES") {
+            None => DEFAULT_RESERVED_NAMES.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                let mut names = Vec::new();
+                for name in list
+                    .split(',')
+                    .map(|n| n.trim().to_ascii_lowercase())
+                    .filter(|n| !n.is_empty())
+                {
+                    check_handle_syntax(&format!("{name}.{handle_domain}"))
+                        .map_err(|e| err("RESERVED_HANDLE_NAMES", format!("{name:?}: {e}")))?;
+                    names.push(name);
+                }
+                names
+            }
+        };
         Ok(Config {
             bind_addr,
             database_url,
@@ -112,6 +133,7 @@ impl Config {
             service_token,
             public_url,
             db_pool_size,
+            reserved_names,
         })
     }
 }
@@ -140,7 +162,23 @@ mod tests {
         assert_eq!(c.handle_domain, "divine.test");
         assert_eq!(c.public_url, "https://gw.divine.test");
         assert_eq!(c.db_pool_size, 8);
+        assert!(
+            c.reserved_names.iter().any(|n| n == "pds"),
+            "built-in reserved names by default"
+        );
         assert!(!format!("{c:?}").contains("secret-token"), "token never printed");
+    }
+
+    #[test]
+    fn reserved_names_are_configurable() {
+        let with = |v: &str| {
+            let mut pairs = BASE.to_vec();
+            pairs.push(("RESERVED_HANDLE_NAMES", v));
+            load(&pairs)
+        };
+        assert_eq!(with(" Ops , status ,").unwrap().reserved_names, vec!["ops", "status"]);
+        assert!(with("").unwrap().reserved_names.is_empty(), "empty reserves nothing");
+        assert_eq!(with("bad_name").unwrap_err().var, "RESERVED_HANDLE_NAMES");
     }
 
     #[test]

@@ -91,9 +91,17 @@ pub fn normalize_domain(raw: &str) -> Result<String, String> {
     Ok(d)
 }
 
+/// Names refused under the handle domain unless `RESERVED_HANDLE_NAMES` says otherwise: hosts an operator is likely
+/// to run next to the handles (`pds.<domain>`, `relay.<domain>` …) and names that would impersonate the service.
+pub const DEFAULT_RESERVED_NAMES: &[&str] = &[
+    "admin", "api", "bridge", "cdn", "divine", "help", "mail", "pds", "plc", "relay", "root", "security", "staff",
+    "status", "support", "www",
+];
+
 /// Normalises (trim, lower-case) and validates a requested handle: ATProto syntax, exactly one label before
-/// `.<domain>`, total length ≤ [`MAX_HANDLE_LEN`]. `domain` must already be normalised.
-pub fn normalize_handle(raw: &str, domain: &str) -> Result<String, ApiError> {
+/// `.<domain>`, total length ≤ [`MAX_HANDLE_LEN`], and that label not in `reserved` (→ `handle_reserved`).
+/// `domain` must already be normalised; `reserved` holds lower-case names.
+pub fn normalize_handle(raw: &str, domain: &str, reserved: &[String]) -> Result<String, ApiError> {
     let handle = raw.trim().to_lowercase();
     check_handle_syntax(&handle).map_err(|why| ApiError::InvalidHandle(format!("{handle:?}: {why}")))?;
     let Some(name) = handle.strip_suffix(domain).and_then(|rest| rest.strip_suffix('.')) else {
@@ -108,6 +116,9 @@ pub fn normalize_handle(raw: &str, domain: &str) -> Result<String, ApiError> {
         return Err(ApiError::InvalidHandle(format!(
             "{handle:?}: longer than {MAX_HANDLE_LEN} characters"
         )));
+    }
+    if reserved.iter().any(|r| r == name) {
+        return Err(ApiError::HandleReserved(handle));
     }
     Ok(handle)
 }
@@ -133,6 +144,14 @@ mod tests {
     use divine_bridge_db::Classified;
 
     const D: &str = "divine.test";
+
+    fn reserved() -> Vec<String> {
+        DEFAULT_RESERVED_NAMES.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn normalize_handle(raw: &str, domain: &str) -> Result<String, ApiError> {
+        super::normalize_handle(raw, domain, &reserved())
+    }
 
     fn bad(raw: &str) -> String {
         let e = normalize_handle(raw, D).unwrap_err();
@@ -169,6 +188,22 @@ mod tests {
         assert!(check_handle_syntax(&format!("{}.test", "a".repeat(64)))
             .unwrap_err()
             .contains("63"));
+    }
+
+    #[test]
+    fn reserved_names_are_refused_with_their_own_code() {
+        for name in ["pds", "relay", "www"] {
+            let e = normalize_handle(&format!(" {}.Divine.Test", name.to_uppercase()), D).unwrap_err();
+            assert_eq!(e.code(), "handle_reserved", "{name}");
+            assert_eq!(e.status(), axum::http::StatusCode::CONFLICT);
+            assert!(e.to_string().contains(&format!("{name}.divine.test")));
+        }
+        // Only the whole label is reserved, and an empty list reserves nothing.
+        assert_eq!(normalize_handle("pdsfan.divine.test", D).unwrap(), "pdsfan.divine.test");
+        assert_eq!(
+            super::normalize_handle("pds.divine.test", D, &[]).unwrap(),
+            "pds.divine.test"
+        );
     }
 
     #[test]

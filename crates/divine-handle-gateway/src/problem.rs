@@ -28,6 +28,9 @@ pub enum ApiError {
     InvalidHandle(String),
     #[error("handle {0} is already taken by another account")]
     HandleTaken(String),
+    /// The name is on the operator's `RESERVED_HANDLE_NAMES` list (service hosts such as `pds`, `relay`, `www`).
+    #[error("handle {0} is reserved by the operator")]
+    HandleReserved(String),
     #[error("this pubkey is already linked as {0}; handle changes are not supported")]
     HandleMismatch(String),
     #[error("no account link for this pubkey")]
@@ -63,6 +66,7 @@ impl Classified for ApiError {
             ApiError::InvalidPubkey(_) => "invalid_pubkey",
             ApiError::InvalidHandle(_) => "invalid_handle",
             ApiError::HandleTaken(_) => "handle_taken",
+            ApiError::HandleReserved(_) => "handle_reserved",
             ApiError::HandleMismatch(_) => "handle_mismatch",
             ApiError::AccountNotFound => "account_not_found",
             ApiError::HandleNotFound(_) => "handle_not_found",
@@ -104,7 +108,9 @@ impl ApiError {
             | ApiError::TooManyIds(_)
             | ApiError::InvalidEventId(_)
             | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::HandleTaken(_) | ApiError::HandleMismatch(_) => StatusCode::CONFLICT,
+            ApiError::HandleTaken(_) | ApiError::HandleReserved(_) | ApiError::HandleMismatch(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::AccountNotFound | ApiError::HandleNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -121,6 +127,7 @@ impl ApiError {
             ApiError::InvalidPubkey(_) => "Invalid Nostr public key",
             ApiError::InvalidHandle(_) => "Invalid handle",
             ApiError::HandleTaken(_) => "Handle already taken",
+            ApiError::HandleReserved(_) => "Handle reserved",
             ApiError::HandleMismatch(_) => "Pubkey already linked to another handle",
             ApiError::AccountNotFound => "Account link not found",
             ApiError::HandleNotFound(_) => "Handle not found",

@@ -97,7 +97,11 @@ pub async fn opt_in(
 ) -> Result<Response, ApiError> {
     let pubkey = normalize_pubkey(&body.value.nostr_pubkey)?;
     credential.authorize(&state, &pubkey, &body.raw).await?;
-    let handle = normalize_handle(&body.value.handle, &state.config.handle_domain)?;
+    let handle = normalize_handle(
+        &body.value.handle,
+        &state.config.handle_domain,
+        &state.config.reserved_names,
+    )?;
     let req = OptIn {
         nostr_pubkey: pubkey,
         handle,

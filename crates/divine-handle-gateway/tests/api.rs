@@ -347,6 +347,28 @@ async fn handles_are_normalised_and_validated() {
 }
 
 #[tokio::test]
+async fn reserved_names_are_409_handle_reserved_and_write_nothing() {
+    let gw = Gw::new("gw_reserved");
+    // The test config reserves `pds` and `relay` (RESERVED_HANDLE_NAMES).
+    for h in ["pds.divine.test", " RELAY.Divine.Test "] {
+        let pk = new_pubkey();
+        let r = gw
+            .send(bearer(
+                Method::POST,
+                "/api/account-links/opt-in",
+                Some(serde_json::json!({"nostr_pubkey": pk, "handle": h})),
+            ))
+            .await;
+        let body = r.problem(409, "handle_reserved");
+        assert!(body["detail"].as_str().unwrap().contains("is reserved"), "{body}");
+        assert!(gw.jobs(&pk).is_empty(), "{h:?}: nothing written");
+    }
+    // A name merely starting with a reserved one is fine.
+    let rec = gw.opt_in(&new_pubkey(), "pdsfan.divine.test").await;
+    assert_eq!(rec["provisioning_state"], "pending");
+}
+
+#[tokio::test]
 async fn invalid_pubkeys_are_400_in_body_and_path() {
     let gw = Gw::new("gw_pubkeys");
     for bad in ["", "abc", &"g".repeat(64), &"a".repeat(65), "npub1qqqqqq"] {

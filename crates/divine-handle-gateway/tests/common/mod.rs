@@ -39,6 +39,7 @@ pub fn config(db_url: &str) -> Config {
         service_token: TOKEN.to_string(),
         public_url: PUBLIC_URL.to_string(),
         db_pool_size: 4,
+        reserved_names: vec!["pds".into(), "relay".into()],
     }
 }
 
