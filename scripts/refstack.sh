@@ -36,8 +36,9 @@ PDS_URL="http://localhost:${PDS_PORT}"
 PLC_URL="http://localhost:${PLC_PORT}"
 export npm_config_cache="${npm_config_cache:-$HOME_DIR/.npm-cache}"
 
-log() { printf '[refstack] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=refstack
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh" # log, die, proc_running, port_busy
 
 installed() {
   [[ -x "$NODE_HOME/bin/node" \
@@ -94,15 +95,13 @@ cmd_install() {
 wait_http() { # url timeout_s pid
   local url=$1 deadline=$((SECONDS + $2)) pid=$3
   until curl -fsS -o /dev/null --max-time 2 "$url" 2> /dev/null; do
-    kill -0 "$pid" 2> /dev/null || return 2
+    proc_running "$pid" || return 2
     ((SECONDS < deadline)) || return 1
     sleep 0.1
   done
 }
 
-port_busy() { (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
-
-running() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2> /dev/null; }
+running() { [[ -f "$RUN/$1.pid" ]] && proc_running "$(cat "$RUN/$1.pid")"; }
 
 cmd_start() {
   installed || die "not installed in $HOME_DIR (run scripts/refstack.sh install)"
@@ -173,13 +172,13 @@ stop_pid() { # name pidfile
   local name=$1 f=$2 pid
   [[ -f "$f" ]] || return 0
   pid=$(cat "$f")
-  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2> /dev/null; then
+  if [[ "$pid" =~ ^[0-9]+$ ]] && proc_running "$pid"; then
     kill -TERM "$pid" 2> /dev/null || true
     for _ in $(seq 1 100); do
-      kill -0 "$pid" 2> /dev/null || break
+      proc_running "$pid" || break
       sleep 0.1
     done
-    if kill -0 "$pid" 2> /dev/null; then
+    if proc_running "$pid"; then
       log "$name ($pid) ignored SIGTERM for 10 s; SIGKILL"
       kill -KILL "$pid" 2> /dev/null || true
     fi

@@ -88,6 +88,16 @@ ensure_database() {
   fi
 }
 
+# proc_running PID — the process exists and is not a zombie (an exited child nobody has reaped yet: a slow init in
+# a container can leave those for seconds, and kill -0 still succeeds on them).
+proc_running() {
+  kill -0 "$1" 2> /dev/null || return 1
+  local stat
+  stat=$(cat "/proc/$1/stat" 2> /dev/null) || return 1
+  stat=${stat##*) }
+  [[ "${stat%% *}" != Z ]]
+}
+
 # pid_alive PIDFILE [NAME] — the pid in PIDFILE is running (and its command line mentions NAME, if given, so a
 # recycled pid is never mistaken for ours).
 pid_alive() {
@@ -95,7 +105,7 @@ pid_alive() {
   [[ -f "$f" ]] || return 1
   pid=$(cat "$f" 2> /dev/null)
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2> /dev/null || return 1
+  proc_running "$pid" || return 1
   [[ -z "$name" ]] || tr '\0' ' ' < "/proc/$pid/cmdline" 2> /dev/null | grep -q -- "$name"
 }
 
@@ -107,13 +117,13 @@ stop_pidfile() {
   if pid_alive "$f" "$name"; then
     kill -TERM "$pid" 2> /dev/null || true
     local deadline=$((SECONDS + grace))
-    while kill -0 "$pid" 2> /dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2> /dev/null; then
+    while proc_running "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+    if proc_running "$pid"; then
       log "$name (pid $pid) still running after ${grace}s; SIGKILL"
       kill -KILL "$pid" 2> /dev/null || true
     fi
     log "stopped $name (pid $pid)"
-  elif [[ -n "$pid" ]] && kill -0 "$pid" 2> /dev/null; then
+  elif [[ -n "$pid" ]] && proc_running "$pid"; then
     log "pid $pid in $f is not $name any more; not touching it"
   fi
   rm -f "$f"
