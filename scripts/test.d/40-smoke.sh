@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # 40-smoke.sh (scripts/test.sh step) — the operator smoke scripts against a throw-away localnet: brings one up in
-# target/smoke-localnet on ports of its own (apart from test.sh's refstack 2682/2683, the dev refstack 2782/2783 and
+# target/smoke-localnet on ports of its own (apart from test.sh's refstack 2682/2683 and
 # the localnet defaults) with a random database, runs scripts/smoke-opt-in.sh then scripts/smoke-crosspost.sh with
 # the account it created, and always tears everything down (localnet-down.sh --wipe drops the database). On failure
 # the tails of the service logs are printed. Ports: SMOKE_PORT_BASE shifts them all (default 0).
