@@ -39,6 +39,11 @@ pub enum PdsError {
     /// The service-auth JWT was refused (`BadJwt*`, `InvalidToken`): wrong signing key, audience or lxm.
     #[error("service auth refused ({error}): {message}")]
     ServiceAuthRejected { error: String, message: String },
+    /// 401 `JwtExpired` on createAccount: the JWT we minted a moment ago is already past its `exp` for the PDS, so
+    /// our clock is behind the PDS's by more than the token's lifetime. Transient: every try mints a fresh token, so
+    /// provisioning resumes by itself once the clocks agree (NTP); it never marks the account failed on its own.
+    #[error("service auth expired on arrival (clock skew: this host is behind the PDS): {message}")]
+    ServiceAuthExpired { message: String },
     /// `InvalidRequest` on a record write: lexicon validation failed.
     #[error("{method}: record failed validation: {message}")]
     Validation { method: String, message: String },
@@ -73,6 +78,7 @@ impl Classified for PdsError {
             PdsError::HandleUnavailable { .. } => "handle_unavailable",
             PdsError::AlreadyExists { .. } => "account_already_exists",
             PdsError::ServiceAuthRejected { .. } => "service_auth_rejected",
+            PdsError::ServiceAuthExpired { .. } => "service_auth_expired",
             PdsError::Validation { .. } => "pds_validation",
             PdsError::AccountDeactivated { .. } => "account_deactivated",
             PdsError::AccountTakedown { .. } => "account_takedown",
@@ -87,6 +93,7 @@ impl Classified for PdsError {
         match self {
             PdsError::Xrpc(e) => e.class(),
             PdsError::Store(e) => e.class(),
+            PdsError::ServiceAuthExpired { .. } => ErrorClass::Transient,
             _ => ErrorClass::Permanent,
         }
     }
@@ -138,6 +145,7 @@ fn map_error(call: Call, e: XrpcError) -> PdsError {
             PdsError::HandleUnavailable { error: name, message }
         }
         (Call::CreateAccount, "AlreadyExists") => PdsError::AlreadyExists { message },
+        (Call::CreateAccount, "JwtExpired") => PdsError::ServiceAuthExpired { message },
         (Call::RecordWrite, "InvalidRequest") => PdsError::Validation { method, message },
         _ => PdsError::Rejected {
             method,
@@ -866,6 +874,14 @@ mod tests {
             },
         };
         assert_eq!(map_error(Call::CreateAccount, expired).code(), "service_auth_rejected");
+        // Clock skew: the PDS finds our fresh service-auth JWT expired. Retried, never terminal by itself.
+        let skew = map_error(Call::CreateAccount, rejected(401, "JwtExpired"));
+        assert_eq!(skew.code(), "service_auth_expired");
+        assert_eq!(skew.class(), ErrorClass::Transient);
+        assert_eq!(
+            map_error(Call::Other, rejected(401, "JwtExpired")).code(),
+            "pds_rejected"
+        );
         let expired = XrpcError::SessionExpired {
             method: "m".into(),
             status: 400,

@@ -466,6 +466,50 @@ async fn invalid_handle_is_handle_unavailable_and_pds_errors_classify() {
     assert_eq!(err.code(), "pds_rejected");
 }
 
+/// Clock skew against the real PDS: a correctly signed service-auth JWT as a host whose clock is 10 minutes behind
+/// would mint it arrives expired (401 `JwtExpired`) → `service_auth_expired`, transient (provisioning retries and
+/// recovers once the clock is fixed); the same account is then created with a token minted on time.
+#[tokio::test]
+async fn a_service_auth_token_from_a_lagging_clock_is_transient_service_auth_expired() {
+    let Some(stack) = stack() else { return };
+    let acct = account(&stack, "skew");
+    let crashing = CrashingCheckpoint::new(ProvisionStep::PlcRegistered, true);
+    Provisioner::new(xrpc(), acct.request.clone(), acct.secrets.clone(), &crashing)
+        .unwrap()
+        .run(ProvisionState::new())
+        .await
+        .unwrap_err();
+    let did = crashing.last().did.expect("genesis registered");
+    let pds = PdsClient::new(xrpc(), &stack.pds_url);
+    let aud = pds.describe_server().await.unwrap().did.to_string();
+    let input =
+        PdsClient::create_account_input(&did, &acct.request.handle, &acct.request.email, &acct.secrets.password)
+            .unwrap();
+    let lagging_now = chrono::Utc::now().timestamp() - 600;
+    let claims = divine_atbridge::jwt::ServiceAuthClaims {
+        iss: did.clone(),
+        aud: aud.clone(),
+        iat: lagging_now,
+        exp: lagging_now + 60,
+        lxm: Some("com.atproto.server.createAccount".into()),
+        jti: "skew-test".into(),
+    };
+    let token = divine_atbridge::jwt::sign_es256k(&acct.secrets.signing_key, &claims);
+    let err = pds.create_account(&token, &input).await.unwrap_err();
+    assert_eq!(err.code(), "service_auth_expired", "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+    // Nothing was created: a token minted on time succeeds for the same DID.
+    let token = divine_atbridge::jwt::mint_service_auth(
+        &acct.secrets.signing_key,
+        &did,
+        &aud,
+        Some("com.atproto.server.createAccount"),
+        std::time::Duration::from_secs(60),
+    );
+    let out = pds.create_account(&token, &input).await.unwrap();
+    assert_eq!(out.did.as_str(), did);
+}
+
 #[tokio::test]
 async fn records_and_blobs_on_a_provisioned_account() {
     let Some(stack) = stack() else { return };

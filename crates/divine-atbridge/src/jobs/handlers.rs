@@ -110,7 +110,6 @@ impl Handlers {
                 profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
-            JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
             JobKind::BackfillAuthor => {
                 let pubkey = job.ordering_key.clone();
                 crate::ingest::backfill(
