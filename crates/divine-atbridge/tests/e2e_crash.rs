@@ -79,7 +79,10 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
         .map(|i| {
             let (keys, _) = &accounts[i % accounts.len()];
             let text = format!("crash clip {i:02}");
-            (i % accounts.len(), video_event(keys, 22, None, "", &text, &[], &url, &video, t0 + i as u64))
+            (
+                i % accounts.len(),
+                video_event(keys, 22, None, "", &text, &[], &url, &video, t0 + i as u64),
+            )
         })
         .collect();
 
@@ -158,9 +161,7 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
     assert_eq!(rows.len(), EVENTS, "one record_mappings row per event");
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (a, e) in &events {
-        want.entry(accounts[*a].1.clone())
-            .or_default()
-            .push(e.content.clone());
+        want.entry(accounts[*a].1.clone()).or_default().push(e.content.clone());
     }
     for (did, mut texts) in want {
         let records = probe.list_records(&did, POST).await;
@@ -176,16 +177,29 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
             let uri = m.at_uri.as_deref().unwrap();
             let found = records.iter().find(|r| r["uri"] == uri);
             let found = found.unwrap_or_else(|| panic!("mapping {uri} not in the repo"));
-            assert_eq!(found["cid"].as_str(), m.cid.as_deref(), "{uri}: the mapped CID is the live one");
+            assert_eq!(
+                found["cid"].as_str(),
+                m.cid.as_deref(),
+                "{uri}: the mapped CID is the live one"
+            );
         }
     }
-    let publish_jobs: Vec<_> = job_rows(&db).into_iter().filter(|(k, _, _, _)| k == "publish_post").collect();
+    let publish_jobs: Vec<_> = job_rows(&db)
+        .into_iter()
+        .filter(|(k, _, _, _)| k == "publish_post")
+        .collect();
     assert_eq!(publish_jobs.len(), EVENTS);
-    assert!(publish_jobs.iter().all(|(_, _, s, _)| s == "succeeded"), "{publish_jobs:?}");
+    assert!(
+        publish_jobs.iter().all(|(_, _, s, _)| s == "succeeded"),
+        "{publish_jobs:?}"
+    );
 
     assert!(
         kills_in_flight >= 3,
         "only {kills_in_flight} of {kills} kills landed while publish jobs were running"
     );
-    assert!(failpoint_aborts >= 1, "no failpoint-armed restart aborted at a publish step");
+    assert!(
+        failpoint_aborts >= 1,
+        "no failpoint-armed restart aborted at a publish step"
+    );
 }

@@ -104,7 +104,9 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
         "rkey {rkey} is not a TID"
     );
 
-    let got = get_record(&probe, &did, POST, &rkey).await.expect("getRecord finds the post");
+    let got = get_record(&probe, &did, POST, &rkey)
+        .await
+        .expect("getRecord finds the post");
     assert_eq!(got["uri"], uri);
     assert_eq!(got["cid"], cid);
     let value = &got["value"];
@@ -162,15 +164,38 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     assert_eq!(media.hits("clip.mp4"), 1, "the video was fetched once");
 
     // 2. An addressable video (34235), then a newer revision of the same `d`, then an older one (than v2) arriving late.
-    let v1 = video_event(&keys, 34235, Some("clip-1"), "Long take", "first cut", &[], &url, &video, t0 + 10);
+    let v1 = video_event(
+        &keys,
+        34235,
+        Some("clip-1"),
+        "Long take",
+        "first cut",
+        &[],
+        &url,
+        &video,
+        t0 + 10,
+    );
     publish(&client_a, &v1).await;
     let (uri_v1, _) = published(&db, &v1.id, &bridge).await;
-    let v2 = video_event(&keys, 34235, Some("clip-1"), "Long take", "director's cut", &[], &url, &video, t0 + 20);
+    let v2 = video_event(
+        &keys,
+        34235,
+        Some("clip-1"),
+        "Long take",
+        "director's cut",
+        &[],
+        &url,
+        &video,
+        t0 + 20,
+    );
     publish(&client_b, &v2).await;
     let (uri_v2, _) = published(&db, &v2.id, &bridge).await;
     assert_ne!(uri_v1, uri_v2);
     let superseded = eventually(WAIT, || async {
-        get_record(&probe, &did, POST, rkey_of(&uri_v1)).await.is_none().then_some(())
+        get_record(&probe, &did, POST, rkey_of(&uri_v1))
+            .await
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(superseded.is_some(), "the old revision's record is still in the repo");
@@ -178,7 +203,17 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     let v2_rec = get_record(&probe, &did, POST, rkey_of(&uri_v2)).await.unwrap();
     assert_eq!(v2_rec["value"]["text"], "Long take\ndirector's cut");
     // Relay A still holds v1, so it accepts a revision dated between v1 and v2; to the bridge it is older than v2.
-    let v0 = video_event(&keys, 34235, Some("clip-1"), "Long take", "rough cut", &[], &url, &video, t0 + 15);
+    let v0 = video_event(
+        &keys,
+        34235,
+        Some("clip-1"),
+        "Long take",
+        "rough cut",
+        &[],
+        &url,
+        &video,
+        t0 + 15,
+    );
     publish(&client_a, &v0).await;
     let (state, code) = job_outcome(&db, &format!("publish:{}", v0.id), WAIT).await;
     assert_eq!((state.as_str(), code.as_deref()), ("ineligible", Some("superseded")));
@@ -285,7 +320,10 @@ async fn a_restart_mid_stream_loses_and_duplicates_nothing() {
     }
     assert_eq!(restarts, 2);
 
-    let all = eventually(Duration::from_secs(90), || async { (published_count() == N).then_some(()) }).await;
+    let all = eventually(Duration::from_secs(90), || async {
+        (published_count() == N).then_some(())
+    })
+    .await;
     assert!(
         all.is_some(),
         "not every event was published; jobs {:?}\nlog:\n{}",
