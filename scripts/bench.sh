@@ -5,6 +5,11 @@
 #           Postgres — BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432 — and drops it at the end).
 #           Prints queue_noop_jobs_per_sec, lease_p99_ms_empty, lease_p99_ms_backlog, lease_backlog_ratio.
 #           BENCH_JOBS (100000) and BENCH_BACKLOG (1000000) scale it down; BENCH_EXPLAIN=1 prints the lease plan.
+#   e2e     cross-posting lag and throughput against the localnet (scripts/localnet-up.sh is run first: it is
+#           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
+#           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the
+#           relay, then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms, e2e_lag_p99_ms,
+#           bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio. Uses only $LOCALNET_DIR/env.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
@@ -17,12 +22,23 @@ case "$suite" in
     cargo build --release -p divine-atbridge --bin bench >&2
     exec ./target/release/bench queue
     ;;
+  e2e)
+    if [[ -x scripts/localnet-up.sh ]]; then
+      CARGO_PROFILE="${CARGO_PROFILE:-release}" scripts/localnet-up.sh >&2
+    fi
+    env_file="${LOCALNET_DIR:-$PWD/.localnet}/env"
+    [[ -f "$env_file" ]] || { echo "scripts/bench.sh: no localnet env at $env_file" >&2; exit 1; }
+    # shellcheck disable=SC1090
+    source "$env_file"
+    cargo build --release -p divine-atbridge --bin bench >&2
+    exec ./target/release/bench e2e
+    ;;
   ""|-h|--help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
-    echo "scripts/bench.sh: unknown suite '$suite' (known: queue)" >&2
+    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e)" >&2
     exit 2
     ;;
 esac

@@ -14,6 +14,26 @@
 //! - `lease_backlog_ratio` — backlog p99 / empty p99.
 //!
 //! Must not touch any database other than the one it created.
+//!
+//! Suite `e2e` (owned by the cross-posting e2e tests): against a running localnet, reading ONLY its env contract
+//! (`DATABASE_URL`, `PDS_URL`, `RELAY_URL`, `MEDIA_URL` (serves `/tiny.mp4`), `GATEWAY_URL`,
+//! `GATEWAY_SERVICE_TOKEN`, `HANDLE_DOMAIN`). Opts in `BENCH_ACCOUNTS` (20) fresh Nostr keys through the gateway and
+//! waits until the bridge has provisioned them; publishes `BENCH_EVENTS` (500) signed NIP-71 videos round-robin
+//! across them to the relay as fast as it acknowledges; then, with the bridge idle, creates the same number of plain
+//! PDS accounts and writes equivalent post records with `putRecord`, one in-flight write per repo, all repos in
+//! parallel (the bridge's own shape: one running job per account). Prints:
+//! - `e2e_lag_p50_ms` / `e2e_lag_p99_ms` — per event, relay OK → the bridge has the PDS's putRecord answer (its
+//!   `record_mappings` row turns `published`, polled every 10 ms; the PDS commits before it answers, so the record is
+//!   readable by then — every one is then checked with `getRecord`);
+//! - `bridged_posts_per_sec` — events / (first publish → last record written);
+//! - `raw_pds_posts_per_sec` — posts / wall time of the raw putRecord phase (blob uploaded once per repo, untimed);
+//! - `bridge_vs_raw_pds_ratio` — bridged / raw;
+//! - context: `raw_pds_upload_put_posts_per_sec` (the raw phase again with an uploadBlob before each putRecord, the
+//!   PDS work the bridge does per post) and `bridge_vs_raw_upload_put_ratio`; `e2e_lag_unloaded_p50_ms` /
+//!   `_max_ms` from one warm-up event per account published only after the previous one was written (the pipeline's
+//!   latency without a queue; the 500 are a burst, so their lag includes queueing behind each other).
+//!
+//! Reads the bridge's tables; writes only through the gateway, the relay and the PDS (new accounts of its own).
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -80,7 +100,8 @@ fn main() -> std::process::ExitCode {
     let suite = std::env::args().nth(1).unwrap_or_default();
     let result = match suite.as_str() {
         "queue" => queue_suite(),
-        other => Err(anyhow::anyhow!("unknown bench suite {other:?} (known: queue)")),
+        "e2e" => e2e::suite(),
+        other => Err(anyhow::anyhow!("unknown bench suite {other:?} (known: queue, e2e)")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -243,4 +264,433 @@ fn explain(conn: &mut PgConnection) -> anyhow::Result<()> {
         eprintln!("{}", l.line);
     }
     Ok(())
+}
+
+/// Suite `e2e`: bridge lag and throughput against the localnet, and raw PDS putRecord throughput for comparison.
+mod e2e {
+    use anyhow::{bail, Context};
+    use diesel::prelude::*;
+    use divine_bridge_db::schema::{jobs, record_mappings};
+    use divine_bridge_db::Db;
+    use futures::future::join_all;
+    use futures::StreamExt;
+    use nostr_sdk::prelude::*;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    struct Env {
+        database_url: String,
+        pds_url: String,
+        relay_url: String,
+        media_url: String,
+        gateway_url: String,
+        gateway_token: String,
+        handle_domain: String,
+    }
+
+    fn var(name: &str) -> anyhow::Result<String> {
+        std::env::var(name).with_context(|| format!("{name} is not set (source the localnet env)"))
+    }
+
+    impl Env {
+        fn from_env() -> anyhow::Result<Env> {
+            Ok(Env {
+                database_url: var("DATABASE_URL")?,
+                pds_url: var("PDS_URL")?.trim_end_matches('/').to_string(),
+                relay_url: var("RELAY_URL")?,
+                media_url: var("MEDIA_URL")?.trim_end_matches('/').to_string(),
+                gateway_url: var("GATEWAY_URL")?.trim_end_matches('/').to_string(),
+                gateway_token: var("GATEWAY_SERVICE_TOKEN")?,
+                handle_domain: var("HANDLE_DOMAIN")?,
+            })
+        }
+    }
+
+    fn rand_name(n: usize) -> String {
+        (0..n).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
+    }
+
+    fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+        let idx = ((sorted.len() as f64) * p).ceil() as usize;
+        sorted[idx.saturating_sub(1).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+    }
+
+    async fn json_or_status(resp: reqwest::Response, what: &str) -> anyhow::Result<serde_json::Value> {
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            bail!("{what}: HTTP {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    pub fn suite() -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(run())
+    }
+
+    async fn run() -> anyhow::Result<()> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let env = Env::from_env()?;
+        let n_accounts: usize = super::env_or("BENCH_ACCOUNTS", 20);
+        let n_events: usize = super::env_or("BENCH_EVENTS", 500);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let db = Db::connect(&env.database_url, 2)?;
+
+        let video_url = format!("{}/tiny.mp4", env.media_url);
+        let video = http
+            .get(&video_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?
+            .to_vec();
+        let video_sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&video))
+        };
+
+        // 1. Opt in the accounts through the gateway and wait for the bridge to provision them.
+        let started = Instant::now();
+        let keys: Vec<Keys> = (0..n_accounts).map(|_| Keys::generate()).collect();
+        let opt_ins = keys.iter().map(|k| {
+            let (http, env) = (&http, &env);
+            async move {
+                let pubkey = k.public_key().to_hex();
+                let handle = format!("bn{}.{}", rand_name(10), env.handle_domain);
+                let resp = http
+                    .post(format!("{}/api/account-links/opt-in", env.gateway_url))
+                    .bearer_auth(&env.gateway_token)
+                    .json(&serde_json::json!({"nostr_pubkey": pubkey, "handle": handle}))
+                    .send()
+                    .await?;
+                json_or_status(resp, "opt-in").await?;
+                let deadline = Instant::now() + Duration::from_secs(180);
+                loop {
+                    let resp = http
+                        .get(format!("{}/api/account-links/{pubkey}/status", env.gateway_url))
+                        .bearer_auth(&env.gateway_token)
+                        .send()
+                        .await?;
+                    let body = json_or_status(resp, "status").await?;
+                    match body["provisioning_state"].as_str() {
+                        Some("ready") => return Ok::<String, anyhow::Error>(body["did"].as_str().unwrap_or("").into()),
+                        Some("failed") => bail!("provisioning {pubkey} failed: {body}"),
+                        _ if Instant::now() > deadline => bail!("{pubkey} not ready in 180 s: {body}"),
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        });
+        let dids: Vec<String> = join_all(opt_ins).await.into_iter().collect::<anyhow::Result<_>>()?;
+        eprintln!(
+            "bench: {n_accounts} accounts opted in and ready in {:.1?}",
+            started.elapsed()
+        );
+        // Let the ingest pick up the new authors (ACCOUNT_REFRESH_SECS) before the clock starts.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // 2. Connect to the relay.
+        let client = Client::default();
+        client.add_relay(env.relay_url.as_str()).await?;
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(10)).await;
+        let video_tag = || {
+            Tag::parse([
+                "imeta".to_string(),
+                format!("url {video_url}"),
+                "m video/mp4".to_string(),
+                format!("x {video_sha}"),
+                "dim 64x64".to_string(),
+            ])
+            .unwrap()
+        };
+        // 2a. Unloaded: one event per account, each published only after the previous one is written.
+        let mut unloaded: Vec<Duration> = Vec::new();
+        for (a, k) in keys.iter().enumerate() {
+            let e = EventBuilder::new(Kind::from(22u16), format!("bench warm-up {a}"))
+                .tags([video_tag()])
+                .sign_with_keys(k)?;
+            let out = client.send_event(&e).await?;
+            let ok = Instant::now();
+            if out.success.is_empty() {
+                bail!("relay refused a warm-up event: {:?}", out.failed);
+            }
+            let seen = wait_published(&db, &e.id.to_hex(), Duration::from_secs(60)).await?;
+            unloaded.push(seen - ok);
+        }
+        unloaded.sort();
+        eprintln!(
+            "bench: unloaded lag over {} events: p50 {:.0} ms, max {:.0} ms",
+            unloaded.len(),
+            percentile_ms(&unloaded, 0.5),
+            percentile_ms(&unloaded, 1.0)
+        );
+
+        // 2b. The burst.
+        let now = Timestamp::now().as_secs();
+        let events: Vec<Event> = (0..n_events)
+            .map(|i| {
+                EventBuilder::new(Kind::from(22u16), format!("bench clip {i} #divinebench"))
+                    .tags([video_tag(), Tag::hashtag("divinebench")])
+                    .custom_created_at(Timestamp::from(now))
+                    .sign_with_keys(&keys[i % n_accounts])
+                    .unwrap()
+            })
+            .collect();
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
+        let index: HashMap<String, usize> = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        let mut ok_at: Vec<Option<Instant>> = vec![None; n_events];
+        let mut seen_at: Vec<Option<Instant>> = vec![None; n_events];
+        let mut uris: Vec<Option<String>> = vec![None; n_events];
+
+        let first_publish = Instant::now();
+        let (ok_tx, mut ok_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+        let publisher = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for (i, e) in events.iter().enumerate() {
+                    let out = client.send_event(e).await?;
+                    if out.success.is_empty() {
+                        bail!("relay refused event {i}: {:?}", out.failed);
+                    }
+                    let _ = ok_tx.send((i, Instant::now()));
+                }
+                Ok(())
+            })
+        };
+        // Poll the mappings every 10 ms until every event is written (or 5 minutes pass).
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut remaining = n_events;
+        while remaining > 0 {
+            while let Ok((i, t)) = ok_rx.try_recv() {
+                ok_at[i] = Some(t);
+            }
+            let pending: Vec<String> = (0..n_events)
+                .filter(|i| seen_at[*i].is_none())
+                .map(|i| ids[i].clone())
+                .collect();
+            let rows: Vec<(String, Option<String>)> = db
+                .run(move |c| {
+                    Ok(record_mappings::table
+                        .filter(record_mappings::state.eq("published"))
+                        .filter(record_mappings::nostr_event_id.eq_any(&pending))
+                        .select((record_mappings::nostr_event_id, record_mappings::at_uri))
+                        .load(c)?)
+                })
+                .await?;
+            let t = Instant::now();
+            for (id, uri) in rows {
+                let i = index[&id];
+                if seen_at[i].is_none() {
+                    seen_at[i] = Some(t);
+                    uris[i] = uri;
+                    remaining -= 1;
+                }
+            }
+            if Instant::now() > deadline {
+                let stuck: Vec<(String, String, Option<String>)> = db
+                    .run(move |c| {
+                        Ok(jobs::table
+                            .filter(jobs::kind.eq("publish_post"))
+                            .filter(jobs::state.ne("succeeded"))
+                            .select((jobs::ordering_key, jobs::state, jobs::last_error_code))
+                            .limit(10)
+                            .load(c)?)
+                    })
+                    .await?;
+                bail!("{remaining} of {n_events} events not bridged within 5 minutes; e.g. {stuck:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher.await??;
+        while let Ok((i, t)) = ok_rx.try_recv() {
+            ok_at[i] = Some(t);
+        }
+        let last_seen = seen_at.iter().flatten().max().copied().unwrap();
+        let bridge_secs = (last_seen - first_publish).as_secs_f64();
+        let publish_secs = ok_at
+            .iter()
+            .flatten()
+            .max()
+            .map(|t| (*t - first_publish).as_secs_f64())
+            .unwrap_or(0.0);
+        let mut lags: Vec<Duration> = (0..n_events)
+            .map(|i| {
+                let (ok, seen) = (ok_at[i].unwrap(), seen_at[i].unwrap());
+                seen.saturating_duration_since(ok)
+            })
+            .collect();
+        lags.sort();
+        eprintln!(
+            "bench: {n_events} events published in {publish_secs:.2} s, all bridged {bridge_secs:.2} s after the first"
+        );
+
+        // Every bridged record is readable on the PDS.
+        let checks = uris.iter().map(|uri| {
+            let (http, env) = (&http, &env);
+            async move {
+                let uri = uri.as_deref().context("published mapping without an at_uri")?;
+                let parts: Vec<&str> = uri.trim_start_matches("at://").splitn(3, '/').collect();
+                let resp = http
+                    .get(format!("{}/xrpc/com.atproto.repo.getRecord", env.pds_url))
+                    .query(&[("repo", parts[0]), ("collection", parts[1]), ("rkey", parts[2])])
+                    .send()
+                    .await?;
+                json_or_status(resp, "getRecord").await.map(|_| ())
+            }
+        });
+        let results: Vec<anyhow::Result<()>> = futures::stream::iter(checks).buffer_unordered(20).collect().await;
+        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        eprintln!(
+            "bench: all {n_events} bridged records readable with getRecord ({} repos)",
+            dids.len()
+        );
+        let sample_record: serde_json::Value = {
+            let id = ids[0].clone();
+            db.run(move |c| {
+                Ok(record_mappings::table
+                    .find(id)
+                    .select(record_mappings::record)
+                    .first::<Option<serde_json::Value>>(c)?)
+            })
+            .await?
+            .context("no stored record")?
+        };
+
+        // 3. Raw PDS: as many plain accounts, equivalent records, one in-flight putRecord per repo, all in parallel.
+        let setups = (0..n_accounts).map(|_| {
+            let (http, env, video) = (&http, &env, &video);
+            async move {
+                let handle = format!("rw{}.test", rand_name(10));
+                let resp = http
+                    .post(format!("{}/xrpc/com.atproto.server.createAccount", env.pds_url))
+                    .json(&serde_json::json!({
+                        "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24)
+                    }))
+                    .send()
+                    .await?;
+                let body = json_or_status(resp, "createAccount").await?;
+                let (did, jwt) = (
+                    body["did"].as_str().unwrap().to_string(),
+                    body["accessJwt"].as_str().unwrap().to_string(),
+                );
+                let resp = http
+                    .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", env.pds_url))
+                    .bearer_auth(&jwt)
+                    .header("content-type", "video/mp4")
+                    .body(video.clone())
+                    .send()
+                    .await?;
+                let blob = json_or_status(resp, "uploadBlob").await?["blob"].clone();
+                Ok::<_, anyhow::Error>((did, jwt, blob))
+            }
+        });
+        let raw_accounts: Vec<(String, String, serde_json::Value)> =
+            join_all(setups).await.into_iter().collect::<anyhow::Result<_>>()?;
+        let (raw_posts, raw_secs) = raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, None).await?;
+        eprintln!("bench: raw putRecord: {raw_posts} posts over {n_accounts} repos in {raw_secs:.2} s");
+        let (full_posts, full_secs) =
+            raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, Some(&video)).await?;
+        eprintln!("bench: raw uploadBlob+putRecord: {full_posts} posts over {n_accounts} repos in {full_secs:.2} s");
+
+        let bridged_pps = n_events as f64 / bridge_secs;
+        let raw_pps = raw_posts as f64 / raw_secs;
+        println!("e2e_lag_p50_ms={:.0}", percentile_ms(&lags, 0.50));
+        println!("e2e_lag_p99_ms={:.0}", percentile_ms(&lags, 0.99));
+        println!("bridged_posts_per_sec={bridged_pps:.1}");
+        println!("raw_pds_posts_per_sec={raw_pps:.1}");
+        println!("bridge_vs_raw_pds_ratio={:.2}", bridged_pps / raw_pps);
+        // Context: the same work the bridge does per post on the PDS (uploadBlob + putRecord), and unloaded lag.
+        let full_pps = full_posts as f64 / full_secs;
+        println!("raw_pds_upload_put_posts_per_sec={full_pps:.1}");
+        println!("bridge_vs_raw_upload_put_ratio={:.2}", bridged_pps / full_pps);
+        println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
+        println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
+        client.shutdown().await;
+        Ok(())
+    }
+
+    /// Writes `n_events` equivalent post records across `accounts` with `putRecord`, one in-flight write per repo and
+    /// all repos in parallel; with `upload`, each post first uploads its blob (as the bridge does). Returns
+    /// (posts, seconds).
+    async fn raw_writes(
+        http: &reqwest::Client,
+        env: &Env,
+        accounts: &[(String, String, serde_json::Value)],
+        sample_record: &serde_json::Value,
+        n_events: usize,
+        upload: Option<&[u8]>,
+    ) -> anyhow::Result<(usize, f64)> {
+        let n_accounts = accounts.len();
+        let clock = std::sync::atomic::AtomicU64::new(0);
+        let started = Instant::now();
+        let writers = accounts.iter().enumerate().map(|(a, (did, jwt, blob))| {
+            let clock = &clock;
+            let mut record = sample_record.clone();
+            record["embed"]["video"] = blob.clone();
+            async move {
+                let mine = (a..n_events).step_by(n_accounts).count();
+                for k in 0..mine {
+                    if let Some(bytes) = upload {
+                        let resp = http
+                            .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", env.pds_url))
+                            .bearer_auth(jwt)
+                            .header("content-type", "video/mp4")
+                            .body(bytes.to_vec())
+                            .send()
+                            .await?;
+                        record["embed"]["video"] = json_or_status(resp, "uploadBlob").await?["blob"].clone();
+                    }
+                    record["text"] = serde_json::json!(format!("raw clip {a}-{k} #divinebench"));
+                    let now = chrono::Utc::now();
+                    record["createdAt"] = serde_json::json!(now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+                    let seq = clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let rkey = divine_atbridge::tid::tid_for(now.timestamp_micros() as u64, (seq % 1024) as u16)?;
+                    let resp = http
+                        .post(format!("{}/xrpc/com.atproto.repo.putRecord", env.pds_url))
+                        .bearer_auth(jwt)
+                        .json(&serde_json::json!({
+                            "repo": did, "collection": "app.bsky.feed.post", "rkey": rkey.to_string(), "record": record
+                        }))
+                        .send()
+                        .await?;
+                    json_or_status(resp, "putRecord").await?;
+                }
+                Ok::<usize, anyhow::Error>(mine)
+            }
+        });
+        let posts: usize = join_all(writers)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<usize>>>()?
+            .into_iter()
+            .sum();
+        Ok((posts, started.elapsed().as_secs_f64()))
+    }
+
+    /// Polls `record_mappings` every 5 ms until `event_id` is published; returns when it was seen.
+    async fn wait_published(db: &Db, event_id: &str, timeout: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let id = event_id.to_string();
+            let state: Option<String> = db
+                .run(move |c| {
+                    Ok(record_mappings::table
+                        .find(id)
+                        .select(record_mappings::state)
+                        .first(c)
+                        .optional()?)
+                })
+                .await?;
+            if state.as_deref() == Some("published") {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("event {event_id} not published within {timeout:?} (state {state:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
