@@ -351,6 +351,27 @@ mod e2e {
             hex::encode(sha2::Sha256::digest(&video))
         };
 
+        // 0. Context: the bridge's own media fetch of that file (SSRF-checked, one client per hop), unloaded.
+        let fetcher = divine_atbridge::media::MediaFetcher::new(divine_atbridge::media::MediaFetchConfig::new(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            true,
+        ));
+        let mut fetches = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            fetcher
+                .fetch(&video_url, Some(&video_sha), divine_atbridge::media::MediaKind::Video)
+                .await
+                .map_err(|e| anyhow::anyhow!("media fetch: {e}"))?;
+            fetches.push(t.elapsed());
+        }
+        fetches.sort();
+        eprintln!(
+            "bench: media fetch of {video_url} (unloaded): p50 {:.1} ms, p99 {:.1} ms",
+            percentile_ms(&fetches, 0.5),
+            percentile_ms(&fetches, 0.99)
+        );
+
         // 1. Opt in the accounts through the gateway and wait for the bridge to provision them.
         let started = Instant::now();
         let keys: Vec<Keys> = (0..n_accounts).map(|_| Keys::generate()).collect();
