@@ -138,9 +138,12 @@ async fn run() -> Result<(), AppError> {
         shutdown_rx.clone(),
     ));
     let ingest_cfg = crate::ingest::IngestConfig {
-        relays: config.crosspost.relays.clone(),
-        cursor_overlap: config.crosspost.cursor_overlap,
-        account_refresh: config.crosspost.account_refresh,
+        authors_per_subscription: config.crosspost.authors_per_subscription,
+        ..crate::ingest::IngestConfig::new(
+            config.crosspost.relays.clone(),
+            config.crosspost.cursor_overlap,
+            config.crosspost.account_refresh,
+        )
     };
     let ingest = tokio::spawn(crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone()));
     let registry = handlers.registry();

@@ -144,6 +144,8 @@ pub struct CrosspostConfig {
     pub relays: Vec<String>,
     pub cursor_overlap: Duration,
     pub account_refresh: Duration,
+    /// `NOSTR_AUTHORS_PER_SUBSCRIPTION` (250): authors per live subscription filter (relays cap it).
+    pub authors_per_subscription: usize,
     pub media_allowed_hosts: Vec<String>,
     pub media_allow_loopback: bool,
     pub media_timeout: Duration,
@@ -165,6 +167,18 @@ impl CrosspostConfig {
             relays,
             cursor_overlap: Duration::from_secs(parse_or("CURSOR_OVERLAP_SECS", 300u64)?),
             account_refresh: Duration::from_secs(parse_or("ACCOUNT_REFRESH_SECS", 5u64)?),
+            authors_per_subscription: match parse_or(
+                "NOSTR_AUTHORS_PER_SUBSCRIPTION",
+                crate::ingest::DEFAULT_AUTHORS_PER_SUBSCRIPTION,
+            )? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "NOSTR_AUTHORS_PER_SUBSCRIPTION",
+                        reason: "must be at least 1".into(),
+                    })
+                }
+                n => n,
+            },
             media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
             media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),

@@ -10,6 +10,16 @@
 //! replay could skip older ones after a crash) and, after EOSE, as live events are enqueued. Every (re)subscription
 //! asks for `since = cursor - CURSOR_OVERLAP_SECS`; the overlap re-delivers events already seen, which the jobs'
 //! unique keys turn into no-ops. Several replicas may ingest at once for the same reason.
+//!
+//! Relay limits: the author set is split over several subscriptions (`divine-bridge-live-<n>`, at most
+//! `authors_per_subscription` authors each), because relays cap the authors of one filter. A relay that ends a
+//! subscription with `CLOSED` (too many authors, rate limit, auth required, …) is counted in
+//! `bridge_relay_subscriptions_closed_total{relay,reason}` and resubscribed after `closed_retry`; until its every
+//! subscription has reached EOSE again its cursor does not move. Relays also cap how many stored events one REQ
+//! replays: a replay that delivered at least `replay_truncation_hint` events may have been cut, so the bridge pages
+//! back from the oldest one delivered (`until`) to `since` until a page adds nothing new, and only then counts the
+//! subscription as caught up. An event that could not be enqueued (database down) holds the relay's cursor and
+//! triggers a resubscription, so it is read again.
 
 use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
@@ -19,7 +29,7 @@ use divine_bridge_db::schema::account_links;
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{records, Db, DbError, JobKind};
 use nostr_sdk::prelude::*;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,7 +37,18 @@ use tokio::sync::watch;
 pub const KINDS: [u16; 6] = [0, 5, 21, 22, 34235, 34236];
 /// Events dated further in the future than this are rejected.
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(600);
-const SUBSCRIPTION_ID: &str = "divine-bridge-live";
+/// Live subscription ids are this prefix plus the chunk number.
+const SUBSCRIPTION_PREFIX: &str = "divine-bridge-live-";
+/// Default authors per live subscription (`NOSTR_AUTHORS_PER_SUBSCRIPTION`): below the usual relay caps on one
+/// filter's authors (strfry and nostr-rs-relay accept several hundred; some public relays 256–1,000).
+pub const DEFAULT_AUTHORS_PER_SUBSCRIPTION: usize = 250;
+/// A stored replay of at least this many events may have been truncated by the relay (common caps: 100–5,000).
+pub const DEFAULT_REPLAY_TRUNCATION_HINT: usize = 100;
+/// How long ingest waits before resubscribing to a relay that closed a subscription or whose events could not be
+/// enqueued.
+pub const DEFAULT_CLOSED_RETRY: Duration = Duration::from_secs(30);
+/// Time allowed for one page of a truncated-replay catch-up.
+const CATCH_UP_PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ingest settings (from env via `config`).
 #[derive(Debug, Clone)]
@@ -36,6 +57,69 @@ pub struct IngestConfig {
     pub cursor_overlap: Duration,
     /// How often the opted-in author set is re-read (subscription updated without restart).
     pub account_refresh: Duration,
+    /// At most this many authors in one subscription's filter (≥ 1).
+    pub authors_per_subscription: usize,
+    /// A stored replay of at least this many events is paged back to `since` before the cursor may move (≥ 1).
+    pub replay_truncation_hint: usize,
+    /// Delay before resubscribing after `CLOSED` or a failed enqueue.
+    pub closed_retry: Duration,
+}
+
+impl IngestConfig {
+    /// Settings with the default relay limits.
+    pub fn new(relays: Vec<String>, cursor_overlap: Duration, account_refresh: Duration) -> IngestConfig {
+        IngestConfig {
+            relays,
+            cursor_overlap,
+            account_refresh,
+            authors_per_subscription: DEFAULT_AUTHORS_PER_SUBSCRIPTION,
+            replay_truncation_hint: DEFAULT_REPLAY_TRUNCATION_HINT,
+            closed_retry: DEFAULT_CLOSED_RETRY,
+        }
+    }
+}
+
+/// The `reason` label of `bridge_relay_subscriptions_closed_total`: the NIP-01 machine-readable prefix of a
+/// `CLOSED` message (`rate-limited: slow down` → `rate-limited`), or `other`. A closed set, so cardinality stays small.
+pub fn closed_reason(message: &str) -> &'static str {
+    const PREFIXES: [&str; 9] = [
+        "auth-required",
+        "blocked",
+        "duplicate",
+        "error",
+        "invalid",
+        "mute",
+        "pow",
+        "rate-limited",
+        "restricted",
+    ];
+    let prefix = message.split(':').next().unwrap_or("").trim();
+    PREFIXES.iter().find(|p| **p == prefix).copied().unwrap_or("other")
+}
+
+fn chunk_of(id: &SubscriptionId) -> Option<usize> {
+    id.as_str().strip_prefix(SUBSCRIPTION_PREFIX)?.parse().ok()
+}
+
+fn subscription_id(chunk: usize) -> SubscriptionId {
+    SubscriptionId::new(format!("{SUBSCRIPTION_PREFIX}{chunk}"))
+}
+
+/// The opted-in authors split into subscription-sized chunks (sorted, so a chunk's members only shift when the set
+/// changes).
+fn chunk_authors(authors: &BTreeSet<String>, per: usize) -> Vec<Vec<PublicKey>> {
+    let keys: Vec<PublicKey> = authors.iter().filter_map(|a| PublicKey::from_hex(a).ok()).collect();
+    keys.chunks(per.max(1)).map(|c| c.to_vec()).collect()
+}
+
+fn live_filter(authors: &[PublicKey], since: Option<Timestamp>) -> Filter {
+    let mut filter = Filter::new()
+        .authors(authors.iter().copied())
+        .kinds(KINDS.iter().map(|k| Kind::from(*k)));
+    if let Some(since) = since {
+        filter = filter.since(since);
+    }
+    filter
 }
 
 /// Why an event was refused; the label of `bridge_nostr_events_rejected_total{reason}`.
@@ -113,12 +197,27 @@ pub fn load_enabled_authors(conn: &mut PgConnection) -> Result<BTreeSet<String>,
     Ok(rows.into_iter().collect())
 }
 
+/// One relay's view of the current subscription generation.
 #[derive(Default)]
 struct RelayProgress {
-    eose: bool,
+    connected: bool,
+    /// `since` of the current generation (also the floor of a truncated-replay catch-up).
+    since: Option<Timestamp>,
+    /// Chunks whose stored replay is complete (EOSE received, and caught up when truncated).
+    caught_up: HashSet<usize>,
+    /// Per chunk, stored events delivered before its EOSE and the oldest `created_at` among them.
+    replayed: HashMap<usize, (usize, Timestamp)>,
     /// Newest enqueued (created_at, id) not yet written to `relay_cursors`.
     pending: Option<(DateTime<Utc>, String)>,
-    connected: bool,
+    /// Set after `CLOSED` or a failed enqueue: resubscribe at this time; the cursor holds until then.
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl RelayProgress {
+    /// Every chunk of the current generation caught up and nothing waiting for a retry: the cursor may advance.
+    fn complete(&self, chunks: usize) -> bool {
+        self.retry_at.is_none() && self.caught_up.len() >= chunks
+    }
 }
 
 /// The live subscription loop. Returns when `shutdown` flips to true.
@@ -141,6 +240,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
     let mut notifications = client.notifications();
 
     let mut authors: BTreeSet<String> = BTreeSet::new();
+    let mut chunks: Vec<Vec<PublicKey>> = Vec::new();
     let mut progress: HashMap<String, RelayProgress> = HashMap::new();
     let mut refresh = tokio::time::interval(cfg.account_refresh);
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
@@ -154,9 +254,14 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                     Ok(now_authors) if now_authors != authors => {
                         tracing::info!(count = now_authors.len(), "opted-in author set changed; resubscribing");
                         authors = now_authors;
+                        let previous = chunks.len();
+                        chunks = chunk_authors(&authors, cfg.authors_per_subscription);
+                        for stale in chunks.len()..previous {
+                            client.unsubscribe(&subscription_id(stale)).await;
+                        }
                         for relay in &cfg.relays {
-                            subscribe_relay(&client, &db, &cfg, relay, &authors).await;
-                            progress.entry(relay_key(relay)).or_default().eose = false;
+                            let entry = progress.entry(relay_key(relay)).or_default();
+                            subscribe_relay(&client, &db, &cfg, relay, &chunks, entry).await;
                         }
                     }
                     Ok(_) => {}
@@ -169,15 +274,16 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                     let connected = relay.is_connected();
                     metrics::gauge!("bridge_relay_connected", "relay" => key.clone()).set(if connected { 1.0 } else { 0.0 });
                     let entry = progress.entry(key.clone()).or_default();
-                    if connected && !entry.connected && !authors.is_empty() {
-                        // (Re)connected: resubscribe from the persisted cursor minus the overlap.
-                        entry.eose = false;
-                        subscribe_relay(&client, &db, &cfg, &key, &authors).await;
+                    let reconnected = connected && !entry.connected;
+                    let retry_due = connected && entry.retry_at.is_some_and(|t| t <= tokio::time::Instant::now());
+                    if (reconnected || retry_due) && !chunks.is_empty() {
+                        // (Re)connected or retrying: resubscribe from the persisted cursor minus the overlap.
+                        subscribe_relay(&client, &db, &cfg, &key, &chunks, entry).await;
                     }
                     entry.connected = connected;
                 }
             }
-            _ = flush_tick.tick() => flush_cursors(&db, &mut progress).await,
+            _ = flush_tick.tick() => flush_cursors(&db, &mut progress, chunks.len()).await,
             n = notifications.recv() => {
                 let n = match n {
                     Ok(n) => n,
@@ -185,7 +291,8 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                         // Dropped notifications are recovered by the cursor overlap on the next resubscribe.
                         tracing::warn!(lagged = k, "ingest fell behind the relay pool; resubscribing");
                         for relay in &cfg.relays {
-                            subscribe_relay(&client, &db, &cfg, relay, &authors).await;
+                            let entry = progress.entry(relay_key(relay)).or_default();
+                            subscribe_relay(&client, &db, &cfg, relay, &chunks, entry).await;
                         }
                         continue;
                     }
@@ -194,27 +301,81 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 let RelayPoolNotification::Message { relay_url, message } = n else { continue };
                 let relay = relay_url.to_string();
                 match message {
-                    RelayMessage::Event { subscription_id, event } if subscription_id.as_str() == SUBSCRIPTION_ID => {
+                    RelayMessage::Event { subscription_id, event } => {
+                        let Some(chunk) = chunk_of(&subscription_id) else { continue };
                         let event = event.into_owned();
-                        if let Some(done) = accept(&db, &authors, event).await {
-                            let entry = progress.entry(relay).or_default();
-                            if entry.pending.as_ref().is_none_or(|p| *p < done) {
-                                entry.pending = Some(done);
+                        let created = event.created_at;
+                        let done = accept(&db, &authors, event).await;
+                        let entry = progress.entry(relay).or_default();
+                        if !entry.caught_up.contains(&chunk) {
+                            let r = entry.replayed.entry(chunk).or_insert((0, created));
+                            r.0 += 1;
+                            r.1 = r.1.min(created);
+                        }
+                        note_accepted(entry, done, &cfg);
+                    }
+                    RelayMessage::EndOfStoredEvents(sub) => {
+                        let Some(chunk) = chunk_of(&sub) else { continue };
+                        let Some(authors_of_chunk) = chunks.get(chunk).cloned() else { continue };
+                        let entry = progress.entry(relay.clone()).or_default();
+                        let (count, oldest) = entry.replayed.remove(&chunk).unwrap_or((0, Timestamp::now()));
+                        if count >= cfg.replay_truncation_hint.max(1) {
+                            tracing::info!(relay = %relay, chunk, count, "stored replay may be truncated; paging back");
+                            let floor = entry.since;
+                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, entry, &cfg).await;
+                            if !ok {
+                                continue;
                             }
                         }
+                        entry.caught_up.insert(chunk);
+                        flush_cursors(&db, &mut progress, chunks.len()).await;
                     }
-                    RelayMessage::EndOfStoredEvents(sub) if sub.as_str() == SUBSCRIPTION_ID => {
-                        progress.entry(relay).or_default().eose = true;
-                        flush_cursors(&db, &mut progress).await;
+                    RelayMessage::Closed { subscription_id, message } => {
+                        let Some(chunk) = chunk_of(&subscription_id) else { continue };
+                        let reason = closed_reason(&message);
+                        metrics::counter!("bridge_relay_subscriptions_closed_total", "relay" => relay.clone(), "reason" => reason)
+                            .increment(1);
+                        tracing::warn!(
+                            code = "relay_subscription_closed",
+                            relay = %relay,
+                            chunk,
+                            reason,
+                            message = %message,
+                            retry_in_secs = cfg.closed_retry.as_secs(),
+                            "relay closed a subscription; its cursor holds until the resubscription catches up"
+                        );
+                        let entry = progress.entry(relay).or_default();
+                        entry.caught_up.remove(&chunk);
+                        entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
+                    }
+                    RelayMessage::Notice(message) => {
+                        tracing::warn!(relay = %relay, notice = %message, "relay notice");
                     }
                     _ => {}
                 }
             }
         }
     }
-    flush_cursors(&db, &mut progress).await;
+    flush_cursors(&db, &mut progress, chunks.len()).await;
     client.shutdown().await;
     Ok(())
+}
+
+/// Records the outcome of [`accept`]: the newest durable position, or — when the event could not be enqueued — a
+/// hold on the relay's cursor and a resubscription after `closed_retry`.
+fn note_accepted(entry: &mut RelayProgress, done: Option<(DateTime<Utc>, String)>, cfg: &IngestConfig) {
+    match done {
+        Some(done) => {
+            if entry.pending.as_ref().is_none_or(|p| *p < done) {
+                entry.pending = Some(done);
+            }
+        }
+        None => {
+            entry
+                .retry_at
+                .get_or_insert(tokio::time::Instant::now() + cfg.closed_retry);
+        }
+    }
 }
 
 fn relay_key(url: &str) -> String {
@@ -223,39 +384,97 @@ fn relay_key(url: &str) -> String {
         .unwrap_or_else(|_| url.to_string())
 }
 
-async fn subscribe_relay(client: &Client, db: &Db, cfg: &IngestConfig, relay: &str, authors: &BTreeSet<String>) {
+/// Starts a new subscription generation on one relay: every chunk from the persisted cursor minus the overlap.
+async fn subscribe_relay(
+    client: &Client,
+    db: &Db,
+    cfg: &IngestConfig,
+    relay: &str,
+    chunks: &[Vec<PublicKey>],
+    entry: &mut RelayProgress,
+) {
     let key = relay_key(relay);
-    if authors.is_empty() {
-        client.unsubscribe(&SubscriptionId::new(SUBSCRIPTION_ID)).await;
+    entry.caught_up.clear();
+    entry.replayed.clear();
+    entry.retry_at = None;
+    if chunks.is_empty() {
         return;
     }
     let cursor = {
         let key = key.clone();
         db.run(move |c| records::get_cursor(c, &key)).await
     };
+    // No cursor yet (a new relay or a fresh database): start at now minus the overlap. Older history is the
+    // `backfill_author` job's, which every opt-in and re-enable enqueues.
+    let overlap = cfg.cursor_overlap.as_secs() as i64;
     let since = match cursor {
-        Ok(Some((at, _))) => Some(at.timestamp() - cfg.cursor_overlap.as_secs() as i64),
-        Ok(None) => None,
+        Ok(Some((at, _))) => at.timestamp() - overlap,
+        Ok(None) => Utc::now().timestamp() - overlap,
         Err(e) => {
             tracing::warn!(relay = %key, error = %e, "cursor unavailable; subscribing with overlap from now");
-            Some(Utc::now().timestamp() - cfg.cursor_overlap.as_secs() as i64)
+            Utc::now().timestamp() - overlap
         }
     };
-    let pubkeys: Vec<PublicKey> = authors.iter().filter_map(|a| PublicKey::from_hex(a).ok()).collect();
-    let mut filter = Filter::new()
-        .authors(pubkeys)
-        .kinds(KINDS.iter().map(|k| Kind::from(*k)));
-    if let Some(since) = since {
-        filter = filter.since(Timestamp::from(since.max(0) as u64));
-    }
-    match client
-        .subscribe_with_id_to([key.as_str()], SubscriptionId::new(SUBSCRIPTION_ID), filter, None)
-        .await
-    {
-        Ok(_) => tracing::info!(relay = %key, ?since, authors = authors.len(), "subscribed"),
-        Err(e) => {
-            tracing::warn!(relay = %key, error = %e, "subscribe failed; retried on reconnect")
+    let since = Some(Timestamp::from(since.max(0) as u64));
+    entry.since = since;
+    for (i, authors) in chunks.iter().enumerate() {
+        let filter = live_filter(authors, since);
+        if let Err(e) = client
+            .subscribe_with_id_to([key.as_str()], subscription_id(i), filter, None)
+            .await
+        {
+            tracing::warn!(relay = %key, chunk = i, error = %e, "subscribe failed; retrying later");
+            entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
         }
+    }
+    tracing::info!(relay = %key, ?since, chunks = chunks.len(), "subscribed");
+}
+
+/// Pages one chunk's history on `relay` back from `until` (inclusive: events sharing that second are re-fetched and
+/// deduplicated) to `since`, enqueueing every accepted event, until a page adds nothing new. Returns false when the
+/// catch-up could not finish (fetch or enqueue failed); a resubscription is then scheduled.
+#[allow(clippy::too_many_arguments)]
+async fn catch_up(
+    client: &Client,
+    db: &Db,
+    authors: &BTreeSet<String>,
+    relay: &str,
+    chunk: &[PublicKey],
+    since: Option<Timestamp>,
+    mut until: Timestamp,
+    entry: &mut RelayProgress,
+    cfg: &IngestConfig,
+) -> bool {
+    let mut seen: HashSet<EventId> = HashSet::new();
+    loop {
+        let filter = live_filter(chunk, since).until(until);
+        let events = match client.fetch_events_from([relay], filter, CATCH_UP_PAGE_TIMEOUT).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(relay = %relay, error = %e, "catch-up page failed; resubscribing later");
+                entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
+                return false;
+            }
+        };
+        let mut new = 0usize;
+        let mut oldest = until;
+        for event in events.into_iter() {
+            oldest = oldest.min(event.created_at);
+            if !seen.insert(event.id) {
+                continue;
+            }
+            new += 1;
+            let done = accept(db, authors, event).await;
+            if done.is_none() {
+                note_accepted(entry, None, cfg);
+                return false;
+            }
+            note_accepted(entry, done, cfg);
+        }
+        if new == 0 || since.is_some_and(|s| oldest <= s) {
+            return true;
+        }
+        until = oldest;
     }
 }
 
@@ -281,9 +500,9 @@ async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event) -> Option<(Da
     }
 }
 
-async fn flush_cursors(db: &Db, progress: &mut HashMap<String, RelayProgress>) {
+async fn flush_cursors(db: &Db, progress: &mut HashMap<String, RelayProgress>, chunks: usize) {
     for (relay, p) in progress.iter_mut() {
-        if !p.eose {
+        if chunks == 0 || !p.complete(chunks) {
             continue;
         }
         if let Some((at, id)) = p.pending.take() {
@@ -333,11 +552,9 @@ pub async fn backfill(
         if new == 0 || collected.len() >= max_events {
             break;
         }
-        // Step back one second past the oldest seen; events sharing that second are re-fetched and deduplicated.
-        until = oldest.map(|o| Timestamp::from(o.as_secs().saturating_sub(1)));
-        if until.is_some_and(|u| u.as_secs() == 0) {
-            break;
-        }
+        // Continue from the oldest second seen (inclusive): events sharing it that did not fit in the page are
+        // fetched by the next page, the ones already seen are deduplicated, and a page adding nothing ends the walk.
+        until = oldest;
     }
     client.shutdown().await;
     let mut events: Vec<Event> = collected

@@ -19,6 +19,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_expired_leases",
     "bridge_watchdog_reclaimed_total",
     "bridge_relay_connected",
+    "bridge_relay_subscriptions_closed_total",
     "bridge_nostr_events_rejected_total",
     "bridge_publish_lag_seconds",
     "bridge_pds_requests_total",
@@ -88,6 +89,10 @@ fn describe() {
         "Jobs put back in the queue by the watchdog after their lease expired."
     );
     describe_gauge!("bridge_relay_connected", "1 when the relay connection is up, by relay.");
+    describe_counter!(
+        "bridge_relay_subscriptions_closed_total",
+        "Live subscriptions a relay ended with CLOSED, by relay and NIP-01 reason prefix; each is retried."
+    );
     describe_counter!(
         "bridge_nostr_events_rejected_total",
         "Nostr events refused at ingest, by reason."
