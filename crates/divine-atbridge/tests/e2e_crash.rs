@@ -109,16 +109,21 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
             failpoint_aborts += 1;
         } else {
             // Aim at a publish in progress when there is one soon (then a random 0-150 ms into it).
-            let aim = Instant::now() + Duration::from_millis(1500);
+            let aim = Instant::now() + Duration::from_millis(3000);
             while in_flight(&db, &dead_owners) == 0 && Instant::now() < aim && !bridge.exited() {
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
             let in_flight = in_flight(&db, &dead_owners);
-            bridge.kill();
-            kills += 1;
-            if in_flight > 0 {
-                kills_in_flight += 1;
+            if bridge.exited() {
+                // It reached its armed failpoint while we were aiming.
+                failpoint_aborts += 1;
+            } else {
+                bridge.kill();
+                kills += 1;
+                if in_flight > 0 {
+                    kills_in_flight += 1;
+                }
             }
         }
         restarts += 1;
