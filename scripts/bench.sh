@@ -8,8 +8,9 @@
 #   e2e     cross-posting lag and throughput against the localnet (scripts/localnet-up.sh is run first: it is
 #           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
 #           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the
-#           relay, then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms, e2e_lag_p99_ms,
-#           bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio. Uses only $LOCALNET_DIR/env.
+#           relay (steady, then as a burst), then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms,
+#           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio and context lines
+#           (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
