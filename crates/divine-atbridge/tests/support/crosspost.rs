@@ -215,3 +215,34 @@ pub fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// All records of a collection, fetched `page` at a time by following `cursor` (so pagination itself is exercised);
+/// panics if a page repeats a URI.
+pub async fn list_records_paged(probe: &Probe, did: &str, collection: &str, page: usize) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let limit = page.to_string();
+    loop {
+        let mut q = vec![("repo", did), ("collection", collection), ("limit", limit.as_str())];
+        if let Some(c) = cursor.as_deref() {
+            q.push(("cursor", c));
+        }
+        let (status, body) = probe.xrpc("com.atproto.repo.listRecords", &q).await;
+        assert_eq!(status, 200, "listRecords: {body}");
+        let records = body["records"].as_array().cloned().unwrap_or_default();
+        assert!(records.len() <= page, "page larger than limit {page}");
+        for r in &records {
+            assert!(
+                !out.iter().any(|o| o["uri"] == r["uri"]),
+                "{} listed twice across pages",
+                r["uri"]
+            );
+        }
+        let n = records.len();
+        out.extend(records);
+        cursor = body["cursor"].as_str().map(str::to_string);
+        if n == 0 || cursor.is_none() {
+            return out;
+        }
+    }
+}
