@@ -169,7 +169,8 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
         want.entry(accounts[*a].1.clone()).or_default().push(e.content.clone());
     }
     for (did, mut texts) in want {
-        let records = probe.list_records(&did, POST).await;
+        // Small pages: the cursor is followed several times per repo.
+        let records = list_records_paged(&probe, &did, POST, 7).await;
         let mut got: Vec<String> = records
             .iter()
             .map(|r| r["value"]["text"].as_str().unwrap().to_string())
