@@ -21,7 +21,9 @@
 //! waits until the bridge has provisioned them, then publishes `BENCH_EVENTS` (500) signed NIP-71 videos across them
 //! to the relay twice: *steady* — 20 concurrent streams, each account publishing its next video as soon as its
 //! previous one is written (one event in flight per account, the shape of the raw phase) — and *burst* — all 500 at
-//! once, round-robin, so the bridge's queue is never empty. Then, with the bridge idle, it creates as many plain PDS
+//! once, round-robin, so the bridge's queue is never empty. Each event has its own video (tiny.mp4 plus a unique
+//! trailing `free` box, written to `$LOCALNET_DIR/media/` for the run and removed after), so every post uploads a new
+//! blob as real posts do. Then, with the bridge idle, it creates as many plain PDS
 //! accounts and writes equivalent post records with `putRecord`, one in-flight write per repo, all repos in parallel.
 //! A record counts as written when its `record_mappings` row turns `published` (polled every 10 ms): the bridge marks
 //! it after the PDS answered putRecord, and the PDS commits before it answers; every one is then read back with
@@ -420,16 +422,7 @@ mod e2e {
         client.add_relay(env.relay_url.as_str()).await?;
         client.connect().await;
         client.wait_for_connection(Duration::from_secs(10)).await;
-        let video_tag = || {
-            Tag::parse([
-                "imeta".to_string(),
-                format!("url {video_url}"),
-                "m video/mp4".to_string(),
-                format!("x {video_sha}"),
-                "dim 64x64".to_string(),
-            ])
-            .unwrap()
-        };
+        let video_tag = || imeta(&video_url, &video_sha);
         // 2a. Unloaded: one event per account, each published only after the previous one is written.
         let mut unloaded: Vec<Duration> = Vec::new();
         for (a, k) in keys.iter().enumerate() {
@@ -454,14 +447,17 @@ mod e2e {
 
         // 2b. Steady: every account publishes its next video as soon as its previous one is written (20 concurrent
         // streams, one event in flight per account: the shape of the raw phase). 2c. Burst: all at once.
-        let steady = bridge_phase(&db, &client, &keys, n_events, Shape::Steady, video_tag()).await?;
+        // Every event gets its own video file (as real posts do), so every post uploads a new blob.
+        let steady_videos = Videos::unique(&env, &video, "steady", n_events)?;
+        let burst_videos = Videos::unique(&env, &video, "burst", n_events)?;
+        let steady = bridge_phase(&db, &client, &keys, n_events, Shape::Steady, steady_videos.tags.clone()).await?;
         eprintln!(
             "bench: steady: {n_events} events bridged in {:.2} s; lag p50 {:.0} ms, p99 {:.0} ms",
             steady.secs,
             percentile_ms(&steady.lags, 0.5),
             percentile_ms(&steady.lags, 0.99)
         );
-        let burst = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, video_tag()).await?;
+        let burst = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, burst_videos.tags.clone()).await?;
         eprintln!(
             "bench: burst: {n_events} events bridged in {:.2} s; lag p50 {:.0} ms, p99 {:.0} ms",
             burst.secs,
@@ -535,8 +531,15 @@ mod e2e {
             join_all(setups).await.into_iter().collect::<anyhow::Result<_>>()?;
         let (raw_posts, raw_secs) = raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, None).await?;
         eprintln!("bench: raw putRecord: {raw_posts} posts over {n_accounts} repos in {raw_secs:.2} s");
-        let (full_posts, full_secs) =
-            raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, Some(&video)).await?;
+        let (full_posts, full_secs) = raw_writes(
+            &http,
+            &env,
+            &raw_accounts,
+            &sample_record,
+            n_events,
+            Some(&burst_videos.bytes),
+        )
+        .await?;
         eprintln!("bench: raw uploadBlob+putRecord: {full_posts} posts over {n_accounts} repos in {full_secs:.2} s");
 
         let bridged_pps = n_events as f64 / burst.secs;
@@ -587,6 +590,79 @@ mod e2e {
         uris: Vec<Option<String>>,
     }
 
+    /// The NIP-71 `imeta` tag for a video at `url` with SHA-256 `sha`.
+    fn imeta(url: &str, sha: &str) -> Tag {
+        Tag::parse([
+            "imeta".to_string(),
+            format!("url {url}"),
+            "m video/mp4".to_string(),
+            format!("x {sha}"),
+            "dim 64x64".to_string(),
+        ])
+        .expect("imeta tag")
+    }
+
+    /// One distinct video per event: the localnet's `tiny.mp4` plus a trailing MP4 `free` box carrying a unique
+    /// number (still a valid MP4, sniffed as video/mp4), written to `$LOCALNET_DIR/media/` (served as
+    /// `$MEDIA_URL/<name>`, see docs/runbooks/localnet.md) and removed on drop. Without `LOCALNET_DIR` every event
+    /// uses `tiny.mp4` itself (and says so).
+    struct Videos {
+        tags: Vec<Tag>,
+        bytes: Vec<Vec<u8>>,
+        files: Vec<std::path::PathBuf>,
+    }
+
+    impl Videos {
+        fn unique(env: &Env, base: &[u8], label: &str, n: usize) -> anyhow::Result<Videos> {
+            use sha2::Digest;
+            let dir = std::env::var("LOCALNET_DIR")
+                .ok()
+                .map(|d| std::path::Path::new(&d).join("media"))
+                .filter(|d| d.is_dir());
+            let Some(dir) = dir else {
+                eprintln!("bench: LOCALNET_DIR/media not found; every event uses tiny.mp4 (the same blob)");
+                let sha = hex::encode(sha2::Sha256::digest(base));
+                let tag = imeta(&format!("{}/tiny.mp4", env.media_url), &sha);
+                return Ok(Videos {
+                    tags: vec![tag; n],
+                    bytes: vec![base.to_vec(); n],
+                    files: Vec::new(),
+                });
+            };
+            let run: u32 = rand::random();
+            let mut v = Videos {
+                tags: Vec::with_capacity(n),
+                bytes: Vec::with_capacity(n),
+                files: Vec::with_capacity(n),
+            };
+            for i in 0..n {
+                let mut bytes = base.to_vec();
+                bytes.extend_from_slice(&16u32.to_be_bytes());
+                bytes.extend_from_slice(b"free");
+                bytes.extend_from_slice(&run.to_be_bytes());
+                bytes.extend_from_slice(&(i as u32).to_be_bytes());
+                let name = format!("bench-{run:08x}-{label}-{i}.mp4");
+                let path = dir.join(&name);
+                std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                v.files.push(path);
+                v.tags.push(imeta(
+                    &format!("{}/{name}", env.media_url),
+                    &hex::encode(sha2::Sha256::digest(&bytes)),
+                ));
+                v.bytes.push(bytes);
+            }
+            Ok(v)
+        }
+    }
+
+    impl Drop for Videos {
+        fn drop(&mut self) {
+            for f in &self.files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
     fn bench_event(keys: &Keys, shape: Shape, i: usize, imeta: &Tag) -> Event {
         EventBuilder::new(Kind::from(22u16), format!("bench {shape:?} clip {i} #divinebench"))
             .tags([imeta.clone(), Tag::hashtag("divinebench")])
@@ -610,8 +686,9 @@ mod e2e {
         keys: &[Keys],
         n_events: usize,
         shape: Shape,
-        imeta: Tag,
+        tags: Vec<Tag>,
     ) -> anyhow::Result<Phase> {
+        let tags = std::sync::Arc::new(tags);
         let n_accounts = keys.len();
         let track = std::sync::Arc::new(std::sync::Mutex::new(Track {
             ok: vec![None; n_events],
@@ -624,7 +701,7 @@ mod e2e {
         match shape {
             Shape::Burst => {
                 let events: Vec<Event> = (0..n_events)
-                    .map(|i| bench_event(&keys[i % n_accounts], shape, i, &imeta))
+                    .map(|i| bench_event(&keys[i % n_accounts], shape, i, &tags[i]))
                     .collect();
                 let (client, track) = (client.clone(), track.clone());
                 publishers.spawn(async move {
@@ -636,10 +713,10 @@ mod e2e {
             }
             Shape::Steady => {
                 for (a, k) in keys.iter().enumerate() {
-                    let (client, track, k, imeta) = (client.clone(), track.clone(), k.clone(), imeta.clone());
+                    let (client, track, k, tags) = (client.clone(), track.clone(), k.clone(), tags.clone());
                     publishers.spawn(async move {
                         for i in (a..n_events).step_by(n_accounts) {
-                            send(&client, &track, i, &bench_event(&k, shape, i, &imeta)).await?;
+                            send(&client, &track, i, &bench_event(&k, shape, i, &tags[i])).await?;
                             while track.lock().unwrap().seen[i].is_none() {
                                 tokio::time::sleep(Duration::from_millis(2)).await;
                             }
@@ -722,7 +799,7 @@ mod e2e {
     }
 
     /// Writes `n_events` equivalent post records across `accounts` with `putRecord`, one in-flight write per repo and
-    /// all repos in parallel; with `upload`, each post first uploads its blob (as the bridge does). Returns
+    /// all repos in parallel; with `upload`, each post first uploads its own video (as the bridge does). Returns
     /// (posts, seconds).
     async fn raw_writes(
         http: &reqwest::Client,
@@ -730,7 +807,7 @@ mod e2e {
         accounts: &[(String, String, serde_json::Value)],
         sample_record: &serde_json::Value,
         n_events: usize,
-        upload: Option<&[u8]>,
+        upload: Option<&[Vec<u8>]>,
     ) -> anyhow::Result<(usize, f64)> {
         let n_accounts = accounts.len();
         let clock = std::sync::atomic::AtomicU64::new(0);
@@ -742,12 +819,12 @@ mod e2e {
             async move {
                 let mine = (a..n_events).step_by(n_accounts).count();
                 for k in 0..mine {
-                    if let Some(bytes) = upload {
+                    if let Some(videos) = upload {
                         let resp = http
                             .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", env.pds_url))
                             .bearer_auth(jwt)
                             .header("content-type", "video/mp4")
-                            .body(bytes.to_vec())
+                            .body(videos[(a + k * n_accounts) % videos.len()].clone())
                             .send()
                             .await?;
                         record["embed"]["video"] = json_or_status(resp, "uploadBlob").await?["blob"].clone();
