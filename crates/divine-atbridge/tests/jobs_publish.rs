@@ -322,13 +322,18 @@ fn rkeys_are_tids_stable_per_event_and_ordered_by_time() {
     let keys = Keys::generate();
     let a = video(&keys, "a", 22, None, T);
     let b = video(&keys, "b", 22, None, T + 1);
-    let ra = publish::rkey_for(&a);
-    assert_eq!(ra, publish::rkey_for(&a));
+    let ra = publish::rkey_for(&a).unwrap();
+    assert_eq!(ra, publish::rkey_for(&a).unwrap());
     assert_eq!(ra.len(), 13);
     assert!(ra.chars().all(|c| "234567abcdefghijklmnopqrstuvwxyz".contains(c)));
-    assert!(ra < publish::rkey_for(&b), "later events sort after earlier ones");
+    let tid = divine_atbridge::tid::parse(&ra).expect("a valid TID");
+    assert_eq!(tid.micros() / 1_000_000, T, "the TID carries the event's second");
+    assert!(
+        ra < publish::rkey_for(&b).unwrap(),
+        "later events sort after earlier ones"
+    );
     assert_ne!(
-        publish::rkey_for(&video(&keys, "c", 22, None, T)),
+        publish::rkey_for(&video(&keys, "c", 22, None, T)).unwrap(),
         ra,
         "same second, different event"
     );

@@ -110,24 +110,12 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
     }
 }
 
-/// A deterministic TID rkey for an event: its created_at in microseconds (low bits taken from the event id so two
-/// events of the same second differ) and a clock id from the id. Posts therefore sort by their original time.
-pub fn rkey_for(event: &Event) -> String {
-    let id = event.id.as_bytes();
-    let sub_second = u32::from_be_bytes([0, id[0], id[1], id[2]]) % 1_000_000;
-    let micros = event.created_at.as_secs() * 1_000_000 + sub_second as u64;
-    let clock_id = (u16::from_be_bytes([id[3], id[4]]) & 0x3ff) as u64;
-    tid_string(micros, clock_id)
-}
-
-// TEMPORARY until `tid` lands: base32-sortable encoding of (micros << 10 | clock_id).
-fn tid_string(micros: u64, clock_id: u64) -> String {
-    const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
-    let v = ((micros & ((1 << 53) - 1)) << 10) | (clock_id & 0x3ff);
-    (0..13)
-        .rev()
-        .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)
-        .collect()
+/// The deterministic TID rkey of an event ([`crate::tid::tid_for_event`]): its `created_at` second plus a
+/// sub-second offset and clock id from the hash of its id, so a retry reserves the same rkey, two events of one
+/// second differ, and posts sort by their original time. An event dated beyond the TID range (year 2255+) cannot be
+/// posted: `invalid_tid`.
+pub fn rkey_for(event: &Event) -> Result<String, crate::tid::TidError> {
+    crate::tid::tid_for_event(event.created_at.as_secs(), &event.id.to_hex()).map(|t| t.to_string())
 }
 
 fn replace_blob_refs(value: &mut serde_json::Value, cid: &str, actual: &BlobJson) {
@@ -205,12 +193,13 @@ pub async fn publish(
 
     // Translate and fetch (no side effects), then reserve before the first write.
     let prepared = source.prepare(event).await?;
+    let rkey = rkey_for(event).map_err(|e| JobError::ineligible("invalid_tid", e.to_string()))?;
     let mapping = RecordMapping {
         nostr_event_id: event_id.clone(),
         nostr_pubkey: pubkey.clone(),
         did: did.clone(),
         collection: POST_COLLECTION.to_string(),
-        rkey: rkey_for(event),
+        rkey,
         event_kind: event.kind.as_u16() as i32,
         coordinate: coord.clone(),
         event_created_at: created,
