@@ -175,28 +175,7 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts `divine-atbridge run` with `env` (+ extra vars such as `BRIDGE_FAILPOINTS`) and waits for `/ready`.
     pub fn spawn(env: &[(String, String)], extra: &[(&str, &str)]) -> BridgeProcess {
-        let http_addr = free_addr();
-        let log_path = std::env::temp_dir().join(format!(
-            "atbridge-e2e-{}-{}.log",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
-            .arg("run")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().copied())
-            .env("HTTP_ADDR", http_addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn divine-atbridge");
-        let p = BridgeProcess {
-            child: Some(child),
-            http_addr,
-            log_path,
-        };
+        let p = BridgeProcess::spawn_unready(env, extra);
         p.wait_ready(Duration::from_secs(30));
         p
     }
