@@ -160,11 +160,9 @@ impl World {
     }
 }
 
+/// A fresh record key from the wall clock.
 fn tid() -> String {
-    let micros = chrono::Utc::now().timestamp_micros() as u64;
-    divine_atbridge::tid::tid_for(micros, rand::random::<u16>() & 0x3ff)
-        .unwrap()
-        .to_string()
+    divine_atbridge::tid::TidGenerator::with_random_clock_id().next_tid().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,14 +47,9 @@ fn random_handle(prefix: &str) -> String {
 }
 
 /// A TID (13 chars of base32-sortable, microseconds << 10 | clock id).
+/// A fresh record key from the wall clock.
 fn tid() -> String {
-    const ALPHABET: &[u8] = b"234567abcdefghijklmnopqrstuvwxyz";
-    let micros = chrono::Utc::now().timestamp_micros() as u64;
-    let v = (micros << 10) | (rand::random::<u64>() & 0x3ff);
-    (0..13)
-        .rev()
-        .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)
-        .collect()
+    divine_atbridge::tid::TidGenerator::with_random_clock_id().next_tid().to_string()
 }
 
 struct Account {
