@@ -162,7 +162,9 @@ impl World {
 
 /// A fresh record key from the wall clock.
 fn tid() -> String {
-    divine_atbridge::tid::TidGenerator::with_random_clock_id().next_tid().to_string()
+    divine_atbridge::tid::TidGenerator::with_random_clock_id()
+        .next_tid()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,10 +46,11 @@ fn random_handle(prefix: &str) -> String {
     format!("{prefix}{suffix}.test")
 }
 
-/// A TID (13 chars of base32-sortable, microseconds << 10 | clock id).
 /// A fresh record key from the wall clock.
 fn tid() -> String {
-    divine_atbridge::tid::TidGenerator::with_random_clock_id().next_tid().to_string()
+    divine_atbridge::tid::TidGenerator::with_random_clock_id()
+        .next_tid()
+        .to_string()
 }
 
 struct Account {
