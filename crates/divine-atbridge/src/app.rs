@@ -260,7 +260,7 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
                 )
                 .unique(format!("provision:{pk}"));
                 job.priority = priority::ACCOUNT;
-                crate::jobs::provision::reset_for_reprovision(c, &pk)?;
+                divine_bridge_db::accounts::reset_failed(c, &pk)?;
                 queue::requeue_or_enqueue(c, &job)
             })
             .await?;

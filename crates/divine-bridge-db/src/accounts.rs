@@ -411,6 +411,25 @@ pub fn mark_ready(conn: &mut PgConnection, pubkey: &str, did: &str) -> Result<bo
     })
 }
 
+/// Operator re-drive (`accounts reprovision`): a `failed` link goes back to `pending` with its error cleared, so the
+/// status endpoint shows the new attempt. Keys and the provisioning checkpoint are untouched, so the run resumes with
+/// the same DID. Returns false when the link is not `failed` (nothing to reset).
+pub fn reset_failed(conn: &mut PgConnection, pubkey: &str) -> Result<bool, DbError> {
+    let n = diesel::update(
+        account_links::table
+            .find(pubkey)
+            .filter(account_links::provisioning_state.eq(ProvisioningState::Failed.as_str())),
+    )
+    .set((
+        account_links::provisioning_state.eq(ProvisioningState::Pending.as_str()),
+        account_links::provisioning_error.eq(None::<String>),
+        account_links::provisioning_error_detail.eq(None::<String>),
+        account_links::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Worker: provisioning failed permanently with a stable `code` (troubleshooting.md) and an operator-facing
 /// `detail`. Fenced like [`set_state`].
 pub fn mark_failed(conn: &mut PgConnection, pubkey: &str, code: &str, detail: &str) -> Result<bool, DbError> {

@@ -1,6 +1,7 @@
 //! The account_links store against a real Postgres: opt-in writes link + provisioning job atomically and is
 //! idempotent, handle clashes, disable cancels only that account's queued work, enable re-drives provisioning, the
-//! worker's fenced transitions, and the cross-post status derived from record_mappings + jobs for every status.
+//! worker's fenced transitions, the operator's reset of failed links, and the cross-post status derived from
+//! record_mappings + jobs for every status.
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -273,6 +274,25 @@ fn disable_cancels_only_this_accounts_queued_work() {
         accounts::disable(&mut c, &"9".repeat(64)),
         Err(AccountError::NotFound)
     ));
+}
+
+#[test]
+fn operator_reset_only_touches_failed_links() {
+    let db = TestDb::migrated("acc_reset");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    assert!(!accounts::reset_failed(&mut c, A).unwrap(), "pending: nothing to reset");
+    assert!(accounts::mark_failed(&mut c, A, "pds_rejected", "HTTP 400").unwrap());
+    assert!(accounts::reset_failed(&mut c, A).unwrap());
+    let l = accounts::get(&mut c, A).unwrap().unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Pending);
+    assert_eq!((l.provisioning_error, l.provisioning_error_detail), (None, None));
+    accounts::disable(&mut c, A).unwrap();
+    assert!(
+        !accounts::reset_failed(&mut c, A).unwrap(),
+        "a disabled link stays disabled"
+    );
+    assert!(!accounts::reset_failed(&mut c, B).unwrap(), "unknown pubkey");
 }
 
 #[test]

@@ -163,21 +163,3 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         .await?;
     Ok(outcome.did)
 }
-
-/// Operator re-drive: a `failed` link goes back to `pending` (its error cleared) so the status endpoint shows the
-/// new attempt; keys and checkpoint are kept, so the run resumes with the same DID.
-pub fn reset_for_reprovision(conn: &mut PgConnection, pubkey: &str) -> Result<(), DbError> {
-    diesel::update(
-        account_links::table
-            .find(pubkey)
-            .filter(account_links::provisioning_state.eq(ProvisioningState::Failed.as_str())),
-    )
-    .set((
-        account_links::provisioning_state.eq(ProvisioningState::Pending.as_str()),
-        account_links::provisioning_error.eq(None::<String>),
-        account_links::provisioning_error_detail.eq(None::<String>),
-        account_links::updated_at.eq(Utc::now()),
-    ))
-    .execute(conn)?;
-    Ok(())
-}
