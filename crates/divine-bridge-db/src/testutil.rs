@@ -52,6 +52,12 @@ impl TestDb {
         Db::connect(&self.url, max_size).expect("pool")
     }
 
+    /// URL of the server's `postgres` database (for tests that must act on the test database from outside,
+    /// e.g. terminate its sessions).
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
     /// A single connection on the test database.
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connect to test database")

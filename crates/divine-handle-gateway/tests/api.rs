@@ -147,7 +147,7 @@ async fn a_lost_database_is_unavailable_and_not_ready() {
     assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "ready"})));
     // Postgres goes away under the pool: every session killed, no new ones allowed.
     let name = gw.tdb.url.rsplit('/').next().unwrap().to_string();
-    let mut admin = PgConnection::establish("postgres://postgres@127.0.0.1:5432/postgres").unwrap();
+    let mut admin = PgConnection::establish(gw.tdb.admin_url()).unwrap();
     diesel::sql_query(format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"))
         .execute(&mut admin)
         .unwrap();
