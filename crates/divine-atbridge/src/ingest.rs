@@ -19,7 +19,7 @@
 //!    the jobs' unique keys turn into no-ops; several replicas may ingest at once for the same reason.
 //! 4. Persistence clamps again (`records::advance_cursor` stores at most the database's `now()` and repairs a stored
 //!    position that is ahead of it); `bridge_relay_cursor_lag_seconds{relay}` (now − position, exported on every
-//!    flush and at startup) makes a cursor ahead of now visible (alert `BridgeRelayCursorAhead`).
+//!    flush and at startup) makes a cursor ahead of now visible (alert `DivineBridgeRelayCursorAhead`).
 //! 5. The cursor only advances after EOSE of the current subscription (stored events arrive newest-first, so
 //!    advancing during the replay could skip older ones after a crash) and, after EOSE, as live events are enqueued.
 //!
@@ -79,6 +79,7 @@ const CATCH_UP_PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub relays: Vec<String>,
+    /// `since = min(cursor, now) - cursor_overlap`; `config` requires at least [`MIN_CURSOR_OVERLAP_SECS`] at startup.
     pub cursor_overlap: Duration,
     /// How often the opted-in author set is re-read (subscription updated without restart).
     pub account_refresh: Duration,
