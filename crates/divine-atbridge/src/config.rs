@@ -165,7 +165,10 @@ impl CrosspostConfig {
         }
         Ok(CrosspostConfig {
             relays,
-            cursor_overlap: Duration::from_secs(parse_or("CURSOR_OVERLAP_SECS", 300u64)?),
+            cursor_overlap: cursor_overlap(parse_or(
+                "CURSOR_OVERLAP_SECS",
+                crate::ingest::DEFAULT_CURSOR_OVERLAP_SECS,
+            )?)?,
             account_refresh: Duration::from_secs(parse_or("ACCOUNT_REFRESH_SECS", 5u64)?),
             authors_per_subscription: match parse_or(
                 "NOSTR_AUTHORS_PER_SUBSCRIPTION",
@@ -185,6 +188,23 @@ impl CrosspostConfig {
             backfill_max_events: parse_or("BACKFILL_MAX_EVENTS", 1000usize)?,
         })
     }
+}
+
+/// `CURSOR_OVERLAP_SECS`: at least `ingest::MIN_CURSOR_OVERLAP_SECS` (the admission check's future skew plus a
+/// margin), so a cursor position taken from an event dated at the skew limit cannot hide the events after it.
+fn cursor_overlap(secs: u64) -> Result<Duration, ConfigError> {
+    if secs < crate::ingest::MIN_CURSOR_OVERLAP_SECS {
+        return Err(ConfigError::Invalid {
+            name: "CURSOR_OVERLAP_SECS",
+            reason: format!(
+                "{secs} is below {} (the {} s future skew events may have plus a {} s margin)",
+                crate::ingest::MIN_CURSOR_OVERLAP_SECS,
+                crate::nostr::MAX_FUTURE_SKEW_SECS,
+                crate::ingest::CURSOR_OVERLAP_MARGIN_SECS
+            ),
+        });
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// Everything `divine-atbridge run` needs besides the worker pool settings (`worker::WorkerConfig::from_env`).
@@ -222,5 +242,18 @@ mod tests {
         );
         assert!(url("X", "ftp://x".into()).is_err());
         assert!(url("X", "not a url".into()).is_err());
+    }
+
+    #[test]
+    fn cursor_overlap_covers_the_future_skew_plus_a_margin() {
+        let default = crate::ingest::DEFAULT_CURSOR_OVERLAP_SECS;
+        assert!(default >= 15 * 60, "default overlap is at least 15 min");
+        assert_eq!(cursor_overlap(default).unwrap(), Duration::from_secs(default));
+        let min = crate::nostr::MAX_FUTURE_SKEW_SECS + crate::ingest::CURSOR_OVERLAP_MARGIN_SECS;
+        assert!(cursor_overlap(min).is_ok());
+        // The old default (300 s) is shorter than the 600 s skew: refused at startup.
+        let err = cursor_overlap(300).unwrap_err();
+        assert_eq!(err.code(), "config_invalid");
+        assert!(cursor_overlap(min - 1).is_err());
     }
 }

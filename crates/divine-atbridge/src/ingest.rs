@@ -1,15 +1,31 @@
-//! Relay ingest: subscribes to the opted-in accounts' events on every relay in `NOSTR_RELAYS`, checks them, and turns
+//! Relay ingest: subscribes to the opted-in accounts' events on every relay in `NOSTR_RELAYS`, admits them, and turns
 //! each accepted event into a durable job (publish / delete / profile). Also pages an author's history for backfill.
 //!
 //! Owns relay connections, subscription filters, the per-relay cursor and the kind → job mapping. It must not
 //! translate or publish anything: the worker does that from the job, so ingest stays cheap and a crash here loses
-//! nothing that is not replayed from the cursor.
+//! nothing that is not replayed from the cursor. It must not keep its own event checks either: admission is
+//! [`crate::nostr::check_event`] (the check the fixture corpus tests) plus the opt-in set, in [`admit`], for live
+//! events, truncated-replay catch-up and backfill alike.
 //!
-//! Cursor semantics (lossless): a relay's cursor is the newest `(created_at, id)` whose job is durably enqueued. It
-//! only advances after EOSE of the current subscription (stored events arrive newest-first, so advancing during the
-//! replay could skip older ones after a crash) and, after EOSE, as live events are enqueued. Every (re)subscription
-//! asks for `since = cursor - CURSOR_OVERLAP_SECS`; the overlap re-delivers events already seen, which the jobs'
-//! unique keys turn into no-ops. Several replicas may ingest at once for the same reason.
+//! Cursor invariants (a relay's cursor is where the next (re)subscription resumes):
+//! 1. A position comes only from an event that was ADMITTED and whose job is durably enqueued (or was already). A
+//!    refused event — future-dated, bad id, bad signature, unsupported kind, author not opted in — never moves it:
+//!    anyone who can publish could otherwise steer the cursor shared by every user of the relay.
+//! 2. A position is `(min(created_at, received_at), id)` ([`cursor_position`]): an accepted event dated up to
+//!    `MAX_FUTURE_SKEW_SECS` ahead does not carry the cursor past events that are still to come.
+//! 3. Every (re)subscription asks for `since = min(cursor, now) - CURSOR_OVERLAP_SECS` ([`resume_since`]), so
+//!    `since` is never later than `now - overlap` even when a stored cursor is in the future (written by an older
+//!    version, by hand, or by a replica whose clock ran ahead). The overlap re-delivers events already seen, which
+//!    the jobs' unique keys turn into no-ops; several replicas may ingest at once for the same reason.
+//! 4. Persistence clamps again (`records::advance_cursor` stores at most the database's `now()` and repairs a stored
+//!    position that is ahead of it); `bridge_relay_cursor_lag_seconds{relay}` (now − position, exported on every
+//!    flush and at startup) makes a cursor ahead of now visible (alert `DivineBridgeRelayCursorAhead`).
+//! 5. The cursor only advances after EOSE of the current subscription (stored events arrive newest-first, so
+//!    advancing during the replay could skip older ones after a crash) and, after EOSE, as live events are enqueued.
+//!
+//! Not covered here: an event whose `created_at` is older than the cursor minus the overlap when it reaches the relay
+//! (signed long before a slow upload finished) is never re-requested by the live path; finding those is the
+//! reconciliation sweep's job (see docs/runbooks/crossposting.md).
 //!
 //! Relay limits: the author set is split over several subscriptions (`divine-bridge-live-<n>`, at most
 //! `authors_per_subscription` authors each), because relays cap the authors of one filter. A relay that ends a
@@ -21,22 +37,31 @@
 //! subscription as caught up. An event that could not be enqueued (database down) holds the relay's cursor and
 //! triggers a resubscription, so it is read again.
 
+use crate::jobs::publish::event_time;
+use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPORTED_KINDS};
 use anyhow::Context;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::schema::account_links;
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{records, Db, DbError, JobKind};
+use divine_bridge_db::{records, Classified, Db, DbError, ErrorClass, JobKind};
 use nostr_sdk::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Event kinds the bridge reads.
-pub const KINDS: [u16; 6] = [0, 5, 21, 22, 34235, 34236];
-/// Events dated further in the future than this are rejected.
-pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(600);
+/// Margin of the resubscribe overlap over the admission check's future skew: clock differences between replicas,
+/// the relay and the database, plus delivery delay.
+pub const CURSOR_OVERLAP_MARGIN_SECS: u64 = 120;
+/// The smallest `CURSOR_OVERLAP_SECS` accepted at startup: `MAX_FUTURE_SKEW_SECS` plus the margin. Positions are
+/// clamped to the receive time (invariant 2), so this is the second line of defence: a position taken from an event
+/// dated at the skew limit (an older replica's cursor, a replica whose clock runs ahead) still cannot hide the
+/// events that follow it.
+pub const MIN_CURSOR_OVERLAP_SECS: u64 = MAX_FUTURE_SKEW_SECS + CURSOR_OVERLAP_MARGIN_SECS;
+/// Default `CURSOR_OVERLAP_SECS` (15 min). A larger overlap only costs re-delivered duplicates, which unique job keys
+/// absorb.
+pub const DEFAULT_CURSOR_OVERLAP_SECS: u64 = 900;
 /// Live subscription ids are this prefix plus the chunk number.
 const SUBSCRIPTION_PREFIX: &str = "divine-bridge-live-";
 /// Default authors per live subscription (`NOSTR_AUTHORS_PER_SUBSCRIPTION`): below the usual relay caps on one
@@ -54,6 +79,7 @@ const CATCH_UP_PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     pub relays: Vec<String>,
+    /// `since = min(cursor, now) - cursor_overlap`; `config` requires at least [`MIN_CURSOR_OVERLAP_SECS`] at startup.
     pub cursor_overlap: Duration,
     /// How often the opted-in author set is re-read (subscription updated without restart).
     pub account_refresh: Duration,
@@ -115,63 +141,85 @@ fn chunk_authors(authors: &BTreeSet<String>, per: usize) -> Vec<Vec<PublicKey>> 
 fn live_filter(authors: &[PublicKey], since: Option<Timestamp>) -> Filter {
     let mut filter = Filter::new()
         .authors(authors.iter().copied())
-        .kinds(KINDS.iter().map(|k| Kind::from(*k)));
+        .kinds(SUPPORTED_KINDS.iter().map(|k| Kind::from(*k)));
     if let Some(since) = since {
         filter = filter.since(since);
     }
     filter
 }
 
-/// Why an event was refused; the label of `bridge_nostr_events_rejected_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    BadSignature,
-    FutureDated,
+/// Why ingest refused an event: the shared admission check's verdict, or an author outside the opted-in set.
+/// `reason()` is the label of `bridge_nostr_events_rejected_total{reason}` and equals `code()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Refused by [`bridge_nostr::check_event`] (`bad_id`, `bad_signature`, `future_dated`, `unsupported_kind`).
+    #[error(transparent)]
+    Check(#[from] Rejection),
+    /// The author is not opted in, has cross-posting off or is disabled.
+    #[error("author is not opted in to cross-posting")]
     NotOptedIn,
-    UnsupportedKind,
 }
 
-impl Rejection {
-    pub fn reason(self) -> &'static str {
+impl Refusal {
+    /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::BadSignature => "bad_signature",
-            Rejection::FutureDated => "future_dated",
-            Rejection::NotOptedIn => "not_opted_in",
-            Rejection::UnsupportedKind => "unsupported_kind",
+            Refusal::Check(rejection) => rejection.code(),
+            Refusal::NotOptedIn => "not_opted_in",
         }
     }
+}
+
+impl Classified for Refusal {
+    fn code(&self) -> &'static str {
+        self.reason()
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// The one admission decision of ingest (live events, catch-up pages, backfill): [`bridge_nostr::check_event`] at
+/// `now` (UNIX seconds), then the author must be in `authors`. Counts every refusal in
+/// `bridge_nostr_events_rejected_total{reason}`.
+pub fn admit(event: &Event, authors: &BTreeSet<String>, now: u64) -> Result<(), Refusal> {
+    let verdict = match bridge_nostr::check_event(event, now) {
+        Err(rejection) => Err(Refusal::Check(rejection)),
+        Ok(()) if !authors.contains(&event.pubkey.to_hex()) => Err(Refusal::NotOptedIn),
+        Ok(()) => Ok(()),
+    };
+    if let Err(refusal) = &verdict {
+        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => refusal.reason()).increment(1);
+    }
+    verdict
+}
+
+/// The cursor position an admitted, enqueued event reaches: `(min(created_at, received_at), id)` (invariant 2).
+pub fn cursor_position(event: &Event, received_at: DateTime<Utc>) -> (DateTime<Utc>, String) {
+    (event_time(event).min(received_at), event.id.to_hex())
+}
+
+/// `since` of a (re)subscription: `min(cursor, now) - overlap`, or `now - overlap` without a cursor (invariant 3).
+/// Never later than `now - overlap`, whatever the stored cursor says.
+pub fn resume_since(cursor: Option<DateTime<Utc>>, now: DateTime<Utc>, overlap: Duration) -> Timestamp {
+    let from = cursor.map_or(now, |c| c.min(now)).timestamp();
+    let since = from.saturating_sub(overlap.as_secs().min(i64::MAX as u64) as i64);
+    Timestamp::from(since.max(0) as u64)
+}
+
+fn unix_secs(at: DateTime<Utc>) -> u64 {
+    at.timestamp().max(0) as u64
 }
 
 /// The job an accepted event becomes: `(kind, unique key)`.
 pub fn job_for(event: &Event) -> Option<(JobKind, String)> {
     let id = event.id.to_hex();
     match event.kind.as_u16() {
-        0 => Some((JobKind::SyncProfile, format!("profile:{id}"))),
-        5 => Some((JobKind::DeletePost, format!("delete:{id}"))),
-        21 | 22 | 34235 | 34236 => Some((JobKind::PublishPost, format!("publish:{id}"))),
+        bridge_nostr::KIND_PROFILE => Some((JobKind::SyncProfile, format!("profile:{id}"))),
+        bridge_nostr::KIND_DELETE => Some((JobKind::DeletePost, format!("delete:{id}"))),
+        k if bridge_nostr::is_video_kind(k) => Some((JobKind::PublishPost, format!("publish:{id}"))),
         _ => None,
     }
-}
-
-/// Checks an event independent of who is opted in: id + signature, supported kind, not dated in the future.
-pub fn check_event(event: &Event, now: DateTime<Utc>) -> Result<(), Rejection> {
-    if event.verify().is_err() {
-        return Err(Rejection::BadSignature);
-    }
-    if job_for(event).is_none() {
-        return Err(Rejection::UnsupportedKind);
-    }
-    let created = event.created_at.as_secs() as i64;
-    if created > now.timestamp() + MAX_FUTURE_SKEW.as_secs() as i64 {
-        return Err(Rejection::FutureDated);
-    }
-    Ok(())
-}
-
-fn event_time(event: &Event) -> DateTime<Utc> {
-    Utc.timestamp_opt(event.created_at.as_secs() as i64, 0)
-        .single()
-        .unwrap_or_else(Utc::now)
 }
 
 /// Enqueues the job for an accepted event; `Ok(None)` when it was already enqueued (duplicate delivery).
@@ -238,6 +286,11 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
     }
     client.connect().await;
     let mut notifications = client.notifications();
+    // The lag gauge exists from startup, before the first event: a cursor left ahead of now by an older version is
+    // visible (and alerted on) at once.
+    for relay in &cfg.relays {
+        export_cursor_lag(&db, &relay_key(relay)).await;
+    }
 
     let mut authors: BTreeSet<String> = BTreeSet::new();
     let mut chunks: Vec<Vec<PublicKey>> = Vec::new();
@@ -303,9 +356,10 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 match message {
                     RelayMessage::Event { subscription_id, event } => {
                         let Some(chunk) = chunk_of(&subscription_id) else { continue };
+                        let received_at = Utc::now();
                         let event = event.into_owned();
                         let created = event.created_at;
-                        let done = accept(&db, &authors, event).await;
+                        let done = accept(&db, &authors, event, received_at).await;
                         let entry = progress.entry(relay).or_default();
                         if !entry.caught_up.contains(&chunk) {
                             let r = entry.replayed.entry(chunk).or_insert((0, created));
@@ -361,16 +415,28 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
     Ok(())
 }
 
-/// Records the outcome of [`accept`]: the newest durable position, or — when the event could not be enqueued — a
-/// hold on the relay's cursor and a resubscription after `closed_retry`.
-fn note_accepted(entry: &mut RelayProgress, done: Option<(DateTime<Utc>, String)>, cfg: &IngestConfig) {
+/// What became of one event in [`accept`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Accepted {
+    /// Admitted and its job durably enqueued (now or before): the cursor may reach this position.
+    Durable((DateTime<Utc>, String)),
+    /// Refused for good (counted by reason): handled, but no cursor position (invariant 1).
+    Refused,
+    /// Could not be enqueued (database unavailable): it must be read again.
+    Unavailable,
+}
+
+/// Records the outcome of [`accept`]: the newest durable position; nothing for a refused event; for an event that
+/// could not be enqueued, a hold on the relay's cursor and a resubscription after `closed_retry`.
+fn note_accepted(entry: &mut RelayProgress, done: Accepted, cfg: &IngestConfig) {
     match done {
-        Some(done) => {
-            if entry.pending.as_ref().is_none_or(|p| *p < done) {
-                entry.pending = Some(done);
+        Accepted::Durable(position) => {
+            if entry.pending.as_ref().is_none_or(|p| *p < position) {
+                entry.pending = Some(position);
             }
         }
-        None => {
+        Accepted::Refused => {}
+        Accepted::Unavailable => {
             entry
                 .retry_at
                 .get_or_insert(tokio::time::Instant::now() + cfg.closed_retry);
@@ -405,17 +471,25 @@ async fn subscribe_relay(
         db.run(move |c| records::get_cursor(c, &key)).await
     };
     // No cursor yet (a new relay or a fresh database): start at now minus the overlap. Older history is the
-    // `backfill_author` job's, which every opt-in and re-enable enqueues.
-    let overlap = cfg.cursor_overlap.as_secs() as i64;
-    let since = match cursor {
-        Ok(Some((at, _))) => at.timestamp() - overlap,
-        Ok(None) => Utc::now().timestamp() - overlap,
+    // `backfill_author` job's, which every opt-in and re-enable enqueues. A stored cursor ahead of now is not
+    // trusted (invariant 3): resuming there would stop bridging for every user of the relay.
+    let now = Utc::now();
+    let stored = match cursor {
+        Ok(stored) => stored.map(|(at, _)| at),
         Err(e) => {
             tracing::warn!(relay = %key, error = %e, "cursor unavailable; subscribing with overlap from now");
-            Utc::now().timestamp() - overlap
+            None
         }
     };
-    let since = Some(Timestamp::from(since.max(0) as u64));
+    if let Some(at) = stored.filter(|at| *at > now) {
+        tracing::warn!(
+            code = "relay_cursor_ahead",
+            relay = %key,
+            cursor = %at,
+            "stored relay cursor is ahead of now; resubscribing from now minus the overlap instead"
+        );
+    }
+    let since = Some(resume_since(stored, now, cfg.cursor_overlap));
     entry.since = since;
     for (i, authors) in chunks.iter().enumerate() {
         let filter = live_filter(authors, since);
@@ -456,6 +530,7 @@ async fn catch_up(
                 return false;
             }
         };
+        let received_at = Utc::now();
         let mut new = 0usize;
         let mut oldest = until;
         for event in events.into_iter() {
@@ -464,12 +539,12 @@ async fn catch_up(
                 continue;
             }
             new += 1;
-            let done = accept(db, authors, event).await;
-            if done.is_none() {
-                note_accepted(entry, None, cfg);
+            let done = accept(db, authors, event, received_at).await;
+            let unavailable = done == Accepted::Unavailable;
+            note_accepted(entry, done, cfg);
+            if unavailable {
                 return false;
             }
-            note_accepted(entry, done, cfg);
         }
         if new == 0 || since.is_some_and(|s| oldest <= s) {
             return true;
@@ -478,40 +553,49 @@ async fn catch_up(
     }
 }
 
-/// Checks and enqueues one event. Returns the cursor position it reached when the event is durably handled
-/// (enqueued, duplicate, or refused for good); `None` when it must be seen again (database unavailable).
-async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event) -> Option<(DateTime<Utc>, String)> {
-    let position = (event_time(&event), event.id.to_hex());
-    if let Err(rejection) = check_event(&event, Utc::now()) {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => rejection.reason()).increment(1);
-        return Some(position);
+/// Admits and enqueues one event received at `received_at`. Only an admitted event whose job is durably enqueued
+/// (or already was) yields a cursor position, clamped to `received_at` (invariants 1 and 2).
+async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event, received_at: DateTime<Utc>) -> Accepted {
+    if admit(&event, authors, unix_secs(received_at)).is_err() {
+        return Accepted::Refused;
     }
-    if !authors.contains(&event.pubkey.to_hex()) {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => Rejection::NotOptedIn.reason())
-            .increment(1);
-        return Some(position);
-    }
+    let position = cursor_position(&event, received_at);
     match db.run(move |c| enqueue_event(c, &event, priority::LIVE)).await {
-        Ok(_) => Some(position),
+        Ok(_) => Accepted::Durable(position),
         Err(e) => {
             tracing::warn!(error = %e, "could not enqueue event; it will be re-read from the cursor");
-            None
+            Accepted::Unavailable
         }
     }
 }
 
+/// Writes each caught-up relay's newest durable position, then exports every relay's cursor lag.
 async fn flush_cursors(db: &Db, progress: &mut HashMap<String, RelayProgress>, chunks: usize) {
     for (relay, p) in progress.iter_mut() {
-        if chunks == 0 || !p.complete(chunks) {
-            continue;
-        }
-        if let Some((at, id)) = p.pending.take() {
-            let (relay2, id2) = (relay.clone(), id.clone());
-            if let Err(e) = db.run(move |c| records::advance_cursor(c, &relay2, at, &id2)).await {
-                tracing::warn!(relay = %relay, error = %e, "cursor not saved");
-                p.pending = Some((at, id));
+        if chunks > 0 && p.complete(chunks) {
+            if let Some((at, id)) = p.pending.take() {
+                let (relay2, id2) = (relay.clone(), id.clone());
+                if let Err(e) = db.run(move |c| records::advance_cursor(c, &relay2, at, &id2)).await {
+                    tracing::warn!(relay = %relay, error = %e, "cursor not saved");
+                    p.pending = Some((at, id));
+                }
             }
         }
+        export_cursor_lag(db, relay).await;
+    }
+}
+
+/// Sets `bridge_relay_cursor_lag_seconds{relay}` to now minus the stored position (negative: the cursor is ahead of
+/// now; 0 while the relay has no cursor, as its subscription then starts at now). Reads the stored row, so the gauge
+/// also shows what other replicas wrote.
+async fn export_cursor_lag(db: &Db, relay: &str) {
+    let key = relay.to_string();
+    match db.run(move |c| records::get_cursor(c, &key)).await {
+        Ok(cursor) => {
+            let lag = cursor.map_or(0.0, |(at, _)| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
+            metrics::gauge!("bridge_relay_cursor_lag_seconds", "relay" => relay.to_string()).set(lag);
+        }
+        Err(e) => tracing::debug!(relay = %relay, error = %e, "cursor lag not exported: cursor unavailable"),
     }
 }
 
@@ -536,7 +620,7 @@ pub async fn backfill(
     loop {
         let mut filter = Filter::new()
             .author(author)
-            .kinds(KINDS.iter().map(|k| Kind::from(*k)))
+            .kinds(SUPPORTED_KINDS.iter().map(|k| Kind::from(*k)))
             .limit(page);
         if let Some(u) = until {
             filter = filter.until(u);
@@ -557,9 +641,13 @@ pub async fn backfill(
         until = oldest;
     }
     client.shutdown().await;
+    // The same admission as the live path; the only accepted author is the one being backfilled (a relay answering
+    // with someone else's events is refused as `not_opted_in`).
+    let only_author = BTreeSet::from([author.to_hex()]);
+    let now = unix_secs(Utc::now());
     let mut events: Vec<Event> = collected
         .into_values()
-        .filter(|e| check_event(e, Utc::now()).is_ok())
+        .filter(|e| admit(e, &only_author, now).is_ok())
         .collect();
     events.sort_by_key(|e| (e.created_at, e.id));
     // Keep the newest `max_events` (the history the user most likely cares about), enqueued oldest first.

@@ -21,6 +21,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_relay_connected",
     "bridge_relay_subscriptions_closed_total",
     "bridge_nostr_events_rejected_total",
+    "bridge_relay_cursor_lag_seconds",
     "bridge_publish_lag_seconds",
     "bridge_pds_requests_total",
 ];
@@ -92,6 +93,11 @@ fn describe() {
     describe_counter!(
         "bridge_relay_subscriptions_closed_total",
         "Live subscriptions a relay ended with CLOSED, by relay and NIP-01 reason prefix; each is retried."
+    );
+    describe_gauge!(
+        "bridge_relay_cursor_lag_seconds",
+        Unit::Seconds,
+        "Now minus the relay's stored cursor position, by relay; negative when the cursor is ahead of now."
     );
     describe_counter!(
         "bridge_nostr_events_rejected_total",

@@ -3,7 +3,9 @@
 //! without a restart, and events published while the bridge was down are picked up from the cursor after restart.
 //! Relay limits are real relay policies here: a relay that refuses filters with too many authors (chunked
 //! subscriptions), one that closes the first subscriptions (CLOSED → counted, cursor held, retried), and one that
-//! replays at most 5 stored events per REQ (truncated replay paged back).
+//! replays at most 5 stored events per REQ (truncated replay paged back). The cursor is safe against future-dated
+//! and refused events (issue 9 §1): neither a refused event nor one dated ahead of its receive time moves it past
+//! events still to come, and a stored cursor ahead of now is shown by the lag gauge, ignored and repaired.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -85,6 +87,7 @@ async fn publisher(urls: &[String]) -> Client {
     client
 }
 
+/// Ingest with a short (300 s, the old default) overlap: what these tests check must not depend on a long one.
 fn start(db: &TestDb, urls: Vec<String>) -> (watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     start_with(
         db,
@@ -398,35 +401,347 @@ async fn relay_events_become_exactly_one_job_each() {
     task.await.unwrap().unwrap();
 }
 
-#[test]
-fn refuses_bad_signatures_future_events_and_other_kinds() {
-    let keys = Keys::generate();
-    let now = chrono::Utc::now();
-    let ok = video(&keys, "fine");
-    assert_eq!(ingest::check_event(&ok, now), Ok(()));
+fn rejected_total(reason: &str) -> u64 {
+    divine_atbridge::metrics::render()
+        .lines()
+        .filter(|l| l.starts_with("bridge_nostr_events_rejected_total{"))
+        .filter(|l| l.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
 
-    let future = EventBuilder::new(Kind::from(22u16), "later")
-        .custom_created_at(Timestamp::from(now.timestamp() as u64 + 11 * 60))
-        .sign_with_keys(&keys)
-        .unwrap();
-    assert_eq!(ingest::check_event(&future, now).unwrap_err().reason(), "future_dated");
-    let near_future = EventBuilder::new(Kind::from(22u16), "soon")
-        .custom_created_at(Timestamp::from(now.timestamp() as u64 + 9 * 60))
-        .sign_with_keys(&keys)
-        .unwrap();
-    assert!(
-        ingest::check_event(&near_future, now).is_ok(),
-        "9 minutes of skew is tolerated"
+/// `bridge_relay_cursor_lag_seconds{relay}` for one relay, when exported.
+fn cursor_lag(relay_url: &str) -> Option<f64> {
+    let key = nostr_sdk::RelayUrl::parse(relay_url).unwrap().to_string();
+    divine_atbridge::metrics::render()
+        .lines()
+        .filter(|l| l.starts_with("bridge_relay_cursor_lag_seconds{"))
+        .find(|l| l.contains(&format!("relay=\"{key}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
+/// The stored cursor of a relay as `(epoch seconds, event id)`.
+fn stored_cursor(conn: &mut PgConnection, relay_url: &str) -> Option<(i64, String)> {
+    #[derive(QueryableByName)]
+    struct C {
+        #[diesel(sql_type = BigInt)]
+        at: i64,
+        #[diesel(sql_type = Text)]
+        id: String,
+    }
+    let key = nostr_sdk::RelayUrl::parse(relay_url).unwrap().to_string();
+    let rows: Vec<C> = diesel::sql_query(
+        "SELECT extract(epoch from last_created_at)::bigint AS at, last_event_id AS id FROM relay_cursors \
+         WHERE relay_url = $1",
+    )
+    .bind::<Text, _>(key)
+    .load(conn)
+    .unwrap();
+    rows.into_iter().next().map(|c| (c.at, c.id))
+}
+
+async fn wait_for_cursor(conn: &mut PgConnection, relay_url: &str, done: impl Fn(&(i64, String)) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !stored_cursor(conn, relay_url).is_some_and(|c| done(&c)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn video_at(keys: &Keys, text: &str, created_at: u64) -> Event {
+    EventBuilder::new(Kind::from(22u16), text)
+        .tags([Tag::parse(["imeta", "url https://media.divine.video/a.mp4", "m video/mp4"]).unwrap()])
+        .custom_created_at(Timestamp::from(created_at))
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+fn has_job(rows: &[JobRow], event: &Event) -> bool {
+    let key = format!("publish:{}", event.id.to_hex());
+    rows.iter().any(|r| r.unique_key == key)
+}
+
+/// Issue 9 §1: one signed event dated ten years ahead, stored by the relay, used to move the shared cursor into the
+/// future, so after the next resubscription nothing on that relay was bridged any more — neither the same user's
+/// next video nor a newly opted-in user's first one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_ten_years_ahead_does_not_stop_the_relay() {
+    divine_atbridge::metrics::install();
+    let db = TestDb::migrated("ingest_future_10y");
+    let mut conn = db.conn();
+    let (_relay, url) = relay().await;
+    let alice = Keys::generate();
+    opt_in(&mut conn, &alice, "alice.test", "ready", true);
+    let (stop, task) = start_with(
+        &db,
+        IngestConfig::new(
+            vec![url.clone()],
+            Duration::from_secs(ingest::DEFAULT_CURSOR_OVERLAP_SECS),
+            Duration::from_millis(200),
+        ),
     );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = publisher(std::slice::from_ref(&url)).await;
+
+    let first = video(&alice, "an ordinary clip");
+    client.send_event(&first).await.unwrap();
+    let rows = wait_until(&mut conn, |rows| has_job(rows, &first)).await;
+    assert!(has_job(&rows, &first), "{rows:?}");
+    let now = Timestamp::now().as_secs();
+    let future = video_at(&alice, "from 2036", now + 10 * 365 * 24 * 3600);
+    let refused_before = rejected_total("future_dated");
+    client.send_event(&future).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rejected_total("future_dated") == refused_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        rejected_total("future_dated") > refused_before,
+        "the relay delivered it and it was refused"
+    );
+    // Let a few cursor flushes happen (the old code wrote the refused event's date here).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A new opt-in changes the author set: every relay is resubscribed from its cursor.
+    let bob = Keys::generate();
+    opt_in(&mut conn, &bob, "bob.test", "ready", true);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let next = video(&alice, "alice's next clip");
+    let bobs_first = video(&bob, "bob's first clip");
+    client.send_event(&next).await.unwrap();
+    client.send_event(&bobs_first).await.unwrap();
+    let rows = wait_until(&mut conn, |rows| has_job(rows, &next) && has_job(rows, &bobs_first)).await;
+    assert!(has_job(&rows, &next), "the same user's next video is bridged: {rows:?}");
+    assert!(
+        has_job(&rows, &bobs_first),
+        "a new user's first video is bridged: {rows:?}"
+    );
+    assert!(!has_job(&rows, &future), "the future-dated event itself is not");
+    let (at, _) = stored_cursor(&mut conn, &url).expect("cursor written");
+    assert!(
+        at <= Timestamp::now().as_secs() as i64,
+        "cursor not in the future: {at}"
+    );
+    let lag = cursor_lag(&url).expect("lag exported");
+    assert!(lag >= 0.0, "lag {lag}");
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Issue 9 §1: an ACCEPTED event nine minutes ahead (within the 600 s skew) used to carry the cursor nine minutes
+/// into the future, so after a resubscription the same user's next ordinary video fell before `since`. The overlap
+/// here is deliberately short (the old 300 s default): the clamp of positions to the receive time alone must
+/// prevent it; the startup minimum of `CURSOR_OVERLAP_SECS` is a second line of defence tested in `config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_event_nine_minutes_ahead_does_not_hide_the_next_video() {
+    let db = TestDb::migrated("ingest_future_9m");
+    let mut conn = db.conn();
+    let (_relay, url) = relay().await;
+    let alice = Keys::generate();
+    opt_in(&mut conn, &alice, "alice9.test", "ready", true);
+    let (stop, task) = start(&db, vec![url.clone()]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = publisher(std::slice::from_ref(&url)).await;
+
+    let now = Timestamp::now().as_secs();
+    let ahead = video_at(&alice, "clock nine minutes fast", now + 9 * 60);
+    client.send_event(&ahead).await.unwrap();
+    let rows = wait_until(&mut conn, |rows| has_job(rows, &ahead)).await;
+    assert!(has_job(&rows, &ahead), "accepted: within the skew: {rows:?}");
+    let ahead_id = ahead.id.to_hex();
+    wait_for_cursor(&mut conn, &url, |(_, id)| *id == ahead_id).await;
+    let (at, id) = stored_cursor(&mut conn, &url).expect("cursor written");
+    assert_eq!(id, ahead_id);
+
+    // Force a resubscription (new opt-in), then the same user posts an ordinary video.
+    let bob = Keys::generate();
+    opt_in(&mut conn, &bob, "bob9.test", "ready", true);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let next = video(&alice, "an ordinary clip");
+    client.send_event(&next).await.unwrap();
+    let rows = wait_until(&mut conn, |rows| has_job(rows, &next)).await;
+    assert!(has_job(&rows, &next), "the next ordinary video is not hidden: {rows:?}");
+    assert!(
+        at <= Timestamp::now().as_secs() as i64,
+        "position clamped to the receive time, not {} s ahead",
+        at - now as i64
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// Issue 9 §1: a refused event never moves the cursor (the old `accept` returned the position of refused events too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_event_never_moves_the_cursor() {
+    divine_atbridge::metrics::install();
+    let db = TestDb::migrated("ingest_refused_cursor");
+    let mut conn = db.conn();
+    let (_relay, url) = relay().await;
+    let alice = Keys::generate();
+    opt_in(&mut conn, &alice, "alice-r.test", "ready", true);
+    let (stop, task) = start(&db, vec![url.clone()]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = publisher(std::slice::from_ref(&url)).await;
+
+    let ok = video(&alice, "accepted");
+    client.send_event(&ok).await.unwrap();
+    let ok_id = ok.id.to_hex();
+    wait_for_cursor(&mut conn, &url, |(_, id)| *id == ok_id).await;
+    let before = stored_cursor(&mut conn, &url).expect("cursor written by the accepted event");
+    assert_eq!(before.1, ok_id);
+
+    // Refused: dated just past the 600 s skew (a little later in created_at order than the accepted one).
+    let now = Timestamp::now().as_secs();
+    let refused = video_at(&alice, "eleven minutes ahead", now + 11 * 60);
+    let refused_before = rejected_total("future_dated");
+    client.send_event(&refused).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rejected_total("future_dated") == refused_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rejected_total("future_dated") > refused_before, "delivered and refused");
+    tokio::time::sleep(Duration::from_millis(2500)).await; // two flushes and more
+    assert_eq!(
+        stored_cursor(&mut conn, &url).unwrap(),
+        before,
+        "the refused event did not move the cursor"
+    );
+    assert!(!has_job(&jobs(&mut conn), &refused));
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// A cursor left in the future by an older version (or by hand) does not stop bridging: the gauge shows it negative
+/// from startup, the resubscription starts at now minus the overlap, and the next flush repairs the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_cursor_ahead_of_now_is_shown_ignored_and_repaired() {
+    divine_atbridge::metrics::install();
+    let db = TestDb::migrated("ingest_stored_future");
+    let mut conn = db.conn();
+    let (_relay, url) = relay().await;
+    let key = nostr_sdk::RelayUrl::parse(&url).unwrap().to_string();
+    diesel::sql_query(
+        "INSERT INTO relay_cursors (relay_url, last_created_at, last_event_id, updated_at) \
+         VALUES ($1, now() + interval '10 years', 'ff', now())",
+    )
+    .bind::<Text, _>(&key)
+    .execute(&mut conn)
+    .unwrap();
+    let alice = Keys::generate();
+    opt_in(&mut conn, &alice, "alice-s.test", "ready", true);
+    let (stop, task) = start(&db, vec![url.clone()]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cursor_lag(&url).is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lag = cursor_lag(&url).expect("gauge exported at startup, before any event");
+    assert!(
+        lag < -9.0 * 365.0 * 24.0 * 3600.0,
+        "a cursor 10 years ahead shows as negative lag: {lag}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = publisher(std::slice::from_ref(&url)).await;
+    let v = video(&alice, "still bridged");
+    client.send_event(&v).await.unwrap();
+    let rows = wait_until(&mut conn, |rows| has_job(rows, &v)).await;
+    assert!(has_job(&rows, &v), "{rows:?}");
+    let v_id = v.id.to_hex();
+    wait_for_cursor(&mut conn, &url, |(_, id)| *id == v_id).await;
+    let (at, id) = stored_cursor(&mut conn, &url).unwrap();
+    assert_eq!(id, v_id, "repaired");
+    assert!(at <= Timestamp::now().as_secs() as i64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cursor_lag(&url).is_some_and(|l| l < 0.0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cursor_lag(&url).unwrap() >= 0.0);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+/// `since` never lies after `now - overlap`, and positions are clamped to the receive time.
+#[test]
+fn resume_since_and_positions_are_never_in_the_future() {
+    let now = chrono::Utc::now();
+    let overlap = Duration::from_secs(900);
+    let floor = now.timestamp() as u64 - 900;
+    assert_eq!(ingest::resume_since(None, now, overlap).as_secs(), floor);
+    let ahead = now + chrono::Duration::days(3650);
+    assert_eq!(ingest::resume_since(Some(ahead), now, overlap).as_secs(), floor);
+    let behind = now - chrono::Duration::seconds(3600);
+    assert_eq!(
+        ingest::resume_since(Some(behind), now, overlap).as_secs(),
+        behind.timestamp() as u64 - 900
+    );
+
+    let keys = Keys::generate();
+    let ahead = video_at(&keys, "ahead", now.timestamp() as u64 + 540);
+    let (at, id) = ingest::cursor_position(&ahead, now);
+    assert_eq!((at, id), (now, ahead.id.to_hex()), "clamped to the receive time");
+    let past = video_at(&keys, "past", now.timestamp() as u64 - 30);
+    assert_eq!(ingest::cursor_position(&past, now).0.timestamp(), now.timestamp() - 30);
+}
+
+/// Ingest admits through the one shared check (`nostr::check_event`): a tampered id is `bad_id` (the old ingest
+/// copy reported every verification failure as `bad_signature` and never emitted `bad_id`), and each refusal is
+/// counted under its reason.
+#[test]
+fn admission_is_the_shared_check_plus_the_opt_in_set() {
+    divine_atbridge::metrics::install();
+    let keys = Keys::generate();
+    let authors = std::collections::BTreeSet::from([keys.public_key().to_hex()]);
+    let now = chrono::Utc::now().timestamp() as u64;
+    let ok = video(&keys, "fine");
+    assert_eq!(ingest::admit(&ok, &authors, now), Ok(()));
 
     let mut forged: serde_json::Value = serde_json::to_value(&ok).unwrap();
     forged["content"] = serde_json::json!("tampered");
     let forged: Event = serde_json::from_value(forged).unwrap();
-    assert_eq!(ingest::check_event(&forged, now).unwrap_err().reason(), "bad_signature");
+    let bad_id_before = rejected_total("bad_id");
+    assert_eq!(ingest::admit(&forged, &authors, now).unwrap_err().reason(), "bad_id");
+    assert_eq!(rejected_total("bad_id"), bad_id_before + 1, "counted as bad_id");
+
+    let mut badsig: serde_json::Value = serde_json::to_value(&ok).unwrap();
+    let sig = badsig["sig"].as_str().unwrap().to_string();
+    let flipped = if sig.starts_with('0') { "1" } else { "0" };
+    badsig["sig"] = serde_json::json!(format!("{flipped}{}", &sig[1..]));
+    let badsig: Event = serde_json::from_value(badsig).unwrap();
+    assert_eq!(
+        ingest::admit(&badsig, &authors, now).unwrap_err().reason(),
+        "bad_signature"
+    );
+
+    let future = video_at(&keys, "later", now + 11 * 60);
+    assert_eq!(
+        ingest::admit(&future, &authors, now).unwrap_err().reason(),
+        "future_dated"
+    );
+    let near_future = video_at(&keys, "soon", now + 9 * 60);
+    assert!(
+        ingest::admit(&near_future, &authors, now).is_ok(),
+        "9 minutes of skew is tolerated"
+    );
 
     let note = EventBuilder::text_note("plain note").sign_with_keys(&keys).unwrap();
     assert_eq!(
-        ingest::check_event(&note, now).unwrap_err().reason(),
+        ingest::admit(&note, &authors, now).unwrap_err().reason(),
         "unsupported_kind"
+    );
+
+    let stranger = video(&Keys::generate(), "not opted in");
+    let before = rejected_total("not_opted_in");
+    assert_eq!(
+        ingest::admit(&stranger, &authors, now).unwrap_err().reason(),
+        "not_opted_in"
+    );
+    assert_eq!(rejected_total("not_opted_in"), before + 1);
+    // The shared check runs first: a stranger's forged event is refused for its id, not for the author.
+    let mut forged_stranger: serde_json::Value = serde_json::to_value(&stranger).unwrap();
+    forged_stranger["content"] = serde_json::json!("tampered");
+    let forged_stranger: Event = serde_json::from_value(forged_stranger).unwrap();
+    assert_eq!(
+        ingest::admit(&forged_stranger, &authors, now).unwrap_err().reason(),
+        "bad_id"
     );
 }

@@ -4,6 +4,7 @@
 //! events; expected files are never generated.
 
 use ::nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
+use divine_atbridge::ingest;
 use divine_atbridge::nostr::{self as bridge_nostr, BridgeEvent};
 use divine_atbridge::translate::{self, FacetFeature};
 use divine_bridge_db::Classified;
@@ -27,9 +28,12 @@ fn now() -> u64 {
     chrono::Utc::now().timestamp() as u64
 }
 
-/// Outcome of one fixture in the same shape as its expected file.
+/// Outcome of one fixture in the same shape as its expected file. Admission is ingest's own ([`ingest::admit`], the
+/// shared `nostr::check_event` plus the opt-in set, here the fixture's author), so the corpus tests what production
+/// runs.
 fn run(event: &Event) -> Value {
-    if let Err(r) = bridge_nostr::check_event(event, now()) {
+    let opted_in = std::collections::BTreeSet::from([event.pubkey.to_hex()]);
+    if let Err(r) = ingest::admit(event, &opted_in, now()) {
         return json!({"outcome": "rejected", "reason": r.reason()});
     }
     let parsed = match bridge_nostr::parse_event(event) {

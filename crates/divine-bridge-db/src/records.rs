@@ -350,23 +350,31 @@ pub fn get_cursor(conn: &mut PgConnection, relay: &str) -> Result<Option<(DateTi
         .optional()?)
 }
 
-/// Advances the cursor of a relay; never moves it backwards ((created_at, id) order).
+/// Advances a relay cursor. The stored position is `(LEAST(created_at, now()), id)`: a position later than the
+/// database clock is clamped to it (the second line of defence behind ingest's own clamp to the receive time; a
+/// cursor in the future would make every resubscription ask for events that do not exist yet). The row only moves
+/// forward in `(created_at, id)` order, except that a stored position ahead of `now()` (written by an older version
+/// or by hand) is always replaced, which repairs it on the next flush.
+pub const ADVANCE_CURSOR_SQL: &str =
+    "INSERT INTO relay_cursors (relay_url, last_created_at, last_event_id, updated_at) \
+     VALUES ($1, LEAST($2, now()), $3, now()) \
+     ON CONFLICT (relay_url) DO UPDATE \
+     SET last_created_at = EXCLUDED.last_created_at, last_event_id = EXCLUDED.last_event_id, updated_at = now() \
+     WHERE relay_cursors.last_created_at > now() \
+        OR (relay_cursors.last_created_at, relay_cursors.last_event_id) \
+           < (EXCLUDED.last_created_at, EXCLUDED.last_event_id)";
+
+/// Advances the cursor of a relay ([`ADVANCE_CURSOR_SQL`]): never backwards, never later than `now()`.
 pub fn advance_cursor(
     conn: &mut PgConnection,
     relay: &str,
     created_at: DateTime<Utc>,
     event_id: &str,
 ) -> Result<(), DbError> {
-    diesel::sql_query(
-        "INSERT INTO relay_cursors (relay_url, last_created_at, last_event_id, updated_at) VALUES ($1, $2, $3, now()) \
-         ON CONFLICT (relay_url) DO UPDATE \
-         SET last_created_at = EXCLUDED.last_created_at, last_event_id = EXCLUDED.last_event_id, updated_at = now() \
-         WHERE (relay_cursors.last_created_at, relay_cursors.last_event_id) \
-             < (EXCLUDED.last_created_at, EXCLUDED.last_event_id)",
-    )
-    .bind::<Text, _>(relay)
-    .bind::<Timestamptz, _>(created_at)
-    .bind::<Text, _>(event_id)
-    .execute(conn)?;
+    diesel::sql_query(ADVANCE_CURSOR_SQL)
+        .bind::<Text, _>(relay)
+        .bind::<Timestamptz, _>(created_at)
+        .bind::<Text, _>(event_id)
+        .execute(conn)?;
     Ok(())
 }

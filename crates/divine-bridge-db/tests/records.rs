@@ -151,6 +151,34 @@ fn newest_profile_wins_and_cursors_never_move_back() {
     );
 }
 
+/// A relay cursor is never stored ahead of the database clock, and a stored one that is ahead (written by an older
+/// version, which took positions from refused future-dated events) is replaced by the next advance.
+#[test]
+fn relay_cursor_is_never_stored_ahead_of_now_and_a_future_one_is_repaired() {
+    let db = TestDb::migrated("records_cursor_future");
+    let mut conn = db.conn();
+    let ten_years = Utc::now() + Duration::days(3650);
+    advance_cursor(&mut conn, "wss://f", ten_years, "ee").unwrap();
+    let (at, id) = get_cursor(&mut conn, "wss://f").unwrap().unwrap();
+    assert!(at <= Utc::now(), "clamped to now(), not stored 10 years ahead: {at}");
+    assert_eq!(id, "ee");
+
+    // A row left in the future by an older version: the next ordinary position replaces it although it is "older".
+    diesel::sql_query(
+        "UPDATE relay_cursors SET last_created_at = now() + interval '10 years' WHERE relay_url = 'wss://f'",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    let ordinary = Utc::now() - Duration::seconds(5);
+    advance_cursor(&mut conn, "wss://f", ordinary, "aa").unwrap();
+    let (at, id) = get_cursor(&mut conn, "wss://f").unwrap().unwrap();
+    assert_eq!(id, "aa", "the future cursor was repaired");
+    assert!((at - ordinary).num_milliseconds().abs() < 1, "{at} vs {ordinary}");
+    // …and from there it is monotonic again.
+    advance_cursor(&mut conn, "wss://f", ordinary - Duration::seconds(60), "bb").unwrap();
+    assert_eq!(get_cursor(&mut conn, "wss://f").unwrap().unwrap().1, "aa");
+}
+
 #[test]
 fn keys_are_inserted_once() {
     let db = TestDb::migrated("records_keys");

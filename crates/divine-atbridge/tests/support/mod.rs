@@ -150,7 +150,7 @@ pub fn bridge_env(db: &TestDb, stack: &Refstack, relays: &[&str], kek: &str) -> 
         ("RETRY_CAP_SECS", "4"),
         ("SHUTDOWN_GRACE_SECS", "5"),
         ("ACCOUNT_REFRESH_SECS", "1"),
-        ("CURSOR_OVERLAP_SECS", "300"),
+        ("CURSOR_OVERLAP_SECS", "900"),
         ("RUST_LOG", "info,divine_atbridge=debug"),
     ]
     .into_iter()
