@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crosspost;
+pub mod faultproxy;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
