@@ -204,7 +204,9 @@ impl Inner {
 
     async fn forward(&self, parts: axum::http::request::Parts, body: Bytes) -> Result<Response, reqwest::Error> {
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut req = self.http.request(parts.method.clone(), format!("{}{path}", self.upstream));
+        let mut req = self
+            .http
+            .request(parts.method.clone(), format!("{}{path}", self.upstream));
         for (name, value) in &parts.headers {
             if !HOP_HEADERS.contains(&name.as_str()) {
                 req = req.header(name, value);
@@ -267,7 +269,8 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
         AfterStall::Drop => {
             c.dropped.fetch_add(1, Ordering::SeqCst);
             // A body that fails before yielding anything: hyper aborts the connection instead of answering.
-            let broken = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("dropped")) });
+            let broken =
+                futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("dropped")) });
             Response::builder()
                 .status(StatusCode::OK)
                 .body(Body::from_stream(broken))
