@@ -425,7 +425,7 @@ async fn two_hundred_events_under_db_kills_sigkills_and_pds_faults_settle_exactl
             let mut deletes_seen = 0usize;
             for (e, target) in &list {
                 match target {
-                    Some(target) if deletes_seen % 2 == 0 => {
+                    Some(target) if deletes_seen.is_multiple_of(2) => {
                         deletes_seen += 1;
                         deferred.push((e.clone(), *target));
                     }
