@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod crosspost;
+pub mod faultproxy;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -109,7 +110,20 @@ pub struct TestRelay {
 
 impl TestRelay {
     pub async fn start() -> TestRelay {
-        let relay = LocalRelay::new(RelayBuilder::default());
+        TestRelay::start_with(RelayBuilder::default()).await
+    }
+
+    /// A relay without the builder's default limit of 60 events a minute per client, for tests that publish in bulk.
+    pub async fn start_unlimited() -> TestRelay {
+        let limit = RateLimit {
+            notes_per_minute: 1_000_000,
+            ..RateLimit::default()
+        };
+        TestRelay::start_with(RelayBuilder::default().rate_limit(limit)).await
+    }
+
+    pub async fn start_with(builder: RelayBuilder) -> TestRelay {
+        let relay = LocalRelay::new(builder);
         relay.run().await.unwrap();
         let url = relay.url().await.to_string();
         TestRelay { relay, url }
