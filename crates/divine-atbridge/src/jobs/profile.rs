@@ -61,9 +61,11 @@ pub async fn sync_profile(
         let expected = local_blob_ref(&m.bytes, &m.mime);
         let actual = repo.upload_blob(&did, m.bytes, &m.mime).await?;
         if actual != expected {
-            if let Some(avatar) = record.get_mut("avatar") {
-                if avatar.get("ref").and_then(|r| r.get("$link")).and_then(|l| l.as_str()) == Some(cid.as_str()) {
-                    *avatar = actual;
+            for field in ["avatar", "banner"] {
+                if let Some(image) = record.get_mut(field) {
+                    if image.get("ref").and_then(|r| r.get("$link")).and_then(|l| l.as_str()) == Some(cid.as_str()) {
+                        *image = actual.clone();
+                    }
                 }
             }
         }
