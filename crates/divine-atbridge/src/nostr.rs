@@ -422,7 +422,10 @@ fn parse_content_warnings(tags: &[&[String]]) -> Vec<String> {
             out.push(v);
         }
     };
-    for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("content-warning")) {
+    for t in tags
+        .iter()
+        .filter(|t| t.first().map(String::as_str) == Some("content-warning"))
+    {
         push(t.get(1).map(String::as_str).unwrap_or(""));
     }
     for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("l")) {
@@ -745,14 +748,24 @@ mod tests {
             22,
             "",
             vec![
-                vec!["imeta", "url https://a/v.mp4", "m video/mp4", "dim 0x10", "duration soon", "size -3"],
+                vec![
+                    "imeta",
+                    "url https://a/v.mp4",
+                    "m video/mp4",
+                    "dim 0x10",
+                    "duration soon",
+                    "size -3",
+                ],
                 vec!["imeta", "url https://a/w.mp4", "dim 720x1280", "duration 6", "size 10"],
             ],
             100,
         );
         let v = VideoEvent::from_event(&ev).unwrap();
         assert_eq!(v.variants.len(), 2, "the video is kept");
-        assert_eq!((v.variants[0].dim, v.variants[0].duration, v.variants[0].size), (None, None, None));
+        assert_eq!(
+            (v.variants[0].dim, v.variants[0].duration, v.variants[0].size),
+            (None, None, None)
+        );
         assert_eq!(v.variants[0].mime.as_deref(), Some("video/mp4"));
         assert_eq!(v.variants[1].dim, Some((720, 1280)));
         assert_eq!(v.dropped_fields, vec!["dim", "duration", "size"]);

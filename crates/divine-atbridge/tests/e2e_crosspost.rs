@@ -373,7 +373,9 @@ async fn a_restart_mid_stream_loses_and_duplicates_nothing() {
         .collect();
     texts.sort();
     // Every post ends with the default link back to Divine.
-    let mut want: Vec<String> = (0..N).map(|i| format!("restart clip {i}\nOriginal on Divine")).collect();
+    let mut want: Vec<String> = (0..N)
+        .map(|i| format!("restart clip {i}\nOriginal on Divine"))
+        .collect();
     want.sort();
     assert_eq!(texts, want);
     for e in &events {

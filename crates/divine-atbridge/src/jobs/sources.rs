@@ -15,9 +15,9 @@ use crate::nostr::{BridgeEvent, ProfileMeta, VideoEvent};
 use crate::translate::{self, BridgedUser, PostContext, TranslateError, UrlTemplate};
 use atrium_api::types::BlobRef;
 use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ProvisioningState};
-use std::collections::HashMap;
 use futures::future::BoxFuture;
 use nostr::Event;
+use std::collections::HashMap;
 
 /// Media fetch settings derived from the cross-posting config.
 #[derive(Debug, Clone)]
@@ -58,6 +58,40 @@ fn blob_ref(bytes: &[u8], mime: &str) -> Result<BlobRef, JobError> {
     serde_json::from_value(local_blob_ref(bytes, mime)).map_err(|e| JobError::BadPayload(format!("blob ref: {e}")))
 }
 
+/// The pubkeys mentioned in `text` (`nostr:npub…`/`nostr:nprofile…`) that have a ready bridged account (with a DID),
+/// for mention facets. A link that is pending, failed or disabled is not mentioned by DID (its Bluesky account may
+/// not exist or be active); it gets the Divine profile link instead.
+pub async fn bridged_users(db: &Db, text: &str) -> Result<HashMap<String, BridgedUser>, JobError> {
+    let mut pubkeys: Vec<String> = translate::links::find_mentions(text)
+        .into_iter()
+        .map(|m| m.pubkey)
+        .collect();
+    pubkeys.sort();
+    pubkeys.dedup();
+    if pubkeys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = db
+        .run(move |c| {
+            let mut found = HashMap::new();
+            for pk in pubkeys {
+                let Some(link) = accounts::get(c, &pk)? else { continue };
+                if let (Some(did), ProvisioningState::Ready) = (link.did.clone(), link.state()?) {
+                    found.insert(
+                        pk,
+                        BridgedUser {
+                            did,
+                            handle: link.handle,
+                        },
+                    );
+                }
+            }
+            Ok(found)
+        })
+        .await?;
+    Ok(found)
+}
+
 pub struct TranslatedPosts {
     fetcher: MediaFetcher,
     db: Db,
@@ -75,41 +109,6 @@ impl TranslatedPosts {
         }
     }
 
-    /// The mentioned pubkeys that have a ready bridged account (with a DID), for mention facets. A link that is
-    /// pending, failed or disabled is not mentioned by DID (its Bluesky account may not exist or be active); it gets
-    /// the Divine profile link instead.
-    async fn bridged_users(&self, content: &str) -> Result<HashMap<String, BridgedUser>, JobError> {
-        let mut pubkeys: Vec<String> = translate::links::find_mentions(content)
-            .into_iter()
-            .map(|m| m.pubkey)
-            .collect();
-        pubkeys.sort();
-        pubkeys.dedup();
-        if pubkeys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let found = self
-            .db
-            .run(move |c| {
-                let mut found = HashMap::new();
-                for pk in pubkeys {
-                    let Some(link) = accounts::get(c, &pk)? else { continue };
-                    if let (Some(did), ProvisioningState::Ready) = (link.did.clone(), link.state()?) {
-                        found.insert(
-                            pk,
-                            BridgedUser {
-                                did,
-                                handle: link.handle,
-                            },
-                        );
-                    }
-                }
-                Ok(found)
-            })
-            .await?;
-        Ok(found)
-    }
-
     async fn prepare_video(&self, ev: &VideoEvent) -> Result<PreparedPost, JobError> {
         for field in &ev.dropped_fields {
             // Counted per translation try (a retried job counts again); the value is gone from the post either way.
@@ -121,7 +120,7 @@ impl TranslatedPosts {
         let ctx = PostContext {
             post_url: self.post_url.clone(),
             profile_url: self.profile_url.clone(),
-            bridged: self.bridged_users(&mentionable).await?,
+            bridged: bridged_users(&self.db, &mentionable).await?,
         };
         let plan = translate::plan_post(ev, &ctx).map_err(translate_err)?;
         let urls: Vec<String> = std::iter::once(plan.video.url.clone())
@@ -319,5 +318,37 @@ impl Classified for ProfileImageRefusal {
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refusals_have_stable_codes_and_other_errors_keep_theirs() {
+        let wrong = MediaError::UnsupportedType {
+            expected: "image/png|image/jpeg",
+            found: "image/webp".into(),
+        };
+        let big = MediaError::TooLarge { limit: 1_000_000 };
+        let code = |f, e: &MediaError| ProfileImageRefusal::from_media(f, e).map(|r| (r.code(), r.class()));
+        assert_eq!(
+            code(ImageField::Avatar, &wrong),
+            Some(("avatar_unsupported_format", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Avatar, &big),
+            Some(("avatar_too_large", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Banner, &wrong),
+            Some(("banner_unsupported_format", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Banner, &big),
+            Some(("banner_too_large", ErrorClass::Permanent))
+        );
+        assert_eq!(code(ImageField::Avatar, &MediaError::Timeout), None);
     }
 }

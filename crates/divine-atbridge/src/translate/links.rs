@@ -47,13 +47,19 @@ impl UrlTemplate {
                 .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
             let name = &rest[open + 1..open + close];
             if !allowed.contains(&name) {
-                return Err(format!("unknown placeholder {{{name}}} (allowed: {})", allowed.join(", ")));
+                return Err(format!(
+                    "unknown placeholder {{{name}}} (allowed: {})",
+                    allowed.join(", ")
+                ));
             }
             used += 1;
             rest = &rest[open + close + 1..];
         }
         if used == 0 {
-            return Err(format!("{template:?} has none of the placeholders {}", allowed.join(", ")));
+            return Err(format!(
+                "{template:?} has none of the placeholders {}",
+                allowed.join(", ")
+            ));
         }
         let t = UrlTemplate(template.to_string());
         let sample: Vec<(&str, &str)> = allowed.iter().map(|n| (*n, "x")).collect();

@@ -344,7 +344,12 @@ pub fn plan_post(ev: &VideoEvent, ctx: &PostContext) -> Result<PostPlan, Transla
     // Room for "\n" + the anchor, so the link back is never truncated away.
     let reserve = link_back
         .as_ref()
-        .map(|_| (1 + text::grapheme_len(links::LINK_BACK_TEXT), 1 + links::LINK_BACK_TEXT.len()))
+        .map(|_| {
+            (
+                1 + text::grapheme_len(links::LINK_BACK_TEXT),
+                1 + links::LINK_BACK_TEXT.len(),
+            )
+        })
         .unwrap_or((0, 0));
     let (mut text, cut) = text::truncate(&composed, MAX_TEXT_GRAPHEMES - reserve.0, MAX_TEXT_BYTES - reserve.1);
     if let Some(cut) = cut {
@@ -591,10 +596,17 @@ mod tests {
         let w = |v: &[&str]| self_labels(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         assert!(w(&[]).is_empty(), "no warning, no label");
         assert_eq!(w(&[""]), vec![DEFAULT_SELF_LABEL], "a bare content-warning is labelled");
-        assert_eq!(w(&["spoilers"]), vec![DEFAULT_SELF_LABEL], "an unknown reason is labelled");
+        assert_eq!(
+            w(&["spoilers"]),
+            vec![DEFAULT_SELF_LABEL],
+            "an unknown reason is labelled"
+        );
         assert_eq!(w(&["Nudity"]), vec!["nudity"]);
         assert_eq!(w(&["explicit sex"]), vec!["porn"]);
-        assert_eq!(w(&["violence", "porn", "sexual", "porn"]), vec!["porn", "sexual", "graphic-media"]);
+        assert_eq!(
+            w(&["violence", "porn", "sexual", "porn"]),
+            vec!["porn", "sexual", "graphic-media"]
+        );
         for (_, label) in SELF_LABEL_KEYWORDS {
             assert!(SELF_LABELS.contains(label), "{label} is a Bluesky self-label");
         }

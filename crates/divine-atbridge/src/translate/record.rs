@@ -106,13 +106,10 @@ fn self_labels(values: &[String]) -> Option<Union<post::RecordLabelsRefs>> {
     if values.is_empty() {
         return None;
     }
-    let values = values
-        .iter()
-        .map(|v| SelfLabelData { val: v.clone() }.into())
-        .collect();
-    Some(Union::Refs(post::RecordLabelsRefs::ComAtprotoLabelDefsSelfLabels(Box::new(
-        SelfLabelsData { values }.into(),
-    ))))
+    let values = values.iter().map(|v| SelfLabelData { val: v.clone() }.into()).collect();
+    Some(Union::Refs(post::RecordLabelsRefs::ComAtprotoLabelDefsSelfLabels(
+        Box::new(SelfLabelsData { values }.into()),
+    )))
 }
 
 fn with_type(mut v: serde_json::Value, nsid: &str) -> serde_json::Value {
@@ -245,7 +242,10 @@ mod tests {
         assert_eq!(v["facets"][0]["features"][0]["tag"], "cat");
         assert_eq!(v["facets"][1]["features"][0]["$type"], "app.bsky.richtext.facet#link");
         assert_eq!(v["facets"][1]["features"][0]["uri"], "https://a.com");
-        assert_eq!(v["facets"][2]["features"][0]["$type"], "app.bsky.richtext.facet#mention");
+        assert_eq!(
+            v["facets"][2]["features"][0]["$type"],
+            "app.bsky.richtext.facet#mention"
+        );
         assert_eq!(v["facets"][2]["features"][0]["did"], "did:plc:ewvi7nxzyoun6zhxrhs64oiz");
         assert_eq!(v["facets"].as_array().unwrap().len(), 3, "an unparsable DID is dropped");
         assert_eq!(
