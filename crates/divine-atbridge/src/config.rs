@@ -94,6 +94,24 @@ pub fn url(name: &'static str, value: String) -> Result<String, ConfigError> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
+/// Reads a URL template (see `translate::links`): unset → `default`; set but empty → `None` (the feature is off,
+/// which is why this cannot use [`var`], where empty counts as unset); otherwise it must use only `allowed`
+/// placeholders and render an http(s) URL, or startup fails with `config_invalid`.
+pub fn template_or(
+    name: &'static str,
+    default: &str,
+    allowed: &[&str],
+) -> Result<Option<crate::translate::UrlTemplate>, ConfigError> {
+    let value = match std::env::var(name) {
+        Err(_) => default.to_string(),
+        Ok(v) if v.trim().is_empty() => return Ok(None),
+        Ok(v) => v.trim().to_string(),
+    };
+    crate::translate::UrlTemplate::parse(&value, allowed)
+        .map(Some)
+        .map_err(|reason| ConfigError::Invalid { name, reason })
+}
+
 /// Identity settings: where accounts are created and how their keys are protected.
 #[derive(Clone)]
 pub struct IdentityConfig {
@@ -150,6 +168,10 @@ pub struct CrosspostConfig {
     pub media_allow_loopback: bool,
     pub media_timeout: Duration,
     pub backfill_max_events: usize,
+    /// `DIVINE_POST_URL_TEMPLATE`: link back to the original on Divine; `None` when set empty (off).
+    pub post_url_template: Option<crate::translate::UrlTemplate>,
+    /// `DIVINE_PROFILE_URL_TEMPLATE`: where mentions of non-bridged users link; `None` when set empty (off).
+    pub profile_url_template: Option<crate::translate::UrlTemplate>,
 }
 
 impl CrosspostConfig {
@@ -186,6 +208,16 @@ impl CrosspostConfig {
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
             media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),
             backfill_max_events: parse_or("BACKFILL_MAX_EVENTS", 1000usize)?,
+            post_url_template: template_or(
+                "DIVINE_POST_URL_TEMPLATE",
+                crate::translate::links::DEFAULT_POST_URL_TEMPLATE,
+                crate::translate::links::POST_PLACEHOLDERS,
+            )?,
+            profile_url_template: template_or(
+                "DIVINE_PROFILE_URL_TEMPLATE",
+                crate::translate::links::DEFAULT_PROFILE_URL_TEMPLATE,
+                crate::translate::links::PROFILE_PLACEHOLDERS,
+            )?,
         })
     }
 }

@@ -22,6 +22,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_relay_subscriptions_closed_total",
     "bridge_nostr_events_rejected_total",
     "bridge_relay_cursor_lag_seconds",
+    "bridge_nostr_fields_dropped_total",
+    "bridge_profile_images_skipped_total",
     "bridge_publish_lag_seconds",
     "bridge_pds_requests_total",
 ];
@@ -102,6 +104,14 @@ fn describe() {
     describe_counter!(
         "bridge_nostr_events_rejected_total",
         "Nostr events refused at ingest, by reason."
+    );
+    describe_counter!(
+        "bridge_nostr_fields_dropped_total",
+        "Malformed optional imeta/legacy video fields (dim, duration, size) dropped while translating, by field."
+    );
+    describe_counter!(
+        "bridge_profile_images_skipped_total",
+        "Profile images (avatar, banner) left out of a synced profile, by field and code."
     );
     describe_histogram!(
         "bridge_publish_lag_seconds",

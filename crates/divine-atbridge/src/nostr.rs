@@ -179,11 +179,21 @@ pub struct VideoEvent {
     pub alt: Option<String>,
     /// `summary` tag.
     pub summary: Option<String>,
+    /// Sensitive-content marks exactly as published: the NIP-36 `content-warning` reason (`""` when the tag has
+    /// none) and the values of NIP-32 labels in the `content-warning` namespace (`["l", "nudity",
+    /// "content-warning"]`, as Divine's apps write them). Empty when the author marked nothing. `translate` maps them
+    /// to Bluesky self-labels.
+    pub content_warnings: Vec<String>,
+    /// Optional `imeta`/legacy fields that were present but malformed and therefore dropped (`"dim"`, `"duration"`,
+    /// `"size"`), one entry per dropped value, for `bridge_nostr_fields_dropped_total{field}`.
+    pub dropped_fields: Vec<&'static str>,
 }
 
 impl VideoEvent {
-    /// Parses a video event. Malformed `imeta`/`x`/`dim`/`size`/`duration` values, or an addressable kind without a
-    /// `d` tag, are `invalid_event`.
+    /// Parses a video event. A malformed `imeta` entry or `x` hash, or an addressable kind without a `d` tag, is
+    /// `invalid_event`. A malformed optional `dim`/`size`/`duration` value is NOT: the value is dropped (recorded in
+    /// [`VideoEvent::dropped_fields`]) and the video kept, because it only refines the post (aspect ratio, variant
+    /// choice) while `x` guards the integrity of the uploaded file.
     pub fn from_event(event: &Event) -> Result<VideoEvent, TranslateError> {
         let kind = event.kind.as_u16();
         if !is_video_kind(kind) {
@@ -207,19 +217,22 @@ impl VideoEvent {
             None
         };
 
+        let mut dropped_fields = Vec::new();
         let mut variants = Vec::new();
         for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("imeta")) {
-            variants.push(parse_imeta(&t[1..])?);
+            variants.push(parse_imeta(&t[1..], &mut dropped_fields)?);
         }
         if variants.is_empty() {
             if let Some(url) = first("url") {
+                let optional = |name: &'static str| first(name).map(|v| (name, v));
+                let (size, dim, duration) = (optional("size"), optional("dim"), optional("duration"));
                 variants.push(VideoVariant {
                     url,
                     mime: first("m").map(|m| normalize_mime(&m)),
                     sha256: first("x").map(|x| parse_sha256(&x)).transpose()?,
-                    size: first("size").map(|s| parse_size(&s)).transpose()?,
-                    dim: first("dim").map(|d| parse_dim(&d)).transpose()?,
-                    duration: first("duration").map(|d| parse_duration(&d)).transpose()?,
+                    size: size.and_then(|(n, v)| optional_field(n, parse_size(&v), &mut dropped_fields)),
+                    dim: dim.and_then(|(n, v)| optional_field(n, parse_dim(&v), &mut dropped_fields)),
+                    duration: duration.and_then(|(n, v)| optional_field(n, parse_duration(&v), &mut dropped_fields)),
                     alt: None,
                     fallbacks: Vec::new(),
                 });
@@ -266,6 +279,8 @@ impl VideoEvent {
             text_tracks,
             alt: first("alt"),
             summary: first("summary"),
+            content_warnings: parse_content_warnings(&tags),
+            dropped_fields,
         })
     }
 
@@ -277,7 +292,22 @@ impl VideoEvent {
     }
 }
 
-fn parse_imeta(entries: &[String]) -> Result<VideoVariant, TranslateError> {
+/// An optional field's parse result: the value, or `None` with the field recorded as dropped.
+fn optional_field<T>(
+    name: &'static str,
+    parsed: Result<T, TranslateError>,
+    dropped: &mut Vec<&'static str>,
+) -> Option<T> {
+    match parsed {
+        Ok(v) => Some(v),
+        Err(_) => {
+            dropped.push(name);
+            None
+        }
+    }
+}
+
+fn parse_imeta(entries: &[String], dropped: &mut Vec<&'static str>) -> Result<VideoVariant, TranslateError> {
     let mut v = VideoVariant {
         url: String::new(),
         mime: None,
@@ -303,9 +333,11 @@ fn parse_imeta(entries: &[String]) -> Result<VideoVariant, TranslateError> {
             "url" if v.url.is_empty() => v.url = value.to_string(),
             "m" if v.mime.is_none() => v.mime = Some(normalize_mime(value)),
             "x" if v.sha256.is_none() => v.sha256 = Some(parse_sha256(value)?),
-            "size" if v.size.is_none() => v.size = Some(parse_size(value)?),
-            "dim" if v.dim.is_none() => v.dim = Some(parse_dim(value)?),
-            "duration" if v.duration.is_none() => v.duration = Some(parse_duration(value)?),
+            "size" if v.size.is_none() => v.size = optional_field("size", parse_size(value), dropped),
+            "dim" if v.dim.is_none() => v.dim = optional_field("dim", parse_dim(value), dropped),
+            "duration" if v.duration.is_none() => {
+                v.duration = optional_field("duration", parse_duration(value), dropped)
+            }
             "alt" if v.alt.is_none() && !value.is_empty() => v.alt = Some(value.to_string()),
             "fallback" if !value.is_empty() => v.fallbacks.push(value.to_string()),
             _ => {}
@@ -370,6 +402,37 @@ fn parse_langs(tags: &[&[String]]) -> Vec<String> {
         let code = code.trim().to_ascii_lowercase();
         if is_iso639_1(&code) && !out.contains(&code) {
             out.push(code);
+        }
+    }
+    out
+}
+
+/// NIP-32 namespace of sensitive-content labels (Divine's apps write `["L", "content-warning"]` and
+/// `["l", "<nudity|sexual|porn|violence|…>", "content-warning"]`).
+pub const CONTENT_WARNING_NAMESPACE: &str = "content-warning";
+
+/// NIP-36 `content-warning` reasons (trimmed, `""` for a bare tag) followed by the values of NIP-32 labels in the
+/// [`CONTENT_WARNING_NAMESPACE`], in tag order, without duplicates. A label needs the namespace as its third value:
+/// a bare `["l", "x"]` is a language label (see `parse_langs`).
+fn parse_content_warnings(tags: &[&[String]]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |v: &str| {
+        let v = v.trim().to_string();
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    };
+    for t in tags
+        .iter()
+        .filter(|t| t.first().map(String::as_str) == Some("content-warning"))
+    {
+        push(t.get(1).map(String::as_str).unwrap_or(""));
+    }
+    for t in tags.iter().filter(|t| t.first().map(String::as_str) == Some("l")) {
+        if let (Some(value), Some(ns)) = (t.get(1), t.get(2)) {
+            if ns.trim().eq_ignore_ascii_case(CONTENT_WARNING_NAMESPACE) && !value.trim().is_empty() {
+                push(value);
+            }
         }
     }
     out
@@ -498,6 +561,10 @@ pub struct ProfileMeta {
     pub display_name: Option<String>,
     pub about: Option<String>,
     pub picture: Option<String>,
+    /// `banner`: an image URL.
+    pub banner: Option<String>,
+    /// `website`.
+    pub website: Option<String>,
 }
 
 impl ProfileMeta {
@@ -526,6 +593,8 @@ impl ProfileMeta {
             display_name: field("display_name").or_else(|| field("displayName")),
             about: field("about"),
             picture: field("picture"),
+            banner: field("banner"),
+            website: field("website"),
         })
     }
 }
@@ -663,9 +732,7 @@ mod tests {
             vec![vec!["imeta", "url"]],
             vec![vec!["imeta", "m video/mp4"]],
             vec![vec!["imeta", "url https://a/v.mp4", "x nothex"]],
-            vec![vec!["imeta", "url https://a/v.mp4", "dim 0x10"]],
-            vec![vec!["imeta", "url https://a/v.mp4", "duration soon"]],
-            vec![vec!["url", "https://a/v.mp4"], vec!["size", "-3"]],
+            vec![vec!["url", "https://a/v.mp4"], vec!["x", "nothex"]],
         ] {
             let ev = sign(22, "", tags.clone(), 100);
             let e = VideoEvent::from_event(&ev).unwrap_err();
@@ -673,6 +740,78 @@ mod tests {
         }
         let no_d = sign(34235, "", vec![vec!["url", "https://a/v.mp4"]], 100);
         assert_eq!(VideoEvent::from_event(&no_d).unwrap_err().code(), "invalid_event");
+    }
+
+    #[test]
+    fn malformed_optional_fields_are_dropped_not_fatal() {
+        let ev = sign(
+            22,
+            "",
+            vec![
+                vec![
+                    "imeta",
+                    "url https://a/v.mp4",
+                    "m video/mp4",
+                    "dim 0x10",
+                    "duration soon",
+                    "size -3",
+                ],
+                vec!["imeta", "url https://a/w.mp4", "dim 720x1280", "duration 6", "size 10"],
+            ],
+            100,
+        );
+        let v = VideoEvent::from_event(&ev).unwrap();
+        assert_eq!(v.variants.len(), 2, "the video is kept");
+        assert_eq!(
+            (v.variants[0].dim, v.variants[0].duration, v.variants[0].size),
+            (None, None, None)
+        );
+        assert_eq!(v.variants[0].mime.as_deref(), Some("video/mp4"));
+        assert_eq!(v.variants[1].dim, Some((720, 1280)));
+        assert_eq!(v.dropped_fields, vec!["dim", "duration", "size"]);
+
+        let legacy = sign(
+            21,
+            "",
+            vec![
+                vec!["url", "https://a/v.mp4"],
+                vec!["size", "-3"],
+                vec!["dim", "wide"],
+                vec!["duration", "NaN"],
+            ],
+            100,
+        );
+        let v = VideoEvent::from_event(&legacy).unwrap();
+        assert_eq!(v.variants[0].url, "https://a/v.mp4");
+        assert_eq!(v.dropped_fields, vec!["size", "dim", "duration"]);
+
+        let clean = sign(22, "", vec![vec!["imeta", "url https://a/v.mp4", "dim 1x1"]], 100);
+        assert!(VideoEvent::from_event(&clean).unwrap().dropped_fields.is_empty());
+    }
+
+    #[test]
+    fn content_warnings_from_nip36_and_nip32() {
+        let ev = sign(
+            34236,
+            "",
+            vec![
+                vec!["d", "x"],
+                vec!["url", "https://a/v.mp4"],
+                vec!["content-warning"],
+                vec!["content-warning", " Nudity "],
+                vec!["L", "content-warning"],
+                vec!["l", "sexual", "content-warning"],
+                vec!["l", "Nudity", "content-warning"],
+                vec!["l", "en", "ISO-639-1"],
+                vec!["l", "porn"],
+            ],
+            100,
+        );
+        let v = VideoEvent::from_event(&ev).unwrap();
+        assert_eq!(v.content_warnings, vec!["", "Nudity", "sexual"]);
+        assert_eq!(v.langs, vec!["en"], "content-warning labels are not languages");
+        let plain = sign(22, "", vec![vec!["url", "https://a/v.mp4"], vec!["l", "porn"]], 100);
+        assert!(VideoEvent::from_event(&plain).unwrap().content_warnings.is_empty());
     }
 
     #[test]
@@ -710,7 +849,7 @@ mod tests {
     fn profile_fields() {
         let ev = sign(
             0,
-            r#"{"name":"bob","displayName":"Bob B","about":"hi","picture":"https://p/a.png","nip05":3}"#,
+            r#"{"name":"bob","displayName":"Bob B","about":"hi","picture":"https://p/a.png","nip05":3,"banner":" https://p/b.jpg ","website":"https://bob.example"}"#,
             vec![],
             100,
         );
@@ -718,6 +857,8 @@ mod tests {
         assert_eq!(p.display_name.as_deref(), Some("Bob B"));
         assert_eq!(p.name.as_deref(), Some("bob"));
         assert_eq!(p.picture.as_deref(), Some("https://p/a.png"));
+        assert_eq!(p.banner.as_deref(), Some("https://p/b.jpg"));
+        assert_eq!(p.website.as_deref(), Some("https://bob.example"));
         let bad = sign(0, "not json", vec![], 100);
         assert_eq!(ProfileMeta::from_event(&bad).unwrap_err().code(), "invalid_event");
         let arr = sign(0, "[1]", vec![], 100);

@@ -166,7 +166,11 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
     assert_eq!(rows.len(), EVENTS, "one record_mappings row per event");
     let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (a, e) in &events {
-        want.entry(accounts[*a].1.clone()).or_default().push(e.content.clone());
+        want.entry(accounts[*a].1.clone()).or_default().push(format!(
+            "{}\n{}",
+            e.content,
+            divine_atbridge::translate::links::LINK_BACK_TEXT
+        ));
     }
     for (did, mut texts) in want {
         // Small pages: the cursor is followed several times per repo.

@@ -82,17 +82,24 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     let client_b = nostr_client(&[&relay_b.url]).await;
     let t0 = unix_now() - 120;
 
-    // 1. A kind 22 video, published to BOTH relays.
-    let short = video_event(
+    // 1. A kind 22 video, published to BOTH relays, with a content warning and a mention of a bridged user (the
+    //    author themself): the record carries a self-label, a mention facet of the DID and the default link back.
+    let npub = keys.public_key().to_bech32().unwrap();
+    let handle = divine_bridge_db::accounts::get(&mut db.conn(), &pubkey)
+        .unwrap()
+        .unwrap()
+        .handle;
+    let short = video_event_with(
         &keys,
         22,
         None,
         "Café run ☕",
-        "Morning loop, see https://divine.video/v/1",
+        &format!("Morning loop, see https://divine.video/v/1 with nostr:{npub}"),
         &["coffee", "dogs"],
         &url,
         &video,
         t0,
+        vec![Tag::parse(["content-warning", "nudity"]).unwrap()],
     );
     publish(&client_a, &short).await;
     publish(&client_b, &short).await;
@@ -110,23 +117,39 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     assert_eq!(got["uri"], uri);
     assert_eq!(got["cid"], cid);
     let value = &got["value"];
-    let text = "Café run ☕\nMorning loop, see https://divine.video/v/1\n#coffee #dogs";
+    let text = format!(
+        "Café run ☕\nMorning loop, see https://divine.video/v/1 with @{handle}\n#coffee #dogs\nOriginal on Divine"
+    );
+    let text = text.as_str();
     assert_eq!(value["$type"], POST);
     assert_eq!(value["text"], text);
+    assert_eq!(
+        value["labels"],
+        serde_json::json!({"$type": "com.atproto.label.defs#selfLabels", "values": [{"val": "nudity"}]}),
+        "a content-warning video is never posted unlabelled"
+    );
     assert_eq!(value["createdAt"], iso(t0));
     let span = |needle: &str| {
         let start = text.find(needle).unwrap();
         serde_json::json!({"byteStart": start, "byteEnd": start + needle.len()})
     };
     let facets = value["facets"].as_array().expect("facets");
-    assert_eq!(facets.len(), 3, "{value}");
+    assert_eq!(facets.len(), 5, "{value}");
     assert_eq!(facets[0]["index"], span("https://divine.video/v/1"));
     assert_eq!(facets[0]["features"][0]["$type"], "app.bsky.richtext.facet#link");
     assert_eq!(facets[0]["features"][0]["uri"], "https://divine.video/v/1");
-    assert_eq!(facets[1]["index"], span("#coffee"));
-    assert_eq!(facets[1]["features"][0]["tag"], "coffee");
-    assert_eq!(facets[2]["index"], span("#dogs"));
-    assert_eq!(facets[2]["features"][0]["$type"], "app.bsky.richtext.facet#tag");
+    assert_eq!(facets[1]["index"], span(&format!("@{handle}")));
+    assert_eq!(facets[1]["features"][0]["$type"], "app.bsky.richtext.facet#mention");
+    assert_eq!(facets[1]["features"][0]["did"], did);
+    assert_eq!(facets[2]["index"], span("#coffee"));
+    assert_eq!(facets[2]["features"][0]["tag"], "coffee");
+    assert_eq!(facets[3]["index"], span("#dogs"));
+    assert_eq!(facets[3]["features"][0]["$type"], "app.bsky.richtext.facet#tag");
+    assert_eq!(facets[4]["index"], span("Original on Divine"));
+    assert_eq!(
+        facets[4]["features"][0]["uri"],
+        format!("https://divine.video/video/{}", short.id.to_hex())
+    );
     let embed = &value["embed"];
     assert_eq!(embed["$type"], "app.bsky.embed.video");
     assert_eq!(embed["aspectRatio"], serde_json::json!({"width": 9, "height": 16}));
@@ -201,7 +224,7 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     assert!(superseded.is_some(), "the old revision's record is still in the repo");
     assert_eq!(mapping(&db, &v1.id).unwrap().state, "superseded");
     let v2_rec = get_record(&probe, &did, POST, rkey_of(&uri_v2)).await.unwrap();
-    assert_eq!(v2_rec["value"]["text"], "Long take\ndirector's cut");
+    assert_eq!(v2_rec["value"]["text"], "Long take\ndirector's cut\nOriginal on Divine");
     // Relay A still holds v1, so it accepts a revision dated between v1 and v2; to the bridge it is older than v2.
     let v0 = video_event(
         &keys,
@@ -239,8 +262,16 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     );
     assert_eq!(mapping(&db, &v2.id).unwrap().state, "deleted");
 
-    // 4. kind 0 → app.bsky.actor.profile/self; an older kind 0 arriving later does not win.
-    let p1 = profile_event(&keys, "Dana 🎬", "Short videos about coffee.", t0 + 50);
+    // 4. kind 0 → app.bsky.actor.profile/self (with the website field); an older kind 0 arriving later does not win.
+    let p1 = EventBuilder::new(
+        Kind::Metadata,
+        serde_json::json!({"display_name": "Dana 🎬", "about": "Short videos about coffee.",
+            "website": "https://dana.example/"})
+        .to_string(),
+    )
+    .custom_created_at(Timestamp::from(t0 + 50))
+    .sign_with_keys(&keys)
+    .unwrap();
     publish(&client_a, &p1).await;
     let profile = eventually(WAIT, || async {
         get_record(&probe, &did, PROFILE, "self")
@@ -251,6 +282,10 @@ async fn video_events_become_valid_posts_and_follow_deletes_edits_and_profiles()
     .unwrap_or_else(|| panic!("profile not synced; jobs {:?}", job_rows(&db)));
     assert_eq!(profile["value"]["$type"], PROFILE);
     assert_eq!(profile["value"]["description"], "Short videos about coffee.");
+    assert_eq!(profile["value"]["website"], "https://dana.example/");
+    let (status, body) = put_record_validated(&probe, &jwt, &did, PROFILE, "self", &profile["value"]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["validationStatus"], "valid", "{body}");
     let stale = profile_event(&keys, "Old Name", "old", t0 + 45);
     publish(&client_b, &stale).await;
     let (state, code) = job_outcome(&db, &format!("profile:{}", stale.id), WAIT).await;
@@ -337,7 +372,10 @@ async fn a_restart_mid_stream_loses_and_duplicates_nothing() {
         .map(|r| r["value"]["text"].as_str().unwrap().to_string())
         .collect();
     texts.sort();
-    let mut want: Vec<String> = (0..N).map(|i| format!("restart clip {i}")).collect();
+    // Every post ends with the default link back to Divine.
+    let mut want: Vec<String> = (0..N)
+        .map(|i| format!("restart clip {i}\nOriginal on Divine"))
+        .collect();
     want.sort();
     assert_eq!(texts, want);
     for e in &events {

@@ -383,3 +383,32 @@ async fn the_newest_profile_wins() {
         "new name"
     );
 }
+
+/// Mentions: only a pubkey with a `ready` link and a DID is resolved to a DID (mention facet); pending, failed and
+/// unknown pubkeys are not (they get a Divine profile link). Duplicates and nprofile forms resolve the same way.
+#[tokio::test]
+async fn mentioned_pubkeys_resolve_to_dids_only_when_ready() {
+    use divine_atbridge::jobs::sources::bridged_users;
+    use nostr::nips::nip19::{Nip19Profile, ToBech32};
+    let tdb = TestDb::migrated("jobs_mentions");
+    let db = tdb.pool(2);
+    let (ready, pending, failed, unknown) = (Keys::generate(), Keys::generate(), Keys::generate(), Keys::generate());
+    account(&mut tdb.conn(), &ready, "ready", true);
+    account(&mut tdb.conn(), &pending, "pending", true);
+    account(&mut tdb.conn(), &failed, "failed", true);
+    let npub = |k: &Keys| k.public_key().to_bech32().unwrap();
+    let nprofile = Nip19Profile::new(ready.public_key(), []).to_bech32().unwrap();
+    let text = format!(
+        "nostr:{} nostr:{nprofile} nostr:{} nostr:{} nostr:{}",
+        npub(&ready),
+        npub(&pending),
+        npub(&failed),
+        npub(&unknown)
+    );
+    let found = bridged_users(&db, &text).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let user = &found[&ready.public_key().to_hex()];
+    assert_eq!(user.did, format!("{DID}{}", &ready.public_key().to_hex()[..4]));
+    assert_eq!(user.handle, format!("u{}.test", &ready.public_key().to_hex()[..8]));
+    assert!(bridged_users(&db, "no mentions here").await.unwrap().is_empty());
+}

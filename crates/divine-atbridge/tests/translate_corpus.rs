@@ -28,10 +28,40 @@ fn now() -> u64 {
     chrono::Utc::now().timestamp() as u64
 }
 
-/// Outcome of one fixture in the same shape as its expected file. Admission is ingest's own ([`ingest::admit`], the
-/// shared `nostr::check_event` plus the opt-in set, here the fixture's author), so the corpus tests what production
-/// runs.
-fn run(event: &Event) -> Value {
+/// Pubkey of the one "bridged" user the corpus knows (a mention of it becomes a mention facet).
+const BRIDGED_PUBKEY: &str = "385c3a6ec0b9d57a4330dbd6284989be5bd00e41c535f9ca39b6ae7c521b81cd";
+const BRIDGED_NPUB: &str = "npub18pwr5mkqh82h5sesm0tzsjvfhedaqrjpc56lnj3ek6h8c5sms8xsn5yj00";
+const BRIDGED_DID: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+/// nprofile of a user who is not bridged (pubkey 6e46…, no relays).
+const OTHER_NPROFILE: &str = "nprofile1qqsxu35yyt0mwjjh8pcz4zprhxegz69t4wr9t74vk6zne58wzh0waycs558km";
+
+/// The translation context of every fixture: profile links on (the default template), the link back off unless the
+/// expected file's `options.post_url_template` sets one (so one fixture shows it without touching every record),
+/// and one bridged user.
+fn context() -> translate::PostContext {
+    translate::PostContext {
+        post_url: None,
+        profile_url: Some(
+            translate::UrlTemplate::parse(
+                translate::links::DEFAULT_PROFILE_URL_TEMPLATE,
+                translate::links::PROFILE_PLACEHOLDERS,
+            )
+            .unwrap(),
+        ),
+        bridged: std::collections::HashMap::from([(
+            BRIDGED_PUBKEY.to_string(),
+            translate::BridgedUser {
+                did: BRIDGED_DID.into(),
+                handle: "bridged.divine.video".into(),
+            },
+        )]),
+    }
+}
+
+/// Outcome of one fixture in the same shape as its expected file (`options` come from the expected file). Admission
+/// is ingest's own ([`ingest::admit`], the shared `nostr::check_event` plus the opt-in set, here the fixture's
+/// author), so the corpus tests what production runs.
+fn run(event: &Event, options: &Value) -> Value {
     let opted_in = std::collections::BTreeSet::from([event.pubkey.to_hex()]);
     if let Err(r) = ingest::admit(event, &opted_in, now()) {
         return json!({"outcome": "rejected", "reason": r.reason()});
@@ -42,7 +72,11 @@ fn run(event: &Event) -> Value {
     };
     match parsed {
         BridgeEvent::Video(v) => {
-            let plan = match translate::plan_post(&v) {
+            let mut ctx = context();
+            if let Some(t) = options["post_url_template"].as_str() {
+                ctx.post_url = Some(translate::UrlTemplate::parse(t, translate::links::POST_PLACEHOLDERS).unwrap());
+            }
+            let plan = match translate::plan_post(&v, &ctx) {
                 Ok(p) => p,
                 Err(e) => return json!({"outcome": "ineligible", "reason": e.code()}),
             };
@@ -79,10 +113,12 @@ fn run(event: &Event) -> Value {
                 Err(e) => return json!({"outcome": "ineligible", "reason": e.code()}),
             };
             let avatar = plan.avatar_url.as_ref().map(|_| blob(AVATAR_CID, "image/png", 500));
+            let banner = plan.banner_url.as_ref().map(|_| blob(AVATAR_CID, "image/jpeg", 700));
             json!({
                 "outcome": "profile",
                 "avatar_url": plan.avatar_url,
-                "record": translate::profile_record_json(&translate::build_profile(&plan, avatar)),
+                "banner_url": plan.banner_url,
+                "record": translate::profile_record_json(&translate::build_profile(&plan, avatar, banner)),
             })
         }
     }
@@ -111,7 +147,14 @@ fn check_post_invariants(plan: &translate::PostPlan) {
                 assert_eq!(slice, format!("#{t}"));
                 assert!(t.graphemes(true).count() <= 64);
             }
-            FacetFeature::Link(u) => assert_eq!(slice, u),
+            // A link's text is its URL, except the link back and profile links, which have anchor text.
+            FacetFeature::Link(u) => assert!(
+                slice == u || slice == translate::links::LINK_BACK_TEXT || slice.starts_with('@'),
+                "{slice:?} -> {u}"
+            ),
+            FacetFeature::Mention(did) => {
+                assert!(slice.starts_with('@') && did.starts_with("did:"), "{slice:?} -> {did}")
+            }
         }
     }
 }
@@ -142,10 +185,11 @@ fn corpus_matches_expected() {
                 .unwrap_or_else(|e| panic!("{name}.expected.json: {e}")),
         )
         .unwrap();
-        let got = run(&event);
+        let got = run(&event, &expected["options"]);
         // The expected file may carry a "comment"; every other key must match exactly.
         let mut want = expected.clone();
         want.as_object_mut().unwrap().remove("comment");
+        want.as_object_mut().unwrap().remove("options");
         let mut got_cmp = got.clone();
         if let (Some(g), Some(w)) = (got_cmp.as_object_mut(), want.as_object()) {
             g.retain(|k, _| w.contains_key(k));
@@ -195,7 +239,7 @@ fn multibyte_facet_offsets() {
     let BridgeEvent::Video(v) = bridge_nostr::parse_event(&ev).unwrap() else {
         panic!("not a video")
     };
-    let plan = translate::plan_post(&v).unwrap();
+    let plan = translate::plan_post(&v, &context()).unwrap();
     // "タイトル\n" is 4×3+1 = 13 bytes; "#猫" is 1+3 bytes.
     assert_eq!(plan.facets[0].byte_start, 13);
     assert_eq!(plan.facets[0].byte_end, 17);
@@ -214,7 +258,7 @@ fn multibyte_facet_offsets() {
     let BridgeEvent::Video(v) = bridge_nostr::parse_event(&ev).unwrap() else {
         panic!("not a video")
     };
-    let plan = translate::plan_post(&v).unwrap();
+    let plan = translate::plan_post(&v, &context()).unwrap();
     assert!(plan.text.graphemes(true).count() < 300, "cut by bytes, not graphemes");
     assert_eq!(plan.text.len(), 8 + 119 * 25 + 3);
     assert_eq!((plan.facets[0].byte_start, plan.facets[0].byte_end), (0, 7));
@@ -222,6 +266,7 @@ fn multibyte_facet_offsets() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fixture generator: `cargo test -p divine-atbridge --test translate_corpus -- --ignored generate_fixtures`
+// (writes only missing fixtures; REGENERATE_ALL=1 re-signs every one)
 // ---------------------------------------------------------------------------------------------------------------
 
 const SECRET: &str = "6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e";
@@ -497,10 +542,81 @@ fn generate_fixtures() {
             BASE + 1020,
             Mutation::None,
         ),
+        (
+            "malformed_x",
+            22,
+            "bad hash".into(),
+            vec![t(&["imeta", "url https://media.divine.video/v/badx.mp4", "m video/mp4", "x nothex"])],
+            BASE + 1080,
+            Mutation::None,
+        ),
+        (
+            "content_warning",
+            34236,
+            "after the party".into(),
+            vec![
+                t(&["d", "cw-1"]),
+                t(&["imeta", "url https://media.divine.video/v/cw.mp4", "m video/mp4", "dim 1080x1920"]),
+                t(&["content-warning", "nudity"]),
+                t(&["L", "content-warning"]),
+                t(&["l", "sexual", "content-warning"]),
+            ],
+            BASE + 1140,
+            Mutation::None,
+        ),
+        (
+            "content_warning_bare",
+            22,
+            "no reason given".into(),
+            vec![
+                t(&["imeta", "url https://media.divine.video/v/cw2.mp4", "m video/mp4"]),
+                t(&["content-warning"]),
+            ],
+            BASE + 1200,
+            Mutation::None,
+        ),
+        (
+            "mentions",
+            22,
+            format!("duet with nostr:{BRIDGED_NPUB} and nostr:{OTHER_NPROFILE} #duet"),
+            vec![t(&["imeta", "url https://media.divine.video/v/duet.mp4", "m video/mp4"])],
+            BASE + 1260,
+            Mutation::None,
+        ),
+        (
+            "link_back",
+            34236,
+            "loop with a way home".into(),
+            vec![
+                t(&["d", "home-1"]),
+                t(&["imeta", "url https://media.divine.video/v/home.mp4", "m video/mp4"]),
+            ],
+            BASE + 1320,
+            Mutation::None,
+        ),
+        (
+            "profile_banner_website",
+            0,
+            serde_json::to_string(&json!({
+                "name": "bannered",
+                "about": "Loops and more",
+                "picture": "https://media.divine.video/a/avatar.png",
+                "banner": "https://media.divine.video/a/banner.jpg",
+                "website": "https://bannered.example/",
+            }))
+            .unwrap(),
+            vec![],
+            BASE + 1380,
+            Mutation::None,
+        ),
     ];
 
     std::fs::create_dir_all(dir()).unwrap();
     for (name, kind, content, tags, created_at, mutation) in cases {
+        if dir().join(format!("{name}.json")).exists() && std::env::var_os("REGENERATE_ALL").is_none() {
+            // Signatures are randomised: re-signing an existing fixture would churn it for nothing.
+            continue;
+        }
         let event = sign(kind, &content, &tags, created_at);
         let mut v: Value = serde_json::from_str(&event.as_json()).unwrap();
         match mutation {

@@ -48,7 +48,7 @@ impl Handlers {
         ));
         let media = super::sources::media_config(&crosspost);
         Handlers {
-            posts: Box::new(super::sources::TranslatedPosts::new(media.clone())),
+            posts: Box::new(super::sources::TranslatedPosts::new(db.clone(), &crosspost)),
             profiles: Box::new(super::sources::TranslatedProfiles::new(media)),
             repo: PdsRepo { sessions },
             db,

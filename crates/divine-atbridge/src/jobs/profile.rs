@@ -1,5 +1,6 @@
 //! `sync_profile`: a kind 0 event becomes the account's `app.bsky.actor.profile/self`, newest event wins. Owns the
-//! ordering rule (via `profile_sync`) and the write; translation and avatar fetch come through [`ProfileSource`].
+//! ordering rule (via `profile_sync`) and the write; translation and the avatar/banner fetch come through
+//! [`ProfileSource`].
 
 use super::publish::{account_gate, blob_cid, event_time, local_blob_ref, PreparedMedia};
 use super::{JobError, RepoWriter};
@@ -11,7 +12,7 @@ use nostr::Event;
 pub const PROFILE_COLLECTION: &str = "app.bsky.actor.profile";
 pub const PROFILE_RKEY: &str = "self";
 
-/// A translated profile: the record JSON (with `$type`) and its avatar, if any.
+/// A translated profile: the record JSON (with `$type`) and its avatar and banner, if any.
 #[derive(Debug, Clone)]
 pub struct PreparedProfile {
     pub record: serde_json::Value,
@@ -61,9 +62,11 @@ pub async fn sync_profile(
         let expected = local_blob_ref(&m.bytes, &m.mime);
         let actual = repo.upload_blob(&did, m.bytes, &m.mime).await?;
         if actual != expected {
-            if let Some(avatar) = record.get_mut("avatar") {
-                if avatar.get("ref").and_then(|r| r.get("$link")).and_then(|l| l.as_str()) == Some(cid.as_str()) {
-                    *avatar = actual;
+            for field in ["avatar", "banner"] {
+                if let Some(image) = record.get_mut(field) {
+                    if image.get("ref").and_then(|r| r.get("$link")).and_then(|l| l.as_str()) == Some(cid.as_str()) {
+                        *image = actual.clone();
+                    }
                 }
             }
         }

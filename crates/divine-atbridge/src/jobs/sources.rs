@@ -2,7 +2,9 @@
 //! SSRF-safe media fetch (`media`). Owns only the glue between those modules and the job policy: which media is
 //! fetched with which [`MediaKind`], how blob refs are computed locally (so a retry builds the same record), and how
 //! their errors become job outcomes (permanent translation/fetch errors → `ineligible` with the error's code,
-//! transient ones → retry). It must not upload or write anything.
+//! transient ones → retry), which mentioned pubkeys are bridged (read from `account_links`, handed to the pure
+//! translator as a map), and the counters of what the translation left out (`bridge_nostr_fields_dropped_total`,
+//! `bridge_profile_images_skipped_total`). It must not upload or write anything.
 
 use super::profile::{PreparedProfile, ProfileSource};
 use super::publish::{local_blob_ref, PostSource, PreparedMedia, PreparedPost};
@@ -10,11 +12,12 @@ use super::{JobError, UpstreamError};
 use crate::config::CrosspostConfig;
 use crate::media::{MediaError, MediaFetchConfig, MediaFetcher, MediaKind};
 use crate::nostr::{BridgeEvent, ProfileMeta, VideoEvent};
-use crate::translate::{self, TranslateError};
+use crate::translate::{self, BridgedUser, PostContext, TranslateError, UrlTemplate};
 use atrium_api::types::BlobRef;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ProvisioningState};
 use futures::future::BoxFuture;
 use nostr::Event;
+use std::collections::HashMap;
 
 /// Media fetch settings derived from the cross-posting config.
 #[derive(Debug, Clone)]
@@ -55,19 +58,71 @@ fn blob_ref(bytes: &[u8], mime: &str) -> Result<BlobRef, JobError> {
     serde_json::from_value(local_blob_ref(bytes, mime)).map_err(|e| JobError::BadPayload(format!("blob ref: {e}")))
 }
 
+/// The pubkeys mentioned in `text` (`nostr:npub…`/`nostr:nprofile…`) that have a ready bridged account (with a DID),
+/// for mention facets. A link that is pending, failed or disabled is not mentioned by DID (its Bluesky account may
+/// not exist or be active); it gets the Divine profile link instead.
+pub async fn bridged_users(db: &Db, text: &str) -> Result<HashMap<String, BridgedUser>, JobError> {
+    let mut pubkeys: Vec<String> = translate::links::find_mentions(text)
+        .into_iter()
+        .map(|m| m.pubkey)
+        .collect();
+    pubkeys.sort();
+    pubkeys.dedup();
+    if pubkeys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = db
+        .run(move |c| {
+            let mut found = HashMap::new();
+            for pk in pubkeys {
+                let Some(link) = accounts::get(c, &pk)? else { continue };
+                if let (Some(did), ProvisioningState::Ready) = (link.did.clone(), link.state()?) {
+                    found.insert(
+                        pk,
+                        BridgedUser {
+                            did,
+                            handle: link.handle,
+                        },
+                    );
+                }
+            }
+            Ok(found)
+        })
+        .await?;
+    Ok(found)
+}
+
 pub struct TranslatedPosts {
     fetcher: MediaFetcher,
+    db: Db,
+    post_url: Option<UrlTemplate>,
+    profile_url: Option<UrlTemplate>,
 }
 
 impl TranslatedPosts {
-    pub fn new(media: MediaSettings) -> TranslatedPosts {
+    pub fn new(db: Db, crosspost: &CrosspostConfig) -> TranslatedPosts {
         TranslatedPosts {
-            fetcher: fetcher(&media),
+            fetcher: fetcher(&media_config(crosspost)),
+            db,
+            post_url: crosspost.post_url_template.clone(),
+            profile_url: crosspost.profile_url_template.clone(),
         }
     }
 
     async fn prepare_video(&self, ev: &VideoEvent) -> Result<PreparedPost, JobError> {
-        let plan = translate::plan_post(ev).map_err(translate_err)?;
+        for field in &ev.dropped_fields {
+            // Counted per translation try (a retried job counts again); the value is gone from the post either way.
+            metrics::counter!("bridge_nostr_fields_dropped_total", "field" => *field).increment(1);
+            tracing::info!(event = %ev.id, field, "malformed optional imeta field dropped");
+        }
+        // Mentions are looked for in title and content, as `plan_post` composes them.
+        let mentionable = format!("{}\n{}", ev.title.as_deref().unwrap_or(""), ev.content);
+        let ctx = PostContext {
+            post_url: self.post_url.clone(),
+            profile_url: self.profile_url.clone(),
+            bridged: bridged_users(&self.db, &mentionable).await?,
+        };
+        let plan = translate::plan_post(ev, &ctx).map_err(translate_err)?;
         let urls: Vec<String> = std::iter::once(plan.video.url.clone())
             .chain(plan.video.fallbacks.iter().cloned())
             .collect();
@@ -126,27 +181,57 @@ impl TranslatedProfiles {
         }
     }
 
+    /// Fetches one profile image. A permanent failure leaves the image out (name, description and the other image
+    /// still sync) but never silently: it is logged at warn with its code and counted in
+    /// `bridge_profile_images_skipped_total{field,code}`; a wrong format or size gets its own stable code
+    /// ([`ProfileImageRefusal`]). Transient failures retry the job.
+    async fn fetch_image(
+        &self,
+        field: ImageField,
+        url: &str,
+        media: &mut Vec<PreparedMedia>,
+    ) -> Result<Option<BlobRef>, JobError> {
+        // The banner has the avatar's limits (png/jpeg, ≤ 1,000,000 bytes), so both fetch as `MediaKind::Avatar`.
+        match self.fetcher.fetch(url, None, MediaKind::Avatar).await {
+            Ok(f) => {
+                let blob = blob_ref(&f.bytes, &f.mime)?;
+                media.push(PreparedMedia {
+                    bytes: f.bytes,
+                    mime: f.mime,
+                });
+                Ok(Some(blob))
+            }
+            Err(e) if e.class() == ErrorClass::Permanent => {
+                let code = match ProfileImageRefusal::from_media(field, &e) {
+                    Some(refusal) => {
+                        tracing::warn!(url = %url, code = refusal.code(), error = %refusal, "profile image refused");
+                        refusal.code()
+                    }
+                    None => {
+                        tracing::warn!(url = %url, field = field.as_str(), code = e.code(), error = %e, "profile image skipped");
+                        e.code()
+                    }
+                };
+                metrics::counter!("bridge_profile_images_skipped_total", "field" => field.as_str(), "code" => code)
+                    .increment(1);
+                Ok(None)
+            }
+            Err(e) => Err(media_err(e)),
+        }
+    }
+
     async fn prepare_profile(&self, meta: &ProfileMeta) -> Result<PreparedProfile, JobError> {
         let plan = translate::plan_profile(meta).map_err(translate_err)?;
         let mut media = Vec::new();
         let mut avatar = None;
         if let Some(url) = &plan.avatar_url {
-            match self.fetcher.fetch(url, None, MediaKind::Avatar).await {
-                Ok(f) => {
-                    avatar = Some(blob_ref(&f.bytes, &f.mime)?);
-                    media.push(PreparedMedia {
-                        bytes: f.bytes,
-                        mime: f.mime,
-                    });
-                }
-                // An unusable picture leaves the avatar out; name and description still sync.
-                Err(e) if e.class() == ErrorClass::Permanent => {
-                    tracing::warn!(url = %url, code = e.code(), "avatar skipped")
-                }
-                Err(e) => return Err(media_err(e)),
-            }
+            avatar = self.fetch_image(ImageField::Avatar, url, &mut media).await?;
         }
-        let record = translate::profile_record_json(&translate::build_profile(&plan, avatar));
+        let mut banner = None;
+        if let Some(url) = &plan.banner_url {
+            banner = self.fetch_image(ImageField::Banner, url, &mut media).await?;
+        }
+        let record = translate::profile_record_json(&translate::build_profile(&plan, avatar, banner));
         Ok(PreparedProfile { record, media })
     }
 }
@@ -159,5 +244,111 @@ impl ProfileSource for TranslatedProfiles {
                 _ => Err(translate_err(TranslateError::UnsupportedKind(event.kind.as_u16()))),
             }
         })
+    }
+}
+
+/// Which profile image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageField {
+    Avatar,
+    Banner,
+}
+
+impl ImageField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageField::Avatar => "avatar",
+            ImageField::Banner => "banner",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A profile image the bridge cannot use as it is. Bluesky takes only png/jpeg up to 1,000,000 bytes for both the
+/// avatar and the banner; re-encoding (webp → jpeg, downscaling) would need an image codec crate, which the bridge
+/// does not depend on, so such an image is refused with one of these stable codes (logged, counted, in the runbook)
+/// and the rest of the profile still syncs. Permanent: the same image never becomes acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileImageRefusal {
+    #[error("{field} image is {found}; Bluesky accepts png or jpeg and the bridge does not re-encode")]
+    UnsupportedFormat { field: ImageField, found: String },
+    #[error("{field} image exceeds {limit} bytes; the bridge does not downscale")]
+    TooLarge { field: ImageField, limit: u64 },
+}
+
+impl ProfileImageRefusal {
+    /// The refusal a media error stands for, if it is a format or size problem.
+    pub fn from_media(field: ImageField, e: &MediaError) -> Option<ProfileImageRefusal> {
+        match e {
+            MediaError::UnsupportedType { found, .. } => Some(ProfileImageRefusal::UnsupportedFormat {
+                field,
+                found: found.clone(),
+            }),
+            MediaError::TooLarge { limit } => Some(ProfileImageRefusal::TooLarge { field, limit: *limit }),
+            _ => None,
+        }
+    }
+}
+
+impl Classified for ProfileImageRefusal {
+    fn code(&self) -> &'static str {
+        match self {
+            ProfileImageRefusal::UnsupportedFormat {
+                field: ImageField::Avatar,
+                ..
+            } => "avatar_unsupported_format",
+            ProfileImageRefusal::UnsupportedFormat {
+                field: ImageField::Banner,
+                ..
+            } => "banner_unsupported_format",
+            ProfileImageRefusal::TooLarge {
+                field: ImageField::Avatar,
+                ..
+            } => "avatar_too_large",
+            ProfileImageRefusal::TooLarge {
+                field: ImageField::Banner,
+                ..
+            } => "banner_too_large",
+        }
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refusals_have_stable_codes_and_other_errors_keep_theirs() {
+        let wrong = MediaError::UnsupportedType {
+            expected: "image/png|image/jpeg",
+            found: "image/webp".into(),
+        };
+        let big = MediaError::TooLarge { limit: 1_000_000 };
+        let code = |f, e: &MediaError| ProfileImageRefusal::from_media(f, e).map(|r| (r.code(), r.class()));
+        assert_eq!(
+            code(ImageField::Avatar, &wrong),
+            Some(("avatar_unsupported_format", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Avatar, &big),
+            Some(("avatar_too_large", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Banner, &wrong),
+            Some(("banner_unsupported_format", ErrorClass::Permanent))
+        );
+        assert_eq!(
+            code(ImageField::Banner, &big),
+            Some(("banner_too_large", ErrorClass::Permanent))
+        );
+        assert_eq!(code(ImageField::Avatar, &MediaError::Timeout), None);
     }
 }

@@ -7,14 +7,17 @@
 //! It must not fetch media, talk to a PDS or touch the database; its errors ([`TranslateError`]) are all permanent
 //! and become a job's `ineligible` reason.
 
+pub mod links;
 mod record;
 pub mod text;
 
+pub use links::{BridgedUser, UrlTemplate};
 pub use record::{build_post, build_profile, post_record_json, profile_record_json, POST_NSID, PROFILE_NSID};
 pub use text::{FacetFeature, FacetSpan};
 
 use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
 use divine_bridge_db::{Classified, ErrorClass};
+use std::collections::HashMap;
 
 /// `app.bsky.feed.post#text` maxGraphemes.
 pub const MAX_TEXT_GRAPHEMES: usize = 300;
@@ -42,6 +45,10 @@ pub const MAX_DESCRIPTION_GRAPHEMES: usize = 256;
 pub const MAX_DESCRIPTION_BYTES: usize = 2560;
 /// `app.bsky.actor.profile#avatar` maxSize (png/jpeg).
 pub const MAX_AVATAR_BYTES: u64 = 1_000_000;
+/// `app.bsky.actor.profile#banner` maxSize (png/jpeg).
+pub const MAX_BANNER_BYTES: u64 = 1_000_000;
+/// `com.atproto.label.defs#selfLabels` values maxLength.
+pub const MAX_SELF_LABELS: usize = 10;
 /// The only video MIME type `app.bsky.embed.video` accepts.
 pub const VIDEO_MIME: &str = "video/mp4";
 
@@ -127,6 +134,78 @@ pub struct PostPlan {
     pub alt: Option<String>,
     /// ≤ 20 captions, one per language.
     pub captions: Vec<CaptionSource>,
+    /// Bluesky self-label values (`com.atproto.label.defs#selfLabels`), from [`self_labels`]; empty only when the
+    /// author marked nothing.
+    #[serde(default)]
+    pub self_labels: Vec<String>,
+}
+
+/// What the translation of a post needs besides the event: the link templates (from the config; `None` = off) and
+/// the mentioned pubkeys that have a ready bridged account (resolved by the job from the database, keyed by
+/// lower-case hex pubkey). `PostContext::default()` adds no links and knows no bridged users.
+#[derive(Debug, Clone, Default)]
+pub struct PostContext {
+    /// `DIVINE_POST_URL_TEMPLATE`: the link back to the original on Divine.
+    pub post_url: Option<UrlTemplate>,
+    /// `DIVINE_PROFILE_URL_TEMPLATE`: where a mention of a non-bridged user links to.
+    pub profile_url: Option<UrlTemplate>,
+    pub bridged: HashMap<String, BridgedUser>,
+}
+
+/// Bluesky's four self-labels for sensitive media, in the order they are emitted.
+pub const SELF_LABELS: [&str; 4] = ["porn", "sexual", "nudity", "graphic-media"];
+
+/// Self-label for a content warning whose reason is empty or matches nothing in [`SELF_LABEL_KEYWORDS`].
+///
+/// Decision: `sexual`. A warned video must never go out unlabelled, and the author told us only that it is
+/// sensitive. `sexual` is an adult-only label that Bluesky clients blur behind a warning by default (and hide from
+/// users who have not enabled adult content), so the video is never shown openly; `porn` would hide it outright and
+/// assert explicit content the author did not claim, `nudity` is shown unblurred by default, and `graphic-media`
+/// describes violence, which Divine's warnings are rarely about (its reasons are mostly nudity/sexual content).
+pub const DEFAULT_SELF_LABEL: &str = "sexual";
+
+/// The documented mapping from a NIP-36 reason or a NIP-32 `content-warning` label value to a self-label: the
+/// reason, lower-cased, is matched against these keywords (substring, first hit wins); a reason that matches none
+/// gets [`DEFAULT_SELF_LABEL`].
+pub const SELF_LABEL_KEYWORDS: &[(&str, &str)] = &[
+    ("porn", "porn"),
+    ("explicit", "porn"),
+    ("xxx", "porn"),
+    ("sexual", "sexual"),
+    ("sex", "sexual"),
+    ("suggestive", "sexual"),
+    ("nsfw", "sexual"),
+    ("nud", "nudity"),
+    ("naked", "nudity"),
+    ("gore", "graphic-media"),
+    ("violen", "graphic-media"),
+    ("graphic", "graphic-media"),
+    ("blood", "graphic-media"),
+    ("self-harm", "graphic-media"),
+    ("injur", "graphic-media"),
+    ("death", "graphic-media"),
+];
+
+/// Self-labels for an event's content warnings (see [`VideoEvent::content_warnings`]): one per distinct mapped
+/// value, in [`SELF_LABELS`] order. Any warning at all yields at least one label.
+pub fn self_labels(warnings: &[String]) -> Vec<String> {
+    let mapped: Vec<&str> = warnings
+        .iter()
+        .map(|w| {
+            let w = w.to_lowercase();
+            SELF_LABEL_KEYWORDS
+                .iter()
+                .find(|(k, _)| w.contains(k))
+                .map(|(_, l)| *l)
+                .unwrap_or(DEFAULT_SELF_LABEL)
+        })
+        .collect();
+    SELF_LABELS
+        .iter()
+        .filter(|l| mapped.contains(l))
+        .take(MAX_SELF_LABELS)
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// `created_at` (UNIX seconds) as RFC 3339 UTC with milliseconds and 'Z'.
@@ -222,7 +301,11 @@ fn captions_from(tracks: &[TextTrack], langs: &[String]) -> Vec<CaptionSource> {
 }
 
 /// Translates a parsed video event into a [`PostPlan`].
-pub fn plan_post(ev: &VideoEvent) -> Result<PostPlan, TranslateError> {
+///
+/// Text pipeline: compose title/content/hashtags → rewrite `nostr:` mentions ([`links::rewrite_mentions`]) →
+/// detect tag/link facets outside the mentions → truncate to the limits minus the room reserved for the link-back
+/// line → append the link-back line with its link facet (when `ctx.post_url` is set).
+pub fn plan_post(ev: &VideoEvent, ctx: &PostContext) -> Result<PostPlan, TranslateError> {
     let variant = choose_variant(&ev.variants)?;
     let mut urls = std::iter::once(&variant.url)
         .chain(variant.fallbacks.iter())
@@ -242,16 +325,53 @@ pub fn plan_post(ev: &VideoEvent) -> Result<PostPlan, TranslateError> {
     };
 
     let composed = text::compose(ev.title.as_deref(), &ev.content, &ev.hashtags);
-    let mut facets = text::detect_facets(&composed);
-    let (text, cut) = text::truncate(&composed, MAX_TEXT_GRAPHEMES, MAX_TEXT_BYTES);
+    let (composed, mut facets) = links::rewrite_mentions(&composed, &ctx.bridged, ctx.profile_url.as_ref());
+    let detected = text::detect_facets(&composed);
+    let outside: Vec<FacetSpan> = detected
+        .into_iter()
+        .filter(|d| {
+            !facets
+                .iter()
+                .any(|m| d.byte_start < m.byte_end && m.byte_start < d.byte_end)
+        })
+        .collect();
+    facets.extend(outside);
+    facets.sort_by_key(|f| f.byte_start);
+    let link_back = ctx
+        .post_url
+        .as_ref()
+        .map(|t| links::post_url(t, &ev.id, ev.d_tag.as_deref(), &ev.pubkey));
+    // Room for "\n" + the anchor, so the link back is never truncated away.
+    let reserve = link_back
+        .as_ref()
+        .map(|_| {
+            (
+                1 + text::grapheme_len(links::LINK_BACK_TEXT),
+                1 + links::LINK_BACK_TEXT.len(),
+            )
+        })
+        .unwrap_or((0, 0));
+    let (mut text, cut) = text::truncate(&composed, MAX_TEXT_GRAPHEMES - reserve.0, MAX_TEXT_BYTES - reserve.1);
     if let Some(cut) = cut {
         facets.retain(|f| f.byte_end <= cut);
+    }
+    if let Some(uri) = link_back {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let byte_start = text.len();
+        text.push_str(links::LINK_BACK_TEXT);
+        facets.push(FacetSpan {
+            byte_start,
+            byte_end: text.len(),
+            feature: FacetFeature::Link(uri),
+        });
     }
     let faceted: Vec<String> = facets
         .iter()
         .filter_map(|f| match &f.feature {
             FacetFeature::Tag(t) => Some(t.to_lowercase()),
-            FacetFeature::Link(_) => None,
+            _ => None,
         })
         .collect();
     let tags: Vec<String> = ev
@@ -282,6 +402,7 @@ pub fn plan_post(ev: &VideoEvent) -> Result<PostPlan, TranslateError> {
         created_at: format_created_at(ev.created_at)?,
         video,
         alt,
+        self_labels: self_labels(&ev.content_warnings),
     })
 }
 
@@ -294,6 +415,17 @@ pub struct ProfilePlan {
     pub description: Option<String>,
     /// `picture` when it is an http(s) URL; fetch as png/jpeg ≤ [`MAX_AVATAR_BYTES`].
     pub avatar_url: Option<String>,
+    /// `banner` when it is an http(s) URL; fetch as png/jpeg ≤ [`MAX_BANNER_BYTES`].
+    #[serde(default)]
+    pub banner_url: Option<String>,
+    /// `website` when it is an http(s) URL, for the profile's `website` field.
+    ///
+    /// Decision: the record's own `website` field (`app.bsky.actor.profile#website`, format `uri`, in the lexicon
+    /// since 2025 and in atrium's `profile::RecordData`), not a line appended to the description: the description
+    /// keeps all of its 256 graphemes for `about`, and Bluesky shows the field as a link. A value that is not an
+    /// http(s) URL is skipped (the lexicon requires a URI, and a bare word would make the record invalid).
+    #[serde(default)]
+    pub website: Option<String>,
     /// Event time, RFC 3339 with milliseconds.
     pub created_at: String,
 }
@@ -313,6 +445,8 @@ pub fn plan_profile(meta: &ProfileMeta) -> Result<ProfilePlan, TranslateError> {
         display_name,
         description,
         avatar_url: meta.picture.clone().filter(|p| is_http_url(p)),
+        banner_url: meta.banner.clone().filter(|b| is_http_url(b)),
+        website: meta.website.clone().filter(|w| is_http_url(w)),
         created_at: format_created_at(meta.created_at)?,
     })
 }
@@ -436,6 +570,8 @@ mod tests {
             display_name: None,
             about: Some("b".repeat(300)),
             picture: Some("data:image/png;base64,xx".into()),
+            banner: Some("https://img.example/b.jpg".into()),
+            website: Some("not a url".into()),
         };
         let p = plan_profile(&meta).unwrap();
         assert_eq!(p.display_name.as_deref(), Some("n"));
@@ -444,6 +580,112 @@ mod tests {
             MAX_DESCRIPTION_GRAPHEMES
         );
         assert_eq!(p.avatar_url, None);
+        assert_eq!(p.banner_url.as_deref(), Some("https://img.example/b.jpg"));
+        assert_eq!(p.website, None, "a website that is not an http(s) URL is skipped");
         assert_eq!(p.created_at, "1970-01-01T00:00:00.000Z");
+        let p = plan_profile(&ProfileMeta {
+            website: Some("https://bob.example".into()),
+            ..meta
+        })
+        .unwrap();
+        assert_eq!(p.website.as_deref(), Some("https://bob.example"));
+    }
+
+    #[test]
+    fn content_warnings_map_to_self_labels() {
+        let w = |v: &[&str]| self_labels(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(w(&[]).is_empty(), "no warning, no label");
+        assert_eq!(w(&[""]), vec![DEFAULT_SELF_LABEL], "a bare content-warning is labelled");
+        assert_eq!(
+            w(&["spoilers"]),
+            vec![DEFAULT_SELF_LABEL],
+            "an unknown reason is labelled"
+        );
+        assert_eq!(w(&["Nudity"]), vec!["nudity"]);
+        assert_eq!(w(&["explicit sex"]), vec!["porn"]);
+        assert_eq!(
+            w(&["violence", "porn", "sexual", "porn"]),
+            vec!["porn", "sexual", "graphic-media"]
+        );
+        for (_, label) in SELF_LABEL_KEYWORDS {
+            assert!(SELF_LABELS.contains(label), "{label} is a Bluesky self-label");
+        }
+    }
+
+    fn video_event(content: &str, warnings: &[&str]) -> VideoEvent {
+        VideoEvent {
+            id: "ab".repeat(32),
+            pubkey: "385c3a6ec0b9d57a4330dbd6284989be5bd00e41c535f9ca39b6ae7c521b81cd".into(),
+            kind: 34236,
+            created_at: 1_735_689_600,
+            d_tag: Some("clip".into()),
+            title: None,
+            content: content.into(),
+            hashtags: vec![],
+            langs: vec![],
+            variants: vec![variant("https://a/v.mp4", Some("video/mp4"), None)],
+            text_tracks: vec![],
+            alt: None,
+            summary: None,
+            content_warnings: warnings.iter().map(|s| s.to_string()).collect(),
+            dropped_fields: vec![],
+        }
+    }
+
+    #[test]
+    fn plan_carries_self_labels() {
+        let plan = plan_post(&video_event("hi", &[""]), &PostContext::default()).unwrap();
+        assert_eq!(plan.self_labels, vec![DEFAULT_SELF_LABEL]);
+        let plan = plan_post(&video_event("hi", &[]), &PostContext::default()).unwrap();
+        assert!(plan.self_labels.is_empty());
+    }
+
+    #[test]
+    fn link_back_is_appended_and_never_truncated() {
+        let ctx = PostContext {
+            post_url: Some(UrlTemplate::parse(links::DEFAULT_POST_URL_TEMPLATE, links::POST_PLACEHOLDERS).unwrap()),
+            ..PostContext::default()
+        };
+        let uri = format!("https://divine.video/video/{}", "ab".repeat(32));
+        let plan = plan_post(&video_event("hello", &[]), &ctx).unwrap();
+        assert_eq!(plan.text, format!("hello\n{}", links::LINK_BACK_TEXT));
+        let last = plan.facets.last().unwrap();
+        assert_eq!(&plan.text[last.byte_start..last.byte_end], links::LINK_BACK_TEXT);
+        assert_eq!(last.feature, FacetFeature::Link(uri.clone()));
+        // A body at the limit is cut to make room; the link line survives within both limits.
+        let plan = plan_post(&video_event(&"é".repeat(400), &[]), &ctx).unwrap();
+        assert!(text::grapheme_len(&plan.text) <= MAX_TEXT_GRAPHEMES && plan.text.len() <= MAX_TEXT_BYTES);
+        assert!(plan.text.ends_with(&format!("…\n{}", links::LINK_BACK_TEXT)));
+        assert_eq!(plan.facets.last().unwrap().feature, FacetFeature::Link(uri));
+        // Off: no line, no facet.
+        let plan = plan_post(&video_event("hello", &[]), &PostContext::default()).unwrap();
+        assert_eq!(plan.text, "hello");
+        assert!(plan.facets.is_empty());
+    }
+
+    #[test]
+    fn mentions_in_plan_do_not_collide_with_other_facets() {
+        use nostr::nips::nip19::ToBech32;
+        let pk = "385c3a6ec0b9d57a4330dbd6284989be5bd00e41c535f9ca39b6ae7c521b81cd";
+        let npub = nostr::PublicKey::from_hex(pk).unwrap().to_bech32().unwrap();
+        let ctx = PostContext {
+            bridged: HashMap::from([(
+                pk.to_string(),
+                BridgedUser {
+                    did: "did:plc:ewvi7nxzyoun6zhxrhs64oiz".into(),
+                    handle: "alice.divine.video".into(),
+                },
+            )]),
+            ..PostContext::default()
+        };
+        let plan = plan_post(&video_event(&format!("with nostr:{npub} #fun"), &[]), &ctx).unwrap();
+        assert_eq!(plan.text, "with @alice.divine.video #fun");
+        assert_eq!(plan.facets.len(), 2);
+        assert_eq!(
+            plan.facets[0].feature,
+            FacetFeature::Mention("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into())
+        );
+        assert_eq!((plan.facets[0].byte_start, plan.facets[0].byte_end), (5, 24));
+        assert_eq!(plan.facets[1].feature, FacetFeature::Tag("fun".into()));
     }
 }

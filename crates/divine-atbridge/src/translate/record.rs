@@ -7,6 +7,7 @@ use atrium_api::app::bsky::actor::profile;
 use atrium_api::app::bsky::embed::{defs::AspectRatioData, video};
 use atrium_api::app::bsky::feed::post;
 use atrium_api::app::bsky::richtext::facet;
+use atrium_api::com::atproto::label::defs::{SelfLabelData, SelfLabelsData};
 use atrium_api::types::string::{Datetime, Language};
 use atrium_api::types::{BlobRef, Union};
 use std::num::NonZeroU64;
@@ -28,7 +29,7 @@ pub fn build_post(plan: &PostPlan, video_blob: BlobRef, captions: Vec<(String, B
     let facets: Vec<facet::Main> = plan
         .facets
         .iter()
-        .map(|f| {
+        .filter_map(|f| {
             let feature = match &f.feature {
                 FacetFeature::Tag(tag) => {
                     facet::MainFeaturesItem::Tag(Box::new(facet::TagData { tag: tag.clone() }.into()))
@@ -36,16 +37,24 @@ pub fn build_post(plan: &PostPlan, video_blob: BlobRef, captions: Vec<(String, B
                 FacetFeature::Link(uri) => {
                     facet::MainFeaturesItem::Link(Box::new(facet::LinkData { uri: uri.clone() }.into()))
                 }
+                FacetFeature::Mention(did) => match did.parse() {
+                    Ok(did) => facet::MainFeaturesItem::Mention(Box::new(facet::MentionData { did }.into())),
+                    // The DID comes from account_links (written by provisioning); one that does not parse is
+                    // dropped rather than sent as an invalid record.
+                    Err(_) => return None,
+                },
             };
-            facet::MainData {
-                features: vec![Union::Refs(feature)],
-                index: facet::ByteSliceData {
-                    byte_start: f.byte_start,
-                    byte_end: f.byte_end,
+            Some(
+                facet::MainData {
+                    features: vec![Union::Refs(feature)],
+                    index: facet::ByteSliceData {
+                        byte_start: f.byte_start,
+                        byte_end: f.byte_end,
+                    }
+                    .into(),
                 }
                 .into(),
-            }
-            .into()
+            )
         })
         .collect();
     let langs: Vec<Language> = plan
@@ -84,12 +93,23 @@ pub fn build_post(plan: &PostPlan, video_blob: BlobRef, captions: Vec<(String, B
         )))),
         entities: None,
         facets: (!facets.is_empty()).then_some(facets),
-        labels: None,
+        labels: self_labels(&plan.self_labels),
         langs: (!langs.is_empty()).then_some(langs),
         reply: None,
         tags: (!plan.tags.is_empty()).then(|| plan.tags.clone()),
         text: plan.text.clone(),
     }
+}
+
+/// `com.atproto.label.defs#selfLabels` for the plan's self-label values, `None` when there are none.
+fn self_labels(values: &[String]) -> Option<Union<post::RecordLabelsRefs>> {
+    if values.is_empty() {
+        return None;
+    }
+    let values = values.iter().map(|v| SelfLabelData { val: v.clone() }.into()).collect();
+    Some(Union::Refs(post::RecordLabelsRefs::ComAtprotoLabelDefsSelfLabels(
+        Box::new(SelfLabelsData { values }.into()),
+    )))
 }
 
 fn with_type(mut v: serde_json::Value, nsid: &str) -> serde_json::Value {
@@ -107,11 +127,11 @@ pub fn post_record_json(record: &post::RecordData) -> serde_json::Value {
     )
 }
 
-/// Builds the `app.bsky.actor.profile` record (avatar optional).
-pub fn build_profile(plan: &ProfilePlan, avatar: Option<BlobRef>) -> profile::RecordData {
+/// Builds the `app.bsky.actor.profile` record (avatar and banner optional).
+pub fn build_profile(plan: &ProfilePlan, avatar: Option<BlobRef>, banner: Option<BlobRef>) -> profile::RecordData {
     profile::RecordData {
         avatar,
-        banner: None,
+        banner,
         created_at: Some(datetime(&plan.created_at)),
         description: plan.description.clone(),
         display_name: plan.display_name.clone(),
@@ -119,7 +139,7 @@ pub fn build_profile(plan: &ProfilePlan, avatar: Option<BlobRef>) -> profile::Re
         labels: None,
         pinned_post: None,
         pronouns: None,
-        website: None,
+        website: plan.website.clone(),
     }
 }
 
@@ -160,6 +180,16 @@ mod tests {
                     byte_end: 25,
                     feature: FacetFeature::Link("https://a.com".into()),
                 },
+                FacetSpan {
+                    byte_start: 0,
+                    byte_end: 1,
+                    feature: FacetFeature::Mention("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into()),
+                },
+                FacetSpan {
+                    byte_start: 1,
+                    byte_end: 2,
+                    feature: FacetFeature::Mention("not a did".into()),
+                },
             ],
             langs: vec!["en".into(), "fr".into()],
             tags: vec!["extra".into()],
@@ -178,6 +208,7 @@ mod tests {
                 lang: "en".into(),
                 url: "https://a/en.vtt".into(),
             }],
+            self_labels: vec!["sexual".into(), "graphic-media".into()],
         };
         let rec = build_post(
             &plan,
@@ -211,6 +242,19 @@ mod tests {
         assert_eq!(v["facets"][0]["features"][0]["tag"], "cat");
         assert_eq!(v["facets"][1]["features"][0]["$type"], "app.bsky.richtext.facet#link");
         assert_eq!(v["facets"][1]["features"][0]["uri"], "https://a.com");
+        assert_eq!(
+            v["facets"][2]["features"][0]["$type"],
+            "app.bsky.richtext.facet#mention"
+        );
+        assert_eq!(v["facets"][2]["features"][0]["did"], "did:plc:ewvi7nxzyoun6zhxrhs64oiz");
+        assert_eq!(v["facets"].as_array().unwrap().len(), 3, "an unparsable DID is dropped");
+        assert_eq!(
+            v["labels"],
+            serde_json::json!({
+                "$type": "com.atproto.label.defs#selfLabels",
+                "values": [{"val": "sexual"}, {"val": "graphic-media"}]
+            })
+        );
         assert!(v.get("reply").is_none() && v.get("entities").is_none());
         // Round-trips through atrium's own type.
         let back: post::RecordData = serde_json::from_value(v).unwrap();
@@ -223,14 +267,22 @@ mod tests {
             display_name: Some("Bob".into()),
             description: None,
             avatar_url: None,
+            banner_url: None,
+            website: Some("https://bob.example/".into()),
             created_at: "2025-01-01T00:00:00.000Z".into(),
         };
-        let v = profile_record_json(&build_profile(&plan, Some(blob(CID, "image/png", 5))));
+        let v = profile_record_json(&build_profile(
+            &plan,
+            Some(blob(CID, "image/png", 5)),
+            Some(blob(CID, "image/jpeg", 7)),
+        ));
         assert_eq!(v["$type"], "app.bsky.actor.profile");
         assert_eq!(v["displayName"], "Bob");
         assert_eq!(v["avatar"]["mimeType"], "image/png");
+        assert_eq!(v["banner"]["mimeType"], "image/jpeg");
+        assert_eq!(v["website"], "https://bob.example/");
         assert!(v.get("description").is_none());
-        let v = profile_record_json(&build_profile(&plan, None));
-        assert!(v.get("avatar").is_none());
+        let v = profile_record_json(&build_profile(&plan, None, None));
+        assert!(v.get("avatar").is_none() && v.get("banner").is_none());
     }
 }

@@ -26,6 +26,8 @@ pub enum FacetFeature {
     Tag(String),
     /// Full http(s) URL.
     Link(String),
+    /// Mention of a Bluesky account (its DID).
+    Mention(String),
 }
 
 /// Number of extended grapheme clusters.
@@ -72,7 +74,7 @@ pub fn compose(title: Option<&str>, content: &str, hashtags: &[String]) -> Strin
         .into_iter()
         .filter_map(|f| match f.feature {
             FacetFeature::Tag(t) => Some(t.to_lowercase()),
-            FacetFeature::Link(_) => None,
+            _ => None,
         })
         .collect();
     let mut missing: Vec<String> = Vec::new();
@@ -324,6 +326,7 @@ mod tests {
             match &s.feature {
                 FacetFeature::Tag(t) => assert_eq!(slice, format!("#{t}")),
                 FacetFeature::Link(u) => assert_eq!(slice, u),
+                FacetFeature::Mention(_) => unreachable!("detect_facets finds no mentions"),
             }
         }
     }

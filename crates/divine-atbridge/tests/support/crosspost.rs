@@ -25,6 +25,23 @@ pub fn video_event(
     bytes: &[u8],
     at: u64,
 ) -> Event {
+    video_event_with(keys, kind, d, title, content, hashtags, url, bytes, at, Vec::new())
+}
+
+/// [`video_event`] with extra tags (e.g. `content-warning`).
+#[allow(clippy::too_many_arguments)]
+pub fn video_event_with(
+    keys: &Keys,
+    kind: u16,
+    d: Option<&str>,
+    title: &str,
+    content: &str,
+    hashtags: &[&str],
+    url: &str,
+    bytes: &[u8],
+    at: u64,
+    extra: Vec<Tag>,
+) -> Event {
     use sha2::Digest;
     let x = hex::encode(sha2::Sha256::digest(bytes));
     let mut tags = vec![
@@ -42,6 +59,7 @@ pub fn video_event(
         tags.push(Tag::identifier(d));
     }
     tags.extend(hashtags.iter().map(|h| Tag::hashtag(*h)));
+    tags.extend(extra);
     EventBuilder::new(Kind::from(kind), content)
         .tags(tags)
         .custom_created_at(Timestamp::from(at))

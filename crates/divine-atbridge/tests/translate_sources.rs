@@ -1,0 +1,139 @@
+//! The production translation sources (`jobs::sources`) against a loopback media server and Postgres.
+//! Profiles: banner, description and website reach the record; a webp or oversized avatar is refused with its
+//! stable code, counted in `bridge_profile_images_skipped_total{field,code}`, and the rest of the profile still
+//! syncs (never silently dropped, never a failed job). Posts: a malformed optional imeta field is dropped and counted
+//! in `bridge_nostr_fields_dropped_total{field}` while the video is still prepared.
+
+mod support;
+
+use divine_atbridge::jobs::profile::ProfileSource;
+use divine_atbridge::jobs::publish::PostSource;
+use divine_atbridge::jobs::sources::{MediaSettings, TranslatedPosts, TranslatedProfiles};
+use nostr::prelude::*;
+use std::time::Duration;
+use support::MediaServer;
+
+fn jpeg(len: usize) -> Vec<u8> {
+    let mut b = vec![0xff, 0xd8, 0xff, 0xe0];
+    b.resize(len, 0);
+    b
+}
+
+fn webp() -> Vec<u8> {
+    let mut b = b"RIFF\x10\0\0\0WEBPVP8 ".to_vec();
+    b.resize(64, 0);
+    b
+}
+
+fn kind0(keys: &Keys, content: serde_json::Value) -> Event {
+    EventBuilder::new(Kind::Metadata, content.to_string())
+        .custom_created_at(Timestamp::from(1_735_689_600))
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+/// Sum of a counter's series whose labels contain every `k="v"` given.
+fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let text = divine_atbridge::metrics::render();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn skipped(code: &str, field: &str) -> u64 {
+    counter(
+        "bridge_profile_images_skipped_total",
+        &[("code", code), ("field", field)],
+    )
+}
+
+#[tokio::test]
+async fn banner_website_and_refused_avatars() {
+    let media = MediaServer::start().await;
+    let source = TranslatedProfiles::new(MediaSettings {
+        allowed_hosts: vec!["127.0.0.1".into()],
+        allow_loopback: true,
+        timeout: Duration::from_secs(10),
+    });
+    let keys = Keys::generate();
+    let banner = media.put("banner.jpg", jpeg(2_000));
+
+    // A webp avatar: refused as avatar_unsupported_format; banner, description and website still sync.
+    let before = skipped("avatar_unsupported_format", "avatar");
+    let ev = kind0(
+        &keys,
+        serde_json::json!({"name": "n", "about": "loops", "picture": media.put("a.webp", webp()),
+            "banner": banner, "website": "https://n.example/"}),
+    );
+    let p = source.prepare(&ev).await.expect("the profile still syncs");
+    assert!(p.record.get("avatar").is_none(), "{}", p.record);
+    assert_eq!(p.record["banner"]["mimeType"], "image/jpeg");
+    assert_eq!(p.record["banner"]["size"], 2_000);
+    assert_eq!(p.record["description"], "loops");
+    assert_eq!(p.record["website"], "https://n.example/");
+    assert_eq!(p.media.len(), 1, "only the banner is uploaded");
+    assert_eq!(skipped("avatar_unsupported_format", "avatar"), before + 1);
+
+    // An avatar over 1,000,000 bytes: avatar_too_large; a banner as large: banner_too_large.
+    let (a0, b0) = (
+        skipped("avatar_too_large", "avatar"),
+        skipped("banner_too_large", "banner"),
+    );
+    let big = media.put("big.jpg", jpeg(1_000_001));
+    let ev = kind0(&keys, serde_json::json!({"name": "n", "picture": big, "banner": big}));
+    let p = source.prepare(&ev).await.expect("the profile still syncs");
+    assert!(p.record.get("avatar").is_none() && p.record.get("banner").is_none());
+    assert_eq!(p.record["displayName"], "n");
+    assert_eq!(skipped("avatar_too_large", "avatar"), a0 + 1);
+    assert_eq!(skipped("banner_too_large", "banner"), b0 + 1);
+}
+
+#[tokio::test]
+async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept() {
+    let tdb = divine_bridge_db::testutil::TestDb::migrated("translate_sources_posts");
+    let media = MediaServer::start().await;
+    let url = media.put("clip.mp4", support::tiny_mp4());
+    let config = divine_atbridge::config::CrosspostConfig {
+        relays: vec![],
+        cursor_overlap: Duration::from_secs(300),
+        account_refresh: Duration::from_secs(5),
+        authors_per_subscription: 250,
+        media_allowed_hosts: vec!["127.0.0.1".into()],
+        media_allow_loopback: true,
+        media_timeout: Duration::from_secs(10),
+        backfill_max_events: 10,
+        post_url_template: None,
+        profile_url_template: None,
+    };
+    let source = TranslatedPosts::new(tdb.pool(2), &config);
+    let keys = Keys::generate();
+    let ev = EventBuilder::new(Kind::from(22u16), "loop")
+        .tags([Tag::parse([
+            "imeta".to_string(),
+            format!("url {url}"),
+            "m video/mp4".into(),
+            "dim 1080×1920".into(),
+            "duration 6s".into(),
+        ])
+        .unwrap()])
+        .sign_with_keys(&keys)
+        .unwrap();
+    let (d0, t0) = (
+        counter("bridge_nostr_fields_dropped_total", &[("field", "dim")]),
+        counter("bridge_nostr_fields_dropped_total", &[("field", "duration")]),
+    );
+    let p = source.prepare(&ev).await.expect("the video is still bridged");
+    assert_eq!(p.record["text"], "loop");
+    assert!(p.record["embed"].get("aspectRatio").is_none(), "{}", p.record);
+    assert_eq!(p.media.len(), 1);
+    assert_eq!(
+        counter("bridge_nostr_fields_dropped_total", &[("field", "dim")]),
+        d0 + 1
+    );
+    assert_eq!(
+        counter("bridge_nostr_fields_dropped_total", &[("field", "duration")]),
+        t0 + 1
+    );
+}
