@@ -383,3 +383,70 @@ async fn the_newest_profile_wins() {
         "new name"
     );
 }
+
+/// Issue 9 §5: the `d` identifier of a coordinate is case-sensitive. A delete of `34236:<pk>:MyClip` (pubkey in any
+/// hex case) removes the clip `MyClip`, before or after it was bridged, and a delete of `myclip` does not.
+#[tokio::test]
+async fn a_tag_delete_keeps_the_case_of_d() {
+    let tdb = TestDb::migrated("jobs_publish_d_case");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let pk = keys.public_key().to_hex();
+
+    let clip = video(&keys, "my clip", 34236, Some("MyClip"), T);
+    publish::publish(&db, &FakeSource, &repo, &clip).await.unwrap();
+    let stored = records::get_record(&mut tdb.conn(), &clip.id.to_hex()).unwrap().unwrap();
+    assert_eq!(stored.coordinate.as_deref(), Some(format!("34236:{pk}:MyClip").as_str()));
+
+    let wrong_case = format!("34236:{pk}:myclip");
+    let del = delete_event(&keys, vec![Tag::parse(["a", &wrong_case]).unwrap()], T + 10);
+    assert_eq!(publish::delete(&db, &repo, &del).await.unwrap(), 0, "myclip is another clip");
+    assert_eq!(repo.records.lock().unwrap().len(), 1);
+
+    let exact = format!("34236:{}:MyClip", pk.to_uppercase());
+    let del = delete_event(&keys, vec![Tag::parse(["a", &exact]).unwrap()], T + 20);
+    assert_eq!(publish::delete(&db, &repo, &del).await.unwrap(), 1, "the a-tag delete of MyClip matches");
+    assert!(repo.records.lock().unwrap().is_empty());
+
+    // Delete seen first: the tombstone keeps the case too, so the clip arriving later is refused.
+    let early = delete_event(
+        &keys,
+        vec![Tag::parse(["a", &format!("34236:{pk}:OtherClip")]).unwrap()],
+        T + 40,
+    );
+    publish::delete(&db, &repo, &early).await.unwrap();
+    let other = video(&keys, "other", 34236, Some("OtherClip"), T + 30);
+    let refused = publish::publish(&db, &FakeSource, &repo, &other).await.unwrap_err();
+    assert_eq!(refused.code(), "deleted");
+}
+
+/// Issue 9 §5: tombstones are per (target, author). Another user's kind 5 naming my event id first must not claim
+/// the row and hide my own later delete (seen before my video arrives).
+#[tokio::test]
+async fn another_users_delete_does_not_block_mine() {
+    let tdb = TestDb::migrated("jobs_publish_tomb_author");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let mine = video(&keys, "mine", 22, None, T);
+
+    let stranger = Keys::generate();
+    let theirs = delete_event(&stranger, vec![Tag::event(mine.id)], T + 5);
+    assert_eq!(publish::delete(&db, &repo, &theirs).await.unwrap(), 0);
+    let my_delete = delete_event(&keys, vec![Tag::event(mine.id)], T + 10);
+    assert_eq!(publish::delete(&db, &repo, &my_delete).await.unwrap(), 0);
+
+    let late = publish::publish(&db, &FakeSource, &repo, &mine).await.unwrap_err();
+    assert_eq!(late.code(), "deleted", "my own delete counts although a stranger named my event first");
+    assert!(repo.records.lock().unwrap().is_empty());
+
+    // And the stranger's delete alone never removes anything.
+    let other = video(&keys, "other", 22, None, T + 20);
+    let theirs = delete_event(&stranger, vec![Tag::event(other.id)], T + 25);
+    publish::delete(&db, &repo, &theirs).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &other).await.unwrap();
+    assert_eq!(repo.records.lock().unwrap().len(), 1);
+}
