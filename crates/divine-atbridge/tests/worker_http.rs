@@ -56,6 +56,7 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
         listener,
         pool.clone(),
         handle.clone(),
+        Default::default(),
         stop_rx,
     ));
 
@@ -154,7 +155,13 @@ async fn ready_is_503_when_the_database_is_unreachable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(divine_atbridge::http::serve_on(listener, db, handle, stop_rx));
+    let server = tokio::spawn(divine_atbridge::http::serve_on(
+        listener,
+        db,
+        handle,
+        Default::default(),
+        stop_rx,
+    ));
     let (status, _) = get(addr, "/health").await;
     assert_eq!(status, 200, "health does not depend on the database");
     let (status, body) = get(addr, "/ready").await;
