@@ -117,11 +117,14 @@ async fn run() -> Result<(), AppError> {
     let metrics = crate::metrics::install();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested: no new leases; finishing in-flight jobs");
-        let _ = shutdown_tx.send(true);
-    });
+    {
+        let shutdown_tx = shutdown_tx.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: no new leases; finishing in-flight jobs");
+            let _ = shutdown_tx.send(true);
+        });
+    }
 
     let xrpc = XrpcClient::new(&XrpcConfig::default()).map_err(AppError::of)?;
     let handlers = Arc::new(Handlers::new(
@@ -131,12 +134,14 @@ async fn run() -> Result<(), AppError> {
         config.identity.clone(),
         config.crosspost.clone(),
     ));
-    let http = tokio::spawn(crate::http::serve(
+    let health = crate::http::TaskHealth::default();
+    let http = crate::http::serve(
         config.http_addr,
         db.clone(),
         metrics,
+        health.clone(),
         shutdown_rx.clone(),
-    ));
+    );
     let ingest_cfg = crate::ingest::IngestConfig {
         authors_per_subscription: config.crosspost.authors_per_subscription,
         ..crate::ingest::IngestConfig::new(
@@ -145,17 +150,110 @@ async fn run() -> Result<(), AppError> {
             config.crosspost.account_refresh,
         )
     };
-    let ingest = tokio::spawn(crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone()));
-    let registry = handlers.registry();
-    crate::worker::WorkerPool::new(db.clone(), worker_config, registry)
-        .run(shutdown_rx)
-        .await;
-    if let Ok(Err(e)) = ingest.await {
-        tracing::warn!(error = %e, "ingest stopped with an error");
-    }
-    let _ = http.await;
+    let relays = config.crosspost.relays.clone();
+    let ingest = crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone());
+    let pool = crate::worker::WorkerPool::new(db.clone(), worker_config, handlers.registry());
+    let retention = crate::retention::run(db.clone(), config.job_retention, shutdown_rx.clone());
+    let workers_rx = shutdown_rx.clone();
+    let tasks: Vec<(&'static str, TaskFuture)> = vec![
+        ("http", Box::pin(async move { http.await.map_err(|e| e.to_string()) })),
+        (
+            "ingest",
+            Box::pin(async move {
+                let result = ingest.await.map_err(|e| format!("{e:#}"));
+                // A stopped ingest is connected to nothing, whatever its last status tick said.
+                for relay in relays {
+                    metrics::gauge!("bridge_relay_connected", "relay" => relay).set(0.0);
+                }
+                result
+            }),
+        ),
+        (
+            "workers",
+            Box::pin(async move {
+                pool.run(workers_rx).await;
+                Ok(())
+            }),
+        ),
+        (
+            "retention",
+            Box::pin(async move {
+                retention.await;
+                Ok(())
+            }),
+        ),
+    ];
+    supervise(tasks, shutdown_tx, health, TASK_EXIT_LINGER).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The supervised background tasks of `run`: the `task` label of `bridge_task_exits_total`.
+pub const TASKS: [&str; 4] = ["http", "ingest", "workers", "retention"];
+
+/// How long a process whose task died stays up, unready, before it drains and exits: three readiness probes (10 s
+/// apart) take it out of the Service and Prometheus (15–30 s scrape interval) sees `bridge_task_exits_total`.
+pub const TASK_EXIT_LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A supervised task: `Err` carries why it stopped.
+pub type TaskFuture = futures::future::BoxFuture<'static, Result<(), String>>;
+
+/// Runs `tasks` (each on its own tokio task, so a panic is caught) until every one has ended.
+///
+/// Decision: a task that ends, fails or panics before shutdown was requested is a dead part of the process that
+/// cannot repair itself (an ingest that returned means no events are read although every probe and
+/// `bridge_relay_connected` looked healthy). The process then (1) counts it in `bridge_task_exits_total{task}` and
+/// logs `task_exited`, (2) turns unready at once (`/ready` 503, reason `task_exited`), (3) lingers
+/// [`TASK_EXIT_LINGER`] (or until a signal) so the pod leaves the Service and the counter is scraped, (4) requests
+/// shutdown so the surviving tasks drain (workers finish in-flight jobs), and (5) exits non-zero (`task_exited`),
+/// so Kubernetes restarts it. Staying up unready would need an operator; exiting is the repair. Tasks that end after
+/// shutdown was requested are the normal drain and are not counted.
+pub async fn supervise(
+    tasks: Vec<(&'static str, TaskFuture)>,
+    shutdown: watch::Sender<bool>,
+    health: crate::http::TaskHealth,
+    linger: std::time::Duration,
+) -> Result<(), AppError> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut names = std::collections::HashMap::new();
+    for (name, task) in tasks {
+        names.insert(set.spawn(task).id(), name);
+    }
+    let mut died: Option<AppError> = None;
+    while let Some(joined) = set.join_next_with_id().await {
+        let (id, result) = match joined {
+            Ok((id, result)) => (id, result),
+            Err(e) if e.is_panic() => (e.id(), Err("panicked".to_string())),
+            Err(e) => (e.id(), Err(e.to_string())),
+        };
+        let task = names.get(&id).copied().unwrap_or("unknown");
+        if *shutdown.borrow() {
+            if let Err(reason) = result {
+                tracing::warn!(task, reason, "task stopped with an error during shutdown");
+            }
+            continue;
+        }
+        let reason = result.err().unwrap_or_else(|| "returned".to_string());
+        metrics::counter!("bridge_task_exits_total", "task" => task).increment(1);
+        health.mark_exited(task);
+        tracing::error!(
+            code = "task_exited",
+            task,
+            reason,
+            "background task ended unexpectedly; process is unready and will exit"
+        );
+        died.get_or_insert(AppError {
+            code: "task_exited",
+            message: format!("background task {task} ended unexpectedly: {reason}"),
+        });
+        let mut signalled = shutdown.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = signalled.wait_for(|s| *s) => {}
+        }
+        shutdown.send_replace(true);
+    }
+    died.map_or(Ok(()), Err)
 }
 
 async fn wait_for_signal() {

@@ -247,6 +247,24 @@ pub struct Config {
     pub db_pool_size: u32,
     pub identity: IdentityConfig,
     pub crosspost: CrosspostConfig,
+    /// `JOB_RETENTION_SECS` (14 days, at least 1 hour): finished jobs older than this are pruned
+    /// (`crate::retention`).
+    pub job_retention: Duration,
+}
+
+/// `JOB_RETENTION_SECS`: whole seconds, at least [`crate::retention::MIN_RETENTION`].
+pub fn job_retention() -> Result<Duration, ConfigError> {
+    let secs = parse_or("JOB_RETENTION_SECS", crate::retention::DEFAULT_RETENTION.as_secs())?;
+    if secs < crate::retention::MIN_RETENTION.as_secs() {
+        return Err(ConfigError::Invalid {
+            name: "JOB_RETENTION_SECS",
+            reason: format!(
+                "{secs} is below the minimum of {} seconds",
+                crate::retention::MIN_RETENTION.as_secs()
+            ),
+        });
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 impl Config {
@@ -257,6 +275,7 @@ impl Config {
             db_pool_size: parse_or("DB_POOL_SIZE", 16u32)?,
             identity: IdentityConfig::from_env()?,
             crosspost: CrosspostConfig::from_env()?,
+            job_retention: job_retention()?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The operational HTTP server of `divine-atbridge` on `HTTP_ADDR`: `/metrics` (Prometheus text), `/health`
 //! (200 while the process runs), `/ready` (200 only when the database is reachable and every migration is applied,
-//! else 503 with a JSON `reason`: `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
+//! else 503 with a JSON `reason`: `task_exited` (a supervised background task ended unexpectedly, see
+//! [`TaskHealth`] and `app::supervise`), `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
 //! actions here, and it never changes the database.
 
 use axum::extract::State;
@@ -10,21 +11,42 @@ use axum::routing::get;
 use axum::Router;
 use divine_bridge_db::Db;
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// Which supervised background tasks ended unexpectedly. Shared by the supervisor (writes) and `/ready` (reads):
+/// once a task is recorded here the process stays unready until it exits.
+#[derive(Clone, Default)]
+pub struct TaskHealth(Arc<Mutex<Vec<&'static str>>>);
+
+impl TaskHealth {
+    /// Records that `task` ended unexpectedly.
+    pub fn mark_exited(&self, task: &'static str) {
+        let mut tasks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !tasks.contains(&task) {
+            tasks.push(task);
+        }
+    }
+    /// Tasks that ended unexpectedly, in the order they did.
+    pub fn exited(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
     db: Db,
     metrics: PrometheusHandle,
+    tasks: TaskHealth,
 }
 
 /// The router (exposed for tests).
-pub fn router(db: Db, metrics: PrometheusHandle) -> Router {
+pub fn router(db: Db, metrics: PrometheusHandle, tasks: TaskHealth) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health", get(|| async { (StatusCode::OK, "ok") }))
         .route("/ready", get(ready))
-        .with_state(AppState { db, metrics })
+        .with_state(AppState { db, metrics, tasks })
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
@@ -35,6 +57,13 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<AppState>) -> impl IntoResponse {
+    let exited = s.tasks.exited();
+    if !exited.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"ready": false, "reason": "task_exited", "tasks": exited})),
+        );
+    }
     match s.db.run(divine_bridge_db::migrate::migrations_applied).await {
         Ok(true) => (StatusCode::OK, axum::Json(serde_json::json!({"ready": true}))),
         Ok(false) => (
@@ -53,10 +82,11 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     db: Db,
     metrics: PrometheusHandle,
+    tasks: TaskHealth,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, db, metrics, shutdown).await
+    serve_on(listener, db, metrics, tasks, shutdown).await
 }
 
 /// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` becomes true.
@@ -64,10 +94,11 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Db,
     metrics: PrometheusHandle,
+    tasks: TaskHealth,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "health server listening");
-    axum::serve(listener, router(db, metrics))
+    axum::serve(listener, router(db, metrics, tasks))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })

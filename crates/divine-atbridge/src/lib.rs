@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod nostr;
 pub mod pds;
 pub mod plc;
+pub mod retention;
 pub mod tid;
 pub mod translate;
 pub mod worker;

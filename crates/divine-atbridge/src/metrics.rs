@@ -5,7 +5,7 @@
 //!
 //! The exporter crate is built without its HTTP listener: `crate::http` renders [`PrometheusHandle`] on `/metrics`.
 
-use divine_bridge_db::{JobKind, JobState};
+use divine_bridge_db::JobKind;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
@@ -26,6 +26,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_profile_images_skipped_total",
     "bridge_publish_lag_seconds",
     "bridge_pds_requests_total",
+    "bridge_task_exits_total",
+    "bridge_jobs_pruned_total",
 ];
 
 /// Values of the `outcome` label of `bridge_jobs_finished_total`.
@@ -91,6 +93,14 @@ fn describe() {
         "bridge_watchdog_reclaimed_total",
         "Jobs put back in the queue by the watchdog after their lease expired."
     );
+    describe_counter!(
+        "bridge_task_exits_total",
+        "Supervised background tasks (http, ingest, workers, retention) that ended unexpectedly, by task."
+    );
+    describe_counter!(
+        "bridge_jobs_pruned_total",
+        "Finished jobs deleted by retention (older than JOB_RETENTION_SECS)."
+    );
     describe_gauge!("bridge_relay_connected", "1 when the relay connection is up, by relay.");
     describe_counter!(
         "bridge_relay_subscriptions_closed_total",
@@ -136,12 +146,16 @@ fn zero_closed_series() {
         // Registering a histogram renders its (empty) buckets.
         let _ = metrics::histogram!("bridge_job_duration_seconds", "kind" => kind);
         metrics::gauge!("bridge_oldest_queued_job_age_seconds", "kind" => kind).set(0.0);
-        for state in JobState::ALL {
+        for state in divine_bridge_db::queue::STATS_STATES {
             metrics::gauge!("bridge_jobs", "kind" => kind, "state" => state.as_str()).set(0.0);
         }
     }
     metrics::gauge!("bridge_expired_leases").set(0.0);
     metrics::counter!("bridge_watchdog_reclaimed_total").increment(0);
+    for task in crate::app::TASKS {
+        metrics::counter!("bridge_task_exits_total", "task" => task).increment(0);
+    }
+    metrics::counter!("bridge_jobs_pruned_total").increment(0);
     let _ = metrics::histogram!("bridge_publish_lag_seconds");
 }
 

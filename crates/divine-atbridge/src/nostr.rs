@@ -457,36 +457,58 @@ pub fn is_iso639_1(code: &str) -> bool {
     ISO_639_1.binary_search(&code).is_ok()
 }
 
-/// An addressable event coordinate `<kind>:<pubkey>:<d>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct Coordinate {
-    pub kind: u16,
-    pub pubkey: String,
-    pub d: String,
-}
+/// An addressable event coordinate: rust-nostr's type (`kind`, `public_key`, `identifier`), displayed as
+/// `<kind>:<lower-case hex pubkey>:<d>`. That string is what `record_mappings.coordinate` and coordinate tombstones
+/// store; the `d` identifier keeps its case (NIP-01 identifiers are case-sensitive), only the pubkey is normalised.
+pub use nostr::nips::nip01::Coordinate;
 
-impl std::fmt::Display for Coordinate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.kind, self.pubkey, self.d)
+/// The coordinate of an addressable video event (kinds 34235/34236), built from the event's own kind, author and
+/// `d` tag; `None` for other kinds.
+pub fn event_coordinate(event: &Event) -> Option<Coordinate> {
+    if !is_addressable_video_kind(event.kind.as_u16()) {
+        return None;
     }
+    Some(Coordinate::new(event.kind, event.pubkey).identifier(event.tags.identifier().unwrap_or("")))
 }
 
-impl Coordinate {
-    /// Parses `<kind>:<64-hex pubkey>:<d>` (the `d` part may itself contain ':').
-    pub fn parse(s: &str) -> Option<Coordinate> {
-        let mut parts = s.splitn(3, ':');
-        let kind = parts.next()?.parse::<u16>().ok()?;
-        let pubkey = parts.next()?;
-        let d = parts.next()?;
-        if pubkey.len() != 64 || !pubkey.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
+/// Parses an `a` target `<kind>:<pubkey>:<d>` with rust-nostr ([`Coordinate::from_kpi_format`]: kind number, hex
+/// pubkey in either case). rust-nostr 0.44 splits on every ':' and keeps only the third piece as the identifier,
+/// while NIP-01 allows ':' inside `d`; the identifier is therefore taken as everything after the second ':', exactly
+/// as published (never case-folded).
+fn parse_a_target(raw: &str) -> Option<Coordinate> {
+    let parsed = Coordinate::from_kpi_format(raw).ok()?;
+    let d = raw.splitn(3, ':').nth(2)?;
+    Some(parsed.identifier(d))
+}
+
+/// The targets of a kind 5 event (NIP-09), deduplicated, order kept: `e` event ids (rust-nostr [`nostr::EventId`],
+/// either hex case accepted) and `a` coordinates whose pubkey is the deletion's author (a foreign one can never
+/// delete anything, so it is dropped here). Malformed values are skipped. Relay hints are ignored (so an invalid
+/// hint does not hide a target, which rust-nostr's standardized tag parsing would do). The single parser of
+/// deletion targets: the `delete_post` handler and [`DeleteRequest`] both use it.
+pub fn deletion_targets(event: &Event) -> (Vec<nostr::EventId>, Vec<Coordinate>) {
+    let mut ids: Vec<nostr::EventId> = Vec::new();
+    let mut coords: Vec<Coordinate> = Vec::new();
+    for tag in event.tags.iter() {
+        let Some(value) = tag.content().map(str::trim) else {
+            continue;
+        };
+        let kind = tag.kind();
+        if kind == nostr::TagKind::e() {
+            if let Ok(id) = nostr::EventId::from_hex(value) {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        } else if kind == nostr::TagKind::a() {
+            if let Some(c) = parse_a_target(value) {
+                if c.public_key == event.pubkey && !coords.contains(&c) {
+                    coords.push(c);
+                }
+            }
         }
-        Some(Coordinate {
-            kind,
-            pubkey: pubkey.to_ascii_lowercase(),
-            d: d.to_string(),
-        })
     }
+    (ids, coords)
 }
 
 /// A NIP-09 deletion request, limited to targets the author may delete.
@@ -510,30 +532,8 @@ impl DeleteRequest {
         if kind != KIND_DELETE {
             return Err(TranslateError::UnsupportedKind(kind));
         }
-        let author = event.pubkey.to_hex();
-        let mut event_ids: Vec<String> = Vec::new();
-        let mut coordinates: Vec<Coordinate> = Vec::new();
-        for t in event.tags.iter().map(|t| t.as_slice()) {
-            match (t.first().map(String::as_str), t.get(1)) {
-                (Some("e"), Some(id)) => {
-                    let id = id.trim();
-                    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        let id = id.to_ascii_lowercase();
-                        if !event_ids.contains(&id) {
-                            event_ids.push(id);
-                        }
-                    }
-                }
-                (Some("a"), Some(a)) => {
-                    if let Some(c) = Coordinate::parse(a.trim()) {
-                        if c.pubkey == author && !coordinates.contains(&c) {
-                            coordinates.push(c);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (ids, coordinates) = deletion_targets(event);
+        let event_ids: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
         if event_ids.is_empty() && coordinates.is_empty() {
             return Err(TranslateError::invalid(
                 "deletion request without an e target or an a target of its author",
@@ -541,7 +541,7 @@ impl DeleteRequest {
         }
         Ok(DeleteRequest {
             id: event.id.to_hex(),
-            pubkey: author,
+            pubkey: event.pubkey.to_hex(),
             created_at: event.created_at.as_secs(),
             event_ids,
             coordinates,
@@ -836,7 +836,7 @@ mod tests {
         let d = DeleteRequest::from_event(&ev).unwrap();
         assert_eq!(d.event_ids, vec!["a".repeat(64)]);
         assert_eq!(d.coordinates.len(), 1);
-        assert_eq!(d.coordinates[0].d, "clip:with:colons");
+        assert_eq!(d.coordinates[0].identifier, "clip:with:colons");
         assert_eq!(d.coordinates[0].to_string(), mine);
         let only_foreign = sign(5, "", vec![vec!["a", &foreign]], 100);
         assert_eq!(

@@ -556,7 +556,7 @@ async fn refresh_stats(db: Db, interval: Duration, mut stop: watch::Receiver<boo
         if let Ok(stats) = db.run(queue::stats).await {
             let mut oldest: HashMap<String, f64> = JobKind::ALL.iter().map(|k| (k.as_str().to_string(), 0.0)).collect();
             for kind in JobKind::ALL {
-                for state in divine_bridge_db::JobState::ALL {
+                for state in queue::STATS_STATES {
                     let n = stats
                         .iter()
                         .find(|s| s.kind == kind.as_str() && s.state == state.as_str())

@@ -412,3 +412,124 @@ async fn mentioned_pubkeys_resolve_to_dids_only_when_ready() {
     assert_eq!(user.handle, format!("u{}.test", &ready.public_key().to_hex()[..8]));
     assert!(bridged_users(&db, "no mentions here").await.unwrap().is_empty());
 }
+
+/// Issue 9 §5: the `d` identifier of a coordinate is case-sensitive. A delete of `34236:<pk>:MyClip` (pubkey in any
+/// hex case) removes the clip `MyClip`, before or after it was bridged, and a delete of `myclip` does not.
+#[tokio::test]
+async fn a_tag_delete_keeps_the_case_of_d() {
+    let tdb = TestDb::migrated("jobs_publish_d_case");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let pk = keys.public_key().to_hex();
+
+    let clip = video(&keys, "my clip", 34236, Some("MyClip"), T);
+    publish::publish(&db, &FakeSource, &repo, &clip).await.unwrap();
+    let stored = records::get_record(&mut tdb.conn(), &clip.id.to_hex())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.coordinate.as_deref(),
+        Some(format!("34236:{pk}:MyClip").as_str())
+    );
+
+    let wrong_case = format!("34236:{pk}:myclip");
+    let del = delete_event(&keys, vec![Tag::parse(["a", &wrong_case]).unwrap()], T + 10);
+    assert_eq!(
+        publish::delete(&db, &repo, &del).await.unwrap(),
+        0,
+        "myclip is another clip"
+    );
+    assert_eq!(repo.records.lock().unwrap().len(), 1);
+
+    let exact = format!("34236:{}:MyClip", pk.to_uppercase());
+    let del = delete_event(&keys, vec![Tag::parse(["a", &exact]).unwrap()], T + 20);
+    assert_eq!(
+        publish::delete(&db, &repo, &del).await.unwrap(),
+        1,
+        "the a-tag delete of MyClip matches"
+    );
+    assert!(repo.records.lock().unwrap().is_empty());
+
+    // Delete seen first: the tombstone keeps the case too, so the clip arriving later is refused.
+    let early = delete_event(
+        &keys,
+        vec![Tag::parse(["a", &format!("34236:{pk}:OtherClip")]).unwrap()],
+        T + 40,
+    );
+    publish::delete(&db, &repo, &early).await.unwrap();
+    let other = video(&keys, "other", 34236, Some("OtherClip"), T + 30);
+    let refused = publish::publish(&db, &FakeSource, &repo, &other).await.unwrap_err();
+    assert_eq!(refused.code(), "deleted");
+}
+
+/// Issue 9 §5: tombstones are per (target, author). Another user's kind 5 naming my event id first must not claim
+/// the row and hide my own later delete (seen before my video arrives).
+#[tokio::test]
+async fn another_users_delete_does_not_block_mine() {
+    let tdb = TestDb::migrated("jobs_publish_tomb_author");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let mine = video(&keys, "mine", 22, None, T);
+
+    let stranger = Keys::generate();
+    let theirs = delete_event(&stranger, vec![Tag::event(mine.id)], T + 5);
+    assert_eq!(publish::delete(&db, &repo, &theirs).await.unwrap(), 0);
+    let my_delete = delete_event(&keys, vec![Tag::event(mine.id)], T + 10);
+    assert_eq!(publish::delete(&db, &repo, &my_delete).await.unwrap(), 0);
+
+    let late = publish::publish(&db, &FakeSource, &repo, &mine).await.unwrap_err();
+    assert_eq!(
+        late.code(),
+        "deleted",
+        "my own delete counts although a stranger named my event first"
+    );
+    assert!(repo.records.lock().unwrap().is_empty());
+
+    // And the stranger's delete alone never removes anything.
+    let other = video(&keys, "other", 22, None, T + 20);
+    let theirs = delete_event(&stranger, vec![Tag::event(other.id)], T + 25);
+    publish::delete(&db, &repo, &theirs).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &other).await.unwrap();
+    assert_eq!(repo.records.lock().unwrap().len(), 1);
+}
+
+/// Issue 9 §6: exactly-once survives retention. After the finished publish job is pruned, its unique key is free, so
+/// a redelivered event is enqueued again; the new job finds the ledger row and does not post a second time.
+#[tokio::test]
+async fn a_pruned_publish_job_redelivered_is_already_done() {
+    let tdb = TestDb::migrated("jobs_publish_pruned");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let e = video(&keys, "once", 22, None, T);
+
+    let first = divine_atbridge::ingest::enqueue_event(&mut tdb.conn(), &e, 0)
+        .unwrap()
+        .unwrap();
+    publish::publish(&db, &FakeSource, &repo, &e).await.unwrap();
+    diesel::sql_query("UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '30 days' WHERE id = $1")
+        .bind::<diesel::sql_types::BigInt, _>(first)
+        .execute(&mut tdb.conn())
+        .unwrap();
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(14);
+    assert_eq!(
+        divine_bridge_db::queue::prune_finished(&mut tdb.conn(), cutoff, 1000).unwrap(),
+        1
+    );
+
+    let again = divine_atbridge::ingest::enqueue_event(&mut tdb.conn(), &e, 0).unwrap();
+    assert!(
+        again.is_some(),
+        "the pruned job's unique key is free: the redelivery is a new job"
+    );
+    assert_eq!(
+        publish::publish(&db, &FakeSource, &repo, &e).await.unwrap(),
+        Published::AlreadyDone
+    );
+    assert_eq!(*repo.puts.lock().unwrap(), 1, "no second post");
+}

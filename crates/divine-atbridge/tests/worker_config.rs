@@ -63,3 +63,17 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
         std::env::remove_var(v);
     }
 }
+
+#[test]
+fn job_retention_defaults_to_14_days_and_refuses_less_than_an_hour() {
+    use divine_atbridge::config::job_retention;
+    std::env::remove_var("JOB_RETENTION_SECS");
+    assert_eq!(job_retention().unwrap(), Duration::from_secs(14 * 24 * 3600));
+    std::env::set_var("JOB_RETENTION_SECS", "7200");
+    assert_eq!(job_retention().unwrap(), Duration::from_secs(7200));
+    for bad in ["60", "0", "-1", "two weeks"] {
+        std::env::set_var("JOB_RETENTION_SECS", bad);
+        assert_eq!(job_retention().unwrap_err().code(), "config_invalid", "{bad}");
+    }
+    std::env::remove_var("JOB_RETENTION_SECS");
+}

@@ -56,6 +56,7 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
         listener,
         pool.clone(),
         handle.clone(),
+        Default::default(),
         stop_rx,
     ));
 
@@ -94,12 +95,13 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
     let (pool_stop, pool_rx) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(WorkerPool::new(pool.clone(), config, registry).run(pool_rx));
     let finished = "bridge_jobs_finished_total{kind=\"provision_account\",outcome=\"succeeded\"}";
-    let succeeded_gauge = "bridge_jobs{kind=\"provision_account\",state=\"succeeded\"}";
+    // The job gauge reports live states only (issue 9 §6): finished jobs are the counter's business.
+    let queued_gauge = "bridge_jobs{kind=\"provision_account\",state=\"queued\"}";
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let text = loop {
         let (status, text) = get(addr, "/metrics").await;
         assert_eq!(status, 200);
-        if sample(&text, finished) >= 1.0 && sample(&text, succeeded_gauge) >= 1.0 {
+        if sample(&text, finished) >= 1.0 && text.contains(queued_gauge) {
             break text;
         }
         assert!(
@@ -110,6 +112,12 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
     };
     pool_stop.send(true).unwrap();
     worker.await.unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("bridge_jobs{") && l.contains("state=\"succeeded\"")),
+        "no gauge for terminal states:\n{text}"
+    );
 
     for name in [
         "bridge_jobs_enqueued_total",
@@ -120,6 +128,8 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
         "bridge_expired_leases",
         "bridge_watchdog_reclaimed_total",
         "bridge_publish_lag_seconds",
+        "bridge_task_exits_total",
+        "bridge_jobs_pruned_total",
     ] {
         assert!(divine_atbridge::metrics::METRIC_NAMES.contains(&name));
         assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}:\n{text}");
@@ -154,7 +164,13 @@ async fn ready_is_503_when_the_database_is_unreachable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(divine_atbridge::http::serve_on(listener, db, handle, stop_rx));
+    let server = tokio::spawn(divine_atbridge::http::serve_on(
+        listener,
+        db,
+        handle,
+        Default::default(),
+        stop_rx,
+    ));
     let (status, _) = get(addr, "/health").await;
     assert_eq!(status, 200, "health does not depend on the database");
     let (status, body) = get(addr, "/ready").await;

@@ -685,7 +685,7 @@ pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> 
         .optional()?)
 }
 
-/// Counts per (kind, state) and the age of the oldest runnable queued job per kind, for the gauges.
+/// Counts per (kind, state) of the LIVE states and the age of the oldest runnable queued job per kind, for the gauges.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStat {
     #[diesel(sql_type = Text)]
@@ -698,15 +698,20 @@ pub struct QueueStat {
     pub oldest_age_secs: f64,
 }
 
-/// Gauge source: one GROUP BY over the live states plus terminal counts.
+/// The states [`stats`] counts: the live ones. Terminal rows are history (counted by `bridge_jobs_finished_total`
+/// when they finish); counting them made every gauge refresh scan the whole table.
+pub const STATS_STATES: [JobState; 2] = [JobState::Queued, JobState::Running];
+
+/// The gauge query. Index-bound: it reads only the partial index `jobs_live_kind_state` (kind, state, run_at WHERE
+/// state IN ('queued', 'running')), so its cost follows the backlog, never the number of finished jobs.
+pub const STATS_SQL: &str = "SELECT kind, state, count(*) AS count, \
+        COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8 \
+          AS oldest_age_secs \
+     FROM jobs WHERE state IN ('queued', 'running') GROUP BY kind, state";
+
+/// Gauge source: one GROUP BY over the live states ([`STATS_SQL`]); terminal states are not reported.
 pub fn stats(conn: &mut PgConnection) -> Result<Vec<QueueStat>, DbError> {
-    Ok(diesel::sql_query(
-        "SELECT kind, state, count(*) AS count, \
-                COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8 \
-                  AS oldest_age_secs \
-         FROM jobs GROUP BY kind, state",
-    )
-    .load(conn)?)
+    Ok(diesel::sql_query(STATS_SQL).load(conn)?)
 }
 
 /// Running jobs whose lease already expired (the `bridge_expired_leases` gauge).
@@ -716,4 +721,31 @@ pub fn expired_lease_count(conn: &mut PgConnection) -> Result<i64, DbError> {
         .filter(jobs::lease_expires_at.lt(Utc::now()))
         .count()
         .get_result(conn)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Retention (issue 9 §6)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One prune batch: terminal jobs (`finished_at IS NOT NULL` ⇔ succeeded/failed/cancelled/ineligible, by the
+/// `jobs_finished_matches_state` constraint) finished before `$1`, oldest first, at most `$2` rows. Walks the partial
+/// index `jobs_finished_at`; `SKIP LOCKED` lets several replicas prune at once without waiting on each other (or on
+/// an operator's `jobs retry`, which locks the row it moves back to `queued`). Live jobs are never touched.
+pub const PRUNE_SQL: &str = "DELETE FROM jobs WHERE id IN ( \
+       SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+       ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// Deletes one batch of terminal jobs finished before `finished_before` (at most `batch` rows); returns how many.
+/// Callers repeat until it returns less than `batch`.
+///
+/// Idempotency after pruning does not rest on the job row: a pruned job's unique key is free again, so a redelivered
+/// event enqueues a new job, and that job converges on the ledger instead of repeating work — `publish_post` finds
+/// the event's `record_mappings` row (published → `AlreadyDone`, deleted/superseded → ineligible) and the author's
+/// tombstones, `delete_post` re-applies tombstones (an upsert) and skips records already deleted, `sync_profile`
+/// is either superseded by a newer claimed profile or re-puts the same profile record (an identical `putRecord`). Those tables are never pruned.
+pub fn prune_finished(conn: &mut PgConnection, finished_before: DateTime<Utc>, batch: i64) -> Result<usize, DbError> {
+    Ok(diesel::sql_query(PRUNE_SQL)
+        .bind::<Timestamptz, _>(finished_before)
+        .bind::<BigInt, _>(batch.max(1))
+        .execute(conn)?)
 }

@@ -243,12 +243,13 @@ pub struct Tombstone {
     pub created_at: DateTime<Utc>,
 }
 
-/// Records a tombstone; the newest delete of a target wins (matters for coordinates, where the delete time decides
-/// which revisions it covers).
+/// Records a tombstone of `(target, author)`; per author, the newest delete of a target wins (matters for
+/// coordinates, where the delete time decides which revisions it covers). Keyed by author too, so a kind 5 by
+/// someone else naming my event id can never claim the row my own deletion needs.
 pub fn put_tombstone(conn: &mut PgConnection, t: &Tombstone) -> Result<(), DbError> {
     diesel::sql_query(
         "INSERT INTO nostr_tombstones (target, nostr_pubkey, delete_event_id, deleted_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target) DO UPDATE \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target, nostr_pubkey) DO UPDATE \
          SET delete_event_id = EXCLUDED.delete_event_id, deleted_at = EXCLUDED.deleted_at \
          WHERE nostr_tombstones.deleted_at < EXCLUDED.deleted_at",
     )
@@ -271,8 +272,7 @@ pub fn is_tombstoned(
     created_at: DateTime<Utc>,
 ) -> Result<bool, DbError> {
     let by_id = nostr_tombstones::table
-        .find(event_id)
-        .filter(nostr_tombstones::nostr_pubkey.eq(pubkey))
+        .find((event_id, pubkey))
         .count()
         .get_result::<i64>(conn)?
         > 0;
@@ -283,8 +283,7 @@ pub fn is_tombstoned(
         return Ok(false);
     };
     Ok(nostr_tombstones::table
-        .find(coord)
-        .filter(nostr_tombstones::nostr_pubkey.eq(pubkey))
+        .find((coord, pubkey))
         .filter(nostr_tombstones::deleted_at.ge(created_at))
         .count()
         .get_result::<i64>(conn)?

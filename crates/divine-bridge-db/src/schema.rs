@@ -89,7 +89,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    nostr_tombstones (target) {
+    nostr_tombstones (target, nostr_pubkey) {
         target -> Text,
         nostr_pubkey -> Text,
         delete_event_id -> Text,

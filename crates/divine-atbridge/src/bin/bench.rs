@@ -11,7 +11,12 @@
 //!   the 16 jobs about to be leased;
 //! - `lease_p99_ms_backlog` — the same with 1,000,000 queued jobs (100,000 keys, loaded with one INSERT … SELECT
 //!   generate_series, then VACUUM ANALYZE as autovacuum would), leasing from the backlog itself;
-//! - `lease_backlog_ratio` — backlog p99 / empty p99.
+//! - `lease_backlog_ratio` — backlog p99 / empty p99;
+//! - `stats_ms_empty` — median time of one `queue::stats()` (the 15 s gauge refresh of every replica) over
+//!   [`STATS_ROUNDS`] calls, with a live backlog of [`STATS_LIVE`] queued jobs and no finished job;
+//! - `stats_ms_1m_finished` — the same after adding `BENCH_FINISHED` (1,000,000) finished jobs (succeeded, failed,
+//!   ineligible, finished over the last 14 days, like a fleet before retention prunes them);
+//! - `stats_finished_vs_empty_ratio` — the two divided (target ≤ 2: the gauges are index-bound, issue 9 §6).
 //!
 //! Must not touch any database other than the one it created.
 //!
@@ -156,7 +161,57 @@ fn queue_suite() -> anyhow::Result<()> {
     if std::env::var_os("BENCH_EXPLAIN").is_some() {
         explain(&mut conn)?;
     }
+
+    let finished: i64 = env_or("BENCH_FINISHED", 1_000_000);
+    let (stats_empty, stats_finished) = stats_timing(&mut conn, finished)?;
+    println!("stats_ms_empty={stats_empty:.3}");
+    println!("stats_ms_1m_finished={stats_finished:.3}");
+    println!("stats_finished_vs_empty_ratio={:.2}", stats_finished / stats_empty);
     Ok(())
+}
+
+/// Calls of `queue::stats()` per measurement.
+const STATS_ROUNDS: usize = 200;
+/// Queued jobs present in both `stats()` measurements (a small live backlog).
+const STATS_LIVE: i64 = 1_000;
+
+/// Median `queue::stats()` time with [`STATS_LIVE`] queued jobs, first alone, then next to `finished` finished jobs.
+fn stats_timing(conn: &mut PgConnection, finished: i64) -> anyhow::Result<(f64, f64)> {
+    fn median_ms(conn: &mut PgConnection) -> anyhow::Result<f64> {
+        let mut v = Vec::with_capacity(STATS_ROUNDS);
+        queue::stats(conn)?; // warm the cache and the plan
+        for _ in 0..STATS_ROUNDS {
+            let t = Instant::now();
+            queue::stats(conn)?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        Ok(v[v.len() / 2].as_secs_f64() * 1000.0)
+    }
+    diesel::sql_query("TRUNCATE jobs").execute(conn)?;
+    diesel::sql_query(
+        "INSERT INTO jobs (kind, ordering_key, payload) \
+         SELECT 'noop', 'live-' || i, '{}'::jsonb FROM generate_series(1, $1) AS i",
+    )
+    .bind::<BigInt, _>(STATS_LIVE)
+    .execute(conn)?;
+    diesel::sql_query("VACUUM ANALYZE jobs").execute(conn)?;
+    let empty = median_ms(conn)?;
+
+    let started = Instant::now();
+    diesel::sql_query(
+        "INSERT INTO jobs (kind, ordering_key, payload, state, attempt, finished_at) \
+         SELECT (ARRAY['publish_post', 'delete_post', 'sync_profile'])[1 + i % 3], 'key-' || (i % 100000), \
+                '{}'::jsonb, (ARRAY['succeeded', 'succeeded', 'failed', 'ineligible'])[1 + i % 4], 1, \
+                now() - make_interval(secs => (i % 1209600)::float8) \
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind::<BigInt, _>(finished)
+    .execute(conn)?;
+    diesel::sql_query("VACUUM ANALYZE jobs").execute(conn)?;
+    eprintln!("bench: loaded {finished} finished jobs in {:.1?}", started.elapsed());
+    let loaded = median_ms(conn)?;
+    Ok((empty, loaded))
 }
 
 /// Wall-clock jobs/s for enqueue + lease + complete of `n` noop jobs with one 16-worker pool.

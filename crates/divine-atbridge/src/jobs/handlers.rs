@@ -93,7 +93,7 @@ impl Handlers {
                 provision::provision(&deps, &pubkey).await.map(|_| ())
             }
             JobKind::PublishPost => {
-                let event = event_of(job)?;
+                let event = verified_event(job)?;
                 publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
                 if job.priority <= priority::LIVE {
                     let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;
@@ -102,11 +102,11 @@ impl Handlers {
                 Ok(())
             }
             JobKind::DeletePost => {
-                let event = event_of(job)?;
+                let event = verified_event(job)?;
                 publish::delete(&self.db, &self.repo, &event).await.map(|_| ())
             }
             JobKind::SyncProfile => {
-                let event = event_of(job)?;
+                let event = verified_event(job)?;
                 profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
@@ -135,13 +135,28 @@ impl Handlers {
     }
 }
 
-fn event_of(job: &LeasedJob) -> Result<nostr::Event, JobError> {
+/// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`), checked again before the
+/// handler may write anything: the job row is not trusted (anything with database access could have inserted or
+/// edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]: id and signature
+/// — an event ingest admitted passes again, it only gets older) and be authored by the job's account
+/// (`ordering_key`, the pubkey the ingest enqueued it under). Either failure is permanent (`job_event_unverified`,
+/// `job_author_mismatch`). This is the only place job payloads are decoded into events.
+pub fn verified_event(job: &LeasedJob) -> Result<nostr::Event, JobError> {
     let value = job
         .payload
         .get("event")
         .cloned()
         .ok_or_else(|| JobError::BadPayload("no event in payload".into()))?;
-    serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))
+    let event: nostr::Event = serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))?;
+    crate::nostr::check_event_now(&event).map_err(JobError::PayloadEventRefused)?;
+    let author = event.pubkey.to_hex();
+    if author != job.ordering_key {
+        return Err(JobError::PayloadAuthorMismatch {
+            author,
+            account: job.ordering_key.clone(),
+        });
+    }
+    Ok(event)
 }
 
 /// Converts a handler result into the queue's outcome.

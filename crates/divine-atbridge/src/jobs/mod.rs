@@ -34,6 +34,13 @@ pub enum JobError {
     /// The job payload is not what this handler expects (a bug or a hand-edited row).
     #[error("invalid job payload: {0}")]
     BadPayload(String),
+    /// The event in a job payload fails the admission check ([`crate::nostr::check_event`]) when the worker checks
+    /// it again: its id or signature does not verify (a row written or edited by anything but ingest).
+    #[error("the event in the job payload is refused: {0}")]
+    PayloadEventRefused(crate::nostr::Rejection),
+    /// The event in a job payload is authored by another key than the job's account (`ordering_key`).
+    #[error("the event in the job payload is by {author}, not by the job's account {account}")]
+    PayloadAuthorMismatch { author: String, account: String },
 }
 
 /// A classified error from another module, carried with its code, class and retry hint.
@@ -66,12 +73,17 @@ impl Classified for JobError {
             JobError::Upstream(u) => u.code,
             JobError::Db(e) => e.code(),
             JobError::BadPayload(_) => "invalid_job_payload",
+            JobError::PayloadEventRefused(_) => "job_event_unverified",
+            JobError::PayloadAuthorMismatch { .. } => "job_author_mismatch",
         }
     }
 
     fn class(&self) -> ErrorClass {
         match self {
-            JobError::Ineligible { .. } | JobError::BadPayload(_) => ErrorClass::Permanent,
+            JobError::Ineligible { .. }
+            | JobError::BadPayload(_)
+            | JobError::PayloadEventRefused(_)
+            | JobError::PayloadAuthorMismatch { .. } => ErrorClass::Permanent,
             JobError::AccountNotReady { .. } => ErrorClass::Transient,
             JobError::Upstream(u) => u.class,
             JobError::Db(e) => e.class(),

@@ -60,14 +60,11 @@ pub fn local_blob_ref(bytes: &[u8], mime: &str) -> BlobJson {
     serde_json::json!({"$type": "blob", "ref": {"$link": blob_cid(bytes)}, "mimeType": mime, "size": bytes.len()})
 }
 
-/// `<kind>:<pubkey>:<d>` for addressable video kinds.
+/// The stored coordinate key `<kind>:<lower-case hex pubkey>:<d>` of an addressable video event, built by
+/// rust-nostr ([`crate::nostr::event_coordinate`]); the `d` identifier keeps its case. Same format as rows written
+/// before (`record_mappings.coordinate`), so existing rows stay comparable.
 pub fn coordinate(event: &Event) -> Option<String> {
-    let kind = event.kind.as_u16();
-    if !matches!(kind, 34235 | 34236) {
-        return None;
-    }
-    let d = event.tags.identifier().unwrap_or("");
-    Some(format!("{kind}:{}:{d}", event.pubkey.to_hex()))
+    crate::nostr::event_coordinate(event).map(|c| c.to_string())
 }
 
 pub(crate) fn event_time(event: &Event) -> DateTime<Utc> {
@@ -269,30 +266,14 @@ pub async fn publish(
     Ok(Published::Written { uri, cid })
 }
 
-/// Targets of a kind 5 event by the same author: event ids and `<kind>:<pubkey>:<d>` coordinates.
+/// Targets of a kind 5 event as stored keys: event ids (lower-case hex) and coordinates of the same author
+/// (`<kind>:<lower-case hex pubkey>:<d>`, `d` as published). Parsing is [`crate::nostr::deletion_targets`].
 pub fn delete_targets(event: &Event) -> (Vec<String>, Vec<String>) {
-    let author = event.pubkey.to_hex();
-    let mut ids = Vec::new();
-    let mut coords = Vec::new();
-    for tag in event.tags.iter() {
-        let parts = tag.as_slice();
-        match (parts.first().map(String::as_str), parts.get(1)) {
-            (Some("e"), Some(id)) if id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) => {
-                ids.push(id.to_lowercase())
-            }
-            (Some("a"), Some(coord)) => {
-                let mut it = coord.splitn(3, ':');
-                let (kind, pk) = (it.next(), it.next());
-                if pk.is_some_and(|pk| pk.eq_ignore_ascii_case(&author))
-                    && kind.is_some_and(|k| k.parse::<u16>().is_ok())
-                {
-                    coords.push(coord.to_lowercase());
-                }
-            }
-            _ => {}
-        }
-    }
-    (ids, coords)
+    let (ids, coords) = crate::nostr::deletion_targets(event);
+    (
+        ids.iter().map(|id| id.to_hex()).collect(),
+        coords.iter().map(|c| c.to_string()).collect(),
+    )
 }
 
 /// Applies a kind 5 deletion: remembers tombstones, removes bridged records of the same author. Returns how many

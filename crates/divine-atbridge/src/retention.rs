@@ -1,0 +1,53 @@
+//! Retention of finished jobs (issue 9 §6). Each terminal job keeps its full payload (the event JSON), so without
+//! pruning the `jobs` table only grows. This module owns the periodic prune: every [`PRUNE_INTERVAL`] it deletes
+//! terminal jobs finished more than `JOB_RETENTION_SECS` ago, [`PRUNE_BATCH`] rows per statement
+//! ([`queue::prune_finished`]), until a batch comes back short. Every replica runs it: batches are small,
+//! `SKIP LOCKED` and idempotent, so concurrent replicas split the work instead of contending.
+//!
+//! It must not touch live jobs, `record_mappings` or tombstones: those carry exactly-once after a job row is gone
+//! (see [`queue::prune_finished`]).
+
+use divine_bridge_db::{queue, Db};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Rows deleted per statement: one short transaction, a bounded amount of WAL and lock time.
+pub const PRUNE_BATCH: i64 = 1_000;
+/// Time between prune passes.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
+/// `JOB_RETENTION_SECS` default: 14 days of finished jobs stay inspectable (`jobs list`, `jobs retry <id>`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+/// Shortest accepted `JOB_RETENTION_SECS`: one hour, so an operator always has time to look at a failure.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+/// One pass: prunes batches until none is left older than `retention`; returns how many jobs were deleted. A
+/// database error ends the pass (the next pass retries).
+pub async fn prune_pass(db: &Db, retention: Duration, batch: i64) -> Result<usize, divine_bridge_db::DbError> {
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let mut total = 0;
+    loop {
+        let n = db.run(move |c| queue::prune_finished(c, cutoff, batch)).await?;
+        total += n;
+        metrics::counter!("bridge_jobs_pruned_total").increment(n as u64);
+        if (n as i64) < batch {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs prune passes every [`PRUNE_INTERVAL`] until `shutdown` becomes true. Errors are logged and retried at the
+/// next pass; the loop itself only ends at shutdown (the supervisor treats any other end as a dead task).
+pub async fn run(db: Db, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        match prune_pass(&db, retention, PRUNE_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),
+            Err(e) => tracing::warn!(error = %e, code = divine_bridge_db::Classified::code(&e), "prune pass failed"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Issue 9 §5: the worker does not trust job rows. The event in an event job's payload is checked again (id and
+//! signature through the one admission check, author = the job's account) before the handler writes anything.
+
+use diesel::prelude::*;
+use divine_atbridge::config::{CrosspostConfig, IdentityConfig};
+use divine_atbridge::ingest::enqueue_event;
+use divine_atbridge::jobs::handlers::Handlers;
+use divine_atbridge::keys::KeyEncryptionKey;
+use divine_atbridge::worker::Outcome;
+use divine_atbridge::xrpc::{XrpcClient, XrpcConfig};
+use divine_bridge_db::queue::{self, NewJob};
+use divine_bridge_db::schema::{nostr_tombstones, record_mappings};
+use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::JobKind;
+use nostr::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
+    let kek = Arc::new(KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32])).unwrap());
+    let identity = IdentityConfig {
+        plc_url: "http://127.0.0.1:9".into(),
+        pds_url: "http://127.0.0.1:9".into(),
+        key_encryption_key: String::new(),
+        recovery_keys: vec![],
+        email_domain: "bridge.test".into(),
+    };
+    let crosspost = CrosspostConfig {
+        relays: vec![],
+        cursor_overlap: Duration::from_secs(60),
+        account_refresh: Duration::from_secs(60),
+        authors_per_subscription: 250,
+        media_allowed_hosts: vec![],
+        media_allow_loopback: false,
+        media_timeout: Duration::from_secs(1),
+        backfill_max_events: 10,
+        post_url_template: None,
+        profile_url_template: None,
+    };
+    let xrpc = XrpcClient::new(&XrpcConfig::default()).unwrap();
+    Arc::new(Handlers::new(db, xrpc, kek, identity, crosspost))
+}
+
+/// Leases the single queued job and runs it through the production registry.
+async fn run_one(tdb: &TestDb, h: &Arc<Handlers>) -> Outcome {
+    let job = queue::lease(&mut tdb.conn(), "test", 1, Duration::from_secs(60))
+        .unwrap()
+        .pop()
+        .expect("a queued job");
+    let handler = h.registry().get(job.job_kind().unwrap()).unwrap();
+    handler.handle(&job).await
+}
+
+fn writes(tdb: &TestDb) -> (i64, i64) {
+    let mut c = tdb.conn();
+    (
+        nostr_tombstones::table.count().get_result(&mut c).unwrap(),
+        record_mappings::table.count().get_result(&mut c).unwrap(),
+    )
+}
+
+fn kind5(keys: &Keys, target: EventId) -> Event {
+    EventBuilder::new(Kind::from(5u16), "")
+        .tags([Tag::event(target)])
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+fn fail_code(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Fail { code, .. } => code,
+        other => panic!("expected a permanent failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_payload_event_is_refused_before_any_write() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tdb = TestDb::migrated("jobs_payload_tampered");
+    let h = handlers(tdb.pool(2));
+    let keys = Keys::generate();
+    let event = kind5(&keys, EventId::all_zeros());
+    enqueue_event(&mut tdb.conn(), &event, 0).unwrap().unwrap();
+    // Someone with database access retargets the deletion at another event, keeping id and signature.
+    diesel::sql_query(format!(
+        "UPDATE jobs SET payload = jsonb_set(payload, '{{event,tags}}', '[[\"e\", \"{}\"]]')",
+        "1".repeat(64)
+    ))
+    .execute(&mut tdb.conn())
+    .unwrap();
+
+    assert_eq!(fail_code(run_one(&tdb, &h).await), "job_event_unverified");
+    assert_eq!(writes(&tdb), (0, 0), "nothing was written for the forged event");
+}
+
+#[tokio::test]
+async fn a_payload_event_by_another_author_is_refused_before_any_write() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tdb = TestDb::migrated("jobs_payload_author");
+    let h = handlers(tdb.pool(2));
+    let author = Keys::generate();
+    let account = Keys::generate().public_key().to_hex();
+    let event = kind5(&author, EventId::all_zeros());
+    // A validly signed event, but queued under another account's ordering key.
+    let job = NewJob::new(
+        JobKind::DeletePost,
+        account,
+        serde_json::json!({ "event": serde_json::to_value(&event).unwrap() }),
+    );
+    queue::enqueue(&mut tdb.conn(), &job).unwrap().unwrap();
+
+    assert_eq!(fail_code(run_one(&tdb, &h).await), "job_author_mismatch");
+    assert_eq!(writes(&tdb), (0, 0), "nothing was written for the mismatched event");
+}
+
+#[tokio::test]
+async fn an_untouched_payload_event_still_runs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tdb = TestDb::migrated("jobs_payload_ok");
+    let h = handlers(tdb.pool(2));
+    let keys = Keys::generate();
+    enqueue_event(&mut tdb.conn(), &kind5(&keys, EventId::all_zeros()), 0)
+        .unwrap()
+        .unwrap();
+    assert!(matches!(run_one(&tdb, &h).await, Outcome::Succeeded));
+    assert_eq!(writes(&tdb), (1, 0), "the genuine deletion is remembered");
+}
