@@ -218,8 +218,11 @@ fn watch(conn: &mut PgConnection) -> Option<&mut ConnectionWatch> {
 
 /// The r2d2 connection manager: opens connections with [`DbSettings`] applied and decides when one is discarded.
 ///
-/// Decision — how broken connections are found (r2d2 + diesel alone never discard a connection killed by a Postgres
-/// restart or failover: diesel's `is_broken` looks only at the transaction manager):
+/// Decision — how broken connections are found. r2d2 asks the manager; diesel's own manager answers with
+/// `is_broken`, which looks only at the transaction manager. Diesel 2.3 marks that broken when libpq reports the
+/// transaction status unknown after a failed statement, so a killed connection is dropped only AFTER it failed a
+/// caller's statement; an idle dead connection is still handed out (every caller of a restarted idle pool fails once),
+/// a read-only connection to a demoted primary (25006) is kept forever, and nothing bounds a half-open socket. Hence:
 /// 1. Error-driven discard, always on: [`ConnectionWatch`] flags a connection whose statement failed with a
 ///    connection-class condition (SQLSTATE 08, 57P01–57P03, or libpq reporting the socket closed) or 25006
 ///    (read-only: the connection reached a demoted primary; a new one may reach the new primary); r2d2 calls
@@ -227,7 +230,11 @@ fn watch(conn: &mut PgConnection) -> Option<&mut ConnectionWatch> {
 /// 2. Idle ping on checkout: a connection unused for [`DbSettings::idle_check_after`] is pinged with `SELECT 1`
 ///    before it is handed out; a dead one is dropped and r2d2 hands out (or opens) another, so the caller sees no
 ///    error. Connections in steady use skip the ping (an `Instant` comparison), which keeps the queue's throughput:
-///    a ping on every checkout would add a round trip to every queue statement.
+///    a ping on every checkout (`test_on_check_out` with diesel's manager) would add a round trip to every queue
+///    statement. (Not measured with `scripts/bench.sh queue` in this change: the shared build machine was too loaded
+///    for the release build; the hot path adds one `Instant::elapsed` per checkout and nothing per statement.)
+/// 3. Half-open sockets: TCP keepalives and `tcp_user_timeout` ([`DbSettings`]) make libpq fail the statement, which
+///    then takes path 1.
 ///
 /// Consequence, for callers: after every backend is terminated, a connection that was idle longer than
 /// `idle_check_after` costs nothing; one used within that window fails exactly one statement with a transient
