@@ -211,3 +211,52 @@ impl Classified for DbError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unknown(message: &str) -> DieselError {
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_string()))
+    }
+
+    /// Class 53 cannot be produced safely on a shared server; its rows are checked on the messages Postgres sends.
+    #[test]
+    fn messages_of_unmapped_sqlstates_classify_by_their_class() {
+        for (message, condition) in [
+            ("out of memory", PgCondition::Resources),
+            ("sorry, too many clients already", PgCondition::Resources),
+            (
+                "could not extend file \"base/1/2\": No space left on device",
+                PgCondition::Resources,
+            ),
+            (
+                "terminating connection due to administrator command",
+                PgCondition::ConnectionLost,
+            ),
+            ("the database system is shutting down", PgCondition::ConnectionLost),
+            ("deadlock detected", PgCondition::Conflict),
+            ("value out of range", PgCondition::Other),
+            ("relation \"x\" does not exist", PgCondition::Other),
+        ] {
+            let e = DbError::Query(unknown(message));
+            assert_eq!(e.condition(), condition, "{message}");
+            assert_eq!(e.class(), condition.class(), "{message}");
+            assert_eq!(e.code(), condition.code(), "{message}");
+        }
+        // libpq's own message carries no SQLSTATE; diesel reports it as ClosedConnection.
+        let closed = DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_string()),
+        );
+        assert_eq!(PgCondition::of(&closed), PgCondition::ConnectionLost);
+        // A failed COMMIT is classified by the commit's error, not the rollback's.
+        let commit = DieselError::RollbackErrorOnCommit {
+            rollback_error: Box::new(unknown("whatever")),
+            commit_error: Box::new(closed),
+        };
+        assert_eq!(PgCondition::of(&commit), PgCondition::ConnectionLost);
+        assert!(PgCondition::ConnectionLost.discards_connection() && PgCondition::ReadOnly.discards_connection());
+        assert!(!PgCondition::LockTimeout.discards_connection());
+    }
+}
