@@ -2,8 +2,9 @@
 //! run against their database while the test terminates EVERY backend of that database (`pg_terminate_backend`, what
 //! a restart or a failover does to each session) twice, in the middle of provisioning accounts on the reference PDS.
 //! Neither process is restarted. Afterwards: both answer `/ready` 200 within a bounded time, the gateway accepts new
-//! opt-ins (a request that hit a dead connection may answer 503 once; the client's retry absorbs it), and every
-//! account's single provisioning job finishes — succeeded, once, with one DID.
+//! opt-ins (a request that hit a dead connection may answer 503 once; the client's retry absorbs it; after the
+//! gateway sat idle, not even that), and every account's single provisioning job finishes — succeeded, once, with one
+//! DID.
 //!
 //! Observes only (HTTP, the bridge's tables); it must not write to the bridge's tables.
 
@@ -95,6 +96,23 @@ async fn worker_and_gateway_survive_every_backend_being_terminated_mid_run() {
     db.terminate_backends();
     ready_within(&gateway_ready, Duration::from_secs(15)).await;
     ready_within(&bridge_ready, Duration::from_secs(15)).await;
+
+    // Restart #3 after the gateway sat idle longer than `DB_IDLE_CHECK_MS` (default 5 s): its pooled connections
+    // are pinged before use and replaced, so the first request after the restart succeeds — no 503 at all.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    db.terminate_backends();
+    let late = (Keys::generate(), random_handle("pgrst"));
+    let (status, body) = gateway.opt_in(&late.0.public_key().to_hex(), &late.1).await;
+    assert_eq!(
+        status, 202,
+        "first request after restarting an idle gateway's database: {body}"
+    );
+    assert_eq!(
+        http_status(&gateway_ready).await,
+        Some(200),
+        "first /ready after the restart"
+    );
+    let accounts: Vec<(Keys, String)> = accounts.into_iter().chain(std::iter::once(late)).collect();
 
     // Every account is provisioned, by the same processes.
     for (keys, _) in &accounts {
