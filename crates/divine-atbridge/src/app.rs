@@ -111,7 +111,7 @@ async fn run() -> Result<(), AppError> {
     let config = Config::from_env()?;
     let worker_config = crate::worker::WorkerConfig::from_env().map_err(AppError::of)?;
     let kek = Arc::new(KeyEncryptionKey::from_base64(&config.identity.key_encryption_key).map_err(AppError::of)?);
-    let db = Db::connect(&config.database_url, config.db_pool_size)?;
+    let db = Db::connect_with(&config.database_url, &config.db)?;
     let applied = db.run(run_migrations).await?;
     tracing::info!(applied = applied.len(), "migrations checked");
     let metrics = crate::metrics::install();

@@ -3,7 +3,7 @@
 //!
 //! Every variable and its default is listed in README.md and docs/runbooks/troubleshooting.md.
 
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass};
 use std::time::Duration;
 
 /// A missing or malformed environment variable. Startup stops with this code.
@@ -244,7 +244,8 @@ fn cursor_overlap(secs: u64) -> Result<Duration, ConfigError> {
 pub struct Config {
     pub database_url: String,
     pub http_addr: std::net::SocketAddr,
-    pub db_pool_size: u32,
+    /// Pool size, session timeouts and TCP keepalives (`DB_*`, shared with the gateway).
+    pub db: DbSettings,
     pub identity: IdentityConfig,
     pub crosspost: CrosspostConfig,
     /// `JOB_RETENTION_SECS` (14 days, at least 1 hour): finished jobs older than this are pruned
@@ -269,10 +270,17 @@ pub fn job_retention() -> Result<Duration, ConfigError> {
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
+        let database_url = required("DATABASE_URL")?;
+        let invalid = |e: divine_bridge_db::DbSettingsError| ConfigError::Invalid {
+            name: e.var,
+            reason: e.reason,
+        };
+        let db = DbSettings::from_lookup(var, 16).map_err(invalid)?;
+        db.connection_url(&database_url).map_err(invalid)?;
         Ok(Config {
-            database_url: required("DATABASE_URL")?,
+            database_url,
             http_addr: parse_or("HTTP_ADDR", "0.0.0.0:9090".parse().expect("valid default"))?,
-            db_pool_size: parse_or("DB_POOL_SIZE", 16u32)?,
+            db,
             identity: IdentityConfig::from_env()?,
             crosspost: CrosspostConfig::from_env()?,
             job_retention: job_retention()?,

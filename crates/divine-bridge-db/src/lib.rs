@@ -22,28 +22,286 @@ pub use class::{Classified, ErrorClass};
 pub use error::DbError;
 pub use states::{JobKind, JobState, ProvisioningState, RecordState};
 
+use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
-use std::time::Duration;
+use diesel::r2d2::{ManageConnection, Pool, PooledConnection, R2D2Connection};
+use diesel::Connection;
+use std::time::{Duration, Instant};
+
+pub use error::PgCondition;
 
 /// A pooled connection.
-pub type Conn = PooledConnection<ConnectionManager<PgConnection>>;
+pub type Conn = PooledConnection<PgManager>;
+
+/// Connection-level settings: transport (TCP keepalives, `tcp_user_timeout`, passed to libpq as connection
+/// parameters) and session (`statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`, `SET` on
+/// every new connection). Read from the environment by [`DbSettings::from_lookup`] in both binaries.
+///
+/// Why each exists (issue 9, "Postgres restart and failover"):
+/// - keepalives + `tcp_user_timeout`: a failover that does not reset TCP leaves a half-open socket; without them a
+///   statement waits for an answer that never comes (until the kernel's ~2 h keepalive or the pool's max lifetime).
+///   With them libpq reports the connection dead after `keepalives_idle + interval × count` idle, or after
+///   `tcp_user_timeout` of unacknowledged sends, and the connection is discarded ([`PgManager::has_broken`]).
+/// - `statement_timeout`: bounds a statement blocked on the server (a stuck query never holds a lease forever).
+/// - `lock_timeout`: a row lock held by a dying session fails fast (55P03, transient) instead of queueing work.
+/// - `idle_in_transaction_session_timeout`: a client that died inside a transaction releases its locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSettings {
+    /// `DB_POOL_SIZE`: maximum connections in the pool.
+    pub max_size: u32,
+    /// `DB_STATEMENT_TIMEOUT_MS` (30000; 0 = none).
+    pub statement_timeout: Duration,
+    /// `DB_LOCK_TIMEOUT_MS` (10000; 0 = none).
+    pub lock_timeout: Duration,
+    /// `DB_IDLE_IN_TRANSACTION_TIMEOUT_MS` (60000; 0 = none).
+    pub idle_in_transaction_timeout: Duration,
+    /// `DB_KEEPALIVES_IDLE_SECS` (30): idle time before the first TCP keepalive probe.
+    pub keepalives_idle: Duration,
+    /// `DB_KEEPALIVES_INTERVAL_SECS` (10): time between unanswered probes.
+    pub keepalives_interval: Duration,
+    /// `DB_KEEPALIVES_COUNT` (3): unanswered probes before the connection is dead.
+    pub keepalives_count: u32,
+    /// `DB_TCP_USER_TIMEOUT_MS` (60000; 0 = kernel default): unacknowledged sent data older than this kills the
+    /// connection.
+    pub tcp_user_timeout: Duration,
+    /// `DB_IDLE_CHECK_MS` (5000): a connection idle at least this long is pinged (`SELECT 1`) when checked out;
+    /// see [`PgManager::is_valid`].
+    pub idle_check_after: Duration,
+}
+
+/// An invalid `DB_*` variable: the variable and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct DbSettingsError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// libpq connection parameters this crate sets itself; `DATABASE_URL` must not set them (one source of truth: a
+/// duplicate would silently win or lose depending on libpq's parsing order).
+pub const MANAGED_URL_PARAMS: [&str; 5] = [
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+];
+
+impl DbSettings {
+    /// Defaults with a pool of `max_size`.
+    pub fn with_pool_size(max_size: u32) -> DbSettings {
+        DbSettings {
+            max_size,
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            keepalives_idle: Duration::from_secs(30),
+            keepalives_interval: Duration::from_secs(10),
+            keepalives_count: 3,
+            tcp_user_timeout: Duration::from_secs(60),
+            idle_check_after: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads the `DB_*` variables through `get` (unset or blank = default), with `default_pool_size` for an unset
+    /// `DB_POOL_SIZE`. Every value must be a non-negative integer (`DB_POOL_SIZE` and `DB_KEEPALIVES_*` positive).
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        default_pool_size: u32,
+    ) -> Result<DbSettings, DbSettingsError> {
+        let d = DbSettings::with_pool_size(default_pool_size);
+        let num = |var: &'static str, default: u64, min: u64| -> Result<u64, DbSettingsError> {
+            match get(var).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= min && *n <= u32::MAX as u64)
+                    .ok_or_else(|| DbSettingsError {
+                        var,
+                        reason: format!("must be an integer >= {min}, got {v:?}"),
+                    }),
+            }
+        };
+        let ms = |var, default: Duration, min| num(var, default.as_millis() as u64, min).map(Duration::from_millis);
+        let secs = |var, default: Duration| num(var, default.as_secs(), 1).map(Duration::from_secs);
+        Ok(DbSettings {
+            max_size: num("DB_POOL_SIZE", d.max_size as u64, 1)? as u32,
+            statement_timeout: ms("DB_STATEMENT_TIMEOUT_MS", d.statement_timeout, 0)?,
+            lock_timeout: ms("DB_LOCK_TIMEOUT_MS", d.lock_timeout, 0)?,
+            idle_in_transaction_timeout: ms("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", d.idle_in_transaction_timeout, 0)?,
+            keepalives_idle: secs("DB_KEEPALIVES_IDLE_SECS", d.keepalives_idle)?,
+            keepalives_interval: secs("DB_KEEPALIVES_INTERVAL_SECS", d.keepalives_interval)?,
+            keepalives_count: num("DB_KEEPALIVES_COUNT", d.keepalives_count as u64, 1)? as u32,
+            tcp_user_timeout: ms("DB_TCP_USER_TIMEOUT_MS", d.tcp_user_timeout, 0)?,
+            idle_check_after: ms("DB_IDLE_CHECK_MS", d.idle_check_after, 0)?,
+        })
+    }
+
+    /// `url` with the transport parameters appended (URI form `postgres://…[?…]` or key/value form `host=… …`).
+    /// Fails when `url` already sets one of [`MANAGED_URL_PARAMS`].
+    pub fn connection_url(&self, url: &str) -> Result<String, DbSettingsError> {
+        let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        // Parameter names in either form: `?a=1&b=2` or `a=1 b=2`. Only names are inspected, never values.
+        let names: Vec<&str> = if uri {
+            url.split_once('?')
+                .map(|(_, q)| q.split('&').filter_map(|kv| kv.split('=').next()).collect())
+                .unwrap_or_default()
+        } else {
+            url.split_whitespace().filter_map(|kv| kv.split('=').next()).collect()
+        };
+        if let Some(dup) = MANAGED_URL_PARAMS
+            .iter()
+            .find(|p| names.iter().any(|n| n.trim() == **p))
+        {
+            return Err(DbSettingsError {
+                var: "DATABASE_URL",
+                reason: format!("must not set `{dup}`; it is configured with the DB_KEEPALIVES_* / DB_TCP_USER_TIMEOUT_MS variables"),
+            });
+        }
+        let params = [
+            ("keepalives", "1".to_string()),
+            ("keepalives_idle", self.keepalives_idle.as_secs().to_string()),
+            ("keepalives_interval", self.keepalives_interval.as_secs().to_string()),
+            ("keepalives_count", self.keepalives_count.to_string()),
+            ("tcp_user_timeout", self.tcp_user_timeout.as_millis().to_string()),
+        ];
+        let mut out = url.to_string();
+        for (i, (k, v)) in params.iter().enumerate() {
+            let sep = match (uri, i == 0 && !url.contains('?')) {
+                (true, true) => "?",
+                (true, false) => "&",
+                (false, _) => " ",
+            };
+            out.push_str(&format!("{sep}{k}={v}"));
+        }
+        Ok(out)
+    }
+
+    /// The `SET` statements run once on every new connection (values in milliseconds; 0 disables a timeout).
+    pub fn session_sql(&self) -> String {
+        format!(
+            "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
+            self.statement_timeout.as_millis(),
+            self.lock_timeout.as_millis(),
+            self.idle_in_transaction_timeout.as_millis()
+        )
+    }
+}
+
+/// Per-connection health, kept inside the connection as its diesel [`Instrumentation`] so it sees the outcome of
+/// EVERY statement on it, including ones whose error a caller maps or swallows, and also statements run through
+/// [`Db::conn`] by synchronous callers.
+#[derive(Debug)]
+pub struct ConnectionWatch {
+    /// Set when a statement failed in a way that makes the connection unusable ([`PgCondition::discards_connection`]).
+    lost: bool,
+    /// When the last statement finished (or the connection was opened).
+    last_used: Instant,
+}
+
+impl Instrumentation for ConnectionWatch {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        if let InstrumentationEvent::FinishQuery { error, .. } = event {
+            self.last_used = Instant::now();
+            if error.is_some_and(|e| PgCondition::of(e).discards_connection()) {
+                self.lost = true;
+            }
+        }
+    }
+}
+
+fn watch(conn: &mut PgConnection) -> Option<&mut ConnectionWatch> {
+    conn.instrumentation().downcast_mut::<ConnectionWatch>()
+}
+
+/// The r2d2 connection manager: opens connections with [`DbSettings`] applied and decides when one is discarded.
+///
+/// Decision — how broken connections are found. r2d2 asks the manager; diesel's own manager answers with
+/// `is_broken`, which looks only at the transaction manager. Diesel 2.3 marks that broken when libpq reports the
+/// transaction status unknown after a failed statement, so a killed connection is dropped only AFTER it failed a
+/// caller's statement; an idle dead connection is still handed out (every caller of a restarted idle pool fails once),
+/// a read-only connection to a demoted primary (25006) is kept forever, and nothing bounds a half-open socket. Hence:
+/// 1. Error-driven discard, always on: [`ConnectionWatch`] flags a connection whose statement failed with a
+///    connection-class condition (SQLSTATE 08, 57P01–57P03, or libpq reporting the socket closed) or 25006
+///    (read-only: the connection reached a demoted primary; a new one may reach the new primary); r2d2 calls
+///    [`PgManager::has_broken`] when the connection is returned and drops it. Costs nothing per statement.
+/// 2. Idle ping on checkout: a connection unused for [`DbSettings::idle_check_after`] is pinged with `SELECT 1`
+///    before it is handed out; a dead one is dropped and r2d2 hands out (or opens) another, so the caller sees no
+///    error. Connections in steady use skip the ping (an `Instant` comparison), which keeps the queue's throughput:
+///    a ping on every checkout (`test_on_check_out` with diesel's manager) would add a round trip to every queue
+///    statement. (Not measured with `scripts/bench.sh queue` in this change: the shared build machine was too loaded
+///    for the release build; the hot path adds one `Instant::elapsed` per checkout and nothing per statement.)
+/// 3. Half-open sockets: TCP keepalives and `tcp_user_timeout` ([`DbSettings`]) make libpq fail the statement, which
+///    then takes path 1.
+///
+/// Consequence, for callers: after every backend is terminated, a connection that was idle longer than
+/// `idle_check_after` costs nothing; one used within that window fails exactly one statement with a transient
+/// `db_connection_lost` (the caller's retry absorbs it: the queue's lease loop backs off, a job try is retried, the
+/// watchdog re-queues an unfinished lease) and is never handed out again.
+#[derive(Debug)]
+pub struct PgManager {
+    url: String,
+    session_sql: String,
+    idle_check_after: Duration,
+}
+
+impl ManageConnection for PgManager {
+    type Connection = PgConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, Self::Error> {
+        let mut conn = PgConnection::establish(&self.url).map_err(diesel::r2d2::Error::ConnectionError)?;
+        conn.batch_execute(&self.session_sql)
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        conn.set_instrumentation(ConnectionWatch {
+            lost: false,
+            last_used: Instant::now(),
+        });
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        let idle = watch(conn).map(|w| w.last_used.elapsed()).unwrap_or(Duration::MAX);
+        if idle < self.idle_check_after {
+            return Ok(());
+        }
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        std::thread::panicking() || conn.is_broken() || watch(conn).is_some_and(|w| w.lost)
+    }
+}
 
 /// Handle to the database: a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool<ConnectionManager<PgConnection>>,
+    pool: Pool<PgManager>,
 }
 
 impl Db {
-    /// Connects a pool of at most `max_size` connections. Fails fast (10 s) if Postgres is unreachable.
+    /// Connects a pool of at most `max_size` connections with default [`DbSettings`]. Fails fast (10 s) if
+    /// Postgres is unreachable.
     pub fn connect(url: &str, max_size: u32) -> Result<Db, DbError> {
-        let manager = ConnectionManager::<PgConnection>::new(url);
+        Db::connect_with(url, &DbSettings::with_pool_size(max_size))
+    }
+
+    /// Connects a pool with `settings` (transport parameters added to `url`, session settings on every
+    /// connection). Fails fast (10 s) if Postgres is unreachable.
+    pub fn connect_with(url: &str, settings: &DbSettings) -> Result<Db, DbError> {
+        let manager = PgManager {
+            url: settings.connection_url(url).map_err(|e| DbError::Pool(e.to_string()))?,
+            session_sql: settings.session_sql(),
+            idle_check_after: settings.idle_check_after,
+        };
         let pool = Pool::builder()
-            .max_size(max_size)
+            .max_size(settings.max_size)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(10))
-            .test_on_check_out(false)
+            // `is_valid` is an `Instant` comparison unless the connection sat idle (see `PgManager`).
+            .test_on_check_out(true)
             .build(manager)
             .map_err(|e| DbError::Pool(e.to_string()))?;
         Ok(Db { pool })
@@ -54,7 +312,9 @@ impl Db {
         self.pool.get().map_err(|e| DbError::Pool(e.to_string()))
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
+    /// Runs `f` with a pooled connection on the blocking thread pool. A connection-class failure inside `f` is
+    /// returned as a transient error and the connection is discarded (see [`PgManager`]); `f` is never re-run
+    /// here, because only the caller knows whether it is safe to repeat.
     pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,

@@ -4,7 +4,7 @@
 use crate::error::DbError;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Text};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 /// The project's migrations, compiled into every binary.
@@ -23,7 +23,33 @@ pub const MIGRATION_LOCK_KEY: i64 = 0x0d1b_4eb1_d6e0_0001;
 
 /// Applies pending migrations while holding a session advisory lock; returns the versions applied by this call
 /// (empty when another process already did the work).
+///
+/// The pool's `statement_timeout` and `lock_timeout` ([`crate::DbSettings`]) are suspended for the duration: waiting
+/// for another replica's migrations on the advisory lock, or a long index build, is not a stuck statement. The
+/// session's own values are restored afterwards, so a pooled connection goes back to the pool as it came.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
+    let (statement_timeout, lock_timeout) = diesel::select(diesel::dsl::sql::<(Text, Text)>(
+        "current_setting('statement_timeout'), current_setting('lock_timeout')",
+    ))
+    .get_result::<(String, String)>(conn)?;
+    diesel::sql_query(SET_TIMEOUTS)
+        .bind::<Text, _>("0")
+        .bind::<Text, _>("0")
+        .execute(conn)?;
+    let result = migrate_locked(conn);
+    let restore = diesel::sql_query(SET_TIMEOUTS)
+        .bind::<Text, _>(statement_timeout)
+        .bind::<Text, _>(lock_timeout)
+        .execute(conn);
+    let applied = result?;
+    restore?;
+    Ok(applied)
+}
+
+/// Sets the session's `statement_timeout` ($1) and `lock_timeout` ($2).
+const SET_TIMEOUTS: &str = "SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)";
+
+fn migrate_locked(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
         .execute(conn)?;

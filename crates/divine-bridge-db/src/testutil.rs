@@ -5,6 +5,12 @@ use crate::{migrate, Db};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
+#[derive(QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
 /// A uniquely named database that is dropped (with `FORCE`) when this value is dropped.
 pub struct TestDb {
     /// Connection URL of the test database.
@@ -56,6 +62,37 @@ impl TestDb {
     /// e.g. terminate its sessions).
     pub fn admin_url(&self) -> &str {
         &self.admin_url
+    }
+
+    /// Terminates (`pg_terminate_backend`) every backend connected to this test database — and only to it — as a
+    /// Postgres restart or failover would, and waits until those backends are gone; returns how many there were.
+    pub fn terminate_backends(&self) -> usize {
+        use diesel::sql_types::{Array, Integer, Text};
+        let mut admin = PgConnection::establish(&self.admin_url).expect("connect to test Postgres server");
+        let pids: Vec<i32> =
+            diesel::sql_query("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind::<Text, _>(&self.name)
+                .load::<Pid>(&mut admin)
+                .expect("list backends")
+                .into_iter()
+                .map(|p| p.pid)
+                .collect();
+        diesel::sql_query("SELECT pg_terminate_backend(pid) FROM unnest($1) AS pid")
+            .bind::<Array<Integer>, _>(&pids)
+            .execute(&mut admin)
+            .expect("terminate backends");
+        for _ in 0..250 {
+            let left = diesel::sql_query("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind::<Array<Integer>, _>(&pids)
+                .load::<Pid>(&mut admin)
+                .expect("list terminated backends")
+                .len();
+            if left == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        pids.len()
     }
 
     /// A single connection on the test database.

@@ -1,12 +1,13 @@
 //! Gateway configuration from the environment: `BIND_ADDR` (default `0.0.0.0:3000`), `DATABASE_URL`,
-//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8) and
+//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8), the other `DB_*`
+//! connection settings ([`divine_bridge_db::DbSettings::from_lookup`], shared with the worker) and
 //! `RESERVED_HANDLE_NAMES` (comma-separated names refused under the handle domain; unset = the built-in list
 //! [`DEFAULT_RESERVED_NAMES`], empty = none).
 //!
 //! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
 
 use crate::handle::{check_handle_syntax, normalize_domain, DEFAULT_RESERVED_NAMES};
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass};
 use std::net::SocketAddr;
 
 /// Validated settings.
@@ -20,7 +21,8 @@ pub struct Config {
     pub service_token: String,
     /// External base URL (scheme + host [+ path prefix], no trailing slash) used for NIP-98 `u` checks.
     pub public_url: String,
-    pub db_pool_size: u32,
+    /// Pool size, session timeouts and TCP keepalives (`DB_*`).
+    pub db: DbSettings,
     /// Lower-case first labels refused with `handle_reserved`.
     pub reserved_names: Vec<String>,
 }
@@ -31,7 +33,7 @@ impl std::fmt::Debug for Config {
             .field("bind_addr", &self.bind_addr)
             .field("handle_domain", &self.handle_domain)
             .field("public_url", &self.public_url)
-            .field("db_pool_size", &self.db_pool_size)
+            .field("db", &self.db)
             .field("reserved_names", &self.reserved_names)
             .field("service_token", &"<redacted>")
             .finish_non_exhaustive()
@@ -101,15 +103,8 @@ impl Config {
         let handle_domain = normalize_domain(&required("HANDLE_DOMAIN")?).map_err(|e| err("HANDLE_DOMAIN", e))?;
         let service_token = required("GATEWAY_SERVICE_TOKEN")?.trim().to_string();
         let public_url = normalize_public_url(&required("PUBLIC_URL")?).map_err(|e| err("PUBLIC_URL", e))?;
-        let db_pool_size = match get("DB_POOL_SIZE").filter(|v| !v.trim().is_empty()) {
-            None => 8,
-            Some(v) => v
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err("DB_POOL_SIZE", "must be a positive integer"))?,
-        };
+        let db = DbSettings::from_lookup(&get, 8).map_err(|e| err(e.var, e.reason))?;
+        db.connection_url(&database_url).map_err(|e| err(e.var, e.reason))?;
         let reserved_names = match get("RESERVED_HANDLE_NAMES") {
             None => DEFAULT_RESERVED_NAMES.iter().map(|s| s.to_string()).collect(),
             Some(list) => {
@@ -132,7 +127,7 @@ impl Config {
             handle_domain,
             service_token,
             public_url,
-            db_pool_size,
+            db,
             reserved_names,
         })
     }
@@ -161,7 +156,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0:3000");
         assert_eq!(c.handle_domain, "divine.test");
         assert_eq!(c.public_url, "https://gw.divine.test");
-        assert_eq!(c.db_pool_size, 8);
+        assert_eq!(c.db, DbSettings::with_pool_size(8));
         assert!(
             c.reserved_names.iter().any(|n| n == "pds"),
             "built-in reserved names by default"
@@ -199,5 +194,12 @@ mod tests {
         let mut bad = BASE.to_vec();
         bad.push(("DB_POOL_SIZE", "0"));
         assert_eq!(load(&bad).unwrap_err().var, "DB_POOL_SIZE");
+        let mut bad = BASE.to_vec();
+        bad.push(("DB_LOCK_TIMEOUT_MS", "10s"));
+        assert_eq!(load(&bad).unwrap_err().var, "DB_LOCK_TIMEOUT_MS");
+        let mut bad = BASE.to_vec();
+        bad.retain(|(k, _)| *k != "DATABASE_URL");
+        bad.push(("DATABASE_URL", "postgres://x/y?keepalives_idle=5"));
+        assert_eq!(load(&bad).unwrap_err().var, "DATABASE_URL");
     }
 }

@@ -115,9 +115,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let db = loop {
         let url = config.database_url.clone();
-        let size = config.db_pool_size;
+        let settings = config.db.clone();
         let attempt = tokio::task::spawn_blocking(move || {
-            let db = Db::connect(&url, size)?;
+            let db = Db::connect_with(&url, &settings)?;
             let applied = db.conn().and_then(|mut c| migrate::run_migrations(&mut c))?;
             Ok::<_, divine_bridge_db::DbError>((db, applied))
         })

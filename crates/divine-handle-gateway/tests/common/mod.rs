@@ -38,7 +38,7 @@ pub fn config(db_url: &str) -> Config {
         handle_domain: DOMAIN.to_string(),
         service_token: TOKEN.to_string(),
         public_url: PUBLIC_URL.to_string(),
-        db_pool_size: 4,
+        db: divine_bridge_db::DbSettings::with_pool_size(4),
         reserved_names: vec!["pds".into(), "relay".into()],
     }
 }
