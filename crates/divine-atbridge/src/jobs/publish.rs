@@ -268,7 +268,7 @@ pub async fn publish(
             let row = records::get_record(c, &event_id)?.ok_or_else(|| {
                 divine_bridge_db::DbError::Corrupt(format!("record_mappings row {event_id} vanished"))
             })?;
-            Ok(row.record_state()?)
+            row.record_state()
         })
         .await?
     };
