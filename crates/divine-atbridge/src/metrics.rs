@@ -18,6 +18,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_oldest_queued_job_age_seconds",
     "bridge_expired_leases",
     "bridge_watchdog_reclaimed_total",
+    "bridge_jobs_suspected_poison_total",
+    "bridge_job_tries_cut_off_total",
     "bridge_relay_connected",
     "bridge_relay_subscriptions_closed_total",
     "bridge_nostr_events_rejected_total",
@@ -32,6 +34,9 @@ pub const METRIC_NAMES: &[&str] = &[
 
 /// Values of the `outcome` label of `bridge_jobs_finished_total`.
 pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
+
+/// Values of the `reason` label of `bridge_job_tries_cut_off_total` (see `worker`, semantics 2).
+pub const CUT_OFF_REASONS: &[&str] = &["try_timeout", "lease_deadline", "lease_lost"];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -101,6 +106,14 @@ fn describe() {
         "bridge_jobs_pruned_total",
         "Finished jobs deleted by retention (older than JOB_RETENTION_SECS)."
     );
+    describe_counter!(
+        "bridge_jobs_suspected_poison_total",
+        "Jobs the watchdog parked as suspected_poison (lease expired RECLAIM_LIMIT times), by kind."
+    );
+    describe_counter!(
+        "bridge_job_tries_cut_off_total",
+        "Tries whose handler was dropped (try_timeout, lease_deadline, lease_lost), by kind and reason."
+    );
     describe_gauge!("bridge_relay_connected", "1 when the relay connection is up, by relay.");
     describe_counter!(
         "bridge_relay_subscriptions_closed_total",
@@ -140,6 +153,10 @@ fn zero_closed_series() {
     for kind in JobKind::ALL {
         let kind = kind.as_str();
         metrics::counter!("bridge_jobs_enqueued_total", "kind" => kind).increment(0);
+        metrics::counter!("bridge_jobs_suspected_poison_total", "kind" => kind).increment(0);
+        for reason in CUT_OFF_REASONS {
+            metrics::counter!("bridge_job_tries_cut_off_total", "kind" => kind, "reason" => *reason).increment(0);
+        }
         for outcome in OUTCOMES {
             metrics::counter!("bridge_jobs_finished_total", "kind" => kind, "outcome" => *outcome).increment(0);
         }

@@ -5,11 +5,23 @@
 //!
 //! Owns scheduling and lifecycle only: what a job *does* belongs to the handlers (`jobs`), and every state change
 //! goes through `divine_bridge_db::queue` (the one place transitions live).
+//!
+//! Semantics decided here (see docs/runbooks/job-queue.md):
+//! 1. **Every write is fenced on the try's own lease** ([`queue::Lease`]: job id + the token drawn at lease), never on
+//!    the process: a job reclaimed and leased again by this same process cannot be finished by the older try.
+//! 2. **A try runs only while it provably holds its lease.** The handler future is dropped (cut off) when the
+//!    heartbeat finds the lease gone (nothing is written: the lease is someone else's), when the local lease
+//!    deadline (start of the last successful renewal + `LEASE_SECS`) passes without a renewal (a `lease_lost`
+//!    retry, fenced), or when the try has run `TRY_TIMEOUT_SECS` (a `try_timeout` retry): a hung PDS, a half-open
+//!    socket or a row lock held by an operator's psql session cannot keep a lease alive forever.
+//! 3. **Retries cannot storm**: the delay is `max(server hint, backoff(attempt))` ([`queue::retry_delay`]); the
+//!    watchdog backs reclaims off and parks a job at `RECLAIM_LIMIT` reclaims (`suspected_poison`); a handler panic
+//!    is a retry until the job's `PANIC_LIMIT`-th panic, then a permanent `handler_panicked` with the message kept.
 
 pub use divine_bridge_db::queue::LeasedJob;
 
 use crate::config::{bool_or, parse_or, ConfigError};
-use divine_bridge_db::queue::{self, Finish, Finished};
+use divine_bridge_db::queue::{self, Finish, Finished, Lease, ReclaimPolicy};
 use divine_bridge_db::{Classified, Db, ErrorClass, JobKind, JobState};
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -68,8 +80,9 @@ impl Outcome {
 }
 
 /// Runs one kind of job. Implementations classify every failure ([`Outcome::from_error`]) and must be idempotent
-/// per job: a try can be repeated after a crash or a lost lease. A panic is caught and becomes a
-/// `handler_panicked` retry; it never takes the worker down.
+/// per job: a try can be repeated after a crash or a lost lease, and the future may be dropped at any `.await`
+/// (cut off, semantics 2). A panic is caught and becomes a `handler_panicked` retry (permanent at `PANIC_LIMIT`);
+/// it never takes the worker down.
 pub trait JobHandler: Send + Sync + 'static {
     /// Performs one try of `job` (`job.attempt` already counts it).
     fn handle<'a>(&'a self, job: &'a LeasedJob) -> BoxFuture<'a, Outcome>;
@@ -123,6 +136,12 @@ pub struct WorkerConfig {
     /// `RETRY_MAX_AGE_SECS` (604800 = 7 days): transient failures of a job older than this (from `created_at`)
     /// fail it with `retry_window_exhausted`.
     pub retry_max_age: Duration,
+    /// `TRY_TIMEOUT_SECS` (600): a try still running after this is cut off and retried (`try_timeout`).
+    pub try_timeout: Duration,
+    /// `RECLAIM_LIMIT` (5): the watchdog parks a job whose lease expired this many times (`suspected_poison`).
+    pub reclaim_limit: i32,
+    /// `PANIC_LIMIT` (3): a job whose handler panicked this many times fails permanently (`handler_panicked`).
+    pub panic_limit: i32,
     /// Idle poll interval when the queue is empty.
     pub poll_interval: Duration,
     /// Gauge refresh interval.
@@ -140,6 +159,9 @@ impl Default for WorkerConfig {
             retry_base: Duration::from_secs(5),
             retry_cap: Duration::from_secs(3600),
             retry_max_age: Duration::from_secs(7 * 24 * 3600),
+            try_timeout: Duration::from_secs(600),
+            reclaim_limit: 5,
+            panic_limit: 3,
             poll_interval: Duration::from_millis(100),
             stats_interval: Duration::from_secs(15),
         }
@@ -148,7 +170,8 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     /// Reads `WORKERS`, `LEASE_SECS`, `WATCHDOG_ENABLED`, `WATCHDOG_INTERVAL_SECS`, `SHUTDOWN_GRACE_SECS`,
-    /// `RETRY_BASE_SECS`, `RETRY_CAP_SECS`, `RETRY_MAX_AGE_SECS`, `POLL_INTERVAL_MS`.
+    /// `RETRY_BASE_SECS`, `RETRY_CAP_SECS`, `RETRY_MAX_AGE_SECS`, `TRY_TIMEOUT_SECS`, `RECLAIM_LIMIT`, `PANIC_LIMIT`,
+    /// `POLL_INTERVAL_MS`.
     pub fn from_env() -> Result<WorkerConfig, ConfigError> {
         let d = WorkerConfig::default();
         let c = WorkerConfig {
@@ -160,6 +183,9 @@ impl WorkerConfig {
             retry_base: Duration::from_secs(parse_or("RETRY_BASE_SECS", d.retry_base.as_secs())?),
             retry_cap: Duration::from_secs(parse_or("RETRY_CAP_SECS", d.retry_cap.as_secs())?),
             retry_max_age: Duration::from_secs(parse_or("RETRY_MAX_AGE_SECS", d.retry_max_age.as_secs())?),
+            try_timeout: Duration::from_secs(parse_or("TRY_TIMEOUT_SECS", d.try_timeout.as_secs())?),
+            reclaim_limit: parse_or("RECLAIM_LIMIT", d.reclaim_limit)?,
+            panic_limit: parse_or("PANIC_LIMIT", d.panic_limit)?,
             poll_interval: Duration::from_millis(parse_or("POLL_INTERVAL_MS", 100u64)?),
             stats_interval: d.stats_interval,
         };
@@ -196,10 +222,28 @@ impl WorkerConfig {
         if self.retry_max_age.is_zero() {
             return invalid("RETRY_MAX_AGE_SECS", "must be at least 1");
         }
+        if self.try_timeout.is_zero() {
+            return invalid("TRY_TIMEOUT_SECS", "must be at least 1");
+        }
+        if self.reclaim_limit < 1 {
+            return invalid("RECLAIM_LIMIT", "must be at least 1");
+        }
+        if self.panic_limit < 1 {
+            return invalid("PANIC_LIMIT", "must be at least 1");
+        }
         if self.poll_interval.is_zero() {
             return invalid("POLL_INTERVAL_MS", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// The watchdog's reclaim policy: the retry backoff on the reclaim count, parked at `RECLAIM_LIMIT`.
+    pub fn reclaim_policy(&self) -> ReclaimPolicy {
+        ReclaimPolicy {
+            base: self.retry_base,
+            cap: self.retry_cap,
+            limit: self.reclaim_limit,
+        }
     }
 }
 
@@ -211,9 +255,37 @@ pub fn lease_owner() -> String {
     format!("{host}-{:016x}", rand::random::<u64>())
 }
 
+/// How a try ended, as the completer sees it.
+#[derive(Debug)]
+enum TryEnd {
+    /// The handler returned.
+    Returned(Outcome),
+    /// The handler panicked (message).
+    Panicked(String),
+    /// Cut off at `TRY_TIMEOUT_SECS`.
+    TimedOut,
+    /// Cut off: the local lease deadline passed without a successful renewal.
+    LeaseDeadline,
+    /// Cut off: the heartbeat found the lease gone. Nothing may be written for this try.
+    LeaseLost,
+}
+
+/// What the heartbeat tells a running try about its lease.
+#[derive(Debug, Clone, Copy)]
+enum LeaseSignal {
+    /// Renewed: held at least until this instant (measured from before the renewal was sent).
+    HeldUntil(Instant),
+    /// The heartbeat found the lease gone.
+    Lost,
+}
+
+/// In-flight tries by lease (not by job id: this process may lease a reclaimed job again while the older try is
+/// still being cut off).
+type Inflight = Arc<Mutex<HashMap<Lease, watch::Sender<LeaseSignal>>>>;
+
 struct Done {
     job: LeasedJob,
-    outcome: Outcome,
+    end: TryEnd,
     started: Instant,
 }
 
@@ -249,7 +321,7 @@ impl WorkerPool {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let cfg = self.config.clone();
         let owner = self.owner.clone();
-        let inflight: Arc<Mutex<HashSet<i64>>> = Arc::default();
+        let inflight: Inflight = Arc::default();
         let permits = Arc::new(Semaphore::new(cfg.workers));
         let finalized = Arc::new(Notify::new());
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
@@ -264,7 +336,6 @@ impl WorkerPool {
         let completer = tokio::spawn(completer(
             self.db.clone(),
             cfg.clone(),
-            owner.clone(),
             inflight.clone(),
             finalized.clone(),
             done_rx,
@@ -272,13 +343,17 @@ impl WorkerPool {
         let heartbeat = tokio::spawn(heartbeat(
             self.db.clone(),
             cfg.clone(),
-            owner.clone(),
             inflight.clone(),
             stop_aux.clone(),
         ));
-        let watchdog = cfg
-            .watchdog_enabled
-            .then(|| tokio::spawn(watchdog(self.db.clone(), cfg.watchdog_interval, stop_aux.clone())));
+        let watchdog = cfg.watchdog_enabled.then(|| {
+            tokio::spawn(watchdog(
+                self.db.clone(),
+                cfg.watchdog_interval,
+                cfg.reclaim_policy(),
+                stop_aux.clone(),
+            ))
+        });
         let stats = tokio::spawn(refresh_stats(self.db.clone(), cfg.stats_interval, stop_aux.clone()));
         let mut tasks = tokio::task::JoinSet::new();
 
@@ -292,6 +367,7 @@ impl WorkerPool {
                 continue;
             }
             let (o, lease_for) = (owner.clone(), cfg.lease);
+            let asked_at = Instant::now();
             let leased = match self.db.run(move |c| queue::lease(c, &o, free as i64, lease_for)).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -309,13 +385,20 @@ impl WorkerPool {
                     .clone()
                     .try_acquire_owned()
                     .expect("leased no more than the free permits");
-                inflight.lock().unwrap().insert(job.id);
+                let (signal, lease_rx) = watch::channel(LeaseSignal::HeldUntil(asked_at + cfg.lease));
+                inflight.lock().unwrap().insert(job.lease(), signal);
                 let handler = job.job_kind().ok().and_then(|k| self.registry.get(k));
                 let tx = done_tx.clone();
+                let try_timeout = cfg.try_timeout;
                 tasks.spawn(async move {
                     let started = Instant::now();
-                    let outcome = run_one(handler, &job).await;
-                    let _ = tx.send(Done { job, outcome, started });
+                    // Whichever ends first wins; the others (the handler future included) are dropped here.
+                    let end = tokio::select! {
+                        end = run_one(handler, &job) => end,
+                        _ = tokio::time::sleep(try_timeout) => TryEnd::TimedOut,
+                        end = lease_watch(lease_rx) => end,
+                    };
+                    let _ = tx.send(Done { job, end, started });
                     drop(permit);
                 });
             }
@@ -345,7 +428,7 @@ impl WorkerPool {
         }
         drop(done_tx);
         let _ = completer.await;
-        let left: Vec<i64> = inflight.lock().unwrap().iter().copied().collect();
+        let left: Vec<Lease> = inflight.lock().unwrap().keys().copied().collect();
         if !left.is_empty() {
             let o = owner.clone();
             match self.db.run(move |c| queue::release(c, &o, &left)).await {
@@ -364,15 +447,15 @@ impl WorkerPool {
 }
 
 /// Runs one try: the registered handler with panics caught, or `no_handler` when the kind has none.
-async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> Outcome {
+async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> TryEnd {
     let Some(h) = handler else {
-        return Outcome::Fail {
+        return TryEnd::Returned(Outcome::Fail {
             code: "no_handler".into(),
             message: format!("no handler registered for job kind {:?}", job.kind),
-        };
+        });
     };
     match AssertUnwindSafe(h.handle(job)).catch_unwind().await {
-        Ok(o) => o,
+        Ok(o) => TryEnd::Returned(o),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
@@ -380,10 +463,33 @@ async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> Outco
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "handler panicked".into());
             tracing::error!(job = job.id, kind = job.kind, panic = msg, "handler panicked");
-            Outcome::Retry {
-                code: "handler_panicked".into(),
-                message: format!("handler panicked: {msg}"),
-                retry_after: None,
+            TryEnd::Panicked(msg)
+        }
+    }
+}
+
+/// Resolves when the try must stop because of its lease: at once when the heartbeat reports it lost, or when the
+/// last known deadline passes without a newer renewal.
+async fn lease_watch(mut rx: watch::Receiver<LeaseSignal>) -> TryEnd {
+    loop {
+        let signal = *rx.borrow_and_update();
+        match signal {
+            LeaseSignal::Lost => return TryEnd::LeaseLost,
+            LeaseSignal::HeldUntil(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        if !rx.has_changed().unwrap_or(false) {
+                            return TryEnd::LeaseDeadline;
+                        }
+                    }
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            // The pool dropped the sender (shutdown): only the deadline is left to watch.
+                            tokio::time::sleep_until(deadline.into()).await;
+                            return TryEnd::LeaseDeadline;
+                        }
+                    }
+                }
             }
         }
     }
@@ -395,8 +501,7 @@ async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> Outco
 async fn completer(
     db: Db,
     cfg: WorkerConfig,
-    owner: String,
-    inflight: Arc<Mutex<HashSet<i64>>>,
+    inflight: Inflight,
     finalized: Arc<Notify>,
     mut rx: mpsc::UnboundedReceiver<Done>,
 ) {
@@ -409,12 +514,13 @@ async fn completer(
                 Err(_) => break,
             }
         }
-        let (ok, rest): (Vec<Done>, Vec<Done>) = batch.drain(..).partition(|d| d.outcome == Outcome::Succeeded);
+        let (ok, rest): (Vec<Done>, Vec<Done>) = batch
+            .drain(..)
+            .partition(|d| matches!(d.end, TryEnd::Returned(Outcome::Succeeded)));
         if !ok.is_empty() {
-            let ids: Vec<i64> = ok.iter().map(|d| d.job.id).collect();
-            let o = owner.clone();
-            let ids2 = ids.clone();
-            match db.run(move |c| queue::complete_many(c, &o, &ids2)).await {
+            let leases: Vec<Lease> = ok.iter().map(|d| d.job.lease()).collect();
+            let leases2 = leases.clone();
+            match db.run(move |c| queue::complete_many(c, &leases2)).await {
                 Ok(applied) => {
                     let applied: HashSet<i64> = applied.into_iter().collect();
                     for d in &ok {
@@ -432,55 +538,114 @@ async fn completer(
                 Err(e) => tracing::warn!(error = %e, "could not record successes; the watchdog will retry them"),
             }
             let mut set = inflight.lock().unwrap();
-            for id in ids {
-                set.remove(&id);
+            for lease in leases {
+                set.remove(&lease);
             }
         }
         for d in rest {
-            let finish = match &d.outcome {
-                Outcome::Succeeded => Finish::Succeeded,
-                Outcome::Ineligible { code, detail } => Finish::Ineligible {
-                    code: code.clone(),
-                    detail: detail.clone(),
-                },
-                Outcome::Fail { code, message } => Finish::Failed {
-                    code: code.clone(),
-                    message: message.clone(),
-                },
-                Outcome::Retry {
-                    code,
-                    message,
-                    retry_after,
-                } => {
-                    let delay = queue::retry_delay(d.job.attempt, *retry_after, cfg.retry_base, cfg.retry_cap);
-                    Finish::Retry {
-                        code: code.clone(),
-                        message: message.clone(),
-                        run_at: chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
-                        max_age: cfg.retry_max_age,
+            let lease = d.job.lease();
+            if let Some(finish) = finish_for(&cfg, &d) {
+                let label = match &d.end {
+                    TryEnd::Returned(o) => o.label(),
+                    _ => "retried",
+                };
+                match db.run(move |c| queue::finish(c, lease, &finish)).await {
+                    Ok(Finished::Applied(state)) => {
+                        let label = match state {
+                            JobState::Cancelled => "cancelled",
+                            JobState::Failed => "failed",
+                            _ => label,
+                        };
+                        tracing::info!(job = lease.id, kind = d.job.kind, attempt = d.job.attempt, %state, end = ?d.end, "job finished a try");
+                        record(&d.job, label, d.started);
+                    }
+                    Ok(Finished::LostLease) => {
+                        tracing::warn!(job = lease.id, kind = d.job.kind, end = ?d.end, "lost lease before finalize; result dropped (fenced)")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = lease.id, error = %e, "finalize failed; the watchdog will retry the job")
                     }
                 }
-            };
-            let (o, id) = (owner.clone(), d.job.id);
-            match db.run(move |c| queue::finish(c, id, &o, &finish)).await {
-                Ok(Finished::Applied(state)) => {
-                    let label = match state {
-                        JobState::Cancelled => "cancelled",
-                        JobState::Failed => "failed",
-                        _ => d.outcome.label(),
-                    };
-                    tracing::info!(job = id, kind = d.job.kind, attempt = d.job.attempt, %state, outcome = ?d.outcome, "job finished a try");
-                    record(&d.job, label, d.started);
-                }
-                Ok(Finished::LostLease) => {
-                    tracing::warn!(job = id, kind = d.job.kind, outcome = ?d.outcome, "lost lease before finalize; result dropped (fenced)")
-                }
-                Err(e) => tracing::warn!(job = id, error = %e, "finalize failed; the watchdog will retry the job"),
+            } else {
+                tracing::warn!(
+                    job = lease.id,
+                    kind = d.job.kind,
+                    "lease lost while running; try cut off, nothing written"
+                );
             }
-            inflight.lock().unwrap().remove(&id);
+            inflight.lock().unwrap().remove(&lease);
         }
         finalized.notify_one();
     }
+}
+
+/// What to write for a try that did not simply succeed; `None` for a try whose lease is known to be gone.
+fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
+    let retry_at = |hint: Option<Duration>| {
+        let delay = queue::retry_delay(d.job.attempt, hint, cfg.retry_base, cfg.retry_cap);
+        chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+    };
+    let cut_off = |reason: &'static str| {
+        metrics::counter!("bridge_job_tries_cut_off_total", "kind" => d.job.kind.clone(), "reason" => reason)
+            .increment(1);
+        tracing::warn!(job = d.job.id, kind = d.job.kind, reason, "try cut off");
+    };
+    Some(match &d.end {
+        TryEnd::Returned(Outcome::Succeeded) => Finish::Succeeded,
+        TryEnd::Returned(Outcome::Ineligible { code, detail }) => Finish::Ineligible {
+            code: code.clone(),
+            detail: detail.clone(),
+        },
+        TryEnd::Returned(Outcome::Fail { code, message }) => Finish::Failed {
+            code: code.clone(),
+            message: message.clone(),
+        },
+        TryEnd::Returned(Outcome::Retry {
+            code,
+            message,
+            retry_after,
+        }) => Finish::Retry {
+            code: code.clone(),
+            message: message.clone(),
+            run_at: retry_at(*retry_after),
+            max_age: cfg.retry_max_age,
+        },
+        TryEnd::Panicked(msg) => Finish::Panicked {
+            message: format!("handler panicked: {msg}"),
+            run_at: retry_at(None),
+            max_age: cfg.retry_max_age,
+            limit: cfg.panic_limit,
+        },
+        TryEnd::TimedOut => {
+            cut_off("try_timeout");
+            Finish::Retry {
+                code: "try_timeout".into(),
+                message: format!(
+                    "try {} did not finish within TRY_TIMEOUT_SECS ({} s); cut off",
+                    d.job.attempt,
+                    cfg.try_timeout.as_secs()
+                ),
+                run_at: retry_at(None),
+                max_age: cfg.retry_max_age,
+            }
+        }
+        TryEnd::LeaseDeadline => {
+            cut_off("lease_deadline");
+            Finish::Retry {
+                code: "lease_lost".into(),
+                message: format!(
+                    "no successful lease renewal within LEASE_SECS ({} s); try cut off",
+                    cfg.lease.as_secs()
+                ),
+                run_at: retry_at(None),
+                max_age: cfg.retry_max_age,
+            }
+        }
+        TryEnd::LeaseLost => {
+            cut_off("lease_lost");
+            return None;
+        }
+    })
 }
 
 /// Counts a finished try (`outcome`: succeeded|failed|retried|cancelled|ineligible) and its duration.
@@ -490,50 +655,72 @@ fn record(job: &LeasedJob, outcome: &'static str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-async fn heartbeat(
-    db: Db,
-    cfg: WorkerConfig,
-    owner: String,
-    inflight: Arc<Mutex<HashSet<i64>>>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Renews the leases of every in-flight try every third of `LEASE_SECS` and tells each try what it learned: renewed
+/// until (send time + lease), or lost. A failed renewal tells nothing: the try's local deadline runs on.
+async fn heartbeat(db: Db, cfg: WorkerConfig, inflight: Inflight, mut stop: watch::Receiver<bool>) {
     let every = (cfg.lease / 3).max(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let ids: Vec<i64> = inflight.lock().unwrap().iter().copied().collect();
-        if ids.is_empty() {
+        let leases: Vec<Lease> = inflight.lock().unwrap().keys().copied().collect();
+        if leases.is_empty() {
             continue;
         }
-        let (o, lease) = (owner.clone(), cfg.lease);
-        let asked = ids.len();
-        match db.run(move |c| queue::heartbeat(c, &o, &ids, lease)).await {
-            Ok(held) if held.len() < asked => {
-                tracing::warn!(
-                    lost = asked - held.len(),
-                    "some leases were lost (reclaimed or finalized)"
-                )
+        let lease = cfg.lease;
+        let sent = Instant::now();
+        let asked = leases.clone();
+        match db.run(move |c| queue::heartbeat(c, &asked, lease)).await {
+            Ok(held) => {
+                let held: HashSet<i64> = held.into_iter().collect();
+                let map = inflight.lock().unwrap();
+                let mut lost = 0;
+                for l in &leases {
+                    let Some(signal) = map.get(l) else { continue };
+                    if held.contains(&l.id) {
+                        signal.send_replace(LeaseSignal::HeldUntil(sent + lease));
+                    } else {
+                        lost += 1;
+                        signal.send_replace(LeaseSignal::Lost);
+                    }
+                }
+                if lost > 0 {
+                    tracing::warn!(
+                        lost,
+                        "some leases were lost (reclaimed or finalized); cutting those tries off"
+                    );
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; tries stop at their local lease deadline"),
         }
     }
 }
 
-/// Watchdog loop: reclaims expired leases every `interval` and exports the gauges.
-pub async fn watchdog(db: Db, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// Watchdog loop: reclaims expired leases every `interval` (backing off and parking per `policy`) and exports the
+/// gauges.
+pub async fn watchdog(db: Db, interval: Duration, policy: ReclaimPolicy, mut stop: watch::Receiver<bool>) {
     loop {
-        match db.run(queue::reclaim_expired).await {
+        match db.run(move |c| queue::reclaim_expired(c, &policy)).await {
             Ok(reclaimed) => {
                 for r in &reclaimed {
-                    tracing::warn!(
-                        job = r.id,
-                        kind = r.kind,
-                        state = r.state,
-                        "watchdog reclaimed an expired lease"
-                    );
+                    if r.parked() {
+                        tracing::error!(
+                            job = r.id,
+                            kind = r.kind,
+                            reclaims = r.reclaim_count,
+                            "watchdog parked a suspected poison job (its lease expired RECLAIM_LIMIT times)"
+                        );
+                        metrics::counter!("bridge_jobs_suspected_poison_total", "kind" => r.kind.clone()).increment(1);
+                    } else {
+                        tracing::warn!(
+                            job = r.id,
+                            kind = r.kind,
+                            state = r.state,
+                            reclaims = r.reclaim_count,
+                            "watchdog reclaimed an expired lease"
+                        );
+                    }
                 }
                 if !reclaimed.is_empty() {
                     metrics::counter!("bridge_watchdog_reclaimed_total").increment(reclaimed.len() as u64);

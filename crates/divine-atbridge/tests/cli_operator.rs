@@ -49,7 +49,7 @@ fn fail_head(c: &mut PgConnection, key: &str, code: &str) -> i64 {
         code: code.into(),
         message: format!("{code} for the CLI test"),
     };
-    queue::finish(c, job.id, "cli-test", &finish).unwrap();
+    queue::finish(c, job.lease(), &finish).unwrap();
     job.id
 }
 

@@ -23,6 +23,8 @@ struct MemRepo {
     puts: Mutex<usize>,
     fail_after_store: Mutex<usize>,
     fail_before_store: Mutex<usize>,
+    /// Fail the next N deleteRecord calls (a 502 from the PDS) without deleting.
+    fail_delete: Mutex<usize>,
 }
 
 fn transient(msg: &str) -> UpstreamError {
@@ -78,12 +80,63 @@ impl RepoWriter for MemRepo {
         rkey: &'a str,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
+            {
+                let mut f = self.fail_delete.lock().unwrap();
+                if *f > 0 {
+                    *f -= 1;
+                    return Err(transient("502 Bad Gateway"));
+                }
+            }
             self.records
                 .lock()
                 .unwrap()
                 .remove(&(collection.to_string(), rkey.to_string()));
             Ok(())
         })
+    }
+}
+
+/// A repo whose first putRecord is overtaken by a kind 5 delete: the delete job runs to completion (as after the
+/// publish try's lease was reclaimed) between the reservation and the write of a stale publish try.
+struct RacingRepo<'a> {
+    inner: MemRepo,
+    db: divine_bridge_db::Db,
+    delete: &'a Event,
+    raced: Mutex<bool>,
+}
+
+impl RepoWriter for RacingRepo<'_> {
+    fn upload_blob<'a>(
+        &'a self,
+        did: &'a str,
+        bytes: Vec<u8>,
+        mime: &'a str,
+    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+        self.inner.upload_blob(did, bytes, mime)
+    }
+    fn put_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+        record: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(String, String), UpstreamError>> {
+        Box::pin(async move {
+            let first = !std::mem::replace(&mut *self.raced.lock().unwrap(), true);
+            if first {
+                let removed = publish::delete(&self.db, &self.inner, self.delete).await.unwrap();
+                assert_eq!(removed, 1, "the delete removed the reserved mapping");
+            }
+            self.inner.put_record(did, collection, rkey, record).await
+        })
+    }
+    fn delete_record<'a>(
+        &'a self,
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        self.inner.delete_record(did, collection, rkey)
     }
 }
 
@@ -532,4 +585,72 @@ async fn a_pruned_publish_job_redelivered_is_already_done() {
         Published::AlreadyDone
     );
     assert_eq!(*repo.puts.lock().unwrap(), 1, "no second post");
+}
+
+#[tokio::test]
+async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
+    let tdb = TestDb::migrated("jobs_publish_delete_race");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let v = video(&keys, "racing", 22, None, T);
+    let del = delete_event(&keys, vec![Tag::event(v.id)], T + 10);
+    let repo = RacingRepo {
+        inner: MemRepo::default(),
+        db: db.clone(),
+        delete: &del,
+        raced: Mutex::new(false),
+    };
+    // The stale try writes after the delete ran; its mark_published must not flip `deleted` back, and the record
+    // it wrote must not stay live on the PDS.
+    let err = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
+    assert_eq!((err.code(), err.class()), ("deleted", ErrorClass::Permanent));
+    let m = records::get_record(&mut tdb.conn(), &v.id.to_hex()).unwrap().unwrap();
+    assert_eq!(m.record_state().unwrap(), RecordState::Deleted);
+    assert!(m.published_at.is_none());
+    assert!(
+        repo.inner.records.lock().unwrap().is_empty(),
+        "the stale write was undone: deleted on Nostr, gone from Bluesky"
+    );
+    // A redelivery stays deleted.
+    let again = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
+    assert_eq!(again.code(), "deleted");
+    assert!(repo.inner.records.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_supersede_sweep_runs_on_the_already_done_path() {
+    let tdb = TestDb::migrated("jobs_publish_sweep_retry");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let v1 = video(&keys, "rev 1", 34235, Some("clip"), T);
+    let v2 = video(&keys, "rev 2", 34235, Some("clip"), T + 100);
+    publish::publish(&db, &FakeSource, &repo, &v1).await.unwrap();
+
+    // v2 is published, then deleting v1 from the PDS fails with a 502: the try fails transiently.
+    *repo.fail_delete.lock().unwrap() = 1;
+    let err = publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(
+        repo.records.lock().unwrap().len(),
+        2,
+        "both revisions live after the failed sweep"
+    );
+    let m2 = records::get_record(&mut tdb.conn(), &v2.id.to_hex()).unwrap().unwrap();
+    assert_eq!(m2.record_state().unwrap(), RecordState::Published);
+
+    // The retry finds v2 published (AlreadyDone) and still finishes the sweep.
+    assert_eq!(
+        publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap(),
+        Published::AlreadyDone
+    );
+    {
+        let recs = repo.records.lock().unwrap();
+        assert_eq!(recs.len(), 1, "only the newest revision stays live");
+        assert_eq!(recs.values().next().unwrap()["text"], "rev 2");
+    }
+    let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
+    assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
 }

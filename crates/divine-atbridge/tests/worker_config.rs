@@ -17,6 +17,9 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
         "RETRY_CAP_SECS",
         "RETRY_MAX_AGE_SECS",
         "POLL_INTERVAL_MS",
+        "TRY_TIMEOUT_SECS",
+        "RECLAIM_LIMIT",
+        "PANIC_LIMIT",
     ];
     for v in vars {
         std::env::remove_var(v);
@@ -30,6 +33,8 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
     assert_eq!(d.retry_base, Duration::from_secs(5));
     assert_eq!(d.retry_cap, Duration::from_secs(3600));
     assert_eq!(d.retry_max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(d.try_timeout, Duration::from_secs(600));
+    assert_eq!((d.reclaim_limit, d.panic_limit), (5, 3));
 
     std::env::set_var("WORKERS", "3");
     std::env::set_var("LEASE_SECS", "2");
@@ -41,6 +46,14 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
         (3, Duration::from_secs(2), false)
     );
     assert_eq!(c.retry_max_age, Duration::from_secs(60));
+    std::env::set_var("TRY_TIMEOUT_SECS", "30");
+    std::env::set_var("RECLAIM_LIMIT", "2");
+    std::env::set_var("PANIC_LIMIT", "1");
+    let c = WorkerConfig::from_env().unwrap();
+    assert_eq!(
+        (c.try_timeout, c.reclaim_limit, c.panic_limit),
+        (Duration::from_secs(30), 2, 1)
+    );
 
     for (var, value) in [
         ("WORKERS", "0"),
@@ -48,6 +61,12 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
         ("LEASE_SECS", "1"),
         ("WATCHDOG_ENABLED", "perhaps"),
         ("RETRY_CAP_SECS", "1"),
+        ("TRY_TIMEOUT_SECS", "0"),
+        ("TRY_TIMEOUT_SECS", "-5"),
+        ("RECLAIM_LIMIT", "0"),
+        ("RECLAIM_LIMIT", "-1"),
+        ("PANIC_LIMIT", "0"),
+        ("PANIC_LIMIT", "lots"),
     ] {
         let saved = std::env::var(var).ok();
         std::env::set_var(var, value);

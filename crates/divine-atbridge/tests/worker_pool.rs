@@ -18,6 +18,17 @@ struct Scripted {
     started: Arc<Notify>,
     release: Arc<Notify>,
     runs: AtomicUsize,
+    /// Handler futures dropped before they returned (cut off by the pool).
+    dropped: Arc<AtomicUsize>,
+}
+
+/// Counts its drop: put in a handler future that never returns, it tells the test the pool dropped the future.
+struct DropGuard(Arc<AtomicUsize>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Scripted {
@@ -26,6 +37,7 @@ impl Scripted {
             started: Arc::new(Notify::new()),
             release: Arc::new(Notify::new()),
             runs: AtomicUsize::new(0),
+            dropped: Arc::default(),
         })
     }
 }
@@ -86,11 +98,30 @@ impl JobHandler for Scripted {
                     self.started.notify_one();
                     std::future::pending().await
                 }
+                "hang_guarded" => {
+                    let _guard = DropGuard(self.dropped.clone());
+                    self.started.notify_one();
+                    std::future::pending().await
+                }
+                "hang_first_try" if job.attempt == 1 => {
+                    let _guard = DropGuard(self.dropped.clone());
+                    self.started.notify_one();
+                    std::future::pending().await
+                }
+                "hang_first_try" => Outcome::Succeeded,
+                "retry_after_zero" => Outcome::from_error(&FakeError::RateLimited(Duration::ZERO)),
                 other => panic!("unknown script {other}"),
             }
         })
     }
 }
+
+/// Reclaims that re-queue at once and never park (tests that are not about the reclaim backoff).
+const NO_BACKOFF: queue::ReclaimPolicy = queue::ReclaimPolicy {
+    base: Duration::ZERO,
+    cap: Duration::ZERO,
+    limit: 1000,
+};
 
 fn config() -> WorkerConfig {
     WorkerConfig {
@@ -229,7 +260,7 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
         &mut conn,
     )
     .unwrap();
-    assert_eq!(queue::reclaim_expired(&mut conn).unwrap().len(), 1);
+    assert_eq!(queue::reclaim_expired(&mut conn, &NO_BACKOFF).unwrap().len(), 1);
     let stolen = queue::lease(&mut conn, "thief", 1, Duration::from_secs(60)).unwrap();
     assert_eq!((stolen[0].id, stolen[0].attempt), (id, 2));
     handler.release.notify_one();
@@ -244,7 +275,7 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
         code: "pds_rejected".into(),
         message: "thief's verdict".into(),
     };
-    queue::finish(&mut conn, id, "thief", &fail).unwrap();
+    queue::finish(&mut conn, stolen[0].lease(), &fail).unwrap();
     stop.send(true).unwrap();
     pool.await.unwrap();
     let row = queue::get(&mut conn, id).unwrap().unwrap();
@@ -306,4 +337,160 @@ async fn shutdown_releases_what_does_not_finish_within_the_grace_period() {
     assert!(row.lease_owner.is_none());
     assert_eq!(row.last_error_code.as_deref(), Some("released_at_shutdown"));
     assert!(row.run_at <= Utc::now(), "runnable at once by another replica");
+}
+
+/// Waits until the pool has dropped `n` handler futures.
+async fn wait_dropped(handler: &Scripted, n: usize, within: Duration) -> Duration {
+    let t = Instant::now();
+    while handler.dropped.load(Ordering::SeqCst) < n {
+        assert!(t.elapsed() < within, "the handler was not cut off within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_never_returns_is_cut_off_at_the_try_timeout_and_retried() {
+    let db = TestDb::migrated("worker_try_timeout");
+    let handler = Scripted::new();
+    let id = enqueue(&db, JobKind::Noop, "a", "hang_first_try");
+    let cfg = WorkerConfig {
+        try_timeout: Duration::from_secs(1),
+        retry_base: Duration::from_secs(1),
+        retry_cap: Duration::from_secs(2),
+        ..config()
+    };
+    let (stop, pool) = start(&db, cfg, handler.clone());
+    handler.started.notified().await;
+    // The lease (30 s) is renewed all along; only the per-try deadline can end this try.
+    wait_dropped(&handler, 1, Duration::from_secs(5)).await;
+    let row = wait_for(&db, id, |r| r.state == "succeeded").await;
+    assert_eq!(row.attempt, 2, "retried after the cut-off");
+    assert_eq!(row.reclaim_count, 0, "not a watchdog reclaim");
+    assert_eq!(row.last_error_code.as_deref(), Some("try_timeout"));
+    assert!(
+        row.last_error.as_deref().unwrap().contains("TRY_TIMEOUT_SECS"),
+        "{:?}",
+        row.last_error
+    );
+    stop.send(true).unwrap();
+    pool.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_whose_lease_was_reclaimed_is_cut_off_by_the_heartbeat_and_writes_nothing() {
+    let db = TestDb::migrated("worker_lease_lost");
+    let handler = Scripted::new();
+    let id = enqueue(&db, JobKind::Noop, "a", "hang_guarded");
+    let cfg = WorkerConfig {
+        lease: Duration::from_secs(6),
+        watchdog_enabled: false,
+        ..config()
+    };
+    let (stop, pool) = start(&db, cfg, handler.clone());
+    handler.started.notified().await;
+    let mut conn = db.conn();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
+            .bind::<diesel::sql_types::BigInt, _>(id),
+        &mut conn,
+    )
+    .unwrap();
+    assert_eq!(queue::reclaim_expired(&mut conn, &NO_BACKOFF).unwrap().len(), 1);
+    let stolen = queue::lease(&mut conn, "thief", 1, Duration::from_secs(60)).unwrap();
+    assert_eq!(stolen[0].id, id);
+    // The heartbeat (every 2 s) finds the lease gone well before the local deadline (6 s) would stop the try.
+    let took = wait_dropped(&handler, 1, Duration::from_secs(4)).await;
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = queue::get(&mut conn, id).unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.lease_owner.as_deref(), row.lease_token),
+        ("running", Some("thief"), Some(stolen[0].lease_token)),
+        "the cut-off try wrote nothing"
+    );
+    assert_eq!(row.last_error_code.as_deref(), Some("lease_expired"));
+    stop.send(true).unwrap();
+    pool.await.unwrap();
+    let row = queue::get(&mut conn, id).unwrap().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.lease_owner.as_deref()),
+        ("running", Some("thief")),
+        "shutdown does not release a lease this pool no longer holds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_that_cannot_renew_its_lease_stops_at_the_local_lease_deadline() {
+    let db = TestDb::migrated("worker_lease_deadline");
+    let handler = Scripted::new();
+    let id = enqueue(&db, JobKind::Noop, "a", "hang_guarded");
+    let cfg = WorkerConfig {
+        lease: Duration::from_secs(3),
+        watchdog_enabled: false,
+        ..config()
+    };
+    let (stop, pool) = start(&db, cfg, handler.clone());
+    handler.started.notified().await;
+    // An operator's psql session holds the job row locked: every renewal blocks.
+    let mut lock = db.conn();
+    diesel::RunQueryDsl::execute(diesel::sql_query("BEGIN"), &mut lock).unwrap();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE").bind::<diesel::sql_types::BigInt, _>(id),
+        &mut lock,
+    )
+    .unwrap();
+    // Cut off at most one lease length after the last renewal, although the handler never returns.
+    wait_dropped(&handler, 1, Duration::from_secs(5)).await;
+    diesel::RunQueryDsl::execute(diesel::sql_query("ROLLBACK"), &mut lock).unwrap();
+    // Once the lock is gone the fenced finish records the cut-off as a transient retry.
+    let row = wait_for(&db, id, |r| r.state == "queued").await;
+    assert_eq!(row.last_error_code.as_deref(), Some("lease_lost"));
+    assert!(row.run_at > Utc::now(), "retried with backoff");
+    stop.send(true).unwrap();
+    pool.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_zero_is_not_retried_at_once() {
+    let db = TestDb::migrated("worker_retry_after_zero");
+    let handler = Scripted::new();
+    let id = enqueue(&db, JobKind::Noop, "a", "retry_after_zero");
+    let (stop, pool) = start(&db, config(), handler.clone());
+    let row = wait_for(&db, id, |r| r.state == "queued" && r.attempt == 1).await;
+    assert_eq!(row.last_error_code.as_deref(), Some("pds_rate_limited"));
+    let wait = (row.run_at - Utc::now()).num_seconds();
+    assert!(
+        wait >= 55,
+        "Retry-After: 0 waits at least the backoff (60-120 s after try 1), got {wait} s"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 1, "no tight loop");
+    stop.send(true).unwrap();
+    pool.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_panicking_fails_permanently_at_the_panic_limit() {
+    let db = TestDb::migrated("worker_panic_limit");
+    let handler = Scripted::new();
+    let id = enqueue(&db, JobKind::Noop, "a", "panic");
+    let cfg = WorkerConfig {
+        panic_limit: 2,
+        retry_base: Duration::from_millis(1000),
+        retry_cap: Duration::from_secs(1),
+        ..config()
+    };
+    let (stop, pool) = start(&db, cfg, handler.clone());
+    let row = wait_for(&db, id, |r| r.state == "failed").await;
+    assert_eq!((row.attempt, row.panic_count), (2, 2));
+    assert_eq!(row.last_error_code.as_deref(), Some("handler_panicked"));
+    assert!(
+        row.last_error.as_deref().unwrap().contains("boom in job"),
+        "{:?}",
+        row.last_error
+    );
+    assert_eq!(handler.runs.load(Ordering::SeqCst), 2);
+    stop.send(true).unwrap();
+    pool.await.unwrap();
 }

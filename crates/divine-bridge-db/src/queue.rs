@@ -12,8 +12,18 @@
 //!   its successors: per-key order is a hard guarantee, latency is not.
 //! - **Attempt** counts real tries: incremented once, at lease. The watchdog never touches it; a graceful-shutdown
 //!   release gives the interrupted try back (`attempt - 1`); an operator retry keeps it.
-//! - **Fencing.** Every write by a worker (heartbeat, finalize) is conditioned on `lease_owner` and
-//!   `state = 'running'`; a reclaimed worker's write matches no row and is reported as lost.
+//! - **Fencing.** Every lease draws a fresh `lease_token` (from the sequence `jobs_lease_token_seq`: it never
+//!   repeats, so two leases of one job — even by the same process — never share a token). Every write by a worker
+//!   (heartbeat, finish, complete, release) names the job AND its token ([`Lease`]) and is conditioned on
+//!   `state = 'running'`; a try whose lease was reclaimed matches no row and is reported as lost. `lease_owner` is
+//!   kept for diagnostics only (which process holds the job); it fences nothing.
+//! - **Retry delay** is `max(server hint, backoff(attempt))`, capped: a `Retry-After: 0` or a past `RateLimit-Reset`
+//!   never re-leases at once. [`backoff`] has a floor (half its ceiling), so no draw is near zero.
+//! - **Reclaim** (a lease expired: the process died or hung) is not free: the job comes back after
+//!   `backoff(reclaim_count)`, and at the reclaim limit it is parked `failed` with `suspected_poison` (a video that
+//!   OOM-kills its pod must not walk through the fleet). The operator re-drives it with `jobs retry`.
+//! - **Panics** count per job (`panic_count`); at the panic limit the job fails permanently with `handler_panicked`
+//!   and the panic message. Nothing else turns a transient failure permanent by count; only the retry window does.
 //! - **Cancel** of a running job is a request honoured at finalize: a retry or failure becomes `cancelled`; a
 //!   success stays `succeeded` (the side effect happened); an ineligible result stays `ineligible`.
 
@@ -196,6 +206,9 @@ pub struct LeasedJob {
     pub source_created_at: DateTime<Utc>,
     #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
+    /// The fencing token of this lease; every later write of this try must present it ([`LeasedJob::lease`]).
+    #[diesel(sql_type = BigInt)]
+    pub lease_token: i64,
 }
 
 impl LeasedJob {
@@ -203,6 +216,26 @@ impl LeasedJob {
     pub fn job_kind(&self) -> Result<JobKind, DbError> {
         Ok(self.kind.parse()?)
     }
+
+    /// The lease this try holds: what heartbeat, finish, complete and release are fenced on.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            token: self.lease_token,
+        }
+    }
+}
+
+/// One lease: a job id and the token drawn when it was leased. A write that presents an older token (the job was
+/// reclaimed and leased again since) matches no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub id: i64,
+    pub token: i64,
+}
+
+fn split(leases: &[Lease]) -> (Vec<i64>, Vec<i64>) {
+    leases.iter().map(|l| (l.id, l.token)).unzip()
 }
 
 /// The lease statement (`$1` owner, `$2` batch size, `$3` lease seconds), public for `EXPLAIN` in the benchmark
@@ -219,12 +252,14 @@ pub const LEASE_SQL: &str = "WITH cand AS ( \
            LIMIT $2 \
            FOR UPDATE SKIP LOCKED) \
          UPDATE jobs SET state = 'running', attempt = jobs.attempt + 1, lease_owner = $1, \
+                lease_token = nextval('jobs_lease_token_seq'), \
                 lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
          FROM cand WHERE jobs.id = cand.id \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
-                   jobs.source_created_at, jobs.created_at";
+                   jobs.source_created_at, jobs.created_at, jobs.lease_token";
 
-/// Leases up to `limit` runnable jobs for `owner`, in dispatch order `(priority, source_created_at, id)`.
+/// Leases up to `limit` runnable jobs for `owner`, in dispatch order `(priority, source_created_at, id)`. Each
+/// leased job carries a fresh fencing token (`LeasedJob::lease_token`); `owner` is recorded for diagnostics only.
 ///
 /// Only the head of each ordering key is leasable: a job waits while an earlier job of its key is queued (even one
 /// in backoff) or running, so an account's jobs run one at a time and in order. The partial unique index
@@ -256,48 +291,52 @@ pub fn lease_conflicts() -> u64 {
     LEASE_CONFLICTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Renews the leases of `ids` held by `owner`; returns the ids still held (a missing id lost its lease).
-pub fn heartbeat(conn: &mut PgConnection, owner: &str, ids: &[i64], lease_for: Duration) -> Result<Vec<i64>, DbError> {
-    if ids.is_empty() {
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// The heartbeat statement (`$1` ids, `$2` their tokens, `$3` lease seconds).
+pub const HEARTBEAT_SQL: &str =
+    "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
+     FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token) \
+     WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running' RETURNING jobs.id";
+
+/// Renews `leases`; returns the ids still held (a missing id lost its lease: reclaimed, and maybe leased again
+/// under another token, or finalized).
+pub fn heartbeat(conn: &mut PgConnection, leases: &[Lease], lease_for: Duration) -> Result<Vec<i64>, DbError> {
+    if leases.is_empty() {
         return Ok(Vec::new());
     }
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    let rows: Vec<Id> = diesel::sql_query(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3), updated_at = now() \
-         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running' RETURNING id",
-    )
-    .bind::<Text, _>(owner)
-    .bind::<Array<BigInt>, _>(ids)
-    .bind::<Double, _>(lease_for.as_secs_f64())
-    .load(conn)?;
+    let (ids, tokens) = split(leases);
+    let rows: Vec<Id> = diesel::sql_query(HEARTBEAT_SQL)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&tokens)
+        .bind::<Double, _>(lease_for.as_secs_f64())
+        .load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-/// Marks `ids` succeeded, fenced on `owner` and `state = 'running'`; returns the ids actually finalized (the rest
-/// lost their lease to the watchdog and another worker owns them now). A cancel requested while the job ran does not
-/// undo a success: the side effect happened.
-pub fn complete_many(conn: &mut PgConnection, owner: &str, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+/// The batched completion statement (`$1` ids, `$2` their tokens).
+pub const COMPLETE_SQL: &str = "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_token = NULL, \
+            lease_expires_at = NULL, finished_at = now(), updated_at = now() \
+     FROM unnest($1::bigint[], $2::bigint[]) AS l(id, token) \
+     WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running' RETURNING jobs.id";
+
+/// Marks `leases` succeeded, fenced on each lease's token and `state = 'running'`; returns the ids actually
+/// finalized (the rest lost their lease to the watchdog and another try owns them now). A cancel requested while
+/// the job ran does not undo a success: the side effect happened.
+pub fn complete_many(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i64>, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Succeeded));
-    if ids.is_empty() {
+    if leases.is_empty() {
         return Ok(Vec::new());
     }
-    #[derive(QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-    }
-    let rows: Vec<Id> = diesel::sql_query(
-        "UPDATE jobs SET state = 'succeeded', lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), \
-                updated_at = now() \
-         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running' RETURNING id",
-    )
-    .bind::<Text, _>(owner)
-    .bind::<Array<BigInt>, _>(ids)
-    .load(conn)?;
+    let (ids, tokens) = split(leases);
+    let rows: Vec<Id> = diesel::sql_query(COMPLETE_SQL)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&tokens)
+        .load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -322,6 +361,14 @@ pub enum Finish {
         run_at: DateTime<Utc>,
         max_age: Duration,
     },
+    /// The handler panicked: a `handler_panicked` retry at `run_at` (within `max_age`), until this is the job's
+    /// `limit`-th panic; then it fails permanently with `handler_panicked`, keeping `message`.
+    Panicked {
+        message: String,
+        run_at: DateTime<Utc>,
+        max_age: Duration,
+        limit: i32,
+    },
 }
 
 /// What [`finish`] did.
@@ -333,23 +380,48 @@ pub enum Finished {
     LostLease,
 }
 
-/// Finalizes one try, fenced on `owner`: the row is locked and only changed while it is still `running` under this
-/// owner. A pending cancel turns a retry or failure into `cancelled`. A retry past `max_age` (from created_at) becomes
-/// `failed` with `retry_window_exhausted`, keeping the last error text.
-pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -> Result<Finished, DbError> {
+/// Finalizes one try, fenced on its lease token: the row is locked and only changed while it is still `running`
+/// under this very lease. A pending cancel turns a retry or failure into `cancelled`. A retry past `max_age` (from
+/// created_at) becomes `failed` with `retry_window_exhausted`, keeping the last error text. A panic at the limit
+/// becomes `failed` with `handler_panicked`.
+pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result<Finished, DbError> {
+    let id = lease.id;
     conn.transaction(|conn| {
-        let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = jobs::table
+        let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>, i32)> = jobs::table
             .find(id)
-            .filter(jobs::lease_owner.eq(owner))
+            .filter(jobs::lease_token.eq(lease.token))
             .filter(jobs::state.eq(JobState::Running.as_str()))
-            .select((jobs::created_at, jobs::cancel_requested_at))
+            .select((jobs::created_at, jobs::cancel_requested_at, jobs::panic_count))
             .for_update()
             .first(conn)
             .optional()?;
-        let Some((created_at, cancel_requested)) = row else {
+        let Some((created_at, cancel_requested, panic_count)) = row else {
             return Ok(Finished::LostLease);
         };
         let now = Utc::now();
+        let panics = panic_count + i32::from(matches!(outcome, Finish::Panicked { .. }));
+        let panicked_at_limit = matches!(outcome, Finish::Panicked { limit, .. } if panics >= *limit);
+        let retry_within = |code: &str, message: &str, run_at: DateTime<Utc>, max_age: Duration| {
+            let age = (now - created_at).to_std().unwrap_or_default();
+            if age >= max_age {
+                (
+                    JobState::Failed,
+                    Some("retry_window_exhausted".to_string()),
+                    Some(format!(
+                        "gave up after {}s of transient failures; last {code}: {message}",
+                        age.as_secs()
+                    )),
+                    None,
+                )
+            } else {
+                (
+                    JobState::Queued,
+                    Some(code.to_string()),
+                    Some(message.to_string()),
+                    Some(run_at),
+                )
+            }
+        };
         let (state, code, message, run_at): (JobState, Option<String>, Option<String>, Option<DateTime<Utc>>) =
             match outcome {
                 Finish::Succeeded => (JobState::Succeeded, None, None, None),
@@ -358,8 +430,11 @@ pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -
                 }
                 _ if cancel_requested.is_some() => {
                     let (code, message) = match outcome {
-                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => (code, message),
-                        _ => unreachable!(),
+                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => {
+                            (code.as_str(), message)
+                        }
+                        Finish::Panicked { message, .. } => ("handler_panicked", message),
+                        Finish::Succeeded | Finish::Ineligible { .. } => unreachable!("matched above"),
                     };
                     (
                         JobState::Cancelled,
@@ -374,27 +449,21 @@ pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -
                     message,
                     run_at,
                     max_age,
-                } => {
-                    let age = (now - created_at).to_std().unwrap_or_default();
-                    if age >= *max_age {
-                        (
-                            JobState::Failed,
-                            Some("retry_window_exhausted".into()),
-                            Some(format!(
-                                "gave up after {}s of transient failures; last {code}: {message}",
-                                age.as_secs()
-                            )),
-                            None,
-                        )
-                    } else {
-                        (
-                            JobState::Queued,
-                            Some(code.clone()),
-                            Some(message.clone()),
-                            Some(*run_at),
-                        )
-                    }
-                }
+                } => retry_within(code, message, *run_at, *max_age),
+                Finish::Panicked { message, limit, .. } if panicked_at_limit => (
+                    JobState::Failed,
+                    Some("handler_panicked".into()),
+                    Some(format!(
+                        "panicked {panics} times (PANIC_LIMIT {limit}); parked as permanent. last: {message}"
+                    )),
+                    None,
+                ),
+                Finish::Panicked {
+                    message,
+                    run_at,
+                    max_age,
+                    ..
+                } => retry_within("handler_panicked", message, *run_at, *max_age),
             };
         debug_assert!(JobState::Running.can_transition_to(state));
         let finished_at = state.is_terminal().then_some(now);
@@ -404,9 +473,11 @@ pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -
         let set_common = (
             jobs::state.eq(state.as_str()),
             jobs::lease_owner.eq(None::<String>),
+            jobs::lease_token.eq(None::<i64>),
             jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
             jobs::finished_at.eq(finished_at),
             jobs::run_at.eq(run_at.unwrap_or(now)),
+            jobs::panic_count.eq(panics),
             jobs::updated_at.eq(now),
         );
         match code {
@@ -419,11 +490,13 @@ pub fn finish(conn: &mut PgConnection, id: i64, owner: &str, outcome: &Finish) -
     })
 }
 
-/// Full-jitter exponential backoff after the try numbered `attempt` (1 = first try) failed: a uniform delay in
-/// `[0, min(cap, base * 2^attempt)]`. With the defaults (5 s, 1 h) the ceiling is 10 s after the first failure and
-/// reaches the cap after the ninth.
+/// Exponential backoff with a floor after the try numbered `attempt` (1 = first try) failed: a uniform delay in
+/// `[ceiling / 2, ceiling]` where `ceiling = min(cap, base * 2^attempt)` ("equal jitter"). With the defaults (5 s,
+/// 1 h) that is 5–10 s after the first failure, reaching the cap after the ninth. Full jitter (`[0, ceiling]`) was
+/// replaced because a draw near zero re-leases at once, which is exactly the storm a backoff must prevent.
 pub fn backoff(attempt: i32, base: Duration, cap: Duration) -> Duration {
-    backoff_ceiling(attempt, base, cap).mul_f64(rand::random::<f64>())
+    let ceiling = backoff_ceiling(attempt, base, cap);
+    ceiling.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
 /// The upper bound [`backoff`] draws from: `min(cap, base * 2^attempt)` (saturating).
@@ -432,34 +505,39 @@ pub fn backoff_ceiling(attempt: i32, base: Duration, cap: Duration) -> Duration 
     base.saturating_mul(2u32.saturating_pow(exp)).min(cap)
 }
 
-/// The delay before the next try: the server's `Retry-After` when it gave one (capped at `cap`: a hostile or buggy
-/// server cannot park a job for a week), else [`backoff`].
+/// The delay before the next try: `max(server hint, backoff(attempt))`, capped at `cap`. A server's `Retry-After`
+/// can lengthen the wait (up to `cap`: a hostile or buggy server cannot park a job for a week) but never shorten it
+/// below the backoff: `Retry-After: 0` or a `RateLimit-Reset` in the past would otherwise re-lease at once and
+/// re-download the video in a tight loop.
 pub fn retry_delay(attempt: i32, retry_after: Option<Duration>, base: Duration, cap: Duration) -> Duration {
-    match retry_after {
-        Some(d) => d.min(cap),
-        None => backoff(attempt, base, cap),
-    }
+    let backoff = backoff(attempt, base, cap);
+    retry_after.map_or(backoff, |hint| hint.max(backoff)).min(cap)
 }
 
-/// Puts unfinished jobs of `owner` back in the queue at shutdown. The interrupted try is not counted (the attempt
-/// counter goes back by one): the process gave the work up, the work did not fail.
-pub fn release(conn: &mut PgConnection, owner: &str, ids: &[i64]) -> Result<usize, DbError> {
+/// Puts unfinished jobs back in the queue at shutdown, fenced on each lease's token (`owner` only names the
+/// releasing process in `last_error`). The interrupted try is not counted (the attempt counter goes back by one):
+/// the process gave the work up, the work did not fail.
+pub fn release(conn: &mut PgConnection, owner: &str, leases: &[Lease]) -> Result<usize, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
-    if ids.is_empty() {
+    if leases.is_empty() {
         return Ok(0);
     }
+    let (ids, tokens) = split(leases);
     Ok(diesel::sql_query(
-        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
-                attempt = GREATEST(attempt - 1, 0), last_error_code = 'released_at_shutdown', \
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+                run_at = now(), attempt = GREATEST(jobs.attempt - 1, 0), last_error_code = 'released_at_shutdown', \
                 last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
-         WHERE id = ANY($2) AND lease_owner = $1 AND state = 'running'",
+         FROM unnest($2::bigint[], $3::bigint[]) AS l(id, token) \
+         WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running'",
     )
     .bind::<Text, _>(owner)
-    .bind::<Array<BigInt>, _>(ids)
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&tokens)
     .execute(conn)?)
 }
 
-/// A job the watchdog put back in the queue.
+/// A job the watchdog put back in the queue (`state` queued), cancelled, or parked (`state` failed, code
+/// `suspected_poison`).
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Reclaimed {
     #[diesel(sql_type = BigInt)]
@@ -468,33 +546,66 @@ pub struct Reclaimed {
     pub kind: String,
     #[diesel(sql_type = Text)]
     pub state: String,
+    #[diesel(sql_type = Int4)]
+    pub reclaim_count: i32,
 }
 
-/// Watchdog: running jobs whose lease expired go back to `queued` (or to `cancelled` when a cancel was requested).
+impl Reclaimed {
+    /// Whether this reclaim parked the job as a suspected poison job.
+    pub fn parked(&self) -> bool {
+        self.state == JobState::Failed.as_str()
+    }
+}
+
+/// How the watchdog treats expired leases: reclaim number `n` re-queues after `backoff(n, base, cap)`; reclaim
+/// number `limit` parks the job (`failed`, `suspected_poison`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReclaimPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    pub limit: i32,
+}
+
+/// The watchdog statement (`$1` backoff base seconds, `$2` cap seconds, `$3` reclaim limit). The backoff is the
+/// SQL twin of [`backoff`]: `min(cap, base * 2^n) * uniform[0.5, 1]`.
+pub const RECLAIM_SQL: &str = "WITH expired AS ( \
+       SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
+       ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+     UPDATE jobs SET \
+       state = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                    WHEN jobs.reclaim_count + 1 >= $3 THEN 'failed' ELSE 'queued' END, \
+       finished_at = CASE WHEN jobs.cancel_requested_at IS NULL AND jobs.reclaim_count + 1 < $3 THEN NULL \
+                     ELSE now() END, \
+       last_error_code = CASE WHEN jobs.cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                         WHEN jobs.reclaim_count + 1 >= $3 THEN 'suspected_poison' ELSE 'lease_expired' END, \
+       last_error = CASE WHEN jobs.cancel_requested_at IS NULL AND jobs.reclaim_count + 1 >= $3 \
+                      THEN 'suspected poison job: parked after ' || (jobs.reclaim_count + 1) \
+                        || ' expired leases (RECLAIM_LIMIT); last: ' ELSE '' END \
+         || 'lease of ' || jobs.lease_owner || ' expired at ' || jobs.lease_expires_at \
+         || ' (try ' || jobs.attempt || ' not finished; reclaimed by the watchdog)', \
+       reclaim_count = jobs.reclaim_count + 1, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+       run_at = now() + make_interval(secs => \
+         LEAST($2, $1 * power(2, LEAST(jobs.reclaim_count + 1, 31))) * (0.5 + random() / 2)), \
+       updated_at = now() \
+     FROM expired WHERE jobs.id = expired.id \
+     RETURNING jobs.id, jobs.kind, jobs.state, jobs.reclaim_count";
+
+/// Watchdog: running jobs whose lease expired go back to `queued` after a backoff on their reclaim count, or to
+/// `cancelled` when a cancel was requested, or — at `policy.limit` reclaims — to `failed` with `suspected_poison`.
 /// The attempt counter is untouched (the next lease counts the next real try); `reclaim_count` and the error fields
 /// record why. Safe to run from every replica at once (`SKIP LOCKED`).
-pub fn reclaim_expired(conn: &mut PgConnection) -> Result<Vec<Reclaimed>, DbError> {
+pub fn reclaim_expired(conn: &mut PgConnection, policy: &ReclaimPolicy) -> Result<Vec<Reclaimed>, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
     debug_assert!(JobState::Running.can_transition_to(JobState::Cancelled));
+    debug_assert!(JobState::Running.can_transition_to(JobState::Failed));
     const BATCH: usize = 1000;
     let mut all = Vec::new();
     loop {
-        let batch: Vec<Reclaimed> = diesel::sql_query(
-            "WITH expired AS ( \
-               SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < now() \
-               ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-             UPDATE jobs SET \
-               state = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END, \
-               finished_at = CASE WHEN jobs.cancel_requested_at IS NULL THEN NULL ELSE now() END, \
-               last_error_code = CASE WHEN jobs.cancel_requested_at IS NULL THEN 'lease_expired' ELSE 'cancelled' END, \
-               last_error = 'lease of ' || jobs.lease_owner || ' expired at ' || jobs.lease_expires_at \
-                 || ' (try ' || jobs.attempt || ' not finished; reclaimed by the watchdog)', \
-               reclaim_count = jobs.reclaim_count + 1, lease_owner = NULL, lease_expires_at = NULL, run_at = now(), \
-               updated_at = now() \
-             FROM expired WHERE jobs.id = expired.id \
-             RETURNING jobs.id, jobs.kind, jobs.state",
-        )
-        .load(conn)?;
+        let batch: Vec<Reclaimed> = diesel::sql_query(RECLAIM_SQL)
+            .bind::<Double, _>(policy.base.as_secs_f64())
+            .bind::<Double, _>(policy.cap.as_secs_f64())
+            .bind::<Int4, _>(policy.limit)
+            .load(conn)?;
         let n = batch.len();
         all.extend(batch);
         if n < BATCH {
@@ -668,6 +779,8 @@ pub struct JobRow {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub reclaim_count: i32,
+    pub lease_token: Option<i64>,
+    pub panic_count: i32,
     pub last_error: Option<String>,
     pub last_error_code: Option<String>,
     pub source_created_at: DateTime<Utc>,

@@ -176,33 +176,46 @@ pub fn update_reserved_record(
     Ok(n == 1)
 }
 
-/// Marks a reserved mapping published with the PDS's answer.
-pub fn mark_published(conn: &mut PgConnection, event_id: &str, at_uri: &str, cid: &str) -> Result<(), DbError> {
+/// Marks a mapping published with the PDS's answer, guarded by the expected previous state `reserved`; returns
+/// whether it applied. `false` means the mapping left `reserved` meanwhile — typically a delete (or a newer revision)
+/// that raced a stale publish try: that verdict stands and is never flipped back to `published` (the caller must
+/// undo the write it just made). Re-marking an already `published` mapping is also `false` (nothing to do).
+pub fn mark_published(conn: &mut PgConnection, event_id: &str, at_uri: &str, cid: &str) -> Result<bool, DbError> {
     let now = Utc::now();
-    diesel::update(record_mappings::table.find(event_id))
-        .set((
-            record_mappings::state.eq(RecordState::Published.as_str()),
-            record_mappings::at_uri.eq(at_uri),
-            record_mappings::cid.eq(cid),
-            record_mappings::published_at.eq(now),
-            record_mappings::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(())
+    let n = diesel::update(
+        record_mappings::table
+            .find(event_id)
+            .filter(record_mappings::state.eq(RecordState::Reserved.as_str())),
+    )
+    .set((
+        record_mappings::state.eq(RecordState::Published.as_str()),
+        record_mappings::at_uri.eq(at_uri),
+        record_mappings::cid.eq(cid),
+        record_mappings::published_at.eq(now),
+        record_mappings::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
-/// Marks a mapping deleted (kind 5) or superseded (newer addressable revision).
-pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState) -> Result<(), DbError> {
+/// Marks a live (`reserved` or `published`) mapping deleted (kind 5) or superseded (newer addressable revision);
+/// returns whether it applied. A mapping already `deleted` or `superseded` keeps its first verdict (`false`): a
+/// supersede sweep can never turn a deletion into a supersede, nor the reverse.
+pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState) -> Result<bool, DbError> {
     debug_assert!(matches!(state, RecordState::Deleted | RecordState::Superseded));
     let now = Utc::now();
-    diesel::update(record_mappings::table.find(event_id))
-        .set((
-            record_mappings::state.eq(state.as_str()),
-            record_mappings::deleted_at.eq(now),
-            record_mappings::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(())
+    let n = diesel::update(
+        record_mappings::table
+            .find(event_id)
+            .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()])),
+    )
+    .set((
+        record_mappings::state.eq(state.as_str()),
+        record_mappings::deleted_at.eq(now),
+        record_mappings::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// Live (reserved or published) mappings for an addressable coordinate, newest revision first.

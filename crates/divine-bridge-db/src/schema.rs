@@ -64,6 +64,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        lease_token -> Nullable<Int8>,
+        panic_count -> Int4,
     }
 }
 

@@ -63,14 +63,14 @@ fn link_count(conn: &mut PgConnection) -> i64 {
 fn force_job(conn: &mut PgConnection, unique_key: &str, state: &str, attempt: i32, code: Option<&str>) {
     let sql = match state {
         "running" => "UPDATE jobs SET state = 'running', attempt = $2, last_error_code = $3, lease_owner = 'w1', \
-                      lease_expires_at = now() + interval '1 minute', finished_at = NULL WHERE unique_key = $1"
+                      lease_token = nextval('jobs_lease_token_seq'), lease_expires_at = now() + interval '1 minute', finished_at = NULL WHERE unique_key = $1"
             .to_string(),
         "queued" => "UPDATE jobs SET state = 'queued', attempt = $2, last_error_code = $3, lease_owner = NULL, \
-                     lease_expires_at = NULL, finished_at = NULL WHERE unique_key = $1"
+                     lease_token = NULL, lease_expires_at = NULL, finished_at = NULL WHERE unique_key = $1"
             .to_string(),
         terminal => format!(
             "UPDATE jobs SET state = '{terminal}', attempt = $2, last_error_code = $3, lease_owner = NULL, \
-             lease_expires_at = NULL, finished_at = now() WHERE unique_key = $1"
+             lease_token = NULL, lease_expires_at = NULL, finished_at = now() WHERE unique_key = $1"
         ),
     };
     let n = diesel::sql_query(sql)

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use divine_bridge_db::queue::{self, Finish, Finished, JobFilter, NewJob};
+use divine_bridge_db::queue::{self, Finish, Finished, JobFilter, Lease, NewJob};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::{JobKind, JobState};
 use std::time::Duration;
@@ -46,6 +46,31 @@ fn expire_lease(conn: &mut PgConnection, id: i64) {
         .unwrap();
 }
 
+/// Reclaims re-queue at once in tests that are not about the reclaim backoff, and never park.
+const POLICY: queue::ReclaimPolicy = queue::ReclaimPolicy {
+    base: Duration::ZERO,
+    cap: Duration::ZERO,
+    limit: 1000,
+};
+
+/// The lease a running job holds now (what the worker that leased it would present).
+fn held(conn: &mut PgConnection, id: i64) -> Lease {
+    let token = row(conn, id).lease_token.expect("job is running");
+    Lease { id, token }
+}
+
+/// Finishes a running job under its current lease.
+fn finish(conn: &mut PgConnection, id: i64, outcome: &Finish) -> Finished {
+    let lease = held(conn, id);
+    queue::finish(conn, lease, outcome).unwrap()
+}
+
+/// Completes running jobs under their current leases.
+fn complete(conn: &mut PgConnection, ids: &[i64]) -> Vec<i64> {
+    let leases: Vec<Lease> = ids.iter().map(|id| held(conn, *id)).collect();
+    queue::complete_many(conn, &leases).unwrap()
+}
+
 fn retry_now(code: &str) -> Finish {
     Finish::Retry {
         code: code.into(),
@@ -72,9 +97,9 @@ fn only_the_head_of_each_key_is_leased_and_attempt_counts_tries() {
         "successors wait behind running heads"
     );
 
-    assert_eq!(queue::complete_many(&mut c, "w1", &[a1]).unwrap(), vec![a1]);
+    assert_eq!(complete(&mut c, &[a1]), vec![a1]);
     assert_eq!(ids(&queue::lease(&mut c, "w2", 10, LEASE).unwrap()), vec![a2]);
-    assert_eq!(queue::complete_many(&mut c, "w2", &[a2]).unwrap(), vec![a2]);
+    assert_eq!(complete(&mut c, &[a2]), vec![a2]);
     assert_eq!(ids(&queue::lease(&mut c, "w2", 10, LEASE).unwrap()), vec![a3]);
     assert_eq!(row(&mut c, a3).state, "running");
     assert_eq!(row(&mut c, a3).lease_owner.as_deref(), Some("w2"));
@@ -101,7 +126,7 @@ fn lower_priority_value_runs_first_across_and_within_keys() {
         vec![backfill],
         "key a is busy; b's backfill is the only head left"
     );
-    queue::complete_many(&mut c, "w", &[account, backfill]).unwrap();
+    complete(&mut c, &[account, backfill]);
     assert_eq!(ids(&queue::lease(&mut c, "w", 10, LEASE).unwrap()), vec![live]);
 }
 
@@ -119,10 +144,7 @@ fn a_head_in_backoff_blocks_its_successors_but_not_other_keys() {
         run_at: Utc::now() + ChronoDuration::hours(1),
         max_age: WEEK,
     };
-    assert_eq!(
-        queue::finish(&mut c, a1, "w", &later).unwrap(),
-        Finished::Applied(JobState::Queued)
-    );
+    assert_eq!(finish(&mut c, a1, &later), Finished::Applied(JobState::Queued));
     let got = queue::lease(&mut c, "w", 10, LEASE).unwrap();
     assert_eq!(
         ids(&got),
@@ -178,58 +200,169 @@ fn a_unique_violation_at_lease_time_is_an_empty_lease() {
 }
 
 #[test]
-fn a_reclaimed_owner_cannot_overwrite_the_new_owners_result() {
+fn a_reclaimed_try_cannot_write_even_when_the_same_owner_leased_the_job_again() {
     let db = TestDb::migrated("queue_fencing");
     let mut c = db.conn();
     let id = enq(&mut c, &job("a", 1));
-    assert_eq!(ids(&queue::lease(&mut c, "stale", 1, LEASE).unwrap()), vec![id]);
+    // One owner id per process: the stale try and the new try share it (old code fenced on it and let both write).
+    let stale = queue::lease(&mut c, "w", 1, LEASE).unwrap()[0].lease();
+    assert_eq!(stale.id, id);
     expire_lease(&mut c, id);
     assert_eq!(queue::expired_lease_count(&mut c).unwrap(), 1);
 
-    let reclaimed = queue::reclaim_expired(&mut c).unwrap();
+    let reclaimed = queue::reclaim_expired(&mut c, &POLICY).unwrap();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!((reclaimed[0].id, reclaimed[0].state.as_str()), (id, "queued"));
     let r = row(&mut c, id);
     assert_eq!((r.state.as_str(), r.attempt, r.reclaim_count), ("queued", 1, 1));
     assert_eq!(r.last_error_code.as_deref(), Some("lease_expired"));
-    assert!(r.last_error.as_deref().unwrap().contains("stale"), "{:?}", r.last_error);
+    assert!(
+        r.last_error.as_deref().unwrap().contains("lease of w"),
+        "{:?}",
+        r.last_error
+    );
+    assert!(r.lease_token.is_none());
     assert_eq!(queue::expired_lease_count(&mut c).unwrap(), 0);
 
-    let again = queue::lease(&mut c, "fresh", 1, LEASE).unwrap();
+    let again = queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
         (again[0].id, again[0].attempt),
         (id, 2),
         "the next real try counts once"
     );
+    let fresh = again[0].lease();
+    assert_ne!(fresh.token, stale.token, "a fresh token per lease");
 
-    // The stale owner wakes up: every write it attempts is fenced off.
+    // The stale try wakes up: every write it attempts is fenced off, though its owner id is the current one.
     let fail = Finish::Failed {
         code: "pds_rejected".into(),
         message: "late".into(),
     };
-    assert_eq!(queue::finish(&mut c, id, "stale", &fail).unwrap(), Finished::LostLease);
+    assert_eq!(queue::finish(&mut c, stale, &fail).unwrap(), Finished::LostLease);
     assert_eq!(
-        queue::finish(&mut c, id, "stale", &Finish::Succeeded).unwrap(),
+        queue::finish(&mut c, stale, &Finish::Succeeded).unwrap(),
         Finished::LostLease
     );
-    assert!(queue::complete_many(&mut c, "stale", &[id]).unwrap().is_empty());
-    assert!(queue::heartbeat(&mut c, "stale", &[id], LEASE).unwrap().is_empty());
-    assert_eq!(queue::release(&mut c, "stale", &[id]).unwrap(), 0);
-    assert_eq!(row(&mut c, id).lease_owner.as_deref(), Some("fresh"));
-
+    assert!(queue::complete_many(&mut c, &[stale]).unwrap().is_empty());
+    assert!(queue::heartbeat(&mut c, &[stale], LEASE).unwrap().is_empty());
+    assert_eq!(queue::release(&mut c, "w", &[stale]).unwrap(), 0);
+    let r = row(&mut c, id);
     assert_eq!(
-        queue::finish(&mut c, id, "fresh", &Finish::Succeeded).unwrap(),
+        (r.state.as_str(), r.attempt),
+        ("running", 2),
+        "the new try is untouched"
+    );
+    assert_eq!(r.lease_token, Some(fresh.token));
+
+    assert_eq!(queue::heartbeat(&mut c, &[fresh], LEASE).unwrap(), vec![id]);
+    assert_eq!(
+        queue::finish(&mut c, fresh, &Finish::Succeeded).unwrap(),
         Finished::Applied(JobState::Succeeded)
     );
-    // Once finished, nobody (not even the last owner) can finalize again.
-    assert_eq!(queue::finish(&mut c, id, "fresh", &fail).unwrap(), Finished::LostLease);
+    // Once finished, nobody (not even the last lease) can finalize again.
+    assert_eq!(queue::finish(&mut c, fresh, &fail).unwrap(), Finished::LostLease);
     let r = row(&mut c, id);
     assert_eq!(r.state, "succeeded");
-    assert!(r.finished_at.is_some() && r.lease_owner.is_none());
+    assert!(r.finished_at.is_some() && r.lease_owner.is_none() && r.lease_token.is_none());
 }
 
 #[test]
-fn backoff_is_full_jitter_within_the_capped_exponential_ceiling() {
+fn reclaims_back_off_and_park_a_suspected_poison_job_at_the_limit() {
+    let db = TestDb::migrated("queue_reclaim_limit");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    let policy = queue::ReclaimPolicy {
+        base: Duration::from_secs(5),
+        cap: Duration::from_secs(3600),
+        limit: 3,
+    };
+    for n in 1..=2 {
+        queue::lease(&mut c, "w", 1, LEASE).unwrap();
+        expire_lease(&mut c, id);
+        let before = Utc::now();
+        let rec = queue::reclaim_expired(&mut c, &policy).unwrap();
+        assert_eq!(
+            (rec[0].id, rec[0].state.as_str(), rec[0].reclaim_count),
+            (id, "queued", n)
+        );
+        assert!(!rec[0].parked());
+        let r = row(&mut c, id);
+        // backoff(n): uniform in [ceiling/2, ceiling], ceiling = 5 s * 2^n.
+        let ceiling = 5 * 2i64.pow(n as u32);
+        let wait = (r.run_at - before).num_milliseconds();
+        assert!(
+            wait >= ceiling * 1000 / 2 - 50 && wait <= ceiling * 1000 + 1000,
+            "reclaim {n}: run_at {wait} ms after now, expected within [{}, {}] s",
+            ceiling / 2,
+            ceiling
+        );
+        assert!(
+            queue::lease(&mut c, "w", 1, LEASE).unwrap().is_empty(),
+            "reclaim {n}: not re-leased at once"
+        );
+        diesel::sql_query("UPDATE jobs SET run_at = now() WHERE id = $1")
+            .bind::<BigInt, _>(id)
+            .execute(&mut c)
+            .unwrap();
+    }
+    // The third expired lease parks it.
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    expire_lease(&mut c, id);
+    let rec = queue::reclaim_expired(&mut c, &policy).unwrap();
+    assert_eq!((rec[0].state.as_str(), rec[0].reclaim_count), ("failed", 3));
+    assert!(rec[0].parked());
+    let r = row(&mut c, id);
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.last_error_code.as_deref(), Some("suspected_poison"));
+    assert!(
+        r.last_error.as_deref().unwrap().contains("3 expired leases"),
+        "{:?}",
+        r.last_error
+    );
+    assert!(r.finished_at.is_some() && r.lease_token.is_none());
+    assert!(queue::lease(&mut c, "w", 1, LEASE).unwrap().is_empty(), "parked");
+    // The operator re-drives it.
+    assert!(queue::retry(&mut c, id).unwrap());
+    assert_eq!(ids(&queue::lease(&mut c, "w", 1, LEASE).unwrap()), vec![id]);
+}
+
+#[test]
+fn panics_are_retried_until_the_panic_limit_then_fail_keeping_the_message() {
+    let db = TestDb::migrated("queue_panic_limit");
+    let mut c = db.conn();
+    let id = enq(&mut c, &job("a", 1));
+    let panicked = |n: i32| Finish::Panicked {
+        message: format!("handler panicked: boom {n}"),
+        run_at: Utc::now() - ChronoDuration::seconds(1),
+        max_age: WEEK,
+        limit: 3,
+    };
+    // Transient failures in between do not count as panics.
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(
+        finish(&mut c, id, &retry_now("pds_unavailable")),
+        Finished::Applied(JobState::Queued)
+    );
+    for n in 1..=2 {
+        queue::lease(&mut c, "w", 1, LEASE).unwrap();
+        assert_eq!(finish(&mut c, id, &panicked(n)), Finished::Applied(JobState::Queued));
+        let r = row(&mut c, id);
+        assert_eq!(
+            (r.panic_count, r.last_error_code.as_deref()),
+            (n, Some("handler_panicked"))
+        );
+    }
+    queue::lease(&mut c, "w", 1, LEASE).unwrap();
+    assert_eq!(finish(&mut c, id, &panicked(3)), Finished::Applied(JobState::Failed));
+    let r = row(&mut c, id);
+    assert_eq!((r.state.as_str(), r.panic_count, r.attempt), ("failed", 3, 4));
+    assert_eq!(r.last_error_code.as_deref(), Some("handler_panicked"));
+    let text = r.last_error.unwrap();
+    assert!(text.contains("boom 3") && text.contains("PANIC_LIMIT"), "{text}");
+}
+
+#[test]
+fn backoff_has_a_floor_within_the_capped_exponential_ceiling() {
     let base = Duration::from_secs(5);
     let cap = Duration::from_secs(3600);
     assert_eq!(queue::backoff_ceiling(1, base, cap), Duration::from_secs(10));
@@ -245,26 +378,44 @@ fn backoff_is_full_jitter_within_the_capped_exponential_ceiling() {
         let ceiling = base.saturating_mul(2u32.saturating_pow(attempt as u32)).min(cap);
         let samples: Vec<Duration> = (0..300).map(|_| queue::backoff(attempt, base, cap)).collect();
         assert!(
-            samples.iter().all(|d| *d <= ceiling),
-            "attempt {attempt} exceeded {ceiling:?}"
+            samples.iter().all(|d| *d <= ceiling && *d >= ceiling / 2),
+            "attempt {attempt} left [{:?}, {ceiling:?}]",
+            ceiling / 2
         );
-        // Full jitter: spread over the whole range, not pinned to the ceiling or to zero.
+        // Jittered over the upper half: not pinned to either end.
         assert!(
-            samples.iter().any(|d| *d < ceiling / 4),
+            samples.iter().any(|d| *d < ceiling * 5 / 8),
             "attempt {attempt}: no low draws"
         );
         assert!(
-            samples.iter().any(|d| *d > ceiling * 3 / 4),
+            samples.iter().any(|d| *d > ceiling * 7 / 8),
             "attempt {attempt}: no high draws"
         );
     }
-    // Retry-After wins when given, capped at the cap.
+    // A longer Retry-After wins, capped at the cap.
     assert_eq!(
         queue::retry_delay(1, Some(Duration::from_secs(42)), base, cap),
         Duration::from_secs(42)
     );
     assert_eq!(queue::retry_delay(1, Some(Duration::from_secs(86_400)), base, cap), cap);
     assert!(queue::retry_delay(2, None, base, cap) <= Duration::from_secs(20));
+}
+
+#[test]
+fn retry_after_zero_or_a_past_reset_never_retries_sooner_than_the_backoff() {
+    let base = Duration::from_secs(5);
+    let cap = Duration::from_secs(3600);
+    for attempt in 1..=12 {
+        let floor = queue::backoff_ceiling(attempt, base, cap) / 2;
+        for _ in 0..100 {
+            // `Retry-After: 0`, and a `RateLimit-Reset` in the past (parsed to a zero wait).
+            let d = queue::retry_delay(attempt, Some(Duration::ZERO), base, cap);
+            assert!(d >= floor, "attempt {attempt}: Retry-After 0 gave {d:?} < {floor:?}");
+            let d = queue::retry_delay(attempt, Some(Duration::from_millis(1)), base, cap);
+            assert!(d >= floor, "attempt {attempt}: a 1 ms hint gave {d:?} < {floor:?}");
+        }
+    }
+    assert!(queue::retry_delay(1, Some(Duration::ZERO), base, cap) >= base);
 }
 
 #[test]
@@ -276,7 +427,7 @@ fn transient_failures_never_become_terminal_by_count_alone() {
         let got = queue::lease(&mut c, "w", 1, LEASE).unwrap();
         assert_eq!((got[0].id, got[0].attempt), (id, n));
         assert_eq!(
-            queue::finish(&mut c, id, "w", &retry_now("pds_unavailable")).unwrap(),
+            finish(&mut c, id, &retry_now("pds_unavailable")),
             Finished::Applied(JobState::Queued)
         );
     }
@@ -299,10 +450,7 @@ fn a_retry_schedules_run_at_and_records_the_error() {
         run_at: at,
         max_age: WEEK,
     };
-    assert_eq!(
-        queue::finish(&mut c, id, "w", &outcome).unwrap(),
-        Finished::Applied(JobState::Queued)
-    );
+    assert_eq!(finish(&mut c, id, &outcome), Finished::Applied(JobState::Queued));
     let r = row(&mut c, id);
     assert!(
         (r.run_at - at).num_milliseconds().abs() < 5,
@@ -328,7 +476,7 @@ fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
         .unwrap();
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
-        queue::finish(&mut c, id, "w", &retry_now("pds_unavailable")).unwrap(),
+        finish(&mut c, id, &retry_now("pds_unavailable")),
         Finished::Applied(JobState::Failed)
     );
     let r = row(&mut c, id);
@@ -345,7 +493,7 @@ fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
     let young = enq(&mut c, &job("b", 2));
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
-        queue::finish(&mut c, young, "w", &retry_now("pds_unavailable")).unwrap(),
+        finish(&mut c, young, &retry_now("pds_unavailable")),
         Finished::Applied(JobState::Queued)
     );
 }
@@ -365,14 +513,8 @@ fn permanent_failure_and_ineligible_record_their_codes() {
         code: "account_disabled".into(),
         detail: "cross-posting disabled by the user".into(),
     };
-    assert_eq!(
-        queue::finish(&mut c, f, "w", &failed).unwrap(),
-        Finished::Applied(JobState::Failed)
-    );
-    assert_eq!(
-        queue::finish(&mut c, i, "w", &inel).unwrap(),
-        Finished::Applied(JobState::Ineligible)
-    );
+    assert_eq!(finish(&mut c, f, &failed), Finished::Applied(JobState::Failed));
+    assert_eq!(finish(&mut c, i, &inel), Finished::Applied(JobState::Ineligible));
     let rf = row(&mut c, f);
     assert_eq!(
         (
@@ -416,18 +558,15 @@ fn cancel_queued_is_immediate_and_cancel_running_is_honoured_at_finalize() {
         assert!(r.cancel_requested_at.is_some());
     }
     assert_eq!(
-        queue::finish(&mut c, r1, "w", &retry_now("pds_unavailable")).unwrap(),
+        finish(&mut c, r1, &retry_now("pds_unavailable")),
         Finished::Applied(JobState::Cancelled)
     );
     let fail = Finish::Failed {
         code: "pds_rejected".into(),
         message: "400".into(),
     };
-    assert_eq!(
-        queue::finish(&mut c, r2, "w", &fail).unwrap(),
-        Finished::Applied(JobState::Cancelled)
-    );
-    assert_eq!(queue::complete_many(&mut c, "w", &[r3]).unwrap(), vec![r3]);
+    assert_eq!(finish(&mut c, r2, &fail), Finished::Applied(JobState::Cancelled));
+    assert_eq!(complete(&mut c, &[r3]), vec![r3]);
     let c1 = row(&mut c, r1);
     assert_eq!(c1.last_error_code.as_deref(), Some("cancelled"));
     assert!(c1.last_error.unwrap().contains("pds_unavailable"));
@@ -438,7 +577,7 @@ fn cancel_queued_is_immediate_and_cancel_running_is_honoured_at_finalize() {
     queue::lease(&mut c, "dead", 1, LEASE).unwrap();
     assert!(queue::cancel(&mut c, r4).unwrap());
     expire_lease(&mut c, r4);
-    let rec = queue::reclaim_expired(&mut c).unwrap();
+    let rec = queue::reclaim_expired(&mut c, &POLICY).unwrap();
     assert_eq!((rec[0].id, rec[0].state.as_str()), (r4, "cancelled"));
     assert!(row(&mut c, r4).finished_at.is_some());
 
@@ -474,15 +613,20 @@ fn heartbeat_extends_only_the_owners_leases() {
     let db = TestDb::migrated("queue_heartbeat");
     let mut c = db.conn();
     let id = enq(&mut c, &job("a", 1));
-    queue::lease(&mut c, "w", 1, Duration::from_secs(5)).unwrap();
+    let lease = queue::lease(&mut c, "w", 1, Duration::from_secs(5)).unwrap()[0].lease();
     let before = row(&mut c, id).lease_expires_at.unwrap();
+    let unknown = Lease { id: 12345, token: 1 };
     assert_eq!(
-        queue::heartbeat(&mut c, "w", &[id, 12345], Duration::from_secs(600)).unwrap(),
+        queue::heartbeat(&mut c, &[lease, unknown], Duration::from_secs(600)).unwrap(),
         vec![id]
     );
     let after = row(&mut c, id).lease_expires_at.unwrap();
     assert!(after - before > ChronoDuration::seconds(590), "{before} → {after}");
-    assert!(queue::heartbeat(&mut c, "intruder", &[id], Duration::from_secs(6000))
+    let forged = Lease {
+        id,
+        token: lease.token + 1,
+    };
+    assert!(queue::heartbeat(&mut c, &[forged], Duration::from_secs(6000))
         .unwrap()
         .is_empty());
     assert_eq!(row(&mut c, id).lease_expires_at.unwrap(), after);
@@ -493,10 +637,15 @@ fn release_at_shutdown_requeues_and_gives_the_try_back() {
     let db = TestDb::migrated("queue_release");
     let mut c = db.conn();
     let id = enq(&mut c, &job("a", 1));
-    queue::lease(&mut c, "w", 1, LEASE).unwrap();
-    assert_eq!(queue::release(&mut c, "other", &[id]).unwrap(), 0);
-    assert_eq!(queue::release(&mut c, "w", &[id]).unwrap(), 1);
+    let lease = queue::lease(&mut c, "w", 1, LEASE).unwrap()[0].lease();
+    let forged = Lease {
+        id,
+        token: lease.token - 1,
+    };
+    assert_eq!(queue::release(&mut c, "w", &[forged]).unwrap(), 0);
+    assert_eq!(queue::release(&mut c, "w", &[lease]).unwrap(), 1);
     let r = row(&mut c, id);
+    assert!(r.lease_token.is_none(), "the token dies with the lease");
     assert_eq!((r.state.as_str(), r.attempt, r.reclaim_count), ("queued", 0, 0));
     assert_eq!(r.last_error_code.as_deref(), Some("released_at_shutdown"));
     let again = queue::lease(&mut c, "w2", 1, LEASE).unwrap();
@@ -518,8 +667,8 @@ fn operator_retry_requeue_and_listing() {
         code: "pds_rejected".into(),
         message: "bad".into(),
     };
-    queue::finish(&mut c, failed, "w", &fail).unwrap();
-    queue::finish(&mut c, other_kind, "w", &fail).unwrap();
+    finish(&mut c, failed, &fail);
+    finish(&mut c, other_kind, &fail);
 
     assert!(queue::retry(&mut c, failed).unwrap());
     let r = row(&mut c, failed);
@@ -565,12 +714,12 @@ fn requeue_or_enqueue_redrives_terminal_jobs() {
         code: "account_disabled".into(),
         detail: "off".into(),
     };
-    queue::finish(&mut c, first, "w", &inel).unwrap();
+    finish(&mut c, first, &inel);
     assert_eq!(queue::requeue_or_enqueue(&mut c, &j).unwrap(), Some(first));
     assert_eq!(row(&mut c, first).state, "queued", "ineligible → queued");
 
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
-    queue::complete_many(&mut c, "w", &[first]).unwrap();
+    complete(&mut c, &[first]);
     let second = queue::requeue_or_enqueue(&mut c, &j).unwrap().unwrap();
     assert_ne!(
         second, first,

@@ -58,6 +58,45 @@ fn reservation_is_reused_by_retries() {
 }
 
 #[test]
+fn record_transitions_are_guarded_by_the_expected_previous_state() {
+    let db = TestDb::migrated("records_guarded");
+    let mut conn = db.conn();
+    link(&mut conn);
+    // A delete marks the reserved mapping deleted while a stale publish try is still writing to the PDS.
+    let id = "b".repeat(64);
+    reserve_record(&mut conn, &mapping(&id, "3kaaaaaaaaa23", Utc::now(), None)).unwrap();
+    assert!(mark_removed(&mut conn, &id, RecordState::Deleted).unwrap());
+    // The stale try's mark_published must not bring it back.
+    assert!(!mark_published(&mut conn, &id, "at://did/app.bsky.feed.post/3kaaaaaaaaa23", "bafycid").unwrap());
+    let got = get_record(&mut conn, &id).unwrap().unwrap();
+    assert_eq!(got.record_state().unwrap(), RecordState::Deleted);
+    assert!(got.at_uri.is_none() && got.published_at.is_none());
+    // A deletion is not rewritten as a supersede (nor deleted twice).
+    assert!(!mark_removed(&mut conn, &id, RecordState::Superseded).unwrap());
+    assert!(!mark_removed(&mut conn, &id, RecordState::Deleted).unwrap());
+    assert_eq!(
+        get_record(&mut conn, &id).unwrap().unwrap().record_state().unwrap(),
+        RecordState::Deleted
+    );
+
+    // The ordinary path applies: reserved → published → superseded; a second publish is a no-op.
+    let id = "c".repeat(64);
+    reserve_record(&mut conn, &mapping(&id, "3kaaaaaaaaa24", Utc::now(), None)).unwrap();
+    assert!(mark_published(&mut conn, &id, "at://did/app.bsky.feed.post/3kaaaaaaaaa24", "bafy1").unwrap());
+    assert!(!mark_published(&mut conn, &id, "at://did/app.bsky.feed.post/3kaaaaaaaaa24", "bafy2").unwrap());
+    assert_eq!(
+        get_record(&mut conn, &id).unwrap().unwrap().cid.as_deref(),
+        Some("bafy1")
+    );
+    assert!(mark_removed(&mut conn, &id, RecordState::Superseded).unwrap());
+    assert!(!mark_published(&mut conn, &id, "at://did/app.bsky.feed.post/3kaaaaaaaaa24", "bafy3").unwrap());
+    assert_eq!(
+        get_record(&mut conn, &id).unwrap().unwrap().record_state().unwrap(),
+        RecordState::Superseded
+    );
+}
+
+#[test]
 fn tombstones_cover_ids_and_older_revisions_of_a_coordinate() {
     let db = TestDb::migrated("records_tomb");
     let mut conn = db.conn();

@@ -114,6 +114,13 @@ fn state_constraints_reject_free_text_and_inconsistent_leases() {
         diesel::sql_query("INSERT INTO jobs (kind, ordering_key, state) VALUES ('noop', 'k', 'running')")
             .execute(&mut conn);
     assert!(running_without_lease.is_err(), "running requires a lease");
+    let running_without_token = diesel::sql_query(
+        "INSERT INTO jobs (kind, ordering_key, state, lease_owner, lease_expires_at) \
+         VALUES ('noop', 'k', 'running', 'w', now() + interval '1 minute')",
+    )
+    .execute(&mut conn);
+    let err = running_without_token.expect_err("running requires a lease token");
+    assert!(err.to_string().contains("jobs_token_matches_state"), "{err}");
     let upper_handle = diesel::sql_query(
         "INSERT INTO account_links (nostr_pubkey, handle) VALUES (repeat('a', 64), 'Alice.divine.test')",
     )
@@ -125,8 +132,8 @@ fn state_constraints_reject_free_text_and_inconsistent_leases() {
 fn two_running_jobs_for_one_key_are_refused_by_the_database() {
     let db = TestDb::migrated("schema_one_running");
     let mut conn = db.conn();
-    let insert = "INSERT INTO jobs (kind, ordering_key, state, lease_owner, lease_expires_at) \
-                  VALUES ('noop', 'acct', 'running', 'w1', now() + interval '1 minute')";
+    let insert = "INSERT INTO jobs (kind, ordering_key, state, lease_owner, lease_token, lease_expires_at) \
+                  VALUES ('noop', 'acct', 'running', 'w1', nextval('jobs_lease_token_seq'), now() + interval '1 minute')";
     diesel::sql_query(insert).execute(&mut conn).unwrap();
     let second = diesel::sql_query(insert).execute(&mut conn);
     let err = second.expect_err("second running job for the same key");

@@ -301,8 +301,8 @@ fn lease_latencies(conn: &mut PgConnection, refill: bool) -> anyhow::Result<Vec<
             "round {round}: leased {} of {LEASE_BATCH}",
             leased.len()
         );
-        let ids: Vec<i64> = leased.iter().map(|j| j.id).collect();
-        queue::complete_many(conn, "bench", &ids)?;
+        let leases: Vec<queue::Lease> = leased.iter().map(|j| j.lease()).collect();
+        queue::complete_many(conn, &leases)?;
         // The first 100 rounds warm caches and the plan cache; not counted.
         if round >= 100 {
             out.push(took);

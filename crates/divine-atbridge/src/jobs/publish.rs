@@ -4,7 +4,12 @@
 //! any side effect, and a retry re-uses that reservation; (2) the write is `putRecord` at the reserved rkey, which the
 //! PDS treats as a no-op when the content is identical; (3) blob refs are content addresses computed locally, so a
 //! re-upload after a crash yields the same record. Deletions are remembered as tombstones so a delete seen before
-//! its video still wins. This module owns that policy; it must not talk HTTP itself (it goes through [`RepoWriter`])
+//! its video still wins. Two more rules make a stale try (one whose lease was reclaimed while it still ran) harmless:
+//! (4) record state changes are guarded by the expected previous state (`reserved → published`, live → `deleted` /
+//! `superseded`), so a stale `mark_published` cannot flip a `deleted` mapping back; a publish that finds its mapping
+//! removed under it deletes the record it just wrote and ends `deleted` / `superseded`; (5) the supersede sweep
+//! runs on every path that ends published, including `AlreadyDone`, so a sweep that failed after `mark_published`
+//! is finished by the retry. This module owns that policy; it must not talk HTTP itself (it goes through [`RepoWriter`])
 //! nor translate events (it goes through [`PostSource`]).
 
 use super::{BlobJson, JobError, RepoWriter};
@@ -181,9 +186,18 @@ pub async fn publish(
     };
     if let Some(m) = &existing {
         match m.record_state().map_err(JobError::Db)? {
-            RecordState::Published => return Ok(Published::AlreadyDone),
-            RecordState::Deleted => return Err(JobError::ineligible("deleted", "the bridged post was deleted")),
-            RecordState::Superseded => return Err(JobError::ineligible("superseded", "a newer revision replaced it")),
+            RecordState::Published => {
+                // An earlier try published; its supersede sweep may have failed after mark_published (rule 5).
+                if let Some(coord) = coord.as_deref() {
+                    supersede_older(db, repo, coord, &event_id, created).await?;
+                }
+                return Ok(Published::AlreadyDone);
+            }
+            state @ (RecordState::Deleted | RecordState::Superseded) => {
+                // A stale try may have re-written the record after the removal (rule 4); deleteRecord is idempotent.
+                repo.delete_record(&m.did, &m.collection, &m.rkey).await?;
+                return Err(removed_under_us(state));
+            }
             RecordState::Reserved => {}
         }
     }
@@ -241,29 +255,73 @@ pub async fn publish(
         .put_record(&did, POST_COLLECTION, &reserved.rkey, record.clone())
         .await?;
     crate::failpoint::hit("publish_after_put");
-    {
+    let now_state = {
         let (event_id, uri, cid) = (event_id.clone(), uri.clone(), cid.clone());
         db.run(move |c| {
             records::update_reserved_record(c, &event_id, &record)?;
-            records::mark_published(c, &event_id, &uri, &cid)
+            if records::mark_published(c, &event_id, &uri, &cid)? {
+                return Ok(RecordState::Published);
+            }
+            let row = records::get_record(c, &event_id)?.ok_or_else(|| {
+                divine_bridge_db::DbError::Corrupt(format!("record_mappings row {event_id} vanished"))
+            })?;
+            row.record_state()
         })
-        .await?;
+        .await?
+    };
+    match now_state {
+        RecordState::Published => {}
+        state @ (RecordState::Deleted | RecordState::Superseded) => {
+            // A delete (or newer revision) won while this try was writing: its verdict stands, undo our write.
+            repo.delete_record(&did, POST_COLLECTION, &reserved.rkey).await?;
+            return Err(removed_under_us(state));
+        }
+        RecordState::Reserved => {
+            return Err(JobError::Db(divine_bridge_db::DbError::Corrupt(format!(
+                "mapping {event_id} still reserved after mark_published"
+            ))))
+        }
     }
 
     // A newer revision of an addressable video replaces the older bridged ones.
-    if let Some(coord) = coord {
-        let older = {
-            let coord = coord.clone();
-            db.run(move |c| records::live_records_for_coordinate(c, &coord)).await?
-        };
-        for old in older.into_iter().filter(|m| m.nostr_event_id != event_id) {
-            repo.delete_record(&old.did, &old.collection, &old.rkey).await?;
-            let id = old.nostr_event_id.clone();
-            db.run(move |c| records::mark_removed(c, &id, RecordState::Superseded))
-                .await?;
-        }
+    if let Some(coord) = coord.as_deref() {
+        supersede_older(db, repo, coord, &event_id, created).await?;
     }
     Ok(Published::Written { uri, cid })
+}
+
+/// The ineligible verdict for a mapping that a delete or a newer revision removed while (or before) this try ran.
+fn removed_under_us(state: RecordState) -> JobError {
+    match state {
+        RecordState::Superseded => JobError::ineligible("superseded", "a newer revision replaced it"),
+        _ => JobError::ineligible("deleted", "the bridged post was deleted"),
+    }
+}
+
+/// The supersede sweep: deletes the live revisions of `coord` older than `(created, event_id)` from the repo and
+/// marks them `superseded` (a mapping a delete already removed stays `deleted`). Idempotent, so every path that ends
+/// with this revision published runs it.
+async fn supersede_older(
+    db: &Db,
+    repo: &dyn RepoWriter,
+    coord: &str,
+    event_id: &str,
+    created: DateTime<Utc>,
+) -> Result<(), JobError> {
+    let live = {
+        let coord = coord.to_string();
+        db.run(move |c| records::live_records_for_coordinate(c, &coord)).await?
+    };
+    for old in live
+        .into_iter()
+        .filter(|m| (m.event_created_at, m.nostr_event_id.as_str()) < (created, event_id))
+    {
+        repo.delete_record(&old.did, &old.collection, &old.rkey).await?;
+        let id = old.nostr_event_id.clone();
+        db.run(move |c| records::mark_removed(c, &id, RecordState::Superseded))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Targets of a kind 5 event as stored keys: event ids (lower-case hex) and coordinates of the same author
