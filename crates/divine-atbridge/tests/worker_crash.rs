@@ -88,6 +88,8 @@ async fn a_sigkilled_worker_loses_its_job_to_the_watchdog_and_the_job_runs_once_
         lease: Duration::from_secs(2),
         watchdog_interval: Duration::from_millis(250),
         poll_interval: Duration::from_millis(50),
+        // A reclaimed job waits out a backoff of at most `retry_base * 2^reclaims` (2 s here) before it runs again.
+        retry_base: Duration::from_secs(1),
         ..WorkerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -614,6 +614,7 @@ async fn crosspost_status_answers_per_event_for_up_to_100_ids() {
             "UPDATE jobs SET state = $2, attempt = $3, last_error_code = $4, \
              lease_owner = CASE WHEN $2 = 'running' THEN 'test-owner' END, \
              lease_expires_at = CASE WHEN $2 = 'running' THEN now() + interval '1 minute' END, \
+             lease_token = CASE WHEN $2 = 'running' THEN nextval('jobs_lease_token_seq') END, \
              finished_at = CASE WHEN $2 IN ('failed', 'cancelled') THEN now() END \
              WHERE unique_key = $1",
         )
