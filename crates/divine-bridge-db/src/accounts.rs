@@ -2,9 +2,21 @@
 //! the per-event cross-post status view over `record_mappings` and `jobs`.
 //!
 //! Owns every state change of an account link and the jobs that must be written atomically with it: opt-in writes
-//! the link and its `provision_account` job in one transaction; disable cancels the account's queued publish /
-//! delete / profile / backfill jobs in the same transaction; enable re-drives provisioning when the account never
-//! got a DID. The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they
+//! the link and its `provision_account` job in one transaction; disable cancels the account's queued publish and
+//! backfill jobs (never its deletes or profile syncs) in the same transaction; enable re-drives provisioning when the
+//! account never got a DID, re-queues what the pause skipped and re-drives the account's one backfill job.
+//!
+//! Pause semantics (issue 10; docs/runbooks/account-lifecycle.md), decided here:
+//! 1. A paused (disabled) account that has a DID keeps being followed by ingest. Its deletes (kind 5) and profile
+//!    changes (kind 0) are still applied to its repo: pausing must never leave a video the user deleted on Bluesky.
+//! 2. Disable cancels only queued `publish_post` / `backfill_author` jobs, with `last_error_code =
+//!    account_disabled` ([`DISABLE_CODE`]); a running backfill is asked to cancel. A publish running at that moment
+//!    finishes (it was already under way); one that runs later ends `ineligible` with the same code.
+//! 3. Enable re-queues every publish job of the account that ended `cancelled` or `ineligible` with
+//!    `account_disabled` ([`queue::requeue_skipped`]): a cancelled job keeps its unique key, so re-enqueueing the
+//!    event would be a no-op and the post would never be bridged.
+//! 4. An account has ONE backfill job key, `backfill:<pubkey>`, re-driven with [`queue::requeue_or_enqueue`]: any
+//!    number of enable/disable rounds leaves at most one live backfill. The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they
 //! never take an account out of `disabled`. This module validates nothing about handle or pubkey syntax (the
 //! gateway's `handle` module does) and performs no protocol calls.
 //!
@@ -22,13 +34,13 @@ use diesel::prelude::*;
 use std::collections::HashMap;
 
 /// Job kinds cancelled when an account is disabled. Provisioning is deliberately absent: a run in flight finishes
-/// (the DID is kept) and the worker's state fence leaves the account `disabled`.
-pub const DISABLE_CANCELS: &[JobKind] = &[
-    JobKind::PublishPost,
-    JobKind::DeletePost,
-    JobKind::SyncProfile,
-    JobKind::BackfillAuthor,
-];
+/// (the DID is kept) and the worker's state fence leaves the account `disabled`. Deletes and profile syncs are absent
+/// too: they are honoured while paused (module rule 1).
+pub const DISABLE_CANCELS: &[JobKind] = &[JobKind::PublishPost, JobKind::BackfillAuthor];
+
+/// `last_error_code` of a job skipped because its account was disabled: set by [`disable`] on the jobs it cancels and
+/// by the publish gate on jobs that run while paused; [`enable`] re-queues exactly these.
+pub const DISABLE_CODE: &str = "account_disabled";
 
 /// Most event ids accepted by one [`crosspost_status`] call.
 pub const MAX_STATUS_IDS: usize = 100;
@@ -115,14 +127,20 @@ pub fn provision_job(pubkey: &str) -> NewJob {
     job
 }
 
-/// A `backfill_author` job for `pubkey`; `generation` distinguishes re-enables (unix seconds of the enable).
-pub fn backfill_job(pubkey: &str, generation: i64) -> NewJob {
+/// Unique key of an account's backfill job: one per account, re-driven in place on every enable (module rule 4).
+pub fn backfill_unique_key(pubkey: &str) -> String {
+    format!("backfill:{pubkey}")
+}
+
+/// The `backfill_author` job for `pubkey`, at backfill priority. Enqueue it with [`queue::requeue_or_enqueue`] so a
+/// finished one is re-driven and a live one is not doubled.
+pub fn backfill_job(pubkey: &str) -> NewJob {
     let mut job = NewJob::new(
         JobKind::BackfillAuthor,
         pubkey,
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
-    .unique(format!("backfill:{pubkey}:{generation}"));
+    .unique(backfill_unique_key(pubkey));
     job.priority = priority::BACKFILL;
     job
 }
@@ -281,6 +299,20 @@ pub fn get_by_did(conn: &mut PgConnection, did: &str) -> Result<Option<AccountLi
         .optional()?)
 }
 
+/// Pubkeys (hex) ingest must follow: accounts with cross-posting on and not disabled, plus every account that has a
+/// DID whatever its state (module rule 1: a paused account's deletes and profile changes are still honoured).
+pub fn followed_pubkeys(conn: &mut PgConnection) -> Result<std::collections::BTreeSet<String>, DbError> {
+    let rows: Vec<String> = account_links::table
+        .filter(
+            account_links::did.is_not_null().or(account_links::crosspost_enabled
+                .eq(true)
+                .and(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str()))),
+        )
+        .select(account_links::nostr_pubkey)
+        .load(conn)?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The DID published for `handle` by `/.well-known/atproto-did`: only `ready` accounts resolve.
 pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<String>, DbError> {
     Ok(account_links::table
@@ -296,8 +328,9 @@ pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<St
 /// `disabled` nor `failed`. Otherwise: `crosspost_enabled = true`, `disabled_at = NULL`, error cleared; the state
 /// becomes `ready` when the account already has a DID, else `pending` with provisioning re-driven
 /// ([`queue::requeue_or_enqueue`] on `provision:<pubkey>`: a terminal failed/cancelled/ineligible job is queued
-/// again; a live one is left alone); and a `backfill_author` job (`backfill:<pubkey>:<unix seconds>`, backfill
-/// priority) imports the history missed meanwhile. All in one transaction.
+/// again; a live one is left alone); the publish jobs skipped while paused are re-queued (module rule 3); and the
+/// account's one `backfill_author` job (`backfill:<pubkey>`) is re-driven to import the history missed meanwhile
+/// (module rule 4). All in one transaction.
 pub fn enable(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, AccountError> {
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
@@ -331,7 +364,8 @@ fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLi
     if updated.did.is_none() {
         queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey))?;
     }
-    queue::enqueue(conn, &backfill_job(&updated.nostr_pubkey, now.timestamp()))?;
+    queue::requeue_skipped(conn, &updated.nostr_pubkey, &[JobKind::PublishPost], DISABLE_CODE)?;
+    queue::requeue_or_enqueue(conn, &backfill_job(&updated.nostr_pubkey))?;
     Ok(updated)
 }
 
@@ -344,9 +378,9 @@ pub struct Disabled {
 }
 
 /// Turns the account off: state `disabled`, `crosspost_enabled = false`, `disabled_at = now` (kept from the first
-/// disable on repeats), and — in the same transaction — cancels the account's queued publish / delete / profile /
-/// backfill jobs ([`DISABLE_CANCELS`]) and requests cancellation of running ones. Provisioning in flight is left
-/// alone (the worker checks the state).
+/// disable on repeats), and — in the same transaction — cancels the account's queued publish and backfill jobs
+/// ([`DISABLE_CANCELS`], code [`DISABLE_CODE`]) and requests cancellation of a running backfill. Deletes and profile
+/// syncs keep running (module rule 1); provisioning in flight is left alone (the worker checks the state).
 pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, AccountError> {
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
@@ -360,7 +394,8 @@ pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, Accoun
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_for_key(c, pubkey, DISABLE_CANCELS)?;
+        let cancelled_jobs = queue::cancel_queued_for_key(c, pubkey, DISABLE_CANCELS, DISABLE_CODE)?
+            + queue::cancel_for_key(c, pubkey, &[JobKind::BackfillAuthor])?;
         Ok(Disabled {
             link: updated,
             cancelled_jobs,

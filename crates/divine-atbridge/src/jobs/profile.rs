@@ -1,7 +1,7 @@
 //! `sync_profile`: a kind 0 event becomes the account's `app.bsky.actor.profile/self`, newest event wins. Owns the
 //! ordering rule (via `profile_sync`) and the write; translation and avatar fetch come through [`ProfileSource`].
 
-use super::publish::{account_gate, blob_cid, event_time, local_blob_ref, PreparedMedia};
+use super::publish::{blob_cid, event_time, local_blob_ref, upkeep_gate, PreparedMedia};
 use super::{JobError, RepoWriter};
 use divine_bridge_db::{records, Db};
 use futures::future::BoxFuture;
@@ -36,7 +36,7 @@ pub async fn sync_profile(
     let did = {
         let (pubkey, event_id) = (pubkey.clone(), event_id.clone());
         db.run(move |c| {
-            let did = match account_gate(c, &pubkey) {
+            let did = match upkeep_gate(c, &pubkey) {
                 Ok(did) => did,
                 Err(e) => return Ok(Err(e)),
             };
