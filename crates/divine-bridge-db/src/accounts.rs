@@ -16,12 +16,17 @@
 //!    `account_disabled` ([`queue::requeue_skipped`]): a cancelled job keeps its unique key, so re-enqueueing the
 //!    event would be a no-op and the post would never be bridged.
 //! 4. An account has ONE backfill job key, `backfill:<pubkey>`, re-driven with [`queue::requeue_or_enqueue`]: any
-//!    number of enable/disable rounds leaves at most one live backfill. The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they
-//! never take an account out of `disabled`. This module validates nothing about handle or pubkey syntax (the
+//!    number of enable/disable rounds leaves at most one live backfill.
+//!
+//! The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they never take
+//! an account out of `disabled` or `suspended`. This module validates nothing about handle or pubkey syntax (the
 //! gateway's `handle` module does) and performs no protocol calls.
 //!
-//! Lifecycle: `pending → provisioning → ready | failed`, any state → `disabled` (operator or user), and
-//! `disabled | failed → pending | ready` on enable (ready when the account already has a DID).
+//! Lifecycle: `pending → provisioning → ready | failed`, any state → `disabled` (operator or user), any state →
+//! `suspended` (operator only, with a reason), `suspended → disabled` (operator unsuspend), and
+//! `disabled | failed → pending | ready` on enable (ready when the account already has a DID). A suspended account
+//! behaves like a disabled one (module rules 1–3 apply), but [`enable`], [`disable`] and a repeated [`opt_in`] cannot
+//! take it out of `suspended`: enable and opt-in are refused with [`AccountError::Suspended`].
 
 use crate::class::{Classified, ErrorClass};
 use crate::error::DbError;
@@ -61,6 +66,8 @@ pub struct AccountLink {
     pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The operator's reason while `suspended`.
+    pub suspended_reason: Option<String>,
 }
 
 impl AccountLink {
@@ -82,6 +89,9 @@ pub enum AccountError {
     /// No link for this pubkey.
     #[error("no account link for this pubkey")]
     NotFound,
+    /// An operator suspended the account; only an operator can lift it.
+    #[error("this account is suspended by the operator: {reason}")]
+    Suspended { reason: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -98,6 +108,7 @@ impl Classified for AccountError {
             AccountError::HandleTaken { .. } => "handle_taken",
             AccountError::HandleMismatch { .. } => "handle_mismatch",
             AccountError::NotFound => "account_not_found",
+            AccountError::Suspended { .. } => "account_suspended",
             AccountError::Db(e) => e.code(),
         }
     }
@@ -259,6 +270,7 @@ fn opt_in_existing(conn: &mut PgConnection, existing: AccountLink, handle: &str)
             existing: existing.handle,
         });
     }
+    refuse_suspended(&existing)?;
     if existing.state()? == ProvisioningState::Disabled {
         let link = enable_locked(conn, existing)?;
         return Ok(OptInResult {
@@ -304,9 +316,14 @@ pub fn get_by_did(conn: &mut PgConnection, did: &str) -> Result<Option<AccountLi
 pub fn followed_pubkeys(conn: &mut PgConnection) -> Result<std::collections::BTreeSet<String>, DbError> {
     let rows: Vec<String> = account_links::table
         .filter(
-            account_links::did.is_not_null().or(account_links::crosspost_enabled
-                .eq(true)
-                .and(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str()))),
+            account_links::did
+                .is_not_null()
+                .or(account_links::crosspost_enabled
+                    .eq(true)
+                    .and(account_links::provisioning_state.ne_all([
+                        ProvisioningState::Disabled.as_str(),
+                        ProvisioningState::Suspended.as_str(),
+                    ]))),
         )
         .select(account_links::nostr_pubkey)
         .load(conn)?;
@@ -338,9 +355,19 @@ pub fn enable(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, Acco
     })
 }
 
+fn refuse_suspended(link: &AccountLink) -> Result<(), AccountError> {
+    if link.state()? == ProvisioningState::Suspended {
+        return Err(AccountError::Suspended {
+            reason: link.suspended_reason.clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
 fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLink, AccountError> {
+    refuse_suspended(&link)?;
     let state = link.state()?;
-    let off = matches!(state, ProvisioningState::Disabled | ProvisioningState::Failed);
+    let off = state.is_paused() || state == ProvisioningState::Failed;
     if link.crosspost_enabled && !off {
         return Ok(link);
     }
@@ -380,14 +407,58 @@ pub struct Disabled {
 /// Turns the account off: state `disabled`, `crosspost_enabled = false`, `disabled_at = now` (kept from the first
 /// disable on repeats), and — in the same transaction — cancels the account's queued publish and backfill jobs
 /// ([`DISABLE_CANCELS`], code [`DISABLE_CODE`]) and requests cancellation of a running backfill. Deletes and profile
-/// syncs keep running (module rule 1); provisioning in flight is left alone (the worker checks the state).
+/// syncs keep running (module rule 1); provisioning in flight is left alone (the worker checks the state). A
+/// suspended account stays suspended (nothing changes).
 pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, AccountError> {
+    pause(conn, pubkey, ProvisioningState::Disabled, None)
+}
+
+/// Operator suspension: like [`disable`] (same cancellations, deletes and profile changes still honoured) but the
+/// state is `suspended` with `reason`, and the user cannot lift it ([`enable`] and [`opt_in`] answer
+/// [`AccountError::Suspended`]). Repeating it updates the reason.
+pub fn suspend(conn: &mut PgConnection, pubkey: &str, reason: &str) -> Result<Disabled, AccountError> {
+    pause(conn, pubkey, ProvisioningState::Suspended, Some(reason))
+}
+
+/// Operator lift of a suspension: `suspended → disabled` (reason cleared). Cross-posting stays off until the user or
+/// the service enables it again. Any other state: no change. Returns the link.
+pub fn unsuspend(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, AccountError> {
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if link.state()? != ProvisioningState::Suspended {
+            return Ok(link);
+        }
+        Ok(diesel::update(account_links::table.find(pubkey))
+            .set((
+                account_links::provisioning_state.eq(ProvisioningState::Disabled.as_str()),
+                account_links::suspended_reason.eq(None::<String>),
+                account_links::updated_at.eq(Utc::now()),
+            ))
+            .returning(AccountLink::as_returning())
+            .get_result(c)?)
+    })
+}
+
+fn pause(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    to: ProvisioningState,
+    reason: Option<&str>,
+) -> Result<Disabled, AccountError> {
+    debug_assert!(to.is_paused());
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if to == ProvisioningState::Disabled && link.state()? == ProvisioningState::Suspended {
+            return Ok(Disabled {
+                link,
+                cancelled_jobs: 0,
+            });
+        }
         let now = Utc::now();
         let updated = diesel::update(account_links::table.find(pubkey))
             .set((
-                account_links::provisioning_state.eq(ProvisioningState::Disabled.as_str()),
+                account_links::provisioning_state.eq(to.as_str()),
+                account_links::suspended_reason.eq(reason),
                 account_links::crosspost_enabled.eq(false),
                 account_links::disabled_at.eq(link.disabled_at.unwrap_or(now)),
                 account_links::updated_at.eq(now),
@@ -403,9 +474,9 @@ pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, Accoun
     })
 }
 
-/// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is
-/// `disabled` — a disabled account stays disabled whatever provisioning does underneath. Returns whether a row
-/// changed (false: no such account, or disabled).
+/// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is paused
+/// (`disabled` or `suspended`) — a paused account stays paused whatever provisioning does underneath. Returns whether
+/// a row changed (false: no such account, or paused).
 pub fn set_state(
     conn: &mut PgConnection,
     pubkey: &str,
@@ -415,7 +486,10 @@ pub fn set_state(
     let n = diesel::update(
         account_links::table
             .find(pubkey)
-            .filter(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str())),
+            .filter(account_links::provisioning_state.ne_all([
+                ProvisioningState::Disabled.as_str(),
+                ProvisioningState::Suspended.as_str(),
+            ])),
     )
     .set((
         account_links::provisioning_state.eq(state.as_str()),

@@ -685,3 +685,99 @@ fn crosspost_status_covers_every_status() {
     let v = serde_json::to_value(&got[0]).unwrap();
     assert_eq!(v, serde_json::json!({"nostr_event_id": id(0), "status": "not_found"}));
 }
+
+/// Suspension: like disable (queued publishing cancelled, deletes kept, still followed for deletes), but enable,
+/// disable, opt-in and the worker's transitions cannot take the account out of `suspended`; unsuspend → disabled.
+#[test]
+fn suspend_is_a_pause_only_the_operator_lifts() {
+    let db = TestDb::migrated("acc_suspend");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    let p = publish_job(&mut c, A, &"1".repeat(64));
+    let s = accounts::suspend(&mut c, A, "abuse report").unwrap();
+    assert_eq!(s.link.state().unwrap(), ProvisioningState::Suspended);
+    assert_eq!(s.link.suspended_reason.as_deref(), Some("abuse report"));
+    assert!(!s.link.crosspost_enabled);
+    assert_eq!(job_state(&mut c, p), "cancelled");
+    assert!(accounts::followed_pubkeys(&mut c).unwrap().contains(A));
+
+    let e = accounts::enable(&mut c, A).unwrap_err();
+    assert_eq!(e.code(), "account_suspended");
+    assert!(e.to_string().contains("abuse report"));
+    assert_eq!(
+        accounts::opt_in(&mut c, &req(A, "alice.divine.test"))
+            .unwrap_err()
+            .code(),
+        "account_suspended"
+    );
+    let d = accounts::disable(&mut c, A).unwrap();
+    assert_eq!(
+        d.link.state().unwrap(),
+        ProvisioningState::Suspended,
+        "disable does not lift it"
+    );
+    assert!(
+        !accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap(),
+        "worker fence"
+    );
+    assert_eq!(job_state(&mut c, p), "cancelled", "nothing re-queued while suspended");
+
+    let l = accounts::unsuspend(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Disabled);
+    assert_eq!(l.suspended_reason, None);
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Ready);
+    assert_eq!(
+        job_state(&mut c, p),
+        "queued",
+        "what the suspension skipped runs after enable"
+    );
+}
+
+/// The audit row is written in the action's transaction: a committed action has its row, a refused one has none.
+#[test]
+fn audited_actions_record_actor_reason_and_states_atomically() {
+    use divine_bridge_db::audit::{self, audited, Actor};
+    use divine_bridge_db::states::AuditAction;
+    let db = TestDb::migrated("acc_audit");
+    let mut c = db.conn();
+    audited(&mut c, A, &Actor::Service, AuditAction::OptIn, None, |c| {
+        accounts::opt_in(c, &req(A, "alice.divine.test"))
+    })
+    .unwrap();
+    audited(
+        &mut c,
+        A,
+        &Actor::Cli("ops".into()),
+        AuditAction::Suspend,
+        Some("spam"),
+        |c| accounts::suspend(c, A, "spam"),
+    )
+    .unwrap();
+    let refused = audited(&mut c, A, &Actor::Nip98(A.into()), AuditAction::Enable, None, |c| {
+        accounts::enable(c, A)
+    });
+    assert_eq!(refused.unwrap_err().code(), "account_suspended");
+    let trail = audit::list(&mut c, A, 10).unwrap();
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert_eq!(
+        (
+            trail[0].actor.as_str(),
+            trail[0].action.as_str(),
+            trail[0].reason.as_deref()
+        ),
+        ("cli:ops", "suspend", Some("spam"))
+    );
+    assert_eq!(trail[0].before_state.as_ref().unwrap()["provisioning_state"], "pending");
+    assert_eq!(
+        trail[0].after_state.as_ref().unwrap()["provisioning_state"],
+        "suspended"
+    );
+    assert_eq!(trail[0].after_state.as_ref().unwrap()["suspended_reason"], "spam");
+    assert_eq!(
+        (trail[1].actor.as_str(), trail[1].action.as_str()),
+        ("service", "opt_in")
+    );
+    assert_eq!(trail[1].before_state, None);
+}

@@ -10,6 +10,10 @@
 //! - same pubkey with a different handle → 409 `handle_mismatch` (handle changes are out of scope, whatever the
 //!   link's state).
 //!
+//! Lifecycle actions (opt-in, enable, disable, suspend, unsuspend) are written to `account_audit` with the caller as
+//! actor, in the action's transaction ([`audited`]). Suspend and unsuspend are operator-only (service token); a
+//! user's enable or opt-in of a suspended account is refused with 403 `account_suspended`.
+//!
 //! Owns request/response shapes only; state changes and their atomicity belong to the store.
 
 use crate::auth::Credential;
@@ -25,7 +29,9 @@ use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
+use divine_bridge_db::audit::audited;
 use divine_bridge_db::migrate::migrations_applied;
+use divine_bridge_db::states::AuditAction;
 use divine_bridge_db::Classified;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -107,9 +113,19 @@ pub async fn opt_in(
         handle,
         crosspost_enabled: body.value.crosspost_enabled,
     };
+    let actor = credential.actor();
     let result = state
         .db
-        .run(move |c| Ok(accounts::opt_in(c, &req)))
+        .run(move |c| {
+            Ok(audited(
+                c,
+                &req.nostr_pubkey.clone(),
+                &actor,
+                AuditAction::OptIn,
+                None,
+                |c| accounts::opt_in(c, &req),
+            ))
+        })
         .await?
         .map_err(ApiError::from)?;
     let outcome = match result.outcome {
@@ -130,9 +146,14 @@ pub async fn enable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
     let link = state
         .db
-        .run(move |c| Ok(accounts::enable(c, &pubkey)))
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
+                accounts::enable(c, &pubkey)
+            }))
+        })
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
@@ -147,9 +168,14 @@ pub async fn disable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
     let disabled = state
         .db
-        .run(move |c| Ok(accounts::disable(c, &pubkey)))
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
+                accounts::disable(c, &pubkey)
+            }))
+        })
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(
@@ -158,6 +184,65 @@ pub async fn disable(
         "disabled"
     );
     Ok(Json(disabled.link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/suspend` body.
+#[derive(Debug, Deserialize)]
+pub struct SuspendBody {
+    /// Why the operator suspends the account (required, shown by `accounts show` and kept in the audit trail).
+    pub reason: String,
+}
+
+/// `POST /api/account-links/{pubkey}/suspend` `{"reason": "..."}` → 200 record. Operator only (service token): 403
+/// `operator_only` for a NIP-98 caller; 400 `invalid_json` without a non-blank reason.
+pub async fn suspend(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    body: JsonBody<SuspendBody>,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.require_operator()?;
+    credential.authorize(&state, &pubkey, &body.raw).await?;
+    let reason = body.value.reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(ApiError::InvalidJson("a non-blank `reason` is required".into()));
+    }
+    let actor = credential.actor();
+    let suspended = state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
+                accounts::suspend(c, &pubkey, &reason)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
+    Ok(Json(suspended.link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/unsuspend` → 200 record (`disabled`: cross-posting stays off until enabled).
+/// Operator only.
+pub async fn unsuspend(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.require_operator()?;
+    credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
+    let link = state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
+                accounts::unsuspend(c, &pubkey)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(pubkey = %link.nostr_pubkey, "unsuspended");
+    Ok(Json(link.into()))
 }
 
 /// `GET /api/account-links/{pubkey}/status` → 200 record or 404 `account_not_found`.

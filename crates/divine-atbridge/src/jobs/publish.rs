@@ -117,7 +117,10 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
     };
     let state: ProvisioningState = state.parse().map_err(divine_bridge_db::DbError::from)?;
     match (state, did) {
-        (ProvisioningState::Disabled, _) => Err(JobError::ineligible("account_disabled", "account is disabled")),
+        (s, _) if s.is_paused() => Err(JobError::ineligible(
+            divine_bridge_db::accounts::DISABLE_CODE,
+            "account is disabled or suspended",
+        )),
         _ if !enabled => Err(JobError::ineligible("account_disabled", "cross-posting is turned off")),
         (ProvisioningState::Ready, Some(did)) => Ok(did),
         (ProvisioningState::Failed, _) => Err(JobError::ineligible(
