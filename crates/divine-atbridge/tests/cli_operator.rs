@@ -243,7 +243,14 @@ fn accounts_suspend_and_unsuspend_are_audited_and_shown() {
     assert!(String::from_utf8_lossy(&blank.stderr).contains("cli_usage"));
 
     let out = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
-        .args(["accounts", "suspend", "sam.divine.test", "--reason", "spam wave", "--json"])
+        .args([
+            "accounts",
+            "suspend",
+            "sam.divine.test",
+            "--reason",
+            "spam wave",
+            "--json",
+        ])
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
         .env("USER", "oncall")
@@ -266,7 +273,10 @@ fn accounts_suspend_and_unsuspend_are_audited_and_shown() {
         .lines()
         .find(|l| l.contains("cli:oncall"))
         .unwrap_or_else(|| panic!("no audit line: {text}"));
-    assert!(line.contains("suspend") && line.contains("pending -> suspended"), "{line}");
+    assert!(
+        line.contains("suspend") && line.contains("pending -> suspended"),
+        "{line}"
+    );
 
     let rec = json(&cli(&db, &["accounts", "unsuspend", &pk, "--json"]));
     assert_eq!(rec["provisioning_state"], "disabled");

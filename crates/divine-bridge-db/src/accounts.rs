@@ -680,3 +680,46 @@ pub fn crosspost_status(
         .map(|id| derive_status(id, facts.get(id).unwrap_or(&empty)))
         .collect()
 }
+
+/// Most entries of one [`history`] page.
+pub const MAX_HISTORY_PAGE: i64 = 100;
+
+/// One page of an account's bridged-post history (newest first).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryPage {
+    pub posts: Vec<CrosspostStatus>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page. Opaque to callers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The account's bridged posts, newest publish job first, `limit` (1..=[`MAX_HISTORY_PAGE`]) at a time, each with
+/// the status [`crosspost_status`] gives it (state, AT-URI, error code). `before` is the cursor of the previous page
+/// (a publish job id: keyset pagination, so entries added meanwhile never shift a page). Other accounts' jobs are
+/// invisible.
+pub fn history(conn: &mut PgConnection, pubkey: &str, before: Option<i64>, limit: i64) -> Result<HistoryPage, DbError> {
+    let limit = limit.clamp(1, MAX_HISTORY_PAGE);
+    let mut q = jobs::table
+        .filter(jobs::ordering_key.eq(pubkey))
+        .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
+        .select((jobs::id, jobs::unique_key))
+        .order(jobs::id.desc())
+        .limit(limit + 1)
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(jobs::id.lt(b));
+    }
+    let rows: Vec<(i64, Option<String>)> = q.load(conn)?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<(i64, String)> = rows
+        .into_iter()
+        .take(limit as usize)
+        .filter_map(|(id, key)| Some((id, key?.strip_prefix("publish:")?.to_string())))
+        .collect();
+    let cursor = more.then(|| page.last().map(|(id, _)| id.to_string())).flatten();
+    let ids: Vec<String> = page.into_iter().map(|(_, event_id)| event_id).collect();
+    Ok(HistoryPage {
+        posts: crosspost_status(conn, pubkey, &ids)?,
+        cursor,
+    })
+}

@@ -1,7 +1,8 @@
 //! Gateway configuration from the environment: `BIND_ADDR` (default `0.0.0.0:3000`), `DATABASE_URL`,
 //! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8) and
 //! `RESERVED_HANDLE_NAMES` (comma-separated names refused under the handle domain; unset = the built-in list
-//! [`DEFAULT_RESERVED_NAMES`], empty = none).
+//! [`DEFAULT_RESERVED_NAMES`], empty = none) and `PDS_PUBLIC_URL` (the PDS's public base URL, shown by `/export`;
+//! unset = export omits the repo download URL).
 //!
 //! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
 
@@ -23,6 +24,8 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Lower-case first labels refused with `handle_reserved`.
     pub reserved_names: Vec<String>,
+    /// Public base URL of the bridge's PDS (no trailing slash), for the repo download link of `/export`.
+    pub pds_public_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("db_pool_size", &self.db_pool_size)
             .field("reserved_names", &self.reserved_names)
+            .field("pds_public_url", &self.pds_public_url)
             .field("service_token", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -126,7 +130,12 @@ impl Config {
                 names
             }
         };
+        let pds_public_url = match get("PDS_PUBLIC_URL").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(normalize_public_url(&v).map_err(|e| err("PDS_PUBLIC_URL", e))?),
+        };
         Ok(Config {
+            pds_public_url,
             bind_addr,
             database_url,
             handle_domain,
@@ -199,5 +208,19 @@ mod tests {
         let mut bad = BASE.to_vec();
         bad.push(("DB_POOL_SIZE", "0"));
         assert_eq!(load(&bad).unwrap_err().var, "DB_POOL_SIZE");
+        let mut bad = BASE.to_vec();
+        bad.push(("PDS_PUBLIC_URL", "ftp://x"));
+        assert_eq!(load(&bad).unwrap_err().var, "PDS_PUBLIC_URL");
+    }
+
+    #[test]
+    fn pds_public_url_is_optional_and_normalised() {
+        assert_eq!(load(BASE).unwrap().pds_public_url, None);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("PDS_PUBLIC_URL", "https://pds.divine.test/"));
+        assert_eq!(
+            load(&pairs).unwrap().pds_public_url.as_deref(),
+            Some("https://pds.divine.test")
+        );
     }
 }

@@ -47,6 +47,8 @@ pub enum ApiError {
     TooManyIds(usize),
     #[error("invalid event id {0:?}: expected 64 hex characters")]
     InvalidEventId(String),
+    #[error("invalid cursor {0:?}: pass the `cursor` of the previous page")]
+    InvalidCursor(String),
     #[error("invalid JSON body: {0}")]
     InvalidJson(String),
     #[error("unsupported content type {0:?}; send application/json")]
@@ -80,6 +82,7 @@ impl Classified for ApiError {
             ApiError::HandleNotFound(_) => "handle_not_found",
             ApiError::TooManyIds(_) => "too_many_ids",
             ApiError::InvalidEventId(_) => "invalid_event_id",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -115,6 +118,7 @@ impl ApiError {
             | ApiError::InvalidHandle(_)
             | ApiError::TooManyIds(_)
             | ApiError::InvalidEventId(_)
+            | ApiError::InvalidCursor(_)
             | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::HandleTaken(_) | ApiError::HandleReserved(_) | ApiError::HandleMismatch(_) => {
                 StatusCode::CONFLICT
@@ -144,6 +148,7 @@ impl ApiError {
             ApiError::HandleNotFound(_) => "Handle not found",
             ApiError::TooManyIds(_) => "Too many event ids",
             ApiError::InvalidEventId(_) => "Invalid event id",
+            ApiError::InvalidCursor(_) => "Invalid cursor",
             ApiError::InvalidJson(_) => "Invalid JSON body",
             ApiError::UnsupportedMediaType(_) => "Unsupported media type",
             ApiError::PayloadTooLarge => "Payload too large",

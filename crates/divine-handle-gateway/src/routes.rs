@@ -277,6 +277,95 @@ pub async fn crosspost_status(
     Ok(Json(CrosspostStatusResponse { statuses }))
 }
 
+/// `GET /api/account-links/{pubkey}/export` answer: what a user needs to take their Bluesky account elsewhere.
+#[derive(Debug, Serialize)]
+pub struct ExportRecord {
+    pub nostr_pubkey: String,
+    pub did: Option<String>,
+    pub handle: String,
+    pub provisioning_state: String,
+    /// Public base URL of the PDS hosting the repo (`PDS_PUBLIC_URL`), when configured.
+    pub pds: Option<String>,
+    /// Public, unauthenticated download of the whole repo as a CAR (`com.atproto.sync.getRepo`): it never expires
+    /// and needs no signature, because a public repo is public data.
+    pub repo_car_url: Option<String>,
+    /// Always `none`: no private key or password leaves the bridge (docs/runbooks/account-lifecycle.md).
+    pub key_handover: &'static str,
+    pub instructions: &'static str,
+}
+
+/// What `/export` tells the user to do with the CAR.
+pub const EXPORT_INSTRUCTIONS: &str = "Download repo_car_url (com.atproto.sync.getRepo) to keep a copy of every \
+     record of your Bluesky account. No signing key leaves the bridge: to move the account to another PDS, contact \
+     the operator, who runs the documented migration by hand.";
+
+/// `GET /api/account-links/{pubkey}/export` → 200 [`ExportRecord`]; 404 `account_not_found`.
+pub async fn export(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<ExportRecord>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let link = state
+        .db
+        .run(move |c| accounts::get(c, &pubkey))
+        .await?
+        .ok_or(ApiError::AccountNotFound)?;
+    let pds = state.config.pds_public_url.clone();
+    let repo_car_url = match (&pds, &link.did) {
+        (Some(pds), Some(did)) => Some(format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}")),
+        _ => None,
+    };
+    Ok(Json(ExportRecord {
+        nostr_pubkey: link.nostr_pubkey,
+        did: link.did,
+        handle: link.handle,
+        provisioning_state: link.provisioning_state,
+        pds,
+        repo_car_url,
+        key_handover: "none",
+        instructions: EXPORT_INSTRUCTIONS,
+    }))
+}
+
+/// `GET /api/account-links/{pubkey}/posts` query.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// The `cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1..=100 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/account-links/{pubkey}/posts?cursor=&limit=` → 200 `{"posts": [...], "cursor": "..."}`: the account's
+/// bridged posts, newest first, each with status, AT-URI and error code (as `crosspost-status`), for the app's
+/// settings screen. 400 `invalid_cursor` for a cursor this endpoint did not hand out.
+pub async fn history(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    query: axum::extract::Query<HistoryQuery>,
+    RawBody(body): RawBody,
+) -> Result<Json<accounts::HistoryPage>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let before = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::InvalidCursor(c.to_string()))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(50);
+    let page = state
+        .db
+        .run(move |c| accounts::history(c, &pubkey, before, limit))
+        .await?;
+    Ok(Json(page))
+}
+
 /// `GET /.well-known/atproto-did` with `Host: <handle>` → `text/plain` DID of a `ready` account, else 404
 /// `handle_not_found`.
 pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
