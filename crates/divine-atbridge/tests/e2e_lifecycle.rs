@@ -5,7 +5,9 @@
 //! - a video deleted on Nostr while paused disappears from Bluesky (deletes are honoured while paused);
 //! - a profile change while paused reaches the Bluesky profile;
 //! - a video posted while paused is not bridged while paused, and is bridged after enable;
-//! - enable/disable rounds leave at most one live backfill job.
+//! - enable/disable rounds leave at most one live backfill job;
+//! - an operator suspension cannot be lifted by the user (NIP-98 enable → 403 `account_suspended`) and deletes are
+//!   still honoured while suspended.
 //!
 //! Observes only through the PDS's public XRPC, the gateway and the bridge's tables (read-only).
 
@@ -196,6 +198,62 @@ async fn pause_honours_deletes_and_profiles_and_enable_bridges_what_was_skipped(
     assert!(backfills.len() <= 1, "at most one live backfill: {backfills:?}");
     // The deleted video did not come back.
     assert!(get_record(&probe, &did, POST, rkey_of(&doomed_uri)).await.is_none());
+
+    // 8. Operator suspension: the user cannot lift it (NIP-98 enable → 403 account_suspended), and a video deleted
+    //    while suspended still disappears.
+    let (status, body) = gateway
+        .post(
+            &format!("/api/account-links/{pubkey}/suspend"),
+            serde_json::json!({"reason": "e2e abuse report"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["provisioning_state"].as_str()),
+        (200, Some("suspended")),
+        "{body}"
+    );
+    let path = format!("/api/account-links/{pubkey}/enable");
+    let url = format!("{}{path}", gateway.base_url);
+    let auth = EventBuilder::new(Kind::from(27235u16), "")
+        .tags([
+            Tag::parse(["u", url.as_str()]).unwrap(),
+            Tag::parse(["method", "POST"]).unwrap(),
+        ])
+        .sign_with_keys(&keys)
+        .unwrap();
+    use base64::Engine;
+    let resp = gateway
+        .http
+        .post(&url)
+        .header(
+            "Authorization",
+            format!(
+                "Nostr {}",
+                base64::engine::general_purpose::STANDARD.encode(auth.as_json())
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("account_suspended")),
+        "{body}"
+    );
+    let (_, rec) = gateway.status(&pubkey).await;
+    assert_eq!(rec["provisioning_state"], "suspended");
+    let queued_uri = wait_published(&db, &queued.id).await;
+    let del = delete_event(&keys, &[queued.id], &[], t0 + 20);
+    publish(&client, &del).await;
+    let (state, _) = wait_job(&db, &format!("delete:{}", del.id), |s, _| {
+        matches!(s, "succeeded" | "failed" | "ineligible" | "cancelled")
+    })
+    .await;
+    assert_eq!(state, "succeeded");
+    assert!(get_record(&probe, &did, POST, rkey_of(&queued_uri)).await.is_none());
+
     let bad: Vec<_> = job_rows(&db).into_iter().filter(|(_, _, s, _)| s == "failed").collect();
     assert!(bad.is_empty(), "failed jobs: {bad:?}");
 }
