@@ -2,7 +2,8 @@
 # smoke-crosspost.sh — operator smoke test of cross-posting (docs/runbooks/smoke-tests.md): publishes a signed NIP-71
 # video event for a bridged account to the relay, waits until the post is on the PDS, checks the record (video embed
 # whose blob is byte-for-byte the media file, text with title and hashtags, tag facets) and the gateway's
-# crosspost-status, then publishes a NIP-09 kind 5 for the event and checks the post is gone from the PDS.
+# crosspost-status, then publishes a NIP-09 kind 5 for the event and checks the post is gone from the PDS; then a pause
+# round: disable, a deletion while paused is applied, a video posted while paused is skipped and bridged after enable.
 #
 #   scripts/smoke-crosspost.sh [--state-file acct.json]      # account from smoke-opt-in.sh; else opts one in itself
 #   scripts/smoke-crosspost.sh --gateway URL --token T --pds URL --plc URL --relay wss://relay --media-url URL \
@@ -147,6 +148,60 @@ expect "listRecords no longer lists the post (and holds no duplicate)" \
     '[.records[] | select(.uri == $u or (.value.text | contains($t)))] | length')" "200 0"
 status_of "$EVENT_ID"
 expect "crosspost-status after the deletion: cancelled (deleted)" eq "${ST%% *} ${ST##* }" "cancelled deleted"
+
+# 6. pause round (docs/runbooks/account-lifecycle.md): disable → a video deleted while paused disappears, a video
+#    posted while paused is skipped (failed account_disabled) → enable → the skipped video is bridged.
+# new_video NAME — builds and publishes a video event; sets VID to its id.
+new_video() {
+  "$NOSTR_TOOL" video-event --secret "$SECRET" --url "$MEDIA_FILE_URL" --file "$SMOKE_TMP/video.mp4" \
+    --title "Divine smoke $1 $(rand_name 6)" --content "pause round $1" --duration 1 \
+    > "$SMOKE_TMP/$1.json" || abort "nostr-tool video-event builds the $1 event"
+  VID=$("$NOSTR_TOOL" publish --relay "$SMOKE_RELAY" "$SMOKE_TMP/$1.json") || abort "relay accepted the $1 video"
+}
+# wait_status EVENT_ID STATUS... — polls crosspost-status until one of STATUS (or the timeout); ST as status_of.
+wait_status() {
+  local id=$1 deadline=$((SECONDS + SMOKE_TIMEOUT)) want
+  shift
+  while :; do
+    status_of "$id"
+    for want in "$@"; do [[ ${ST%% *} == "$want" ]] && return 0; done
+    ((SECONDS < deadline)) || return 0
+    sleep 0.5
+  done
+}
+new_video kept
+KEPT_ID=$VID
+wait_status "$KEPT_ID" published failed cancelled
+expect "pause round: a video posted before the pause is published" eq "${ST%% *}" published
+KEPT_URI=$(cut -d' ' -f2 <<< "$ST")
+api POST "/api/account-links/$PUBKEY/disable"
+expect "disable → 200 disabled" eq "$HTTP_STATUS $(jqb .provisioning_state)" "200 disabled"
+"$NOSTR_TOOL" delete-event --secret "$SECRET" --event-id "$KEPT_ID" --reason "deleted while paused" \
+  > "$SMOKE_TMP/delete-paused.json" || abort "nostr-tool delete-event builds the deletion"
+"$NOSTR_TOOL" publish --relay "$SMOKE_RELAY" "$SMOKE_TMP/delete-paused.json" > /dev/null ||
+  fail "relay rejected the kind 5 deletion sent while paused"
+deadline=$((SECONDS + SMOKE_TIMEOUT))
+while :; do
+  http GET "$SMOKE_PDS/xrpc/com.atproto.repo.getRecord?repo=$DID&collection=app.bsky.feed.post&rkey=${KEPT_URI##*/}"
+  [[ $HTTP_STATUS != 200 ]] && break
+  ((SECONDS < deadline)) || break
+  sleep 0.5
+done
+expect "a video deleted while paused is gone from the PDS" eq "$HTTP_STATUS $(jqb .error)" "400 RecordNotFound"
+new_video paused
+PAUSED_ID=$VID
+wait_status "$PAUSED_ID" failed published cancelled
+expect "a video posted while paused is skipped: failed account_disabled" eq "${ST%% *} ${ST##* }" \
+  "failed account_disabled"
+api POST "/api/account-links/$PUBKEY/enable"
+expect "enable → 200 ready" eq "$HTTP_STATUS $(jqb .provisioning_state)" "200 ready"
+wait_status "$PAUSED_ID" published
+expect "after enable the video posted while paused is published" eq "${ST%% *}" published
+api GET "/api/account-links/$PUBKEY/posts?limit=100"
+expect "post history lists the video posted while paused as published" \
+  eq "$HTTP_STATUS $(jqb --arg id "$PAUSED_ID" '[.posts[] | select(.nostr_event_id == $id) | .status] | first')" \
+  "200 published"
+# disconnect (delete every record, deactivate the PDS account, shred keys) is not built yet (account-lifecycle.md).
 
 echo "smoke-crosspost took $((SECONDS - T0)) s"
 summary

@@ -7,10 +7,12 @@ use crate::config::{Config, ConfigError};
 use crate::jobs::handlers::Handlers;
 use crate::keys::KeyEncryptionKey;
 use crate::xrpc::{XrpcClient, XrpcConfig};
+use divine_bridge_db::accounts::{self, AccountError, AccountLink};
+use divine_bridge_db::audit::{audited, Actor};
 use divine_bridge_db::migrate::run_migrations;
-use divine_bridge_db::queue::{self, NewJob};
-use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, JobKind};
+use divine_bridge_db::queue;
+use divine_bridge_db::states::AuditAction;
+use divine_bridge_db::{Classified, Db};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -333,10 +335,48 @@ fn print_change(json: bool, verb: &str, id: i64, ok: bool) {
     }
 }
 
+/// A store error as the CLI reports it: its own stable code (`account_not_found`, `account_suspended`, …).
+fn account_db_error(e: AccountError) -> AppError {
+    AppError::of(e)
+}
+
+/// Runs an audited account action (actor `cli:<user>`) on the account selected by `who` (pubkey, npub, handle, DID).
+async fn account_action(
+    who: String,
+    action: AuditAction,
+    reason: Option<String>,
+    op: impl FnOnce(&mut diesel::PgConnection, &str) -> Result<AccountLink, AccountError> + Send + 'static,
+) -> Result<AccountLink, AppError> {
+    let view = with_conn(move |c| crate::cli::load_account(c, &who)).await?;
+    let pk = view
+        .map(|v| v.link.nostr_pubkey)
+        .ok_or_else(|| AppError::of(AccountError::NotFound))?;
+    let result = with_conn(move |c| {
+        Ok(audited(
+            c,
+            &pk.clone(),
+            &Actor::cli_user(),
+            action,
+            reason.as_deref(),
+            |c| op(c, &pk),
+        ))
+    })
+    .await?;
+    result.map_err(account_db_error)
+}
+
+fn print_link(link: &AccountLink, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(link).unwrap_or_default());
+    } else {
+        println!("{} ({}): {}", link.handle, link.nostr_pubkey, link.provisioning_state);
+    }
+}
+
 async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
     match cmd {
         AccountsCommand::Show { who, json } => {
-            let view = with_conn(move |c| Ok(crate::cli::load_account(c, &who)?)).await?;
+            let view = with_conn(move |c| crate::cli::load_account(c, &who)).await?;
             match view {
                 None => {
                     return Err(AppError {
@@ -350,23 +390,44 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
         }
         AccountsCommand::Reprovision { pubkey, json } => {
             let pk = crate::cli::normalise_selector(&pubkey);
-            let id = with_conn(move |c| {
-                let mut job = NewJob::new(
-                    JobKind::ProvisionAccount,
-                    pk.clone(),
-                    serde_json::json!({"nostr_pubkey": pk}),
-                )
-                .unique(format!("provision:{pk}"));
-                job.priority = priority::ACCOUNT;
-                divine_bridge_db::accounts::reset_failed(c, &pk)?;
-                queue::requeue_or_enqueue(c, &job)
+            let id: Option<i64> = with_conn(move |c| {
+                Ok(audited(
+                    c,
+                    &pk.clone(),
+                    &Actor::cli_user(),
+                    AuditAction::Reprovision,
+                    None,
+                    |c| {
+                        accounts::reset_failed(c, &pk)?;
+                        Ok(queue::requeue_or_enqueue(c, &accounts::provision_job(&pk))?)
+                    },
+                ))
             })
-            .await?;
+            .await?
+            .map_err(account_db_error)?;
             if json {
                 println!("{}", serde_json::json!({"job_id": id}));
             } else {
                 println!("provisioning re-queued as job {id:?}");
             }
+        }
+        AccountsCommand::Suspend { who, reason, json } => {
+            let reason = reason.trim().to_string();
+            if reason.is_empty() {
+                return Err(AppError {
+                    code: "cli_usage",
+                    message: "--reason must not be blank".into(),
+                });
+            }
+            let link = account_action(who, AuditAction::Suspend, Some(reason.clone()), move |c, pk| {
+                Ok(accounts::suspend(c, pk, &reason)?.link)
+            })
+            .await?;
+            print_link(&link, json);
+        }
+        AccountsCommand::Unsuspend { who, json } => {
+            let link = account_action(who, AuditAction::Unsuspend, None, accounts::unsuspend).await?;
+            print_link(&link, json);
         }
     }
     Ok(())

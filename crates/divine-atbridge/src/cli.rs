@@ -89,6 +89,21 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Suspend an account (operator only): no new cross-posts, deletes still honoured; the user cannot lift it.
+    Suspend {
+        who: String,
+        /// Why (required; kept on the account and in the audit trail).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a suspension: the account becomes `disabled` (cross-posting stays off until it is enabled again).
+    Unsuspend {
+        who: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// One row of `jobs list`.
@@ -213,7 +228,12 @@ pub struct AccountView {
     pub session_access_expires_at: Option<DateTime<Utc>>,
     pub jobs_by_state: Vec<(String, i64)>,
     pub records_by_state: Vec<(String, i64)>,
+    /// The newest entries of the `account_audit` trail, newest first.
+    pub audit: Vec<divine_bridge_db::audit::AuditEntry>,
 }
+
+/// How many audit entries `accounts show` prints.
+pub const SHOW_AUDIT_ENTRIES: i64 = 20;
 
 /// Normalises an account selector: npub → hex, hex lower-cased; handles and DIDs pass through.
 pub fn normalise_selector(who: &str) -> String {
@@ -227,7 +247,7 @@ pub fn normalise_selector(who: &str) -> String {
 }
 
 /// Loads an [`AccountView`] by pubkey, handle or DID.
-pub fn load_account(conn: &mut PgConnection, who: &str) -> QueryResult<Option<AccountView>> {
+pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<Option<AccountView>, divine_bridge_db::DbError> {
     let who = normalise_selector(who);
     let link: Option<AccountLink> = account_links::table
         .filter(
@@ -280,7 +300,9 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> QueryResult<Option<Ac
         ),
         None => (None, None, None),
     };
+    let audit = divine_bridge_db::audit::list(conn, &pk, SHOW_AUDIT_ENTRIES)?;
     Ok(Some(AccountView {
+        audit,
         link,
         signing_did_key,
         rotation_did_key,
@@ -314,6 +336,7 @@ pub fn render_account(a: &AccountView) -> String {
             "disabled_at".into(),
             a.link.disabled_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "-".into()),
         ],
+        vec!["suspended_reason".into(), opt(&a.link.suspended_reason)],
         vec!["signing_did_key".into(), opt(&a.signing_did_key)],
         vec!["rotation_did_key".into(), opt(&a.rotation_did_key)],
         vec![
@@ -327,7 +350,30 @@ pub fn render_account(a: &AccountView) -> String {
         vec!["created_at".into(), a.link.created_at.to_rfc3339()],
         vec!["updated_at".into(), a.link.updated_at.to_rfc3339()],
     ];
-    table(&["FIELD", "VALUE"], &rows)
+    let mut out = table(&["FIELD", "VALUE"], &rows);
+    out.push_str("\naudit (newest first):\n");
+    let state = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| v.get("provisioning_state"))
+            .and_then(|s| s.as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let audit: Vec<Vec<String>> = a
+        .audit
+        .iter()
+        .map(|e| {
+            vec![
+                e.created_at.to_rfc3339(),
+                e.actor.clone(),
+                e.action.clone(),
+                format!("{} -> {}", state(&e.before_state), state(&e.after_state)),
+                opt(&e.reason),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["AT", "ACTOR", "ACTION", "STATE", "REASON"], &audit));
+    out
 }
 
 #[cfg(test)]

@@ -43,7 +43,6 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::queue::{self, NewJob};
-use divine_bridge_db::schema::account_links;
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{records, Classified, Db, DbError, ErrorClass, JobKind};
 use nostr_sdk::prelude::*;
@@ -235,14 +234,11 @@ pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Resul
     queue::enqueue(conn, &job)
 }
 
-/// Pubkeys (hex) whose events the bridge accepts: opted in, cross-posting enabled, not disabled.
+/// Pubkeys (hex) whose events the bridge accepts: [`divine_bridge_db::accounts::followed_pubkeys`] — enabled
+/// accounts, and paused ones that have a DID (their deletes and profile changes are still honoured; their posts end
+/// `ineligible account_disabled` and are re-queued on enable).
 pub fn load_enabled_authors(conn: &mut PgConnection) -> Result<BTreeSet<String>, DbError> {
-    let rows: Vec<String> = account_links::table
-        .filter(account_links::crosspost_enabled.eq(true))
-        .filter(account_links::provisioning_state.ne("disabled"))
-        .select(account_links::nostr_pubkey)
-        .load(conn)?;
-    Ok(rows.into_iter().collect())
+    divine_bridge_db::accounts::followed_pubkeys(conn)
 }
 
 /// One relay's view of the current subscription generation.

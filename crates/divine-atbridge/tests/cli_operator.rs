@@ -221,3 +221,69 @@ fn accounts_show_by_any_selector_and_reprovision() {
     assert_eq!(link.provisioning_error, None);
     assert_eq!(link.did.as_deref(), Some(did), "the DID is kept: no second identity");
 }
+
+/// `accounts suspend <who> --reason` (reason required), `accounts unsuspend`, and `accounts show` printing the
+/// suspension reason and the audit trail with the CLI user as actor.
+#[test]
+fn accounts_suspend_and_unsuspend_are_audited_and_shown() {
+    let db = TestDb::migrated("cli_suspend");
+    let mut c = db.conn();
+    let pk = pubkey(0x5a);
+    accounts::opt_in(
+        &mut c,
+        &OptIn {
+            nostr_pubkey: pk.clone(),
+            handle: "sam.divine.test".into(),
+            crosspost_enabled: true,
+        },
+    )
+    .unwrap();
+    let blank = cli(&db, &["accounts", "suspend", &pk, "--reason", " "]);
+    assert!(!blank.status.success());
+    assert!(String::from_utf8_lossy(&blank.stderr).contains("cli_usage"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
+        .args([
+            "accounts",
+            "suspend",
+            "sam.divine.test",
+            "--reason",
+            "spam wave",
+            "--json",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .env("USER", "oncall")
+        .output()
+        .unwrap();
+    let rec = json(&out);
+    assert_eq!(rec["provisioning_state"], "suspended");
+    assert_eq!(rec["suspended_reason"], "spam wave");
+    assert_eq!(
+        accounts::enable(&mut c, &pk).unwrap_err().to_string(),
+        "this account is suspended by the operator: spam wave"
+    );
+
+    let show = cli(&db, &["accounts", "show", &pk]);
+    assert!(show.status.success());
+    let text = stdout(&show);
+    assert!(text.contains("suspended_reason"), "{text}");
+    assert!(text.contains("spam wave"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("cli:oncall"))
+        .unwrap_or_else(|| panic!("no audit line: {text}"));
+    assert!(
+        line.contains("suspend") && line.contains("pending -> suspended"),
+        "{line}"
+    );
+
+    let rec = json(&cli(&db, &["accounts", "unsuspend", &pk, "--json"]));
+    assert_eq!(rec["provisioning_state"], "disabled");
+    let view = json(&cli(&db, &["accounts", "show", &pk, "--json"]));
+    let audit = view["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 2, "{view}");
+    assert_eq!(audit[0]["action"], "unsuspend");
+    assert_eq!(audit[1]["action"], "suspend");
+    assert_eq!(audit[1]["reason"], "spam wave");
+}

@@ -2,14 +2,31 @@
 //! the per-event cross-post status view over `record_mappings` and `jobs`.
 //!
 //! Owns every state change of an account link and the jobs that must be written atomically with it: opt-in writes
-//! the link and its `provision_account` job in one transaction; disable cancels the account's queued publish /
-//! delete / profile / backfill jobs in the same transaction; enable re-drives provisioning when the account never
-//! got a DID. The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they
-//! never take an account out of `disabled`. This module validates nothing about handle or pubkey syntax (the
+//! the link and its `provision_account` job in one transaction; disable cancels the account's queued publish and
+//! backfill jobs (never its deletes or profile syncs) in the same transaction; enable re-drives provisioning when the
+//! account never got a DID, re-queues what the pause skipped and re-drives the account's one backfill job.
+//!
+//! Pause semantics (issue 10; docs/runbooks/account-lifecycle.md), decided here:
+//! 1. A paused (disabled) account that has a DID keeps being followed by ingest. Its deletes (kind 5) and profile
+//!    changes (kind 0) are still applied to its repo: pausing must never leave a video the user deleted on Bluesky.
+//! 2. Disable cancels only queued `publish_post` / `backfill_author` jobs, with `last_error_code =
+//!    account_disabled` ([`DISABLE_CODE`]); a running backfill is asked to cancel. A publish running at that moment
+//!    finishes (it was already under way); one that runs later ends `ineligible` with the same code.
+//! 3. Enable re-queues every publish job of the account that ended `cancelled` or `ineligible` with
+//!    `account_disabled` ([`queue::requeue_skipped`]): a cancelled job keeps its unique key, so re-enqueueing the
+//!    event would be a no-op and the post would never be bridged.
+//! 4. An account has ONE backfill job key, `backfill:<pubkey>`, re-driven with [`queue::requeue_or_enqueue`]: any
+//!    number of enable/disable rounds leaves at most one live backfill.
+//!
+//! The worker's transitions ([`mark_provisioning`], [`mark_ready`], [`mark_failed`]) are fenced so they never take
+//! an account out of `disabled` or `suspended`. This module validates nothing about handle or pubkey syntax (the
 //! gateway's `handle` module does) and performs no protocol calls.
 //!
-//! Lifecycle: `pending → provisioning → ready | failed`, any state → `disabled` (operator or user), and
-//! `disabled | failed → pending | ready` on enable (ready when the account already has a DID).
+//! Lifecycle: `pending → provisioning → ready | failed`, any state → `disabled` (operator or user), any state →
+//! `suspended` (operator only, with a reason), `suspended → disabled` (operator unsuspend), and
+//! `disabled | failed → pending | ready` on enable (ready when the account already has a DID). A suspended account
+//! behaves like a disabled one (module rules 1–3 apply), but [`enable`], [`disable`] and a repeated [`opt_in`] cannot
+//! take it out of `suspended`: enable and opt-in are refused with [`AccountError::Suspended`].
 
 use crate::class::{Classified, ErrorClass};
 use crate::error::DbError;
@@ -22,13 +39,13 @@ use diesel::prelude::*;
 use std::collections::HashMap;
 
 /// Job kinds cancelled when an account is disabled. Provisioning is deliberately absent: a run in flight finishes
-/// (the DID is kept) and the worker's state fence leaves the account `disabled`.
-pub const DISABLE_CANCELS: &[JobKind] = &[
-    JobKind::PublishPost,
-    JobKind::DeletePost,
-    JobKind::SyncProfile,
-    JobKind::BackfillAuthor,
-];
+/// (the DID is kept) and the worker's state fence leaves the account `disabled`. Deletes and profile syncs are absent
+/// too: they are honoured while paused (module rule 1).
+pub const DISABLE_CANCELS: &[JobKind] = &[JobKind::PublishPost, JobKind::BackfillAuthor];
+
+/// `last_error_code` of a job skipped because its account was disabled: set by [`disable`] on the jobs it cancels and
+/// by the publish gate on jobs that run while paused; [`enable`] re-queues exactly these.
+pub const DISABLE_CODE: &str = "account_disabled";
 
 /// Most event ids accepted by one [`crosspost_status`] call.
 pub const MAX_STATUS_IDS: usize = 100;
@@ -49,6 +66,8 @@ pub struct AccountLink {
     pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The operator's reason while `suspended`.
+    pub suspended_reason: Option<String>,
 }
 
 impl AccountLink {
@@ -70,6 +89,9 @@ pub enum AccountError {
     /// No link for this pubkey.
     #[error("no account link for this pubkey")]
     NotFound,
+    /// An operator suspended the account; only an operator can lift it.
+    #[error("this account is suspended by the operator: {reason}")]
+    Suspended { reason: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -86,6 +108,7 @@ impl Classified for AccountError {
             AccountError::HandleTaken { .. } => "handle_taken",
             AccountError::HandleMismatch { .. } => "handle_mismatch",
             AccountError::NotFound => "account_not_found",
+            AccountError::Suspended { .. } => "account_suspended",
             AccountError::Db(e) => e.code(),
         }
     }
@@ -115,14 +138,20 @@ pub fn provision_job(pubkey: &str) -> NewJob {
     job
 }
 
-/// A `backfill_author` job for `pubkey`; `generation` distinguishes re-enables (unix seconds of the enable).
-pub fn backfill_job(pubkey: &str, generation: i64) -> NewJob {
+/// Unique key of an account's backfill job: one per account, re-driven in place on every enable (module rule 4).
+pub fn backfill_unique_key(pubkey: &str) -> String {
+    format!("backfill:{pubkey}")
+}
+
+/// The `backfill_author` job for `pubkey`, at backfill priority. Enqueue it with [`queue::requeue_or_enqueue`] so a
+/// finished one is re-driven and a live one is not doubled.
+pub fn backfill_job(pubkey: &str) -> NewJob {
     let mut job = NewJob::new(
         JobKind::BackfillAuthor,
         pubkey,
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
-    .unique(format!("backfill:{pubkey}:{generation}"));
+    .unique(backfill_unique_key(pubkey));
     job.priority = priority::BACKFILL;
     job
 }
@@ -241,6 +270,7 @@ fn opt_in_existing(conn: &mut PgConnection, existing: AccountLink, handle: &str)
             existing: existing.handle,
         });
     }
+    refuse_suspended(&existing)?;
     if existing.state()? == ProvisioningState::Disabled {
         let link = enable_locked(conn, existing)?;
         return Ok(OptInResult {
@@ -281,6 +311,25 @@ pub fn get_by_did(conn: &mut PgConnection, did: &str) -> Result<Option<AccountLi
         .optional()?)
 }
 
+/// Pubkeys (hex) ingest must follow: accounts with cross-posting on and not disabled, plus every account that has a
+/// DID whatever its state (module rule 1: a paused account's deletes and profile changes are still honoured).
+pub fn followed_pubkeys(conn: &mut PgConnection) -> Result<std::collections::BTreeSet<String>, DbError> {
+    let rows: Vec<String> = account_links::table
+        .filter(
+            account_links::did
+                .is_not_null()
+                .or(account_links::crosspost_enabled
+                    .eq(true)
+                    .and(account_links::provisioning_state.ne_all([
+                        ProvisioningState::Disabled.as_str(),
+                        ProvisioningState::Suspended.as_str(),
+                    ]))),
+        )
+        .select(account_links::nostr_pubkey)
+        .load(conn)?;
+    Ok(rows.into_iter().collect())
+}
+
 /// The DID published for `handle` by `/.well-known/atproto-did`: only `ready` accounts resolve.
 pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<String>, DbError> {
     Ok(account_links::table
@@ -296,8 +345,9 @@ pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<St
 /// `disabled` nor `failed`. Otherwise: `crosspost_enabled = true`, `disabled_at = NULL`, error cleared; the state
 /// becomes `ready` when the account already has a DID, else `pending` with provisioning re-driven
 /// ([`queue::requeue_or_enqueue`] on `provision:<pubkey>`: a terminal failed/cancelled/ineligible job is queued
-/// again; a live one is left alone); and a `backfill_author` job (`backfill:<pubkey>:<unix seconds>`, backfill
-/// priority) imports the history missed meanwhile. All in one transaction.
+/// again; a live one is left alone); the publish jobs skipped while paused are re-queued (module rule 3); and the
+/// account's one `backfill_author` job (`backfill:<pubkey>`) is re-driven to import the history missed meanwhile
+/// (module rule 4). All in one transaction.
 pub fn enable(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, AccountError> {
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
@@ -305,9 +355,19 @@ pub fn enable(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, Acco
     })
 }
 
+fn refuse_suspended(link: &AccountLink) -> Result<(), AccountError> {
+    if link.state()? == ProvisioningState::Suspended {
+        return Err(AccountError::Suspended {
+            reason: link.suspended_reason.clone().unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
 fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLink, AccountError> {
+    refuse_suspended(&link)?;
     let state = link.state()?;
-    let off = matches!(state, ProvisioningState::Disabled | ProvisioningState::Failed);
+    let off = state.is_paused() || state == ProvisioningState::Failed;
     if link.crosspost_enabled && !off {
         return Ok(link);
     }
@@ -331,7 +391,8 @@ fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLi
     if updated.did.is_none() {
         queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey))?;
     }
-    queue::enqueue(conn, &backfill_job(&updated.nostr_pubkey, now.timestamp()))?;
+    queue::requeue_skipped(conn, &updated.nostr_pubkey, &[JobKind::PublishPost], DISABLE_CODE)?;
+    queue::requeue_or_enqueue(conn, &backfill_job(&updated.nostr_pubkey))?;
     Ok(updated)
 }
 
@@ -344,23 +405,68 @@ pub struct Disabled {
 }
 
 /// Turns the account off: state `disabled`, `crosspost_enabled = false`, `disabled_at = now` (kept from the first
-/// disable on repeats), and — in the same transaction — cancels the account's queued publish / delete / profile /
-/// backfill jobs ([`DISABLE_CANCELS`]) and requests cancellation of running ones. Provisioning in flight is left
-/// alone (the worker checks the state).
+/// disable on repeats), and — in the same transaction — cancels the account's queued publish and backfill jobs
+/// ([`DISABLE_CANCELS`], code [`DISABLE_CODE`]) and requests cancellation of a running backfill. Deletes and profile
+/// syncs keep running (module rule 1); provisioning in flight is left alone (the worker checks the state). A
+/// suspended account stays suspended (nothing changes).
 pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, AccountError> {
+    pause(conn, pubkey, ProvisioningState::Disabled, None)
+}
+
+/// Operator suspension: like [`disable`] (same cancellations, deletes and profile changes still honoured) but the
+/// state is `suspended` with `reason`, and the user cannot lift it ([`enable`] and [`opt_in`] answer
+/// [`AccountError::Suspended`]). Repeating it updates the reason.
+pub fn suspend(conn: &mut PgConnection, pubkey: &str, reason: &str) -> Result<Disabled, AccountError> {
+    pause(conn, pubkey, ProvisioningState::Suspended, Some(reason))
+}
+
+/// Operator lift of a suspension: `suspended → disabled` (reason cleared). Cross-posting stays off until the user or
+/// the service enables it again. Any other state: no change. Returns the link.
+pub fn unsuspend(conn: &mut PgConnection, pubkey: &str) -> Result<AccountLink, AccountError> {
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if link.state()? != ProvisioningState::Suspended {
+            return Ok(link);
+        }
+        Ok(diesel::update(account_links::table.find(pubkey))
+            .set((
+                account_links::provisioning_state.eq(ProvisioningState::Disabled.as_str()),
+                account_links::suspended_reason.eq(None::<String>),
+                account_links::updated_at.eq(Utc::now()),
+            ))
+            .returning(AccountLink::as_returning())
+            .get_result(c)?)
+    })
+}
+
+fn pause(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    to: ProvisioningState,
+    reason: Option<&str>,
+) -> Result<Disabled, AccountError> {
+    debug_assert!(to.is_paused());
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if to == ProvisioningState::Disabled && link.state()? == ProvisioningState::Suspended {
+            return Ok(Disabled {
+                link,
+                cancelled_jobs: 0,
+            });
+        }
         let now = Utc::now();
         let updated = diesel::update(account_links::table.find(pubkey))
             .set((
-                account_links::provisioning_state.eq(ProvisioningState::Disabled.as_str()),
+                account_links::provisioning_state.eq(to.as_str()),
+                account_links::suspended_reason.eq(reason),
                 account_links::crosspost_enabled.eq(false),
                 account_links::disabled_at.eq(link.disabled_at.unwrap_or(now)),
                 account_links::updated_at.eq(now),
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_for_key(c, pubkey, DISABLE_CANCELS)?;
+        let cancelled_jobs = queue::cancel_queued_for_key(c, pubkey, DISABLE_CANCELS, DISABLE_CODE)?
+            + queue::cancel_for_key(c, pubkey, &[JobKind::BackfillAuthor])?;
         Ok(Disabled {
             link: updated,
             cancelled_jobs,
@@ -368,9 +474,9 @@ pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, Accoun
     })
 }
 
-/// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is
-/// `disabled` — a disabled account stays disabled whatever provisioning does underneath. Returns whether a row
-/// changed (false: no such account, or disabled).
+/// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is paused
+/// (`disabled` or `suspended`) — a paused account stays paused whatever provisioning does underneath. Returns whether
+/// a row changed (false: no such account, or paused).
 pub fn set_state(
     conn: &mut PgConnection,
     pubkey: &str,
@@ -380,7 +486,10 @@ pub fn set_state(
     let n = diesel::update(
         account_links::table
             .find(pubkey)
-            .filter(account_links::provisioning_state.ne(ProvisioningState::Disabled.as_str())),
+            .filter(account_links::provisioning_state.ne_all([
+                ProvisioningState::Disabled.as_str(),
+                ProvisioningState::Suspended.as_str(),
+            ])),
     )
     .set((
         account_links::provisioning_state.eq(state.as_str()),
@@ -570,4 +679,47 @@ pub fn crosspost_status(
         .iter()
         .map(|id| derive_status(id, facts.get(id).unwrap_or(&empty)))
         .collect()
+}
+
+/// Most entries of one [`history`] page.
+pub const MAX_HISTORY_PAGE: i64 = 100;
+
+/// One page of an account's bridged-post history (newest first).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HistoryPage {
+    pub posts: Vec<CrosspostStatus>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page. Opaque to callers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The account's bridged posts, newest publish job first, `limit` (1..=[`MAX_HISTORY_PAGE`]) at a time, each with
+/// the status [`crosspost_status`] gives it (state, AT-URI, error code). `before` is the cursor of the previous page
+/// (a publish job id: keyset pagination, so entries added meanwhile never shift a page). Other accounts' jobs are
+/// invisible.
+pub fn history(conn: &mut PgConnection, pubkey: &str, before: Option<i64>, limit: i64) -> Result<HistoryPage, DbError> {
+    let limit = limit.clamp(1, MAX_HISTORY_PAGE);
+    let mut q = jobs::table
+        .filter(jobs::ordering_key.eq(pubkey))
+        .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
+        .select((jobs::id, jobs::unique_key))
+        .order(jobs::id.desc())
+        .limit(limit + 1)
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(jobs::id.lt(b));
+    }
+    let rows: Vec<(i64, Option<String>)> = q.load(conn)?;
+    let more = rows.len() as i64 > limit;
+    let page: Vec<(i64, String)> = rows
+        .into_iter()
+        .take(limit as usize)
+        .filter_map(|(id, key)| Some((id, key?.strip_prefix("publish:")?.to_string())))
+        .collect();
+    let cursor = more.then(|| page.last().map(|(id, _)| id.to_string())).flatten();
+    let ids: Vec<String> = page.into_iter().map(|(_, event_id)| event_id).collect();
+    Ok(HistoryPage {
+        posts: crosspost_status(conn, pubkey, &ids)?,
+        cursor,
+    })
 }

@@ -8,6 +8,7 @@
 //! protocol knowledge.
 
 pub mod accounts;
+pub mod audit;
 pub mod class;
 pub mod error;
 pub mod migrate;

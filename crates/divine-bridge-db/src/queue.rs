@@ -157,22 +157,9 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
 /// Cancels every queued job of `kinds` for `ordering_key` (queued → cancelled at once) and requests cancellation of
 /// running ones (honoured at finalize). Returns the number of jobs affected.
 pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
-    debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
+    let queued = cancel_queued_for_key(conn, ordering_key, kinds, "cancelled")?;
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
-    let queued = diesel::update(
-        jobs::table
-            .filter(jobs::ordering_key.eq(ordering_key))
-            .filter(jobs::kind.eq_any(&kinds))
-            .filter(jobs::state.eq(JobState::Queued.as_str())),
-    )
-    .set((
-        jobs::state.eq(JobState::Cancelled.as_str()),
-        jobs::finished_at.eq(now),
-        jobs::updated_at.eq(now),
-        jobs::last_error_code.eq("cancelled"),
-    ))
-    .execute(conn)?;
     let running = diesel::update(
         jobs::table
             .filter(jobs::ordering_key.eq(ordering_key))
@@ -183,6 +170,63 @@ pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobK
     .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
     .execute(conn)?;
     Ok(queued + running)
+}
+
+/// Cancels every QUEUED job of `kinds` for `ordering_key` (queued → cancelled), recording `code` as its
+/// `last_error_code` so the reason can be found again (account disable uses `account_disabled`, and
+/// [`requeue_skipped`] re-drives exactly those on enable). Running jobs are left alone. Returns how many were cancelled.
+pub fn cancel_queued_for_key(
+    conn: &mut PgConnection,
+    ordering_key: &str,
+    kinds: &[JobKind],
+    code: &str,
+) -> Result<usize, DbError> {
+    debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    let now = Utc::now();
+    Ok(diesel::update(
+        jobs::table
+            .filter(jobs::ordering_key.eq(ordering_key))
+            .filter(jobs::kind.eq_any(&kinds))
+            .filter(jobs::state.eq(JobState::Queued.as_str())),
+    )
+    .set((
+        jobs::state.eq(JobState::Cancelled.as_str()),
+        jobs::finished_at.eq(now),
+        jobs::updated_at.eq(now),
+        jobs::last_error_code.eq(code),
+    ))
+    .execute(conn)?)
+}
+
+/// Re-queues (as [`retry`]: attempt kept, key order kept) every job of `kinds` for `ordering_key` that ended
+/// `cancelled` or `ineligible` with `last_error_code = code`: the jobs skipped for a reason that no longer holds
+/// (account re-enable passes `account_disabled`). Returns how many were re-queued.
+pub fn requeue_skipped(
+    conn: &mut PgConnection,
+    ordering_key: &str,
+    kinds: &[JobKind],
+    code: &str,
+) -> Result<usize, DbError> {
+    debug_assert!(JobState::Cancelled.can_transition_to(JobState::Queued));
+    debug_assert!(JobState::Ineligible.can_transition_to(JobState::Queued));
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    let now = Utc::now();
+    Ok(diesel::update(
+        jobs::table
+            .filter(jobs::ordering_key.eq(ordering_key))
+            .filter(jobs::kind.eq_any(&kinds))
+            .filter(jobs::state.eq_any([JobState::Cancelled.as_str(), JobState::Ineligible.as_str()]))
+            .filter(jobs::last_error_code.eq(code)),
+    )
+    .set((
+        jobs::state.eq(JobState::Queued.as_str()),
+        jobs::run_at.eq(now),
+        jobs::finished_at.eq(None::<DateTime<Utc>>),
+        jobs::cancel_requested_at.eq(None::<DateTime<Utc>>),
+        jobs::updated_at.eq(now),
+    ))
+    .execute(conn)?)
 }
 
 /// A job leased by this process. `attempt` already counts the current try.

@@ -13,6 +13,20 @@ diesel::table! {
         disabled_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        suspended_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    account_audit (id) {
+        id -> Int8,
+        nostr_pubkey -> Text,
+        actor -> Text,
+        action -> Text,
+        reason -> Nullable<Text>,
+        before_state -> Nullable<Jsonb>,
+        after_state -> Nullable<Jsonb>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -129,6 +143,7 @@ diesel::table! {
 diesel::joinable!(account_keys -> account_links (nostr_pubkey));
 diesel::allow_tables_to_appear_in_same_query!(
     account_links,
+    account_audit,
     account_keys,
     account_sessions,
     jobs,

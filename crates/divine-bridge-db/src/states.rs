@@ -101,6 +101,27 @@ string_enum!(
         Ready => "ready",
         Failed => "failed",
         Disabled => "disabled",
+        Suspended => "suspended",
+    }
+);
+
+impl ProvisioningState {
+    /// Paused: no new cross-posts (user `disabled` or operator `suspended`); deletes and profile changes of an
+    /// account with a DID are still honoured.
+    pub fn is_paused(self) -> bool {
+        matches!(self, ProvisioningState::Disabled | ProvisioningState::Suspended)
+    }
+}
+
+string_enum!(
+    /// Actions recorded in `account_audit` (one per operator or user action on an account link).
+    AuditAction {
+        OptIn => "opt_in",
+        Enable => "enable",
+        Disable => "disable",
+        Suspend => "suspend",
+        Unsuspend => "unsuspend",
+        Reprovision => "reprovision",
     }
 );
 

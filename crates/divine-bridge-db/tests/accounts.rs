@@ -225,7 +225,7 @@ fn handle_clashes_are_refused() {
 }
 
 #[test]
-fn disable_cancels_only_this_accounts_queued_work() {
+fn disable_cancels_only_this_accounts_queued_publishing_and_keeps_deletes_and_profiles() {
     let db = TestDb::migrated("acc_disable");
     let mut c = db.conn();
     accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
@@ -238,22 +238,34 @@ fn disable_cancels_only_this_accounts_queued_work() {
     )
     .unwrap()
     .unwrap();
+    let a_delete = queue::enqueue(
+        &mut c,
+        &NewJob::new(JobKind::DeletePost, A, serde_json::json!({})).unique(format!("delete:{}", "6".repeat(64))),
+    )
+    .unwrap()
+    .unwrap();
     let a_running = publish_job(&mut c, A, &"5".repeat(64));
     force_job(&mut c, &format!("publish:{}", "5".repeat(64)), "running", 1, None);
+    let a_backfill = queue::enqueue(&mut c, &accounts::backfill_job(A)).unwrap().unwrap();
     let b1 = publish_job(&mut c, B, &"4".repeat(64));
 
     let d = accounts::disable(&mut c, A).unwrap();
     assert_eq!(d.link.state().unwrap(), ProvisioningState::Disabled);
     assert!(!d.link.crosspost_enabled);
     let disabled_at = d.link.disabled_at.expect("disabled_at set");
-    assert_eq!(d.cancelled_jobs, 4, "3 queued + 1 running asked to cancel");
+    assert_eq!(d.cancelled_jobs, 3, "2 queued publishes + the queued backfill");
 
-    for id in [a1, a2, a_profile] {
-        assert_eq!(job_state(&mut c, id), "cancelled");
+    for id in [a1, a2, a_backfill] {
+        let j = queue::get(&mut c, id).unwrap().unwrap();
+        assert_eq!(j.state, "cancelled");
+        assert_eq!(j.last_error_code.as_deref(), Some(accounts::DISABLE_CODE));
     }
+    // A paused account's deletes and profile changes are still honoured.
+    assert_eq!(job_state(&mut c, a_profile), "queued");
+    assert_eq!(job_state(&mut c, a_delete), "queued");
     let running = queue::get(&mut c, a_running).unwrap().unwrap();
-    assert_eq!(running.state, "running", "a running job is asked, not forced");
-    assert!(running.cancel_requested_at.is_some());
+    assert_eq!(running.state, "running", "a publish under way finishes");
+    assert!(running.cancel_requested_at.is_none());
     assert_eq!(job_state(&mut c, b1), "queued", "other accounts are untouched");
     let provision = jobs_of(&mut c, A)
         .into_iter()
@@ -375,13 +387,10 @@ fn enable_redrives_provisioning_when_needed() {
     let backfills: Vec<_> = jobs.iter().filter(|j| j.kind == "backfill_author").collect();
     assert_eq!(backfills.len(), 1);
     assert_eq!(backfills[0].priority, priority::BACKFILL);
-    let bkey = backfills[0].unique_key.clone().unwrap();
-    let generation: i64 = bkey
-        .strip_prefix(&format!("backfill:{A}:"))
-        .expect("backfill key format")
-        .parse()
-        .unwrap();
-    assert!((Utc::now().timestamp() - generation).abs() < 60);
+    assert_eq!(
+        backfills[0].unique_key.as_deref(),
+        Some(format!("backfill:{A}").as_str())
+    );
 
     // Disabled before provisioning finished (job ineligible, no DID): enable re-drives it too.
     force_job(&mut c, &provision_key, "ineligible", 1, Some("account_disabled"));
@@ -412,6 +421,129 @@ fn enable_redrives_provisioning_when_needed() {
         accounts::enable(&mut c, &"9".repeat(64)),
         Err(AccountError::NotFound)
     ));
+}
+
+/// Issue 10: what the pause skipped runs after enable — publish jobs cancelled by disable (their unique key would
+/// make a re-enqueue a no-op) and publish jobs that ran while paused and ended `ineligible account_disabled` — and
+/// nothing else: other accounts' jobs, jobs cancelled or ineligible for other reasons stay as they are.
+#[test]
+fn enable_requeues_what_the_pause_skipped_and_nothing_else() {
+    let db = TestDb::migrated("acc_enable_requeue");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::opt_in(&mut c, &req(B, "bob.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    accounts::mark_ready(&mut c, B, "did:plc:bob").unwrap();
+    let queued_at_disable = publish_job(&mut c, A, &"1".repeat(64));
+    accounts::disable(&mut c, A).unwrap();
+    accounts::disable(&mut c, B).unwrap();
+    assert_eq!(job_state(&mut c, queued_at_disable), "cancelled");
+    // Posted while paused: the worker's gate ended it ineligible account_disabled.
+    let posted_while_paused = publish_job(&mut c, A, &"2".repeat(64));
+    force_job(
+        &mut c,
+        &format!("publish:{}", "2".repeat(64)),
+        "ineligible",
+        1,
+        Some("account_disabled"),
+    );
+    // Skipped for other reasons: stay.
+    let superseded = publish_job(&mut c, A, &"3".repeat(64));
+    force_job(
+        &mut c,
+        &format!("publish:{}", "3".repeat(64)),
+        "ineligible",
+        1,
+        Some("superseded"),
+    );
+    let operator_cancelled = publish_job(&mut c, A, &"4".repeat(64));
+    assert!(queue::cancel(&mut c, operator_cancelled).unwrap());
+    let other_account = publish_job(&mut c, B, &"5".repeat(64));
+    force_job(
+        &mut c,
+        &format!("publish:{}", "5".repeat(64)),
+        "ineligible",
+        1,
+        Some("account_disabled"),
+    );
+
+    // Re-enqueueing the same event is a no-op (the unique key is held): only enable can bring it back.
+    assert_eq!(
+        queue::enqueue(
+            &mut c,
+            &NewJob::new(JobKind::PublishPost, A, serde_json::json!({})).unique(format!("publish:{}", "1".repeat(64)))
+        )
+        .unwrap(),
+        None
+    );
+
+    accounts::enable(&mut c, A).unwrap();
+    assert_eq!(job_state(&mut c, queued_at_disable), "queued");
+    assert_eq!(job_state(&mut c, posted_while_paused), "queued");
+    let p = queue::get(&mut c, posted_while_paused).unwrap().unwrap();
+    assert_eq!((p.attempt, p.finished_at), (1, None), "attempt kept, live again");
+    assert_eq!(job_state(&mut c, superseded), "ineligible");
+    assert_eq!(job_state(&mut c, operator_cancelled), "cancelled");
+    assert_eq!(job_state(&mut c, other_account), "ineligible");
+}
+
+/// Any number of disable/enable rounds leaves at most one live backfill per account: one key, re-driven in place.
+#[test]
+fn repeated_enable_disable_keeps_at_most_one_backfill() {
+    let db = TestDb::migrated("acc_one_backfill");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    let live = |c: &mut PgConnection| {
+        jobs_of(c, A)
+            .into_iter()
+            .filter(|j| j.kind == "backfill_author" && matches!(j.state.as_str(), "queued" | "running"))
+            .count()
+    };
+    for _ in 0..5 {
+        accounts::disable(&mut c, A).unwrap();
+        assert_eq!(live(&mut c), 0, "disable cancels the queued backfill");
+        accounts::enable(&mut c, A).unwrap();
+        assert_eq!(live(&mut c), 1);
+    }
+    // Enable while the backfill runs (disable asked it to cancel; it has not finished yet): still one.
+    force_job(&mut c, &accounts::backfill_unique_key(A), "running", 1, None);
+    accounts::disable(&mut c, A).unwrap();
+    let backfill = jobs_of(&mut c, A)
+        .into_iter()
+        .find(|j| j.kind == "backfill_author")
+        .unwrap();
+    assert_eq!(
+        backfill.state, "running",
+        "a running backfill is asked to cancel, not forced"
+    );
+    accounts::enable(&mut c, A).unwrap();
+    assert_eq!(live(&mut c), 1);
+    // A finished backfill is re-driven under the same key (the old row keeps its history under a renamed key).
+    force_job(&mut c, &accounts::backfill_unique_key(A), "succeeded", 1, None);
+    accounts::disable(&mut c, A).unwrap();
+    accounts::enable(&mut c, A).unwrap();
+    assert_eq!(live(&mut c), 1);
+    let all: Vec<_> = jobs_of(&mut c, A)
+        .into_iter()
+        .filter(|j| j.kind == "backfill_author")
+        .collect();
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+#[test]
+fn ingest_follows_enabled_accounts_and_paused_ones_that_have_a_did() {
+    let db = TestDb::migrated("acc_followed");
+    let mut c = db.conn();
+    let cpk = "c".repeat(64);
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::opt_in(&mut c, &req(B, "bob.divine.test")).unwrap();
+    accounts::opt_in(&mut c, &req(&cpk, "carol.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    accounts::disable(&mut c, A).unwrap(); // paused with a DID: followed (deletes, profile)
+    accounts::disable(&mut c, B).unwrap(); // paused, never provisioned: nothing to keep in step
+    let followed = accounts::followed_pubkeys(&mut c).unwrap();
+    assert_eq!(followed.into_iter().collect::<Vec<_>>(), vec![A.to_string(), cpk]);
 }
 
 #[test]
@@ -552,4 +684,100 @@ fn crosspost_status_covers_every_status() {
     );
     let v = serde_json::to_value(&got[0]).unwrap();
     assert_eq!(v, serde_json::json!({"nostr_event_id": id(0), "status": "not_found"}));
+}
+
+/// Suspension: like disable (queued publishing cancelled, deletes kept, still followed for deletes), but enable,
+/// disable, opt-in and the worker's transitions cannot take the account out of `suspended`; unsuspend → disabled.
+#[test]
+fn suspend_is_a_pause_only_the_operator_lifts() {
+    let db = TestDb::migrated("acc_suspend");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    let p = publish_job(&mut c, A, &"1".repeat(64));
+    let s = accounts::suspend(&mut c, A, "abuse report").unwrap();
+    assert_eq!(s.link.state().unwrap(), ProvisioningState::Suspended);
+    assert_eq!(s.link.suspended_reason.as_deref(), Some("abuse report"));
+    assert!(!s.link.crosspost_enabled);
+    assert_eq!(job_state(&mut c, p), "cancelled");
+    assert!(accounts::followed_pubkeys(&mut c).unwrap().contains(A));
+
+    let e = accounts::enable(&mut c, A).unwrap_err();
+    assert_eq!(e.code(), "account_suspended");
+    assert!(e.to_string().contains("abuse report"));
+    assert_eq!(
+        accounts::opt_in(&mut c, &req(A, "alice.divine.test"))
+            .unwrap_err()
+            .code(),
+        "account_suspended"
+    );
+    let d = accounts::disable(&mut c, A).unwrap();
+    assert_eq!(
+        d.link.state().unwrap(),
+        ProvisioningState::Suspended,
+        "disable does not lift it"
+    );
+    assert!(
+        !accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap(),
+        "worker fence"
+    );
+    assert_eq!(job_state(&mut c, p), "cancelled", "nothing re-queued while suspended");
+
+    let l = accounts::unsuspend(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Disabled);
+    assert_eq!(l.suspended_reason, None);
+    let l = accounts::enable(&mut c, A).unwrap();
+    assert_eq!(l.state().unwrap(), ProvisioningState::Ready);
+    assert_eq!(
+        job_state(&mut c, p),
+        "queued",
+        "what the suspension skipped runs after enable"
+    );
+}
+
+/// The audit row is written in the action's transaction: a committed action has its row, a refused one has none.
+#[test]
+fn audited_actions_record_actor_reason_and_states_atomically() {
+    use divine_bridge_db::audit::{self, audited, Actor};
+    use divine_bridge_db::states::AuditAction;
+    let db = TestDb::migrated("acc_audit");
+    let mut c = db.conn();
+    audited(&mut c, A, &Actor::Service, AuditAction::OptIn, None, |c| {
+        accounts::opt_in(c, &req(A, "alice.divine.test"))
+    })
+    .unwrap();
+    audited(
+        &mut c,
+        A,
+        &Actor::Cli("ops".into()),
+        AuditAction::Suspend,
+        Some("spam"),
+        |c| accounts::suspend(c, A, "spam"),
+    )
+    .unwrap();
+    let refused = audited(&mut c, A, &Actor::Nip98(A.into()), AuditAction::Enable, None, |c| {
+        accounts::enable(c, A)
+    });
+    assert_eq!(refused.unwrap_err().code(), "account_suspended");
+    let trail = audit::list(&mut c, A, 10).unwrap();
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert_eq!(
+        (
+            trail[0].actor.as_str(),
+            trail[0].action.as_str(),
+            trail[0].reason.as_deref()
+        ),
+        ("cli:ops", "suspend", Some("spam"))
+    );
+    assert_eq!(trail[0].before_state.as_ref().unwrap()["provisioning_state"], "pending");
+    assert_eq!(
+        trail[0].after_state.as_ref().unwrap()["provisioning_state"],
+        "suspended"
+    );
+    assert_eq!(trail[0].after_state.as_ref().unwrap()["suspended_reason"], "spam");
+    assert_eq!(
+        (trail[1].actor.as_str(), trail[1].action.as_str()),
+        ("service", "opt_in")
+    );
+    assert_eq!(trail[1].before_state, None);
 }

@@ -98,6 +98,10 @@ fn rust_enums_match_sql_check_constraints() {
         sorted(ProvisioningState::ALL.iter().map(|s| s.as_str()))
     );
     assert_eq!(
+        check_values(&mut conn, "account_audit", "action"),
+        sorted(divine_bridge_db::states::AuditAction::ALL.iter().map(|s| s.as_str()))
+    );
+    assert_eq!(
         check_values(&mut conn, "record_mappings", "state"),
         sorted(RecordState::ALL.iter().map(|s| s.as_str()))
     );

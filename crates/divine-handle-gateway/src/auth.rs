@@ -189,6 +189,22 @@ impl FromRequestParts<AppState> for Credential {
 }
 
 impl Credential {
+    /// Who this credential is, for the `account_audit` trail.
+    pub fn actor(&self) -> divine_bridge_db::audit::Actor {
+        match self {
+            Credential::Service => divine_bridge_db::audit::Actor::Service,
+            Credential::Nostr(claim) => divine_bridge_db::audit::Actor::Nip98(claim.pubkey.clone()),
+        }
+    }
+
+    /// Operator-only routes (suspend, unsuspend): the service token, never a user's NIP-98 event.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        match self {
+            Credential::Service => Ok(()),
+            Credential::Nostr(_) => Err(ApiError::OperatorOnly),
+        }
+    }
+
     /// Completes authorization for a request acting on `acting_pubkey` (hex) with `body`: a NIP-98 event must be
     /// signed by that pubkey, carry the body's hash, and not have been used before (recorded here). The service
     /// token may act for anyone.

@@ -2,7 +2,8 @@
 //! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8), the other `DB_*`
 //! connection settings ([`divine_bridge_db::DbSettings::from_lookup`], shared with the worker) and
 //! `RESERVED_HANDLE_NAMES` (comma-separated names refused under the handle domain; unset = the built-in list
-//! [`DEFAULT_RESERVED_NAMES`], empty = none).
+//! [`DEFAULT_RESERVED_NAMES`], empty = none) and `PDS_PUBLIC_URL` (the PDS's public base URL, shown by `/export`;
+//! unset = export omits the repo download URL).
 //!
 //! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
 
@@ -25,6 +26,8 @@ pub struct Config {
     pub db: DbSettings,
     /// Lower-case first labels refused with `handle_reserved`.
     pub reserved_names: Vec<String>,
+    /// Public base URL of the bridge's PDS (no trailing slash), for the repo download link of `/export`.
+    pub pds_public_url: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("db", &self.db)
             .field("reserved_names", &self.reserved_names)
+            .field("pds_public_url", &self.pds_public_url)
             .field("service_token", &"<redacted>")
             .finish_non_exhaustive()
     }
@@ -121,7 +125,12 @@ impl Config {
                 names
             }
         };
+        let pds_public_url = match get("PDS_PUBLIC_URL").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => Some(normalize_public_url(&v).map_err(|e| err("PDS_PUBLIC_URL", e))?),
+        };
         Ok(Config {
+            pds_public_url,
             bind_addr,
             database_url,
             handle_domain,
@@ -201,5 +210,19 @@ mod tests {
         bad.retain(|(k, _)| *k != "DATABASE_URL");
         bad.push(("DATABASE_URL", "postgres://x/y?keepalives_idle=5"));
         assert_eq!(load(&bad).unwrap_err().var, "DATABASE_URL");
+        let mut bad = BASE.to_vec();
+        bad.push(("PDS_PUBLIC_URL", "ftp://x"));
+        assert_eq!(load(&bad).unwrap_err().var, "PDS_PUBLIC_URL");
+    }
+
+    #[test]
+    fn pds_public_url_is_optional_and_normalised() {
+        assert_eq!(load(BASE).unwrap().pds_public_url, None);
+        let mut pairs = BASE.to_vec();
+        pairs.push(("PDS_PUBLIC_URL", "https://pds.divine.test/"));
+        assert_eq!(
+            load(&pairs).unwrap().pds_public_url.as_deref(),
+            Some("https://pds.divine.test")
+        );
     }
 }

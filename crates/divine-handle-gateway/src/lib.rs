@@ -54,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/account-links/opt-in", post(routes::opt_in))
         .route("/api/account-links/{pubkey}/enable", post(routes::enable))
         .route("/api/account-links/{pubkey}/disable", post(routes::disable))
+        .route("/api/account-links/{pubkey}/suspend", post(routes::suspend))
+        .route("/api/account-links/{pubkey}/unsuspend", post(routes::unsuspend))
+        .route("/api/account-links/{pubkey}/posts", get(routes::history))
+        .route("/api/account-links/{pubkey}/export", get(routes::export))
         .route("/api/account-links/{pubkey}/status", get(routes::status))
         .route(
             "/api/account-links/{pubkey}/crosspost-status",

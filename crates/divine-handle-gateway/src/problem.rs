@@ -35,12 +35,20 @@ pub enum ApiError {
     HandleMismatch(String),
     #[error("no account link for this pubkey")]
     AccountNotFound,
+    /// The operator suspended the account; the user cannot enable it.
+    #[error("this account is suspended by the operator: {0}")]
+    AccountSuspended(String),
+    /// A route only the operator (service token) may call was called with a user's NIP-98 credential.
+    #[error("only the operator (service token) may do this")]
+    OperatorOnly,
     #[error("no ready account for host {0:?}")]
     HandleNotFound(String),
     #[error("{0} event ids given; at most 100 per request")]
     TooManyIds(usize),
     #[error("invalid event id {0:?}: expected 64 hex characters")]
     InvalidEventId(String),
+    #[error("invalid cursor {0:?}: pass the `cursor` of the previous page")]
+    InvalidCursor(String),
     #[error("invalid JSON body: {0}")]
     InvalidJson(String),
     #[error("unsupported content type {0:?}; send application/json")]
@@ -69,9 +77,12 @@ impl Classified for ApiError {
             ApiError::HandleReserved(_) => "handle_reserved",
             ApiError::HandleMismatch(_) => "handle_mismatch",
             ApiError::AccountNotFound => "account_not_found",
+            ApiError::AccountSuspended(_) => "account_suspended",
+            ApiError::OperatorOnly => "operator_only",
             ApiError::HandleNotFound(_) => "handle_not_found",
             ApiError::TooManyIds(_) => "too_many_ids",
             ApiError::InvalidEventId(_) => "invalid_event_id",
+            ApiError::InvalidCursor(_) => "invalid_cursor",
             ApiError::InvalidJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -107,11 +118,13 @@ impl ApiError {
             | ApiError::InvalidHandle(_)
             | ApiError::TooManyIds(_)
             | ApiError::InvalidEventId(_)
+            | ApiError::InvalidCursor(_)
             | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::HandleTaken(_) | ApiError::HandleReserved(_) | ApiError::HandleMismatch(_) => {
                 StatusCode::CONFLICT
             }
             ApiError::AccountNotFound | ApiError::HandleNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::AccountSuspended(_) | ApiError::OperatorOnly => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -130,9 +143,12 @@ impl ApiError {
             ApiError::HandleReserved(_) => "Handle reserved",
             ApiError::HandleMismatch(_) => "Pubkey already linked to another handle",
             ApiError::AccountNotFound => "Account link not found",
+            ApiError::AccountSuspended(_) => "Account suspended",
+            ApiError::OperatorOnly => "Operator only",
             ApiError::HandleNotFound(_) => "Handle not found",
             ApiError::TooManyIds(_) => "Too many event ids",
             ApiError::InvalidEventId(_) => "Invalid event id",
+            ApiError::InvalidCursor(_) => "Invalid cursor",
             ApiError::InvalidJson(_) => "Invalid JSON body",
             ApiError::UnsupportedMediaType(_) => "Unsupported media type",
             ApiError::PayloadTooLarge => "Payload too large",
@@ -179,6 +195,7 @@ impl From<AccountError> for ApiError {
             AccountError::HandleTaken { handle } => ApiError::HandleTaken(handle),
             AccountError::HandleMismatch { existing } => ApiError::HandleMismatch(existing),
             AccountError::NotFound => ApiError::AccountNotFound,
+            AccountError::Suspended { reason } => ApiError::AccountSuspended(reason),
             AccountError::Db(db) => db.into(),
         }
     }

@@ -10,6 +10,10 @@
 //! - same pubkey with a different handle → 409 `handle_mismatch` (handle changes are out of scope, whatever the
 //!   link's state).
 //!
+//! Lifecycle actions (opt-in, enable, disable, suspend, unsuspend) are written to `account_audit` with the caller as
+//! actor, in the action's transaction ([`audited`]). Suspend and unsuspend are operator-only (service token); a
+//! user's enable or opt-in of a suspended account is refused with 403 `account_suspended`.
+//!
 //! Owns request/response shapes only; state changes and their atomicity belong to the store.
 
 use crate::auth::Credential;
@@ -25,7 +29,9 @@ use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
+use divine_bridge_db::audit::audited;
 use divine_bridge_db::migrate::migrations_applied;
+use divine_bridge_db::states::AuditAction;
 use divine_bridge_db::Classified;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -107,9 +113,19 @@ pub async fn opt_in(
         handle,
         crosspost_enabled: body.value.crosspost_enabled,
     };
+    let actor = credential.actor();
     let result = state
         .db
-        .run(move |c| Ok(accounts::opt_in(c, &req)))
+        .run(move |c| {
+            Ok(audited(
+                c,
+                &req.nostr_pubkey.clone(),
+                &actor,
+                AuditAction::OptIn,
+                None,
+                |c| accounts::opt_in(c, &req),
+            ))
+        })
         .await?
         .map_err(ApiError::from)?;
     let outcome = match result.outcome {
@@ -130,9 +146,14 @@ pub async fn enable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
     let link = state
         .db
-        .run(move |c| Ok(accounts::enable(c, &pubkey)))
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
+                accounts::enable(c, &pubkey)
+            }))
+        })
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
@@ -147,9 +168,14 @@ pub async fn disable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
     let disabled = state
         .db
-        .run(move |c| Ok(accounts::disable(c, &pubkey)))
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
+                accounts::disable(c, &pubkey)
+            }))
+        })
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(
@@ -158,6 +184,65 @@ pub async fn disable(
         "disabled"
     );
     Ok(Json(disabled.link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/suspend` body.
+#[derive(Debug, Deserialize)]
+pub struct SuspendBody {
+    /// Why the operator suspends the account (required, shown by `accounts show` and kept in the audit trail).
+    pub reason: String,
+}
+
+/// `POST /api/account-links/{pubkey}/suspend` `{"reason": "..."}` → 200 record. Operator only (service token): 403
+/// `operator_only` for a NIP-98 caller; 400 `invalid_json` without a non-blank reason.
+pub async fn suspend(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    body: JsonBody<SuspendBody>,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.require_operator()?;
+    credential.authorize(&state, &pubkey, &body.raw).await?;
+    let reason = body.value.reason.trim().to_string();
+    if reason.is_empty() {
+        return Err(ApiError::InvalidJson("a non-blank `reason` is required".into()));
+    }
+    let actor = credential.actor();
+    let suspended = state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
+                accounts::suspend(c, &pubkey, &reason)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
+    Ok(Json(suspended.link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/unsuspend` → 200 record (`disabled`: cross-posting stays off until enabled).
+/// Operator only.
+pub async fn unsuspend(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<AccountLinkRecord>, ApiError> {
+    credential.require_operator()?;
+    credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
+    let link = state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
+                accounts::unsuspend(c, &pubkey)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(pubkey = %link.nostr_pubkey, "unsuspended");
+    Ok(Json(link.into()))
 }
 
 /// `GET /api/account-links/{pubkey}/status` → 200 record or 404 `account_not_found`.
@@ -190,6 +275,95 @@ pub async fn crosspost_status(
         .run(move |c| accounts::crosspost_status(c, &pubkey, &ids))
         .await?;
     Ok(Json(CrosspostStatusResponse { statuses }))
+}
+
+/// `GET /api/account-links/{pubkey}/export` answer: what a user needs to take their Bluesky account elsewhere.
+#[derive(Debug, Serialize)]
+pub struct ExportRecord {
+    pub nostr_pubkey: String,
+    pub did: Option<String>,
+    pub handle: String,
+    pub provisioning_state: String,
+    /// Public base URL of the PDS hosting the repo (`PDS_PUBLIC_URL`), when configured.
+    pub pds: Option<String>,
+    /// Public, unauthenticated download of the whole repo as a CAR (`com.atproto.sync.getRepo`): it never expires
+    /// and needs no signature, because a public repo is public data.
+    pub repo_car_url: Option<String>,
+    /// Always `none`: no private key or password leaves the bridge (docs/runbooks/account-lifecycle.md).
+    pub key_handover: &'static str,
+    pub instructions: &'static str,
+}
+
+/// What `/export` tells the user to do with the CAR.
+pub const EXPORT_INSTRUCTIONS: &str = "Download repo_car_url (com.atproto.sync.getRepo) to keep a copy of every \
+     record of your Bluesky account. No signing key leaves the bridge: to move the account to another PDS, contact \
+     the operator, who runs the documented migration by hand.";
+
+/// `GET /api/account-links/{pubkey}/export` → 200 [`ExportRecord`]; 404 `account_not_found`.
+pub async fn export(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<Json<ExportRecord>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let link = state
+        .db
+        .run(move |c| accounts::get(c, &pubkey))
+        .await?
+        .ok_or(ApiError::AccountNotFound)?;
+    let pds = state.config.pds_public_url.clone();
+    let repo_car_url = match (&pds, &link.did) {
+        (Some(pds), Some(did)) => Some(format!("{pds}/xrpc/com.atproto.sync.getRepo?did={did}")),
+        _ => None,
+    };
+    Ok(Json(ExportRecord {
+        nostr_pubkey: link.nostr_pubkey,
+        did: link.did,
+        handle: link.handle,
+        provisioning_state: link.provisioning_state,
+        pds,
+        repo_car_url,
+        key_handover: "none",
+        instructions: EXPORT_INSTRUCTIONS,
+    }))
+}
+
+/// `GET /api/account-links/{pubkey}/posts` query.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// The `cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1..=100 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/account-links/{pubkey}/posts?cursor=&limit=` → 200 `{"posts": [...], "cursor": "..."}`: the account's
+/// bridged posts, newest first, each with status, AT-URI and error code (as `crosspost-status`), for the app's
+/// settings screen. 400 `invalid_cursor` for a cursor this endpoint did not hand out.
+pub async fn history(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    query: axum::extract::Query<HistoryQuery>,
+    RawBody(body): RawBody,
+) -> Result<Json<accounts::HistoryPage>, ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let before = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::InvalidCursor(c.to_string()))?,
+        ),
+    };
+    let limit = query.limit.unwrap_or(50);
+    let page = state
+        .db
+        .run(move |c| accounts::history(c, &pubkey, before, limit))
+        .await?;
+    Ok(Json(page))
 }
 
 /// `GET /.well-known/atproto-did` with `Host: <handle>` → `text/plain` DID of a `ready` account, else 404

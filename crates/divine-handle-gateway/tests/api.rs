@@ -966,3 +966,114 @@ async fn a_panicking_handler_is_an_internal_problem_through_the_same_layers() {
         assert_eq!((e.code(), e.status().as_u16()), (code, answered), "{seen}");
     }
 }
+
+/// `GET /api/account-links/{pubkey}/posts`: newest first, keyset pages with an opaque cursor, per-post status and
+/// error code as `crosspost-status` gives them, other accounts invisible, a foreign cursor 400 `invalid_cursor`.
+#[tokio::test]
+async fn post_history_is_paginated_newest_first_with_status_and_error_code() {
+    let gw = Gw::new("gw_history");
+    let pk = new_pubkey();
+    gw.opt_in(&pk, &handle("ivy")).await;
+    let other = new_pubkey();
+    gw.opt_in(&other, &handle("jack")).await;
+    let evs: Vec<String> = (0..3).map(|_| event_id()).collect();
+    for ev in &evs {
+        queue::enqueue(&mut gw.conn(), &publish_job(&pk, ev)).unwrap().unwrap();
+    }
+    queue::enqueue(&mut gw.conn(), &publish_job(&other, &event_id()))
+        .unwrap()
+        .unwrap();
+    // Disabling cancels the queued ones with account_disabled; a later one stays queued.
+    gw.send(bearer(Method::POST, &format!("/api/account-links/{pk}/disable"), None))
+        .await;
+    let late = event_id();
+    queue::enqueue(&mut gw.conn(), &publish_job(&pk, &late))
+        .unwrap()
+        .unwrap();
+
+    let r = gw
+        .send(bearer(
+            Method::GET,
+            &format!("/api/account-links/{pk}/posts?limit=2"),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    let posts = page["posts"].as_array().unwrap();
+    assert_eq!(posts.len(), 2);
+    assert_eq!(posts[0]["nostr_event_id"], late.as_str());
+    assert_eq!(posts[0]["status"], "queued");
+    assert_eq!(posts[1]["nostr_event_id"], evs[2].as_str());
+    assert_eq!(posts[1]["status"], "cancelled");
+    assert_eq!(posts[1]["error_code"], "account_disabled");
+    let cursor = page["cursor"].as_str().expect("more pages").to_string();
+
+    let r = gw
+        .send(bearer(
+            Method::GET,
+            &format!("/api/account-links/{pk}/posts?limit=2&cursor={cursor}"),
+            None,
+        ))
+        .await;
+    let page = r.json();
+    let ids: Vec<&str> = page["posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["nostr_event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![evs[1].as_str(), evs[0].as_str()]);
+    assert!(page.get("cursor").is_none(), "last page: {page}");
+
+    let r = gw
+        .send(bearer(
+            Method::GET,
+            &format!("/api/account-links/{pk}/posts?cursor=abc"),
+            None,
+        ))
+        .await;
+    r.problem(400, "invalid_cursor");
+}
+
+/// `/export`: DID, handle, PDS and the public getRepo CAR URL; no key material in the answer.
+#[tokio::test]
+async fn export_answers_what_a_user_needs_to_leave_and_no_key() {
+    let gw = Gw::new("gw_export");
+    let pk = new_pubkey();
+    let h = handle("kim");
+    gw.opt_in(&pk, &h).await;
+    let r = gw
+        .send(bearer(Method::GET, &format!("/api/account-links/{pk}/export"), None))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["repo_car_url"], serde_json::Value::Null, "no DID yet");
+    gw.make_ready(&pk, "did:plc:kimkimkim");
+    let r = gw
+        .send(bearer(Method::GET, &format!("/api/account-links/{pk}/export"), None))
+        .await;
+    let e = r.json();
+    assert_eq!(e["did"], "did:plc:kimkimkim");
+    assert_eq!(e["handle"], h.as_str());
+    assert_eq!(e["pds"], common::PDS_PUBLIC_URL);
+    assert_eq!(
+        e["repo_car_url"],
+        format!(
+            "{}/xrpc/com.atproto.sync.getRepo?did=did:plc:kimkimkim",
+            common::PDS_PUBLIC_URL
+        )
+    );
+    assert_eq!(e["key_handover"], "none");
+    let text = r.text().to_lowercase();
+    for secret in ["sealed", "password", "jwt", "private"] {
+        assert!(!text.contains(secret), "export mentions {secret}: {text}");
+    }
+    let r = gw
+        .send(bearer(
+            Method::GET,
+            &format!("/api/account-links/{}/export", new_pubkey()),
+            None,
+        ))
+        .await;
+    r.problem(404, "account_not_found");
+}

@@ -324,3 +324,126 @@ async fn bearer_tokens_and_schemes() {
         assert_eq!(r.status, 200, "{p}");
     }
 }
+
+/// Issue 10: suspend is operator-only (service token), a suspended account cannot be enabled (or re-opted-in) by its
+/// user, disable does not lift it, unsuspend (operator) leaves it disabled for the user to enable; every action is in
+/// the audit trail with its actor, reason and before/after state.
+#[tokio::test]
+async fn suspend_is_operator_only_the_user_cannot_lift_it_and_every_action_is_audited() {
+    let gw = Gw::new("gw_suspend");
+    let keys = Keys::generate();
+    let pk = keys.public_key().to_hex();
+    let h = handle("susan");
+    gw.opt_in(&pk, &h).await;
+    gw.make_ready(&pk, "did:plc:susan");
+    let user = |method: Method, path: String, body: Vec<u8>| {
+        let tok = Nip98::for_request(method.as_str(), &path, &body).token(&keys);
+        nostr_req(method, &path, &body, &tok)
+    };
+
+    // The user cannot suspend (even themselves).
+    let body = serde_json::to_vec(&serde_json::json!({"reason": "self"})).unwrap();
+    let r = gw
+        .send(user(Method::POST, format!("/api/account-links/{pk}/suspend"), body))
+        .await;
+    r.problem(403, "operator_only");
+    // A reason is required.
+    let r = gw
+        .send(bearer(
+            Method::POST,
+            &format!("/api/account-links/{pk}/suspend"),
+            Some(serde_json::json!({"reason": "  "})),
+        ))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // The operator suspends.
+    let r = gw
+        .send(bearer(
+            Method::POST,
+            &format!("/api/account-links/{pk}/suspend"),
+            Some(serde_json::json!({"reason": "spam reports #42"})),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["provisioning_state"], "suspended");
+    assert_eq!(r.json()["crosspost_enabled"], false);
+
+    // The user cannot lift it: enable and re-opt-in are 403 account_suspended; disable leaves it suspended.
+    let r = gw
+        .send(user(Method::POST, format!("/api/account-links/{pk}/enable"), vec![]))
+        .await;
+    let p = r.problem(403, "account_suspended");
+    assert!(p["detail"].as_str().unwrap().contains("spam reports #42"), "{p}");
+    let body = opt_in_body(&pk, &h);
+    let r = gw
+        .send(user(Method::POST, "/api/account-links/opt-in".to_string(), body))
+        .await;
+    r.problem(403, "account_suspended");
+    let r = gw
+        .send(user(Method::POST, format!("/api/account-links/{pk}/disable"), vec![]))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["provisioning_state"], "suspended");
+    let r = gw
+        .send(user(Method::POST, format!("/api/account-links/{pk}/unsuspend"), vec![]))
+        .await;
+    r.problem(403, "operator_only");
+
+    // The operator lifts it: disabled; then the user may enable.
+    let r = gw
+        .send(bearer(
+            Method::POST,
+            &format!("/api/account-links/{pk}/unsuspend"),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["provisioning_state"], "disabled");
+    let path = format!("/api/account-links/{pk}/enable");
+    let mut n = Nip98::for_request("POST", &path, b"");
+    n.created_at -= 1; // not a replay of the refused enable above (same second, same content → same event id)
+    let r = gw.send(nostr_req(Method::POST, &path, b"", &n.token(&keys))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["provisioning_state"], "ready");
+
+    // The trail, oldest first: refused actions left no row.
+    let mut trail = divine_bridge_db::audit::list(&mut gw.conn(), &pk, 100).unwrap();
+    trail.reverse();
+    let got: Vec<(String, String, Option<String>, String, String)> = trail
+        .iter()
+        .map(|e| {
+            let st = |v: &Option<serde_json::Value>| {
+                v.as_ref()
+                    .map(|v| v["provisioning_state"].as_str().unwrap().to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            (
+                e.actor.clone(),
+                e.action.clone(),
+                e.reason.clone(),
+                st(&e.before_state),
+                st(&e.after_state),
+            )
+        })
+        .collect();
+    let user_actor = format!("nip98:{pk}");
+    let row = |a: &str, act: &str, reason: Option<&str>, b: &str, af: &str| {
+        (
+            a.to_string(),
+            act.to_string(),
+            reason.map(str::to_string),
+            b.to_string(),
+            af.to_string(),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            row("service", "opt_in", None, "-", "pending"),
+            row("service", "suspend", Some("spam reports #42"), "ready", "suspended"),
+            row(&user_actor, "disable", None, "suspended", "suspended"),
+            row("service", "unsuspend", None, "suspended", "disabled"),
+            row(&user_actor, "enable", None, "disabled", "ready"),
+        ]
+    );
+}

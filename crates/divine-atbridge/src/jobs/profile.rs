@@ -2,7 +2,7 @@
 //! ordering rule (via `profile_sync`) and the write; translation and the avatar/banner fetch come through
 //! [`ProfileSource`].
 
-use super::publish::{account_gate, blob_cid, event_time, local_blob_ref, PreparedMedia};
+use super::publish::{blob_cid, event_time, local_blob_ref, upkeep_gate, PreparedMedia};
 use super::{JobError, RepoWriter};
 use divine_bridge_db::{records, Db};
 use futures::future::BoxFuture;
@@ -37,7 +37,7 @@ pub async fn sync_profile(
     let did = {
         let (pubkey, event_id) = (pubkey.clone(), event_id.clone());
         db.run(move |c| {
-            let did = match account_gate(c, &pubkey) {
+            let did = match upkeep_gate(c, &pubkey) {
                 Ok(did) => did,
                 Err(e) => return Ok(Err(e)),
             };

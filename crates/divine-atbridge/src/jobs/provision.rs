@@ -56,10 +56,10 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         ));
     };
     let state: ProvisioningState = state.parse().map_err(DbError::from)?;
-    if state == ProvisioningState::Disabled && did.is_none() {
+    if state.is_paused() && did.is_none() {
         return Err(JobError::ineligible(
             "account_disabled",
-            "disabled before provisioning finished",
+            "disabled or suspended before provisioning finished",
         ));
     }
 

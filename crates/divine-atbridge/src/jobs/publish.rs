@@ -78,8 +78,28 @@ pub(crate) fn event_time(event: &Event) -> DateTime<Utc> {
         .unwrap_or_else(Utc::now)
 }
 
-/// The account's DID if bridging is allowed now: disabled → ineligible; provisioning failed → ineligible; still
-/// provisioning → retry (it runs before the account's posts, so this is rare).
+/// The account's DID if its repo may still be kept in step with Nostr — deletes and profile changes — now: any
+/// account that has a DID, paused or not (a user who pauses cross-posting and then deletes a video or changes their
+/// name must not keep the old copy on Bluesky; divine_bridge_db::accounts rule 1). No link or no DID → ineligible
+/// `account_disabled` (there is nothing on the PDS to keep in step).
+pub fn upkeep_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, JobError> {
+    let did: Option<Option<String>> = account_links::table
+        .find(pubkey)
+        .select(account_links::did)
+        .first(conn)
+        .optional()
+        .map_err(divine_bridge_db::DbError::from)?;
+    did.flatten().ok_or_else(|| {
+        JobError::ineligible(
+            divine_bridge_db::accounts::DISABLE_CODE,
+            "no bridged account for this pubkey",
+        )
+    })
+}
+
+/// The account's DID if bridging NEW posts is allowed now: disabled → ineligible `account_disabled` (re-queued on
+/// enable); provisioning failed → ineligible; still provisioning → retry (it runs before the account's posts, so
+/// this is rare).
 pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, JobError> {
     let row: Option<(Option<String>, bool, String)> = account_links::table
         .find(pubkey)
@@ -99,7 +119,10 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
     };
     let state: ProvisioningState = state.parse().map_err(divine_bridge_db::DbError::from)?;
     match (state, did) {
-        (ProvisioningState::Disabled, _) => Err(JobError::ineligible("account_disabled", "account is disabled")),
+        (s, _) if s.is_paused() => Err(JobError::ineligible(
+            divine_bridge_db::accounts::DISABLE_CODE,
+            "account is disabled or suspended",
+        )),
         _ if !enabled => Err(JobError::ineligible("account_disabled", "cross-posting is turned off")),
         (ProvisioningState::Ready, Some(did)) => Ok(did),
         (ProvisioningState::Failed, _) => Err(JobError::ineligible(

@@ -57,17 +57,27 @@ pub fn random_handle(prefix: &str) -> String {
     format!("{}{}.test", &prefix[..prefix.len().min(8)], suffix)
 }
 
-/// A static file server on 127.0.0.1 with per-name bodies and request counts.
+/// A static file server on 127.0.0.1 with per-name bodies, optional per-name response delays (to hold a job
+/// `running` for a while) and request counts.
 pub struct MediaServer {
     pub base_url: String,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    delays: Arc<Mutex<HashMap<String, Duration>>>,
 }
 
-type Files = (Arc<Mutex<HashMap<String, Vec<u8>>>>, Arc<Mutex<HashMap<String, usize>>>);
+type Files = (
+    Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    Arc<Mutex<HashMap<String, usize>>>,
+    Arc<Mutex<HashMap<String, Duration>>>,
+);
 
-async fn serve_file(State((files, hits)): State<Files>, Path(name): Path<String>) -> impl IntoResponse {
+async fn serve_file(State((files, hits, delays)): State<Files>, Path(name): Path<String>) -> impl IntoResponse {
     *hits.lock().unwrap().entry(name.clone()).or_default() += 1;
+    let delay = delays.lock().unwrap().get(&name).copied();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     match files.lock().unwrap().get(&name) {
         Some(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], bytes.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -78,9 +88,10 @@ impl MediaServer {
     pub async fn start() -> MediaServer {
         let files: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let delays: Arc<Mutex<HashMap<String, Duration>>> = Arc::default();
         let app = axum::Router::new()
             .route("/media/{name}", axum::routing::get(serve_file))
-            .with_state((files.clone(), hits.clone()));
+            .with_state((files.clone(), hits.clone(), delays.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -88,7 +99,14 @@ impl MediaServer {
             base_url: format!("http://127.0.0.1:{}", addr.port()),
             files,
             hits,
+            delays,
         }
+    }
+
+    /// Serves `bytes` at the returned URL, each response held back by `delay`.
+    pub fn put_slow(&self, name: &str, bytes: Vec<u8>, delay: Duration) -> String {
+        self.delays.lock().unwrap().insert(name.to_string(), delay);
+        self.put(name, bytes)
     }
 
     /// Serves `bytes` at the returned URL.

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 pub const DOMAIN: &str = "divine.test";
 pub const TOKEN: &str = "service-token-for-tests";
 pub const PUBLIC_URL: &str = "https://gw.divine.test";
+pub const PDS_PUBLIC_URL: &str = "https://pds.example.test";
 
 /// A gateway over its own database.
 pub struct Gw {
@@ -40,6 +41,7 @@ pub fn config(db_url: &str) -> Config {
         public_url: PUBLIC_URL.to_string(),
         db: divine_bridge_db::DbSettings::with_pool_size(4),
         reserved_names: vec!["pds".into(), "relay".into()],
+        pds_public_url: Some(PDS_PUBLIC_URL.to_string()),
     }
 }
 
