@@ -146,6 +146,13 @@ async fn run() -> Result<(), AppError> {
         )
     };
     let ingest = tokio::spawn(crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone()));
+    let reconcile = crate::reconcile::run(
+        db.clone(),
+        config.database_url.clone(),
+        config.reconcile.clone(),
+        shutdown_rx.clone(),
+    );
+    let reconcile = tokio::spawn(reconcile);
     let registry = handlers.registry();
     crate::worker::WorkerPool::new(db.clone(), worker_config, registry)
         .run(shutdown_rx)
@@ -153,6 +160,7 @@ async fn run() -> Result<(), AppError> {
     if let Ok(Err(e)) = ingest.await {
         tracing::warn!(error = %e, "ingest stopped with an error");
     }
+    let _ = reconcile.await;
     let _ = http.await;
     tracing::info!("stopped");
     Ok(())

@@ -628,6 +628,12 @@ pub async fn fetch_history(
     let mut history = History::default();
     let page = page.max(1);
     for relay in relays {
+        // A relay that is not connected answers every page with nothing, which would read as "no history": wait
+        // for it up to one page timeout, then count it as failed.
+        if let Err(e) = wait_connected(client, relay, page_timeout).await {
+            history.failed.push((relay.clone(), e));
+            continue;
+        }
         let mut seen: HashSet<EventId> = HashSet::new();
         let mut until: Option<Timestamp> = None;
         loop {
@@ -664,10 +670,23 @@ pub async fn fetch_history(
     history
 }
 
+async fn wait_connected(client: &Client, relay: &str, timeout: Duration) -> Result<(), String> {
+    let r = client.relay(relay).await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !r.is_connected() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not connected after {timeout:?} ({})", r.status()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Pages an author's history on the relays ([`fetch_history`]: each relay walked on its own), and enqueues the
 /// newest `max_events` admitted events at backfill priority, oldest first. Returns how many new jobs were enqueued.
-/// A relay that could not be read to the end fails the job (it is retried; unique keys make the retry a no-op for
-/// what was already enqueued).
+/// When no relay could be read the job fails (it is retried; unique keys make the retry a no-op for what was
+/// already enqueued); when only some could, it imports what the others had and logs the rest (one dead relay in
+/// `NOSTR_RELAYS` must not block every opt-in; the reconciliation sweep covers its recent window).
 pub async fn backfill(
     db: &Db,
     relays: &[String],
@@ -687,8 +706,12 @@ pub async fn backfill(
     let page = 500usize.min(max_events.max(1));
     let history = fetch_history(&client, relays, &filter, None, page, max_events.max(1), page_timeout).await;
     client.shutdown().await;
-    if let Some((relay, error)) = history.failed.first() {
-        anyhow::bail!("history of {pubkey} on {relay} could not be read: {error}");
+    if !relays.is_empty() && history.failed.len() == relays.len() {
+        let (relay, error) = &history.failed[0];
+        anyhow::bail!("history of {pubkey} could not be read from any relay ({relay}: {error})");
+    }
+    for (relay, error) in &history.failed {
+        tracing::warn!(relay = %relay, error = %error, "backfill: relay history not read; importing the others");
     }
     // The same admission as the live path; the only accepted author is the one being backfilled (a relay answering
     // with someone else's events is refused as `not_opted_in`).

@@ -685,7 +685,11 @@ pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> 
         .optional()?)
 }
 
-/// Counts per (kind, state) and the age of the oldest runnable queued job per kind, for the gauges.
+/// Counts per (kind, state) and the age of the oldest queued job per kind, for the gauges. The age counts from the
+/// source event (`source_created_at`: the post's `created_at`, or the enqueue time for jobs without an event) and
+/// includes jobs waiting out a backoff: a post retrying for days is days old, not as young as its last retry.
+/// History imported at backfill priority (`priority >= states::priority::BACKFILL`, 10) counts from its enqueue
+/// time instead: a post from last year imported on opt-in is not a stalled queue.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStat {
     #[diesel(sql_type = Text)]
@@ -700,9 +704,12 @@ pub struct QueueStat {
 
 /// Gauge source: one GROUP BY over the live states plus terminal counts.
 pub fn stats(conn: &mut PgConnection) -> Result<Vec<QueueStat>, DbError> {
+    // The statement's `priority >= 10` is the backfill priority.
+    const _: () = assert!(crate::states::priority::BACKFILL == 10);
     Ok(diesel::sql_query(
         "SELECT kind, state, count(*) AS count, \
-                COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8 \
+                COALESCE(EXTRACT(EPOCH FROM now() - min(CASE WHEN priority >= 10 THEN created_at ELSE source_created_at END) \
+                  FILTER (WHERE state = 'queued')), 0)::float8 \
                   AS oldest_age_secs \
          FROM jobs GROUP BY kind, state",
     )
