@@ -258,6 +258,9 @@ pub async fn run(db: Db, database_url: String, cfg: ReconcileConfig, mut shutdow
         return;
     }
     metrics::gauge!("bridge_reconcile_leader").set(0.0);
+    // Exported at 0 by every replica with the sweep on, so "never succeeded anywhere" is visible (max over replicas
+    // is the leader's last success).
+    metrics::gauge!("bridge_reconcile_last_success_timestamp_seconds").set(0.0);
     loop {
         match Leader::try_acquire(&database_url).await {
             Ok(Some(leader)) => {
