@@ -85,7 +85,7 @@ fn describe() {
     describe_gauge!(
         "bridge_oldest_queued_job_age_seconds",
         Unit::Seconds,
-        "Age of the oldest runnable queued job, by kind."
+        "Age of the oldest queued job from its event (backoff included; backfill from enqueue), by kind."
     );
     describe_gauge!(
         "bridge_expired_leases",
