@@ -10,8 +10,9 @@
 #           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
 #           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the
 #           relay (steady, then as a burst), then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms,
-#           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio and context lines
-#           (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
+#           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio, the SLO fractions
+#           slo_fraction_le_5m / slo_fraction_le_30m, the sweep's reconcile_found_<reason> (0 in a healthy run; read
+#           after one complete sweep that started after the run) and context lines (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.

@@ -156,6 +156,15 @@ async fn run() -> Result<(), AppError> {
     let ingest = crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone());
     let pool = crate::worker::WorkerPool::new(db.clone(), worker_config, handlers.registry());
     let retention = crate::retention::run(db.clone(), config.job_retention, shutdown_rx.clone());
+    let reconcile = crate::reconcile::run(
+        db.clone(),
+        config.db.connection_url(&config.database_url).map_err(|e| AppError {
+            code: "config_invalid",
+            message: e.reason,
+        })?,
+        config.reconcile.clone(),
+        shutdown_rx.clone(),
+    );
     let workers_rx = shutdown_rx.clone();
     let tasks: Vec<(&'static str, TaskFuture)> = vec![
         ("http", Box::pin(async move { http.await.map_err(|e| e.to_string()) })),
@@ -181,6 +190,13 @@ async fn run() -> Result<(), AppError> {
             "retention",
             Box::pin(async move {
                 retention.await;
+                Ok(())
+            }),
+        ),
+        (
+            "reconcile",
+            Box::pin(async move {
+                reconcile.await;
                 Ok(())
             }),
         ),

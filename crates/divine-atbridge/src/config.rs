@@ -239,6 +239,60 @@ fn cursor_overlap(secs: u64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The reconciliation sweep's settings (`crate::reconcile`), from `RECONCILE_INTERVAL_SECS` (0 = off),
+/// `RECONCILE_WINDOW_SECS`, `RECONCILE_GRACE_SECS` and `RECONCILE_PAGE_SIZE`, with the relays and author chunking of
+/// the live path.
+pub fn reconcile_from_env(crosspost: &CrosspostConfig) -> Result<crate::reconcile::ReconcileConfig, ConfigError> {
+    use crate::reconcile as r;
+    reconcile_settings(
+        crosspost,
+        parse_or("RECONCILE_INTERVAL_SECS", r::DEFAULT_INTERVAL_SECS)?,
+        parse_or("RECONCILE_WINDOW_SECS", r::DEFAULT_WINDOW_SECS)?,
+        parse_or("RECONCILE_GRACE_SECS", r::DEFAULT_GRACE_SECS)?,
+        parse_or("RECONCILE_PAGE_SIZE", r::DEFAULT_PAGE_SIZE)?,
+    )
+}
+
+/// Validates the sweep settings. With the sweep on (interval > 0): the window must reach back at least the live
+/// overlap plus one interval (older than the overlap is exactly what the live path cannot see again, and each event
+/// must fall inside some sweep's window), the grace must be shorter than the window, and a page holds at least one
+/// event.
+fn reconcile_settings(
+    crosspost: &CrosspostConfig,
+    interval: u64,
+    window: u64,
+    grace: u64,
+    page_size: usize,
+) -> Result<crate::reconcile::ReconcileConfig, ConfigError> {
+    let invalid = |name: &'static str, reason: String| Err(ConfigError::Invalid { name, reason });
+    if interval > 0 {
+        let floor = crosspost.cursor_overlap.as_secs().saturating_add(interval);
+        if window < floor {
+            return invalid(
+                "RECONCILE_WINDOW_SECS",
+                format!("{window} is below CURSOR_OVERLAP_SECS + RECONCILE_INTERVAL_SECS ({floor})"),
+            );
+        }
+        if grace >= window {
+            return invalid(
+                "RECONCILE_GRACE_SECS",
+                format!("{grace} must be below RECONCILE_WINDOW_SECS ({window})"),
+            );
+        }
+        if page_size == 0 {
+            return invalid("RECONCILE_PAGE_SIZE", "must be at least 1".into());
+        }
+    }
+    Ok(crate::reconcile::ReconcileConfig {
+        relays: crosspost.relays.clone(),
+        interval: Duration::from_secs(interval),
+        window: Duration::from_secs(window),
+        grace: Duration::from_secs(grace),
+        page_size,
+        authors_per_query: crosspost.authors_per_subscription,
+    })
+}
+
 /// Everything `divine-atbridge run` needs besides the worker pool settings (`worker::WorkerConfig::from_env`).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -251,6 +305,8 @@ pub struct Config {
     /// `JOB_RETENTION_SECS` (14 days, at least 1 hour): finished jobs older than this are pruned
     /// (`crate::retention`).
     pub job_retention: Duration,
+    /// The reconciliation sweep (`RECONCILE_*`).
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 /// `JOB_RETENTION_SECS`: whole seconds, at least [`crate::retention::MIN_RETENTION`].
@@ -277,12 +333,14 @@ impl Config {
         };
         let db = DbSettings::from_lookup(var, 16).map_err(invalid)?;
         db.connection_url(&database_url).map_err(invalid)?;
+        let crosspost = CrosspostConfig::from_env()?;
         Ok(Config {
             database_url,
             http_addr: parse_or("HTTP_ADDR", "0.0.0.0:9090".parse().expect("valid default"))?,
             db,
             identity: IdentityConfig::from_env()?,
-            crosspost: CrosspostConfig::from_env()?,
+            reconcile: reconcile_from_env(&crosspost)?,
+            crosspost,
             job_retention: job_retention()?,
         })
     }
@@ -314,5 +372,59 @@ mod tests {
         let err = cursor_overlap(300).unwrap_err();
         assert_eq!(err.code(), "config_invalid");
         assert!(cursor_overlap(min - 1).is_err());
+    }
+
+    fn crosspost() -> CrosspostConfig {
+        CrosspostConfig {
+            relays: vec!["ws://relay.test".into()],
+            cursor_overlap: Duration::from_secs(900),
+            account_refresh: Duration::from_secs(5),
+            authors_per_subscription: 7,
+            media_allowed_hosts: vec![],
+            media_allow_loopback: false,
+            media_timeout: Duration::from_secs(1),
+            backfill_max_events: 1,
+            post_url_template: None,
+            profile_url_template: None,
+        }
+    }
+
+    #[test]
+    fn reconcile_settings_are_validated() {
+        let c = crosspost();
+        let ok = reconcile_settings(&c, 300, 86_400, 60, 500).unwrap();
+        assert_eq!(ok.interval, Duration::from_secs(300));
+        assert_eq!(ok.authors_per_query, 7);
+        assert_eq!(ok.relays, c.relays);
+        // The defaults are valid with the default overlap.
+        use crate::reconcile as r;
+        assert!(reconcile_settings(
+            &c,
+            r::DEFAULT_INTERVAL_SECS,
+            r::DEFAULT_WINDOW_SECS,
+            r::DEFAULT_GRACE_SECS,
+            r::DEFAULT_PAGE_SIZE
+        )
+        .is_ok());
+        // 0 = off: nothing else is checked.
+        assert!(reconcile_settings(&c, 0, 0, 0, 0).unwrap().interval.is_zero());
+        let name = |e: ConfigError| match e {
+            ConfigError::Invalid { name, .. } => name,
+            ConfigError::Missing(name) => name,
+        };
+        // A window that does not reach past the live overlap plus one interval would miss what only the sweep finds.
+        assert_eq!(
+            name(reconcile_settings(&c, 300, 1199, 60, 500).unwrap_err()),
+            "RECONCILE_WINDOW_SECS"
+        );
+        assert!(reconcile_settings(&c, 300, 1200, 60, 500).is_ok());
+        assert_eq!(
+            name(reconcile_settings(&c, 300, 1200, 1200, 500).unwrap_err()),
+            "RECONCILE_GRACE_SECS"
+        );
+        assert_eq!(
+            name(reconcile_settings(&c, 300, 1200, 60, 0).unwrap_err()),
+            "RECONCILE_PAGE_SIZE"
+        );
     }
 }

@@ -595,8 +595,94 @@ async fn export_cursor_lag(db: &Db, relay: &str) {
     }
 }
 
-/// Pages an author's history on the relays, oldest first, and enqueues up to `max_events` events at backfill
-/// priority. Returns how many new jobs were enqueued.
+/// What [`fetch_history`] read: every distinct event, and the relays that could not be read to the end.
+#[derive(Debug, Default)]
+pub struct History {
+    pub events: HashMap<EventId, Event>,
+    /// `(relay, error)` for each relay whose paging stopped on an error (its older events are missing from `events`).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Pages the history matching `filter` (authors and kinds; its since/until/limit are replaced) back from now to
+/// `since` (or to the beginning), `page` events per request, on EACH relay separately, and merges the results.
+///
+/// Paging is per relay because relays differ in density and in how many events one request returns: continuing a
+/// merged walk from the oldest event of the union would jump over the events a denser (or more tightly capped)
+/// relay still had between its own oldest and that point. Each relay continues from the oldest second it returned
+/// (inclusive: events sharing it that did not fit are fetched by the next page; the ones already seen are
+/// deduplicated) until a page adds nothing new to that relay's walk, reaches `since`, or the relay has returned
+/// `max_per_relay` distinct events. Nothing is admitted or enqueued here: callers run [`admit`] on the result.
+pub async fn fetch_history(
+    client: &Client,
+    relays: &[String],
+    filter: &Filter,
+    since: Option<Timestamp>,
+    page: usize,
+    max_per_relay: usize,
+    page_timeout: Duration,
+) -> History {
+    let mut history = History::default();
+    let page = page.max(1);
+    for relay in relays {
+        // A relay that is not connected answers every page with nothing, which would read as "no history": wait
+        // for it up to one page timeout, then count it as failed.
+        if let Err(e) = wait_connected(client, relay, page_timeout).await {
+            history.failed.push((relay.clone(), e));
+            continue;
+        }
+        let mut seen: HashSet<EventId> = HashSet::new();
+        let mut until: Option<Timestamp> = None;
+        loop {
+            let mut f = filter.clone().limit(page);
+            if let Some(s) = since {
+                f = f.since(s);
+            }
+            if let Some(u) = until {
+                f = f.until(u);
+            }
+            let events = match client.fetch_events_from([relay.as_str()], f, page_timeout).await {
+                Ok(events) => events,
+                Err(e) => {
+                    history.failed.push((relay.clone(), e.to_string()));
+                    break;
+                }
+            };
+            let mut new = 0usize;
+            let mut oldest: Option<Timestamp> = None;
+            for e in events.into_iter() {
+                oldest = Some(oldest.map_or(e.created_at, |o| o.min(e.created_at)));
+                if seen.insert(e.id) {
+                    new += 1;
+                    history.events.entry(e.id).or_insert(e);
+                }
+            }
+            let Some(oldest) = oldest else { break };
+            if new == 0 || seen.len() >= max_per_relay || since.is_some_and(|s| oldest <= s) {
+                break;
+            }
+            until = Some(oldest);
+        }
+    }
+    history
+}
+
+async fn wait_connected(client: &Client, relay: &str, timeout: Duration) -> Result<(), String> {
+    let r = client.relay(relay).await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !r.is_connected() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not connected after {timeout:?} ({})", r.status()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Pages an author's history on the relays ([`fetch_history`]: each relay walked on its own), and enqueues the
+/// newest `max_events` admitted events at backfill priority, oldest first. Returns how many new jobs were enqueued.
+/// When no relay could be read the job fails (it is retried; unique keys make the retry a no-op for what was
+/// already enqueued); when only some could, it imports what the others had and logs the rest (one dead relay in
+/// `NOSTR_RELAYS` must not block every opt-in; the reconciliation sweep covers its recent window).
 pub async fn backfill(
     db: &Db,
     relays: &[String],
@@ -610,38 +696,25 @@ pub async fn backfill(
         client.add_relay(url.as_str()).await?;
     }
     client.connect().await;
-    let mut collected: HashMap<EventId, Event> = HashMap::new();
-    let mut until: Option<Timestamp> = None;
+    let filter = Filter::new()
+        .author(author)
+        .kinds(SUPPORTED_KINDS.iter().map(|k| Kind::from(*k)));
     let page = 500usize.min(max_events.max(1));
-    loop {
-        let mut filter = Filter::new()
-            .author(author)
-            .kinds(SUPPORTED_KINDS.iter().map(|k| Kind::from(*k)))
-            .limit(page);
-        if let Some(u) = until {
-            filter = filter.until(u);
-        }
-        let events = client.fetch_events(filter, page_timeout).await?;
-        let before = collected.len();
-        let mut oldest: Option<Timestamp> = None;
-        for e in events.into_iter() {
-            oldest = Some(oldest.map_or(e.created_at, |o| o.min(e.created_at)));
-            collected.insert(e.id, e);
-        }
-        let new = collected.len() - before;
-        if new == 0 || collected.len() >= max_events {
-            break;
-        }
-        // Continue from the oldest second seen (inclusive): events sharing it that did not fit in the page are
-        // fetched by the next page, the ones already seen are deduplicated, and a page adding nothing ends the walk.
-        until = oldest;
-    }
+    let history = fetch_history(&client, relays, &filter, None, page, max_events.max(1), page_timeout).await;
     client.shutdown().await;
+    if !relays.is_empty() && history.failed.len() == relays.len() {
+        let (relay, error) = &history.failed[0];
+        anyhow::bail!("history of {pubkey} could not be read from any relay ({relay}: {error})");
+    }
+    for (relay, error) in &history.failed {
+        tracing::warn!(relay = %relay, error = %error, "backfill: relay history not read; importing the others");
+    }
     // The same admission as the live path; the only accepted author is the one being backfilled (a relay answering
     // with someone else's events is refused as `not_opted_in`).
     let only_author = BTreeSet::from([author.to_hex()]);
     let now = unix_secs(Utc::now());
-    let mut events: Vec<Event> = collected
+    let mut events: Vec<Event> = history
+        .events
         .into_values()
         .filter(|e| admit(e, &only_author, now).is_ok())
         .collect();

@@ -4,6 +4,7 @@
 //! auth), `xrpc` (the one HTTP path to PDS/PLC), `pds` (typed PDS calls, sessions), `identity` (provisioning flow).
 //! Cross-posting: `nostr` (event checks, NIP-71 parsing), `tid`, `translate`, `media`.
 //! Runtime: `worker` (job pool, heartbeat, watchdog), `metrics`, `http` (health/ready/metrics server).
+//! Zero-loss: `reconcile` (leader-elected sweep that finds what the live path missed), `slo` (end-to-end lag).
 
 pub mod app;
 pub mod cli;
@@ -20,7 +21,9 @@ pub mod metrics;
 pub mod nostr;
 pub mod pds;
 pub mod plc;
+pub mod reconcile;
 pub mod retention;
+pub mod slo;
 pub mod tid;
 pub mod translate;
 pub mod worker;

@@ -30,6 +30,11 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_pds_requests_total",
     "bridge_task_exits_total",
     "bridge_jobs_pruned_total",
+    "bridge_e2e_lag_seconds",
+    "bridge_reconcile_found_total",
+    "bridge_reconcile_sweep_duration_seconds",
+    "bridge_reconcile_last_success_timestamp_seconds",
+    "bridge_reconcile_leader",
 ];
 
 /// Values of the `outcome` label of `bridge_jobs_finished_total`.
@@ -40,10 +45,11 @@ pub const CUT_OFF_REASONS: &[&str] = &["try_timeout", "lease_deadline", "lease_l
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Buckets (seconds) for every `*_seconds` histogram (job durations, publish lag): from a fast no-op try (5 ms) to a
-/// video upload or a backfilled post (an hour).
+/// Buckets (seconds) for every `*_seconds` histogram (job durations, publish and end-to-end lag, sweep duration):
+/// from a fast no-op try (5 ms) to a video upload or a backfilled post (an hour). Includes every bound of the SLO
+/// (`slo::REQUIRED_BUCKETS`: 300 s and 1800 s are the objectives).
 pub const BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
 ];
 
 /// Installs the recorder as the process-global one (idempotent: later calls return the same handle) and returns the
@@ -88,7 +94,7 @@ fn describe() {
     describe_gauge!(
         "bridge_oldest_queued_job_age_seconds",
         Unit::Seconds,
-        "Age of the oldest runnable queued job, by kind."
+        "Age of the oldest queued job from its event (backoff included; backfill from enqueue), by kind."
     );
     describe_gauge!(
         "bridge_expired_leases",
@@ -141,6 +147,30 @@ fn describe() {
         Unit::Seconds,
         "From a live event's created_at to its record being written."
     );
+    describe_histogram!(
+        "bridge_e2e_lag_seconds",
+        Unit::Seconds,
+        "From the event's created_at (or enqueue) to the job's terminal outcome, by kind and outcome \
+         (succeeded|failed|cancelled|ineligible); backfill excluded. The SLO's source."
+    );
+    describe_counter!(
+        "bridge_reconcile_found_total",
+        "What the reconciliation sweep enqueued or re-drove because the live path missed it, by reason; 0 when healthy."
+    );
+    describe_histogram!(
+        "bridge_reconcile_sweep_duration_seconds",
+        Unit::Seconds,
+        "Duration of one reconciliation sweep (leader only)."
+    );
+    describe_gauge!(
+        "bridge_reconcile_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "UNIX time of the last reconciliation sweep that read every relay and finished (leader only)."
+    );
+    describe_gauge!(
+        "bridge_reconcile_leader",
+        "1 on the replica holding the reconciliation leader lock."
+    );
     describe_counter!(
         "bridge_pds_requests_total",
         "Requests to the PDS and PLC, by method and HTTP status (or error)."
@@ -163,6 +193,9 @@ fn zero_closed_series() {
         // Registering a histogram renders its (empty) buckets.
         let _ = metrics::histogram!("bridge_job_duration_seconds", "kind" => kind);
         metrics::gauge!("bridge_oldest_queued_job_age_seconds", "kind" => kind).set(0.0);
+        for outcome in crate::slo::TERMINAL_OUTCOMES {
+            let _ = metrics::histogram!(crate::slo::E2E_LAG, "kind" => kind, "outcome" => *outcome);
+        }
         for state in divine_bridge_db::queue::STATS_STATES {
             metrics::gauge!("bridge_jobs", "kind" => kind, "state" => state.as_str()).set(0.0);
         }
@@ -174,6 +207,9 @@ fn zero_closed_series() {
     }
     metrics::counter!("bridge_jobs_pruned_total").increment(0);
     let _ = metrics::histogram!("bridge_publish_lag_seconds");
+    for reason in crate::reconcile::reason_labels() {
+        metrics::counter!("bridge_reconcile_found_total", "reason" => reason).increment(0);
+    }
 }
 
 /// The current exposition text.

@@ -653,6 +653,7 @@ fn record(job: &LeasedJob, outcome: &'static str, started: Instant) {
     metrics::counter!("bridge_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!("bridge_job_duration_seconds", "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
+    crate::slo::observe_end(job, outcome);
 }
 
 /// Renews the leases of every in-flight try every third of `LEASE_SECS` and tells each try what it learned: renewed

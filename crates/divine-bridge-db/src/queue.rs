@@ -842,7 +842,11 @@ pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> 
         .optional()?)
 }
 
-/// Counts per (kind, state) of the LIVE states and the age of the oldest runnable queued job per kind, for the gauges.
+/// Counts per (kind, state) of the LIVE states and the age of the oldest queued job per kind, for the gauges. The age
+/// counts from the source event (`source_created_at`: the post's `created_at`, or the enqueue time for jobs without an
+/// event) and includes jobs waiting out a backoff: a post retrying for days is days old, not as young as its last retry.
+/// History imported at backfill priority (`priority >= states::priority::BACKFILL`, 10) counts from its enqueue
+/// time instead: a post from last year imported on opt-in is not a stalled queue.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStat {
     #[diesel(sql_type = Text)]
@@ -862,12 +866,15 @@ pub const STATS_STATES: [JobState; 2] = [JobState::Queued, JobState::Running];
 /// The gauge query. Index-bound: it reads only the partial index `jobs_live_kind_state` (kind, state, run_at WHERE
 /// state IN ('queued', 'running')), so its cost follows the backlog, never the number of finished jobs.
 pub const STATS_SQL: &str = "SELECT kind, state, count(*) AS count, \
-        COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now())), 0)::float8 \
+        COALESCE(EXTRACT(EPOCH FROM now() - min(CASE WHEN priority >= 10 THEN created_at ELSE source_created_at END) \
+          FILTER (WHERE state = 'queued')), 0)::float8 \
           AS oldest_age_secs \
      FROM jobs WHERE state IN ('queued', 'running') GROUP BY kind, state";
 
 /// Gauge source: one GROUP BY over the live states ([`STATS_SQL`]); terminal states are not reported.
 pub fn stats(conn: &mut PgConnection) -> Result<Vec<QueueStat>, DbError> {
+    // The statement's `priority >= 10` is the backfill priority.
+    const _: () = assert!(crate::states::priority::BACKFILL == 10);
     Ok(diesel::sql_query(STATS_SQL).load(conn)?)
 }
 

@@ -739,7 +739,7 @@ fn stats_group_by_kind_and_state() {
     enq(&mut c, &job("a", 1));
     enq(&mut c, &job("b", 2));
     enq(&mut c, &job("a", 3));
-    diesel::sql_query("UPDATE jobs SET run_at = now() - interval '100 seconds' WHERE ordering_key = 'b'")
+    diesel::sql_query("UPDATE jobs SET source_created_at = now() - interval '100 seconds' WHERE ordering_key = 'b'")
         .execute(&mut c)
         .unwrap();
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
@@ -751,5 +751,36 @@ fn stats_group_by_kind_and_state() {
         get("queued").oldest_age_secs >= 99.0,
         "{}",
         get("queued").oldest_age_secs
+    );
+}
+
+/// `bridge_oldest_queued_job_age_seconds` counts from the source event and includes jobs waiting out a backoff: a
+/// post that has been retrying for two days is two days old (the old gauge, `now - run_at` over runnable jobs only,
+/// showed 0 for it). History imported at backfill priority counts from its enqueue time.
+#[test]
+fn oldest_queued_age_counts_from_the_event_including_backoff() {
+    let db = TestDb::migrated("queue_stats_age");
+    let mut c = db.conn();
+    let mut live = NewJob::new(JobKind::PublishPost, "a", serde_json::json!({}));
+    live.source_created_at = Some(Utc::now() - ChronoDuration::days(2));
+    live.run_at = Some(Utc::now() + ChronoDuration::minutes(30)); // in backoff
+    enq(&mut c, &live);
+    let mut history = NewJob::new(JobKind::SyncProfile, "b", serde_json::json!({}));
+    history.priority = divine_bridge_db::states::priority::BACKFILL;
+    history.source_created_at = Some(Utc::now() - ChronoDuration::days(365));
+    enq(&mut c, &history);
+    let stats = queue::stats(&mut c).unwrap();
+    let age = |kind: &str| {
+        stats
+            .iter()
+            .find(|s| s.kind == kind && s.state == "queued")
+            .unwrap()
+            .oldest_age_secs
+    };
+    assert!(age("publish_post") >= 2.0 * 86_400.0 - 5.0, "{}", age("publish_post"));
+    assert!(
+        age("sync_profile") < 60.0,
+        "backfill counts from enqueue: {}",
+        age("sync_profile")
     );
 }

@@ -42,6 +42,11 @@
 //!   with an uploadBlob before each putRecord — the PDS work the bridge does per post) and
 //!   `bridge_vs_raw_upload_put_ratio`; `e2e_lag_unloaded_p50_ms` / `_max_ms` from one warm-up event per account
 //!   published one at a time. The bridge's own media fetch time goes to stderr.
+//! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
+//!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
+//!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
+//! - `reconcile_found_<reason>` — what the reconciliation sweep found during the run, read after one complete sweep
+//!   that started after the last event was written (waits up to 3 min); 0 in a healthy run.
 //!
 //! Reads the bridge's tables; writes only through the gateway, the relay and the PDS (new accounts of its own).
 
@@ -358,6 +363,8 @@ mod e2e {
         gateway_url: String,
         gateway_token: String,
         handle_domain: String,
+        /// The bridge's HTTP server (`/metrics`), for the SLO fractions and the sweep's found counters.
+        bridge_http_url: String,
     }
 
     fn var(name: &str) -> anyhow::Result<String> {
@@ -374,6 +381,7 @@ mod e2e {
                 gateway_url: var("GATEWAY_URL")?.trim_end_matches('/').to_string(),
                 gateway_token: var("GATEWAY_SERVICE_TOKEN")?,
                 handle_domain: var("HANDLE_DOMAIN")?,
+                bridge_http_url: var("BRIDGE_HTTP_URL")?.trim_end_matches('/').to_string(),
             })
         }
     }
@@ -408,6 +416,8 @@ mod e2e {
         let n_events: usize = super::env_or("BENCH_EVENTS", 500);
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
         let db = Db::connect(&env.database_url, 2)?;
+        let metrics_url = format!("{}/metrics", env.bridge_http_url);
+        let before = super::slo::scrape(&http, &metrics_url).await?;
 
         let video_url = format!("{}/tiny.mp4", env.media_url);
         let video = http
@@ -628,6 +638,21 @@ mod e2e {
         println!("bridge_vs_raw_upload_put_ratio={:.2}", bridged_pps / full_pps);
         println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
         println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
+        // The zero-loss SLO over this run (deltas of the bridge's own counters), after one complete reconciliation
+        // sweep that started after the last event was written: the found counters must be 0 in a healthy run.
+        let done = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let after = super::slo::after_sweep(&http, &metrics_url, done, Duration::from_secs(180)).await?;
+        let (le_5m, le_30m) = super::slo::fractions(&before, &after);
+        println!("slo_fraction_le_5m={le_5m:.4}");
+        println!("slo_fraction_le_30m={le_30m:.4}");
+        for reason in divine_atbridge::reconcile::reason_labels() {
+            println!(
+                "reconcile_found_{reason}={}",
+                super::slo::found(&before, &after, reason)
+            );
+        }
         client.shutdown().await;
         Ok(())
     }
@@ -944,6 +969,132 @@ mod e2e {
                 bail!("event {event_id} not published within {timeout:?} (state {state:?})");
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The SLO and reconciliation figures of `bench e2e`, read from the bridge's `/metrics` (the same series the
+/// recording rules in deploy/k8s/alerts.yaml use).
+mod slo {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    /// The event kinds the SLO covers, and its good outcomes (as in the recording rules).
+    const KINDS: &[&str] = &["publish_post", "delete_post", "sync_profile"];
+    const GOOD: &[&str] = &["succeeded", "ineligible"];
+
+    /// Every sample line of the exposition: series (name and labels, as printed) → value.
+    pub async fn scrape(http: &reqwest::Client, url: &str) -> anyhow::Result<HashMap<String, f64>> {
+        let text = http.get(url).send().await?.error_for_status()?.text().await?;
+        Ok(parse(&text))
+    }
+
+    fn parse(text: &str) -> HashMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
+        let start = series.find(&format!("{name}=\""))? + name.len() + 2;
+        let rest = &series[start..];
+        Some(&rest[..rest.find('"')?])
+    }
+
+    fn sum(m: &HashMap<String, f64>, keep: impl Fn(&str) -> bool) -> f64 {
+        m.iter().filter(|(k, _)| keep(k)).map(|(_, v)| v).sum()
+    }
+
+    fn in_kinds(series: &str) -> bool {
+        label(series, "kind").is_some_and(|k| KINDS.contains(&k))
+    }
+
+    /// Fraction of event jobs ended good within 300 s and within 1800 s between the two scrapes (1.0 when none ended).
+    pub fn fractions(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> (f64, f64) {
+        let delta = |keep: &dyn Fn(&str) -> bool| sum(after, keep) - sum(before, keep);
+        let total = delta(&|s: &str| s.starts_with("bridge_e2e_lag_seconds_count{") && in_kinds(s));
+        let good = |le: &'static str| {
+            move |s: &str| {
+                s.starts_with("bridge_e2e_lag_seconds_bucket{")
+                    && in_kinds(s)
+                    && label(s, "outcome").is_some_and(|o| GOOD.contains(&o))
+                    && label(s, "le") == Some(le)
+            }
+        };
+        if total <= 0.0 {
+            return (1.0, 1.0);
+        }
+        (delta(&good("300")) / total, delta(&good("1800")) / total)
+    }
+
+    /// `bridge_reconcile_found_total{reason}` grown between the two scrapes.
+    pub fn found(before: &HashMap<String, f64>, after: &HashMap<String, f64>, reason: &str) -> u64 {
+        let keep = |s: &str| s.starts_with("bridge_reconcile_found_total{") && label(s, "reason") == Some(reason);
+        (sum(after, keep) - sum(before, keep)).max(0.0) as u64
+    }
+
+    /// Scrapes once the bridge reports a complete sweep that started after `since` (UNIX seconds), or after `timeout` (with a
+    /// warning: the found counters then only cover the sweeps that ran, e.g. RECONCILE_INTERVAL_SECS=0).
+    pub async fn after_sweep(
+        http: &reqwest::Client,
+        url: &str,
+        since: f64,
+        timeout: Duration,
+    ) -> anyhow::Result<HashMap<String, f64>> {
+        // A success stamped after `since` may belong to a sweep that started before it: wait for the one after.
+        let deadline = Instant::now() + timeout;
+        let mut first: Option<f64> = None;
+        loop {
+            let m = scrape(http, url).await?;
+            let last = sum(&m, |s| s == "bridge_reconcile_last_success_timestamp_seconds");
+            match first {
+                Some(f) if last > f => return Ok(m),
+                None if last >= since => first = Some(last),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                eprintln!("bench: no complete reconciliation sweep after the run within {timeout:?}; found counters are partial");
+                return Ok(m);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn fractions_and_found_are_deltas_over_the_run() {
+            let before = parse(
+                "# TYPE bridge_e2e_lag_seconds histogram\n\
+                 bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"succeeded\",le=\"300\"} 5\n\
+                 bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"succeeded\",le=\"1800\"} 5\n\
+                 bridge_e2e_lag_seconds_count{kind=\"publish_post\",outcome=\"succeeded\"} 5\n\
+                 bridge_reconcile_found_total{reason=\"missing_publish\"} 2\n",
+            );
+            let after = parse(
+                "bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"succeeded\",le=\"300\"} 13\n\
+                 bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"succeeded\",le=\"1800\"} 14\n\
+                 bridge_e2e_lag_seconds_count{kind=\"publish_post\",outcome=\"succeeded\"} 14\n\
+                 bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"failed\",le=\"300\"} 1\n\
+                 bridge_e2e_lag_seconds_bucket{kind=\"publish_post\",outcome=\"failed\",le=\"1800\"} 1\n\
+                 bridge_e2e_lag_seconds_count{kind=\"publish_post\",outcome=\"failed\"} 1\n\
+                 bridge_e2e_lag_seconds_count{kind=\"provision_account\",outcome=\"succeeded\"} 50\n\
+                 bridge_reconcile_found_total{reason=\"missing_publish\"} 3\n\
+                 bridge_reconcile_found_total{reason=\"missing_delete\"} 0\n",
+            );
+            // 10 event jobs ended during the run: 8 good within 5 min, 9 within 30 min; the failure is a miss and
+            // provisioning is not an event kind.
+            let (le_5m, le_30m) = fractions(&before, &after);
+            assert!((le_5m - 0.8).abs() < 1e-9, "{le_5m}");
+            assert!((le_30m - 0.9).abs() < 1e-9, "{le_30m}");
+            assert_eq!(found(&before, &after, "missing_publish"), 1);
+            assert_eq!(found(&before, &after, "missing_delete"), 0);
         }
     }
 }
