@@ -385,6 +385,8 @@ async fn a_try_whose_lease_was_reclaimed_is_cut_off_by_the_heartbeat_and_writes_
     let cfg = WorkerConfig {
         lease: Duration::from_secs(6),
         watchdog_enabled: false,
+        // One slot, held by the hung try: the pool cannot re-lease the reclaimed job before the thief does.
+        workers: 1,
         ..config()
     };
     let (stop, pool) = start(&db, cfg, handler.clone());
