@@ -1,13 +1,20 @@
 //! Relay ingest: subscribes to the opted-in accounts' events on every relay in `NOSTR_RELAYS`, admits them, and turns
 //! each accepted event into a durable job (publish / delete / profile). Also pages an author's history for backfill.
 //!
-//! Owns relay connections, subscription filters, the per-relay cursor and the kind → job mapping. It must not
-//! translate or publish anything: the worker does that from the job, so ingest stays cheap and a crash here loses
-//! nothing that is not replayed from the cursor. It must not keep its own event checks either: admission is
+//! Owns relay connections, subscription filters, the division of relay × shard subscriptions among replicas (leases
+//! in `divine_bridge_db::shards`), the per-shard cursors and the kind → job mapping. It must not translate or publish
+//! anything: the worker does that from the job, so ingest stays cheap and a crash here loses nothing that is not
+//! replayed from the cursor. It must not keep its own event checks either: admission is
 //! [`crate::nostr::check_event`] (the check the fixture corpus tests) plus the opt-in set, in [`admit`], for live
 //! events, truncated-replay catch-up and backfill alike.
 //!
-//! Cursor invariants (a relay's cursor is where the next (re)subscription resumes):
+//! Fleet (issue 11 §4): the authors of each relay fall into `shards` stable buckets ([`shard_of`]: SHA-256 of the
+//! pubkey), and each relay × shard is read by the one live replica holding its lease ([`run`]). A change of the
+//! author set re-subscribes only the shards whose list changed ([`changed_shards`]). Each shard has its own cursor;
+//! everything said below of "the cursor" holds per (relay, shard), and a cursor write is fenced by the shard's lease
+//! token, so a replica that lost a shard cannot move it.
+//!
+//! Cursor invariants (a shard's cursor is where its next (re)subscription resumes):
 //! 1. A position comes only from an event that was ADMITTED and whose job is durably enqueued (or was already). A
 //!    refused event — future-dated, bad id, bad signature, unsupported kind, author not opted in — never moves it:
 //!    anyone who can publish could otherwise steer the cursor shared by every user of the relay.
@@ -16,7 +23,8 @@
 //! 3. Every (re)subscription asks for `since = min(cursor, now) - CURSOR_OVERLAP_SECS` ([`resume_since`]), so
 //!    `since` is never later than `now - overlap` even when a stored cursor is in the future (written by an older
 //!    version, by hand, or by a replica whose clock ran ahead). The overlap re-delivers events already seen, which
-//!    the jobs' unique keys turn into no-ops; several replicas may ingest at once for the same reason.
+//!    the jobs' unique keys turn into no-ops; a shard handed from one replica to another may be read by both for a
+//!    moment for the same reason.
 //! 4. Persistence clamps again (`records::advance_cursor` stores at most the database's `now()` and repairs a stored
 //!    position that is ahead of it); `bridge_relay_cursor_lag_seconds{relay}` (now − position, exported on every
 //!    flush and at startup) makes a cursor ahead of now visible (alert `DivineBridgeRelayCursorAhead`).
@@ -27,14 +35,14 @@
 //! (signed long before a slow upload finished) is never re-requested by the live path; finding those is the
 //! reconciliation sweep's job (see docs/runbooks/crossposting.md).
 //!
-//! Relay limits: the author set is split over several subscriptions (`divine-bridge-live-<n>`, at most
+//! Relay limits: a shard's authors are split over several subscriptions (`divine-bridge-live-<shard>-<n>`, at most
 //! `authors_per_subscription` authors each), because relays cap the authors of one filter. A relay that ends a
 //! subscription with `CLOSED` (too many authors, rate limit, auth required, …) is counted in
-//! `bridge_relay_subscriptions_closed_total{relay,reason}` and resubscribed after `closed_retry`; until its every
-//! subscription has reached EOSE again its cursor does not move. Relays also cap how many stored events one REQ
-//! replays: a replay that delivered at least `replay_truncation_hint` events may have been cut, so the bridge pages
+//! `bridge_relay_subscriptions_closed_total{relay,reason}` and resubscribed after `closed_retry`; until every
+//! subscription of the shard has reached EOSE again its cursor does not move. Relays also cap how many stored events
+//! one REQ replays: a replay that delivered at least `replay_truncation_hint` events may have been cut, so the bridge pages
 //! back from the oldest one delivered (`until`) to `since` until a page adds nothing new, and only then counts the
-//! subscription as caught up. An event that could not be enqueued (database down) holds the relay's cursor and
+//! subscription as caught up. An event that could not be enqueued (database down) holds the shard's cursor and
 //! triggers a resubscription, so it is read again.
 
 use crate::jobs::publish::event_time;
