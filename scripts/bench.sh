@@ -13,6 +13,10 @@
 #           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio, the SLO fractions
 #           slo_fraction_le_5m / slo_fraction_le_30m, the sweep's reconcile_found_<reason> (0 in a healthy run; read
 #           after one complete sweep that started after the run) and context lines (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
+#   ingest  events ingested per second by 1 vs 2 ingest replicas on the same in-process relay (release build; a
+#           throwaway database per measurement on BENCH_PG_URL). Prints ingest_events_per_sec_1_replica,
+#           ingest_events_per_sec_2_replicas, ingest_2_vs_1_replicas_ratio. BENCH_INGEST_ACCOUNTS (300),
+#           BENCH_INGEST_EVENTS (3000) and BENCH_INGEST_SHARDS (16) scale it.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
@@ -24,6 +28,10 @@ case "$suite" in
   queue)
     cargo build --release -p divine-atbridge --bin bench >&2
     exec ./target/release/bench queue
+    ;;
+  ingest)
+    cargo build --release -p divine-atbridge --bin bench >&2
+    exec ./target/release/bench ingest
     ;;
   e2e)
     if [[ -x scripts/localnet-up.sh ]]; then
@@ -37,11 +45,11 @@ case "$suite" in
     exec ./target/release/bench e2e
     ;;
   ""|-h|--help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
-    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e)" >&2
+    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e, ingest)" >&2
     exit 2
     ;;
 esac

@@ -146,6 +146,8 @@ async fn run() -> Result<(), AppError> {
     );
     let ingest_cfg = crate::ingest::IngestConfig {
         authors_per_subscription: config.crosspost.authors_per_subscription,
+        shards: config.crosspost.ingest_shards,
+        lease: config.crosspost.ingest_lease,
         ..crate::ingest::IngestConfig::new(
             config.crosspost.relays.clone(),
             config.crosspost.cursor_overlap,

@@ -164,6 +164,10 @@ pub struct CrosspostConfig {
     pub account_refresh: Duration,
     /// `NOSTR_AUTHORS_PER_SUBSCRIPTION` (250): authors per live subscription filter (relays cap it).
     pub authors_per_subscription: usize,
+    /// `NOSTR_INGEST_SHARDS` (1, at most 1024): stable author buckets per relay, the unit of division among replicas.
+    pub ingest_shards: u32,
+    /// `INGEST_LEASE_SECS` (30, at least 3): an ingest shard lease; a dead replica's shards are free after it.
+    pub ingest_lease: Duration,
     pub media_allowed_hosts: Vec<String>,
     pub media_allow_loopback: bool,
     pub media_timeout: Duration,
@@ -203,6 +207,24 @@ impl CrosspostConfig {
                     })
                 }
                 n => n,
+            },
+            ingest_shards: match parse_or("NOSTR_INGEST_SHARDS", crate::ingest::DEFAULT_INGEST_SHARDS)? {
+                n @ 1..=crate::ingest::MAX_INGEST_SHARDS => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "NOSTR_INGEST_SHARDS",
+                        reason: format!("must be between 1 and {}", crate::ingest::MAX_INGEST_SHARDS),
+                    })
+                }
+            },
+            ingest_lease: match parse_or("INGEST_LEASE_SECS", crate::ingest::DEFAULT_INGEST_LEASE.as_secs())? {
+                n if n >= 3 => Duration::from_secs(n),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "INGEST_LEASE_SECS",
+                        reason: "must be at least 3 (heartbeats run every third of it)".into(),
+                    })
+                }
             },
             media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
@@ -386,6 +408,8 @@ mod tests {
             backfill_max_events: 1,
             post_url_template: None,
             profile_url_template: None,
+            ingest_shards: 1,
+            ingest_lease: Duration::from_secs(30),
         }
     }
 

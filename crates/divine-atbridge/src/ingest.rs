@@ -1,13 +1,20 @@
 //! Relay ingest: subscribes to the opted-in accounts' events on every relay in `NOSTR_RELAYS`, admits them, and turns
 //! each accepted event into a durable job (publish / delete / profile). Also pages an author's history for backfill.
 //!
-//! Owns relay connections, subscription filters, the per-relay cursor and the kind → job mapping. It must not
-//! translate or publish anything: the worker does that from the job, so ingest stays cheap and a crash here loses
-//! nothing that is not replayed from the cursor. It must not keep its own event checks either: admission is
+//! Owns relay connections, subscription filters, the division of relay × shard subscriptions among replicas (leases
+//! in `divine_bridge_db::shards`), the per-shard cursors and the kind → job mapping. It must not translate or publish
+//! anything: the worker does that from the job, so ingest stays cheap and a crash here loses nothing that is not
+//! replayed from the cursor. It must not keep its own event checks either: admission is
 //! [`crate::nostr::check_event`] (the check the fixture corpus tests) plus the opt-in set, in [`admit`], for live
 //! events, truncated-replay catch-up and backfill alike.
 //!
-//! Cursor invariants (a relay's cursor is where the next (re)subscription resumes):
+//! Fleet (issue 11 §4): the authors of each relay fall into `shards` stable buckets ([`shard_of`]: SHA-256 of the
+//! pubkey), and each relay × shard is read by the one live replica holding its lease ([`run`]). A change of the
+//! author set re-subscribes only the shards whose list changed ([`changed_shards`]). Each shard has its own cursor;
+//! everything said below of "the cursor" holds per (relay, shard), and a cursor write is fenced by the shard's lease
+//! token, so a replica that lost a shard cannot move it.
+//!
+//! Cursor invariants (a shard's cursor is where its next (re)subscription resumes):
 //! 1. A position comes only from an event that was ADMITTED and whose job is durably enqueued (or was already). A
 //!    refused event — future-dated, bad id, bad signature, unsupported kind, author not opted in — never moves it:
 //!    anyone who can publish could otherwise steer the cursor shared by every user of the relay.
@@ -16,7 +23,8 @@
 //! 3. Every (re)subscription asks for `since = min(cursor, now) - CURSOR_OVERLAP_SECS` ([`resume_since`]), so
 //!    `since` is never later than `now - overlap` even when a stored cursor is in the future (written by an older
 //!    version, by hand, or by a replica whose clock ran ahead). The overlap re-delivers events already seen, which
-//!    the jobs' unique keys turn into no-ops; several replicas may ingest at once for the same reason.
+//!    the jobs' unique keys turn into no-ops; a shard handed from one replica to another may be read by both for a
+//!    moment for the same reason.
 //! 4. Persistence clamps again (`records::advance_cursor` stores at most the database's `now()` and repairs a stored
 //!    position that is ahead of it); `bridge_relay_cursor_lag_seconds{relay}` (now − position, exported on every
 //!    flush and at startup) makes a cursor ahead of now visible (alert `DivineBridgeRelayCursorAhead`).
@@ -27,14 +35,14 @@
 //! (signed long before a slow upload finished) is never re-requested by the live path; finding those is the
 //! reconciliation sweep's job (see docs/runbooks/crossposting.md).
 //!
-//! Relay limits: the author set is split over several subscriptions (`divine-bridge-live-<n>`, at most
+//! Relay limits: a shard's authors are split over several subscriptions (`divine-bridge-live-<shard>-<n>`, at most
 //! `authors_per_subscription` authors each), because relays cap the authors of one filter. A relay that ends a
 //! subscription with `CLOSED` (too many authors, rate limit, auth required, …) is counted in
-//! `bridge_relay_subscriptions_closed_total{relay,reason}` and resubscribed after `closed_retry`; until its every
-//! subscription has reached EOSE again its cursor does not move. Relays also cap how many stored events one REQ
-//! replays: a replay that delivered at least `replay_truncation_hint` events may have been cut, so the bridge pages
+//! `bridge_relay_subscriptions_closed_total{relay,reason}` and resubscribed after `closed_retry`; until every
+//! subscription of the shard has reached EOSE again its cursor does not move. Relays also cap how many stored events
+//! one REQ replays: a replay that delivered at least `replay_truncation_hint` events may have been cut, so the bridge pages
 //! back from the oldest one delivered (`until`) to `since` until a page adds nothing new, and only then counts the
-//! subscription as caught up. An event that could not be enqueued (database down) holds the relay's cursor and
+//! subscription as caught up. An event that could not be enqueued (database down) holds the shard's cursor and
 //! triggers a resubscription, so it is read again.
 
 use crate::jobs::publish::event_time;
@@ -43,8 +51,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::queue::{self, NewJob};
+use divine_bridge_db::shards::{self, ShardLease};
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{records, Classified, Db, DbError, ErrorClass, JobKind};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
 use nostr_sdk::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -61,7 +70,7 @@ pub const MIN_CURSOR_OVERLAP_SECS: u64 = MAX_FUTURE_SKEW_SECS + CURSOR_OVERLAP_M
 /// Default `CURSOR_OVERLAP_SECS` (15 min). A larger overlap only costs re-delivered duplicates, which unique job keys
 /// absorb.
 pub const DEFAULT_CURSOR_OVERLAP_SECS: u64 = 900;
-/// Live subscription ids are this prefix plus the chunk number.
+/// Live subscription ids are this prefix plus `<shard>-<chunk>`.
 const SUBSCRIPTION_PREFIX: &str = "divine-bridge-live-";
 /// Default authors per live subscription (`NOSTR_AUTHORS_PER_SUBSCRIPTION`): below the usual relay caps on one
 /// filter's authors (strfry and nostr-rs-relay accept several hundred; some public relays 256–1,000).
@@ -88,6 +97,10 @@ pub struct IngestConfig {
     pub replay_truncation_hint: usize,
     /// Delay before resubscribing after `CLOSED` or a failed enqueue.
     pub closed_retry: Duration,
+    /// Stable author buckets per relay (`NOSTR_INGEST_SHARDS`, ≥ 1): the unit divided among replicas.
+    pub shards: u32,
+    /// Shard lease period (`INGEST_LEASE_SECS`); heartbeats and rebalancing every third of it.
+    pub lease: Duration,
 }
 
 impl IngestConfig {
@@ -100,6 +113,8 @@ impl IngestConfig {
             authors_per_subscription: DEFAULT_AUTHORS_PER_SUBSCRIPTION,
             replay_truncation_hint: DEFAULT_REPLAY_TRUNCATION_HINT,
             closed_retry: DEFAULT_CLOSED_RETRY,
+            shards: DEFAULT_INGEST_SHARDS,
+            lease: DEFAULT_INGEST_LEASE,
         }
     }
 }
@@ -122,19 +137,57 @@ pub fn closed_reason(message: &str) -> &'static str {
     PREFIXES.iter().find(|p| **p == prefix).copied().unwrap_or("other")
 }
 
-fn chunk_of(id: &SubscriptionId) -> Option<usize> {
-    id.as_str().strip_prefix(SUBSCRIPTION_PREFIX)?.parse().ok()
+/// Default `NOSTR_INGEST_SHARDS`: one shard per relay, the pre-shard layout (one replica at a time ingests a relay).
+/// A fleet sets more (e.g. 16) so replicas share a relay's authors.
+pub const DEFAULT_INGEST_SHARDS: u32 = 1;
+/// The largest `NOSTR_INGEST_SHARDS` accepted at startup (each held shard is at least one relay subscription).
+pub const MAX_INGEST_SHARDS: u32 = 1024;
+/// Default `INGEST_LEASE_SECS`: a dead replica's shards are taken over within this long; heartbeats and the
+/// rebalancing round run every third of it.
+pub const DEFAULT_INGEST_LEASE: Duration = Duration::from_secs(30);
+
+/// The stable shard of an author: the first 8 bytes of SHA-256(pubkey), big-endian, modulo `shards`. Depends on
+/// the author alone, so a change of the author set changes only the shards of the authors that came or went.
+pub fn shard_of(author: &PublicKey, shards: u32) -> u32 {
+    use nostr_sdk::hashes::{sha256, Hash as _};
+    let digest = sha256::Hash::hash(&author.to_bytes()).to_byte_array();
+    let head = u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ]);
+    (head % u64::from(shards.max(1))) as u32
 }
 
-fn subscription_id(chunk: usize) -> SubscriptionId {
-    SubscriptionId::new(format!("{SUBSCRIPTION_PREFIX}{chunk}"))
+/// The opted-in authors by shard: `result[s]` holds shard `s`'s authors in pubkey order.
+pub fn shard_authors(authors: &BTreeSet<String>, shards: u32) -> Vec<Vec<PublicKey>> {
+    let mut by_shard = vec![Vec::new(); shards.max(1) as usize];
+    for key in authors.iter().filter_map(|a| PublicKey::from_hex(a).ok()) {
+        by_shard[shard_of(&key, shards) as usize].push(key);
+    }
+    by_shard
 }
 
-/// The opted-in authors split into subscription-sized chunks (sorted, so a chunk's members only shift when the set
-/// changes).
-fn chunk_authors(authors: &BTreeSet<String>, per: usize) -> Vec<Vec<PublicKey>> {
-    let keys: Vec<PublicKey> = authors.iter().filter_map(|a| PublicKey::from_hex(a).ok()).collect();
-    keys.chunks(per.max(1)).map(|c| c.to_vec()).collect()
+/// The shards whose author lists differ between two [`shard_authors`] results: the only ones re-subscribed.
+pub fn changed_shards(old: &[Vec<PublicKey>], new: &[Vec<PublicKey>]) -> Vec<u32> {
+    (0..old.len().max(new.len()))
+        .filter(|&s| old.get(s).map_or(&[][..], |v| v) != new.get(s).map_or(&[][..], |v| v))
+        .map(|s| s as u32)
+        .collect()
+}
+
+/// `(shard, chunk)` of a live subscription id `divine-bridge-live-<shard>-<chunk>`.
+fn chunk_of(id: &SubscriptionId) -> Option<(u32, usize)> {
+    let (shard, chunk) = id.as_str().strip_prefix(SUBSCRIPTION_PREFIX)?.split_once('-')?;
+    Some((shard.parse().ok()?, chunk.parse().ok()?))
+}
+
+fn subscription_id(shard: u32, chunk: usize) -> SubscriptionId {
+    SubscriptionId::new(format!("{SUBSCRIPTION_PREFIX}{shard}-{chunk}"))
+}
+
+/// One shard's authors split into subscription-sized chunks (a shard larger than the relay's author cap needs
+/// several subscriptions).
+fn chunk_authors(authors: &[PublicKey], per: usize) -> Vec<Vec<PublicKey>> {
+    authors.chunks(per.max(1)).map(|c| c.to_vec()).collect()
 }
 
 fn live_filter(authors: &[PublicKey], since: Option<Timestamp>) -> Filter {
@@ -241,30 +294,68 @@ pub fn load_enabled_authors(conn: &mut PgConnection) -> Result<BTreeSet<String>,
     divine_bridge_db::accounts::followed_pubkeys(conn)
 }
 
-/// One relay's view of the current subscription generation.
-#[derive(Default)]
-struct RelayProgress {
-    connected: bool,
+/// One held shard of one relay: its lease and the current subscription generation.
+struct ShardProgress {
+    lease: ShardLease,
+    /// Until when the lease is known to be held (last successful heartbeat + lease): past it the shard is dropped
+    /// even when the database cannot be reached to confirm.
+    valid_until: tokio::time::Instant,
+    /// The authors currently subscribed for this shard.
+    authors: Vec<PublicKey>,
+    /// Subscriptions open for it on the relay (`divine-bridge-live-<shard>-0..subs`).
+    subs: usize,
     /// `since` of the current generation (also the floor of a truncated-replay catch-up).
     since: Option<Timestamp>,
     /// Chunks whose stored replay is complete (EOSE received, and caught up when truncated).
     caught_up: HashSet<usize>,
     /// Per chunk, stored events delivered before its EOSE and the oldest `created_at` among them.
     replayed: HashMap<usize, (usize, Timestamp)>,
-    /// Newest enqueued (created_at, id) not yet written to `relay_cursors`.
+    /// Newest enqueued (created_at, id) not yet written to the shard's cursor.
     pending: Option<(DateTime<Utc>, String)>,
     /// Set after `CLOSED` or a failed enqueue: resubscribe at this time; the cursor holds until then.
     retry_at: Option<tokio::time::Instant>,
 }
 
-impl RelayProgress {
+impl ShardProgress {
+    fn new(lease: ShardLease, valid_until: tokio::time::Instant) -> ShardProgress {
+        ShardProgress {
+            lease,
+            valid_until,
+            authors: Vec::new(),
+            subs: 0,
+            since: None,
+            caught_up: HashSet::new(),
+            replayed: HashMap::new(),
+            pending: None,
+            retry_at: None,
+        }
+    }
+
     /// Every chunk of the current generation caught up and nothing waiting for a retry: the cursor may advance.
-    fn complete(&self, chunks: usize) -> bool {
-        self.retry_at.is_none() && self.caught_up.len() >= chunks
+    fn complete(&self) -> bool {
+        self.retry_at.is_none() && self.caught_up.len() >= self.subs
     }
 }
 
+/// This process's replica id in `ingest_replicas` / `ingest_shards.owner`: host, pid and a random suffix (one per
+/// [`run`], so two loops in one process — tests — are two replicas).
+fn replica_id() -> String {
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "replica".into());
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Relay and held shards, keyed by (normalized relay url, shard).
+type Held = HashMap<(String, u32), ShardProgress>;
+
 /// The live subscription loop. Returns when `shutdown` flips to true.
+///
+/// Division among replicas (issue 11 §4; lease semantics in `divine_bridge_db::shards`): every `lease / 3` the loop
+/// renews its registration and its shard leases, drops the shards it lost, releases those above its fair share and
+/// acquires free ones up to it. It subscribes only to the shards it holds, so each relay × shard is read by one
+/// replica; a replica that dies stops renewing and its shards are taken within one lease period. A change of the
+/// author set re-subscribes only the held shards whose author list changed.
 pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     if cfg.relays.is_empty() {
         tracing::warn!(code = "no_relays_configured", "NOSTR_RELAYS is empty; ingest is idle");
@@ -282,18 +373,33 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
     }
     client.connect().await;
     let mut notifications = client.notifications();
+    let relays: Vec<String> = cfg.relays.iter().map(|r| relay_key(r)).collect();
     // The lag gauge exists from startup, before the first event: a cursor left ahead of now by an older version is
     // visible (and alerted on) at once.
-    for relay in &cfg.relays {
-        export_cursor_lag(&db, &relay_key(relay)).await;
+    for relay in &relays {
+        export_cursor_lag(&db, relay, cfg.shards).await;
     }
+    let owner = replica_id();
+    tracing::info!(owner = %owner, shards = cfg.shards, lease_secs = cfg.lease.as_secs(), "ingest replica starting");
 
     let mut authors: BTreeSet<String> = BTreeSet::new();
-    let mut chunks: Vec<Vec<PublicKey>> = Vec::new();
-    let mut progress: HashMap<String, RelayProgress> = HashMap::new();
+    let mut by_shard: Vec<Vec<PublicKey>> = vec![Vec::new(); cfg.shards.max(1) as usize];
+    let mut held: Held = HashMap::new();
+    let mut connected: HashMap<String, bool> = HashMap::new();
+    let mut ensured: HashSet<String> = HashSet::new();
     let mut refresh = tokio::time::interval(cfg.account_refresh);
+    let mut lease_tick = tokio::time::interval((cfg.lease / 3).max(Duration::from_millis(100)));
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let mut flush_tick = tokio::time::interval(Duration::from_secs(1));
+    // Authors first, so the first shards acquired are subscribed with the right lists.
+    refresh.tick().await;
+    match db.run(load_enabled_authors).await {
+        Ok(a) => {
+            by_shard = shard_authors(&a, cfg.shards);
+            authors = a;
+        }
+        Err(e) => tracing::warn!(error = %e, "could not load opted-in authors"),
+    }
 
     loop {
         tokio::select! {
@@ -301,47 +407,55 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
             _ = refresh.tick() => {
                 match db.run(load_enabled_authors).await {
                     Ok(now_authors) if now_authors != authors => {
-                        tracing::info!(count = now_authors.len(), "opted-in author set changed; resubscribing");
+                        let next = shard_authors(&now_authors, cfg.shards);
+                        let changed = changed_shards(&by_shard, &next);
+                        tracing::info!(count = now_authors.len(), ?changed, "opted-in author set changed; resubscribing the changed shards");
                         authors = now_authors;
-                        let previous = chunks.len();
-                        chunks = chunk_authors(&authors, cfg.authors_per_subscription);
-                        for stale in chunks.len()..previous {
-                            client.unsubscribe(&subscription_id(stale)).await;
-                        }
-                        for relay in &cfg.relays {
-                            let entry = progress.entry(relay_key(relay)).or_default();
-                            subscribe_relay(&client, &db, &cfg, relay, &chunks, entry).await;
+                        by_shard = next;
+                        for ((relay, shard), p) in held.iter_mut() {
+                            if changed.contains(shard) {
+                                p.authors = by_shard[*shard as usize].clone();
+                                if connected.get(relay).copied().unwrap_or(false) {
+                                    subscribe_shard(&client, &db, &cfg, relay, *shard, p).await;
+                                }
+                            }
                         }
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "could not load opted-in authors"),
                 }
             }
+            _ = lease_tick.tick() => {
+                rebalance(&client, &db, &cfg, &owner, &relays, &by_shard, &connected, &mut ensured, &mut held).await;
+            }
             _ = status_tick.tick() => {
                 for (url, relay) in client.relays().await {
                     let key = url.to_string();
-                    let connected = relay.is_connected();
-                    metrics::gauge!("bridge_relay_connected", "relay" => key.clone()).set(if connected { 1.0 } else { 0.0 });
-                    let entry = progress.entry(key.clone()).or_default();
-                    let reconnected = connected && !entry.connected;
-                    let retry_due = connected && entry.retry_at.is_some_and(|t| t <= tokio::time::Instant::now());
-                    if (reconnected || retry_due) && !chunks.is_empty() {
-                        // (Re)connected or retrying: resubscribe from the persisted cursor minus the overlap.
-                        subscribe_relay(&client, &db, &cfg, &key, &chunks, entry).await;
+                    let is_connected = relay.is_connected();
+                    metrics::gauge!("bridge_relay_connected", "relay" => key.clone()).set(if is_connected { 1.0 } else { 0.0 });
+                    let was = connected.insert(key.clone(), is_connected).unwrap_or(false);
+                    if !is_connected {
+                        continue;
                     }
-                    entry.connected = connected;
+                    let now = tokio::time::Instant::now();
+                    for ((relay, shard), p) in held.iter_mut().filter(|((r, _), _)| *r == key) {
+                        let retry_due = p.retry_at.is_some_and(|t| t <= now);
+                        if !was || retry_due {
+                            // (Re)connected or retrying: resubscribe from the persisted cursor minus the overlap.
+                            subscribe_shard(&client, &db, &cfg, relay, *shard, p).await;
+                        }
+                    }
                 }
             }
-            _ = flush_tick.tick() => flush_cursors(&db, &mut progress, chunks.len()).await,
+            _ = flush_tick.tick() => flush_cursors(&db, &cfg, &mut held, &relays).await,
             n = notifications.recv() => {
                 let n = match n {
                     Ok(n) => n,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
                         // Dropped notifications are recovered by the cursor overlap on the next resubscribe.
                         tracing::warn!(lagged = k, "ingest fell behind the relay pool; resubscribing");
-                        for relay in &cfg.relays {
-                            let entry = progress.entry(relay_key(relay)).or_default();
-                            subscribe_relay(&client, &db, &cfg, relay, &chunks, entry).await;
+                        for ((relay, shard), p) in held.iter_mut() {
+                            subscribe_shard(&client, &db, &cfg, relay, *shard, p).await;
                         }
                         continue;
                     }
@@ -351,52 +465,55 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 let relay = relay_url.to_string();
                 match message {
                     RelayMessage::Event { subscription_id, event } => {
-                        let Some(chunk) = chunk_of(&subscription_id) else { continue };
+                        let Some((shard, chunk)) = chunk_of(&subscription_id) else { continue };
+                        // A late event of a shard this replica no longer holds is left to the new holder.
+                        let Some(p) = held.get_mut(&(relay, shard)) else { continue };
                         let received_at = Utc::now();
                         let event = event.into_owned();
                         let created = event.created_at;
                         let done = accept(&db, &authors, event, received_at).await;
-                        let entry = progress.entry(relay).or_default();
-                        if !entry.caught_up.contains(&chunk) {
-                            let r = entry.replayed.entry(chunk).or_insert((0, created));
+                        if !p.caught_up.contains(&chunk) {
+                            let r = p.replayed.entry(chunk).or_insert((0, created));
                             r.0 += 1;
                             r.1 = r.1.min(created);
                         }
-                        note_accepted(entry, done, &cfg);
+                        note_accepted(p, done, &cfg);
                     }
                     RelayMessage::EndOfStoredEvents(sub) => {
-                        let Some(chunk) = chunk_of(&sub) else { continue };
-                        let Some(authors_of_chunk) = chunks.get(chunk).cloned() else { continue };
-                        let entry = progress.entry(relay.clone()).or_default();
-                        let (count, oldest) = entry.replayed.remove(&chunk).unwrap_or((0, Timestamp::now()));
+                        let Some((shard, chunk)) = chunk_of(&sub) else { continue };
+                        let Some(p) = held.get_mut(&(relay.clone(), shard)) else { continue };
+                        let Some(authors_of_chunk) = chunk_authors(&p.authors, cfg.authors_per_subscription).get(chunk).cloned() else { continue };
+                        let (count, oldest) = p.replayed.remove(&chunk).unwrap_or((0, Timestamp::now()));
                         if count >= cfg.replay_truncation_hint.max(1) {
-                            tracing::info!(relay = %relay, chunk, count, "stored replay may be truncated; paging back");
-                            let floor = entry.since;
-                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, entry, &cfg).await;
+                            tracing::info!(relay = %relay, shard, chunk, count, "stored replay may be truncated; paging back");
+                            let floor = p.since;
+                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, p, &cfg).await;
                             if !ok {
                                 continue;
                             }
                         }
-                        entry.caught_up.insert(chunk);
-                        flush_cursors(&db, &mut progress, chunks.len()).await;
+                        p.caught_up.insert(chunk);
+                        flush_cursors(&db, &cfg, &mut held, &relays).await;
                     }
                     RelayMessage::Closed { subscription_id, message } => {
-                        let Some(chunk) = chunk_of(&subscription_id) else { continue };
+                        let Some((shard, chunk)) = chunk_of(&subscription_id) else { continue };
                         let reason = closed_reason(&message);
                         metrics::counter!("bridge_relay_subscriptions_closed_total", "relay" => relay.clone(), "reason" => reason)
                             .increment(1);
                         tracing::warn!(
                             code = "relay_subscription_closed",
                             relay = %relay,
+                            shard,
                             chunk,
                             reason,
                             message = %message,
                             retry_in_secs = cfg.closed_retry.as_secs(),
-                            "relay closed a subscription; its cursor holds until the resubscription catches up"
+                            "relay closed a subscription; its shard's cursor holds until the resubscription catches up"
                         );
-                        let entry = progress.entry(relay).or_default();
-                        entry.caught_up.remove(&chunk);
-                        entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
+                        if let Some(p) = held.get_mut(&(relay, shard)) {
+                            p.caught_up.remove(&chunk);
+                            p.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
+                        }
                     }
                     RelayMessage::Notice(message) => {
                         tracing::warn!(relay = %relay, notice = %message, "relay notice");
@@ -406,9 +523,158 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
             }
         }
     }
-    flush_cursors(&db, &mut progress, chunks.len()).await;
+    flush_cursors(&db, &cfg, &mut held, &relays).await;
+    // Hand the shards over at once instead of after a lease period.
+    for ((relay, _), p) in held.drain() {
+        let lease = p.lease;
+        if let Err(e) = db.run(move |c| shards::release(c, &relay, lease)).await {
+            tracing::warn!(error = %e, "shard not released; it is free when its lease expires");
+        }
+    }
+    {
+        let owner = owner.clone();
+        if let Err(e) = db.run(move |c| shards::unregister(c, &owner)).await {
+            tracing::warn!(error = %e, "replica not unregistered; it stops counting when its registration expires");
+        }
+    }
+    for relay in &relays {
+        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(0.0);
+    }
     client.shutdown().await;
     Ok(())
+}
+
+/// One lease round (every `lease / 3`): renew the registration (which counts the live replicas), renew held
+/// shards and drop the lost ones, release the surplus above the fair share, acquire free shards up to it.
+#[allow(clippy::too_many_arguments)]
+async fn rebalance(
+    client: &Client,
+    db: &Db,
+    cfg: &IngestConfig,
+    owner: &str,
+    relays: &[String],
+    by_shard: &[Vec<PublicKey>],
+    connected: &HashMap<String, bool>,
+    ensured: &mut HashSet<String>,
+    held: &mut Held,
+) {
+    let now = tokio::time::Instant::now();
+    let live = {
+        let owner = owner.to_string();
+        let ttl = cfg.lease;
+        db.run(move |c| shards::register(c, &owner, ttl)).await
+    };
+    let live = match live {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "ingest lease round failed; keeping shards until their leases run out");
+            drop_expired(client, held, now).await;
+            return;
+        }
+    };
+    let share = shards::fair_share(cfg.shards, live) as usize;
+    for relay in relays {
+        if !ensured.contains(relay) {
+            let (r, n) = (relay.clone(), cfg.shards);
+            match db.run(move |c| shards::ensure(c, &r, n)).await {
+                Ok(()) => {
+                    ensured.insert(relay.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %relay, error = %e, "shard rows not created");
+                    continue;
+                }
+            }
+        }
+        // Renew; whatever is not renewed was lost (expired and maybe taken).
+        let mine: Vec<ShardLease> = held
+            .iter()
+            .filter(|((r, _), _)| r == relay)
+            .map(|(_, p)| p.lease)
+            .collect();
+        let renewed = {
+            let (r, o, m, ttl) = (relay.clone(), owner.to_string(), mine.clone(), cfg.lease);
+            db.run(move |c| shards::heartbeat(c, &r, &o, &m, ttl)).await
+        };
+        let renewed = match renewed {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                tracing::warn!(relay = %relay, error = %e, "shard heartbeat failed");
+                continue;
+            }
+        };
+        for lease in &mine {
+            let key = (relay.clone(), lease.shard as u32);
+            if renewed.contains(lease) {
+                if let Some(p) = held.get_mut(&key) {
+                    p.valid_until = now + cfg.lease;
+                }
+            } else if let Some(p) = held.remove(&key) {
+                tracing::warn!(code = "ingest_shard_lost", relay = %relay, shard = lease.shard, "shard lease lost; unsubscribing");
+                unsubscribe_shard(client, relay, key.1, p.subs).await;
+            }
+        }
+        // Surplus above the fair share (a replica joined): hand the highest shards back, cursor first.
+        let mut mine: Vec<u32> = held.keys().filter(|(r, _)| r == relay).map(|(_, s)| *s).collect();
+        mine.sort_unstable();
+        while mine.len() > share {
+            let shard = mine.pop().expect("non-empty");
+            let Some(mut p) = held.remove(&(relay.clone(), shard)) else {
+                continue;
+            };
+            flush_shard(db, cfg, relay, &mut p).await;
+            unsubscribe_shard(client, relay, shard, p.subs).await;
+            let (r, lease) = (relay.clone(), p.lease);
+            if let Err(e) = db.run(move |c| shards::release(c, &r, lease)).await {
+                tracing::warn!(relay = %relay, shard, error = %e, "surplus shard not released; free at lease expiry");
+            }
+        }
+        // Up to the fair share from the free (or expired) shards.
+        let want = share.saturating_sub(mine.len()) as u32;
+        if want > 0 {
+            let (r, o, n, ttl) = (relay.clone(), owner.to_string(), cfg.shards, cfg.lease);
+            match db.run(move |c| shards::acquire(c, &r, &o, n, want, ttl)).await {
+                Ok(taken) => {
+                    for lease in taken {
+                        let shard = lease.shard as u32;
+                        let mut p = ShardProgress::new(lease, now + cfg.lease);
+                        p.authors = by_shard.get(shard as usize).cloned().unwrap_or_default();
+                        tracing::info!(relay = %relay, shard, token = lease.token, "shard acquired");
+                        if connected.get(relay).copied().unwrap_or(false) {
+                            subscribe_shard(client, db, cfg, relay, shard, &mut p).await;
+                        }
+                        held.insert((relay.clone(), shard), p);
+                    }
+                }
+                Err(e) => tracing::warn!(relay = %relay, error = %e, "shards not acquired"),
+            }
+        }
+        let count = held.keys().filter(|(r, _)| r == relay).count();
+        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(count as f64);
+    }
+}
+
+/// Drops the shards whose lease has certainly run out by the local clock (the database could not renew them).
+async fn drop_expired(client: &Client, held: &mut Held, now: tokio::time::Instant) {
+    let expired: Vec<(String, u32)> = held
+        .iter()
+        .filter(|(_, p)| p.valid_until <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in expired {
+        if let Some(p) = held.remove(&key) {
+            tracing::warn!(code = "ingest_shard_lost", relay = %key.0, shard = key.1, "shard lease ran out unrenewed; unsubscribing");
+            unsubscribe_shard(client, &key.0, key.1, p.subs).await;
+        }
+    }
+}
+
+async fn unsubscribe_shard(client: &Client, relay: &str, shard: u32, subs: usize) {
+    if let Ok(r) = client.relay(relay).await {
+        for chunk in 0..subs {
+            let _ = r.unsubscribe(&subscription_id(shard, chunk)).await;
+        }
+    }
 }
 
 /// What became of one event in [`accept`].
@@ -424,7 +690,7 @@ enum Accepted {
 
 /// Records the outcome of [`accept`]: the newest durable position; nothing for a refused event; for an event that
 /// could not be enqueued, a hold on the relay's cursor and a resubscription after `closed_retry`.
-fn note_accepted(entry: &mut RelayProgress, done: Accepted, cfg: &IngestConfig) {
+fn note_accepted(entry: &mut ShardProgress, done: Accepted, cfg: &IngestConfig) {
     match done {
         Accepted::Durable(position) => {
             if entry.pending.as_ref().is_none_or(|p| *p < position) {
@@ -446,58 +712,63 @@ fn relay_key(url: &str) -> String {
         .unwrap_or_else(|_| url.to_string())
 }
 
-/// Starts a new subscription generation on one relay: every chunk from the persisted cursor minus the overlap.
-async fn subscribe_relay(
-    client: &Client,
-    db: &Db,
-    cfg: &IngestConfig,
-    relay: &str,
-    chunks: &[Vec<PublicKey>],
-    entry: &mut RelayProgress,
-) {
-    let key = relay_key(relay);
-    entry.caught_up.clear();
-    entry.replayed.clear();
-    entry.retry_at = None;
+/// Starts a new subscription generation for one held shard on one relay: each chunk of its authors from the shard's
+/// persisted cursor minus the overlap. Subscriptions of chunks the shard no longer has are closed.
+async fn subscribe_shard(client: &Client, db: &Db, cfg: &IngestConfig, relay: &str, shard: u32, p: &mut ShardProgress) {
+    p.caught_up.clear();
+    p.replayed.clear();
+    p.retry_at = None;
+    let chunks = chunk_authors(&p.authors, cfg.authors_per_subscription);
+    if p.subs > chunks.len() {
+        if let Ok(r) = client.relay(relay).await {
+            for stale in chunks.len()..p.subs {
+                let _ = r.unsubscribe(&subscription_id(shard, stale)).await;
+            }
+        }
+    }
+    p.subs = chunks.len();
     if chunks.is_empty() {
         return;
     }
     let cursor = {
-        let key = key.clone();
-        db.run(move |c| records::get_cursor(c, &key)).await
+        let (key, n) = (relay.to_string(), cfg.shards);
+        db.run(move |c| shards::get_shard_cursor(c, &key, n, shard as i32))
+            .await
     };
     // No cursor yet (a new relay or a fresh database): start at now minus the overlap. Older history is the
     // `backfill_author` job's, which every opt-in and re-enable enqueues. A stored cursor ahead of now is not
-    // trusted (invariant 3): resuming there would stop bridging for every user of the relay.
+    // trusted (invariant 3): resuming there would stop bridging for every user of the shard.
     let now = Utc::now();
     let stored = match cursor {
         Ok(stored) => stored.map(|(at, _)| at),
         Err(e) => {
-            tracing::warn!(relay = %key, error = %e, "cursor unavailable; subscribing with overlap from now");
+            tracing::warn!(relay = %relay, shard, error = %e, "cursor unavailable; subscribing with overlap from now");
             None
         }
     };
     if let Some(at) = stored.filter(|at| *at > now) {
         tracing::warn!(
             code = "relay_cursor_ahead",
-            relay = %key,
+            relay = %relay,
+            shard,
             cursor = %at,
             "stored relay cursor is ahead of now; resubscribing from now minus the overlap instead"
         );
     }
     let since = Some(resume_since(stored, now, cfg.cursor_overlap));
-    entry.since = since;
+    p.since = since;
     for (i, authors) in chunks.iter().enumerate() {
         let filter = live_filter(authors, since);
         if let Err(e) = client
-            .subscribe_with_id_to([key.as_str()], subscription_id(i), filter, None)
+            .subscribe_with_id_to([relay], subscription_id(shard, i), filter, None)
             .await
         {
-            tracing::warn!(relay = %key, chunk = i, error = %e, "subscribe failed; retrying later");
-            entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
+            tracing::warn!(relay = %relay, shard, chunk = i, error = %e, "subscribe failed; retrying later");
+            p.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
         }
     }
-    tracing::info!(relay = %key, ?since, chunks = chunks.len(), "subscribed");
+    metrics::counter!("bridge_ingest_shard_subscriptions_total", "relay" => relay.to_string()).increment(1);
+    tracing::info!(relay = %relay, shard, ?since, chunks = chunks.len(), "subscribed");
 }
 
 /// Pages one chunk's history on `relay` back from `until` (inclusive: events sharing that second are re-fetched and
@@ -512,7 +783,7 @@ async fn catch_up(
     chunk: &[PublicKey],
     since: Option<Timestamp>,
     mut until: Timestamp,
-    entry: &mut RelayProgress,
+    entry: &mut ShardProgress,
     cfg: &IngestConfig,
 ) -> bool {
     let mut seen: HashSet<EventId> = HashSet::new();
@@ -565,30 +836,41 @@ async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event, received_at: 
     }
 }
 
-/// Writes each caught-up relay's newest durable position, then exports every relay's cursor lag.
-async fn flush_cursors(db: &Db, progress: &mut HashMap<String, RelayProgress>, chunks: usize) {
-    for (relay, p) in progress.iter_mut() {
-        if chunks > 0 && p.complete(chunks) {
-            if let Some((at, id)) = p.pending.take() {
-                let (relay2, id2) = (relay.clone(), id.clone());
-                if let Err(e) = db.run(move |c| records::advance_cursor(c, &relay2, at, &id2)).await {
-                    tracing::warn!(relay = %relay, error = %e, "cursor not saved");
-                    p.pending = Some((at, id));
-                }
-            }
+/// Writes a caught-up shard's newest durable position under its lease (a lost lease writes nothing).
+async fn flush_shard(db: &Db, cfg: &IngestConfig, relay: &str, p: &mut ShardProgress) {
+    if p.subs == 0 || !p.complete() {
+        return;
+    }
+    if let Some((at, id)) = p.pending.take() {
+        let (relay2, id2, n, lease) = (relay.to_string(), id.clone(), cfg.shards, p.lease);
+        if let Err(e) = db
+            .run(move |c| shards::advance_shard_cursor(c, &relay2, n, lease, at, &id2))
+            .await
+        {
+            tracing::warn!(relay = %relay, shard = lease.shard, error = %e, "cursor not saved");
+            p.pending = Some((at, id));
         }
-        export_cursor_lag(db, relay).await;
     }
 }
 
-/// Sets `bridge_relay_cursor_lag_seconds{relay}` to now minus the stored position (negative: the cursor is ahead of
-/// now; 0 while the relay has no cursor, as its subscription then starts at now). Reads the stored row, so the gauge
-/// also shows what other replicas wrote.
-async fn export_cursor_lag(db: &Db, relay: &str) {
+/// Writes each caught-up held shard's newest durable position, then exports every relay's cursor lag.
+async fn flush_cursors(db: &Db, cfg: &IngestConfig, held: &mut Held, relays: &[String]) {
+    for ((relay, _), p) in held.iter_mut() {
+        flush_shard(db, cfg, relay, p).await;
+    }
+    for relay in relays {
+        export_cursor_lag(db, relay, cfg.shards).await;
+    }
+}
+
+/// Sets `bridge_relay_cursor_lag_seconds{relay}` to now minus the oldest shard position of the relay (negative: a
+/// cursor is ahead of now; 0 while the relay has no cursor, as its subscriptions then start at now). Reads the
+/// stored rows, so the gauge also shows what other replicas wrote.
+async fn export_cursor_lag(db: &Db, relay: &str, n: u32) {
     let key = relay.to_string();
-    match db.run(move |c| records::get_cursor(c, &key)).await {
-        Ok(cursor) => {
-            let lag = cursor.map_or(0.0, |(at, _)| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
+    match db.run(move |c| shards::relay_floor(c, &key, n)).await {
+        Ok(floor) => {
+            let lag = floor.map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
             metrics::gauge!("bridge_relay_cursor_lag_seconds", "relay" => relay.to_string()).set(lag);
         }
         Err(e) => tracing::debug!(relay = %relay, error = %e, "cursor lag not exported: cursor unavailable"),

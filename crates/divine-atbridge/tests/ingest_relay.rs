@@ -745,3 +745,132 @@ fn admission_is_the_shared_check_plus_the_opt_in_set() {
         "bad_id"
     );
 }
+
+/// Issue 11 §4: shards are stable — an author's shard depends on its key alone, so adding one author changes
+/// exactly one shard's list (the old sorted chunking shifted every chunk after the new key), and only that shard is
+/// re-subscribed.
+#[test]
+fn a_new_author_changes_exactly_one_shard() {
+    let keys: Vec<Keys> = (0..30).map(|_| Keys::generate()).collect();
+    let mut authors: std::collections::BTreeSet<String> = keys.iter().map(|k| k.public_key().to_hex()).collect();
+    let before = ingest::shard_authors(&authors, 8);
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 30);
+    assert!(
+        before.iter().filter(|s| !s.is_empty()).count() > 1,
+        "30 authors spread over several shards"
+    );
+    let newcomer = Keys::generate().public_key();
+    authors.insert(newcomer.to_hex());
+    let after = ingest::shard_authors(&authors, 8);
+    let shard = ingest::shard_of(&newcomer, 8);
+    assert_eq!(ingest::changed_shards(&before, &after), vec![shard]);
+    assert_eq!(ingest::shard_of(&newcomer, 8), shard, "stable");
+    for k in &keys {
+        let s = ingest::shard_of(&k.public_key(), 8) as usize;
+        assert!(before[s].contains(&k.public_key()) && after[s].contains(&k.public_key()));
+    }
+    assert!(ingest::changed_shards(&after, &after).is_empty());
+}
+
+fn live_and_holders(conn: &mut PgConnection, relay: &str) -> (Vec<String>, Vec<(i32, String)>) {
+    (
+        divine_bridge_db::shards::live_replicas(conn).unwrap(),
+        divine_bridge_db::shards::holders(conn, relay).unwrap(),
+    )
+}
+
+/// Every one of `shards` held by a live replica, `replicas` live replicas, each holding its fair share.
+fn divided(live: &[String], holders: &[(i32, String)], shards: usize, replicas: usize) -> bool {
+    let owners: std::collections::BTreeSet<&String> = holders.iter().map(|(_, o)| o).collect();
+    live.len() == replicas
+        && holders.len() == shards
+        && owners.len() == replicas
+        && owners.iter().all(|o| live.contains(o))
+        && owners
+            .iter()
+            .all(|o| holders.iter().filter(|(_, h)| h == *o).count() <= shards.div_ceil(replicas))
+}
+
+/// Issue 11 §4, in process: three ingest replicas on one relay divide its 6 shards (2 each); one is aborted without
+/// releasing anything (as a SIGKILL), another is started; 300 events over 30 accounts become exactly one job each
+/// and at the end every shard is held by exactly one live replica, the dead one's share taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_divide_the_shards_and_a_dead_ones_share_is_taken_over() {
+    let db = TestDb::migrated("ingest_shards3");
+    let mut conn = db.conn();
+    // Without the builder's default limit of 60 events a minute per client: 300 are published here.
+    let limit = RateLimit {
+        notes_per_minute: 1_000_000,
+        ..RateLimit::default()
+    };
+    let (_relay, url) = relay_with(RelayBuilder::default().rate_limit(limit)).await;
+    let keys: Vec<Keys> = (0..30).map(|_| Keys::generate()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        opt_in(&mut conn, k, &format!("s{i}.test"), "ready", true);
+    }
+    let cfg = IngestConfig {
+        shards: 6,
+        lease: Duration::from_secs(3),
+        ..IngestConfig::new(vec![url.clone()], Duration::from_secs(300), Duration::from_millis(200))
+    };
+    let relay_key = nostr_sdk::RelayUrl::parse(&url).unwrap().to_string();
+    let mut replicas: Vec<_> = (0..3).map(|_| start_with(&db, cfg.clone())).collect();
+    let wait_divided = |conn: &mut PgConnection, replicas: usize, within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let (live, holders) = live_and_holders(conn, &relay_key);
+            if divided(&live, &holders, 6, replicas) || std::time::Instant::now() > deadline {
+                return (live, holders);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (live, holders) = wait_divided(&mut conn, 3, Duration::from_secs(15));
+    assert!(
+        divided(&live, &holders, 6, 3),
+        "three replicas share six shards: {live:?} {holders:?}"
+    );
+    let owners_before: std::collections::BTreeSet<String> = live.iter().cloned().collect();
+
+    let client = publisher(std::slice::from_ref(&url)).await;
+    let events: Vec<Event> = (0..300).map(|i| video(&keys[i % 30], &format!("clip {i}"))).collect();
+    for e in &events[..150] {
+        client.send_event(e).await.unwrap();
+    }
+    // SIGKILL-like: the task is dropped mid-flight, nothing released or unregistered.
+    let (_tx0, dead) = replicas.remove(0);
+    dead.abort();
+    replicas.push(start_with(&db, cfg.clone()));
+    for e in &events[150..] {
+        client.send_event(e).await.unwrap();
+    }
+    let rows = wait_until(&mut conn, |rows| rows.len() >= 300).await;
+    assert_eq!(rows.len(), 300, "every event ingested");
+    // Within about one lease period (3 s) plus a round, the dead replica's shards belong to live replicas again.
+    let (live, holders) = wait_divided(&mut conn, 3, Duration::from_secs(15));
+    assert!(divided(&live, &holders, 6, 3), "after the kill: {live:?} {holders:?}");
+    let dead_owner: Vec<&String> = owners_before.iter().filter(|o| !live.contains(o)).collect();
+    assert_eq!(
+        dead_owner.len(),
+        1,
+        "exactly the killed replica is gone: {owners_before:?} → {live:?}"
+    );
+    assert!(holders.iter().all(|(_, o)| o != dead_owner[0]));
+
+    let mut keys_seen: Vec<&str> = rows.iter().map(|r| r.unique_key.as_str()).collect();
+    keys_seen.sort();
+    let mut want: Vec<String> = events.iter().map(|e| format!("publish:{}", e.id.to_hex())).collect();
+    want.sort();
+    assert_eq!(
+        keys_seen,
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "exactly one job per event"
+    );
+    for (tx, handle) in replicas {
+        tx.send(true).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+    // A clean shutdown releases everything at once.
+    let (live, holders) = live_and_holders(&mut conn, &relay_key);
+    assert!(live.is_empty() && holders.is_empty(), "{live:?} {holders:?}");
+}

@@ -30,6 +30,8 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
         cursor_overlap: Duration::from_secs(60),
         account_refresh: Duration::from_secs(60),
         authors_per_subscription: 250,
+        ingest_shards: 1,
+        ingest_lease: Duration::from_secs(30),
         media_allowed_hosts: vec![],
         media_allow_loopback: false,
         media_timeout: Duration::from_secs(1),

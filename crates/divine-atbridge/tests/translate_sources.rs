@@ -100,6 +100,8 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         cursor_overlap: Duration::from_secs(300),
         account_refresh: Duration::from_secs(5),
         authors_per_subscription: 250,
+        ingest_shards: 1,
+        ingest_lease: Duration::from_secs(30),
         media_allowed_hosts: vec!["127.0.0.1".into()],
         media_allow_loopback: true,
         media_timeout: Duration::from_secs(10),

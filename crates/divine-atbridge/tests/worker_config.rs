@@ -96,3 +96,36 @@ fn job_retention_defaults_to_14_days_and_refuses_less_than_an_hour() {
     }
     std::env::remove_var("JOB_RETENTION_SECS");
 }
+
+#[test]
+fn ingest_shards_and_lease_default_and_refuse_out_of_range_values() {
+    use divine_atbridge::config::CrosspostConfig;
+    std::env::remove_var("NOSTR_INGEST_SHARDS");
+    std::env::remove_var("INGEST_LEASE_SECS");
+    let d = CrosspostConfig::from_env().unwrap();
+    assert_eq!(d.ingest_shards, 1);
+    assert_eq!(d.ingest_lease, Duration::from_secs(30));
+    std::env::set_var("NOSTR_INGEST_SHARDS", "16");
+    std::env::set_var("INGEST_LEASE_SECS", "10");
+    let c = CrosspostConfig::from_env().unwrap();
+    assert_eq!((c.ingest_shards, c.ingest_lease), (16, Duration::from_secs(10)));
+    for bad in ["0", "1025", "-1", "many"] {
+        std::env::set_var("NOSTR_INGEST_SHARDS", bad);
+        assert_eq!(
+            CrosspostConfig::from_env().unwrap_err().code(),
+            "config_invalid",
+            "{bad}"
+        );
+    }
+    std::env::set_var("NOSTR_INGEST_SHARDS", "16");
+    for bad in ["2", "0", "x"] {
+        std::env::set_var("INGEST_LEASE_SECS", bad);
+        assert_eq!(
+            CrosspostConfig::from_env().unwrap_err().code(),
+            "config_invalid",
+            "{bad}"
+        );
+    }
+    std::env::remove_var("NOSTR_INGEST_SHARDS");
+    std::env::remove_var("INGEST_LEASE_SECS");
+}

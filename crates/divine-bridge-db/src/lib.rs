@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod queue;
 pub mod records;
 pub mod schema;
+pub mod shards;
 pub mod states;
 #[cfg(feature = "testutil")]
 pub mod testutil;

@@ -140,6 +140,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    ingest_replicas (owner) {
+        owner -> Text,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    ingest_shards (relay_url, shard) {
+        relay_url -> Text,
+        shard -> Int4,
+        owner -> Nullable<Text>,
+        token -> Nullable<Int8>,
+        expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    relay_shard_cursors (relay_url, shards, shard) {
+        relay_url -> Text,
+        shards -> Int4,
+        shard -> Int4,
+        last_created_at -> Timestamptz,
+        last_event_id -> Text,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(account_keys -> account_links (nostr_pubkey));
 diesel::allow_tables_to_appear_in_same_query!(
     account_links,
@@ -152,4 +180,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     profile_sync,
     relay_cursors,
     nip98_seen,
+    ingest_replicas,
+    ingest_shards,
+    relay_shard_cursors,
 );

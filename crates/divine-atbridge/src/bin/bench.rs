@@ -116,7 +116,10 @@ fn main() -> std::process::ExitCode {
     let result = match suite.as_str() {
         "queue" => queue_suite(),
         "e2e" => e2e::suite(),
-        other => Err(anyhow::anyhow!("unknown bench suite {other:?} (known: queue, e2e)")),
+        "ingest" => ingest_bench::suite(),
+        other => Err(anyhow::anyhow!(
+            "unknown bench suite {other:?} (known: queue, e2e, ingest)"
+        )),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -1096,5 +1099,148 @@ mod slo {
             assert_eq!(found(&before, &after, "missing_publish"), 1);
             assert_eq!(found(&before, &after, "missing_delete"), 0);
         }
+    }
+}
+
+/// Suite `ingest` (owned by relay ingest, issue 11 §4): events ingested per second by one vs two ingest replicas
+/// reading the same relay. Each measurement gets its own throwaway database (on `BENCH_PG_URL`) and its own
+/// in-process relay (nostr-relay-builder, no rate limit): `BENCH_INGEST_ACCOUNTS` (300) accounts opted in,
+/// `NOSTR_INGEST_SHARDS`-style `BENCH_INGEST_SHARDS` (16) shards, the replicas (`ingest::run`, as in the binary)
+/// started and left to divide the shards, then `BENCH_INGEST_EVENTS` (3,000) pre-signed NIP-71 events published by
+/// 8 concurrent clients. Ingested = admitted (signature checked) and its job durably enqueued; time from the first
+/// publish to the last job row. Prints `ingest_events_per_sec_1_replica`, `ingest_events_per_sec_2_replicas` and
+/// `ingest_2_vs_1_replicas_ratio`. Everything runs in this one process on the machine's cores (relay, publishers,
+/// replicas), so on a small machine the ratio is bounded by the shared CPU, not by the division itself.
+mod ingest_bench {
+    use super::{env_or, ThrowawayDb};
+    use diesel::prelude::*;
+    use diesel::sql_types::{Bool, Text};
+    use divine_atbridge::ingest::{self, IngestConfig};
+    use nostr_relay_builder::prelude::*;
+    use std::time::{Duration, Instant};
+
+    pub fn suite() -> anyhow::Result<()> {
+        let server = std::env::var("BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let accounts: usize = env_or("BENCH_INGEST_ACCOUNTS", 300);
+        let events: usize = env_or("BENCH_INGEST_EVENTS", 3_000);
+        let shards: u32 = env_or("BENCH_INGEST_SHARDS", 16);
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let one = rt.block_on(measure(&server, 1, accounts, events, shards))?;
+        println!("ingest_events_per_sec_1_replica={one:.0}");
+        let two = rt.block_on(measure(&server, 2, accounts, events, shards))?;
+        println!("ingest_events_per_sec_2_replicas={two:.0}");
+        println!("ingest_2_vs_1_replicas_ratio={:.2}", two / one);
+        eprintln!("bench ingest: accounts={accounts} events={events} shards={shards}");
+        Ok(())
+    }
+
+    fn count(conn: &mut PgConnection, sql: &str) -> anyhow::Result<i64> {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        Ok(diesel::sql_query(sql).get_result::<N>(conn)?.n)
+    }
+
+    async fn measure(
+        server: &str,
+        replicas: usize,
+        accounts: usize,
+        events: usize,
+        shards: u32,
+    ) -> anyhow::Result<f64> {
+        let db = ThrowawayDb::create(server)?;
+        let mut conn = PgConnection::establish(&db.url)?;
+        let keys: Vec<Keys> = (0..accounts).map(|_| Keys::generate()).collect();
+        for (i, k) in keys.iter().enumerate() {
+            diesel::sql_query(
+                "INSERT INTO account_links (nostr_pubkey, handle, provisioning_state, crosspost_enabled) \
+                 VALUES ($1, $2, 'ready', $3)",
+            )
+            .bind::<Text, _>(k.public_key().to_hex())
+            .bind::<Text, _>(format!("bench{i}.test"))
+            .bind::<Bool, _>(true)
+            .execute(&mut conn)?;
+        }
+        let limit = RateLimit {
+            notes_per_minute: u32::MAX,
+            ..RateLimit::default()
+        };
+        let relay = LocalRelay::new(RelayBuilder::default().rate_limit(limit));
+        relay.run().await?;
+        let url = relay.url().await.to_string();
+        let relay_key = RelayUrl::parse(&url)?.to_string();
+        let cfg = IngestConfig {
+            shards,
+            lease: Duration::from_secs(3),
+            ..IngestConfig::new(vec![url.clone()], Duration::from_secs(900), Duration::from_secs(5))
+        };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let pool = divine_bridge_db::Db::connect(&db.url, 8)?;
+        let handles: Vec<_> = (0..replicas)
+            .map(|_| tokio::spawn(ingest::run(pool.clone(), cfg.clone(), rx.clone())))
+            .collect();
+        // Wait until the replicas have divided every shard (each holds its fair share).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let holders = divine_bridge_db::shards::holders(&mut conn, &relay_key)?;
+            let owners: std::collections::BTreeSet<&String> = holders.iter().map(|(_, o)| o).collect();
+            if holders.len() == shards as usize && owners.len() == replicas {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "replicas did not divide the shards: {holders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the subscriptions reach the relay (status tick every 2 s subscribes on connect).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let signed: Vec<Event> = (0..events)
+            .map(|i| {
+                EventBuilder::new(Kind::from(22u16), format!("bench clip {i}"))
+                    .tags([Tag::parse(["imeta", "url https://media.divine.video/a.mp4", "m video/mp4"]).unwrap()])
+                    .sign_with_keys(&keys[i % accounts])
+                    .unwrap()
+            })
+            .collect();
+        let mut publishers = Vec::new();
+        for _ in 0..8 {
+            let c = nostr_sdk::Client::default();
+            c.add_relay(url.as_str()).await?;
+            c.connect().await;
+            publishers.push(c);
+        }
+        let started = Instant::now();
+        let mut sends = Vec::new();
+        for (p, client) in publishers.iter().enumerate() {
+            let batch: Vec<Event> = signed.iter().skip(p).step_by(publishers.len()).cloned().collect();
+            let client = client.clone();
+            sends.push(tokio::spawn(async move {
+                for e in &batch {
+                    let _ = client.send_event(e).await;
+                }
+            }));
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let n = count(&mut conn, "SELECT count(*) AS n FROM jobs")?;
+            if n as usize >= events {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "only {n} of {events} events ingested");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        for s in sends {
+            s.await?;
+        }
+        tx.send(true)?;
+        for h in handles {
+            h.await??;
+        }
+        relay.shutdown();
+        Ok(events as f64 / secs)
     }
 }
