@@ -8,9 +8,8 @@ use crate::jobs::handlers::Handlers;
 use crate::keys::KeyEncryptionKey;
 use crate::xrpc::{XrpcClient, XrpcConfig};
 use divine_bridge_db::migrate::run_migrations;
-use divine_bridge_db::queue::{self, NewJob};
-use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, JobKind};
+use divine_bridge_db::queue;
+use divine_bridge_db::{Classified, Db};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -351,13 +350,7 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
         AccountsCommand::Reprovision { pubkey, json } => {
             let pk = crate::cli::normalise_selector(&pubkey);
             let id = with_conn(move |c| {
-                let mut job = NewJob::new(
-                    JobKind::ProvisionAccount,
-                    pk.clone(),
-                    serde_json::json!({"nostr_pubkey": pk}),
-                )
-                .unique(format!("provision:{pk}"));
-                job.priority = priority::ACCOUNT;
+                let job = divine_bridge_db::accounts::provision_job(&pk);
                 divine_bridge_db::accounts::reset_failed(c, &pk)?;
                 queue::requeue_or_enqueue(c, &job)
             })

@@ -101,10 +101,11 @@ async fn a_payload_event_by_another_author_is_refused_before_any_write() {
     let author = Keys::generate();
     let account = Keys::generate().public_key().to_hex();
     let event = kind5(&author, EventId::all_zeros());
-    // A validly signed event, but queued under another account's ordering key.
-    let job = NewJob::new(
+    // A validly signed event, but queued under another account.
+    let job = NewJob::for_account(
         JobKind::DeletePost,
-        account,
+        &account,
+        queue::keys::account(&account),
         serde_json::json!({ "event": serde_json::to_value(&event).unwrap() }),
     );
     queue::enqueue(&mut tdb.conn(), &job).unwrap().unwrap();

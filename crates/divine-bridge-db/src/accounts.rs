@@ -105,9 +105,10 @@ pub fn provision_unique_key(pubkey: &str) -> String {
 
 /// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
 pub fn provision_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::new(
+    let mut job = NewJob::for_account(
         JobKind::ProvisionAccount,
         pubkey,
+        queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(provision_unique_key(pubkey));
@@ -117,9 +118,10 @@ pub fn provision_job(pubkey: &str) -> NewJob {
 
 /// A `backfill_author` job for `pubkey`; `generation` distinguishes re-enables (unix seconds of the enable).
 pub fn backfill_job(pubkey: &str, generation: i64) -> NewJob {
-    let mut job = NewJob::new(
+    let mut job = NewJob::for_account(
         JobKind::BackfillAuthor,
         pubkey,
+        queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(format!("backfill:{pubkey}:{generation}"));
@@ -360,7 +362,7 @@ pub fn disable(conn: &mut PgConnection, pubkey: &str) -> Result<Disabled, Accoun
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_for_key(c, pubkey, DISABLE_CANCELS)?;
+        let cancelled_jobs = queue::cancel_for_account(c, pubkey, DISABLE_CANCELS)?;
         Ok(Disabled {
             link: updated,
             cancelled_jobs,
@@ -555,7 +557,7 @@ pub fn crosspost_status(
         type JobFactRow = (Option<String>, String, i32, Option<String>);
         let rows: Vec<JobFactRow> = jobs::table
             .filter(jobs::unique_key.eq_any(&keys))
-            .filter(jobs::ordering_key.eq(pubkey))
+            .filter(jobs::payload.retrieve_as_text("account").eq(pubkey))
             .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
             .select((jobs::unique_key, jobs::state, jobs::attempt, jobs::last_error_code))
             .load(conn)?;
