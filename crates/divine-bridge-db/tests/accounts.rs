@@ -85,8 +85,13 @@ fn force_job(conn: &mut PgConnection, unique_key: &str, state: &str, attempt: i3
 fn publish_job(conn: &mut PgConnection, pk: &str, event_id: &str) -> i64 {
     queue::enqueue(
         conn,
-        &NewJob::new(JobKind::PublishPost, pk, serde_json::json!({"id": event_id}))
-            .unique(format!("publish:{event_id}")),
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            pk,
+            queue::keys::event(event_id),
+            serde_json::json!({"id": event_id}),
+        )
+        .unique(format!("publish:{event_id}")),
     )
     .unwrap()
     .expect("new job")
@@ -234,7 +239,8 @@ fn disable_cancels_only_this_accounts_queued_work() {
     let a2 = publish_job(&mut c, A, &"2".repeat(64));
     let a_profile = queue::enqueue(
         &mut c,
-        &NewJob::new(JobKind::SyncProfile, A, serde_json::json!({})).unique(format!("profile:{}", "3".repeat(64))),
+        &NewJob::for_account(JobKind::SyncProfile, A, queue::keys::profile(A), serde_json::json!({}))
+            .unique(format!("profile:{}", "3".repeat(64))),
     )
     .unwrap()
     .unwrap();
