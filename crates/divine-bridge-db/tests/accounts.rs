@@ -119,7 +119,7 @@ fn opt_in_writes_link_and_one_provisioning_job() {
     assert_eq!(j.kind, "provision_account");
     assert_eq!(j.ordering_key, A);
     assert_eq!(j.unique_key.as_deref(), Some(format!("provision:{A}").as_str()));
-    assert_eq!(j.payload, serde_json::json!({"nostr_pubkey": A}));
+    assert_eq!(j.payload, serde_json::json!({"nostr_pubkey": A, "account": A}));
     assert_eq!(j.state, "queued");
     assert_eq!(j.priority, priority::ACCOUNT);
 
