@@ -67,7 +67,7 @@ pub struct MediaServer {
 type Files = (Arc<Mutex<HashMap<String, Vec<u8>>>>, Arc<Mutex<HashMap<String, usize>>>);
 
 /// The body a name serves; [`MediaServer::unavailable`] names answer 503 instead.
-const UNAVAILABLE: &[u8] = b"\0503";
+const UNAVAILABLE: &[u8] = b"(answer 503 Service Unavailable)";
 
 async fn serve_file(State((files, hits)): State<Files>, Path(name): Path<String>) -> impl IntoResponse {
     *hits.lock().unwrap().entry(name.clone()).or_default() += 1;
