@@ -91,7 +91,7 @@ fn an_edit_chain_and_a_delete_of_one_target_stay_behind_their_predecessor() {
     // `d` is case-sensitive: another coordinate, another key.
     let other_d = video_event(&keys, 34236, Some("myclip"), "other", "", &[], URL, b"3", t0 + 2);
     let coord = format!("34236:{}:MyClip", keys.public_key().to_hex());
-    let del = delete_event(&keys, &[], &[coord.clone()], t0 + 3);
+    let del = delete_event(&keys, &[], std::slice::from_ref(&coord), t0 + 3);
     for e in [&v1, &v2, &other_d, &del] {
         enqueue(&tdb, e);
     }
