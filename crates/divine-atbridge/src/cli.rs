@@ -132,7 +132,7 @@ pub fn list_jobs(conn: &mut PgConnection, args: &ListArgs) -> QueryResult<Vec<Jo
         q = q.filter(jobs::kind.eq(k.as_str()));
     }
     if let Some(a) = &args.account {
-        q = q.filter(jobs::ordering_key.eq(a.to_lowercase()));
+        q = q.filter(jobs::payload.retrieve_as_text("account").eq(a.to_lowercase()));
     }
     q.order(jobs::id.desc())
         .limit(args.limit)
@@ -281,7 +281,7 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<Option<Account
         None => None,
     };
     let jobs_by_state: Vec<(String, i64)> = jobs::table
-        .filter(jobs::ordering_key.eq(&pk))
+        .filter(jobs::payload.retrieve_as_text("account").eq(&pk))
         .group_by(jobs::state)
         .select((jobs::state, diesel::dsl::count_star()))
         .order(jobs::state)

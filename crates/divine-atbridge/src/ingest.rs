@@ -50,7 +50,7 @@ use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPOR
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use divine_bridge_db::queue::{self, NewJob};
+use divine_bridge_db::queue::{self, keys, NewJob};
 use divine_bridge_db::shards::{self, ShardLease};
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
@@ -274,6 +274,30 @@ pub fn job_for(event: &Event) -> Option<(JobKind, String)> {
     }
 }
 
+/// The ordering key of an accepted event's job: only what truly conflicts with it is ordered with it (issue 11 §2;
+/// the rules are stated in `divine_bridge_db::queue`). A plain video is alone under `event:<id>`; the revisions of
+/// one addressable video share `coord:<coordinate>`; a profile sync shares `profile:<pubkey>`; a delete runs after
+/// the publish of its one target (its coordinate if it names one, else its one event id); a delete of several
+/// targets runs under its own id, its order settled by tombstones (publish checks `records::is_tombstoned`).
+pub fn ordering_key_for(event: &Event) -> String {
+    let pubkey = event.pubkey.to_hex();
+    match event.kind.as_u16() {
+        bridge_nostr::KIND_PROFILE => keys::profile(&pubkey),
+        bridge_nostr::KIND_DELETE => {
+            let (ids, coords) = crate::jobs::publish::delete_targets(event);
+            match (ids.as_slice(), coords.as_slice()) {
+                (_, [coord]) => keys::coordinate(coord),
+                ([id], []) => keys::event(id),
+                _ => keys::event(&event.id.to_hex()),
+            }
+        }
+        _ => match crate::jobs::publish::coordinate(event) {
+            Some(coord) => keys::coordinate(&coord),
+            None => keys::event(&event.id.to_hex()),
+        },
+    }
+}
+
 /// Enqueues the job for an accepted event; `Ok(None)` when it was already enqueued (duplicate delivery).
 pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Result<Option<i64>, DbError> {
     let Some((kind, unique)) = job_for(event) else {
@@ -281,7 +305,7 @@ pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Resul
     };
     let payload =
         serde_json::json!({ "event": serde_json::to_value(event).map_err(|e| DbError::Corrupt(e.to_string()))? });
-    let mut job = NewJob::new(kind, event.pubkey.to_hex(), payload).unique(unique);
+    let mut job = NewJob::for_account(kind, &event.pubkey.to_hex(), ordering_key_for(event), payload).unique(unique);
     job.priority = prio;
     job.source_created_at = Some(event_time(event));
     queue::enqueue(conn, &job)

@@ -82,21 +82,33 @@ fn jobs_list_retry_and_cancel() {
     let (a, b) = (pubkey(0xa1), pubkey(0xb2));
     let pa = queue::enqueue(
         &mut c,
-        &NewJob::new(JobKind::PublishPost, &a, serde_json::json!({})).unique("p:a"),
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            &a,
+            queue::keys::account(&a),
+            serde_json::json!({}),
+        )
+        .unique("p:a"),
     )
     .unwrap()
     .unwrap();
     assert_eq!(fail_head(&mut c, &a, "pds_rejected"), pa);
     let pb = queue::enqueue(
         &mut c,
-        &NewJob::new(JobKind::SyncProfile, &b, serde_json::json!({})).unique("s:b"),
+        &NewJob::for_account(
+            JobKind::SyncProfile,
+            &b,
+            queue::keys::account(&b),
+            serde_json::json!({}),
+        )
+        .unique("s:b"),
     )
     .unwrap()
     .unwrap();
     assert_eq!(fail_head(&mut c, &b, "media_too_large"), pb);
     let queued = queue::enqueue(
         &mut c,
-        &NewJob::new(JobKind::DeletePost, &a, serde_json::json!({})).unique("d:a"),
+        &NewJob::for_account(JobKind::DeletePost, &a, queue::keys::account(&a), serde_json::json!({})).unique("d:a"),
     )
     .unwrap()
     .unwrap();

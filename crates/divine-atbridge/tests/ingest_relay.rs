@@ -43,13 +43,15 @@ struct JobRow {
     unique_key: String,
     #[diesel(sql_type = Text)]
     ordering_key: String,
+    #[diesel(sql_type = Text)]
+    account: String,
     #[diesel(sql_type = BigInt)]
     source_epoch: i64,
 }
 
 fn jobs(conn: &mut PgConnection) -> Vec<JobRow> {
     diesel::sql_query(
-        "SELECT kind, unique_key, ordering_key, extract(epoch from source_created_at)::bigint AS source_epoch \
+        "SELECT kind, unique_key, ordering_key, payload ->> 'account' AS account, extract(epoch from source_created_at)::bigint AS source_epoch \
          FROM jobs ORDER BY id",
     )
     .load(conn)
@@ -181,7 +183,7 @@ async fn authors_are_split_over_subscriptions_a_capped_relay_accepts() {
         client.send_event(&video(k, &format!("clip {i}"))).await.unwrap();
     }
     let rows = wait_for_jobs(&mut conn, 5).await;
-    let mut keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
+    let mut keys: Vec<&str> = rows.iter().map(|r| r.account.as_str()).collect();
     keys.sort();
     let mut expected: Vec<String> = authors.iter().map(|k| k.public_key().to_hex()).collect();
     expected.sort();
@@ -337,7 +339,17 @@ async fn relay_events_become_exactly_one_job_each() {
     assert!(keys.contains(&format!("delete:{}", del.id.to_hex()).as_str()));
     assert!(keys.contains(&format!("profile:{}", profile.id.to_hex()).as_str()));
     for r in &rows2 {
-        assert_eq!(r.ordering_key, alice.public_key().to_hex());
+        assert_eq!(r.account, alice.public_key().to_hex());
+        assert_eq!(
+            r.ordering_key,
+            divine_atbridge::ingest::ordering_key_for(if r.kind == "publish_post" {
+                &v
+            } else if r.kind == "delete_post" {
+                &del
+            } else {
+                &profile
+            })
+        );
     }
     let publish = rows2.iter().find(|r| r.kind == "publish_post").unwrap();
     assert_eq!(

@@ -103,10 +103,11 @@ async fn a_payload_event_by_another_author_is_refused_before_any_write() {
     let author = Keys::generate();
     let account = Keys::generate().public_key().to_hex();
     let event = kind5(&author, EventId::all_zeros());
-    // A validly signed event, but queued under another account's ordering key.
-    let job = NewJob::new(
+    // A validly signed event, but queued under another account.
+    let job = NewJob::for_account(
         JobKind::DeletePost,
-        account,
+        &account,
+        queue::keys::account(&account),
         serde_json::json!({ "event": serde_json::to_value(&event).unwrap() }),
     );
     queue::enqueue(&mut tdb.conn(), &job).unwrap().unwrap();
@@ -126,4 +127,43 @@ async fn an_untouched_payload_event_still_runs() {
         .unwrap();
     assert!(matches!(run_one(&tdb, &h).await, Outcome::Succeeded));
     assert_eq!(writes(&tdb), (1, 0), "the genuine deletion is remembered");
+}
+
+/// Issue 11 §2, the account barrier through the production registry: a lifecycle job (provision) leased while a
+/// post of its account is running retries `account_busy` before any provisioning step (no PLC call is attempted:
+/// the PLC here is unreachable and would answer with another code); once the post finished it proceeds.
+#[tokio::test]
+async fn a_lifecycle_job_waits_for_a_running_job_of_its_account() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tdb = TestDb::migrated("jobs_payload_barrier");
+    let h = handlers(tdb.pool(2));
+    let keys = Keys::generate();
+    let pk = keys.public_key().to_hex();
+    enqueue_event(&mut tdb.conn(), &kind5(&keys, EventId::all_zeros()), 0)
+        .unwrap()
+        .unwrap();
+    let running = queue::lease(&mut tdb.conn(), "test", 1, Duration::from_secs(60))
+        .unwrap()
+        .pop()
+        .unwrap();
+    queue::enqueue(&mut tdb.conn(), &divine_bridge_db::accounts::provision_job(&pk))
+        .unwrap()
+        .unwrap();
+    let provision = queue::lease(&mut tdb.conn(), "test", 1, Duration::from_secs(60))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let handler = h.registry().get(JobKind::ProvisionAccount).unwrap();
+    match handler.handle(&provision).await {
+        Outcome::Retry { code, .. } => assert_eq!(code, "account_busy"),
+        other => panic!("expected an account_busy retry, got {other:?}"),
+    }
+    queue::release(&mut tdb.conn(), "test", &[provision.lease()]).unwrap();
+    queue::finish(&mut tdb.conn(), running.lease(), &queue::Finish::Succeeded).unwrap();
+    // Past the barrier, provisioning itself runs (and fails on the missing account link), not account_busy.
+    let code = match run_one(&tdb, &h).await {
+        Outcome::Retry { code, .. } | Outcome::Fail { code, .. } => code,
+        other => format!("{other:?}"),
+    };
+    assert_ne!(code, "account_busy");
 }

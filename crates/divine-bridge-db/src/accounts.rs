@@ -128,9 +128,10 @@ pub fn provision_unique_key(pubkey: &str) -> String {
 
 /// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
 pub fn provision_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::new(
+    let mut job = NewJob::for_account(
         JobKind::ProvisionAccount,
         pubkey,
+        queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(provision_unique_key(pubkey));
@@ -146,9 +147,10 @@ pub fn backfill_unique_key(pubkey: &str) -> String {
 /// The `backfill_author` job for `pubkey`, at backfill priority. Enqueue it with [`queue::requeue_or_enqueue`] so a
 /// finished one is re-driven and a live one is not doubled.
 pub fn backfill_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::new(
+    let mut job = NewJob::for_account(
         JobKind::BackfillAuthor,
         pubkey,
+        queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(backfill_unique_key(pubkey));
@@ -465,8 +467,8 @@ fn pause(
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_queued_for_key(c, pubkey, DISABLE_CANCELS, DISABLE_CODE)?
-            + queue::cancel_for_key(c, pubkey, &[JobKind::BackfillAuthor])?;
+        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISABLE_CANCELS, DISABLE_CODE)?
+            + queue::cancel_for_account(c, pubkey, &[JobKind::BackfillAuthor])?;
         Ok(Disabled {
             link: updated,
             cancelled_jobs,
@@ -664,7 +666,7 @@ pub fn crosspost_status(
         type JobFactRow = (Option<String>, String, i32, Option<String>);
         let rows: Vec<JobFactRow> = jobs::table
             .filter(jobs::unique_key.eq_any(&keys))
-            .filter(jobs::ordering_key.eq(pubkey))
+            .filter(jobs::payload.retrieve_as_text("account").eq(pubkey))
             .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
             .select((jobs::unique_key, jobs::state, jobs::attempt, jobs::last_error_code))
             .load(conn)?;

@@ -6,6 +6,24 @@
 //! `provision:<pubkey>`, `publish:<event id>`, `delete:<kind-5 event id>`, `profile:<event id>`,
 //! `backfill:<pubkey>:<generation>`.
 //!
+//! Ordering keys ([`keys`]; decided in issue 11 §2, see docs/runbooks/job-queue.md "Ordering keys"): a key names
+//! what truly conflicts, not the account, so a stuck video never holds back another video of its author.
+//! - `event:<id>` — a plain (non-addressable) video publish; a delete with one event target (runs after it).
+//! - `coord:<kind>:<pubkey>:<d>` — every revision of one addressable video and a delete whose one coordinate target
+//!   is it: an edit chain stays in `created_at` order.
+//! - `profile:<pubkey>` — the account's kind-0 syncs (newest-wins anyway; one writer of `app.bsky.actor.profile/self`).
+//! - `<pubkey>` (the bare account key) — account lifecycle jobs (provision, disconnect) and backfill, in order
+//!   among themselves. Old jobs queued under the bare pubkey before this change drain there as they are.
+//! - A delete with several targets runs under `event:<its own id>`: tombstones (`records::is_tombstoned`, checked by
+//!   publish before and after its write) make either order end deleted.
+//!
+//! Account barrier: every job names its account in `payload.account` ([`NewJob::for_account`],
+//! [`LeasedJob::account`]). Lifecycle jobs ([`JobKind::is_lifecycle`]) run BEFORE the account's posts because
+//! posts check the account gate (`account_not_ready` retries while provisioning) and AFTER the account's running
+//! jobs because the worker refuses to start a lifecycle job while [`running_for_account`] is non-empty
+//! (`account_busy`, a transient retry). A lifecycle job that ends an account closes the gate first (so no new post
+//! can start), then waits for the running ones to drain. Queued posts in backoff never block a lifecycle job.
+//!
 //! Semantics decided here (see docs/runbooks/job-queue.md):
 //! - **Head of key.** A job is leasable only when no earlier `(priority, source_created_at, id)` job of its
 //!   ordering key is queued or running. A queued head that is waiting out a backoff (`run_at` in the future) blocks
@@ -36,11 +54,34 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
 use std::time::Duration;
 
+/// Ordering-key constructors: the only place key formats are spelled (see the module header for the rules).
+pub mod keys {
+    /// The account key: lifecycle jobs and backfill of `pubkey` (lower-case hex).
+    pub fn account(pubkey: &str) -> String {
+        pubkey.to_string()
+    }
+
+    /// A plain video event (hex id).
+    pub fn event(id: &str) -> String {
+        format!("event:{id}")
+    }
+
+    /// An addressable coordinate `<kind>:<lower-case pubkey>:<d>` (the `d` identifier keeps its case).
+    pub fn coordinate(coordinate: &str) -> String {
+        format!("coord:{coordinate}")
+    }
+
+    /// The profile record of `pubkey`.
+    pub fn profile(pubkey: &str) -> String {
+        format!("profile:{pubkey}")
+    }
+}
+
 /// A job to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub kind: JobKind,
-    /// Serialisation key: at most one running job per key (the account's Nostr pubkey).
+    /// Serialisation key: at most one running job per key; built by [`keys`].
     pub ordering_key: String,
     /// Deduplication key; enqueueing a second job with the same key is a no-op.
     pub unique_key: Option<String>,
@@ -65,6 +106,21 @@ impl NewJob {
             run_at: None,
             source_created_at: None,
         }
+    }
+
+    /// A live-priority job of `account` (lower-case hex pubkey) under `ordering_key`: `payload` must be a JSON
+    /// object; the account is written into it as `account` (what [`LeasedJob::account`], [`running_for_account`]
+    /// and [`cancel_for_account`] read).
+    pub fn for_account(
+        kind: JobKind,
+        account: &str,
+        ordering_key: impl Into<String>,
+        mut payload: serde_json::Value,
+    ) -> NewJob {
+        if let Some(map) = payload.as_object_mut() {
+            map.insert("account".into(), serde_json::Value::String(account.to_string()));
+        }
+        NewJob::new(kind, ordering_key, payload)
     }
 
     /// Sets the deduplication key.
@@ -157,9 +213,22 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
 /// Cancels every queued job of `kinds` for `ordering_key` (queued → cancelled at once) and requests cancellation of
 /// running ones (honoured at finalize). Returns the number of jobs affected.
 pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
-    let queued = cancel_queued_for_key(conn, ordering_key, kinds, "cancelled")?;
+    debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
+    let queued = diesel::update(
+        jobs::table
+            .filter(jobs::ordering_key.eq(ordering_key))
+            .filter(jobs::kind.eq_any(&kinds))
+            .filter(jobs::state.eq(JobState::Queued.as_str())),
+    )
+    .set((
+        jobs::state.eq(JobState::Cancelled.as_str()),
+        jobs::finished_at.eq(now),
+        jobs::updated_at.eq(now),
+        jobs::last_error_code.eq("cancelled"),
+    ))
+    .execute(conn)?;
     let running = diesel::update(
         jobs::table
             .filter(jobs::ordering_key.eq(ordering_key))
@@ -172,12 +241,12 @@ pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobK
     Ok(queued + running)
 }
 
-/// Cancels every QUEUED job of `kinds` for `ordering_key` (queued → cancelled), recording `code` as its
+/// Cancels every QUEUED job of `kinds` of `account` (its `payload.account`, whatever its ordering key; queued → cancelled), recording `code` as its
 /// `last_error_code` so the reason can be found again (account disable uses `account_disabled`, and
 /// [`requeue_skipped`] re-drives exactly those on enable). Running jobs are left alone. Returns how many were cancelled.
-pub fn cancel_queued_for_key(
+pub fn cancel_queued_for_account(
     conn: &mut PgConnection,
-    ordering_key: &str,
+    account: &str,
     kinds: &[JobKind],
     code: &str,
 ) -> Result<usize, DbError> {
@@ -186,7 +255,7 @@ pub fn cancel_queued_for_key(
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::ordering_key.eq(ordering_key))
+            .filter(jobs::payload.retrieve_as_text("account").eq(account))
             .filter(jobs::kind.eq_any(&kinds))
             .filter(jobs::state.eq(JobState::Queued.as_str())),
     )
@@ -199,12 +268,12 @@ pub fn cancel_queued_for_key(
     .execute(conn)?)
 }
 
-/// Re-queues (as [`retry`]: attempt kept, key order kept) every job of `kinds` for `ordering_key` that ended
+/// Re-queues (as [`retry`]: attempt kept, key order kept) every job of `kinds` of `account` (`payload.account`) that ended
 /// `cancelled` or `ineligible` with `last_error_code = code`: the jobs skipped for a reason that no longer holds
 /// (account re-enable passes `account_disabled`). Returns how many were re-queued.
 pub fn requeue_skipped(
     conn: &mut PgConnection,
-    ordering_key: &str,
+    account: &str,
     kinds: &[JobKind],
     code: &str,
 ) -> Result<usize, DbError> {
@@ -214,7 +283,7 @@ pub fn requeue_skipped(
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::ordering_key.eq(ordering_key))
+            .filter(jobs::payload.retrieve_as_text("account").eq(account))
             .filter(jobs::kind.eq_any(&kinds))
             .filter(jobs::state.eq_any([JobState::Cancelled.as_str(), JobState::Ineligible.as_str()]))
             .filter(jobs::last_error_code.eq(code)),
@@ -227,6 +296,35 @@ pub fn requeue_skipped(
         jobs::updated_at.eq(now),
     ))
     .execute(conn)?)
+}
+
+/// Like [`cancel_for_key`], but for every job of `account` (its `payload.account`), whatever its ordering key.
+pub fn cancel_for_account(conn: &mut PgConnection, account: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
+    let queued = cancel_queued_for_account(conn, account, kinds, "cancelled")?;
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    let now = Utc::now();
+    let running = diesel::update(
+        jobs::table
+            .filter(jobs::payload.retrieve_as_text("account").eq(account))
+            .filter(jobs::kind.eq_any(&kinds))
+            .filter(jobs::state.eq(JobState::Running.as_str()))
+            .filter(jobs::cancel_requested_at.is_null()),
+    )
+    .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
+    .execute(conn)?;
+    Ok(queued + running)
+}
+
+/// Ids of the running jobs of `account` other than `except` (the account barrier: a lifecycle job starts only
+/// when this is empty). Served by the partial index `jobs_live_account`.
+pub fn running_for_account(conn: &mut PgConnection, account: &str, except: i64) -> Result<Vec<i64>, DbError> {
+    Ok(jobs::table
+        .filter(jobs::payload.retrieve_as_text("account").eq(account))
+        .filter(jobs::state.eq(JobState::Running.as_str()))
+        .filter(jobs::id.ne(except))
+        .select(jobs::id)
+        .order(jobs::id)
+        .load(conn)?)
 }
 
 /// A job leased by this process. `attempt` already counts the current try.
@@ -259,6 +357,15 @@ impl LeasedJob {
     /// The parsed kind.
     pub fn job_kind(&self) -> Result<JobKind, DbError> {
         Ok(self.kind.parse()?)
+    }
+
+    /// The account (lower-case hex pubkey) this job belongs to, from `payload.account` (written by
+    /// [`NewJob::for_account`]; rows queued before it got theirs from the 2026-12-04-000110 migration).
+    pub fn account(&self) -> Result<&str, DbError> {
+        self.payload
+            .get("account")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| DbError::Corrupt(format!("job {} has no payload.account", self.id)))
     }
 
     /// The lease this try holds: what heartbeat, finish, complete and release are fenced on.

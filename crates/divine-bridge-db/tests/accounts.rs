@@ -85,8 +85,13 @@ fn force_job(conn: &mut PgConnection, unique_key: &str, state: &str, attempt: i3
 fn publish_job(conn: &mut PgConnection, pk: &str, event_id: &str) -> i64 {
     queue::enqueue(
         conn,
-        &NewJob::new(JobKind::PublishPost, pk, serde_json::json!({"id": event_id}))
-            .unique(format!("publish:{event_id}")),
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            pk,
+            queue::keys::event(event_id),
+            serde_json::json!({"id": event_id}),
+        )
+        .unique(format!("publish:{event_id}")),
     )
     .unwrap()
     .expect("new job")
@@ -114,7 +119,7 @@ fn opt_in_writes_link_and_one_provisioning_job() {
     assert_eq!(j.kind, "provision_account");
     assert_eq!(j.ordering_key, A);
     assert_eq!(j.unique_key.as_deref(), Some(format!("provision:{A}").as_str()));
-    assert_eq!(j.payload, serde_json::json!({"nostr_pubkey": A}));
+    assert_eq!(j.payload, serde_json::json!({"nostr_pubkey": A, "account": A}));
     assert_eq!(j.state, "queued");
     assert_eq!(j.priority, priority::ACCOUNT);
 
@@ -234,7 +239,8 @@ fn disable_cancels_only_this_accounts_queued_publishing_and_keeps_deletes_and_pr
     let a2 = publish_job(&mut c, A, &"2".repeat(64));
     let a_profile = queue::enqueue(
         &mut c,
-        &NewJob::new(JobKind::SyncProfile, A, serde_json::json!({})).unique(format!("profile:{}", "3".repeat(64))),
+        &NewJob::for_account(JobKind::SyncProfile, A, queue::keys::profile(A), serde_json::json!({}))
+            .unique(format!("profile:{}", "3".repeat(64))),
     )
     .unwrap()
     .unwrap();

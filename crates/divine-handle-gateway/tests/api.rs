@@ -446,9 +446,10 @@ async fn status_is_200_with_the_record_or_404() {
 }
 
 fn publish_job(pubkey: &str, event_id: &str) -> NewJob {
-    NewJob::new(
+    NewJob::for_account(
         JobKind::PublishPost,
         pubkey,
+        divine_bridge_db::queue::keys::event(event_id),
         serde_json::json!({"nostr_event_id": event_id}),
     )
     .unique(format!("publish:{event_id}"))

@@ -81,9 +81,12 @@ impl Handlers {
     }
 
     async fn handle(&self, kind: JobKind, job: &LeasedJob) -> Result<(), JobError> {
+        if kind.is_lifecycle() {
+            account_barrier(&self.db, job).await?;
+        }
         match kind {
             JobKind::ProvisionAccount => {
-                let pubkey = job.ordering_key.clone();
+                let pubkey = job.account()?.to_string();
                 let deps = ProvisionDeps {
                     db: &self.db,
                     xrpc: &self.xrpc,
@@ -111,7 +114,7 @@ impl Handlers {
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
             JobKind::BackfillAuthor => {
-                let pubkey = job.ordering_key.clone();
+                let pubkey = job.account()?.to_string();
                 crate::ingest::backfill(
                     &self.db,
                     &self.crosspost.relays,
@@ -135,11 +138,27 @@ impl Handlers {
     }
 }
 
+/// The account barrier (see `divine_bridge_db::queue`): a lifecycle job starts only when no other job of its
+/// account is running; otherwise it retries (`account_busy`, transient) and the running ones finish first. Queued
+/// jobs (even one in backoff) do not hold it back.
+pub async fn account_barrier(db: &Db, job: &LeasedJob) -> Result<(), JobError> {
+    let account = job.account()?.to_string();
+    let id = job.id;
+    let running = db
+        .run(move |c| divine_bridge_db::queue::running_for_account(c, &account, id))
+        .await?;
+    if running.is_empty() {
+        Ok(())
+    } else {
+        Err(JobError::AccountBusy { running })
+    }
+}
+
 /// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`), checked again before the
 /// handler may write anything: the job row is not trusted (anything with database access could have inserted or
 /// edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]: id and signature
 /// — an event ingest admitted passes again, it only gets older) and be authored by the job's account
-/// (`ordering_key`, the pubkey the ingest enqueued it under). Either failure is permanent (`job_event_unverified`,
+/// (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent (`job_event_unverified`,
 /// `job_author_mismatch`). This is the only place job payloads are decoded into events.
 pub fn verified_event(job: &LeasedJob) -> Result<nostr::Event, JobError> {
     let value = job
@@ -150,10 +169,11 @@ pub fn verified_event(job: &LeasedJob) -> Result<nostr::Event, JobError> {
     let event: nostr::Event = serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))?;
     crate::nostr::check_event_now(&event).map_err(JobError::PayloadEventRefused)?;
     let author = event.pubkey.to_hex();
-    if author != job.ordering_key {
+    let account = job.account()?;
+    if author != account {
         return Err(JobError::PayloadAuthorMismatch {
             author,
-            account: job.ordering_key.clone(),
+            account: account.to_string(),
         });
     }
     Ok(event)

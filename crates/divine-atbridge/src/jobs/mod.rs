@@ -26,6 +26,9 @@ pub enum JobError {
     /// The account is still being provisioned: retry later (in order behind provisioning).
     #[error("account is not ready yet ({state})")]
     AccountNotReady { state: String },
+    /// A lifecycle job found other jobs of its account running (the account barrier): retry after they finish.
+    #[error("account has running jobs {running:?}; the lifecycle job waits for them")]
+    AccountBusy { running: Vec<i64> },
     /// An error from a lower layer, keeping its own code and class.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
@@ -38,7 +41,7 @@ pub enum JobError {
     /// it again: its id or signature does not verify (a row written or edited by anything but ingest).
     #[error("the event in the job payload is refused: {0}")]
     PayloadEventRefused(crate::nostr::Rejection),
-    /// The event in a job payload is authored by another key than the job's account (`ordering_key`).
+    /// The event in a job payload is authored by another key than the job's account (`payload.account`).
     #[error("the event in the job payload is by {author}, not by the job's account {account}")]
     PayloadAuthorMismatch { author: String, account: String },
 }
@@ -70,6 +73,7 @@ impl Classified for JobError {
         match self {
             JobError::Ineligible { code, .. } => code,
             JobError::AccountNotReady { .. } => "account_not_ready",
+            JobError::AccountBusy { .. } => "account_busy",
             JobError::Upstream(u) => u.code,
             JobError::Db(e) => e.code(),
             JobError::BadPayload(_) => "invalid_job_payload",
@@ -84,7 +88,7 @@ impl Classified for JobError {
             | JobError::BadPayload(_)
             | JobError::PayloadEventRefused(_)
             | JobError::PayloadAuthorMismatch { .. } => ErrorClass::Permanent,
-            JobError::AccountNotReady { .. } => ErrorClass::Transient,
+            JobError::AccountNotReady { .. } | JobError::AccountBusy { .. } => ErrorClass::Transient,
             JobError::Upstream(u) => u.class,
             JobError::Db(e) => e.class(),
         }

@@ -149,9 +149,10 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         .run(move |c| {
             c.transaction(|c| {
                 accounts::set_state(c, &pk, ProvisioningState::Ready, None)?;
-                let mut backfill = NewJob::new(
+                let mut backfill = NewJob::for_account(
                     JobKind::BackfillAuthor,
-                    pk.clone(),
+                    &pk,
+                    queue::keys::account(&pk),
                     serde_json::json!({"nostr_pubkey": pk}),
                 )
                 .unique(format!("backfill:{pk}:initial"));

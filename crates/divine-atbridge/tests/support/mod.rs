@@ -72,6 +72,9 @@ type Files = (
     Arc<Mutex<HashMap<String, Duration>>>,
 );
 
+/// The body a name serves; [`MediaServer::unavailable`] names answer 503 instead.
+const UNAVAILABLE: &[u8] = b"(answer 503 Service Unavailable)";
+
 async fn serve_file(State((files, hits, delays)): State<Files>, Path(name): Path<String>) -> impl IntoResponse {
     *hits.lock().unwrap().entry(name.clone()).or_default() += 1;
     let delay = delays.lock().unwrap().get(&name).copied();
@@ -79,6 +82,7 @@ async fn serve_file(State((files, hits, delays)): State<Files>, Path(name): Path
         tokio::time::sleep(d).await;
     }
     match files.lock().unwrap().get(&name) {
+        Some(bytes) if bytes == UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Some(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, "video/mp4")], bytes.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -113,6 +117,11 @@ impl MediaServer {
     pub fn put(&self, name: &str, bytes: Vec<u8>) -> String {
         self.files.lock().unwrap().insert(name.to_string(), bytes);
         format!("{}/media/{name}", self.base_url)
+    }
+
+    /// Answers 503 Service Unavailable at the returned URL (a CDN outage for one file).
+    pub fn unavailable(&self, name: &str) -> String {
+        self.put(name, UNAVAILABLE.to_vec())
     }
 
     pub fn hits(&self, name: &str) -> usize {

@@ -80,11 +80,11 @@ impl Gw {
         r.json()
     }
 
-    /// Jobs of `pubkey` as (kind, unique_key, state).
+    /// Jobs of `pubkey` (`payload.account`, whatever their ordering key) as (kind, unique_key, state).
     pub fn jobs(&self, pubkey: &str) -> Vec<(String, Option<String>, String)> {
         use divine_bridge_db::schema::jobs;
         jobs::table
-            .filter(jobs::ordering_key.eq(pubkey))
+            .filter(jobs::payload.retrieve_as_text("account").eq(pubkey))
             .order(jobs::id)
             .select((jobs::kind, jobs::unique_key, jobs::state))
             .load(&mut self.conn())
