@@ -21,6 +21,7 @@ pub mod nostr;
 pub mod pds;
 pub mod plc;
 pub mod retention;
+pub mod spool;
 pub mod tid;
 pub mod translate;
 pub mod worker;

@@ -4,7 +4,9 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use divine_atbridge::jobs::publish::{self, local_blob_ref, PostSource, PreparedMedia, PreparedPost, Published};
+use divine_atbridge::jobs::publish::{
+    self, local_blob_ref, MediaBody, PostSource, PreparedMedia, PreparedPost, Published,
+};
 use divine_atbridge::jobs::{BlobJson, JobError, RepoWriter, UpstreamError};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
@@ -40,10 +42,10 @@ impl RepoWriter for MemRepo {
     fn upload_blob<'a>(
         &'a self,
         _did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
-        Box::pin(async move { Ok(local_blob_ref(&bytes, mime)) })
+        Box::pin(async move { Ok(local_blob_ref(&body.to_vec().await.unwrap(), mime)) })
     }
     fn put_record<'a>(
         &'a self,
@@ -109,10 +111,10 @@ impl RepoWriter for RacingRepo<'_> {
     fn upload_blob<'a>(
         &'a self,
         did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
-        self.inner.upload_blob(did, bytes, mime)
+        self.inner.upload_blob(did, body, mime)
     }
     fn put_record<'a>(
         &'a self,
@@ -157,10 +159,7 @@ impl PostSource for FakeSource {
             });
             Ok(PreparedPost {
                 record,
-                media: vec![PreparedMedia {
-                    bytes,
-                    mime: "video/mp4".into(),
-                }],
+                media: vec![PreparedMedia::in_memory(bytes, "video/mp4")],
             })
         })
     }

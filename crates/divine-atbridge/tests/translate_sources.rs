@@ -103,11 +103,18 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         media_allowed_hosts: vec!["127.0.0.1".into()],
         media_allow_loopback: true,
         media_timeout: Duration::from_secs(10),
+        media_spool_dir: divine_atbridge::spool::default_spool_root(),
+        media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         backfill_max_events: 10,
         post_url_template: None,
         profile_url_template: None,
     };
-    let source = TranslatedPosts::new(tdb.pool(2), &config);
+    let spool = divine_atbridge::spool::Spool::open(
+        &config.media_spool_dir,
+        divine_atbridge::spool::MediaBudget::new(config.media_budget_bytes),
+    )
+    .unwrap();
+    let source = TranslatedPosts::new(tdb.pool(2), &config, spool);
     let keys = Keys::generate();
     let ev = EventBuilder::new(Kind::from(22u16), "loop")
         .tags([Tag::parse([
