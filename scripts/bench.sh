@@ -12,6 +12,13 @@
 #           relay (steady, then as a burst), then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms,
 #           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio and context lines
 #           (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
+#   media   peak RSS of ONE divine-atbridge (WORKERS=8) bridging 8 distinct 60 MB videos at once against the reference
+#           PLC + PDS (PLC_URL/PDS_URL from the environment, else sourced from $REFSTACK_ENV, default
+#           target/test-refstack/env written by scripts/refstack.sh; the PDS needs PDS_BLOB_UPLOAD_LIMIT ≥ 60 MB) and a
+#           throwaway database on BENCH_PG_URL. Prints media_peak_rss_mb (target ≤ 150), media_idle_rss_mb,
+#           media_bridge_secs, media_raw_upload_put_secs (uploadBlob + putRecord of the same files, in parallel),
+#           media_bridge_vs_raw_time_ratio and the sizes used. BENCH_MEDIA_VIDEOS (8), BENCH_MEDIA_BYTES (60000000)
+#           and BENCH_MEDIA_WORKERS (8) scale it; CARGO_PROFILE (release) picks the build.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
@@ -35,12 +42,25 @@ case "$suite" in
     cargo build --release -p divine-atbridge --bin bench >&2
     exec ./target/release/bench e2e
     ;;
+  media)
+    if [[ -z "${PDS_URL:-}" || -z "${PLC_URL:-}" ]]; then
+      env_file="${REFSTACK_ENV:-$PWD/target/test-refstack/env}"
+      [[ -f "$env_file" ]] || { echo "scripts/bench.sh: PLC_URL/PDS_URL unset and no refstack env at $env_file" >&2; exit 1; }
+      # shellcheck disable=SC1090
+      source "$env_file"
+      export PLC_URL PDS_URL
+    fi
+    profile="${CARGO_PROFILE:-release}"
+    cargo build --profile "$profile" -p divine-atbridge --bin bench --bin divine-atbridge >&2
+    dir="$profile"; [[ "$profile" == dev ]] && dir=debug
+    exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
+    ;;
   ""|-h|--help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
-    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e)" >&2
+    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e, media)" >&2
     exit 2
     ;;
 esac
