@@ -321,6 +321,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn media_budget_must_hold_one_maximum_size_video() {
+        assert_eq!(media_budget(crate::translate::MAX_VIDEO_BYTES).unwrap(), 100_000_000);
+        assert_eq!(
+            media_budget(crate::spool::DEFAULT_MEDIA_BUDGET_BYTES).unwrap(),
+            200_000_000
+        );
+        let e = media_budget(99_999_999).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_MEMORY_BUDGET_BYTES"), "{e}");
+    }
+
+    #[test]
     fn codes_and_parsers() {
         assert_eq!(ConfigError::Missing("X").code(), "config_missing");
         assert_eq!(
