@@ -1175,11 +1175,11 @@ mod media {
                 .run(move |c| {
                     pubkeys
                         .iter()
-                        .map(|pk| Ok(accounts::get(c, pk)?.map(|l| l.state()).transpose()?))
+                        .map(|pk| accounts::get(c, pk)?.map(|l| l.state()).transpose())
                         .collect::<Result<Vec<_>, divine_bridge_db::DbError>>()
                 })
                 .await?;
-            if states.iter().any(|s| *s == Some(ProvisioningState::Failed)) {
+            if states.contains(&Some(ProvisioningState::Failed)) {
                 bail!("provisioning failed; bridge log: {}", log_path.display());
             }
             if states.iter().all(|s| *s == Some(ProvisioningState::Ready)) {
