@@ -18,7 +18,8 @@
 #           throwaway database on BENCH_PG_URL. Prints media_peak_rss_mb (target ≤ 150), media_idle_rss_mb,
 #           media_bridge_secs, media_raw_upload_put_secs (uploadBlob + putRecord of the same files, in parallel),
 #           media_bridge_vs_raw_time_ratio and the sizes used. BENCH_MEDIA_VIDEOS (8), BENCH_MEDIA_BYTES (60000000)
-#           and BENCH_MEDIA_WORKERS (8) scale it; CARGO_PROFILE (release) picks the build.
+#           and BENCH_MEDIA_WORKERS (8) scale it; CARGO_PROFILE (release) picks the build. The bridge inherits the
+#           environment, so MEDIA_MEMORY_BUDGET_BYTES (default 200 MB: 3 of the 60 MB videos in flight) applies.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
@@ -56,7 +57,7 @@ case "$suite" in
     exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
     ;;
   ""|-h|--help)
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)

@@ -1321,6 +1321,12 @@ mod media {
         println!("media_videos={n}");
         println!("media_video_bytes={size}");
         println!("media_workers={workers}");
+        // The child inherits this environment, so MEDIA_MEMORY_BUDGET_BYTES set for the bench applies to it.
+        println!(
+            "media_budget_bytes={}",
+            std::env::var("MEDIA_MEMORY_BUDGET_BYTES")
+                .unwrap_or_else(|_| divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES.to_string())
+        );
         println!("media_idle_rss_mb={idle_mb:.1}");
         println!("media_peak_rss_mb={peak_mb:.1}");
         println!("media_bridge_secs={bridge_secs:.2}");
