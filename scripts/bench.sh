@@ -17,6 +17,14 @@
 #           throwaway database per measurement on BENCH_PG_URL). Prints ingest_events_per_sec_1_replica,
 #           ingest_events_per_sec_2_replicas, ingest_2_vs_1_replicas_ratio. BENCH_INGEST_ACCOUNTS (300),
 #           BENCH_INGEST_EVENTS (3000) and BENCH_INGEST_SHARDS (16) scale it.
+#   media   peak RSS of ONE divine-atbridge (WORKERS=8) bridging 8 distinct 60 MB videos at once against the reference
+#           PLC + PDS (PLC_URL/PDS_URL from the environment, else sourced from $REFSTACK_ENV, default
+#           target/test-refstack/env written by scripts/refstack.sh; the PDS needs PDS_BLOB_UPLOAD_LIMIT ≥ 60 MB) and a
+#           throwaway database on BENCH_PG_URL. Prints media_peak_rss_mb (target ≤ 150), media_idle_rss_mb,
+#           media_bridge_secs, media_raw_upload_put_secs (uploadBlob + putRecord of the same files, in parallel),
+#           media_bridge_vs_raw_time_ratio and the sizes used. BENCH_MEDIA_VIDEOS (8), BENCH_MEDIA_BYTES (60000000)
+#           and BENCH_MEDIA_WORKERS (8) scale it; CARGO_PROFILE (release) picks the build. The bridge inherits the
+#           environment, so MEDIA_MEMORY_BUDGET_BYTES (default 200 MB: 3 of the 60 MB videos in flight) applies.
 #
 # Results go to stdout as name=value lines; progress goes to stderr. A benchmark is a measurement, not a test: it
 # exits non-zero only when it could not run.
@@ -44,12 +52,25 @@ case "$suite" in
     cargo build --release -p divine-atbridge --bin bench >&2
     exec ./target/release/bench e2e
     ;;
+  media)
+    if [[ -z "${PDS_URL:-}" || -z "${PLC_URL:-}" ]]; then
+      env_file="${REFSTACK_ENV:-$PWD/target/test-refstack/env}"
+      [[ -f "$env_file" ]] || { echo "scripts/bench.sh: PLC_URL/PDS_URL unset and no refstack env at $env_file" >&2; exit 1; }
+      # shellcheck disable=SC1090
+      source "$env_file"
+      export PLC_URL PDS_URL
+    fi
+    profile="${CARGO_PROFILE:-release}"
+    cargo build --profile "$profile" -p divine-atbridge --bin bench --bin divine-atbridge >&2
+    dir="$profile"; [[ "$profile" == dev ]] && dir=debug
+    exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
+    ;;
   ""|-h|--help)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
-    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e, ingest)" >&2
+    echo "scripts/bench.sh: unknown suite '$suite' (known: queue, e2e, ingest, media)" >&2
     exit 2
     ;;
 esac

@@ -129,13 +129,10 @@ async fn run() -> Result<(), AppError> {
     }
 
     let xrpc = XrpcClient::new(&XrpcConfig::default()).map_err(AppError::of)?;
-    let handlers = Arc::new(Handlers::new(
-        db.clone(),
-        xrpc,
-        kek,
-        config.identity.clone(),
-        config.crosspost.clone(),
-    ));
+    let handlers = Arc::new(
+        Handlers::new(db.clone(), xrpc, kek, config.identity.clone(), config.crosspost.clone())
+            .map_err(AppError::of)?,
+    );
     let health = crate::http::TaskHealth::default();
     let http = crate::http::serve(
         config.http_addr,

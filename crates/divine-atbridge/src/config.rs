@@ -171,6 +171,10 @@ pub struct CrosspostConfig {
     pub media_allowed_hosts: Vec<String>,
     pub media_allow_loopback: bool,
     pub media_timeout: Duration,
+    /// `MEDIA_SPOOL_DIR`: where fetched videos are spooled (default `<temp dir>/divine-atbridge-spool`).
+    pub media_spool_dir: std::path::PathBuf,
+    /// `MEDIA_MEMORY_BUDGET_BYTES` (200,000,000, at least the 100 MB video cap): media bytes in flight at once.
+    pub media_budget_bytes: u64,
     pub backfill_max_events: usize,
     /// `DIVINE_POST_URL_TEMPLATE`: link back to the original on Divine; `None` when set empty (off).
     pub post_url_template: Option<crate::translate::UrlTemplate>,
@@ -229,6 +233,14 @@ impl CrosspostConfig {
             media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
             media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),
+            media_spool_dir: match std::env::var("MEDIA_SPOOL_DIR") {
+                Ok(d) if !d.trim().is_empty() => std::path::PathBuf::from(d.trim()),
+                _ => crate::spool::default_spool_root(),
+            },
+            media_budget_bytes: media_budget(parse_or(
+                "MEDIA_MEMORY_BUDGET_BYTES",
+                crate::spool::DEFAULT_MEDIA_BUDGET_BYTES,
+            )?)?,
             backfill_max_events: parse_or("BACKFILL_MAX_EVENTS", 1000usize)?,
             post_url_template: template_or(
                 "DIVINE_POST_URL_TEMPLATE",
@@ -242,6 +254,22 @@ impl CrosspostConfig {
             )?,
         })
     }
+}
+
+/// `MEDIA_MEMORY_BUDGET_BYTES`: at least one maximum-size video ([`crate::translate::MAX_VIDEO_BYTES`]). A smaller
+/// budget would still let one video run alone (permits are capped at the budget), so it would silently mean "one
+/// video at a time" rather than the figure configured; refusing it keeps the setting honest.
+fn media_budget(bytes: u64) -> Result<u64, ConfigError> {
+    if bytes < crate::translate::MAX_VIDEO_BYTES {
+        return Err(ConfigError::Invalid {
+            name: "MEDIA_MEMORY_BUDGET_BYTES",
+            reason: format!(
+                "{bytes} is below the {} byte video size cap",
+                crate::translate::MAX_VIDEO_BYTES
+            ),
+        });
+    }
+    Ok(bytes)
 }
 
 /// `CURSOR_OVERLAP_SECS`: at least `ingest::MIN_CURSOR_OVERLAP_SECS` (the admission check's future skew plus a
@@ -373,6 +401,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn media_budget_must_hold_one_maximum_size_video() {
+        assert_eq!(media_budget(crate::translate::MAX_VIDEO_BYTES).unwrap(), 100_000_000);
+        assert_eq!(
+            media_budget(crate::spool::DEFAULT_MEDIA_BUDGET_BYTES).unwrap(),
+            200_000_000
+        );
+        let e = media_budget(99_999_999).unwrap_err();
+        assert!(e.to_string().contains("MEDIA_MEMORY_BUDGET_BYTES"), "{e}");
+    }
+
+    #[test]
     fn codes_and_parsers() {
         assert_eq!(ConfigError::Missing("X").code(), "config_missing");
         assert_eq!(
@@ -410,6 +449,8 @@ mod tests {
             profile_url_template: None,
             ingest_shards: 1,
             ingest_lease: Duration::from_secs(30),
+            media_spool_dir: crate::spool::default_spool_root(),
+            media_budget_bytes: crate::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         }
     }
 

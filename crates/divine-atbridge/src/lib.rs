@@ -24,6 +24,7 @@ pub mod plc;
 pub mod reconcile;
 pub mod retention;
 pub mod slo;
+pub mod spool;
 pub mod tid;
 pub mod translate;
 pub mod worker;

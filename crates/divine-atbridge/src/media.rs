@@ -6,6 +6,7 @@
 //! cannot swap them; plus size caps (declared and streamed), SHA-256 verification, an overall deadline and content
 //! sniffing. Errors are [`Classified`] where they are born. It must not upload, translate or retry.
 
+use crate::spool::{Spool, SpoolFile};
 use divine_bridge_db::{Classified, ErrorClass};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -119,6 +120,9 @@ pub enum MediaError {
     TooManyRedirects { max: usize },
     #[error("media is {found}, expected {expected}")]
     UnsupportedType { expected: &'static str, found: String },
+    /// The spool file could not be written (disk full, directory removed).
+    #[error("media spool: {0}")]
+    Spool(String),
 }
 
 impl Classified for MediaError {
@@ -134,12 +138,13 @@ impl Classified for MediaError {
             MediaError::Transport(_) => "media_transport",
             MediaError::TooManyRedirects { .. } => "media_too_many_redirects",
             MediaError::UnsupportedType { .. } => "media_unsupported_type",
+            MediaError::Spool(_) => "media_spool_io",
         }
     }
 
     fn class(&self) -> ErrorClass {
         match self {
-            MediaError::Timeout | MediaError::Transport(_) => ErrorClass::Transient,
+            MediaError::Timeout | MediaError::Transport(_) | MediaError::Spool(_) => ErrorClass::Transient,
             MediaError::HttpStatus { status, .. } => match status {
                 408 | 429 => ErrorClass::Transient,
                 s if *s >= 500 => ErrorClass::Transient,
@@ -166,6 +171,21 @@ pub struct FetchedMedia {
     /// `Content-Type` as sent (lower-case, no parameters).
     pub declared_mime: Option<String>,
     /// Lower-case hex SHA-256 of `bytes`.
+    pub sha256: String,
+    /// URL of the last hop.
+    pub final_url: String,
+}
+
+/// A fetched, verified body streamed to the spool ([`MediaFetcher::fetch_any_to_spool`]).
+#[derive(Debug, Clone)]
+pub struct SpooledMedia {
+    /// The body on disk, with its size and SHA-256.
+    pub file: SpoolFile,
+    /// Sniffed type when recognised, else the declared one, else `application/octet-stream`.
+    pub mime: String,
+    /// `Content-Type` as sent (lower-case, no parameters).
+    pub declared_mime: Option<String>,
+    /// Lower-case hex SHA-256 of the body.
     pub sha256: String,
     /// URL of the last hop.
     pub final_url: String,
@@ -387,20 +407,59 @@ impl MediaFetcher {
         expected_sha256: Option<&str>,
         kind: MediaKind,
     ) -> Result<FetchedMedia, MediaError> {
-        let mut errors: Vec<MediaError> = Vec::new();
-        for url in urls {
-            match self.fetch(url, expected_sha256, kind).await {
-                Ok(m) => return Ok(m),
-                Err(e) => errors.push(e),
+        first_success(urls, |url| self.fetch(url, expected_sha256, kind)).await
+    }
+
+    /// Like [`MediaFetcher::fetch`], but the body is streamed to a file in `spool` while it is hashed, never held
+    /// in memory: what a video fetch uses. The file is removed on every failure (and when the result is dropped).
+    pub async fn fetch_to_spool(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+        spool: &Spool,
+    ) -> Result<SpooledMedia, MediaError> {
+        let fetch = async {
+            let expected = expected_hash(expected_sha256)?;
+            let (resp, cap) = self.open(url, kind).await?;
+            let declared_mime = declared_mime(&resp);
+            let final_url = resp.url().to_string();
+            let mut resp = resp;
+            let mut writer = spool.create().map_err(|e| MediaError::Spool(e.to_string()))?;
+            while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
+                if writer.size() + chunk.len() as u64 > cap {
+                    return Err(MediaError::TooLarge { limit: cap });
+                }
+                writer.write(&chunk).map_err(|e| MediaError::Spool(e.to_string()))?;
             }
+            let head = writer.head().to_vec();
+            let file = writer.finish().map_err(|e| MediaError::Spool(e.to_string()))?;
+            let sha256 = hex::encode(file.sha256());
+            check_hash(expected, &sha256)?;
+            let mime = accept(kind, &head, &declared_mime)?;
+            Ok(SpooledMedia {
+                file,
+                mime,
+                declared_mime,
+                sha256,
+                final_url,
+            })
+        };
+        match tokio::time::timeout(self.config.timeout, fetch).await {
+            Ok(r) => r,
+            Err(_) => Err(MediaError::Timeout),
         }
-        if let Some(i) = errors.iter().position(|e| e.class() == ErrorClass::Transient) {
-            return Err(errors.swap_remove(i));
-        }
-        Err(errors
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| MediaError::BadUrl("no URL to fetch".into())))
+    }
+
+    /// [`MediaFetcher::fetch_any`] to the spool.
+    pub async fn fetch_any_to_spool(
+        &self,
+        urls: &[String],
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+        spool: &Spool,
+    ) -> Result<SpooledMedia, MediaError> {
+        first_success(urls, |url| self.fetch_to_spool(url, expected_sha256, kind, spool)).await
     }
 
     /// Checks a URL's scheme and host against the policy without any network access.
@@ -452,22 +511,9 @@ impl MediaFetcher {
         Ok(addrs)
     }
 
-    async fn fetch_inner(
-        &self,
-        url: &str,
-        expected_sha256: Option<&str>,
-        kind: MediaKind,
-    ) -> Result<FetchedMedia, MediaError> {
-        let expected = match expected_sha256 {
-            Some(x) if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) => Some(x.to_ascii_lowercase()),
-            Some(x) => {
-                return Err(MediaError::HashMismatch {
-                    expected: x.to_string(),
-                    actual: "(expected value is not a hex SHA-256)".into(),
-                });
-            }
-            None => None,
-        };
+    /// Follows vetted redirects to a successful response whose declared length fits the cap; returns it and
+    /// the cap. The body is not read.
+    async fn open(&self, url: &str, kind: MediaKind) -> Result<(reqwest::Response, u64), MediaError> {
         let cap = kind.cap(&self.config);
         let mut current = Url::parse(url).map_err(|e| MediaError::BadUrl(format!("{url:?}: {e}")))?;
         let mut redirects = 0usize;
@@ -523,16 +569,21 @@ impl MediaFetcher {
             }
             break resp;
         };
-
         if resp.content_length().is_some_and(|n| n > cap) {
             return Err(MediaError::TooLarge { limit: cap });
         }
-        let declared_mime = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(crate::nostr::normalize_mime)
-            .filter(|m| !m.is_empty());
+        Ok((resp, cap))
+    }
+
+    async fn fetch_inner(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        kind: MediaKind,
+    ) -> Result<FetchedMedia, MediaError> {
+        let expected = expected_hash(expected_sha256)?;
+        let (resp, cap) = self.open(url, kind).await?;
+        let declared_mime = declared_mime(&resp);
         let final_url = resp.url().to_string();
         let mut resp = resp;
         let mut bytes: Vec<u8> = Vec::new();
@@ -545,24 +596,8 @@ impl MediaFetcher {
             bytes.extend_from_slice(&chunk);
         }
         let sha256 = hex::encode(hasher.finalize());
-        if let Some(expected) = expected {
-            if expected != sha256 {
-                return Err(MediaError::HashMismatch {
-                    expected,
-                    actual: sha256,
-                });
-            }
-        }
-        let mime = sniff_mime(&bytes)
-            .map(str::to_string)
-            .or_else(|| declared_mime.clone())
-            .unwrap_or_else(|| "application/octet-stream".into());
-        if !kind.accepts(&mime) {
-            return Err(MediaError::UnsupportedType {
-                expected: kind.expected(),
-                found: mime,
-            });
-        }
+        check_hash(expected, &sha256)?;
+        let mime = accept(kind, &bytes, &declared_mime)?;
         Ok(FetchedMedia {
             bytes,
             mime,
@@ -571,6 +606,73 @@ impl MediaFetcher {
             final_url,
         })
     }
+}
+
+/// Tries `urls` in order; see [`MediaFetcher::fetch_any`] for which error is returned when all fail.
+async fn first_success<'u, T, F, Fut>(urls: &'u [String], mut fetch: F) -> Result<T, MediaError>
+where
+    F: FnMut(&'u str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, MediaError>>,
+{
+    let mut errors: Vec<MediaError> = Vec::new();
+    for url in urls {
+        match fetch(url).await {
+            Ok(m) => return Ok(m),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(i) = errors.iter().position(|e| e.class() == ErrorClass::Transient) {
+        return Err(errors.swap_remove(i));
+    }
+    Err(errors
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| MediaError::BadUrl("no URL to fetch".into())))
+}
+
+/// The event's `x` as lower-case hex; a value that is not a hex SHA-256 can never match.
+fn expected_hash(expected_sha256: Option<&str>) -> Result<Option<String>, MediaError> {
+    match expected_sha256 {
+        Some(x) if x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Some(x.to_ascii_lowercase())),
+        Some(x) => Err(MediaError::HashMismatch {
+            expected: x.to_string(),
+            actual: "(expected value is not a hex SHA-256)".into(),
+        }),
+        None => Ok(None),
+    }
+}
+
+fn check_hash(expected: Option<String>, actual: &str) -> Result<(), MediaError> {
+    match expected {
+        Some(expected) if expected != actual => Err(MediaError::HashMismatch {
+            expected,
+            actual: actual.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn declared_mime(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(crate::nostr::normalize_mime)
+        .filter(|m| !m.is_empty())
+}
+
+/// The body's type from its first bytes (else the declared type), if `kind` accepts it.
+fn accept(kind: MediaKind, head: &[u8], declared_mime: &Option<String>) -> Result<String, MediaError> {
+    let mime = sniff_mime(head)
+        .map(str::to_string)
+        .or_else(|| declared_mime.clone())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    if !kind.accepts(&mime) {
+        return Err(MediaError::UnsupportedType {
+            expected: kind.expected(),
+            found: mime,
+        });
+    }
+    Ok(mime)
 }
 
 #[cfg(test)]

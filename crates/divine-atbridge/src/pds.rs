@@ -416,6 +416,24 @@ impl PdsClient {
         Ok(out.data)
     }
 
+    /// `uploadBlob` of a body of known `size` (typically a stream of a spool file): sent with `Content-Length`, under
+    /// a deadline scaled with the size ([`upload_timeout`]) instead of the client's fixed request timeout.
+    pub async fn upload_blob_sized(
+        &self,
+        access_jwt: &str,
+        content_type: &str,
+        body: reqwest::Body,
+        size: u64,
+    ) -> Result<repo::upload_blob::OutputData, PdsError> {
+        let request = self
+            .post(repo::upload_blob::NSID)
+            .bearer(access_jwt)
+            .raw_sized(content_type, body, size)
+            .timeout(upload_timeout(size));
+        let out: Object<_> = self.call(Call::Other, request).await?;
+        Ok(out.data)
+    }
+
     /// `com.atproto.identity.resolveHandle`: the DID holding `handle`, or `None` when the PDS cannot resolve it
     /// (any 400: the reference PDS answers `InvalidRequest "Unable to resolve handle"` for a free handle).
     pub async fn resolve_handle(&self, handle: &str) -> Result<Option<String>, PdsError> {
@@ -819,6 +837,18 @@ impl<S: SessionStore> SessionManager<S> {
     }
 }
 
+/// Fixed part of an upload deadline (connection, PDS processing), as the client's request timeout.
+pub const UPLOAD_TIMEOUT_BASE: Duration = Duration::from_secs(30);
+/// Slowest upload rate tolerated: 512 KiB/s (≈ 4 Mbit/s). A 100 MB video gets ≈ 30 s + 191 s.
+pub const UPLOAD_MIN_BYTES_PER_SEC: u64 = 512 * 1024;
+
+/// The deadline of one `uploadBlob` of `size` bytes: [`UPLOAD_TIMEOUT_BASE`] plus the time the body takes at
+/// [`UPLOAD_MIN_BYTES_PER_SEC`]. A fixed deadline either cuts off large videos on a normal link or lets a stuck
+/// small upload hang for as long as the largest one may take.
+pub fn upload_timeout(size: u64) -> Duration {
+    UPLOAD_TIMEOUT_BASE + Duration::from_millis(size.saturating_mul(1000) / UPLOAD_MIN_BYTES_PER_SEC)
+}
+
 impl From<SessionError> for PdsError {
     /// Lets `with_session` closures return `PdsError` directly; store failures keep their code and class.
     fn from(e: SessionError) -> PdsError {
@@ -833,6 +863,17 @@ impl From<SessionError> for PdsError {
 mod tests {
     use super::*;
     use crate::xrpc::ErrorBody;
+
+    #[test]
+    fn upload_timeout_scales_with_size() {
+        assert_eq!(upload_timeout(0), UPLOAD_TIMEOUT_BASE);
+        assert_eq!(
+            upload_timeout(512 * 1024 * 60),
+            UPLOAD_TIMEOUT_BASE + Duration::from_secs(60)
+        );
+        assert!(upload_timeout(100_000_000) > Duration::from_secs(200));
+        assert!(upload_timeout(100_000) < Duration::from_secs(31));
+    }
 
     fn rejected(status: u16, error: &str) -> XrpcError {
         XrpcError::Rejected {

@@ -202,8 +202,12 @@ pub enum RequestBody {
     Empty,
     /// Serialized JSON (`Content-Type: application/json`).
     Json(Vec<u8>),
-    /// Raw bytes or a stream with an explicit content type (blob uploads).
-    Raw { content_type: String, body: reqwest::Body },
+    /// Raw bytes or a stream with an explicit content type (blob uploads) and, for a stream, its length.
+    Raw {
+        content_type: String,
+        body: reqwest::Body,
+        length: Option<u64>,
+    },
 }
 
 /// One request. `label` is the metric/method label: the NSID for XRPC calls, `plc.<op>` for PLC calls.
@@ -215,6 +219,7 @@ pub struct XrpcRequest {
     bearer: Option<String>,
     query: Vec<(String, String)>,
     body: RequestBody,
+    timeout: Option<Duration>,
 }
 
 impl XrpcRequest {
@@ -236,6 +241,7 @@ impl XrpcRequest {
             bearer: None,
             query: Vec::new(),
             body: RequestBody::Empty,
+            timeout: None,
         }
     }
 
@@ -266,7 +272,25 @@ impl XrpcRequest {
         self.body = RequestBody::Raw {
             content_type: content_type.into(),
             body: body.into(),
+            length: None,
         };
+        self
+    }
+
+    /// A raw body of known length (a stream), sent with `Content-Length` rather than chunked.
+    pub fn raw_sized(mut self, content_type: impl Into<String>, body: reqwest::Body, length: u64) -> XrpcRequest {
+        self.body = RequestBody::Raw {
+            content_type: content_type.into(),
+            body,
+            length: Some(length),
+        };
+        self
+    }
+
+    /// A deadline for this request instead of the client's (`XrpcConfig::timeout`), e.g. one scaled with an
+    /// upload's size.
+    pub fn timeout(mut self, timeout: Duration) -> XrpcRequest {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -353,6 +377,7 @@ impl XrpcClient {
             bearer,
             query,
             body,
+            timeout,
         } = request;
         let parsed = url::Url::parse(&url).map_err(|e| XrpcError::InvalidRequest {
             method: label.clone(),
@@ -368,8 +393,22 @@ impl XrpcClient {
         builder = match body {
             RequestBody::Empty => builder,
             RequestBody::Json(bytes) => builder.header(CONTENT_TYPE, "application/json").body(bytes),
-            RequestBody::Raw { content_type, body } => builder.header(CONTENT_TYPE, content_type).body(body),
+            RequestBody::Raw {
+                content_type,
+                body,
+                length,
+            } => {
+                let builder = builder.header(CONTENT_TYPE, content_type);
+                match length {
+                    Some(n) => builder.header(reqwest::header::CONTENT_LENGTH, n),
+                    None => builder,
+                }
+                .body(body)
+            }
         };
+        if let Some(t) = timeout {
+            builder = builder.timeout(t);
+        }
         let response = builder.send().await.map_err(|e| transport_error(&label, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();

@@ -35,12 +35,14 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
         media_allowed_hosts: vec![],
         media_allow_loopback: false,
         media_timeout: Duration::from_secs(1),
+        media_spool_dir: divine_atbridge::spool::default_spool_root(),
+        media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         backfill_max_events: 10,
         post_url_template: None,
         profile_url_template: None,
     };
     let xrpc = XrpcClient::new(&XrpcConfig::default()).unwrap();
-    Arc::new(Handlers::new(db, xrpc, kek, identity, crosspost))
+    Arc::new(Handlers::new(db, xrpc, kek, identity, crosspost).unwrap())
 }
 
 /// Leases the single queued job and runs it through the production registry.

@@ -114,7 +114,14 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
         account_sessions::table.count().get_result(&mut tdb.conn()).unwrap()
     };
     assert_eq!(saved, 1, "the new session was persisted (sealed)");
-    let blob = fresh_repo.upload_blob(&did, tiny_mp4(), "video/mp4").await.unwrap();
+    let blob = fresh_repo
+        .upload_blob(
+            &did,
+            &divine_atbridge::jobs::publish::MediaBody::Memory(tiny_mp4().into()),
+            "video/mp4",
+        )
+        .await
+        .unwrap();
     assert_eq!(blob["ref"]["$link"], blob_cid(&tiny_mp4()).as_str());
     assert_eq!(
         blob,

@@ -4,7 +4,9 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use divine_atbridge::jobs::publish::{self, local_blob_ref, PostSource, PreparedMedia, PreparedPost, Published};
+use divine_atbridge::jobs::publish::{
+    self, local_blob_ref, MediaBody, PostSource, PreparedMedia, PreparedPost, Published,
+};
 use divine_atbridge::jobs::{BlobJson, JobError, RepoWriter, UpstreamError};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
@@ -25,6 +27,8 @@ struct MemRepo {
     fail_before_store: Mutex<usize>,
     /// Fail the next N deleteRecord calls (a 502 from the PDS) without deleting.
     fail_delete: Mutex<usize>,
+    /// Fail the next N uploadBlob calls (a 502) after reading the body.
+    fail_upload: Mutex<usize>,
 }
 
 fn transient(msg: &str) -> UpstreamError {
@@ -40,10 +44,18 @@ impl RepoWriter for MemRepo {
     fn upload_blob<'a>(
         &'a self,
         _did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
-        Box::pin(async move { Ok(local_blob_ref(&bytes, mime)) })
+        Box::pin(async move {
+            let bytes = body.to_vec().await.unwrap();
+            let mut f = self.fail_upload.lock().unwrap();
+            if *f > 0 {
+                *f -= 1;
+                return Err(transient("PDS upload failed"));
+            }
+            Ok(local_blob_ref(&bytes, mime))
+        })
     }
     fn put_record<'a>(
         &'a self,
@@ -109,10 +121,10 @@ impl RepoWriter for RacingRepo<'_> {
     fn upload_blob<'a>(
         &'a self,
         did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
-        self.inner.upload_blob(did, bytes, mime)
+        self.inner.upload_blob(did, body, mime)
     }
     fn put_record<'a>(
         &'a self,
@@ -157,10 +169,7 @@ impl PostSource for FakeSource {
             });
             Ok(PreparedPost {
                 record,
-                media: vec![PreparedMedia {
-                    bytes,
-                    mime: "video/mp4".into(),
-                }],
+                media: vec![PreparedMedia::in_memory(bytes, "video/mp4")],
             })
         })
     }
@@ -653,4 +662,74 @@ async fn the_supersede_sweep_runs_on_the_already_done_path() {
     }
     let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
     assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
+}
+
+/// A source whose video is spooled on disk, as the production source does.
+struct SpooledSource {
+    spool: divine_atbridge::spool::Spool,
+    bytes: Vec<u8>,
+}
+
+impl PostSource for SpooledSource {
+    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
+        Box::pin(async move {
+            let mut w = self.spool.create().unwrap();
+            for chunk in self.bytes.chunks(8192) {
+                w.write(chunk).unwrap();
+            }
+            let media = PreparedMedia {
+                body: MediaBody::Spooled {
+                    file: w.finish().unwrap(),
+                    budget: None,
+                },
+                mime: "video/mp4".into(),
+            };
+            let record = serde_json::json!({
+                "$type": "app.bsky.feed.post",
+                "text": event.content,
+                "createdAt": "2026-01-01T00:00:00.000Z",
+                "embed": {"$type": "app.bsky.embed.video", "video": media.local_blob_ref()},
+            });
+            Ok(PreparedPost {
+                record,
+                media: vec![media],
+            })
+        })
+    }
+}
+
+/// A spooled video's blob ref (computed while spooling) is the one the repo computes from the uploaded bytes, and
+/// the spool file is gone after a failed upload and after a successful publish.
+#[tokio::test]
+async fn spooled_media_uploads_from_disk_and_is_removed_on_failure_and_success() {
+    let tdb = TestDb::migrated("jobs_publish_spool");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let root = tempfile::tempdir().unwrap();
+    let spool =
+        divine_atbridge::spool::Spool::open(root.path(), divine_atbridge::spool::MediaBudget::new(1 << 20)).unwrap();
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let source = SpooledSource {
+        spool: spool.clone(),
+        bytes: bytes.clone(),
+    };
+    let repo = MemRepo::default();
+    let e = video(&keys, "spooled", 22, None, T);
+
+    *repo.fail_upload.lock().unwrap() = 1;
+    let err = publish::publish(&db, &source, &repo, &e).await.unwrap_err();
+    assert_eq!(err.code(), "xrpc_server_error");
+    assert_eq!(spool.file_count(), 0, "a failed upload removes the spool file");
+
+    let out = publish::publish(&db, &source, &repo, &e).await.unwrap();
+    assert!(matches!(out, Published::Written { .. }));
+    assert_eq!(spool.file_count(), 0, "a published video's spool file is removed");
+    let records = repo.records.lock().unwrap();
+    let record = records.values().next().unwrap();
+    assert_eq!(
+        record["embed"]["video"],
+        local_blob_ref(&bytes, "video/mp4"),
+        "the ref computed while spooling is the uploaded bytes' ref"
+    );
 }

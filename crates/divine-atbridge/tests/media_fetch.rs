@@ -441,3 +441,53 @@ async fn fetch_any_falls_back_and_prefers_transient_errors() {
         "media_bad_url"
     );
 }
+
+/// A video fetch streams into the spool (hashed while written) and leaves no file behind on any failure: hash
+/// mismatch, a body over the cap, a wrong type, a deadline hit mid-body (the future is dropped) and a failed URL
+/// before a working fallback.
+#[tokio::test]
+async fn spooled_fetch_hashes_on_disk_and_leaves_no_file_on_any_failure() {
+    use divine_atbridge::spool::{MediaBudget, Spool};
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path(), MediaBudget::new(1 << 20)).unwrap();
+    let url = |p: &str| format!("http://localhost:{port}{p}");
+
+    let ok = f
+        .fetch_to_spool(&url("/video.mp4"), None, MediaKind::Video, &spool)
+        .await
+        .unwrap();
+    assert_eq!(ok.mime, "video/mp4");
+    assert_eq!(ok.sha256, hex::encode(Sha256::digest(mp4_bytes())));
+    assert_eq!(ok.file.size(), mp4_bytes().len() as u64);
+    assert_eq!(std::fs::read(ok.file.path()).unwrap(), mp4_bytes());
+    assert!(ok.file.path().starts_with(spool.dir()));
+    assert_eq!(spool.file_count(), 1);
+    drop(ok);
+    assert_eq!(spool.file_count(), 0, "dropping the result removes the file");
+
+    let cases = [
+        ("/video.mp4", Some("0".repeat(64)), MediaKind::Video, "hash_mismatch"),
+        ("/big-chunked", None, MediaKind::Video, "media_too_large"),
+        ("/captions.vtt", None, MediaKind::Video, "media_unsupported_type"),
+        ("/slow", None, MediaKind::Video, "media_timeout"),
+        ("/404", None, MediaKind::Video, "media_http_status"),
+    ];
+    for (path, sha, kind, code) in cases {
+        let e = f
+            .fetch_to_spool(&url(path), sha.as_deref(), kind, &spool)
+            .await
+            .expect_err(path);
+        assert_eq!(e.code(), code, "{path}: {e}");
+        assert_eq!(spool.file_count(), 0, "{path} left a spool file");
+    }
+
+    let urls = vec![url("/404"), url("/big-chunked"), url("/video.mp4")];
+    let got = f
+        .fetch_any_to_spool(&urls, None, MediaKind::Video, &spool)
+        .await
+        .unwrap();
+    assert!(got.final_url.ends_with("/video.mp4"));
+    assert_eq!(spool.file_count(), 1, "only the successful fallback's file remains");
+}

@@ -105,11 +105,18 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         media_allowed_hosts: vec!["127.0.0.1".into()],
         media_allow_loopback: true,
         media_timeout: Duration::from_secs(10),
+        media_spool_dir: divine_atbridge::spool::default_spool_root(),
+        media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         backfill_max_events: 10,
         post_url_template: None,
         profile_url_template: None,
     };
-    let source = TranslatedPosts::new(tdb.pool(2), &config);
+    let spool = divine_atbridge::spool::Spool::open(
+        &config.media_spool_dir,
+        divine_atbridge::spool::MediaBudget::new(config.media_budget_bytes),
+    )
+    .unwrap();
+    let source = TranslatedPosts::new(tdb.pool(2), &config, spool);
     let keys = Keys::generate();
     let ev = EventBuilder::new(Kind::from(22u16), "loop")
         .tags([Tag::parse([
@@ -138,4 +145,96 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         counter("bridge_nostr_fields_dropped_total", &[("field", "duration")]),
         t0 + 1
     );
+}
+
+fn video_with_size(keys: &Keys, url: &str, size: Option<usize>) -> Event {
+    let mut imeta = vec!["imeta".to_string(), format!("url {url}"), "m video/mp4".into()];
+    if let Some(n) = size {
+        imeta.push(format!("size {n}"));
+    }
+    EventBuilder::new(Kind::from(22u16), "clip")
+        .tags([Tag::parse(imeta).unwrap()])
+        .sign_with_keys(keys)
+        .unwrap()
+}
+
+/// Videos are prepared into the spool under the byte budget: a video that declares no size takes the whole
+/// (small) budget, so a second one waits until the first prepared post is dropped (after its upload); videos that
+/// declare sizes fitting the budget together run at once. The prepared body is on disk, not in memory, and its
+/// file goes with the prepared post.
+#[tokio::test]
+async fn the_media_budget_limits_videos_in_flight() {
+    use divine_atbridge::jobs::publish::MediaBody;
+    use divine_atbridge::spool::{MediaBudget, Spool};
+    let tdb = divine_bridge_db::testutil::TestDb::migrated("translate_sources_budget");
+    let media = MediaServer::start().await;
+    let bytes = support::tiny_mp4();
+    let url = media.put("clip.mp4", bytes.clone());
+    let config = divine_atbridge::config::CrosspostConfig {
+        relays: vec![],
+        cursor_overlap: Duration::from_secs(300),
+        account_refresh: Duration::from_secs(5),
+        authors_per_subscription: 250,
+        media_allowed_hosts: vec!["127.0.0.1".into()],
+        media_allow_loopback: true,
+        media_timeout: Duration::from_secs(10),
+        media_spool_dir: divine_atbridge::spool::default_spool_root(),
+        media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
+        backfill_max_events: 10,
+        post_url_template: None,
+        profile_url_template: None,
+        ingest_shards: 1,
+        ingest_lease: Duration::from_secs(30),
+    };
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path(), MediaBudget::new(100 * 1024)).unwrap();
+    let source = TranslatedPosts::new(tdb.pool(2), &config, spool.clone());
+    let keys = Keys::generate();
+
+    let first = source.prepare(&video_with_size(&keys, &url, None)).await.unwrap();
+    match &first.media[0].body {
+        MediaBody::Spooled { file, .. } => {
+            assert!(file.path().starts_with(spool.dir()));
+            assert_eq!(std::fs::read(file.path()).unwrap(), bytes);
+        }
+        other => panic!("the video must be spooled, got {other:?}"),
+    }
+    assert_eq!(
+        spool.budget().available_bytes(),
+        0,
+        "an undeclared size takes the whole budget"
+    );
+    let second_event = video_with_size(&keys, &url, None);
+    let second = source.prepare(&second_event);
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut second)
+            .await
+            .is_err(),
+        "the second video waits for budget"
+    );
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("released budget lets it run")
+        .unwrap();
+    assert_eq!(spool.file_count(), 1, "the first video's file went with it");
+    drop(second);
+    assert_eq!(spool.file_count(), 0);
+    assert_eq!(spool.budget().available_bytes(), spool.budget().total_bytes());
+
+    // Declared sizes that fit together do not wait for each other.
+    let a = source
+        .prepare(&video_with_size(&keys, &url, Some(40 * 1024)))
+        .await
+        .unwrap();
+    let b = tokio::time::timeout(
+        Duration::from_secs(10),
+        source.prepare(&video_with_size(&keys, &url, Some(40 * 1024))),
+    )
+    .await
+    .expect("40 + 40 KiB fit a 100 KiB budget")
+    .unwrap();
+    assert_eq!(spool.budget().available_bytes(), 20 * 1024);
+    drop((a, b));
 }

@@ -49,6 +49,19 @@
 //!   that started after the last event was written (waits up to 3 min); 0 in a healthy run.
 //!
 //! Reads the bridge's tables; writes only through the gateway, the relay and the PDS (new accounts of its own).
+//!
+//! Suite `media` (owned by the media spool, issue 11 §1): against the reference PLC + PDS (`PLC_URL`, `PDS_URL`;
+//! run it with `PDS_BLOB_UPLOAD_LIMIT` ≥ the video size) and a throwaway database on the local Postgres
+//! (`BENCH_PG_URL`). Writes `BENCH_MEDIA_VIDEOS` (8) distinct generated videos of `BENCH_MEDIA_BYTES` (60,000,000)
+//! bytes to a temporary directory served by an in-process HTTP server, starts an in-process relay and ONE
+//! `divine-atbridge run` child (the binary next to this one) with `WORKERS=BENCH_MEDIA_WORKERS` (8), opts in one
+//! account per video (so the videos do not queue behind each other on one account) and waits until they are
+//! provisioned, then publishes all videos at once and waits until every post is published. Then, for comparison,
+//! creates as many plain PDS accounts and does `uploadBlob` + `putRecord` of the same files, all in parallel.
+//! Prints `media_peak_rss_mb` (the child's VmHWM from `/proc/<pid>/status` at the end: its peak over the whole run,
+//! target ≤ 150), `media_idle_rss_mb` (VmHWM after provisioning, before any video), `media_bridge_secs` (first
+//! publish → last post published), `media_raw_upload_put_secs`, `media_bridge_vs_raw_time_ratio` and the sizes used
+//! (`media_videos`, `media_video_bytes`, `media_workers`). Removes its files, child, relay and database at the end.
 
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -73,8 +86,12 @@ struct ThrowawayDb {
 
 impl ThrowawayDb {
     fn create(server: &str) -> anyhow::Result<ThrowawayDb> {
+        ThrowawayDb::create_named(server, "bench_queue")
+    }
+
+    fn create_named(server: &str, prefix: &str) -> anyhow::Result<ThrowawayDb> {
         let admin_url = format!("{server}/postgres");
-        let name = format!("bench_queue_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
         let mut admin = PgConnection::establish(&admin_url)?;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut admin)?;
         let db = ThrowawayDb {
@@ -117,8 +134,9 @@ fn main() -> std::process::ExitCode {
         "queue" => queue_suite(),
         "e2e" => e2e::suite(),
         "ingest" => ingest_bench::suite(),
+        "media" => media::suite(),
         other => Err(anyhow::anyhow!(
-            "unknown bench suite {other:?} (known: queue, e2e, ingest)"
+            "unknown bench suite {other:?} (known: queue, e2e, ingest, media)"
         )),
     };
     match result {
@@ -1242,5 +1260,375 @@ mod ingest_bench {
         }
         relay.shutdown();
         Ok(events as f64 / secs)
+    }
+}
+
+/// Suite `media`: peak RSS of one bridge process bridging several large videos at once (see the module docs).
+mod media {
+    use super::{env_or, ThrowawayDb};
+    use anyhow::{bail, Context};
+    use diesel::prelude::*;
+    use divine_bridge_db::accounts::{self, OptIn};
+    use divine_bridge_db::schema::record_mappings;
+    use divine_bridge_db::{Db, ProvisioningState};
+    use futures::future::join_all;
+    use nostr_sdk::prelude::*;
+    use sha2::Digest;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The temporary directory of the run, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The bridge child, killed on drop.
+    struct Bridge(Child);
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `VmHWM` (peak resident set) of `pid` in MB.
+    fn vm_hwm_mb(pid: u32) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .context("no VmHWM line")?;
+        let kb: f64 = line.split_whitespace().nth(1).context("VmHWM value")?.parse()?;
+        Ok(kb / 1000.0)
+    }
+
+    /// A distinct video of `len` bytes: an MP4 `ftyp` box (sniffed as video/mp4), then pseudo-random bytes.
+    fn write_video(path: &Path, len: usize, seed: u64) -> anyhow::Result<String> {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut hasher = sha2::Sha256::new();
+        let mut head = Vec::new();
+        head.extend_from_slice(&24u32.to_be_bytes());
+        head.extend_from_slice(b"ftypisom\0\0\x02\0isomiso2");
+        let mut written = 0usize;
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut buf = head;
+        while written < len {
+            while buf.len() < 1 << 16 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            let take = buf.len().min(len - written);
+            f.write_all(&buf[..take])?;
+            hasher.update(&buf[..take]);
+            written += take;
+            buf.clear();
+        }
+        f.flush()?;
+        Ok(hex::encode(hasher.finalize()))
+    }
+
+    /// Serves the files of `dir` at `/<name>` (streamed, with Content-Length) on a loopback port.
+    async fn serve_dir(dir: PathBuf) -> anyhow::Result<String> {
+        use axum::extract::{Path as UrlPath, State};
+        use axum::http::{header, StatusCode};
+        use axum::response::{IntoResponse, Response};
+        async fn file(State(dir): State<PathBuf>, UrlPath(name): UrlPath<String>) -> Response {
+            if name.contains('/') || name.contains("..") {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            let path = dir.join(&name);
+            let Ok(f) = tokio::fs::File::open(&path).await else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let stream = futures::stream::try_unfold(f, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+                let n = f.read_buf(&mut buf).await?;
+                Ok::<_, std::io::Error>((n > 0).then(|| (buf.freeze(), f)))
+            });
+            (
+                [
+                    (header::CONTENT_TYPE, "video/mp4".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        let app = axum::Router::new()
+            .route("/{name}", axum::routing::get(file))
+            .with_state(dir);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(format!("http://{addr}"))
+    }
+
+    fn var(name: &str) -> anyhow::Result<String> {
+        std::env::var(name).with_context(|| format!("{name} is not set (source the refstack env)"))
+    }
+
+    fn rand_name(n: usize) -> String {
+        (0..n).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
+    }
+
+    pub fn suite() -> anyhow::Result<()> {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run())
+    }
+
+    async fn run() -> anyhow::Result<()> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let n: usize = env_or("BENCH_MEDIA_VIDEOS", 8);
+        let size: usize = env_or("BENCH_MEDIA_BYTES", 60_000_000);
+        let workers: usize = env_or("BENCH_MEDIA_WORKERS", 8);
+        let (plc_url, pds_url) = (var("PLC_URL")?, var("PDS_URL")?);
+        let server = std::env::var("BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let tdb = ThrowawayDb::create_named(&server, "bench_media")?;
+        let db = Db::connect(&tdb.url, 4)?;
+        let tmp = TempDir(std::env::temp_dir().join(format!("divine-bench-media-{}", std::process::id())));
+        let media_dir = tmp.0.join("media");
+        std::fs::create_dir_all(&media_dir)?;
+
+        // Videos and the server for them.
+        let started = Instant::now();
+        let mut files = Vec::new();
+        for i in 0..n {
+            let name = format!("v{i}.mp4");
+            let path = media_dir.join(&name);
+            let sha = write_video(&path, size, i as u64 + 1)?;
+            files.push((name, path, sha));
+        }
+        eprintln!("bench: wrote {n} videos of {size} bytes in {:?}", started.elapsed());
+        let media_url = serve_dir(media_dir.clone()).await?;
+        let relay = nostr_relay_builder::LocalRelay::new(nostr_relay_builder::RelayBuilder::default());
+        relay.run().await?;
+        let relay_url = relay.url().await.to_string();
+
+        // The bridge under measurement.
+        let http_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?
+        };
+        let log_path = tmp.0.join("bridge.log");
+        let log = std::fs::File::create(&log_path)?;
+        let bin = std::env::current_exe()?.with_file_name("divine-atbridge");
+        let kek: [u8; 32] = rand::random();
+        let child = Command::new(&bin)
+            .arg("run")
+            .env("DATABASE_URL", &tdb.url)
+            .env("PLC_DIRECTORY_URL", &plc_url)
+            .env("PDS_URL", &pds_url)
+            .env("KEY_ENCRYPTION_KEY", data_encoding::BASE64.encode(&kek))
+            .env("ACCOUNT_EMAIL_DOMAIN", "bridge.test")
+            .env("MEDIA_ALLOWED_HOSTS", "127.0.0.1")
+            .env("MEDIA_ALLOW_LOOPBACK", "true")
+            .env("MEDIA_SPOOL_DIR", tmp.0.join("spool"))
+            .env("WORKERS", workers.to_string())
+            .env("NOSTR_RELAYS", &relay_url)
+            .env("ACCOUNT_REFRESH_SECS", "1")
+            .env("CURSOR_OVERLAP_SECS", "900")
+            .env("HTTP_ADDR", http_addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let bridge = Bridge(child);
+        let pid = bridge.0.id();
+
+        // One account per video, provisioned before the measurement.
+        let keys: Vec<Keys> = (0..n).map(|_| Keys::generate()).collect();
+        for k in &keys {
+            let req = OptIn {
+                nostr_pubkey: k.public_key().to_hex(),
+                handle: format!("bm{}.test", rand_name(10)),
+                crosspost_enabled: true,
+            };
+            db.run(move |c| accounts::opt_in(c, &req).map_err(|e| divine_bridge_db::DbError::Corrupt(e.to_string())))
+                .await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let pubkeys: Vec<String> = keys.iter().map(|k| k.public_key().to_hex()).collect();
+            let states = db
+                .run(move |c| {
+                    pubkeys
+                        .iter()
+                        .map(|pk| accounts::get(c, pk)?.map(|l| l.state()).transpose())
+                        .collect::<Result<Vec<_>, divine_bridge_db::DbError>>()
+                })
+                .await?;
+            if states.contains(&Some(ProvisioningState::Failed)) {
+                bail!("provisioning failed; bridge log: {}", log_path.display());
+            }
+            if states.iter().all(|s| *s == Some(ProvisioningState::Ready)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "accounts not ready in 300 s: {states:?}; bridge log {}",
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let idle_mb = vm_hwm_mb(pid)?;
+
+        // All videos at once.
+        let client = Client::default();
+        client.add_relay(&relay_url).await?;
+        client.connect().await;
+        let events: Vec<Event> = files
+            .iter()
+            .zip(&keys)
+            .map(|((name, _, sha), k)| {
+                let tag = Tag::parse([
+                    "imeta".to_string(),
+                    format!("url {media_url}/{name}"),
+                    "m video/mp4".to_string(),
+                    format!("x {sha}"),
+                    format!("size {size}"),
+                ])
+                .expect("imeta tag");
+                EventBuilder::new(Kind::from(22u16), format!("bench media {name}"))
+                    .tags([tag])
+                    .sign_with_keys(k)
+                    .expect("signing")
+            })
+            .collect();
+        let t0 = Instant::now();
+        for e in &events {
+            let out = client.send_event(e).await?;
+            if out.success.is_empty() {
+                bail!("relay refused {}: {:?}", e.id, out.failed);
+            }
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_hex()).collect();
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let ids = ids.clone();
+            let published: i64 = db
+                .run(move |c| {
+                    Ok(record_mappings::table
+                        .filter(record_mappings::nostr_event_id.eq_any(ids))
+                        .filter(record_mappings::state.eq("published"))
+                        .count()
+                        .get_result(c)?)
+                })
+                .await?;
+            if published as usize == n {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {published}/{n} published in 900 s; bridge log {}",
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bridge_secs = t0.elapsed().as_secs_f64();
+        let peak_mb = vm_hwm_mb(pid)?;
+        eprintln!("bench: bridged {n} videos in {bridge_secs:.2} s, peak RSS {peak_mb:.1} MB (idle {idle_mb:.1} MB)");
+        drop(bridge);
+        client.disconnect().await;
+
+        // Raw: the same files, uploadBlob + putRecord, all in parallel.
+        let http = reqwest::Client::new();
+        let mut raw_accounts = Vec::new();
+        for _ in 0..n {
+            let handle = format!("rm{}.test", rand_name(10));
+            let resp = http
+                .post(format!("{pds_url}/xrpc/com.atproto.server.createAccount"))
+                .json(&serde_json::json!({"handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24)}))
+                .send()
+                .await?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await?;
+            if !status.is_success() {
+                bail!("createAccount: {status} {body}");
+            }
+            raw_accounts.push((
+                body["did"].as_str().unwrap_or_default().to_string(),
+                body["accessJwt"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let tids = divine_atbridge::tid::TidGenerator::with_random_clock_id();
+        let t1 = Instant::now();
+        let writes = files.iter().zip(&raw_accounts).map(|((name, path, _), (did, jwt))| {
+            let (http, pds_url, tids) = (&http, &pds_url, &tids);
+            async move {
+                let bytes = tokio::fs::read(path).await?;
+                let resp = http
+                    .post(format!("{pds_url}/xrpc/com.atproto.repo.uploadBlob"))
+                    .bearer_auth(jwt)
+                    .header("content-type", "video/mp4")
+                    .body(bytes)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let body: serde_json::Value = resp.json().await?;
+                if !status.is_success() {
+                    bail!("uploadBlob: {status} {body}");
+                }
+                let record = serde_json::json!({
+                    "$type": "app.bsky.feed.post",
+                    "text": format!("bench media {name}"),
+                    "createdAt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                    "embed": {"$type": "app.bsky.embed.video", "video": body["blob"]},
+                });
+                let resp = http
+                    .post(format!("{pds_url}/xrpc/com.atproto.repo.putRecord"))
+                    .bearer_auth(jwt)
+                    .json(&serde_json::json!({
+                        "repo": did, "collection": "app.bsky.feed.post", "rkey": tids.next_at(chrono::Utc::now().timestamp_micros() as u64).to_string(), "record": record
+                    }))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("putRecord: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+                }
+                Ok::<(), anyhow::Error>(())
+            }
+        });
+        join_all(writes)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<()>>>()?;
+        let raw_secs = t1.elapsed().as_secs_f64();
+
+        println!("media_videos={n}");
+        println!("media_video_bytes={size}");
+        println!("media_workers={workers}");
+        // The child inherits this environment, so MEDIA_MEMORY_BUDGET_BYTES set for the bench applies to it.
+        println!(
+            "media_budget_bytes={}",
+            std::env::var("MEDIA_MEMORY_BUDGET_BYTES")
+                .unwrap_or_else(|_| divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES.to_string())
+        );
+        println!("media_idle_rss_mb={idle_mb:.1}");
+        println!("media_peak_rss_mb={peak_mb:.1}");
+        println!("media_bridge_secs={bridge_secs:.2}");
+        println!("media_raw_upload_put_secs={raw_secs:.2}");
+        println!("media_bridge_vs_raw_time_ratio={:.2}", bridge_secs / raw_secs);
+        drop(relay);
+        drop(tdb);
+        Ok(())
     }
 }

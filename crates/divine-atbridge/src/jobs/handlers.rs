@@ -37,7 +37,12 @@ impl Handlers {
         kek: Arc<KeyEncryptionKey>,
         identity: IdentityConfig,
         crosspost: CrosspostConfig,
-    ) -> Handlers {
+    ) -> Result<Handlers, crate::spool::SpoolError> {
+        // Opening the spool removes what dead processes left in it (spool rule 3).
+        let spool = crate::spool::Spool::open(
+            &crosspost.media_spool_dir,
+            crate::spool::MediaBudget::new(crosspost.media_budget_bytes),
+        )?;
         let pds = PdsClient::new(xrpc.clone(), &identity.pds_url);
         let sessions = Arc::new(SessionManager::new(
             pds,
@@ -47,8 +52,8 @@ impl Handlers {
             },
         ));
         let media = super::sources::media_config(&crosspost);
-        Handlers {
-            posts: Box::new(super::sources::TranslatedPosts::new(db.clone(), &crosspost)),
+        Ok(Handlers {
+            posts: Box::new(super::sources::TranslatedPosts::new(db.clone(), &crosspost, spool)),
             profiles: Box::new(super::sources::TranslatedProfiles::new(media)),
             repo: PdsRepo { sessions },
             db,
@@ -56,7 +61,7 @@ impl Handlers {
             kek,
             identity,
             crosspost,
-        }
+        })
     }
 
     /// The worker registry: one entry per job kind.

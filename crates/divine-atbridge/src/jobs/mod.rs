@@ -117,10 +117,11 @@ pub type BlobJson = serde_json::Value;
 /// Writes to one account's repo, with that account's session. Implemented over `pds::SessionManager` in
 /// production and by an in-memory repo in tests.
 pub trait RepoWriter: Send + Sync {
+    /// `uploadBlob` of `body`; every try reads the body afresh (a stream of the spool file), never a copy.
     fn upload_blob<'a>(
         &'a self,
         did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a publish::MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>>;
     /// `putRecord`; returns `(uri, cid)`.

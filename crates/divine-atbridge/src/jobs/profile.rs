@@ -2,7 +2,7 @@
 //! ordering rule (via `profile_sync`) and the write; translation and the avatar/banner fetch come through
 //! [`ProfileSource`].
 
-use super::publish::{blob_cid, event_time, local_blob_ref, upkeep_gate, PreparedMedia};
+use super::publish::{event_time, upkeep_gate, PreparedMedia};
 use super::{JobError, RepoWriter};
 use divine_bridge_db::{records, Db};
 use futures::future::BoxFuture;
@@ -58,9 +58,9 @@ pub async fn sync_profile(
     let prepared = source.prepare(event).await?;
     let mut record = prepared.record;
     for m in prepared.media {
-        let cid = blob_cid(&m.bytes);
-        let expected = local_blob_ref(&m.bytes, &m.mime);
-        let actual = repo.upload_blob(&did, m.bytes, &m.mime).await?;
+        let cid = m.blob_cid();
+        let expected = m.local_blob_ref();
+        let actual = repo.upload_blob(&did, &m.body, &m.mime).await?;
         if actual != expected {
             for field in ["avatar", "banner"] {
                 if let Some(image) = record.get_mut(field) {

@@ -24,11 +24,77 @@ use nostr::{Event, Kind};
 /// The collection bridged posts live in.
 pub const POST_COLLECTION: &str = "app.bsky.feed.post";
 
-/// Media to upload for a post; its blob ref (computed locally from the bytes) is already in the record.
+/// Media to upload for a post; its blob ref (computed locally from the body's digest) is already in the record.
 #[derive(Debug, Clone)]
 pub struct PreparedMedia {
-    pub bytes: Vec<u8>,
+    pub body: MediaBody,
     pub mime: String,
+}
+
+impl PreparedMedia {
+    /// Small media held in memory (captions, profile images).
+    pub fn in_memory(bytes: impl Into<bytes::Bytes>, mime: impl Into<String>) -> PreparedMedia {
+        PreparedMedia {
+            body: MediaBody::Memory(bytes.into()),
+            mime: mime.into(),
+        }
+    }
+
+    /// The blob ref the PDS will return for this body.
+    pub fn local_blob_ref(&self) -> BlobJson {
+        blob_ref_of(&self.body.sha256(), self.body.size(), &self.mime)
+    }
+
+    /// The body's blob CID.
+    pub fn blob_cid(&self) -> String {
+        cid_of_digest(&self.body.sha256())
+    }
+}
+
+/// A media body: small ones in memory, videos in the spool ([`crate::spool`]), never a whole video in memory.
+/// Cloning is cheap (reference counted); an upload try reads the body afresh, it never copies it.
+#[derive(Debug, Clone)]
+pub enum MediaBody {
+    Memory(bytes::Bytes),
+    /// A spooled file and the media budget it holds (released when the last clone is dropped, after the upload).
+    Spooled {
+        file: crate::spool::SpoolFile,
+        budget: Option<std::sync::Arc<crate::spool::BudgetPermit>>,
+    },
+}
+
+impl MediaBody {
+    pub fn size(&self) -> u64 {
+        match self {
+            MediaBody::Memory(b) => b.len() as u64,
+            MediaBody::Spooled { file, .. } => file.size(),
+        }
+    }
+
+    /// SHA-256 of the body (computed while spooling for spooled bodies).
+    pub fn sha256(&self) -> [u8; 32] {
+        use sha2::Digest;
+        match self {
+            MediaBody::Memory(b) => sha2::Sha256::digest(b).into(),
+            MediaBody::Spooled { file, .. } => file.sha256(),
+        }
+    }
+
+    /// A request body for one upload try: the bytes (a reference-counted handle) or a fresh stream of the file.
+    pub fn request_body(&self) -> reqwest::Body {
+        match self {
+            MediaBody::Memory(b) => reqwest::Body::from(b.clone()),
+            MediaBody::Spooled { file, .. } => reqwest::Body::wrap_stream(file.stream()),
+        }
+    }
+
+    /// The whole body (tests; small bodies).
+    pub async fn to_vec(&self) -> Result<Vec<u8>, crate::spool::SpoolError> {
+        match self {
+            MediaBody::Memory(b) => Ok(b.to_vec()),
+            MediaBody::Spooled { file, .. } => file.read_all().await,
+        }
+    }
 }
 
 /// A translated post ready to write: the record JSON (with `$type`) and the blobs it references.
@@ -55,14 +121,25 @@ pub enum Published {
 /// CIDv1 (raw, sha2-256) of `bytes` in base32 multibase: the PDS's blob address.
 pub fn blob_cid(bytes: &[u8]) -> String {
     use sha2::Digest;
+    cid_of_digest(&sha2::Sha256::digest(bytes).into())
+}
+
+/// CIDv1 (raw, sha2-256) of a body with this SHA-256 digest (computed while streaming), base32 multibase.
+pub fn cid_of_digest(sha256: &[u8; 32]) -> String {
     let mut raw = vec![0x01, 0x55, 0x12, 0x20];
-    raw.extend_from_slice(&sha2::Sha256::digest(bytes));
+    raw.extend_from_slice(sha256);
     format!("b{}", data_encoding::BASE32_NOPAD.encode(&raw).to_lowercase())
 }
 
 /// The blob ref the PDS will return for `bytes` uploaded as `mime`.
 pub fn local_blob_ref(bytes: &[u8], mime: &str) -> BlobJson {
-    serde_json::json!({"$type": "blob", "ref": {"$link": blob_cid(bytes)}, "mimeType": mime, "size": bytes.len()})
+    use sha2::Digest;
+    blob_ref_of(&sha2::Sha256::digest(bytes).into(), bytes.len() as u64, mime)
+}
+
+/// The blob ref of a body with this digest and size uploaded as `mime`.
+pub fn blob_ref_of(sha256: &[u8; 32], size: u64, mime: &str) -> BlobJson {
+    serde_json::json!({"$type": "blob", "ref": {"$link": cid_of_digest(sha256)}, "mimeType": mime, "size": size})
 }
 
 /// The stored coordinate key `<kind>:<lower-case hex pubkey>:<d>` of an addressable video event, built by
@@ -265,12 +342,13 @@ pub async fn publish(
     // record follows the PDS (deterministically, so a retry builds the same record).
     let mut record = prepared.record;
     for m in prepared.media {
-        let expected = local_blob_ref(&m.bytes, &m.mime);
-        let cid = blob_cid(&m.bytes);
-        let actual = repo.upload_blob(&did, m.bytes, &m.mime).await?;
+        let expected = m.local_blob_ref();
+        let cid = m.blob_cid();
+        let actual = repo.upload_blob(&did, &m.body, &m.mime).await?;
         if actual != expected {
             replace_blob_refs(&mut record, &cid, &actual);
         }
+        // Dropping `m` here removes its spool file and releases its media budget before the next upload.
     }
     crate::failpoint::hit("publish_after_upload");
 

@@ -7,11 +7,12 @@
 //! `bridge_profile_images_skipped_total`). It must not upload or write anything.
 
 use super::profile::{PreparedProfile, ProfileSource};
-use super::publish::{local_blob_ref, PostSource, PreparedMedia, PreparedPost};
+use super::publish::{local_blob_ref, MediaBody, PostSource, PreparedMedia, PreparedPost};
 use super::{JobError, UpstreamError};
 use crate::config::CrosspostConfig;
 use crate::media::{MediaError, MediaFetchConfig, MediaFetcher, MediaKind};
 use crate::nostr::{BridgeEvent, ProfileMeta, VideoEvent};
+use crate::spool::Spool;
 use crate::translate::{self, BridgedUser, PostContext, TranslateError, UrlTemplate};
 use atrium_api::types::BlobRef;
 use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ProvisioningState};
@@ -55,7 +56,11 @@ fn media_err(e: MediaError) -> JobError {
 }
 
 fn blob_ref(bytes: &[u8], mime: &str) -> Result<BlobRef, JobError> {
-    serde_json::from_value(local_blob_ref(bytes, mime)).map_err(|e| JobError::BadPayload(format!("blob ref: {e}")))
+    json_blob_ref(local_blob_ref(bytes, mime))
+}
+
+fn json_blob_ref(json: super::BlobJson) -> Result<BlobRef, JobError> {
+    serde_json::from_value(json).map_err(|e| JobError::BadPayload(format!("blob ref: {e}")))
 }
 
 /// The pubkeys mentioned in `text` (`nostr:npub…`/`nostr:nprofile…`) that have a ready bridged account (with a DID),
@@ -94,15 +99,18 @@ pub async fn bridged_users(db: &Db, text: &str) -> Result<HashMap<String, Bridge
 
 pub struct TranslatedPosts {
     fetcher: MediaFetcher,
+    spool: Spool,
     db: Db,
     post_url: Option<UrlTemplate>,
     profile_url: Option<UrlTemplate>,
 }
 
 impl TranslatedPosts {
-    pub fn new(db: Db, crosspost: &CrosspostConfig) -> TranslatedPosts {
+    /// Videos are fetched into `spool` under its byte budget ([`crate::spool`]).
+    pub fn new(db: Db, crosspost: &CrosspostConfig, spool: Spool) -> TranslatedPosts {
         TranslatedPosts {
             fetcher: fetcher(&media_config(crosspost)),
+            spool,
             db,
             post_url: crosspost.post_url_template.clone(),
             profile_url: crosspost.profile_url_template.clone(),
@@ -126,26 +134,33 @@ impl TranslatedPosts {
         let urls: Vec<String> = std::iter::once(plan.video.url.clone())
             .chain(plan.video.fallbacks.iter().cloned())
             .collect();
+        // Budget first, outside the fetch deadline, weighted by the declared size (spool rule 4).
+        let weight = plan
+            .video
+            .size
+            .unwrap_or(translate::MAX_VIDEO_BYTES)
+            .min(translate::MAX_VIDEO_BYTES);
+        let permit = self.spool.budget().acquire(weight).await;
         let video = self
             .fetcher
-            .fetch_any(&urls, plan.video.sha256.as_deref(), MediaKind::Video)
+            .fetch_any_to_spool(&urls, plan.video.sha256.as_deref(), MediaKind::Video, &self.spool)
             .await
             .map_err(media_err)?;
-        let mime = translate::VIDEO_MIME.to_string();
-        let video_ref = blob_ref(&video.bytes, &mime)?;
-        let mut media = vec![PreparedMedia {
-            bytes: video.bytes,
-            mime,
-        }];
+        let video = PreparedMedia {
+            body: MediaBody::Spooled {
+                file: video.file,
+                budget: Some(std::sync::Arc::new(permit)),
+            },
+            mime: translate::VIDEO_MIME.to_string(),
+        };
+        let video_ref = json_blob_ref(video.local_blob_ref())?;
+        let mut media = vec![video];
         let mut captions = Vec::new();
         for c in &plan.captions {
             match self.fetcher.fetch(&c.url, None, MediaKind::Caption).await {
                 Ok(f) => {
                     captions.push((c.lang.clone(), blob_ref(&f.bytes, "text/vtt")?));
-                    media.push(PreparedMedia {
-                        bytes: f.bytes,
-                        mime: "text/vtt".into(),
-                    });
+                    media.push(PreparedMedia::in_memory(f.bytes, "text/vtt"));
                 }
                 // A caption that can never be fetched is left out; the video is still worth posting.
                 Err(e) if e.class() == ErrorClass::Permanent => {
@@ -195,10 +210,7 @@ impl TranslatedProfiles {
         match self.fetcher.fetch(url, None, MediaKind::Avatar).await {
             Ok(f) => {
                 let blob = blob_ref(&f.bytes, &f.mime)?;
-                media.push(PreparedMedia {
-                    bytes: f.bytes,
-                    mime: f.mime,
-                });
+                media.push(PreparedMedia::in_memory(f.bytes, f.mime));
                 Ok(Some(blob))
             }
             Err(e) if e.class() == ErrorClass::Permanent => {

@@ -3,6 +3,7 @@
 //! with each account's own session. Owns the mapping between those traits and the stores in divine-bridge-db; no
 //! policy lives here.
 
+use super::publish::MediaBody;
 use super::{BlobJson, RepoWriter, UpstreamError};
 use crate::identity::{Checkpoint, ProvisionState};
 use crate::keys::KeyEncryptionKey;
@@ -145,16 +146,18 @@ impl RepoWriter for PdsRepo {
     fn upload_blob<'a>(
         &'a self,
         did: &'a str,
-        bytes: Vec<u8>,
+        body: &'a MediaBody,
         mime: &'a str,
     ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
         Box::pin(async move {
             let pds = self.sessions.pds();
+            let size = body.size();
             let out = self
                 .sessions
                 .with_session(did, |token| {
-                    let body = bytes.clone();
-                    async move { pds.upload_blob(&token, mime, body).await }
+                    // A fresh stream of the spool file (or a handle to small in-memory bytes) per try.
+                    let request_body = body.request_body();
+                    async move { pds.upload_blob_sized(&token, mime, request_body, size).await }
                 })
                 .await
                 .map_err(up)?;
