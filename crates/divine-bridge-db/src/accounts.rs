@@ -833,8 +833,8 @@ pub struct Disconnecting {
     pub link: AccountLink,
     /// Jobs cancelled (queued) or asked to cancel (running) by this call.
     pub cancelled_jobs: usize,
-    /// Id of the `disconnect_account` job queued or re-driven now; `None` when it is already live or the account is
-    /// already `disconnected`.
+    /// Id of the account's `disconnect_account` job (new, re-driven, or the live one left alone); `None` when the
+    /// account is already `disconnected` (no job).
     pub job_id: Option<i64>,
 }
 
