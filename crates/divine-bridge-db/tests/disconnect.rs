@@ -214,10 +214,15 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
         .is_empty());
     accounts::finish_disconnect(&mut conn, A).unwrap();
     // Within the grace period: kept.
-    assert!(accounts::release_handles(&mut conn, Duration::from_secs(3 * 24 * 3600), &Actor::Service)
-        .unwrap()
-        .is_empty());
-    assert_eq!(opt_in(&mut conn, B, "alice.example.com").unwrap_err().code(), "handle_taken");
+    assert!(
+        accounts::release_handles(&mut conn, Duration::from_secs(3 * 24 * 3600), &Actor::Service)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        opt_in(&mut conn, B, "alice.example.com").unwrap_err().code(),
+        "handle_taken"
+    );
 
     assert_eq!(
         accounts::release_handles(&mut conn, grace, &Actor::Service).unwrap(),
