@@ -146,7 +146,7 @@ impl Classified for AccountError {
             AccountError::HandleMismatch { .. } => "handle_mismatch",
             AccountError::NotFound => "account_not_found",
             AccountError::Suspended { .. } => "account_suspended",
-            AccountError::Disconnected => DISCONNECT_CODE,
+            AccountError::Disconnected => "account_disconnected",
             AccountError::Db(e) => e.code(),
         }
     }
