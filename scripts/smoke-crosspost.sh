@@ -201,7 +201,27 @@ api GET "/api/account-links/$PUBKEY/posts?limit=100"
 expect "post history lists the video posted while paused as published" \
   eq "$HTTP_STATUS $(jqb --arg id "$PAUSED_ID" '[.posts[] | select(.nostr_event_id == $id) | .status] | first')" \
   "200 published"
-# disconnect (delete every record, deactivate the PDS account, shred keys) is not built yet (account-lifecycle.md).
+
+# 7. disconnect (docs/runbooks/account-lifecycle.md): every bridged record deleted, the PDS account deactivated,
+#    keys and sessions destroyed; afterwards the account cannot be enabled again. A deactivated repo is no longer
+#    listed by the PDS, so the deletion is checked through the bridge's own status of the video.
+api POST "/api/account-links/$PUBKEY/disconnect"
+expect "disconnect → 202 disconnecting" eq "$HTTP_STATUS $(jqb .provisioning_state)" "202 disconnecting"
+deadline=$((SECONDS + SMOKE_TIMEOUT))
+while :; do
+  api GET "/api/account-links/$PUBKEY/status"
+  [[ $(jqb .provisioning_state) == disconnected ]] && break
+  ((SECONDS < deadline)) || break
+  sleep 0.5
+done
+expect "disconnect finishes: status disconnected, DID kept" eq "$HTTP_STATUS $(jqb .provisioning_state) $(jqb .did)" \
+  "200 disconnected $DID"
+http GET "$SMOKE_PDS/xrpc/com.atproto.sync.getRepoStatus?did=$DID"
+expect "getRepoStatus after disconnect: not active" eq "$HTTP_STATUS $(jqb .active)" "200 false"
+status_of "$PAUSED_ID"
+expect "the bridged video is deleted by the disconnect" eq "${ST%% *} ${ST##* }" "cancelled deleted"
+api POST "/api/account-links/$PUBKEY/enable"
+expect "enable after disconnect → 409 account_disconnected" eq "$HTTP_STATUS $(jqb .code)" "409 account_disconnected"
 
 echo "smoke-crosspost took $((SECONDS - T0)) s"
 summary

@@ -154,7 +154,12 @@ async fn run() -> Result<(), AppError> {
     let relays = config.crosspost.relays.clone();
     let ingest = crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone());
     let pool = crate::worker::WorkerPool::new(db.clone(), worker_config, handlers.registry());
-    let retention = crate::retention::run(db.clone(), config.job_retention, shutdown_rx.clone());
+    let retention = crate::retention::run(
+        db.clone(),
+        config.job_retention,
+        config.handle_release_grace,
+        shutdown_rx.clone(),
+    );
     let reconcile = crate::reconcile::run(
         db.clone(),
         config.db.connection_url(&config.database_url).map_err(|e| AppError {

@@ -355,6 +355,9 @@ pub struct Config {
     /// `JOB_RETENTION_SECS` (14 days, at least 1 hour): finished jobs older than this are pruned
     /// (`crate::retention`).
     pub job_retention: Duration,
+    /// `HANDLE_RELEASE_GRACE_SECS` (30 days, at least 1 hour): how long a disconnected account's handle stays taken
+    /// before the release pass frees it (`crate::retention::release_pass`).
+    pub handle_release_grace: Duration,
     /// The reconciliation sweep (`RECONCILE_*`).
     pub reconcile: crate::reconcile::ReconcileConfig,
 }
@@ -369,6 +372,22 @@ pub fn job_retention() -> Result<Duration, ConfigError> {
                 "{secs} is below the minimum of {} seconds",
                 crate::retention::MIN_RETENTION.as_secs()
             ),
+        });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// `HANDLE_RELEASE_GRACE_SECS`: whole seconds, at least one hour (a user who disconnected by mistake, or an operator
+/// looking at a disconnect, has time before someone else can take the handle).
+pub fn handle_release_grace() -> Result<Duration, ConfigError> {
+    let secs = parse_or(
+        "HANDLE_RELEASE_GRACE_SECS",
+        crate::retention::DEFAULT_HANDLE_RELEASE_GRACE.as_secs(),
+    )?;
+    if secs < 3600 {
+        return Err(ConfigError::Invalid {
+            name: "HANDLE_RELEASE_GRACE_SECS",
+            reason: format!("{secs} is below the minimum of 3600 seconds"),
         });
     }
     Ok(Duration::from_secs(secs))
@@ -392,6 +411,7 @@ impl Config {
             reconcile: reconcile_from_env(&crosspost)?,
             crosspost,
             job_retention: job_retention()?,
+            handle_release_grace: handle_release_grace()?,
         })
     }
 }

@@ -332,6 +332,18 @@ impl PdsClient {
         .await
     }
 
+    /// `com.atproto.server.deactivateAccount` (idempotent: deactivating a deactivated account succeeds). No
+    /// `deleteAfter`: the repo is kept deactivated, never scheduled for deletion by the PDS (the bridge's disconnect
+    /// has already deleted every bridged record; the DID must keep resolving for the audit tombstone).
+    pub async fn deactivate_account(&self, access_jwt: &str) -> Result<(), PdsError> {
+        let request = self
+            .post(server::deactivate_account::NSID)
+            .bearer(access_jwt)
+            .json(&serde_json::json!({}))
+            .map_err(PdsError::Xrpc)?;
+        self.call_empty(Call::Other, request).await
+    }
+
     /// `com.atproto.server.checkAccountStatus`.
     pub async fn check_account_status(
         &self,
@@ -753,6 +765,15 @@ impl<S: SessionStore> SessionManager<S> {
 
     fn slot(&self, did: &str) -> Slot {
         self.slots.lock().unwrap().entry(did.to_string()).or_default().clone()
+    }
+
+    /// Drops the cached session of `did` (after its stored session was destroyed by a disconnect), so no token of
+    /// it stays in this process.
+    pub async fn forget(&self, did: &str) {
+        let slot = self.slots.lock().unwrap().remove(did);
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
     }
 
     /// A valid access token for `did`: cached, else stored, else refreshed, else a new session from the password.

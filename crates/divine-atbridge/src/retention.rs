@@ -4,6 +4,9 @@
 //! ([`queue::prune_finished`]), until a batch comes back short. Every replica runs it: batches are small,
 //! `SKIP LOCKED` and idempotent, so concurrent replicas split the work instead of contending.
 //!
+//! The same loop runs the handle release pass of disconnected accounts ([`release_pass`]: the link row of an account
+//! `disconnected` more than `HANDLE_RELEASE_GRACE_SECS` ago is deleted, freeing its handle; its tombstone stays).
+//!
 //! It must not touch live jobs, `record_mappings` or tombstones: those carry exactly-once after a job row is gone
 //! (see [`queue::prune_finished`]).
 
@@ -19,6 +22,29 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Shortest accepted `JOB_RETENTION_SECS`: one hour, so an operator always has time to look at a failure.
 pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+/// `HANDLE_RELEASE_GRACE_SECS` default: a disconnected account's handle stays taken for 30 days.
+pub const DEFAULT_HANDLE_RELEASE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Frees the handles of accounts disconnected more than `grace` ago
+/// ([`divine_bridge_db::accounts::release_handles`], audited with the `service` actor). Returns how many.
+pub async fn release_pass(db: &Db, grace: Duration) -> Result<usize, divine_bridge_db::DbError> {
+    let released = db
+        .run(move |c| {
+            Ok(divine_bridge_db::accounts::release_handles(
+                c,
+                grace,
+                &divine_bridge_db::audit::Actor::Service,
+            ))
+        })
+        .await?
+        .map_err(|e| match e {
+            divine_bridge_db::accounts::AccountError::Db(d) => d,
+            other => divine_bridge_db::DbError::Corrupt(other.to_string()),
+        })?;
+    metrics::counter!("bridge_handles_released_total").increment(released.len() as u64);
+    Ok(released.len())
+}
 
 /// One pass: prunes batches until none is left older than `retention`; returns how many jobs were deleted. A
 /// database error ends the pass (the next pass retries).
@@ -38,8 +64,13 @@ pub async fn prune_pass(db: &Db, retention: Duration, batch: i64) -> Result<usiz
 
 /// Runs prune passes every [`PRUNE_INTERVAL`] until `shutdown` becomes true. Errors are logged and retried at the
 /// next pass; the loop itself only ends at shutdown (the supervisor treats any other end as a dead task).
-pub async fn run(db: Db, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(db: Db, retention: Duration, handle_grace: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
+        match release_pass(&db, handle_grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "released handles of disconnected accounts"),
+            Err(e) => tracing::warn!(error = %e, code = divine_bridge_db::Classified::code(&e), "release pass failed"),
+        }
         match prune_pass(&db, retention, PRUNE_BATCH).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),

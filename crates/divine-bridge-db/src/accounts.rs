@@ -27,11 +27,30 @@
 //! `disabled | failed → pending | ready` on enable (ready when the account already has a DID). A suspended account
 //! behaves like a disabled one (module rules 1–3 apply), but [`enable`], [`disable`] and a repeated [`opt_in`] cannot
 //! take it out of `suspended`: enable and opt-in are refused with [`AccountError::Suspended`].
+//!
+//! Disconnect semantics (issue 10 "when I leave, the bridge lets go"; docs/runbooks/account-lifecycle.md):
+//! 1. [`begin_disconnect`] (user or service) moves any state to `disconnecting`, turns cross-posting off, stamps
+//!    `disconnected_at` (kept on repeats), cancels every queued job of the account ([`DISCONNECT_CANCELS`], code
+//!    [`DISCONNECT_CODE`]), asks running ones to cancel, opens the account's tombstone (`account_tombstones`: the
+//!    audited pubkey → DID link) and queues its one `disconnect_account` job ([`disconnect_job`]) — one
+//!    transaction. Repeating it re-drives that job (a failed run resumes) and changes nothing else.
+//! 2. From `disconnecting` on, nothing leaves: ingest stops following the pubkey ([`followed_pubkeys`]), the
+//!    publish and upkeep gates refuse with `account_disconnected`, and [`enable`], [`disable`], [`suspend`],
+//!    [`opt_in`] and the worker's [`set_state`] do not change the state ([`AccountError::Disconnected`] for the
+//!    user-facing ones).
+//! 3. The job (divine-atbridge `jobs::disconnect`) deletes the records, deactivates the PDS account, then calls
+//!    [`finish_disconnect`]: keys and sessions deleted (crypto-shred), state `disconnected`, tombstone completed —
+//!    one transaction, so a crash leaves either all of it or none.
+//! 4. The link row keeps holding the handle (opt-in of it answers `handle_taken`) until [`release_handles`] deletes
+//!    it `HANDLE_RELEASE_GRACE_SECS` after `disconnected_at`; the tombstone stays, with `handle_released_at`.
+//! 5. Coming back: while the link row exists, opt-in is refused with `account_disconnected`; after the release the
+//!    pubkey may opt in again as a NEW account (new keys, new DID; the old DID stays deactivated). Decided so a user
+//!    who left is never silently re-attached to the identity they asked to be cut from.
 
 use crate::class::{Classified, ErrorClass};
 use crate::error::DbError;
 use crate::queue::{self, NewJob};
-use crate::schema::{account_links, jobs, record_mappings};
+use crate::schema::{account_keys, account_links, account_sessions, account_tombstones, jobs, record_mappings};
 use crate::states::{priority, JobKind, JobState, ProvisioningState, RecordState};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
@@ -46,6 +65,18 @@ pub const DISABLE_CANCELS: &[JobKind] = &[JobKind::PublishPost, JobKind::Backfil
 /// `last_error_code` of a job skipped because its account was disabled: set by [`disable`] on the jobs it cancels and
 /// by the publish gate on jobs that run while paused; [`enable`] re-queues exactly these.
 pub const DISABLE_CODE: &str = "account_disabled";
+
+/// Job kinds cancelled by [`begin_disconnect`]: every kind but the disconnect itself (disconnect rule 1).
+pub const DISCONNECT_CANCELS: &[JobKind] = &[
+    JobKind::ProvisionAccount,
+    JobKind::PublishPost,
+    JobKind::DeletePost,
+    JobKind::SyncProfile,
+    JobKind::BackfillAuthor,
+];
+
+/// `last_error_code` of a job skipped because its account is disconnecting or disconnected (the gates' verdict too).
+pub const DISCONNECT_CODE: &str = "account_disconnected";
 
 /// Most event ids accepted by one [`crosspost_status`] call.
 pub const MAX_STATUS_IDS: usize = 100;
@@ -68,6 +99,8 @@ pub struct AccountLink {
     pub updated_at: DateTime<Utc>,
     /// The operator's reason while `suspended`.
     pub suspended_reason: Option<String>,
+    /// When the disconnect was requested (`disconnecting` / `disconnected`); the handle grace counts from here.
+    pub disconnected_at: Option<DateTime<Utc>>,
 }
 
 impl AccountLink {
@@ -92,6 +125,10 @@ pub enum AccountError {
     /// An operator suspended the account; only an operator can lift it.
     #[error("this account is suspended by the operator: {reason}")]
     Suspended { reason: String },
+    /// The account is disconnecting or disconnected; it cannot be enabled or opted in again until its handle is
+    /// released (disconnect rule 5).
+    #[error("this account was disconnected from the bridge")]
+    Disconnected,
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -109,6 +146,7 @@ impl Classified for AccountError {
             AccountError::HandleMismatch { .. } => "handle_mismatch",
             AccountError::NotFound => "account_not_found",
             AccountError::Suspended { .. } => "account_suspended",
+            AccountError::Disconnected => "account_disconnected",
             AccountError::Db(e) => e.code(),
         }
     }
@@ -135,6 +173,24 @@ pub fn provision_job(pubkey: &str) -> NewJob {
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(provision_unique_key(pubkey));
+    job.priority = priority::ACCOUNT;
+    job
+}
+
+/// Unique key of an account's disconnect job (one per account link; re-driven in place by a repeated request).
+pub fn disconnect_unique_key(pubkey: &str) -> String {
+    format!("disconnect:{pubkey}")
+}
+
+/// The `disconnect_account` job for `pubkey`, at account priority. Enqueue it with [`queue::requeue_or_enqueue`]
+/// (as [`begin_disconnect`] does) so a failed run is re-driven and a live one is not doubled.
+pub fn disconnect_job(pubkey: &str) -> NewJob {
+    let mut job = NewJob::new(
+        JobKind::DisconnectAccount,
+        pubkey,
+        serde_json::json!({ "nostr_pubkey": pubkey }),
+    )
+    .unique(disconnect_unique_key(pubkey));
     job.priority = priority::ACCOUNT;
     job
 }
@@ -273,6 +329,7 @@ fn opt_in_existing(conn: &mut PgConnection, existing: AccountLink, handle: &str)
         });
     }
     refuse_suspended(&existing)?;
+    refuse_leaving(&existing)?;
     if existing.state()? == ProvisioningState::Disabled {
         let link = enable_locked(conn, existing)?;
         return Ok(OptInResult {
@@ -327,6 +384,8 @@ pub fn followed_pubkeys(conn: &mut PgConnection) -> Result<std::collections::BTr
                         ProvisioningState::Suspended.as_str(),
                     ]))),
         )
+        // Disconnect rule 2: a leaving account is not followed at all (its disconnect job deletes everything).
+        .filter(account_links::provisioning_state.ne_all(leaving()))
         .select(account_links::nostr_pubkey)
         .load(conn)?;
     Ok(rows.into_iter().collect())
@@ -366,8 +425,24 @@ fn refuse_suspended(link: &AccountLink) -> Result<(), AccountError> {
     Ok(())
 }
 
+fn refuse_leaving(link: &AccountLink) -> Result<(), AccountError> {
+    if link.state()?.is_leaving() {
+        return Err(AccountError::Disconnected);
+    }
+    Ok(())
+}
+
+/// The stored values of the leaving states ([`ProvisioningState::is_leaving`]).
+fn leaving() -> [&'static str; 2] {
+    [
+        ProvisioningState::Disconnecting.as_str(),
+        ProvisioningState::Disconnected.as_str(),
+    ]
+}
+
 fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLink, AccountError> {
     refuse_suspended(&link)?;
+    refuse_leaving(&link)?;
     let state = link.state()?;
     let off = state.is_paused() || state == ProvisioningState::Failed;
     if link.crosspost_enabled && !off {
@@ -450,7 +525,9 @@ fn pause(
     debug_assert!(to.is_paused());
     conn.transaction(|c| {
         let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
-        if to == ProvisioningState::Disabled && link.state()? == ProvisioningState::Suspended {
+        let keep = (to == ProvisioningState::Disabled && link.state()? == ProvisioningState::Suspended)
+            || link.state()?.is_leaving();
+        if keep {
             return Ok(Disabled {
                 link,
                 cancelled_jobs: 0,
@@ -477,8 +554,9 @@ fn pause(
 }
 
 /// Worker transition: sets `state` (and the error code/detail, cleared when `None`) unless the account is paused
-/// (`disabled` or `suspended`) — a paused account stays paused whatever provisioning does underneath. Returns whether
-/// a row changed (false: no such account, or paused).
+/// (`disabled` or `suspended`) or leaving (`disconnecting` / `disconnected`) — a paused account stays paused and a
+/// leaving one leaves, whatever provisioning does underneath. Returns whether a row changed (false: no such account,
+/// or paused / leaving).
 pub fn set_state(
     conn: &mut PgConnection,
     pubkey: &str,
@@ -491,7 +569,8 @@ pub fn set_state(
             .filter(account_links::provisioning_state.ne_all([
                 ProvisioningState::Disabled.as_str(),
                 ProvisioningState::Suspended.as_str(),
-            ])),
+            ]))
+            .filter(account_links::provisioning_state.ne_all(leaving())),
     )
     .set((
         account_links::provisioning_state.eq(state.as_str()),
@@ -724,4 +803,171 @@ pub fn history(conn: &mut PgConnection, pubkey: &str, before: Option<i64>, limit
         posts: crosspost_status(conn, pubkey, &ids)?,
         cursor,
     })
+}
+
+/// One `account_tombstones` row: the audited pubkey → DID link of a disconnect (disconnect rules 1, 3, 4).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = account_tombstones)]
+pub struct AccountTombstone {
+    pub id: i64,
+    pub nostr_pubkey: String,
+    pub did: Option<String>,
+    pub handle: String,
+    pub disconnected_at: DateTime<Utc>,
+    /// When the disconnect job finished (records deleted, PDS account deactivated, keys destroyed).
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When [`release_handles`] freed the handle (deleted the link row).
+    pub handle_released_at: Option<DateTime<Utc>>,
+}
+
+/// The tombstones of `pubkey`, newest first.
+pub fn tombstones(conn: &mut PgConnection, pubkey: &str) -> Result<Vec<AccountTombstone>, DbError> {
+    Ok(account_tombstones::table
+        .filter(account_tombstones::nostr_pubkey.eq(pubkey))
+        .order(account_tombstones::id.desc())
+        .select(AccountTombstone::as_select())
+        .load(conn)?)
+}
+
+/// Result of [`begin_disconnect`].
+#[derive(Debug, Clone)]
+pub struct Disconnecting {
+    pub link: AccountLink,
+    /// Jobs cancelled (queued) or asked to cancel (running) by this call.
+    pub cancelled_jobs: usize,
+    /// Id of the account's `disconnect_account` job (new, re-driven, or the live one left alone); `None` when the
+    /// account is already `disconnected` (no job).
+    pub job_id: Option<i64>,
+}
+
+/// Starts (or re-drives) the disconnect of `pubkey` (disconnect rule 1): state `disconnecting`, cross-posting off,
+/// `disconnected_at` stamped (kept on repeats), every queued job of [`DISCONNECT_CANCELS`] cancelled with
+/// [`DISCONNECT_CODE`] and running ones asked to cancel, the tombstone opened with the link's DID and handle, and the
+/// account's `disconnect_account` job queued (or a failed one re-driven) — one transaction. Works from any state,
+/// suspended included (leaving is never refused). On a `disconnected` link: no change, no job.
+pub fn begin_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<Disconnecting, AccountError> {
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if link.state()? == ProvisioningState::Disconnected {
+            return Ok(Disconnecting {
+                link,
+                cancelled_jobs: 0,
+                job_id: None,
+            });
+        }
+        let now = Utc::now();
+        let since = link.disconnected_at.unwrap_or(now);
+        let updated = diesel::update(account_links::table.find(pubkey))
+            .set((
+                account_links::provisioning_state.eq(ProvisioningState::Disconnecting.as_str()),
+                account_links::crosspost_enabled.eq(false),
+                account_links::disconnected_at.eq(since),
+                account_links::updated_at.eq(now),
+            ))
+            .returning(AccountLink::as_returning())
+            .get_result(c)?;
+        let cancelled_jobs = queue::cancel_queued_for_key(c, pubkey, DISCONNECT_CANCELS, DISCONNECT_CODE)?
+            + queue::cancel_for_key(c, pubkey, DISCONNECT_CANCELS)?;
+        // The open tombstone (at most one per pubkey: partial unique index); a repeat keeps the first.
+        diesel::insert_into(account_tombstones::table)
+            .values((
+                account_tombstones::nostr_pubkey.eq(pubkey),
+                account_tombstones::did.eq(&updated.did),
+                account_tombstones::handle.eq(&updated.handle),
+                account_tombstones::disconnected_at.eq(since),
+            ))
+            .on_conflict_do_nothing()
+            .execute(c)?;
+        let job_id = queue::requeue_or_enqueue(c, &disconnect_job(pubkey))?;
+        Ok(Disconnecting {
+            link: updated,
+            cancelled_jobs,
+            job_id,
+        })
+    })
+}
+
+/// Worker, last step of a disconnect (disconnect rule 3), after the records were deleted and the PDS account
+/// deactivated: deletes the account's `account_sessions` and `account_keys` rows (crypto-shred: the KEK-sealed
+/// signing key, rotation key, password and tokens are gone with them; docs/key-custody.md), sets `disconnected`,
+/// and completes the tombstone with the DID — one transaction. Only a `disconnecting` link moves; repeating it on a
+/// `disconnected` one changes nothing. Returns whether the link moved now.
+pub fn finish_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<bool, AccountError> {
+    conn.transaction(|c| {
+        let link = lock(c, pubkey)?.ok_or(AccountError::NotFound)?;
+        if link.state()? != ProvisioningState::Disconnecting {
+            return Ok(false);
+        }
+        let now = Utc::now();
+        diesel::delete(account_sessions::table.filter(account_sessions::nostr_pubkey.eq(pubkey))).execute(c)?;
+        diesel::delete(account_keys::table.find(pubkey)).execute(c)?;
+        diesel::update(account_links::table.find(pubkey))
+            .set((
+                account_links::provisioning_state.eq(ProvisioningState::Disconnected.as_str()),
+                account_links::updated_at.eq(now),
+            ))
+            .execute(c)?;
+        diesel::update(
+            account_tombstones::table
+                .filter(account_tombstones::nostr_pubkey.eq(pubkey))
+                .filter(account_tombstones::handle_released_at.is_null()),
+        )
+        .set((
+            account_tombstones::did.eq(&link.did),
+            account_tombstones::completed_at.eq(now),
+        ))
+        .execute(c)?;
+        Ok(true)
+    })
+}
+
+/// Frees the handles of links `disconnected` more than `grace` ago (disconnect rule 4): deletes each link row (its
+/// profile-sync state goes with it; keys and sessions are already gone; `record_mappings` rows stay, `deleted`), stamps the tombstone's
+/// `handle_released_at` and writes a `release_handle` audit row with `actor` — one transaction per link. A
+/// `disconnecting` link is never released (its job has not finished). Returns the pubkeys released.
+pub fn release_handles(
+    conn: &mut PgConnection,
+    grace: std::time::Duration,
+    actor: &crate::audit::Actor,
+) -> Result<Vec<String>, AccountError> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let due: Vec<String> = account_links::table
+        .filter(account_links::provisioning_state.eq(ProvisioningState::Disconnected.as_str()))
+        .filter(account_links::disconnected_at.lt(cutoff))
+        .select(account_links::nostr_pubkey)
+        .load(conn)?;
+    let mut released = Vec::new();
+    for pubkey in due {
+        let done = conn.transaction(|c| {
+            // Re-checked under the row lock: a concurrent pass may have released it already.
+            let Some(link) = lock(c, &pubkey)? else {
+                return Ok(false);
+            };
+            if link.state()? != ProvisioningState::Disconnected || link.disconnected_at.is_none_or(|t| t >= cutoff) {
+                return Ok(false);
+            }
+            crate::audit::audited(
+                c,
+                &pubkey,
+                actor,
+                crate::states::AuditAction::ReleaseHandle,
+                Some("handle release grace period over"),
+                |c| {
+                    diesel::update(
+                        account_tombstones::table
+                            .filter(account_tombstones::nostr_pubkey.eq(&pubkey))
+                            .filter(account_tombstones::handle_released_at.is_null()),
+                    )
+                    .set(account_tombstones::handle_released_at.eq(Utc::now()))
+                    .execute(c)?;
+                    diesel::delete(account_links::table.find(&pubkey)).execute(c)?;
+                    Ok(true)
+                },
+            )
+        })?;
+        if done {
+            released.push(pubkey);
+        }
+    }
+    Ok(released)
 }

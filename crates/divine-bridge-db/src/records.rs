@@ -218,6 +218,16 @@ pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState)
     Ok(n == 1)
 }
 
+/// Every live (reserved or published) mapping of `pubkey`, oldest first: what a disconnect must delete.
+pub fn live_records_for_author(conn: &mut PgConnection, pubkey: &str) -> Result<Vec<RecordMapping>, DbError> {
+    Ok(record_mappings::table
+        .filter(record_mappings::nostr_pubkey.eq(pubkey))
+        .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()]))
+        .order(record_mappings::event_created_at.asc())
+        .select(RecordMapping::as_select())
+        .load(conn)?)
+}
+
 /// Live (reserved or published) mappings for an addressable coordinate, newest revision first.
 pub fn live_records_for_coordinate(conn: &mut PgConnection, coordinate: &str) -> Result<Vec<RecordMapping>, DbError> {
     Ok(record_mappings::table

@@ -14,6 +14,19 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         suspended_reason -> Nullable<Text>,
+        disconnected_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    account_tombstones (id) {
+        id -> Int8,
+        nostr_pubkey -> Text,
+        did -> Nullable<Text>,
+        handle -> Text,
+        disconnected_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+        handle_released_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -172,6 +185,7 @@ diesel::joinable!(account_keys -> account_links (nostr_pubkey));
 diesel::allow_tables_to_appear_in_same_query!(
     account_links,
     account_audit,
+    account_tombstones,
     account_keys,
     account_sessions,
     jobs,

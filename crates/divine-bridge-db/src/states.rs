@@ -90,6 +90,7 @@ string_enum!(
         SyncProfile => "sync_profile",
         BackfillAuthor => "backfill_author",
         Noop => "noop",
+        DisconnectAccount => "disconnect_account",
     }
 );
 
@@ -111,6 +112,8 @@ string_enum!(
         Failed => "failed",
         Disabled => "disabled",
         Suspended => "suspended",
+        Disconnecting => "disconnecting",
+        Disconnected => "disconnected",
     }
 );
 
@@ -119,6 +122,12 @@ impl ProvisioningState {
     /// account with a DID are still honoured.
     pub fn is_paused(self) -> bool {
         matches!(self, ProvisioningState::Disabled | ProvisioningState::Suspended)
+    }
+
+    /// Leaving for good (`disconnecting`) or gone (`disconnected`): nothing is bridged or kept in step any more, no
+    /// enable, opt-in or worker transition takes the account out of it (accounts.rs, disconnect semantics).
+    pub fn is_leaving(self) -> bool {
+        matches!(self, ProvisioningState::Disconnecting | ProvisioningState::Disconnected)
     }
 }
 
@@ -131,6 +140,8 @@ string_enum!(
         Suspend => "suspend",
         Unsuspend => "unsuspend",
         Reprovision => "reprovision",
+        Disconnect => "disconnect",
+        ReleaseHandle => "release_handle",
     }
 );
 

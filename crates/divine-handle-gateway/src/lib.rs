@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/account-links/opt-in", post(routes::opt_in))
         .route("/api/account-links/{pubkey}/enable", post(routes::enable))
         .route("/api/account-links/{pubkey}/disable", post(routes::disable))
+        .route("/api/account-links/{pubkey}/disconnect", post(routes::disconnect))
         .route("/api/account-links/{pubkey}/suspend", post(routes::suspend))
         .route("/api/account-links/{pubkey}/unsuspend", post(routes::unsuspend))
         .route("/api/account-links/{pubkey}/posts", get(routes::history))

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// The operator suspended the account; the user cannot enable it.
     #[error("this account is suspended by the operator: {0}")]
     AccountSuspended(String),
+    /// The account is disconnecting or disconnected; it cannot be enabled or opted in again until its handle is
+    /// released (divine_bridge_db::accounts, disconnect rule 5).
+    #[error("this account was disconnected from the bridge")]
+    AccountDisconnected,
     /// A route only the operator (service token) may call was called with a user's NIP-98 credential.
     #[error("only the operator (service token) may do this")]
     OperatorOnly,
@@ -78,6 +82,7 @@ impl Classified for ApiError {
             ApiError::HandleMismatch(_) => "handle_mismatch",
             ApiError::AccountNotFound => "account_not_found",
             ApiError::AccountSuspended(_) => "account_suspended",
+            ApiError::AccountDisconnected => "account_disconnected",
             ApiError::OperatorOnly => "operator_only",
             ApiError::HandleNotFound(_) => "handle_not_found",
             ApiError::TooManyIds(_) => "too_many_ids",
@@ -125,6 +130,7 @@ impl ApiError {
             }
             ApiError::AccountNotFound | ApiError::HandleNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::AccountSuspended(_) | ApiError::OperatorOnly => StatusCode::FORBIDDEN,
+            ApiError::AccountDisconnected => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -144,6 +150,7 @@ impl ApiError {
             ApiError::HandleMismatch(_) => "Pubkey already linked to another handle",
             ApiError::AccountNotFound => "Account link not found",
             ApiError::AccountSuspended(_) => "Account suspended",
+            ApiError::AccountDisconnected => "Account disconnected",
             ApiError::OperatorOnly => "Operator only",
             ApiError::HandleNotFound(_) => "Handle not found",
             ApiError::TooManyIds(_) => "Too many event ids",
@@ -196,6 +203,7 @@ impl From<AccountError> for ApiError {
             AccountError::HandleMismatch { existing } => ApiError::HandleMismatch(existing),
             AccountError::NotFound => ApiError::AccountNotFound,
             AccountError::Suspended { reason } => ApiError::AccountSuspended(reason),
+            AccountError::Disconnected => ApiError::AccountDisconnected,
             AccountError::Db(db) => db.into(),
         }
     }

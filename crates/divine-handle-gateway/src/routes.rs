@@ -14,6 +14,12 @@
 //! actor, in the action's transaction ([`audited`]). Suspend and unsuspend are operator-only (service token); a
 //! user's enable or opt-in of a suspended account is refused with 403 `account_suspended`.
 //!
+//! Disconnect (`POST /api/account-links/{pubkey}/disconnect`, the user by NIP-98 or the service): 202 with the link
+//! `disconnecting` and its `disconnect_account` job queued; repeats answer 202 again and re-drive a failed job; the
+//! status endpoint shows `disconnected` when the job is done. Afterwards enable and opt-in answer 409
+//! `account_disconnected` and the handle stays taken until the release grace period is over (see
+//! divine_bridge_db::accounts, disconnect semantics).
+//!
 //! Owns request/response shapes only; state changes and their atomicity belong to the store.
 
 use crate::auth::Credential;
@@ -184,6 +190,34 @@ pub async fn disable(
         "disabled"
     );
     Ok(Json(disabled.link.into()))
+}
+
+/// `POST /api/account-links/{pubkey}/disconnect` → 202 record (`disconnecting`, or `disconnected` on a repeat after
+/// the job finished). The user (NIP-98) or the service; audited as `disconnect`.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<AccountLinkRecord>), ApiError> {
+    credential.authorize(&state, &pubkey, &body).await?;
+    let actor = credential.actor();
+    let started = state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, AuditAction::Disconnect, None, |c| {
+                accounts::begin_disconnect(c, &pubkey)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+    tracing::info!(
+        pubkey = %started.link.nostr_pubkey,
+        cancelled_jobs = started.cancelled_jobs,
+        job_id = ?started.job_id,
+        "disconnect requested"
+    );
+    Ok((StatusCode::ACCEPTED, Json(started.link.into())))
 }
 
 /// `POST /api/account-links/{pubkey}/suspend` body.

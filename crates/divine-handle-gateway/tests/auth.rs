@@ -447,3 +447,51 @@ async fn suspend_is_operator_only_the_user_cannot_lift_it_and_every_action_is_au
         ]
     );
 }
+
+#[tokio::test]
+async fn the_user_disconnects_with_nip98_another_key_cannot_and_enable_is_then_refused() {
+    let gw = Gw::new("gw_disconnect");
+    let keys = Keys::generate();
+    let pk = keys.public_key().to_hex();
+    let h = handle("leaver");
+    gw.opt_in(&pk, &h).await;
+    let path = format!("/api/account-links/{pk}/disconnect");
+
+    // Someone else's NIP-98 cannot disconnect this account.
+    let tok = Nip98::for_request("POST", &path, b"").token(&Keys::generate());
+    let r = gw.send(nostr_req(Method::POST, &path, b"", &tok)).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(gw.jobs(&pk).iter().all(|(k, _, _)| k != "disconnect_account"));
+
+    let tok = Nip98::for_request("POST", &path, b"").token(&keys);
+    let r = gw.send(nostr_req(Method::POST, &path, b"", &tok)).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["provisioning_state"], "disconnecting");
+    let trail = divine_bridge_db::audit::list(&mut gw.conn(), &pk, 5).unwrap();
+    assert_eq!(
+        (trail[0].action.as_str(), trail[0].actor.clone()),
+        ("disconnect", format!("nip98:{pk}"))
+    );
+    let kinds: Vec<(String, String)> = gw.jobs(&pk).into_iter().map(|(k, _, s)| (k, s)).collect();
+    assert!(
+        kinds.contains(&("disconnect_account".to_string(), "queued".to_string())),
+        "{kinds:?}"
+    );
+
+    let path = format!("/api/account-links/{pk}/enable");
+    let tok = Nip98::for_request("POST", &path, b"").token(&keys);
+    let r = gw.send(nostr_req(Method::POST, &path, b"", &tok)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "account_disconnected");
+    // The handle stays taken by the leaving account.
+    let other = new_pubkey();
+    let r = gw
+        .send(bearer(
+            Method::POST,
+            "/api/account-links/opt-in",
+            Some(serde_json::json!({"nostr_pubkey": other, "handle": h})),
+        ))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["code"], "handle_taken");
+}

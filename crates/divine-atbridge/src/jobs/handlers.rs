@@ -73,6 +73,7 @@ impl Handlers {
             JobKind::DeletePost,
             JobKind::SyncProfile,
             JobKind::BackfillAuthor,
+            JobKind::DisconnectAccount,
         ] {
             r.register(
                 kind,
@@ -137,6 +138,18 @@ impl Handlers {
                         message: e.to_string(),
                     })
                 })
+            }
+            JobKind::DisconnectAccount => {
+                let pubkey = job.ordering_key.clone();
+                let done = super::disconnect::disconnect(&self.db, &self.repo, &self.repo, &pubkey).await?;
+                tracing::info!(
+                    pubkey,
+                    records_deleted = done.records_deleted,
+                    deactivated = done.deactivated,
+                    finished = done.finished,
+                    "disconnect ran"
+                );
+                Ok(())
             }
             JobKind::Noop => Ok(()),
         }

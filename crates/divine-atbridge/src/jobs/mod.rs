@@ -4,6 +4,7 @@
 //! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
 //! small ports defined here so the policy is testable against real Postgres without a PDS.
 
+pub mod disconnect;
 pub mod handlers;
 pub mod profile;
 pub mod provision;

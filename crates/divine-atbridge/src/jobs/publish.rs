@@ -158,15 +158,30 @@ pub(crate) fn event_time(event: &Event) -> DateTime<Utc> {
 /// The account's DID if its repo may still be kept in step with Nostr — deletes and profile changes — now: any
 /// account that has a DID, paused or not (a user who pauses cross-posting and then deletes a video or changes their
 /// name must not keep the old copy on Bluesky; divine_bridge_db::accounts rule 1). No link or no DID → ineligible
-/// `account_disabled` (there is nothing on the PDS to keep in step).
+/// `account_disabled` (there is nothing on the PDS to keep in step); disconnecting or disconnected → ineligible
+/// `account_disconnected`.
 pub fn upkeep_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, JobError> {
-    let did: Option<Option<String>> = account_links::table
+    let row: Option<(Option<String>, String)> = account_links::table
         .find(pubkey)
-        .select(account_links::did)
+        .select((account_links::did, account_links::provisioning_state))
         .first(conn)
         .optional()
         .map_err(divine_bridge_db::DbError::from)?;
-    did.flatten().ok_or_else(|| {
+    let Some((did, state)) = row else {
+        return Err(JobError::ineligible(
+            divine_bridge_db::accounts::DISABLE_CODE,
+            "no bridged account for this pubkey",
+        ));
+    };
+    let state: ProvisioningState = state.parse().map_err(divine_bridge_db::DbError::from)?;
+    if state.is_leaving() {
+        // The disconnect job deletes everything; nothing may be written to a repo that is being let go.
+        return Err(JobError::ineligible(
+            divine_bridge_db::accounts::DISCONNECT_CODE,
+            "account is disconnecting or disconnected",
+        ));
+    }
+    did.ok_or_else(|| {
         JobError::ineligible(
             divine_bridge_db::accounts::DISABLE_CODE,
             "no bridged account for this pubkey",
@@ -196,6 +211,10 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
     };
     let state: ProvisioningState = state.parse().map_err(divine_bridge_db::DbError::from)?;
     match (state, did) {
+        (s, _) if s.is_leaving() => Err(JobError::ineligible(
+            divine_bridge_db::accounts::DISCONNECT_CODE,
+            "account is disconnecting or disconnected",
+        )),
         (s, _) if s.is_paused() => Err(JobError::ineligible(
             divine_bridge_db::accounts::DISABLE_CODE,
             "account is disabled or suspended",

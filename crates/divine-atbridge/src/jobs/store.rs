@@ -217,6 +217,32 @@ impl RepoWriter for PdsRepo {
     }
 }
 
+impl super::disconnect::AccountCloser for PdsRepo {
+    fn repo_active<'a>(&'a self, did: &'a str) -> BoxFuture<'a, Result<Option<bool>, UpstreamError>> {
+        Box::pin(async move {
+            match self.sessions.pds().get_repo_status(did).await {
+                Ok(status) => Ok(Some(status.active)),
+                Err(PdsError::Rejected { error, .. }) if error == "RepoNotFound" => Ok(None),
+                Err(e) => Err(up(e)),
+            }
+        })
+    }
+
+    fn deactivate<'a>(&'a self, did: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let pds = self.sessions.pds();
+            self.sessions
+                .with_session(did, |token| async move { pds.deactivate_account(&token).await })
+                .await
+                .map_err(up)
+        })
+    }
+
+    fn forget<'a>(&'a self, did: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.sessions.forget(did))
+    }
+}
+
 /// Wraps any classified error for the job layer.
 pub fn upstream<E: Classified>(e: E) -> super::JobError {
     super::JobError::Upstream(UpstreamError::of(&e))
