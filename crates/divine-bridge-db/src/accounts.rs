@@ -185,9 +185,10 @@ pub fn disconnect_unique_key(pubkey: &str) -> String {
 /// The `disconnect_account` job for `pubkey`, at account priority. Enqueue it with [`queue::requeue_or_enqueue`]
 /// (as [`begin_disconnect`] does) so a failed run is re-driven and a live one is not doubled.
 pub fn disconnect_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::new(
+    let mut job = NewJob::for_account(
         JobKind::DisconnectAccount,
         pubkey,
+        queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
     .unique(disconnect_unique_key(pubkey));
@@ -866,8 +867,8 @@ pub fn begin_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<Disconn
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_queued_for_key(c, pubkey, DISCONNECT_CANCELS, DISCONNECT_CODE)?
-            + queue::cancel_for_key(c, pubkey, DISCONNECT_CANCELS)?;
+        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISCONNECT_CANCELS, DISCONNECT_CODE)?
+            + queue::cancel_for_account(c, pubkey, DISCONNECT_CANCELS)?;
         // The open tombstone (at most one per pubkey: partial unique index); a repeat keeps the first.
         diesel::insert_into(account_tombstones::table)
             .values((
