@@ -69,13 +69,15 @@ fn ready_account(conn: &mut PgConnection) {
         (JobKind::DeletePost, "delete:1"),
         (JobKind::SyncProfile, "profile:1"),
     ] {
-        queue::enqueue(conn, &queue::NewJob::new(kind, A, serde_json::json!({})).unique(key)).unwrap();
+        // Jobs of the account under their own ordering keys (issue 11 §2): found through `payload.account`.
+        let job = queue::NewJob::for_account(kind, A, format!("event:{key}"), serde_json::json!({})).unique(key);
+        queue::enqueue(conn, &job).unwrap();
     }
 }
 
 fn job_states(conn: &mut PgConnection, pk: &str) -> Vec<(String, String, Option<String>)> {
     jobs::table
-        .filter(jobs::ordering_key.eq(pk))
+        .filter(jobs::payload.retrieve_as_text("account").eq(pk))
         .order(jobs::id)
         .select((jobs::kind, jobs::state, jobs::last_error_code))
         .load(conn)
