@@ -782,7 +782,7 @@ pub struct HistoryPage {
 pub fn history(conn: &mut PgConnection, pubkey: &str, before: Option<i64>, limit: i64) -> Result<HistoryPage, DbError> {
     let limit = limit.clamp(1, MAX_HISTORY_PAGE);
     let mut q = jobs::table
-        .filter(jobs::ordering_key.eq(pubkey))
+        .filter(jobs::payload.retrieve_as_text("account").eq(pubkey))
         .filter(jobs::kind.eq(JobKind::PublishPost.as_str()))
         .select((jobs::id, jobs::unique_key))
         .order(jobs::id.desc())
