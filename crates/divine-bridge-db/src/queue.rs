@@ -210,37 +210,6 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
     Ok(ids)
 }
 
-/// Cancels every queued job of `kinds` for `ordering_key` (queued → cancelled at once) and requests cancellation of
-/// running ones (honoured at finalize). Returns the number of jobs affected.
-pub fn cancel_for_key(conn: &mut PgConnection, ordering_key: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
-    debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-    let now = Utc::now();
-    let queued = diesel::update(
-        jobs::table
-            .filter(jobs::ordering_key.eq(ordering_key))
-            .filter(jobs::kind.eq_any(&kinds))
-            .filter(jobs::state.eq(JobState::Queued.as_str())),
-    )
-    .set((
-        jobs::state.eq(JobState::Cancelled.as_str()),
-        jobs::finished_at.eq(now),
-        jobs::updated_at.eq(now),
-        jobs::last_error_code.eq("cancelled"),
-    ))
-    .execute(conn)?;
-    let running = diesel::update(
-        jobs::table
-            .filter(jobs::ordering_key.eq(ordering_key))
-            .filter(jobs::kind.eq_any(&kinds))
-            .filter(jobs::state.eq(JobState::Running.as_str()))
-            .filter(jobs::cancel_requested_at.is_null()),
-    )
-    .set((jobs::cancel_requested_at.eq(now), jobs::updated_at.eq(now)))
-    .execute(conn)?;
-    Ok(queued + running)
-}
-
 /// Cancels every QUEUED job of `kinds` of `account` (its `payload.account`, whatever its ordering key; queued → cancelled), recording `code` as its
 /// `last_error_code` so the reason can be found again (account disable uses `account_disabled`, and
 /// [`requeue_skipped`] re-drives exactly those on enable). Running jobs are left alone. Returns how many were cancelled.
@@ -298,7 +267,8 @@ pub fn requeue_skipped(
     .execute(conn)?)
 }
 
-/// Like [`cancel_for_key`], but for every job of `account` (its `payload.account`), whatever its ordering key.
+/// Cancels every queued job of `kinds` of `account` (its `payload.account`, whatever its ordering key; queued →
+/// cancelled at once) and requests cancellation of running ones (honoured at finalize). Returns the number affected.
 pub fn cancel_for_account(conn: &mut PgConnection, account: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
     let queued = cancel_queued_for_account(conn, account, kinds, "cancelled")?;
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();

@@ -581,11 +581,16 @@ fn cancel_queued_is_immediate_and_cancel_running_is_honoured_at_finalize() {
     assert_eq!((rec[0].id, rec[0].state.as_str()), (r4, "cancelled"));
     assert!(row(&mut c, r4).finished_at.is_some());
 
-    // cancel_for_key: queued ones at once, running ones by request.
-    let k1 = enq(&mut c, &job("k", 6));
-    let k2 = enq(&mut c, &job("k", 7));
+    // cancel_for_account: queued ones at once, running ones by request.
+    let of_account = |n: i64| {
+        let mut j = NewJob::for_account(JobKind::Noop, "k", "k", serde_json::json!({ "n": n }));
+        j.source_created_at = Some(t0() + ChronoDuration::milliseconds(n));
+        j
+    };
+    let k1 = enq(&mut c, &of_account(6));
+    let k2 = enq(&mut c, &of_account(7));
     queue::lease(&mut c, "w", 10, LEASE).unwrap();
-    assert_eq!(queue::cancel_for_key(&mut c, "k", &[JobKind::Noop]).unwrap(), 2);
+    assert_eq!(queue::cancel_for_account(&mut c, "k", &[JobKind::Noop]).unwrap(), 2);
     assert_eq!(row(&mut c, k2).state, "cancelled");
     assert!(row(&mut c, k1).cancel_requested_at.is_some());
 }
