@@ -7,7 +7,7 @@
 //! sniffing. Errors are [`Classified`] where they are born. It must not upload, translate or retry.
 
 use crate::spool::{Spool, SpoolFile};
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
