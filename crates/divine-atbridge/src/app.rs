@@ -128,7 +128,11 @@ async fn run() -> Result<(), AppError> {
         });
     }
 
-    let xrpc = XrpcClient::new(&XrpcConfig::default()).map_err(AppError::of)?;
+    let xrpc = XrpcClient::new(&XrpcConfig {
+        allow_insecure_http: config.allow_insecure_http,
+        ..XrpcConfig::default()
+    })
+    .map_err(AppError::of)?;
     let handlers = Arc::new(
         Handlers::new(db.clone(), xrpc, kek, config.identity.clone(), config.crosspost.clone())
             .map_err(AppError::of)?,

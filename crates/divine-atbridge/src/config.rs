@@ -360,6 +360,8 @@ pub struct Config {
     pub handle_release_grace: Duration,
     /// The reconciliation sweep (`RECONCILE_*`).
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// `ALLOW_INSECURE_HTTP` (false): plain http to a non-loopback PDS/PLC (localnet only; see `xrpc` rule 2).
+    pub allow_insecure_http: bool,
 }
 
 /// `JOB_RETENTION_SECS`: whole seconds, at least [`crate::retention::MIN_RETENTION`].
@@ -412,6 +414,7 @@ impl Config {
             crosspost,
             job_retention: job_retention()?,
             handle_release_grace: handle_release_grace()?,
+            allow_insecure_http: bool_or("ALLOW_INSECURE_HTTP", false)?,
         })
     }
 }
