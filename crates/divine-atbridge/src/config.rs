@@ -170,6 +170,8 @@ pub struct CrosspostConfig {
     pub ingest_lease: Duration,
     pub media_allowed_hosts: Vec<String>,
     pub media_allow_loopback: bool,
+    /// `MEDIA_REQUIRE_VIDEO_HASH` (true): a video event without `x` is ineligible (`media_hash_missing`).
+    pub media_require_video_hash: bool,
     pub media_timeout: Duration,
     /// `MEDIA_SPOOL_DIR`: where fetched videos are spooled (default `<temp dir>/divine-atbridge-spool`).
     pub media_spool_dir: std::path::PathBuf,
@@ -232,6 +234,7 @@ impl CrosspostConfig {
             },
             media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
+            media_require_video_hash: bool_or("MEDIA_REQUIRE_VIDEO_HASH", true)?,
             media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),
             media_spool_dir: match std::env::var("MEDIA_SPOOL_DIR") {
                 Ok(d) if !d.trim().is_empty() => std::path::PathBuf::from(d.trim()),
@@ -466,6 +469,7 @@ mod tests {
             authors_per_subscription: 7,
             media_allowed_hosts: vec![],
             media_allow_loopback: false,
+            media_require_video_hash: true,
             media_timeout: Duration::from_secs(1),
             backfill_max_events: 1,
             post_url_template: None,

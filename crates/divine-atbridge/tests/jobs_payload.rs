@@ -34,6 +34,7 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
         ingest_lease: Duration::from_secs(30),
         media_allowed_hosts: vec![],
         media_allow_loopback: false,
+        media_require_video_hash: false,
         media_timeout: Duration::from_secs(1),
         media_spool_dir: divine_atbridge::spool::default_spool_root(),
         media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
