@@ -22,6 +22,7 @@ pub mod nostr;
 pub mod pds;
 pub mod plc;
 pub mod reconcile;
+pub mod rekey;
 pub mod retention;
 pub mod slo;
 pub mod spool;

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
-    let kek = Arc::new(KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32])).unwrap());
+    let kek: Arc<divine_atbridge::keys::KeyRing> = Arc::new(
+        KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32]))
+            .unwrap()
+            .into(),
+    );
     let identity = IdentityConfig {
         plc_url: "http://127.0.0.1:9".into(),
         pds_url: "http://127.0.0.1:9".into(),
