@@ -347,7 +347,8 @@ fn reconcile_settings(
 }
 
 /// Everything `divine-atbridge run` needs besides the worker pool settings (`worker::WorkerConfig::from_env`).
-#[derive(Debug, Clone)]
+/// `Debug` redacts the `DATABASE_URL` password (and `IdentityConfig` the KEK).
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub http_addr: std::net::SocketAddr,
@@ -396,6 +397,25 @@ pub fn handle_release_grace() -> Result<Duration, ConfigError> {
         });
     }
     Ok(Duration::from_secs(secs))
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "database_url",
+                &divine_bridge_db::redact_database_url(&self.database_url),
+            )
+            .field("http_addr", &self.http_addr)
+            .field("db", &self.db)
+            .field("identity", &self.identity)
+            .field("crosspost", &self.crosspost)
+            .field("job_retention", &self.job_retention)
+            .field("handle_release_grace", &self.handle_release_grace)
+            .field("reconcile", &self.reconcile)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .finish()
+    }
 }
 
 impl Config {
@@ -479,6 +499,33 @@ mod tests {
             media_spool_dir: crate::spool::default_spool_root(),
             media_budget_bytes: crate::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         }
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password_or_the_kek() {
+        let kek = "a2V5LWVuY3J5cHRpb24ta2V5LW9mLTMyLWJ5dGVzISE=";
+        let c = crosspost();
+        let config = Config {
+            database_url: "postgres://bridge:hunter2-secret@db:5432/bridge".into(),
+            http_addr: "127.0.0.1:9090".parse().unwrap(),
+            db: DbSettings::from_lookup(|_: &str| None, 16).unwrap(),
+            identity: IdentityConfig {
+                plc_url: "https://plc.directory".into(),
+                pds_url: "https://pds.example".into(),
+                key_encryption_key: kek.into(),
+                recovery_keys: vec![],
+                email_domain: "bridge.example".into(),
+            },
+            reconcile: reconcile_settings(&c, 0, 0, 0, 0).unwrap(),
+            crosspost: c,
+            job_retention: Duration::from_secs(3600),
+            handle_release_grace: Duration::from_secs(3600),
+            allow_insecure_http: false,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains(kek), "{shown}");
+        assert!(shown.contains("postgres://bridge:***@db:5432/bridge"), "{shown}");
     }
 
     #[test]

@@ -173,6 +173,15 @@ pub struct ProvisionSecrets {
     pub password: String,
 }
 
+/// The password is wiped from memory on drop (the keys wipe themselves: `SigningKey` zeroizes its scalar).
+impl Drop for ProvisionSecrets {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for ProvisionSecrets {}
+
 impl std::fmt::Debug for ProvisionSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProvisionSecrets")

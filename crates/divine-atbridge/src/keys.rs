@@ -228,6 +228,9 @@ impl std::fmt::Debug for KeyEncryptionKey {
     }
 }
 
+/// The key bytes are `Zeroizing`: wiped on drop.
+impl zeroize::ZeroizeOnDrop for KeyEncryptionKey {}
+
 /// What a sealed secret is; part of its associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecretPurpose {
@@ -649,6 +652,16 @@ mod tests {
                 .unwrap(),
             "hunter2"
         );
+    }
+
+    #[test]
+    fn secrets_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<KeyEncryptionKey>();
+        wiped::<crate::identity::ProvisionSecrets>();
+        wiped::<crate::pds::StoredSession>();
+        // k256's SigningKey (inside AccountKey) zeroizes its scalar itself.
+        wiped::<SigningKey>();
     }
 
     #[test]
