@@ -5,7 +5,7 @@
 use crate::cli::{AccountsCommand, Cli, Command, JobsCommand};
 use crate::config::{Config, ConfigError};
 use crate::jobs::handlers::Handlers;
-use crate::keys::KeyEncryptionKey;
+use crate::keys::KeyRing;
 use crate::xrpc::{XrpcClient, XrpcConfig};
 use divine_bridge_db::accounts::{self, AccountError, AccountLink};
 use divine_bridge_db::audit::{audited, Actor};
@@ -106,13 +106,37 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
         }
         Command::Jobs(cmd) => jobs_command(cmd).await,
         Command::Accounts(cmd) => accounts_command(cmd).await,
+        Command::Keys(crate::cli::KeysCommand::Rotate { batch }) => keys_rotate(batch.max(1)).await,
     }
+}
+
+/// `keys rotate`: see `crate::rekey`. One progress line per batch on stdout, a summary at the end.
+async fn keys_rotate(batch: i64) -> Result<(), AppError> {
+    let ring = KeyRing::from_base64_list(&crate::config::required("KEY_ENCRYPTION_KEY")?).map_err(AppError::of)?;
+    let db = Db::connect(&database_url()?, 2)?;
+    println!(
+        "keys rotate: re-sealing under {} (ring {})",
+        ring.primary().key_id(),
+        ring.ids().join(",")
+    );
+    let done = crate::rekey::rotate(&db, &ring, batch, |p| {
+        println!("keys rotate: {p}");
+        std::ops::ControlFlow::Continue(())
+    })
+    .await
+    .map_err(AppError::of)?;
+    println!(
+        "keys rotate: done, {done}; every row is now sealed by {}",
+        ring.primary().key_id()
+    );
+    Ok(())
 }
 
 async fn run() -> Result<(), AppError> {
     let config = Config::from_env()?;
     let worker_config = crate::worker::WorkerConfig::from_env().map_err(AppError::of)?;
-    let kek = Arc::new(KeyEncryptionKey::from_base64(&config.identity.key_encryption_key).map_err(AppError::of)?);
+    let kek = Arc::new(KeyRing::from_base64_list(&config.identity.key_encryption_key).map_err(AppError::of)?);
+    tracing::info!(kek_ids = ?kek.ids(), "key encryption keys loaded (the first one seals)");
     let db = Db::connect_with(&config.database_url, &config.db)?;
     let applied = db.run(run_migrations).await?;
     tracing::info!(applied = applied.len(), "migrations checked");
@@ -128,7 +152,11 @@ async fn run() -> Result<(), AppError> {
         });
     }
 
-    let xrpc = XrpcClient::new(&XrpcConfig::default()).map_err(AppError::of)?;
+    let xrpc = XrpcClient::new(&XrpcConfig {
+        allow_insecure_http: config.allow_insecure_http,
+        ..XrpcConfig::default()
+    })
+    .map_err(AppError::of)?;
     let handlers = Arc::new(
         Handlers::new(db.clone(), xrpc, kek, config.identity.clone(), config.crosspost.clone())
             .map_err(AppError::of)?,

@@ -31,6 +31,20 @@ pub enum Command {
     /// Inspect and re-drive accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Key-encryption-key custody.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-seal every account key, password and session under the FIRST key of `KEY_ENCRYPTION_KEY` (the others
+    /// must still be listed: they open what is not re-sealed yet). Resumable: run it again after any interruption.
+    Rotate {
+        /// Rows read per batch (a progress line is printed after each).
+        #[arg(long, default_value_t = crate::rekey::DEFAULT_BATCH)]
+        batch: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -170,6 +170,8 @@ pub struct CrosspostConfig {
     pub ingest_lease: Duration,
     pub media_allowed_hosts: Vec<String>,
     pub media_allow_loopback: bool,
+    /// `MEDIA_REQUIRE_VIDEO_HASH` (true): a video event without `x` is ineligible (`media_hash_missing`).
+    pub media_require_video_hash: bool,
     pub media_timeout: Duration,
     /// `MEDIA_SPOOL_DIR`: where fetched videos are spooled (default `<temp dir>/divine-atbridge-spool`).
     pub media_spool_dir: std::path::PathBuf,
@@ -232,6 +234,7 @@ impl CrosspostConfig {
             },
             media_allowed_hosts: list("MEDIA_ALLOWED_HOSTS"),
             media_allow_loopback: bool_or("MEDIA_ALLOW_LOOPBACK", false)?,
+            media_require_video_hash: bool_or("MEDIA_REQUIRE_VIDEO_HASH", true)?,
             media_timeout: Duration::from_secs(parse_or("MEDIA_TIMEOUT_SECS", 120u64)?),
             media_spool_dir: match std::env::var("MEDIA_SPOOL_DIR") {
                 Ok(d) if !d.trim().is_empty() => std::path::PathBuf::from(d.trim()),
@@ -344,7 +347,8 @@ fn reconcile_settings(
 }
 
 /// Everything `divine-atbridge run` needs besides the worker pool settings (`worker::WorkerConfig::from_env`).
-#[derive(Debug, Clone)]
+/// `Debug` redacts the `DATABASE_URL` password (and `IdentityConfig` the KEK).
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub http_addr: std::net::SocketAddr,
@@ -360,6 +364,8 @@ pub struct Config {
     pub handle_release_grace: Duration,
     /// The reconciliation sweep (`RECONCILE_*`).
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// `ALLOW_INSECURE_HTTP` (false): plain http to a non-loopback PDS/PLC (localnet only; see `xrpc` rule 2).
+    pub allow_insecure_http: bool,
 }
 
 /// `JOB_RETENTION_SECS`: whole seconds, at least [`crate::retention::MIN_RETENTION`].
@@ -393,6 +399,25 @@ pub fn handle_release_grace() -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(secs))
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "database_url",
+                &divine_bridge_db::redact_database_url(&self.database_url),
+            )
+            .field("http_addr", &self.http_addr)
+            .field("db", &self.db)
+            .field("identity", &self.identity)
+            .field("crosspost", &self.crosspost)
+            .field("job_retention", &self.job_retention)
+            .field("handle_release_grace", &self.handle_release_grace)
+            .field("reconcile", &self.reconcile)
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .finish()
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let database_url = required("DATABASE_URL")?;
@@ -412,6 +437,7 @@ impl Config {
             crosspost,
             job_retention: job_retention()?,
             handle_release_grace: handle_release_grace()?,
+            allow_insecure_http: bool_or("ALLOW_INSECURE_HTTP", false)?,
         })
     }
 }
@@ -463,6 +489,7 @@ mod tests {
             authors_per_subscription: 7,
             media_allowed_hosts: vec![],
             media_allow_loopback: false,
+            media_require_video_hash: true,
             media_timeout: Duration::from_secs(1),
             backfill_max_events: 1,
             post_url_template: None,
@@ -472,6 +499,33 @@ mod tests {
             media_spool_dir: crate::spool::default_spool_root(),
             media_budget_bytes: crate::spool::DEFAULT_MEDIA_BUDGET_BYTES,
         }
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password_or_the_kek() {
+        let kek = "a2V5LWVuY3J5cHRpb24ta2V5LW9mLTMyLWJ5dGVzISE=";
+        let c = crosspost();
+        let config = Config {
+            database_url: "postgres://bridge:hunter2-secret@db:5432/bridge".into(),
+            http_addr: "127.0.0.1:9090".parse().unwrap(),
+            db: DbSettings::from_lookup(|_: &str| None, 16).unwrap(),
+            identity: IdentityConfig {
+                plc_url: "https://plc.directory".into(),
+                pds_url: "https://pds.example".into(),
+                key_encryption_key: kek.into(),
+                recovery_keys: vec![],
+                email_domain: "bridge.example".into(),
+            },
+            reconcile: reconcile_settings(&c, 0, 0, 0, 0).unwrap(),
+            crosspost: c,
+            job_retention: Duration::from_secs(3600),
+            handle_release_grace: Duration::from_secs(3600),
+            allow_insecure_http: false,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains(kek), "{shown}");
+        assert!(shown.contains("postgres://bridge:***@db:5432/bridge"), "{shown}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use divine_bridge_db::Classified;
 use divine_bridge_db::Db;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::{Arc, Mutex};
@@ -70,10 +71,15 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"ready": false, "reason": "migrations_pending"})),
         ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"ready": false, "reason": "database_unavailable", "detail": e.to_string()})),
-        ),
+        // The body carries the error's code only: the raw database error (host names, database and role names)
+        // goes to the log, not to whoever can reach the probe port.
+        Err(e) => {
+            tracing::warn!(code = e.code(), error = %e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"ready": false, "reason": "database_unavailable", "code": e.code()})),
+            )
+        }
     }
 }
 

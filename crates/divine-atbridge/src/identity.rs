@@ -14,7 +14,9 @@
 
 use crate::failpoint;
 use crate::jwt;
-use crate::keys::{decode_did_key, random_password, secret_aad, AccountKey, KeyEncryptionKey, KeyError, SecretPurpose};
+use crate::keys::{
+    decode_did_key, random_password, sealed_aad, AccountKey, KeyEncryptionKey, KeyError, KeyRing, SecretPurpose,
+};
 use crate::pds::{record_json, PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
@@ -174,6 +176,15 @@ pub struct ProvisionSecrets {
     pub password: String,
 }
 
+/// The password is wiped from memory on drop (the keys wipe themselves: `SigningKey` zeroizes its scalar).
+impl Drop for ProvisionSecrets {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for ProvisionSecrets {}
+
 impl std::fmt::Debug for ProvisionSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProvisionSecrets")
@@ -205,16 +216,38 @@ impl ProvisionSecrets {
         }
     }
 
-    /// Seals every secret under `kek`, bound to `nostr_pubkey` and each secret's purpose.
+    /// Seals every secret under `kek`, bound to `nostr_pubkey` and each secret's purpose (generation 0).
     pub fn seal(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> SealedSecrets {
+        self.seal_at(kek, nostr_pubkey, 0)
+    }
+
+    /// [`ProvisionSecrets::seal`] at a re-seal `generation` (keys.rs rotation rule 2).
+    pub fn seal_at(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str, generation: i64) -> SealedSecrets {
+        let aad = |purpose| sealed_aad(nostr_pubkey, purpose, generation);
         SealedSecrets {
             kek_id: kek.key_id(),
-            signing_key_sealed: kek.seal_key(&secret_aad(nostr_pubkey, SecretPurpose::Signing), &self.signing_key),
-            rotation_key_sealed: kek.seal_key(&secret_aad(nostr_pubkey, SecretPurpose::Rotation), &self.rotation_key),
-            password_sealed: kek.seal_str(&secret_aad(nostr_pubkey, SecretPurpose::Password), &self.password),
+            signing_key_sealed: kek.seal_key(&aad(SecretPurpose::Signing), &self.signing_key),
+            rotation_key_sealed: kek.seal_key(&aad(SecretPurpose::Rotation), &self.rotation_key),
+            password_sealed: kek.seal_str(&aad(SecretPurpose::Password), &self.password),
             signing_did_key: self.signing_key.did_key(),
             rotation_did_key: self.rotation_key.did_key(),
         }
+    }
+
+    /// Opens a stored `account_keys` row with the KEK it names, at its generation (`key_encryption_key_unknown`
+    /// when the ring lacks that KEK, `key_decrypt_failed` when a ciphertext does not belong there).
+    pub fn open_row(
+        ring: &KeyRing,
+        row: &divine_bridge_db::records::AccountKeys,
+    ) -> Result<ProvisionSecrets, KeyError> {
+        ProvisionSecrets::open_at(
+            ring.get(&row.kek_id)?,
+            &row.nostr_pubkey,
+            row.seal_generation,
+            &row.signing_key_sealed,
+            &row.rotation_key_sealed,
+            &row.password_sealed,
+        )
     }
 
     /// Opens secrets sealed by [`ProvisionSecrets::seal`] for the same `nostr_pubkey` (`key_decrypt_failed`
@@ -226,10 +259,30 @@ impl ProvisionSecrets {
         rotation_key_sealed: &[u8],
         password_sealed: &[u8],
     ) -> Result<ProvisionSecrets, KeyError> {
+        ProvisionSecrets::open_at(
+            kek,
+            nostr_pubkey,
+            0,
+            signing_key_sealed,
+            rotation_key_sealed,
+            password_sealed,
+        )
+    }
+
+    /// [`ProvisionSecrets::open`] at a re-seal `generation`.
+    pub fn open_at(
+        kek: &KeyEncryptionKey,
+        nostr_pubkey: &str,
+        generation: i64,
+        signing_key_sealed: &[u8],
+        rotation_key_sealed: &[u8],
+        password_sealed: &[u8],
+    ) -> Result<ProvisionSecrets, KeyError> {
+        let aad = |purpose| sealed_aad(nostr_pubkey, purpose, generation);
         Ok(ProvisionSecrets {
-            signing_key: kek.open_key(&secret_aad(nostr_pubkey, SecretPurpose::Signing), signing_key_sealed)?,
-            rotation_key: kek.open_key(&secret_aad(nostr_pubkey, SecretPurpose::Rotation), rotation_key_sealed)?,
-            password: kek.open_string(&secret_aad(nostr_pubkey, SecretPurpose::Password), password_sealed)?,
+            signing_key: kek.open_key(&aad(SecretPurpose::Signing), signing_key_sealed)?,
+            rotation_key: kek.open_key(&aad(SecretPurpose::Rotation), rotation_key_sealed)?,
+            password: kek.open_string(&aad(SecretPurpose::Password), password_sealed)?,
         })
     }
 }
@@ -857,6 +910,12 @@ impl Recommended {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provision_secrets_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<ProvisionSecrets>();
+    }
 
     #[test]
     fn state_serializes_with_snake_case_steps_and_round_trips() {

@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod reconcile;
+pub mod rekey;
 pub mod retention;
 pub mod slo;
 pub mod worker;

@@ -148,7 +148,7 @@ impl World {
             PdsClient::new(xrpc, &self.stack.pds_url),
             DbSessionStore {
                 db: self.tdb.pool(2),
-                kek: Arc::new(KeyEncryptionKey::from_base64(&self.kek).unwrap()),
+                kek: Arc::new(KeyEncryptionKey::from_base64(&self.kek).unwrap().into()),
             },
         )
     }

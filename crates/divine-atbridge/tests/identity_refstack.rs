@@ -529,7 +529,7 @@ async fn records_and_blobs_on_a_provisioned_account() {
         validate: None,
         swap_record: None,
     };
-    let access = outcome.session.unwrap().access_jwt;
+    let access = outcome.session.unwrap().access_jwt.clone();
     let err = pds.put_record(&access, &put).await.unwrap_err();
     assert_eq!(err.code(), "pds_validation", "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
-    let kek = Arc::new(KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32])).unwrap());
+    let kek: Arc<divine_atbridge::keys::KeyRing> = Arc::new(
+        KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32]))
+            .unwrap()
+            .into(),
+    );
     let identity = IdentityConfig {
         plc_url: "http://127.0.0.1:9".into(),
         pds_url: "http://127.0.0.1:9".into(),
@@ -34,6 +38,7 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
         ingest_lease: Duration::from_secs(30),
         media_allowed_hosts: vec![],
         media_allow_loopback: false,
+        media_require_video_hash: false,
         media_timeout: Duration::from_secs(1),
         media_spool_dir: divine_atbridge::spool::default_spool_root(),
         media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,

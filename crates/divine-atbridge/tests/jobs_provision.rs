@@ -42,7 +42,8 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tdb = TestDb::migrated("jobs_provision");
     let db = tdb.pool(4);
-    let kek = Arc::new(KeyEncryptionKey::from_base64(&random_kek()).unwrap());
+    let kek: Arc<divine_atbridge::keys::KeyRing> =
+        Arc::new(KeyEncryptionKey::from_base64(&random_kek()).unwrap().into());
     let xrpc = XrpcClient::new(&XrpcConfig::default()).unwrap();
     let identity = IdentityConfig {
         plc_url: stack.plc_url.clone(),

@@ -91,6 +91,24 @@ async fn spawn() -> (u16, Srv) {
         .route("/redirect-out", get(redirect_out))
         .route("/redirect-in", get(redirect_in))
         .route("/loop", get(redirect_loop))
+        .route(
+            "/fake.mp4",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "video/mp4")],
+                    "<html><body>not a video</body></html>",
+                )
+            }),
+        )
+        .route(
+            "/fake.png",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "image/png")],
+                    "<html><body>not an image</body></html>",
+                )
+            }),
+        )
         .route("/404", get(|| status(404)))
         .route("/503", get(|| status(503)))
         .route("/429", get(|| status(429)))
@@ -118,6 +136,8 @@ fn fetcher(allowed: &[&str], allow_loopback: bool) -> MediaFetcher {
         timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_secs(1),
         max_redirects: 3,
+        // Most tests fetch without an `x`; `video_hash_required_by_default` covers the production setting.
+        require_video_hash: false,
     })
 }
 
@@ -177,12 +197,21 @@ async fn allowed_host_with_loopback_fetches_and_hashes() {
 async fn loopback_refused_without_the_switch() {
     let (port, srv) = spawn().await;
     let f = fetcher(&["localhost", "127.0.0.1"], false);
+    // Without the switch plain http (and a port other than 443/80) is refused before DNS...
     for url in [
         format!("http://localhost:{port}/video.mp4"),
         format!("http://127.0.0.1:{port}/video.mp4"),
     ] {
-        let e = expect_err(
+        expect_err(
             f.fetch(&url, None, MediaKind::Video).await,
+            "media_insecure_url",
+            ErrorClass::Permanent,
+        );
+    }
+    // ...and an https URL on 443 that resolves to loopback is refused for its address.
+    for url in ["https://localhost/video.mp4", "https://127.0.0.1/video.mp4"] {
+        let e = expect_err(
+            f.fetch(url, None, MediaKind::Video).await,
             "media_address_forbidden",
             ErrorClass::Permanent,
         );
@@ -490,4 +519,96 @@ async fn spooled_fetch_hashes_on_disk_and_leaves_no_file_on_any_failure() {
         .unwrap();
     assert!(got.final_url.ends_with("/video.mp4"));
     assert_eq!(spool.file_count(), 1, "only the successful fallback's file remains");
+}
+
+/// Issue 12 §3 rule 1: outside `MEDIA_ALLOW_LOOPBACK` mode only https on 443/80, on the first URL and on every
+/// redirect hop; nothing is connected to.
+#[tokio::test]
+async fn https_on_443_or_80_only_outside_loopback_mode() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["media.divine.video"], false);
+    for (url, code) in [
+        ("http://media.divine.video/v.mp4", "media_insecure_url"),
+        ("https://media.divine.video:8443/v.mp4", "media_port_not_allowed"),
+        ("https://media.divine.video:22/v.mp4", "media_port_not_allowed"),
+    ] {
+        expect_err(f.fetch(url, None, MediaKind::Any).await, code, ErrorClass::Permanent);
+    }
+    // Loopback mode (local stack): plain http on any port is fine.
+    let local = fetcher(&["localhost"], true);
+    local
+        .fetch(&format!("http://localhost:{port}/video.mp4"), None, MediaKind::Video)
+        .await
+        .unwrap();
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 12 §3 rule 3: with the production setting a video without `x` is refused before any connection.
+#[tokio::test]
+async fn video_hash_required_by_default() {
+    let (port, srv) = spawn().await;
+    assert!(MediaFetchConfig::default().require_video_hash);
+    let f = MediaFetcher::new(MediaFetchConfig {
+        timeout: Duration::from_secs(3),
+        ..MediaFetchConfig::new(vec!["localhost".into()], true)
+    });
+    let url = format!("http://localhost:{port}/video.mp4");
+    expect_err(
+        f.fetch(&url, None, MediaKind::Video).await,
+        "media_hash_missing",
+        ErrorClass::Permanent,
+    );
+    assert_eq!(srv.hits.load(Ordering::SeqCst), 0);
+    let want = hex::encode(Sha256::digest(mp4_bytes()));
+    f.fetch(&url, Some(&want), MediaKind::Video).await.unwrap();
+    // Captions and images carry no hash in NIP-71: not required.
+    f.fetch(
+        &format!("http://localhost:{port}/captions.vtt"),
+        None,
+        MediaKind::Caption,
+    )
+    .await
+    .unwrap();
+}
+
+/// Issue 12 §3 rule 4: the declared type is not trusted; HTML served as video/mp4 or image/png is refused.
+#[tokio::test]
+async fn declared_type_is_not_trusted_without_matching_magic_bytes() {
+    let (port, _srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    for (path, kind) in [("fake.mp4", MediaKind::Video), ("fake.png", MediaKind::Avatar)] {
+        let e = expect_err(
+            f.fetch(&format!("http://localhost:{port}/{path}"), None, kind).await,
+            "media_unsupported_type",
+            ErrorClass::Permanent,
+        );
+        assert!(e.to_string().contains("unrecognised"), "{e}");
+    }
+}
+
+/// Issue 12 §3 rule 2: a primary URL plus at most 3 fallbacks, all under ONE deadline.
+#[tokio::test]
+async fn fallbacks_are_capped_and_share_one_deadline() {
+    let (port, srv) = spawn().await;
+    let f = fetcher(&["localhost"], true);
+    let mut urls: Vec<String> = (0..5).map(|_| format!("http://localhost:{port}/404")).collect();
+    urls.push(format!("http://localhost:{port}/video.mp4"));
+    let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
+    assert_eq!(e.code(), "media_http_status");
+    assert_eq!(
+        srv.hits.load(Ordering::SeqCst),
+        4,
+        "primary + 3 fallbacks, the rest ignored"
+    );
+
+    // Four slow URLs (10 s each) against a 3 s deadline: one deadline for the walk, not 3 s per URL.
+    let urls: Vec<String> = (0..4).map(|_| format!("http://localhost:{port}/slow")).collect();
+    let started = Instant::now();
+    let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
+    assert_eq!(e.code(), "media_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -55,6 +55,7 @@ async fn banner_website_and_refused_avatars() {
     let source = TranslatedProfiles::new(MediaSettings {
         allowed_hosts: vec!["127.0.0.1".into()],
         allow_loopback: true,
+        require_video_hash: true,
         timeout: Duration::from_secs(10),
     });
     let keys = Keys::generate();
@@ -104,6 +105,7 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         ingest_lease: Duration::from_secs(30),
         media_allowed_hosts: vec!["127.0.0.1".into()],
         media_allow_loopback: true,
+        media_require_video_hash: false,
         media_timeout: Duration::from_secs(10),
         media_spool_dir: divine_atbridge::spool::default_spool_root(),
         media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,
@@ -177,6 +179,7 @@ async fn the_media_budget_limits_videos_in_flight() {
         authors_per_subscription: 250,
         media_allowed_hosts: vec!["127.0.0.1".into()],
         media_allow_loopback: true,
+        media_require_video_hash: false,
         media_timeout: Duration::from_secs(10),
         media_spool_dir: divine_atbridge::spool::default_spool_root(),
         media_budget_bytes: divine_atbridge::spool::DEFAULT_MEDIA_BUDGET_BYTES,

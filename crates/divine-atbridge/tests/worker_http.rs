@@ -177,6 +177,11 @@ async fn ready_is_503_when_the_database_is_unreachable() {
     assert_eq!(status, 503);
     let reason: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(reason["reason"], "database_unavailable", "{body}");
+    // A code, never the raw database error (it names the host, database and role).
+    let code = reason["code"].as_str().unwrap_or_default();
+    assert!(code.starts_with("db_"), "{body}");
+    assert!(reason.get("detail").is_none(), "{body}");
+    assert!(!body.contains("worker_http_gone"), "{body}");
     stop_tx.send(true).unwrap();
     server.await.unwrap().unwrap();
 }

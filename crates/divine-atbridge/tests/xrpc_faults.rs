@@ -38,6 +38,7 @@ fn client(timeout: Duration) -> XrpcClient {
         connect_timeout: Duration::from_secs(2),
         timeout,
         user_agent: "divine-atbridge-test".into(),
+        ..XrpcConfig::default()
     })
     .unwrap()
 }
@@ -657,5 +658,105 @@ async fn concurrent_server_side_expiry_causes_exactly_one_refresh() {
     assert!(
         (16..=32).contains(&writes),
         "each writer retried at most once: {writes}"
+    );
+}
+
+/// Issue 12 §3: a 307 answer to `createSession` must not replay the body (with the password) to `Location`. The
+/// old client followed it; now the 3xx is `xrpc_redirect_refused` and the redirect target never sees a request.
+#[tokio::test]
+async fn redirect_of_a_create_session_is_refused_and_never_followed() {
+    let stolen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = {
+        let stolen = stolen.clone();
+        serve(Router::new().fallback(move |body: String| {
+            let stolen = stolen.clone();
+            async move {
+                stolen.lock().unwrap().push(body);
+                Json(serde_json::json!({"accessJwt": "a", "refreshJwt": "r", "did": DID, "handle": "x.test"}))
+            }
+        }))
+        .await
+    };
+    let target = format!("{sink}/xrpc/com.atproto.server.createSession");
+    let base = serve(Router::new().route(
+        "/xrpc/com.atproto.server.createSession",
+        post(move || {
+            let target = target.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", target)], "").into_response() }
+        }),
+    ))
+    .await;
+    let pds = PdsClient::new(client(Duration::from_secs(5)), &base);
+    let e = pds.create_session(DID, PASSWORD).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.class()),
+        ("xrpc_redirect_refused", ErrorClass::Permanent),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(PASSWORD), "{e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        stolen.lock().unwrap().is_empty(),
+        "the redirect target received {:?}",
+        stolen.lock().unwrap()
+    );
+}
+
+/// Issue 12 §3: response bodies are capped while streaming (declared or chunked), not buffered whole.
+#[tokio::test]
+async fn oversized_response_bodies_are_refused() {
+    let big = || "x".repeat(64 * 1024);
+    let base = serve(
+        Router::new()
+            .route("/xrpc/fault.bigDeclared", get(move || async move { big() }))
+            .route(
+                "/xrpc/fault.bigChunked",
+                get(|| async {
+                    let chunks = futures::stream::iter(
+                        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'{'; 4096]))),
+                    );
+                    axum::body::Body::from_stream(chunks)
+                }),
+            )
+            .route(
+                "/xrpc/fault.small",
+                get(|| async { Json(serde_json::json!({"ok": true})) }),
+            ),
+    )
+    .await;
+    let capped = XrpcClient::new(&XrpcConfig {
+        max_response_bytes: 16 * 1024,
+        ..XrpcConfig::default()
+    })
+    .unwrap();
+    for nsid in ["fault.bigDeclared", "fault.bigChunked"] {
+        let e = capped
+            .send(XrpcRequest::get(format!("{base}/xrpc/{nsid}"), nsid))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.class()),
+            ("xrpc_response_too_large", ErrorClass::Permanent),
+            "{nsid}: {e}"
+        );
+    }
+    let ok = capped
+        .send(XrpcRequest::get(format!("{base}/xrpc/fault.small"), "fault.small"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+}
+
+/// Issue 12 §3: plain http leaves the machine only with `ALLOW_INSECURE_HTTP`; refused before any connection.
+#[tokio::test]
+async fn plain_http_to_a_remote_host_is_refused() {
+    let e = client(Duration::from_secs(2))
+        .send(XrpcRequest::get("http://pds.invalid/xrpc/x.y", "x.y"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.class()),
+        ("xrpc_insecure_url", ErrorClass::Permanent),
+        "{e}"
     );
 }

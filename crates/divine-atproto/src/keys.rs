@@ -9,6 +9,18 @@
 //! associated data is `version ‖ aad`, where `aad` comes from [`secret_aad`] and binds the ciphertext to the account's
 //! Nostr pubkey and the secret's purpose, so a ciphertext copied into another account's row or another column fails to
 //! open (`key_decrypt_failed`) instead of yielding the wrong key.
+//!
+//! Rotation (issue 12 §4, `divine-atbridge keys rotate`, docs/runbooks/key-custody.md):
+//! 1. A deployment holds a [`KeyRing`]: `KEY_ENCRYPTION_KEY` is a comma-separated list, the FIRST key seals every
+//!    new secret, the others only open. Each row names the KEK that sealed it (`kek_id`); opening picks that KEK and
+//!    a row naming a KEK the ring does not hold is `key_encryption_key_unknown`.
+//! 2. `account_keys.seal_generation` counts re-seals of a row. Generation 0 (every row as provisioned) uses the
+//!    original associated data; generation N > 0 appends `|N` ([`sealed_aad`]). A re-seal writes generation N + 1
+//!    with a fenced update (`WHERE seal_generation = N`), so a ciphertext copied from an older generation (a backup,
+//!    a replayed write) no longer opens in the re-sealed row, and two concurrent re-seals cannot both win.
+//! 3. PDS session tokens are re-sealed too (fenced on `updated_at`) but stay at the generation-0 associated data: a
+//!    refresh rewrites them constantly, and a replayed old session only yields a token the PDS has already rotated
+//!    away (the session manager then logs in again with the password).
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -48,6 +60,9 @@ pub enum KeyError {
     /// A signature is malformed, high-S, or does not verify.
     #[error("signature invalid: {0}")]
     BadSignature(String),
+    /// A row was sealed by a KEK that is not in `KEY_ENCRYPTION_KEY` (rotation rule 1).
+    #[error("sealed by {kek_id}, which KEY_ENCRYPTION_KEY does not hold (ring: {ring})")]
+    KekUnknown { kek_id: String, ring: String },
 }
 
 impl Classified for KeyError {
@@ -58,6 +73,7 @@ impl Classified for KeyError {
             KeyError::InvalidDidKey { .. } => "did_key_invalid",
             KeyError::InvalidSecretKey(_) => "secret_key_invalid",
             KeyError::BadSignature(_) => "signature_invalid",
+            KeyError::KekUnknown { .. } => "key_encryption_key_unknown",
         }
     }
 
@@ -212,6 +228,9 @@ impl std::fmt::Debug for KeyEncryptionKey {
     }
 }
 
+/// The key bytes are `Zeroizing`: wiped on drop.
+impl zeroize::ZeroizeOnDrop for KeyEncryptionKey {}
+
 /// What a sealed secret is; part of its associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecretPurpose {
@@ -243,6 +262,86 @@ pub fn secret_aad(nostr_pubkey: &str, purpose: SecretPurpose) -> Vec<u8> {
         purpose.as_str()
     )
     .into_bytes()
+}
+
+/// Associated data of a secret at `generation` (rotation rule 2): [`secret_aad`] for generation 0, with `|N`
+/// appended (and a v2 prefix) for N > 0.
+pub fn sealed_aad(nostr_pubkey: &str, purpose: SecretPurpose, generation: i64) -> Vec<u8> {
+    if generation == 0 {
+        return secret_aad(nostr_pubkey, purpose);
+    }
+    format!(
+        "divine-bridge/v2|{}|{}|{generation}",
+        nostr_pubkey.trim().to_ascii_lowercase(),
+        purpose.as_str()
+    )
+    .into_bytes()
+}
+
+/// Every KEK the deployment holds; the first one seals (rotation rule 1).
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: Vec<KeyEncryptionKey>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing").field("ids", &self.ids()).finish()
+    }
+}
+
+impl From<KeyEncryptionKey> for KeyRing {
+    fn from(kek: KeyEncryptionKey) -> KeyRing {
+        KeyRing { keys: vec![kek] }
+    }
+}
+
+impl KeyRing {
+    /// `KEY_ENCRYPTION_KEY`: one or more base64 keys, comma-separated, the sealing one first. Every entry must
+    /// parse and the ids must differ (a key listed twice is a configuration mistake, not a no-op).
+    pub fn from_base64_list(list: &str) -> Result<KeyRing, KeyError> {
+        let mut keys: Vec<KeyEncryptionKey> = Vec::new();
+        for (i, part) in list.split(',').enumerate() {
+            let kek = KeyEncryptionKey::from_base64(part)
+                .map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))?;
+            if keys.iter().any(|k| k.key_id() == kek.key_id()) {
+                return Err(KeyError::KekInvalid(format!(
+                    "entry {} repeats {}",
+                    i + 1,
+                    kek.key_id()
+                )));
+            }
+            keys.push(kek);
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// A ring of the given keys, the first one sealing. Panics on an empty list (a programming error).
+    pub fn new(keys: Vec<KeyEncryptionKey>) -> KeyRing {
+        assert!(!keys.is_empty(), "a key ring holds at least one KEK");
+        KeyRing { keys }
+    }
+
+    /// The KEK new secrets are sealed with.
+    pub fn primary(&self) -> &KeyEncryptionKey {
+        &self.keys[0]
+    }
+
+    /// The KEK a row names (`kek_id`).
+    pub fn get(&self, kek_id: &str) -> Result<&KeyEncryptionKey, KeyError> {
+        self.keys
+            .iter()
+            .find(|k| k.key_id() == kek_id)
+            .ok_or_else(|| KeyError::KekUnknown {
+                kek_id: kek_id.to_string(),
+                ring: self.ids().join(","),
+            })
+    }
+
+    /// Ids of every KEK, sealing one first.
+    pub fn ids(&self) -> Vec<String> {
+        self.keys.iter().map(KeyEncryptionKey::key_id).collect()
+    }
 }
 
 impl KeyEncryptionKey {
@@ -552,6 +651,50 @@ mod tests {
             kek.open_string(&secret_aad(&alice, SecretPurpose::Password), &sealed_pw)
                 .unwrap(),
             "hunter2"
+        );
+    }
+
+    #[test]
+    fn secrets_are_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<KeyEncryptionKey>();
+        // `identity::ProvisionSecrets` (divine-atbridge) is checked beside its definition.
+        wiped::<crate::pds::StoredSession>();
+        // k256's SigningKey (inside AccountKey) zeroizes its scalar itself.
+        wiped::<SigningKey>();
+    }
+
+    #[test]
+    fn ring_picks_by_id_and_generation_binds() {
+        let (old, new) = (
+            KeyEncryptionKey::from_bytes([1u8; 32]),
+            KeyEncryptionKey::from_bytes([2u8; 32]),
+        );
+        let b64 = |b: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(b);
+        let ring = KeyRing::from_base64_list(&format!("{}, {}", b64([2u8; 32]), b64([1u8; 32]))).unwrap();
+        assert_eq!(ring.primary().key_id(), new.key_id());
+        assert_eq!(ring.get(&old.key_id()).unwrap().key_id(), old.key_id());
+        assert_eq!(ring.get("kek-0000").unwrap_err().code(), "key_encryption_key_unknown");
+        assert_eq!(
+            KeyRing::from_base64_list(&format!("{},{}", b64([1u8; 32]), b64([1u8; 32])))
+                .unwrap_err()
+                .code(),
+            "key_encryption_key_invalid"
+        );
+        assert!(!format!("{ring:?}").contains(&b64([2u8; 32])));
+        let pk = "c".repeat(64);
+        assert_eq!(
+            sealed_aad(&pk, SecretPurpose::Password, 0),
+            secret_aad(&pk, SecretPurpose::Password)
+        );
+        let gen1 = new.seal(&sealed_aad(&pk, SecretPurpose::Password, 1), b"pw");
+        assert!(new.open(&sealed_aad(&pk, SecretPurpose::Password, 2), &gen1).is_err());
+        assert!(new.open(&sealed_aad(&pk, SecretPurpose::Password, 0), &gen1).is_err());
+        assert_eq!(
+            new.open(&sealed_aad(&pk, SecretPurpose::Password, 1), &gen1)
+                .unwrap()
+                .as_slice(),
+            b"pw"
         );
     }
 

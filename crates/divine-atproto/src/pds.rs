@@ -488,6 +488,17 @@ pub struct StoredSession {
     pub refresh_jwt: String,
 }
 
+/// The tokens are wiped from memory when the session is dropped.
+impl Drop for StoredSession {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.access_jwt.zeroize();
+        self.refresh_jwt.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for StoredSession {}
+
 impl std::fmt::Debug for StoredSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoredSession")

@@ -5,6 +5,18 @@
 //! Owns: status/XRPC-error-name → code/class mapping, `Retry-After`/`RateLimit-Reset` parsing, the
 //! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds.rs and plc.rs
 //! refine errors per call), retry by itself, or log bearer tokens or request bodies.
+//!
+//! Transport rules (issue 12 §3), enforced here for every PDS and PLC call:
+//! 1. Redirects are never followed (`redirect::Policy::none`): a 307/308 would replay a `createAccount` or
+//!    `createSession` body, password included, to wherever `Location` points. Any 3xx is
+//!    [`XrpcError::Redirected`] (`xrpc_redirect_refused`, permanent).
+//! 2. `https` only. Plain `http` is accepted for loopback hosts (`localhost`, 127.0.0.0/8, `::1`: the bytes never
+//!    leave the machine) and, only with `ALLOW_INSECURE_HTTP=true` ([`XrpcConfig::allow_insecure_http`]), for any
+//!    host (a localnet where the PDS is `http://pds:2583`). Anything else is [`XrpcError::InsecureUrl`]
+//!    (`xrpc_insecure_url`, permanent) before a connection is opened.
+//! 3. Response bodies are streamed and counted; past [`XrpcConfig::max_response_bytes`] the stream is dropped and
+//!    the call is [`XrpcError::ResponseTooLarge`] (`xrpc_response_too_large`, permanent): a hostile or broken peer
+//!    cannot make the worker buffer an unbounded body.
 
 use bytes::Bytes;
 use divine_bridge_core::{Classified, ErrorClass};
@@ -20,6 +32,10 @@ pub const REQUESTS_METRIC: &str = "bridge_pds_requests_total";
 /// Longest error-body excerpt kept in an error (bytes of text).
 const MAX_MESSAGE_CHARS: usize = 512;
 
+/// Default [`XrpcConfig::max_response_bytes`]: 8 MiB. The largest bodies the bridge reads are PLC audit logs and
+/// `listRecords` pages, far below it; blobs are uploaded, never downloaded, through this client.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Client settings.
 #[derive(Clone, Debug)]
 pub struct XrpcConfig {
@@ -29,6 +45,10 @@ pub struct XrpcConfig {
     pub timeout: Duration,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// Largest response body read (transport rule 3).
+    pub max_response_bytes: usize,
+    /// `ALLOW_INSECURE_HTTP`: plain `http` to non-loopback hosts (transport rule 2). Localnet only.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for XrpcConfig {
@@ -37,6 +57,8 @@ impl Default for XrpcConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             user_agent: format!("divine-atbridge/{}", env!("CARGO_PKG_VERSION")),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            allow_insecure_http: false,
         }
     }
 }
@@ -108,6 +130,19 @@ pub enum XrpcError {
     /// The request could not be built (bad URL, body not serializable). A bug or bad configuration.
     #[error("{method}: invalid request: {detail}")]
     InvalidRequest { method: String, detail: String },
+    /// A 3xx answer: redirects are never followed (transport rule 1).
+    #[error("{method}: refused to follow HTTP {status} redirect to {location:?}")]
+    Redirected {
+        method: String,
+        status: u16,
+        location: Option<String>,
+    },
+    /// A plain-http URL to a non-loopback host without `ALLOW_INSECURE_HTTP` (transport rule 2).
+    #[error("{method}: refusing plain http to {host:?} (https required; ALLOW_INSECURE_HTTP=true for localnet)")]
+    InsecureUrl { method: String, host: String },
+    /// The response body exceeded `max_response_bytes` (transport rule 3).
+    #[error("{method}: response body exceeds {limit} bytes (HTTP {status})")]
+    ResponseTooLarge { method: String, status: u16, limit: usize },
 }
 
 impl Classified for XrpcError {
@@ -121,12 +156,21 @@ impl Classified for XrpcError {
             XrpcError::Rejected { .. } => "xrpc_rejected",
             XrpcError::BadResponse { .. } => "xrpc_bad_response",
             XrpcError::InvalidRequest { .. } => "xrpc_request_invalid",
+            XrpcError::Redirected { .. } => "xrpc_redirect_refused",
+            XrpcError::InsecureUrl { .. } => "xrpc_insecure_url",
+            XrpcError::ResponseTooLarge { .. } => "xrpc_response_too_large",
         }
     }
 
     fn class(&self) -> ErrorClass {
         match self {
-            XrpcError::Rejected { .. } | XrpcError::InvalidRequest { .. } => ErrorClass::Permanent,
+            // A redirect, an insecure URL or an oversized body is configuration or a hostile peer: retrying the
+            // same request gives the same answer.
+            XrpcError::Rejected { .. }
+            | XrpcError::InvalidRequest { .. }
+            | XrpcError::Redirected { .. }
+            | XrpcError::InsecureUrl { .. }
+            | XrpcError::ResponseTooLarge { .. } => ErrorClass::Permanent,
             // A 2xx with a body we cannot read is a peer/proxy fault, not something wrong with our request.
             XrpcError::Transport { .. }
             | XrpcError::Timeout { .. }
@@ -153,7 +197,9 @@ impl XrpcError {
             | XrpcError::ServerError { status, .. }
             | XrpcError::SessionExpired { status, .. }
             | XrpcError::Rejected { status, .. }
-            | XrpcError::BadResponse { status, .. } => Some(*status),
+            | XrpcError::BadResponse { status, .. }
+            | XrpcError::Redirected { status, .. }
+            | XrpcError::ResponseTooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -189,7 +235,10 @@ impl XrpcError {
             | XrpcError::SessionExpired { method, .. }
             | XrpcError::Rejected { method, .. }
             | XrpcError::BadResponse { method, .. }
-            | XrpcError::InvalidRequest { method, .. } => method,
+            | XrpcError::InvalidRequest { method, .. }
+            | XrpcError::Redirected { method, .. }
+            | XrpcError::InsecureUrl { method, .. }
+            | XrpcError::ResponseTooLarge { method, .. } => method,
         }
     }
 }
@@ -324,6 +373,8 @@ impl XrpcResponse {
 #[derive(Clone, Debug)]
 pub struct XrpcClient {
     http: reqwest::Client,
+    max_response_bytes: usize,
+    allow_insecure_http: bool,
 }
 
 /// `{base}/xrpc/{nsid}`.
@@ -339,12 +390,17 @@ impl XrpcClient {
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .user_agent(config.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| XrpcError::InvalidRequest {
                 method: "client".into(),
                 detail: error_chain(&e),
             })?;
-        Ok(XrpcClient { http })
+        Ok(XrpcClient {
+            http,
+            max_response_bytes: config.max_response_bytes,
+            allow_insecure_http: config.allow_insecure_http,
+        })
     }
 
     /// Sends `request`; any non-2xx status becomes a classified error. Counts the request in
@@ -383,6 +439,10 @@ impl XrpcClient {
             method: label.clone(),
             detail: format!("URL {url:?}: {e}"),
         })?;
+        check_transport(&parsed, self.allow_insecure_http).map_err(|host| XrpcError::InsecureUrl {
+            method: label.clone(),
+            host,
+        })?;
         let mut builder = self.http.request(method, parsed);
         if !query.is_empty() {
             builder = builder.query(&query);
@@ -409,10 +469,37 @@ impl XrpcClient {
         if let Some(t) = timeout {
             builder = builder.timeout(t);
         }
-        let response = builder.send().await.map_err(|e| transport_error(&label, &e))?;
+        let mut response = builder.send().await.map_err(|e| transport_error(&label, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| transport_error(&label, &e))?;
+        if (300..400).contains(&status) {
+            return Err(XrpcError::Redirected {
+                method: label,
+                status,
+                location: headers
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            });
+        }
+        let limit = self.max_response_bytes;
+        let too_large = |label: String| XrpcError::ResponseTooLarge {
+            method: label,
+            status,
+            limit,
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large(label));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&label, &e))? {
+            if buf.len() + chunk.len() > limit {
+                // Dropping `response` closes the connection: the rest of the body is never read.
+                return Err(too_large(label));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let body = Bytes::from(buf);
         if (200..300).contains(&status) {
             return Ok(XrpcResponse {
                 status,
@@ -422,6 +509,24 @@ impl XrpcClient {
             });
         }
         Err(classify_status(label, status, &headers, &body, chrono::Utc::now()))
+    }
+}
+
+/// Transport rule 2: `Err(host)` for a plain-http URL to a non-loopback host unless `allow_insecure_http`.
+pub fn check_transport(url: &url::Url, allow_insecure_http: bool) -> Result<(), String> {
+    if url.scheme() == "https" || allow_insecure_http {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "http" && loopback {
+        Ok(())
+    } else {
+        Err(url.host_str().unwrap_or_default().to_string())
     }
 }
 
@@ -671,6 +776,22 @@ mod tests {
             retry_after_from_headers(&headers(&[("retry-after", "soon")]), now),
             None
         );
+    }
+
+    #[test]
+    fn transport_rule_https_outside_loopback() {
+        let ok = |u: &str, insecure: bool| check_transport(&url::Url::parse(u).unwrap(), insecure);
+        assert_eq!(ok("https://pds.example", false), Ok(()));
+        assert_eq!(ok("http://localhost:2583", false), Ok(()));
+        assert_eq!(ok("http://127.0.0.1:2583", false), Ok(()));
+        assert_eq!(ok("http://[::1]:2583", false), Ok(()));
+        assert_eq!(ok("http://pds.example", false), Err("pds.example".to_string()));
+        assert_eq!(
+            ok("http://localhost.evil.example", false),
+            Err("localhost.evil.example".to_string())
+        );
+        assert_eq!(ok("http://10.0.0.5", false), Err("10.0.0.5".to_string()));
+        assert_eq!(ok("http://pds:2583", true), Ok(()));
     }
 
     #[test]

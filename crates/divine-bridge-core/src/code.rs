@@ -77,6 +77,7 @@ code_enum!(
         KeyEncryptionKeyInvalid => "key_encryption_key_invalid",
         SecretKeyInvalid => "secret_key_invalid",
         SignatureInvalid => "signature_invalid",
+        KeyEncryptionKeyUnknown => "key_encryption_key_unknown",
         // divine-atproto pds.rs
         AccountAlreadyExists => "account_already_exists",
         AccountDeactivated => "account_deactivated",
@@ -102,6 +103,9 @@ code_enum!(
         XrpcServerError => "xrpc_server_error",
         XrpcTimeout => "xrpc_timeout",
         XrpcTransport => "xrpc_transport",
+        XrpcInsecureUrl => "xrpc_insecure_url",
+        XrpcRedirectRefused => "xrpc_redirect_refused",
+        XrpcResponseTooLarge => "xrpc_response_too_large",
         // divine-nostr media.rs
         HashMismatch => "hash_mismatch",
         MediaAddressForbidden => "media_address_forbidden",
@@ -114,6 +118,9 @@ code_enum!(
         MediaTooManyRedirects => "media_too_many_redirects",
         MediaTransport => "media_transport",
         MediaUnsupportedType => "media_unsupported_type",
+        MediaHashMissing => "media_hash_missing",
+        MediaInsecureUrl => "media_insecure_url",
+        MediaPortNotAllowed => "media_port_not_allowed",
         // divine-nostr nostr.rs
         BadId => "bad_id",
         BadSignature => "bad_signature",

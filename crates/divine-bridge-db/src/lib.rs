@@ -90,6 +90,48 @@ pub const MANAGED_URL_PARAMS: [&str; 5] = [
     "tcp_user_timeout",
 ];
 
+/// `DATABASE_URL` for `Debug` and logs: the password (URI `user:password@`, `?password=`, or key/value
+/// `password=…`) replaced by `***`. Everything else is kept so an operator can still tell which database is meant.
+pub fn redact_database_url(url: &str) -> String {
+    let redact_params = |text: &str, sep: char| -> String {
+        text.split(sep)
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.trim().eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(&sep.to_string())
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redact_params(url, ' ');
+    };
+    let (authority_path, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match authority_path.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (authority_path, None),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let mut out = format!("{scheme}://{authority}");
+    if let Some(p) = path {
+        out.push('/');
+        out.push_str(p);
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_params(q, '&'));
+    }
+    out
+}
+
 impl DbSettings {
     /// Defaults with a pool of `max_size`.
     pub fn with_pool_size(max_size: u32) -> DbSettings {
@@ -336,5 +378,38 @@ impl Db {
     pub fn pool_state(&self) -> (u32, u32) {
         let s = self.pool.state();
         (s.connections, s.idle_connections)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_url_passwords_are_redacted() {
+        for (url, want) in [
+            (
+                "postgres://bridge:hunter2@db:5432/bridge",
+                "postgres://bridge:***@db:5432/bridge",
+            ),
+            (
+                "postgresql://bridge:p%40ss@db/b?sslmode=require",
+                "postgresql://bridge:***@db/b?sslmode=require",
+            ),
+            (
+                "postgres://db/b?user=u&password=hunter2",
+                "postgres://db/b?user=u&password=***",
+            ),
+            (
+                "host=db user=u password=hunter2 dbname=b",
+                "host=db user=u password=*** dbname=b",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/x",
+                "postgres://postgres@127.0.0.1:5432/x",
+            ),
+        ] {
+            assert_eq!(redact_database_url(url), want);
+        }
     }
 }

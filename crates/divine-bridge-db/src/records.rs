@@ -28,6 +28,8 @@ pub struct AccountKeys {
     pub provision_state: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Re-seals of this row (keys.rs rotation rule 2); 0 as provisioned.
+    pub seal_generation: i64,
 }
 
 /// Inserts keys unless the account already has some; returns the stored row either way, so a retried provisioning
@@ -65,6 +67,70 @@ pub fn save_provision_state(conn: &mut PgConnection, pubkey: &str, state: &serde
     }
 }
 
+/// Key rows not sealed by `kek_id`, after `after` in pubkey order (keyset paging: a resumed rotation never
+/// rereads what it finished), at most `limit`.
+pub fn keys_not_under(
+    conn: &mut PgConnection,
+    kek_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<AccountKeys>, DbError> {
+    Ok(account_keys::table
+        .filter(account_keys::kek_id.ne(kek_id))
+        .filter(account_keys::nostr_pubkey.gt(after))
+        .order(account_keys::nostr_pubkey)
+        .limit(limit)
+        .select(AccountKeys::as_select())
+        .load(conn)?)
+}
+
+/// Rows of `account_keys` / `account_sessions` not sealed by `kek_id` (rotation progress).
+pub fn count_not_under(conn: &mut PgConnection, kek_id: &str) -> Result<(i64, i64), DbError> {
+    let keys = account_keys::table
+        .filter(account_keys::kek_id.ne(kek_id))
+        .count()
+        .get_result(conn)?;
+    let sessions = account_sessions::table
+        .filter(account_sessions::kek_id.ne(kek_id))
+        .count()
+        .get_result(conn)?;
+    Ok((keys, sessions))
+}
+
+/// New sealed secrets of one key row, at `from_generation + 1`.
+#[derive(Debug, Clone)]
+pub struct Resealed {
+    pub kek_id: String,
+    pub signing_key_sealed: Vec<u8>,
+    pub rotation_key_sealed: Vec<u8>,
+    pub password_sealed: Vec<u8>,
+}
+
+/// Fenced re-seal: writes `new` and generation `from_generation + 1` only while the row is still at
+/// `from_generation`. `false` when another writer got there first (the caller rereads; nothing is overwritten).
+pub fn reseal_keys(
+    conn: &mut PgConnection,
+    pubkey: &str,
+    from_generation: i64,
+    new: &Resealed,
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        account_keys::table
+            .find(pubkey)
+            .filter(account_keys::seal_generation.eq(from_generation)),
+    )
+    .set((
+        account_keys::kek_id.eq(&new.kek_id),
+        account_keys::signing_key_sealed.eq(&new.signing_key_sealed),
+        account_keys::rotation_key_sealed.eq(&new.rotation_key_sealed),
+        account_keys::password_sealed.eq(&new.password_sealed),
+        account_keys::seal_generation.eq(from_generation + 1),
+        account_keys::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // account_sessions
 // ---------------------------------------------------------------------------------------------------------------
@@ -80,6 +146,8 @@ pub struct AccountSession {
     pub access_expires_at: Option<DateTime<Utc>>,
     pub refresh_expires_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The KEK that sealed both tokens.
+    pub kek_id: String,
 }
 
 /// Upserts the session of `did`.
@@ -91,6 +159,46 @@ pub fn save_session(conn: &mut PgConnection, session: &AccountSession) -> Result
         .set(session)
         .execute(conn)?;
     Ok(())
+}
+
+/// Sessions not sealed by `kek_id`, after `after` in DID order, at most `limit`.
+pub fn sessions_not_under(
+    conn: &mut PgConnection,
+    kek_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<AccountSession>, DbError> {
+    Ok(account_sessions::table
+        .filter(account_sessions::kek_id.ne(kek_id))
+        .filter(account_sessions::did.gt(after))
+        .order(account_sessions::did)
+        .limit(limit)
+        .select(AccountSession::as_select())
+        .load(conn)?)
+}
+
+/// Fenced session re-seal: only while the row still holds what was read (`updated_at` and `kek_id` unchanged; a
+/// refresh in between wins and is already sealed by the current KEK). `false` when it lost.
+pub fn reseal_session(
+    conn: &mut PgConnection,
+    read: &AccountSession,
+    kek_id: &str,
+    access_jwt_sealed: &[u8],
+    refresh_jwt_sealed: &[u8],
+) -> Result<bool, DbError> {
+    let n = diesel::update(
+        account_sessions::table
+            .find(&read.did)
+            .filter(account_sessions::updated_at.eq(read.updated_at))
+            .filter(account_sessions::kek_id.eq(&read.kek_id)),
+    )
+    .set((
+        account_sessions::kek_id.eq(kek_id),
+        account_sessions::access_jwt_sealed.eq(access_jwt_sealed),
+        account_sessions::refresh_jwt_sealed.eq(refresh_jwt_sealed),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// The stored session of `did`.

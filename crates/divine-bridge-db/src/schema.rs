@@ -55,6 +55,7 @@ diesel::table! {
         provision_state -> Nullable<Jsonb>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        seal_generation -> Int8,
     }
 }
 
@@ -67,6 +68,7 @@ diesel::table! {
         access_expires_at -> Nullable<Timestamptz>,
         refresh_expires_at -> Nullable<Timestamptz>,
         updated_at -> Timestamptz,
+        kek_id -> Text,
     }
 }
 

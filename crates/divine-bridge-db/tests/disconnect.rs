@@ -47,6 +47,7 @@ fn ready_account(conn: &mut PgConnection) {
             provision_state: None,
             created_at: now,
             updated_at: now,
+            seal_generation: 0,
         },
     )
     .unwrap();
@@ -61,6 +62,7 @@ fn ready_account(conn: &mut PgConnection) {
             access_expires_at: None,
             refresh_expires_at: None,
             updated_at: now,
+            kek_id: "k1".into(),
         },
     )
     .unwrap();

@@ -234,6 +234,7 @@ fn keys_are_inserted_once() {
         provision_state: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),
+        seal_generation: 0,
     };
     let first = insert_keys_once(&mut conn, &keys("first")).unwrap();
     let second = insert_keys_once(&mut conn, &keys("second")).unwrap();

@@ -1,7 +1,10 @@
 //! Authentication of `/api/*` requests. Two schemes:
 //!
 //! - `Authorization: Bearer <GATEWAY_SERVICE_TOKEN>` — the trusted login service acting for a user; compared in
-//!   constant time (SHA-256 of both sides through `subtle`, so the length is not leaked either).
+//!   constant time (SHA-256 of both sides through `subtle`, so the length is not leaked either). Several tokens
+//!   may be valid at once ([`ServiceTokens`]: `GATEWAY_SERVICE_TOKEN` is a comma-separated list, each at least
+//!   [`MIN_SERVICE_TOKEN_LEN`] characters) so the token rotates without downtime; each is known in logs only by its
+//!   fingerprint ([`ServiceToken::id`]), never by its value.
 //! - `Authorization: Nostr <base64 event>` — NIP-98: a kind-27235 event signed by the pubkey the request acts on,
 //!   whose `u` tag is `PUBLIC_URL + path (+ ?query)`, `method` tag the request method, `created_at` within ±60 s,
 //!   `payload` tag the hex SHA-256 of the body (required when the body is not empty), used once: event ids are
@@ -57,11 +60,87 @@ pub struct Nip98Claim {
     pub payload: Option<String>,
 }
 
+/// Shortest accepted service token (characters): 32 random URL-safe characters are ~190 bits.
+pub const MIN_SERVICE_TOKEN_LEN: usize = 32;
+
+/// One accepted service token. `Debug` shows only its fingerprint; the value is zeroed on drop.
+#[derive(Clone)]
+pub struct ServiceToken {
+    secret: zeroize::Zeroizing<String>,
+    id: String,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceToken")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceToken {
+    /// `tok-` + the first 8 hex characters of a domain-separated SHA-256: names the credential in logs without
+    /// giving anything usable away.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Every service token accepted at once (`GATEWAY_SERVICE_TOKEN`, comma-separated).
+#[derive(Clone, Debug)]
+pub struct ServiceTokens(Vec<ServiceToken>);
+
+impl ServiceTokens {
+    /// Parses the comma-separated list: at least one token, each at least [`MIN_SERVICE_TOKEN_LEN`] characters,
+    /// no duplicates. The error never contains a token.
+    pub fn parse(list: &str) -> Result<ServiceTokens, String> {
+        let mut tokens: Vec<ServiceToken> = Vec::new();
+        for (i, raw) in list.split(',').map(str::trim).enumerate() {
+            if raw.chars().count() < MIN_SERVICE_TOKEN_LEN {
+                return Err(format!(
+                    "token {} is shorter than {MIN_SERVICE_TOKEN_LEN} characters",
+                    i + 1
+                ));
+            }
+            let mut h = Sha256::new();
+            h.update(b"divine-bridge service token id v1");
+            h.update(raw.as_bytes());
+            let id = format!("tok-{}", &hex::encode(h.finalize())[..8]);
+            if tokens.iter().any(|t| t.id == id) {
+                return Err(format!("token {} is listed twice", i + 1));
+            }
+            tokens.push(ServiceToken {
+                secret: zeroize::Zeroizing::new(raw.to_string()),
+                id,
+            });
+        }
+        Ok(ServiceTokens(tokens))
+    }
+
+    /// Fingerprints of the accepted tokens, in configuration order.
+    pub fn ids(&self) -> Vec<&str> {
+        self.0.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    /// The fingerprint of the token `given` matches. Every token is compared (constant time each, no early exit),
+    /// so timing does not tell which one matched or how many there are.
+    pub fn verify(&self, given: &str) -> Result<&str, ApiError> {
+        let mut matched: Option<&str> = None;
+        for t in &self.0 {
+            if verify_bearer(given, &t.secret).is_ok() {
+                matched = Some(&t.id);
+            }
+        }
+        matched.ok_or_else(|| unauthorized("bad_token", "invalid bearer token"))
+    }
+}
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Credential {
-    /// The login service, holding `GATEWAY_SERVICE_TOKEN`; may act for any pubkey.
-    Service,
+    /// The login service, holding one of the `GATEWAY_SERVICE_TOKEN`s (named by its fingerprint); may act for any
+    /// pubkey.
+    Service { token_id: String },
     /// A user, proven by a NIP-98 event.
     Nostr(Nip98Claim),
 }
@@ -173,8 +252,10 @@ impl FromRequestParts<AppState> for Credential {
             .ok_or_else(|| unauthorized("malformed", "Authorization header must be '<scheme> <credentials>'"))?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            verify_bearer(rest, &state.config.service_token)?;
-            Ok(Credential::Service)
+            let token_id = state.config.service_tokens.verify(rest)?;
+            Ok(Credential::Service {
+                token_id: token_id.to_string(),
+            })
         } else if scheme.eq_ignore_ascii_case("nostr") {
             let url = expected_url(&state.config.public_url, &parts.uri);
             let claim = verify_nip98(rest, parts.method.as_str(), &url, Utc::now().timestamp())?;
@@ -192,7 +273,7 @@ impl Credential {
     /// Who this credential is, for the `account_audit` trail.
     pub fn actor(&self) -> divine_bridge_db::audit::Actor {
         match self {
-            Credential::Service => divine_bridge_db::audit::Actor::Service,
+            Credential::Service { .. } => divine_bridge_db::audit::Actor::Service,
             Credential::Nostr(claim) => divine_bridge_db::audit::Actor::Nip98(claim.pubkey.clone()),
         }
     }
@@ -200,8 +281,17 @@ impl Credential {
     /// Operator-only routes (suspend, unsuspend): the service token, never a user's NIP-98 event.
     pub fn require_operator(&self) -> Result<(), ApiError> {
         match self {
-            Credential::Service => Ok(()),
+            Credential::Service { .. } => Ok(()),
             Credential::Nostr(_) => Err(ApiError::OperatorOnly),
+        }
+    }
+
+    /// Which credential acts, for the log line of every action: `service:<token fingerprint>` or
+    /// `nip98:<pubkey>`. Never the token itself.
+    pub fn label(&self) -> String {
+        match self {
+            Credential::Service { token_id } => format!("service:{token_id}"),
+            Credential::Nostr(claim) => format!("nip98:{}", claim.pubkey),
         }
     }
 
@@ -210,7 +300,7 @@ impl Credential {
     /// token may act for anyone.
     pub async fn authorize(&self, state: &AppState, acting_pubkey: &str, body: &[u8]) -> Result<(), ApiError> {
         let claim = match self {
-            Credential::Service => return Ok(()),
+            Credential::Service { .. } => return Ok(()),
             Credential::Nostr(claim) => claim,
         };
         if claim.pubkey != acting_pubkey {

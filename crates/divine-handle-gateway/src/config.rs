@@ -18,8 +18,9 @@ pub struct Config {
     pub database_url: String,
     /// Lower-case domain without dots at either end; handles are `<name>.<handle_domain>`.
     pub handle_domain: String,
-    /// Shared secret of the trusted login service (`Authorization: Bearer …`). Never logged.
-    pub service_token: String,
+    /// Shared secrets of the trusted login service (`Authorization: Bearer …`), several during a rotation. Never
+    /// logged; only their fingerprints are.
+    pub service_tokens: crate::auth::ServiceTokens,
     /// External base URL (scheme + host [+ path prefix], no trailing slash) used for NIP-98 `u` checks.
     pub public_url: String,
     /// Pool size, session timeouts and TCP keepalives (`DB_*`).
@@ -39,7 +40,7 @@ impl std::fmt::Debug for Config {
             .field("db", &self.db)
             .field("reserved_names", &self.reserved_names)
             .field("pds_public_url", &self.pds_public_url)
-            .field("service_token", &"<redacted>")
+            .field("service_tokens", &self.service_tokens)
             .finish_non_exhaustive()
     }
 }
@@ -105,7 +106,8 @@ impl Config {
             .map_err(|e| err("BIND_ADDR", format!("not host:port: {e}")))?;
         let database_url = required("DATABASE_URL")?;
         let handle_domain = normalize_domain(&required("HANDLE_DOMAIN")?).map_err(|e| err("HANDLE_DOMAIN", e))?;
-        let service_token = required("GATEWAY_SERVICE_TOKEN")?.trim().to_string();
+        let service_tokens = crate::auth::ServiceTokens::parse(&required("GATEWAY_SERVICE_TOKEN")?)
+            .map_err(|e| err("GATEWAY_SERVICE_TOKEN", e))?;
         let public_url = normalize_public_url(&required("PUBLIC_URL")?).map_err(|e| err("PUBLIC_URL", e))?;
         let db = DbSettings::from_lookup(&get, 8).map_err(|e| err(e.var, e.reason))?;
         db.connection_url(&database_url).map_err(|e| err(e.var, e.reason))?;
@@ -134,7 +136,7 @@ impl Config {
             bind_addr,
             database_url,
             handle_domain,
-            service_token,
+            service_tokens,
             public_url,
             db,
             reserved_names,
@@ -155,7 +157,7 @@ mod tests {
     const BASE: &[(&str, &str)] = &[
         ("DATABASE_URL", "postgres://x/y"),
         ("HANDLE_DOMAIN", "Divine.Test"),
-        ("GATEWAY_SERVICE_TOKEN", "secret-token"),
+        ("GATEWAY_SERVICE_TOKEN", "secret-token-of-at-least-32-characters"),
         ("PUBLIC_URL", "https://gw.divine.test/"),
     ];
 
@@ -171,6 +173,46 @@ mod tests {
             "built-in reserved names by default"
         );
         assert!(!format!("{c:?}").contains("secret-token"), "token never printed");
+    }
+
+    #[test]
+    fn several_service_tokens_of_a_minimum_length() {
+        let with = |tokens: &str| {
+            let mut pairs: Vec<_> = BASE
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "GATEWAY_SERVICE_TOKEN")
+                .collect();
+            pairs.push(("GATEWAY_SERVICE_TOKEN", tokens));
+            load(&pairs)
+        };
+        let (old, new) = (
+            "old-token-0123456789abcdef0123456789",
+            "new-token-0123456789abcdef0123456789",
+        );
+        let c = with(&format!("{new}, {old}")).unwrap();
+        let ids = c.service_tokens.ids();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(c.service_tokens.verify(old).unwrap(), ids[1]);
+        assert_eq!(c.service_tokens.verify(new).unwrap(), ids[0]);
+        assert!(c.service_tokens.verify("new-token").is_err());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(old) && !shown.contains(new), "{shown}");
+        assert!(shown.contains(ids[0]), "fingerprints are shown: {shown}");
+        // Too short (the old default test token had 12 characters), or listed twice: refused at startup.
+        let e = with("secret-token").unwrap_err();
+        assert_eq!(e.var, "GATEWAY_SERVICE_TOKEN");
+        assert!(!e.reason.contains("secret-token"), "{}", e.reason);
+        assert_eq!(with(&format!("{old},{old}")).unwrap_err().var, "GATEWAY_SERVICE_TOKEN");
+    }
+
+    #[test]
+    fn debug_never_shows_the_database_password() {
+        let mut pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != "DATABASE_URL").collect();
+        pairs.push(("DATABASE_URL", "postgres://gateway:hunter2-secret@db:5432/bridge"));
+        let c = load(&pairs).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
     }
 
     #[test]

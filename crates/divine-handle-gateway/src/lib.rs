@@ -117,6 +117,7 @@ pub async fn shutdown_signal() {
 /// Connects (retrying for up to a minute while Postgres comes up), applies migrations under the shared advisory
 /// lock, binds `BIND_ADDR` and serves until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(service_tokens = ?config.service_tokens.ids(), "service tokens accepted (fingerprints)");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let db = loop {
         let url = config.database_url.clone();

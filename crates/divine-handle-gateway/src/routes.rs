@@ -140,7 +140,7 @@ pub async fn opt_in(
         OptInOutcome::Reenabled => "reenabled",
     };
     metrics::counter!(OPT_INS, "outcome" => outcome).increment(1);
-    tracing::info!(pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
+    tracing::info!(credential = %credential.label(), pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
     Ok((StatusCode::ACCEPTED, Json(AccountLinkRecord::from(result.link))).into_response())
 }
 
@@ -162,7 +162,7 @@ pub async fn enable(
         })
         .await?
         .map_err(ApiError::from)?;
-    tracing::info!(pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
+    tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
     Ok(Json(link.into()))
 }
 
@@ -185,6 +185,7 @@ pub async fn disable(
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(
+        credential = %credential.label(),
         pubkey = %disabled.link.nostr_pubkey,
         cancelled_jobs = disabled.cancelled_jobs,
         "disabled"
@@ -212,6 +213,7 @@ pub async fn disconnect(
         .await?
         .map_err(ApiError::from)?;
     tracing::info!(
+        credential = %credential.label(),
         pubkey = %started.link.nostr_pubkey,
         cancelled_jobs = started.cancelled_jobs,
         job_id = ?started.job_id,
@@ -251,7 +253,7 @@ pub async fn suspend(
         })
         .await?
         .map_err(ApiError::from)?;
-    tracing::info!(pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
+    tracing::info!(credential = %credential.label(), pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
     Ok(Json(suspended.link.into()))
 }
 
@@ -275,7 +277,7 @@ pub async fn unsuspend(
         })
         .await?
         .map_err(ApiError::from)?;
-    tracing::info!(pubkey = %link.nostr_pubkey, "unsuspended");
+    tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, "unsuspended");
     Ok(Json(link.into()))
 }
 

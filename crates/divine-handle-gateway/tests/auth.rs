@@ -495,3 +495,81 @@ async fn the_user_disconnects_with_nip98_another_key_cannot_and_enable_is_then_r
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json()["code"], "handle_taken");
 }
+
+/// Captured log output (`tracing` fmt layer writing here).
+#[derive(Clone, Default)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 12 §4: two service tokens are accepted at once (rotation without downtime), and the log line of each
+/// action names the credential by fingerprint, never by value.
+#[tokio::test]
+async fn two_service_tokens_at_once_and_actions_log_which_one() {
+    let old = TOKEN;
+    let new = "the-next-service-token-abcdefghijklmnopqrstuvwxyz";
+    let gw = Gw::new("gw_two_tokens");
+    let mut config = config(&gw.tdb.url);
+    config.service_tokens = divine_handle_gateway::auth::ServiceTokens::parse(&format!("{new},{old}")).unwrap();
+    let ids: Vec<String> = config.service_tokens.ids().iter().map(|s| s.to_string()).collect();
+    let app = divine_handle_gateway::router(divine_handle_gateway::AppState::new(gw.db.clone(), config));
+
+    let capture = Capture::default();
+    let sink = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    for (token, id) in [(new, &ids[0]), (old, &ids[1])] {
+        let pk = new_pubkey();
+        let body = opt_in_body(&pk, &handle("tok"));
+        let r = send(
+            &app,
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/account-links/opt-in")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let line = logged
+            .lines()
+            .find(|l| l.contains("opt-in") && l.contains(&pk))
+            .unwrap_or_else(|| panic!("no opt-in line for {pk} in {logged}"));
+        assert!(line.contains(&format!("credential=service:{id}")), "{line}");
+    }
+    let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !logged.contains(old) && !logged.contains(new),
+        "a token leaked into the log: {logged}"
+    );
+    // A token that is not configured (the length is fine) is refused.
+    let r = send(
+        &app,
+        Request::builder()
+            .method(Method::GET)
+            .uri(format!("/api/account-links/{}/status", new_pubkey()))
+            .header(
+                header::AUTHORIZATION,
+                "Bearer an-unknown-token-abcdefghijklmnopqrstuvwxyz",
+            )
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    r.problem(401, "unauthorized");
+}

@@ -4,8 +4,20 @@
 //! here, never by reqwest), DNS resolved here and refused if ANY address is non-public (loopback is allowed only
 //! with `allow_loopback`, for the local stack), and the connection pinned to the vetted addresses so DNS rebinding
 //! cannot swap them; plus size caps (declared and streamed), SHA-256 verification, an overall deadline and content
-//! sniffing. Errors are [`Classified`] where they are born. It must not upload, translate or retry. Which addresses
-//! are public is decided in [`ip`] alone.
+//! sniffing. Errors are [`Classified`] where they are born. It must not upload, translate or retry.
+//!
+//! Transport and content rules (issue 12 §3), on the first URL and every redirect hop:
+//! 1. `https` on port 443 or 80 only. Plain `http` and other ports only in `allow_loopback` mode (the local stack,
+//!    `MEDIA_ALLOW_LOOPBACK`), where media servers listen on 127.0.0.1:<any port>.
+//! 2. A primary URL and at most [`MAX_FALLBACK_URLS`] fallbacks are tried, all under ONE deadline
+//!    ([`MediaFetchConfig::timeout`]); further fallbacks are ignored, so a hostile event cannot make a job walk a
+//!    long list of slow URLs.
+//! 3. A video must name its SHA-256 (the NIP-71 `x`) unless `require_video_hash` is off
+//!    (`MEDIA_REQUIRE_VIDEO_HASH=false`): without it the bytes fetched are whatever the server chose to send.
+//! 4. The type is SNIFFED from the body's magic bytes and must suit the kind; the declared `Content-Type` is never
+//!    trusted for a video, caption or image (a "video/mp4" that is HTML is refused).
+//!
+//! Which addresses are public is decided in [`ip`] alone.
 
 use crate::spool::{Spool, SpoolFile};
 use divine_bridge_core::{Classified, ErrorClass};
@@ -31,7 +43,12 @@ pub struct MediaFetchConfig {
     pub connect_timeout: Duration,
     /// Redirects followed before giving up.
     pub max_redirects: usize,
+    /// Refuse a [`MediaKind::Video`] fetch without an expected SHA-256 (rule 3; env `MEDIA_REQUIRE_VIDEO_HASH`).
+    pub require_video_hash: bool,
 }
+
+/// Rule 2: fallback URLs tried after the primary one.
+pub const MAX_FALLBACK_URLS: usize = 3;
 
 impl Default for MediaFetchConfig {
     fn default() -> Self {
@@ -42,6 +59,7 @@ impl Default for MediaFetchConfig {
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
             max_redirects: 3,
+            require_video_hash: true,
         }
     }
 }
@@ -121,6 +139,15 @@ pub enum MediaError {
     TooManyRedirects { max: usize },
     #[error("media is {found}, expected {expected}")]
     UnsupportedType { expected: &'static str, found: String },
+    /// Rule 1: plain http outside `allow_loopback` mode.
+    #[error("media URL {url:?} is not https (plain http only with MEDIA_ALLOW_LOOPBACK)")]
+    InsecureUrl { url: String },
+    /// Rule 1: a port other than 443/80 outside `allow_loopback` mode.
+    #[error("media URL port {port} is not 443 or 80")]
+    PortNotAllowed { port: u16 },
+    /// Rule 3: a video without its expected SHA-256.
+    #[error("video has no SHA-256 (x) to verify against (MEDIA_REQUIRE_VIDEO_HASH)")]
+    HashMissing,
     /// The spool file could not be written (disk full, directory removed).
     #[error("media spool: {0}")]
     Spool(String),
@@ -139,6 +166,9 @@ impl Classified for MediaError {
             MediaError::Transport(_) => "media_transport",
             MediaError::TooManyRedirects { .. } => "media_too_many_redirects",
             MediaError::UnsupportedType { .. } => "media_unsupported_type",
+            MediaError::InsecureUrl { .. } => "media_insecure_url",
+            MediaError::PortNotAllowed { .. } => "media_port_not_allowed",
+            MediaError::HashMissing => "media_hash_missing",
             MediaError::Spool(_) => "media_spool_io",
         }
     }
@@ -167,7 +197,8 @@ impl Classified for MediaError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedMedia {
     pub bytes: Vec<u8>,
-    /// Sniffed type when recognised, else the declared one, else `application/octet-stream`.
+    /// Sniffed type (rule 4); for [`MediaKind::Any`] the declared one when unrecognised, else
+    /// `application/octet-stream`.
     pub mime: String,
     /// `Content-Type` as sent (lower-case, no parameters).
     pub declared_mime: Option<String>,
@@ -182,7 +213,8 @@ pub struct FetchedMedia {
 pub struct SpooledMedia {
     /// The body on disk, with its size and SHA-256.
     pub file: SpoolFile,
-    /// Sniffed type when recognised, else the declared one, else `application/octet-stream`.
+    /// Sniffed type (rule 4); for [`MediaKind::Any`] the declared one when unrecognised, else
+    /// `application/octet-stream`.
     pub mime: String,
     /// `Content-Type` as sent (lower-case, no parameters).
     pub declared_mime: Option<String>,
@@ -299,22 +331,43 @@ impl MediaFetcher {
         expected_sha256: Option<&str>,
         kind: MediaKind,
     ) -> Result<FetchedMedia, MediaError> {
+        self.require_hash(expected_sha256, kind)?;
         match tokio::time::timeout(self.config.timeout, self.fetch_inner(url, expected_sha256, kind)).await {
             Ok(r) => r,
             Err(_) => Err(MediaError::Timeout),
         }
     }
 
-    /// Tries `urls` in order (a primary URL then its NIP-71 fallbacks), each with its own deadline, and returns the
-    /// first success. When all fail: the first transient error if there was one (a retry may succeed), else the
-    /// primary URL's error. An empty list is `media_bad_url`.
+    /// Tries `urls` in order (a primary URL then at most [`MAX_FALLBACK_URLS`] of its NIP-71 fallbacks) under one
+    /// overall deadline (rule 2), and returns the first success. When all fail: the first transient error if there
+    /// was one (a retry may succeed), else the primary URL's error. An empty list is `media_bad_url`.
     pub async fn fetch_any(
         &self,
         urls: &[String],
         expected_sha256: Option<&str>,
         kind: MediaKind,
     ) -> Result<FetchedMedia, MediaError> {
-        first_success(urls, |url| self.fetch(url, expected_sha256, kind)).await
+        self.within_deadline(first_success(urls, |url| self.fetch(url, expected_sha256, kind)))
+            .await
+    }
+
+    /// Rule 2's single deadline around a whole fallback walk.
+    async fn within_deadline<T>(
+        &self,
+        walk: impl std::future::Future<Output = Result<T, MediaError>>,
+    ) -> Result<T, MediaError> {
+        match tokio::time::timeout(self.config.timeout, walk).await {
+            Ok(r) => r,
+            Err(_) => Err(MediaError::Timeout),
+        }
+    }
+
+    /// Rule 3, checked before any network access.
+    fn require_hash(&self, expected_sha256: Option<&str>, kind: MediaKind) -> Result<(), MediaError> {
+        if kind == MediaKind::Video && self.config.require_video_hash && expected_sha256.is_none() {
+            return Err(MediaError::HashMissing);
+        }
+        Ok(())
     }
 
     /// Like [`MediaFetcher::fetch`], but the body is streamed to a file in `spool` while it is hashed, never held
@@ -326,6 +379,7 @@ impl MediaFetcher {
         kind: MediaKind,
         spool: &Spool,
     ) -> Result<SpooledMedia, MediaError> {
+        self.require_hash(expected_sha256, kind)?;
         let fetch = async {
             let expected = expected_hash(expected_sha256)?;
             let (resp, cap) = self.open(url, kind).await?;
@@ -366,7 +420,10 @@ impl MediaFetcher {
         kind: MediaKind,
         spool: &Spool,
     ) -> Result<SpooledMedia, MediaError> {
-        first_success(urls, |url| self.fetch_to_spool(url, expected_sha256, kind, spool)).await
+        self.within_deadline(first_success(urls, |url| {
+            self.fetch_to_spool(url, expected_sha256, kind, spool)
+        }))
+        .await
     }
 
     /// Checks a URL's scheme and host against the policy without any network access.
@@ -379,6 +436,19 @@ impl MediaFetcher {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(MediaError::BadUrl("credentials in URL".into()));
+        }
+        if !self.config.allow_loopback {
+            if url.scheme() != "https" {
+                return Err(MediaError::InsecureUrl { url: url.to_string() });
+            }
+            match url.port_or_known_default() {
+                Some(443 | 80) => {}
+                other => {
+                    return Err(MediaError::PortNotAllowed {
+                        port: other.unwrap_or(0),
+                    })
+                }
+            }
         }
         let host = url
             .host_str()
@@ -522,7 +592,7 @@ where
     Fut: std::future::Future<Output = Result<T, MediaError>>,
 {
     let mut errors: Vec<MediaError> = Vec::new();
-    for url in urls {
+    for url in urls.iter().take(1 + MAX_FALLBACK_URLS) {
         match fetch(url).await {
             Ok(m) => return Ok(m),
             Err(e) => errors.push(e),
@@ -567,12 +637,19 @@ fn declared_mime(resp: &reqwest::Response) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
-/// The body's type from its first bytes (else the declared type), if `kind` accepts it.
+/// The body's type from its first bytes, if `kind` accepts it (rule 4). Only [`MediaKind::Any`] falls back to the
+/// declared type when the bytes are not recognised.
 fn accept(kind: MediaKind, head: &[u8], declared_mime: &Option<String>) -> Result<String, MediaError> {
-    let mime = sniff_mime(head)
-        .map(str::to_string)
-        .or_else(|| declared_mime.clone())
-        .unwrap_or_else(|| "application/octet-stream".into());
+    let mime = match (sniff_mime(head), kind) {
+        (Some(sniffed), _) => sniffed.to_string(),
+        (None, MediaKind::Any) => declared_mime
+            .clone()
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        (None, _) => format!(
+            "unrecognised bytes (declared {})",
+            declared_mime.as_deref().unwrap_or("nothing")
+        ),
+    };
     if !kind.accepts(&mime) {
         return Err(MediaError::UnsupportedType {
             expected: kind.expected(),
@@ -711,6 +788,8 @@ mod tests {
             ("not a url", "media_bad_url"),
             ("https://user:pw@a.example/x", "media_bad_url"),
             ("https://b.example/x", "media_host_not_allowed"),
+            ("http://a.example/x", "media_insecure_url"),
+            ("https://a.example:8443/x", "media_port_not_allowed"),
         ] {
             let e = f.fetch(u, None, MediaKind::Any).await.unwrap_err();
             assert_eq!(e.code(), code, "{u}");

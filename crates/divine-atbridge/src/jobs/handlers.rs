@@ -8,7 +8,7 @@ use super::publish::{self, PostSource};
 use super::store::{DbSessionStore, PdsRepo};
 use super::JobError;
 use crate::config::{CrosspostConfig, IdentityConfig};
-use crate::keys::KeyEncryptionKey;
+use crate::keys::KeyRing;
 use crate::pds::{PdsClient, SessionManager};
 use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
@@ -22,7 +22,7 @@ use std::time::Duration;
 pub struct Handlers {
     pub db: Db,
     pub xrpc: XrpcClient,
-    pub kek: Arc<KeyEncryptionKey>,
+    pub kek: Arc<KeyRing>,
     pub identity: IdentityConfig,
     pub crosspost: CrosspostConfig,
     pub repo: PdsRepo,
@@ -34,7 +34,7 @@ impl Handlers {
     pub fn new(
         db: Db,
         xrpc: XrpcClient,
-        kek: Arc<KeyEncryptionKey>,
+        kek: Arc<KeyRing>,
         identity: IdentityConfig,
         crosspost: CrosspostConfig,
     ) -> Result<Handlers, crate::spool::SpoolError> {

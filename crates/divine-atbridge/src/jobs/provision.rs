@@ -8,7 +8,7 @@ use super::store::{save_session, DbCheckpoint};
 use super::{upstream, JobError};
 use crate::config::IdentityConfig;
 use crate::identity::{ProvisionRequest, ProvisionSecrets, ProvisionState, Provisioner};
-use crate::keys::KeyEncryptionKey;
+use crate::keys::KeyRing;
 use crate::xrpc::XrpcClient;
 use chrono::Utc;
 use diesel::prelude::*;
@@ -23,7 +23,7 @@ use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind, Provisionin
 pub struct ProvisionDeps<'a> {
     pub db: &'a Db,
     pub xrpc: &'a XrpcClient,
-    pub kek: &'a KeyEncryptionKey,
+    pub kek: &'a KeyRing,
     pub identity: &'a IdentityConfig,
 }
 
@@ -69,7 +69,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     let stored = match stored {
         Some(k) => k,
         None => {
-            let sealed = ProvisionSecrets::generate().seal(deps.kek, pubkey);
+            let sealed = ProvisionSecrets::generate().seal(deps.kek.primary(), pubkey);
             let row = AccountKeys {
                 nostr_pubkey: pubkey.to_string(),
                 kek_id: sealed.kek_id,
@@ -81,18 +81,12 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
                 provision_state: Some(ProvisionState::new().to_json()),
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
+                seal_generation: 0,
             };
             deps.db.run(move |c| records::insert_keys_once(c, &row)).await?
         }
     };
-    let secrets = ProvisionSecrets::open(
-        deps.kek,
-        pubkey,
-        &stored.signing_key_sealed,
-        &stored.rotation_key_sealed,
-        &stored.password_sealed,
-    )
-    .map_err(upstream)?;
+    let secrets = ProvisionSecrets::open_row(deps.kek, &stored).map_err(upstream)?;
     let progress = match &stored.provision_state {
         Some(v) => ProvisionState::from_json(v).map_err(upstream)?,
         None => ProvisionState::new(),

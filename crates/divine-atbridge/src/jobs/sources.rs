@@ -25,6 +25,7 @@ use std::collections::HashMap;
 pub struct MediaSettings {
     pub allowed_hosts: Vec<String>,
     pub allow_loopback: bool,
+    pub require_video_hash: bool,
     pub timeout: std::time::Duration,
 }
 
@@ -32,6 +33,7 @@ pub fn media_config(c: &CrosspostConfig) -> MediaSettings {
     MediaSettings {
         allowed_hosts: c.media_allowed_hosts.clone(),
         allow_loopback: c.media_allow_loopback,
+        require_video_hash: c.media_require_video_hash,
         timeout: c.media_timeout,
     }
 }
@@ -39,6 +41,7 @@ pub fn media_config(c: &CrosspostConfig) -> MediaSettings {
 fn fetcher(media: &MediaSettings) -> MediaFetcher {
     let mut config = MediaFetchConfig::new(media.allowed_hosts.clone(), media.allow_loopback);
     config.timeout = media.timeout;
+    config.require_video_hash = media.require_video_hash;
     config.max_bytes = translate::MAX_VIDEO_BYTES;
     MediaFetcher::new(config)
 }

@@ -6,7 +6,7 @@
 use super::publish::MediaBody;
 use super::{BlobJson, RepoWriter, UpstreamError};
 use crate::identity::{Checkpoint, ProvisionState};
-use crate::keys::KeyEncryptionKey;
+use crate::keys::{sealed_aad, KeyRing, SecretPurpose};
 use crate::pds::{PdsError, PutRecord, SessionManager, SessionStore, StoreError, StoredSession};
 use chrono::Utc;
 use diesel::prelude::*;
@@ -24,7 +24,7 @@ fn store_err(e: &DbError) -> StoreError {
 #[derive(Clone)]
 pub struct DbSessionStore {
     pub db: Db,
-    pub kek: Arc<KeyEncryptionKey>,
+    pub kek: Arc<KeyRing>,
 }
 
 impl DbSessionStore {
@@ -61,7 +61,10 @@ impl SessionStore for DbSessionStore {
             .map_err(|e| store_err(&e))?;
         match row {
             None => Ok(None),
-            Some(r) => StoredSession::open(&self.kek, &r.nostr_pubkey, &r.access_jwt_sealed, &r.refresh_jwt_sealed)
+            Some(r) => self
+                .kek
+                .get(&r.kek_id)
+                .and_then(|kek| StoredSession::open(kek, &r.nostr_pubkey, &r.access_jwt_sealed, &r.refresh_jwt_sealed))
                 .map(Some)
                 .map_err(|e| StoreError::from_classified(&e)),
         }
@@ -77,21 +80,23 @@ impl SessionStore for DbSessionStore {
     async fn password(&self, did: &str) -> Result<String, StoreError> {
         let pubkey = self.pubkey_for(did).await?;
         let pk = pubkey.clone();
-        let sealed: Vec<u8> = self
+        let (kek_id, generation, sealed): (String, i64, Vec<u8>) = self
             .db
             .run(move |c| {
                 Ok(account_keys::table
                     .find(&pk)
-                    .select(account_keys::password_sealed)
+                    .select((
+                        account_keys::kek_id,
+                        account_keys::seal_generation,
+                        account_keys::password_sealed,
+                    ))
                     .first(c)?)
             })
             .await
             .map_err(|e| store_err(&e))?;
         self.kek
-            .open_string(
-                &crate::keys::secret_aad(&pubkey, crate::keys::SecretPurpose::Password),
-                &sealed,
-            )
+            .get(&kek_id)
+            .and_then(|kek| kek.open_string(&sealed_aad(&pubkey, SecretPurpose::Password, generation), &sealed))
             .map_err(|e| StoreError::from_classified(&e))
     }
 }
@@ -99,11 +104,12 @@ impl SessionStore for DbSessionStore {
 /// Seals and upserts a session for `did` (owned by `pubkey`).
 pub async fn save_session(
     db: &Db,
-    kek: &KeyEncryptionKey,
+    kek: &KeyRing,
     pubkey: &str,
     did: &str,
     session: &StoredSession,
 ) -> Result<(), DbError> {
+    let kek = kek.primary();
     let (access, refresh) = session.seal(kek, pubkey);
     let row = AccountSession {
         did: did.to_string(),
@@ -113,6 +119,7 @@ pub async fn save_session(
         access_expires_at: session.access_expires_at(),
         refresh_expires_at: session.refresh_expires_at(),
         updated_at: Utc::now(),
+        kek_id: kek.key_id(),
     };
     db.run(move |c| records::save_session(c, &row)).await
 }

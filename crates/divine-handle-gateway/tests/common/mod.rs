@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
 pub const DOMAIN: &str = "divine.test";
-pub const TOKEN: &str = "service-token-for-tests";
+pub const TOKEN: &str = "service-token-for-tests-0123456789abcdef";
 pub const PUBLIC_URL: &str = "https://gw.divine.test";
 pub const PDS_PUBLIC_URL: &str = "https://pds.example.test";
 
@@ -37,7 +37,7 @@ pub fn config(db_url: &str) -> Config {
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: db_url.to_string(),
         handle_domain: DOMAIN.to_string(),
-        service_token: TOKEN.to_string(),
+        service_tokens: divine_handle_gateway::auth::ServiceTokens::parse(TOKEN).unwrap(),
         public_url: PUBLIC_URL.to_string(),
         db: divine_bridge_db::DbSettings::with_pool_size(4),
         reserved_names: vec!["pds".into(), "relay".into()],
