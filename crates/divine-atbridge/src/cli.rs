@@ -31,6 +31,24 @@ pub enum Command {
     /// Inspect and re-drive accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Database administration.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print (or `--apply` with `DATABASE_URL`, as a superuser or the database owner) the SQL that creates the
+    /// least-privilege worker and gateway roles (`divine_bridge_db::roles`). Idempotent.
+    Roles {
+        #[arg(long, default_value = divine_bridge_db::roles::DEFAULT_WORKER_ROLE)]
+        worker_role: String,
+        #[arg(long, default_value = divine_bridge_db::roles::DEFAULT_GATEWAY_ROLE)]
+        gateway_role: String,
+        /// Apply it to `DATABASE_URL` instead of printing it.
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -182,6 +182,8 @@ pub fn bridge_env(db: &TestDb, stack: &Refstack, relays: &[&str], kek: &str) -> 
         ("PDS_URL", stack.pds_url.as_str()),
         ("KEY_ENCRYPTION_KEY", kek),
         ("ACCOUNT_EMAIL_DOMAIN", "bridge.test"),
+        ("ALLOW_NO_RECOVERY_KEYS", "true"),
+        ("PDS_ADMIN_PASSWORD", stack.admin_password.as_str()),
         ("MEDIA_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         ("MEDIA_ALLOW_LOOPBACK", "true"),
         ("WORKERS", "4"),
