@@ -363,3 +363,49 @@ fn db_roles_creates_a_schema_owning_worker_and_a_gateway_kept_from_keys() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("error[db_role_invalid]"));
 }
+
+/// Issue 12 §2: `run` refuses to start without an offline recovery key (unless `ALLOW_NO_RECOVERY_KEYS=true`) and
+/// with a recovery key that does not decode, before it touches the database or any peer.
+#[test]
+fn run_refuses_to_start_without_a_decodable_recovery_key() {
+    let db = TestDb::empty("cli_recovery");
+    let run = |recovery: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"));
+        cmd.arg("run")
+            .env("DATABASE_URL", &db.url)
+            .env("PLC_DIRECTORY_URL", "http://127.0.0.1:9")
+            .env("PDS_URL", "http://127.0.0.1:9")
+            .env("KEY_ENCRYPTION_KEY", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")
+            .env("ACCOUNT_EMAIL_DOMAIN", "bridge.test")
+            .env("PDS_ADMIN_PASSWORD", "admin-pass")
+            .env("NOSTR_RELAYS", "ws://127.0.0.1:9")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env_remove("ALLOW_NO_RECOVERY_KEYS");
+        match recovery {
+            Some(keys) => cmd.env("PLC_RECOVERY_KEYS", keys),
+            None => cmd.env_remove("PLC_RECOVERY_KEYS"),
+        };
+        cmd.output().expect("run divine-atbridge")
+    };
+    for (keys, code) in [
+        (None, "recovery_keys_missing"),
+        (Some(""), "recovery_keys_missing"),
+        (Some("did:key:zbad"), "recovery_key_invalid"),
+        (
+            Some("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
+            "recovery_key_invalid",
+        ),
+    ] {
+        let out = run(keys);
+        assert!(!out.status.success(), "{keys:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("error[{code}]")), "{keys:?}: {stderr}");
+    }
+    let migrated: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "to_regclass('__diesel_schema_migrations') IS NOT NULL",
+    ))
+    .get_result(&mut db.conn())
+    .unwrap();
+    assert!(!migrated, "the refused worker touched the database");
+}

@@ -29,15 +29,19 @@ import yaml
 # (and reported as skipped, not passed).
 CRD_GROUPS = ("monitoring.coreos.com/",)
 SECRET_NAME = "divine-bridge-secrets"
-SECRET_KEYS = {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "GATEWAY_SERVICE_TOKEN", "PDS_ADMIN_PASSWORD"}
+SECRET_KEYS = {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "GATEWAY_SERVICE_TOKEN", "PDS_ADMIN_PASSWORD",
+               "GATEWAY_DATABASE_URL"}
 UID = 10001
 ATBRIDGE = "divine-atbridge"
 GATEWAY = "divine-handle-gateway"
 # Container port each service listens on (HTTP_ADDR / BIND_ADDR defaults).
 PORTS = {ATBRIDGE: 9090, GATEWAY: 3000}
-# Secret keys each service needs.
+# Secret keys each service needs (env name = Secret key, except SECRET_KEY_OF).
 NEEDS = {ATBRIDGE: {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "PDS_ADMIN_PASSWORD"},
          GATEWAY: {"DATABASE_URL", "GATEWAY_SERVICE_TOKEN"}}
+# The gateway connects as its own least-privilege role (divine-atbridge db roles): its DATABASE_URL is a different
+# Secret key from the worker's, so the two can never be the same credentials by accident of the manifests.
+SECRET_KEY_OF = {(GATEWAY, "DATABASE_URL"): "GATEWAY_DATABASE_URL"}
 # NetworkPolicy contract (base/networkpolicy.yaml): the egress each service must have and may have, as
 # (protocol, port); ingress sources (namespace names) and ports.
 DNS = {("UDP", 53), ("TCP", 53)}
@@ -219,9 +223,10 @@ def check_container(t, where, svc, pod, c, cfg):
     bad = [n for n in SECRET_KEYS if n in env and "value" in env[n]]
     t.check(not bad, f"{where}: no literal value for secret env", ",".join(sorted(bad)))
     for name in sorted(NEEDS[svc]):
+        key = SECRET_KEY_OF.get((svc, name), name)
         ref = ((env.get(name) or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
-        t.check(ref.get("name") == SECRET_NAME and ref.get("key") == name,
-                f"{where}: {name} from secretKeyRef {SECRET_NAME}/{name}", str(ref))
+        t.check(ref.get("name") == SECRET_NAME and ref.get("key") == key,
+                f"{where}: {name} from secretKeyRef {SECRET_NAME}/{key}", str(ref))
     leaked = sorted(SECRET_KEYS & set(cfg or {}))
     t.check(not leaked, f"{where}: ConfigMap holds no secret keys", ",".join(leaked))
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
