@@ -314,7 +314,7 @@ fn cli_url(url: &str, args: &[&str]) -> Output {
 #[test]
 fn db_roles_creates_a_schema_owning_worker_and_a_gateway_kept_from_keys() {
     use divine_bridge_db::roles::Roles;
-    let mut db = TestDb::empty("cli_roles");
+    let db = TestDb::empty("cli_roles");
     let tag = format!("c{}_{}", std::process::id(), rand::random::<u32>());
     let (worker, gateway) = (format!("{tag}_w"), format!("{tag}_g"));
     let roles = Roles::new(&worker, &gateway).unwrap();

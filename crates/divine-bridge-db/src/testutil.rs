@@ -18,7 +18,7 @@ pub struct TestDb {
     name: String,
     admin_url: String,
     /// Roles created by [`TestDb::with_roles`], dropped after the database.
-    roles: Option<crate::roles::Roles>,
+    roles: std::sync::Mutex<Option<crate::roles::Roles>>,
 }
 
 fn server_url() -> String {
@@ -44,7 +44,7 @@ impl TestDb {
             url: format!("{server}/{name}"),
             name,
             admin_url,
-            roles: None,
+            roles: std::sync::Mutex::new(None),
         }
     }
 
@@ -100,7 +100,7 @@ impl TestDb {
 
     /// Creates this database's own worker and gateway roles and applies [`crate::roles::roles_sql`] as the
     /// superuser (roles are cluster-wide, so each test database gets uniquely named ones; they are dropped with it).
-    pub fn with_roles(&mut self) -> crate::roles::Roles {
+    pub fn with_roles(&self) -> crate::roles::Roles {
         let tag = format!("r{}_{}", std::process::id(), rand::random::<u32>());
         let (roles, applied) = self.with_roles_deferred(&tag);
         assert_eq!(
@@ -112,16 +112,18 @@ impl TestDb {
     }
 
     /// [`TestDb::with_roles`] with the role names derived from `tag`, on a database that may not be migrated yet.
-    pub fn with_roles_deferred(&mut self, tag: &str) -> (crate::roles::Roles, crate::roles::Applied) {
+    pub fn with_roles_deferred(&self, tag: &str) -> (crate::roles::Roles, crate::roles::Applied) {
         let roles = crate::roles::Roles::new(&format!("{tag}_worker"), &format!("{tag}_gateway")).expect("role names");
-        self.roles = Some(roles.clone());
+        self.drop_roles_with_db(roles.clone());
         let applied = crate::roles::apply(&mut self.conn(), &roles).expect("apply roles SQL");
         (roles, applied)
     }
 
     /// Drops `roles` (created by someone else, e.g. the CLI) after this database.
-    pub fn drop_roles_with_db(&mut self, roles: crate::roles::Roles) {
-        self.roles = Some(roles);
+    pub fn drop_roles_with_db(&self, roles: crate::roles::Roles) {
+        let mut held = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(held.is_none(), "one set of roles per test database");
+        *held = Some(roles);
     }
 
     /// The URL of this database as `role` (the test server trusts local connections, so no password).
@@ -147,7 +149,7 @@ impl Drop for TestDb {
         if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
                 .execute(&mut admin);
-            if let Some(roles) = &self.roles {
+            if let Some(roles) = self.roles.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
                 for role in [&roles.gateway, &roles.worker] {
                     let _ = diesel::sql_query(format!("DROP ROLE IF EXISTS \"{}\"", role.as_str())).execute(&mut admin);
                 }

@@ -75,7 +75,7 @@ async fn the_gateway_role_cannot_read_keys_or_sessions_nor_rewrite_what_it_does_
 
 #[tokio::test]
 async fn a_gateway_on_an_unmigrated_database_is_not_ready_and_creates_nothing() {
-    let mut tdb = TestDb::empty("gw_unmigrated");
+    let tdb = TestDb::empty("gw_unmigrated");
     let tag = format!("r{}_{}", std::process::id(), rand::random::<u32>());
     // Roles before the first migration: the gateway's grants wait for the schema.
     let roles = {

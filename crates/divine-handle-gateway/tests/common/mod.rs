@@ -53,7 +53,7 @@ pub fn config(db_url: &str) -> Config {
 
 impl Gw {
     pub fn new(prefix: &str) -> Gw {
-        let mut tdb = TestDb::migrated(prefix);
+        let tdb = TestDb::migrated(prefix);
         let roles = tdb.with_roles();
         let gateway_url = tdb.url_as(&roles.gateway);
         let db = Db::connect(&gateway_url, 4).expect("gateway pool");
