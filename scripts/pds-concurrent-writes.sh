@@ -9,8 +9,11 @@ N="${1:-32}"
 : "${PDS_URL:?source the refstack env first}"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
 h="cw$(date +%s)$RANDOM.test"
+# The PDS requires invites (refstack.sh): mint one through the admin API.
+invite=$(curl -sf -X POST "$PDS_URL/xrpc/com.atproto.server.createInviteCode" -H 'content-type: application/json' \
+  -u "admin:${PDS_ADMIN_PASSWORD:-admin-pass}" -d '{"useCount":1}' | jq -r .code)
 acct=$(curl -sf -X POST "$PDS_URL/xrpc/com.atproto.server.createAccount" -H 'content-type: application/json' \
-  -d "{\"handle\":\"$h\",\"email\":\"$h@example.com\",\"password\":\"pw-$h\"}")
+  -d "{\"handle\":\"$h\",\"email\":\"$h@example.com\",\"password\":\"pw-$h\",\"inviteCode\":\"$invite\"}")
 did=$(jq -r .did <<<"$acct"); jwt=$(jq -r .accessJwt <<<"$acct")
 now=$(date -u +%Y-%m-%dT%H:%M:%S.000Z)
 B32=234567abcdefghijklmnopqrstuvwxyz

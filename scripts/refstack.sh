@@ -132,7 +132,8 @@ export PDS_BLOB_UPLOAD_LIMIT=${PDS_BLOB_UPLOAD_LIMIT:-100000000}
 export PDS_DID_PLC_URL=$PLC_URL
 export PDS_SERVICE_HANDLE_DOMAINS=.test
 export PDS_DEV_MODE=true
-export PDS_INVITE_REQUIRED=false
+# No open sign-up (issue 12 §4): the bridge mints an invite per account through the admin API, and tests prove it.
+export PDS_INVITE_REQUIRED=true
 export PDS_JWT_SECRET=$(openssl rand -hex 16)
 export PDS_DPOP_SECRET=$(openssl rand -hex 32)
 export PDS_ADMIN_PASSWORD=${PDS_ADMIN_PASSWORD:-admin-pass}

@@ -2,7 +2,7 @@
 //! relay ingest, the worker pool and signal handling, plus the operator commands. Owns startup order and shutdown;
 //! it must not contain domain logic (that lives in the modules it wires together).
 
-use crate::cli::{AccountsCommand, Cli, Command, JobsCommand};
+use crate::cli::{AccountsCommand, Cli, Command, DbCommand, JobsCommand};
 use crate::config::{Config, ConfigError};
 use crate::jobs::handlers::Handlers;
 use crate::keys::KeyRing;
@@ -107,6 +107,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
         Command::Jobs(cmd) => jobs_command(cmd).await,
         Command::Accounts(cmd) => accounts_command(cmd).await,
         Command::Keys(crate::cli::KeysCommand::Rotate { batch }) => keys_rotate(batch.max(1)).await,
+        Command::Db(cmd) => db_command(cmd).await,
     }
 }
 
@@ -132,6 +133,35 @@ async fn keys_rotate(batch: i64) -> Result<(), AppError> {
     Ok(())
 }
 
+async fn db_command(cmd: DbCommand) -> Result<(), AppError> {
+    use divine_bridge_db::roles::{self, Applied, Roles};
+    match cmd {
+        DbCommand::Roles {
+            worker_role,
+            gateway_role,
+            apply,
+        } => {
+            let names = Roles::new(&worker_role, &gateway_role).map_err(AppError::of)?;
+            if !apply {
+                print!("{}", roles::full_sql(&names));
+                return Ok(());
+            }
+            let applied = with_conn(move |c| roles::apply(c, &names)).await?;
+            match applied {
+                Applied::All => {
+                    println!("roles {worker_role} and {gateway_role} created or updated; gateway grants applied")
+                }
+                Applied::GatewayGrantsDeferred => println!(
+                    "roles {worker_role} and {gateway_role} created or updated; the schema is not migrated yet, so \
+                     the gateway's grants follow the worker's first start (GATEWAY_DB_ROLE={gateway_role}) or a \
+                     second `db roles --apply` after `divine-atbridge migrate`"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run() -> Result<(), AppError> {
     let config = Config::from_env()?;
     let worker_config = crate::worker::WorkerConfig::from_env().map_err(AppError::of)?;
@@ -140,6 +170,11 @@ async fn run() -> Result<(), AppError> {
     let db = Db::connect_with(&config.database_url, &config.db)?;
     let applied = db.run(run_migrations).await?;
     tracing::info!(applied = applied.len(), "migrations checked");
+    if let Some(role) = config.gateway_db_role.clone() {
+        db.run(move |c| divine_bridge_db::roles::apply_gateway_grants(c, &role))
+            .await?;
+        tracing::info!("gateway role grants applied");
+    }
     let metrics = crate::metrics::install();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

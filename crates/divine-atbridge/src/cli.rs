@@ -34,6 +34,9 @@ pub enum Command {
     /// Key-encryption-key custody.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Database administration.
+    #[command(subcommand)]
+    Db(DbCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +47,21 @@ pub enum KeysCommand {
         /// Rows read per batch (a progress line is printed after each).
         #[arg(long, default_value_t = crate::rekey::DEFAULT_BATCH)]
         batch: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Print (or `--apply` with `DATABASE_URL`, as a superuser or the database owner) the SQL that creates the
+    /// least-privilege worker and gateway roles (`divine_bridge_db::roles`). Idempotent.
+    Roles {
+        #[arg(long, default_value = divine_bridge_db::roles::DEFAULT_WORKER_ROLE)]
+        worker_role: String,
+        #[arg(long, default_value = divine_bridge_db::roles::DEFAULT_GATEWAY_ROLE)]
+        gateway_role: String,
+        /// Apply it to `DATABASE_URL` instead of printing it.
+        #[arg(long)]
+        apply: bool,
     },
 }
 

@@ -13,6 +13,13 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error(
+        "PLC_RECOVERY_KEYS is empty: every DID would have no offline recovery key; set it, or set \
+         ALLOW_NO_RECOVERY_KEYS=true (localnet and tests only)"
+    )]
+    NoRecoveryKeys,
+    #[error("PLC_RECOVERY_KEYS entry {key:?} does not decode: {reason}")]
+    RecoveryKeyInvalid { key: String, reason: String },
 }
 
 impl Classified for ConfigError {
@@ -20,6 +27,8 @@ impl Classified for ConfigError {
         match self {
             ConfigError::Missing(_) => "config_missing",
             ConfigError::Invalid { .. } => "config_invalid",
+            ConfigError::NoRecoveryKeys => "recovery_keys_missing",
+            ConfigError::RecoveryKeyInvalid { .. } => "recovery_key_invalid",
         }
     }
     fn class(&self) -> ErrorClass {
@@ -121,6 +130,8 @@ pub struct IdentityConfig {
     pub key_encryption_key: String,
     pub recovery_keys: Vec<String>,
     pub email_domain: String,
+    /// `PDS_ADMIN_PASSWORD` (secret): mints the invite code of each account (the PDS requires invites).
+    pub pds_admin_password: String,
 }
 
 impl std::fmt::Debug for IdentityConfig {
@@ -131,29 +142,43 @@ impl std::fmt::Debug for IdentityConfig {
             .field("key_encryption_key", &"<redacted>")
             .field("recovery_keys", &self.recovery_keys)
             .field("email_domain", &self.email_domain)
+            .field("pds_admin_password", &"<redacted>")
             .finish()
     }
 }
 
 impl IdentityConfig {
     pub fn from_env() -> Result<IdentityConfig, ConfigError> {
-        let recovery_keys = list("PLC_RECOVERY_KEYS");
-        for k in &recovery_keys {
-            if !k.starts_with("did:key:z") {
-                return Err(ConfigError::Invalid {
-                    name: "PLC_RECOVERY_KEYS",
-                    reason: format!("{k:?} is not a did:key"),
-                });
-            }
-        }
+        let recovery_keys = recovery_keys(list("PLC_RECOVERY_KEYS"), bool_or("ALLOW_NO_RECOVERY_KEYS", false)?)?;
         Ok(IdentityConfig {
             plc_url: url("PLC_DIRECTORY_URL", required("PLC_DIRECTORY_URL")?)?,
             pds_url: url("PDS_URL", required("PDS_URL")?)?,
             key_encryption_key: required("KEY_ENCRYPTION_KEY")?,
             recovery_keys,
             email_domain: required("ACCOUNT_EMAIL_DOMAIN")?,
+            pds_admin_password: required("PDS_ADMIN_PASSWORD")?,
         })
     }
+}
+
+/// `PLC_RECOVERY_KEYS`, checked at startup (issue 12 §2).
+///
+/// Decision: an empty list is refused unless `ALLOW_NO_RECOVERY_KEYS=true` (set only by localnet and the test
+/// harnesses): without an offline recovery key in `rotationKeys`, a leaked bridge rotation key lets an attacker
+/// take every DID for good, and nothing would have said so at deploy time. Every key is fully decoded
+/// (`keys::decode_did_key`: multibase, multicodec secp256k1/P-256, a point on the curve), so a typo stops the
+/// process at startup instead of failing each account's provisioning with `plc_rejected`.
+pub fn recovery_keys(keys: Vec<String>, allow_none: bool) -> Result<Vec<String>, ConfigError> {
+    if keys.is_empty() && !allow_none {
+        return Err(ConfigError::NoRecoveryKeys);
+    }
+    for key in &keys {
+        crate::keys::decode_did_key(key).map_err(|e| ConfigError::RecoveryKeyInvalid {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(keys)
 }
 
 /// Cross-posting settings.
@@ -366,6 +391,9 @@ pub struct Config {
     pub reconcile: crate::reconcile::ReconcileConfig,
     /// `ALLOW_INSECURE_HTTP` (false): plain http to a non-loopback PDS/PLC (localnet only; see `xrpc` rule 2).
     pub allow_insecure_http: bool,
+    /// `GATEWAY_DB_ROLE` (unset): the gateway's least-privilege Postgres role; after migrating, the worker (the
+    /// schema's owner) re-applies its grants (`divine_bridge_db::roles::apply_gateway_grants`).
+    pub gateway_db_role: Option<divine_bridge_db::roles::RoleName>,
 }
 
 /// `JOB_RETENTION_SECS`: whole seconds, at least [`crate::retention::MIN_RETENTION`].
@@ -438,6 +466,13 @@ impl Config {
             job_retention: job_retention()?,
             handle_release_grace: handle_release_grace()?,
             allow_insecure_http: bool_or("ALLOW_INSECURE_HTTP", false)?,
+            gateway_db_role: var("GATEWAY_DB_ROLE")
+                .map(|v| divine_bridge_db::roles::RoleName::parse(&v))
+                .transpose()
+                .map_err(|e| ConfigError::Invalid {
+                    name: "GATEWAY_DB_ROLE",
+                    reason: e.to_string(),
+                })?,
         })
     }
 }
@@ -455,6 +490,29 @@ mod tests {
         );
         let e = media_budget(99_999_999).unwrap_err();
         assert!(e.to_string().contains("MEDIA_MEMORY_BUDGET_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn recovery_keys_are_required_unless_allowed_and_fully_decoded() {
+        let e = recovery_keys(vec![], false).unwrap_err();
+        assert_eq!(e.code(), "recovery_keys_missing");
+        assert_eq!(recovery_keys(vec![], true).unwrap(), Vec::<String>::new());
+        let k256 = crate::keys::AccountKey::generate().did_key();
+        // P-256 generator point, compressed (multicodec 0x1200).
+        let p256 = "did:key:zDnaerDaTF5BXEavCrfRZEk316dpbLsfPDZ3WJ5hRTPFU2169".to_string();
+        assert_eq!(
+            recovery_keys(vec![k256.clone(), p256.clone()], false).unwrap(),
+            vec![k256.clone(), p256]
+        );
+        // Shaped like a did:key (the old prefix check passed these) but not a key.
+        for bad in [
+            "did:key:zbad".to_string(),
+            k256[..k256.len() - 2].to_string(),
+            "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK".to_string(),
+        ] {
+            let e = recovery_keys(vec![k256.clone(), bad.clone()], true).unwrap_err();
+            assert_eq!(e.code(), "recovery_key_invalid", "{bad}");
+        }
     }
 
     #[test]
@@ -515,14 +573,17 @@ mod tests {
                 key_encryption_key: kek.into(),
                 recovery_keys: vec![],
                 email_domain: "bridge.example".into(),
+                pds_admin_password: "admin-hunter3".into(),
             },
             reconcile: reconcile_settings(&c, 0, 0, 0, 0).unwrap(),
             crosspost: c,
             job_retention: Duration::from_secs(3600),
             handle_release_grace: Duration::from_secs(3600),
             allow_insecure_http: false,
+            gateway_db_role: None,
         };
         let shown = format!("{config:?}");
+        assert!(!shown.contains("admin-hunter3"), "{shown}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
         assert!(!shown.contains(kek), "{shown}");
         assert!(shown.contains("postgres://bridge:***@db:5432/bridge"), "{shown}");
@@ -550,6 +611,7 @@ mod tests {
         let name = |e: ConfigError| match e {
             ConfigError::Invalid { name, .. } => name,
             ConfigError::Missing(name) => name,
+            ConfigError::NoRecoveryKeys | ConfigError::RecoveryKeyInvalid { .. } => "PLC_RECOVERY_KEYS",
         };
         // A window that does not reach past the live overlap plus one interval would miss what only the sweep finds.
         assert_eq!(

@@ -298,6 +298,18 @@ pub struct ProvisionRequest {
     pub plc_url: String,
     /// Offline recovery did:keys, placed FIRST in rotationKeys (highest priority).
     pub recovery_keys: Vec<String>,
+    /// `PDS_ADMIN_PASSWORD`: mints the invite code each createAccount spends.
+    pub pds_admin: PdsAdminPassword,
+}
+
+/// The PDS admin password; `Debug` never shows it.
+#[derive(Clone)]
+pub struct PdsAdminPassword(pub String);
+
+impl std::fmt::Debug for PdsAdminPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PdsAdminPassword(<redacted>)")
+    }
 }
 
 /// The result of a run that reached `ready`.
@@ -620,8 +632,16 @@ impl<C: Checkpoint> Provisioner<C> {
             Some(CREATE_ACCOUNT_LXM),
             SERVICE_AUTH_TTL,
         );
-        let input =
-            PdsClient::create_account_input(&did, &self.request.handle, &self.request.email, &self.secrets.password)?;
+        // One single-use invite per attempt (the PDS refuses sign-up without one). A code minted for an attempt that
+        // then failed is never seen by anyone but this process and expires unused.
+        let invite = self.pds.create_invite_code(&self.request.pds_admin.0).await?;
+        let input = PdsClient::create_account_input(
+            &did,
+            &self.request.handle,
+            &self.request.email,
+            &self.secrets.password,
+            &invite,
+        )?;
         match self.pds.create_account(&token, &input).await {
             Ok(out) => {
                 if out.did.as_str() != did {
@@ -1019,6 +1039,7 @@ mod tests {
             pds_url: "http://localhost:1".into(),
             plc_url: "http://localhost:2".into(),
             recovery_keys: vec![],
+            pds_admin: PdsAdminPassword("admin-pass".into()),
         };
         let cp = MemoryCheckpoint::new();
         let err = |r: ProvisionRequest| {

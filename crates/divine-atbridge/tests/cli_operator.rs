@@ -299,3 +299,113 @@ fn accounts_suspend_and_unsuspend_are_audited_and_shown() {
     assert_eq!(audit[1]["action"], "suspend");
     assert_eq!(audit[1]["reason"], "spam wave");
 }
+
+fn cli_url(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_divine-atbridge"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run divine-atbridge")
+}
+
+/// The production order (docs/runbooks/key-custody.md "Database roles"): the roles before the first deploy, the
+/// worker role migrates and owns the schema, the gateway's grants once the schema exists; each step repeatable.
+#[test]
+fn db_roles_creates_a_schema_owning_worker_and_a_gateway_kept_from_keys() {
+    use divine_bridge_db::roles::Roles;
+    let db = TestDb::empty("cli_roles");
+    let tag = format!("c{}_{}", std::process::id(), rand::random::<u32>());
+    let (worker, gateway) = (format!("{tag}_w"), format!("{tag}_g"));
+    let roles = Roles::new(&worker, &gateway).unwrap();
+    db.drop_roles_with_db(roles.clone());
+    let args = ["db", "roles", "--worker-role", &worker, "--gateway-role", &gateway];
+
+    let printed = cli(&db, &args);
+    assert!(printed.status.success());
+    let sql = stdout(&printed);
+    assert!(sql.contains(&format!("CREATE ROLE \"{worker}\" LOGIN")), "{sql}");
+    assert!(
+        sql.contains(&format!("GRANT SELECT ON account_links TO \"{gateway}\"")),
+        "{sql}"
+    );
+    assert!(!sql.contains(" ON account_keys "), "{sql}");
+
+    let apply = [&args[..], &["--apply"]].concat();
+    let first = cli(&db, &apply);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(stdout(&first).contains("not migrated yet"), "{}", stdout(&first));
+    let migrated = cli_url(&db.url_as(&roles.worker), &["migrate"]);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    for _ in 0..2 {
+        let again = cli(&db, &apply);
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+        assert!(stdout(&again).contains("gateway grants applied"), "{}", stdout(&again));
+    }
+    let owner: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "(SELECT tableowner::text FROM pg_tables WHERE tablename = 'account_keys')",
+    ))
+    .get_result(&mut db.conn())
+    .unwrap();
+    assert_eq!(owner, worker);
+    let mut gw = PgConnection::establish(&db.url_as(&roles.gateway)).unwrap();
+    account_links::table.count().get_result::<i64>(&mut gw).unwrap();
+    let e = diesel::sql_query("SELECT * FROM account_keys")
+        .execute(&mut gw)
+        .unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+
+    let bad = cli(&db, &["db", "roles", "--gateway-role", "gw\"; DROP TABLE jobs; --"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error[db_role_invalid]"));
+}
+
+/// Issue 12 §2: `run` refuses to start without an offline recovery key (unless `ALLOW_NO_RECOVERY_KEYS=true`) and
+/// with a recovery key that does not decode, before it touches the database or any peer.
+#[test]
+fn run_refuses_to_start_without_a_decodable_recovery_key() {
+    let db = TestDb::empty("cli_recovery");
+    let run = |recovery: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_divine-atbridge"));
+        cmd.arg("run")
+            .env("DATABASE_URL", &db.url)
+            .env("PLC_DIRECTORY_URL", "http://127.0.0.1:9")
+            .env("PDS_URL", "http://127.0.0.1:9")
+            .env("KEY_ENCRYPTION_KEY", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=")
+            .env("ACCOUNT_EMAIL_DOMAIN", "bridge.test")
+            .env("PDS_ADMIN_PASSWORD", "admin-pass")
+            .env("NOSTR_RELAYS", "ws://127.0.0.1:9")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env_remove("ALLOW_NO_RECOVERY_KEYS");
+        match recovery {
+            Some(keys) => cmd.env("PLC_RECOVERY_KEYS", keys),
+            None => cmd.env_remove("PLC_RECOVERY_KEYS"),
+        };
+        cmd.output().expect("run divine-atbridge")
+    };
+    for (keys, code) in [
+        (None, "recovery_keys_missing"),
+        (Some(""), "recovery_keys_missing"),
+        (Some("did:key:zbad"), "recovery_key_invalid"),
+        (
+            Some("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
+            "recovery_key_invalid",
+        ),
+    ] {
+        let out = run(keys);
+        assert!(!out.status.success(), "{keys:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("error[{code}]")), "{keys:?}: {stderr}");
+    }
+    let migrated: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "to_regclass('__diesel_schema_migrations') IS NOT NULL",
+    ))
+    .get_result(&mut db.conn())
+    .unwrap();
+    assert!(!migrated, "the refused worker touched the database");
+}

@@ -19,11 +19,17 @@ use std::sync::Mutex;
 struct Stack {
     plc_url: String,
     pds_url: String,
+    /// The PDS admin password: the reference PDS requires invites, minted through its admin API.
+    admin_password: String,
 }
 
 fn stack() -> Option<Stack> {
     match (std::env::var("PLC_URL"), std::env::var("PDS_URL")) {
-        (Ok(plc_url), Ok(pds_url)) => Some(Stack { plc_url, pds_url }),
+        (Ok(plc_url), Ok(pds_url)) => Some(Stack {
+            plc_url,
+            pds_url,
+            admin_password: std::env::var("PDS_ADMIN_PASSWORD").unwrap_or_else(|_| "admin-pass".into()),
+        }),
         _ => {
             if std::env::var("REQUIRE_E2E").is_ok_and(|v| v == "1") {
                 panic!("REQUIRE_E2E=1 but PLC_URL/PDS_URL are not set");
@@ -69,6 +75,7 @@ fn account(stack: &Stack, prefix: &str) -> Account {
             pds_url: stack.pds_url.clone(),
             plc_url: stack.plc_url.clone(),
             recovery_keys: vec![recovery.did_key()],
+            pds_admin: divine_atbridge::identity::PdsAdminPassword(stack.admin_password.clone()),
         },
         secrets: ProvisionSecrets {
             signing_key: AccountKey::generate(),
@@ -478,9 +485,15 @@ async fn a_service_auth_token_from_a_lagging_clock_is_transient_service_auth_exp
     let did = crashing.last().did.expect("genesis registered");
     let pds = PdsClient::new(xrpc(), &stack.pds_url);
     let aud = pds.describe_server().await.unwrap().did.to_string();
-    let input =
-        PdsClient::create_account_input(&did, &acct.request.handle, &acct.request.email, &acct.secrets.password)
-            .unwrap();
+    let invite = pds.create_invite_code(&stack.admin_password).await.unwrap();
+    let input = PdsClient::create_account_input(
+        &did,
+        &acct.request.handle,
+        &acct.request.email,
+        &acct.secrets.password,
+        &invite,
+    )
+    .unwrap();
     let lagging_now = chrono::Utc::now().timestamp() - 600;
     let claims = divine_atbridge::jwt::ServiceAuthClaims {
         iss: did.clone(),
@@ -546,4 +559,57 @@ async fn records_and_blobs_on_a_provisioned_account() {
     // The same bytes from memory give the same CID.
     let again = pds.upload_blob(&access, "video/mp4", mp4.clone()).await.unwrap();
     assert_eq!(serde_json::to_value(&again.blob).unwrap()["ref"], blob["ref"]);
+}
+
+/// Issue 12 §4: the reference PDS runs with invites required (scripts/refstack.sh), so open sign-up is refused —
+/// even a correctly signed createAccount for our own DID — and the provisioner's account exists only because it
+/// minted a code through the admin API; a wrong admin password mints nothing.
+#[tokio::test]
+async fn the_pds_refuses_sign_up_without_an_invite_and_provisioning_mints_one() {
+    let Some(stack) = stack() else { return };
+    let acct = account(&stack, "invite");
+    let crashing = CrashingCheckpoint::new(ProvisionStep::PlcRegistered, true);
+    Provisioner::new(xrpc(), acct.request.clone(), acct.secrets.clone(), &crashing)
+        .unwrap()
+        .run(ProvisionState::new())
+        .await
+        .unwrap_err();
+    let did = crashing.last().did.expect("genesis registered");
+    let pds = PdsClient::new(xrpc(), &stack.pds_url);
+    let aud = pds.describe_server().await.unwrap().did.to_string();
+    let token = divine_atbridge::jwt::mint_service_auth(
+        &acct.secrets.signing_key,
+        &did,
+        &aud,
+        Some("com.atproto.server.createAccount"),
+        std::time::Duration::from_secs(60),
+    );
+    let mut input = PdsClient::create_account_input(
+        &did,
+        &acct.request.handle,
+        &acct.request.email,
+        &acct.secrets.password,
+        "not-minted",
+    )
+    .unwrap();
+    input.invite_code = None;
+    let e = pds.create_account(&token, &input).await.unwrap_err();
+    assert!(e.to_string().contains("InvalidInviteCode"), "{e}");
+    input.invite_code = Some("localhost-made-up".into());
+    let e = pds.create_account(&token, &input).await.unwrap_err();
+    assert!(e.to_string().contains("InvalidInviteCode"), "{e}");
+    let e = pds.create_invite_code("wrong-password").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Permanent, "{e}");
+    // The provisioner resumes from the checkpoint and creates the account with a code it mints.
+    let outcome = Provisioner::new(
+        xrpc(),
+        acct.request.clone(),
+        acct.secrets.clone(),
+        MemoryCheckpoint::new(),
+    )
+    .unwrap()
+    .run(crashing.last())
+    .await
+    .unwrap();
+    assert_eq!(outcome.did, did);
 }

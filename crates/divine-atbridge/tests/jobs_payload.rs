@@ -28,6 +28,7 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
         key_encryption_key: String::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
+        pds_admin_password: "admin-pass".into(),
     };
     let crosspost = CrosspostConfig {
         relays: vec![],

@@ -51,6 +51,7 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
         key_encryption_key: String::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
+        pds_admin_password: stack.admin_password.clone(),
     };
     let deps = ProvisionDeps {
         db: &db,

@@ -299,7 +299,7 @@ async fn pds_errors_refine_by_xrpc_name() {
         let e = pds.put_record(token, &put).await.unwrap_err();
         assert_eq!((e.code(), e.class()), (code, class), "{token}: {e}");
     }
-    let input = PdsClient::create_account_input(DID, "alice.test", "a@b.test", "pw").unwrap();
+    let input = PdsClient::create_account_input(DID, "alice.test", "a@b.test", "pw", "invite-1").unwrap();
     let e = pds.create_account("jwt", &input).await.unwrap_err();
     assert_eq!((e.code(), e.class()), ("handle_unavailable", ErrorClass::Permanent));
     // Bad local input is refused before any request.

@@ -256,18 +256,36 @@ impl PdsClient {
         Ok(out.data)
     }
 
-    /// Builds the createAccount input for our own DID.
+    /// `com.atproto.server.createInviteCode` through the PDS admin API (basic auth `admin:<PDS_ADMIN_PASSWORD>`): one
+    /// single-use code. The bridge's PDS requires invites (no open sign-up, issue 12 §4), so every account the bridge
+    /// creates spends a code it minted for it.
+    pub async fn create_invite_code(&self, admin_password: &str) -> Result<String, PdsError> {
+        let input = server::create_invite_code::InputData {
+            for_account: None,
+            use_count: 1,
+        };
+        let request = self
+            .post(server::create_invite_code::NSID)
+            .basic("admin", admin_password)
+            .json(&input)
+            .map_err(PdsError::Xrpc)?;
+        let out: Object<server::create_invite_code::OutputData> = self.call(Call::Other, request).await?;
+        Ok(out.data.code)
+    }
+
+    /// Builds the createAccount input for our own DID, spending `invite_code`.
     pub fn create_account_input(
         did: &str,
         handle: &str,
         email: &str,
         password: &str,
+        invite_code: &str,
     ) -> Result<server::create_account::InputData, PdsError> {
         Ok(server::create_account::InputData {
             did: Some(check("did", atrium_api::types::string::Did::new(did.to_string()))?),
             email: Some(email.to_string()),
             handle: check("handle", atrium_api::types::string::Handle::new(handle.to_string()))?,
-            invite_code: None,
+            invite_code: Some(invite_code.to_string()),
             password: Some(password.to_string()),
             plc_op: None,
             recovery_key: None,

@@ -259,6 +259,21 @@ pub enum RequestBody {
     },
 }
 
+/// Basic credentials; `Debug` never shows the password.
+pub struct BasicAuth {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// One request. `label` is the metric/method label: the NSID for XRPC calls, `plc.<op>` for PLC calls.
 #[derive(Debug)]
 pub struct XrpcRequest {
@@ -266,6 +281,7 @@ pub struct XrpcRequest {
     url: String,
     label: String,
     bearer: Option<String>,
+    basic: Option<BasicAuth>,
     query: Vec<(String, String)>,
     body: RequestBody,
     timeout: Option<Duration>,
@@ -288,6 +304,7 @@ impl XrpcRequest {
             url: url.into(),
             label: label.into(),
             bearer: None,
+            basic: None,
             query: Vec::new(),
             body: RequestBody::Empty,
             timeout: None,
@@ -297,6 +314,15 @@ impl XrpcRequest {
     /// `Authorization: Bearer <token>`.
     pub fn bearer(mut self, token: impl Into<String>) -> XrpcRequest {
         self.bearer = Some(token.into());
+        self
+    }
+
+    /// `Authorization: Basic` (the PDS admin API: `admin:<PDS_ADMIN_PASSWORD>`).
+    pub fn basic(mut self, user: impl Into<String>, password: impl Into<String>) -> XrpcRequest {
+        self.basic = Some(BasicAuth {
+            user: user.into(),
+            password: password.into(),
+        });
         self
     }
 
@@ -431,6 +457,7 @@ impl XrpcClient {
             url,
             label,
             bearer,
+            basic,
             query,
             body,
             timeout,
@@ -449,6 +476,9 @@ impl XrpcClient {
         }
         if let Some(token) = bearer {
             builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(BasicAuth { user, password }) = basic {
+            builder = builder.basic_auth(user, Some(password));
         }
         builder = match body {
             RequestBody::Empty => builder,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod migrate;
 pub mod queue;
 pub mod records;
+pub mod roles;
 pub mod schema;
 pub mod shards;
 #[cfg(feature = "testutil")]

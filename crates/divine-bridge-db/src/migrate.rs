@@ -66,8 +66,37 @@ fn migrate_locked(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
 }
 
 /// True when every embedded migration has been applied (used by `/ready`).
+///
+/// Read-only on purpose: diesel's `has_pending_migration` first runs `CREATE TABLE IF NOT EXISTS
+/// __diesel_schema_migrations`, which needs `CREATE` on the schema, and the gateway's role has none
+/// (`roles`, issue 12 §2). A database that was never migrated has no migrations table: pending.
 pub fn migrations_applied(conn: &mut PgConnection) -> Result<bool, DbError> {
-    conn.has_pending_migration(MIGRATIONS)
-        .map(|pending| !pending)
-        .map_err(|e| DbError::Migration(e.to_string()))
+    use diesel::migration::MigrationSource;
+    let table_exists = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(MIGRATIONS_TABLE_EXISTS))
+        .get_result::<bool>(conn)?;
+    if !table_exists {
+        return Ok(false);
+    }
+    let applied: std::collections::HashSet<String> = diesel::sql_query(APPLIED_VERSIONS_SQL)
+        .load::<AppliedVersion>(conn)?
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    let embedded =
+        MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS).map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(embedded
+        .iter()
+        .all(|m| applied.contains(&m.name().version().to_string())))
+}
+
+/// Whether diesel's migrations table exists (in the search path).
+const MIGRATIONS_TABLE_EXISTS: &str = "to_regclass('__diesel_schema_migrations') IS NOT NULL";
+
+/// The versions recorded as applied.
+pub const APPLIED_VERSIONS_SQL: &str = "SELECT version FROM __diesel_schema_migrations";
+
+#[derive(QueryableByName)]
+struct AppliedVersion {
+    #[diesel(sql_type = Text)]
+    version: String,
 }

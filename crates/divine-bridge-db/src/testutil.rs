@@ -17,6 +17,8 @@ pub struct TestDb {
     pub url: String,
     name: String,
     admin_url: String,
+    /// Roles created by [`TestDb::with_roles`], dropped after the database.
+    roles: std::sync::Mutex<Option<crate::roles::Roles>>,
 }
 
 fn server_url() -> String {
@@ -42,6 +44,7 @@ impl TestDb {
             url: format!("{server}/{name}"),
             name,
             admin_url,
+            roles: std::sync::Mutex::new(None),
         }
     }
 
@@ -95,6 +98,42 @@ impl TestDb {
         pids.len()
     }
 
+    /// Creates this database's own worker and gateway roles and applies [`crate::roles::roles_sql`] as the
+    /// superuser (roles are cluster-wide, so each test database gets uniquely named ones; they are dropped with it).
+    pub fn with_roles(&self) -> crate::roles::Roles {
+        let tag = format!("r{}_{}", std::process::id(), rand::random::<u32>());
+        let (roles, applied) = self.with_roles_deferred(&tag);
+        assert_eq!(
+            applied,
+            crate::roles::Applied::All,
+            "roles applied before the migrations"
+        );
+        roles
+    }
+
+    /// [`TestDb::with_roles`] with the role names derived from `tag`, on a database that may not be migrated yet.
+    pub fn with_roles_deferred(&self, tag: &str) -> (crate::roles::Roles, crate::roles::Applied) {
+        let roles = crate::roles::Roles::new(&format!("{tag}_worker"), &format!("{tag}_gateway")).expect("role names");
+        self.drop_roles_with_db(roles.clone());
+        let applied = crate::roles::apply(&mut self.conn(), &roles).expect("apply roles SQL");
+        (roles, applied)
+    }
+
+    /// Drops `roles` (created by someone else, e.g. the CLI) after this database.
+    pub fn drop_roles_with_db(&self, roles: crate::roles::Roles) {
+        let mut held = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(held.is_none(), "one set of roles per test database");
+        *held = Some(roles);
+    }
+
+    /// The URL of this database as `role` (the test server trusts local connections, so no password).
+    pub fn url_as(&self, role: &crate::roles::RoleName) -> String {
+        let server = server_url();
+        let (scheme, rest) = server.split_once("://").expect("TEST_DATABASE_URL has a scheme");
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        format!("{scheme}://{}@{host}/{}", role.as_str(), self.name)
+    }
+
     /// A single connection on the test database.
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(&self.url).expect("connect to test database")
@@ -110,6 +149,11 @@ impl Drop for TestDb {
         if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
                 .execute(&mut admin);
+            if let Some(roles) = self.roles.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                for role in [&roles.gateway, &roles.worker] {
+                    let _ = diesel::sql_query(format!("DROP ROLE IF EXISTS \"{}\"", role.as_str())).execute(&mut admin);
+                }
+            }
         }
     }
 }

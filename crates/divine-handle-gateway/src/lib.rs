@@ -114,8 +114,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Connects (retrying for up to a minute while Postgres comes up), applies migrations under the shared advisory
-/// lock, binds `BIND_ADDR` and serves until SIGTERM/SIGINT.
+/// Connects (retrying for up to a minute while Postgres comes up), binds `BIND_ADDR` and serves until SIGTERM/SIGINT.
+///
+/// Decision: the gateway never migrates. It runs as the least-privilege gateway role (`divine_bridge_db::roles`),
+/// which cannot create or alter anything; the worker (the schema's owner) or `divine-atbridge migrate` migrates, and
+/// until every migration is applied `/ready` answers 503 `migrations pending`, so no replica takes traffic on an
+/// old schema.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(service_tokens = ?config.service_tokens.ids(), "service tokens accepted (fingerprints)");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -124,13 +128,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let settings = config.db.clone();
         let attempt = tokio::task::spawn_blocking(move || {
             let db = Db::connect_with(&url, &settings)?;
-            let applied = db.conn().and_then(|mut c| migrate::run_migrations(&mut c))?;
-            Ok::<_, divine_bridge_db::DbError>((db, applied))
+            let migrated = db.conn().and_then(|mut c| migrate::migrations_applied(&mut c))?;
+            Ok::<_, divine_bridge_db::DbError>((db, migrated))
         })
         .await?;
         match attempt {
-            Ok((db, applied)) => {
-                tracing::info!(?applied, "migrations applied");
+            Ok((db, migrated)) => {
+                if !migrated {
+                    tracing::warn!(
+                        "migrations pending: unready until the worker (or `divine-atbridge migrate`) applies them"
+                    );
+                }
                 break db;
             }
             Err(e) if tokio::time::Instant::now() < deadline => {

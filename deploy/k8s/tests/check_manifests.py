@@ -29,14 +29,27 @@ import yaml
 # (and reported as skipped, not passed).
 CRD_GROUPS = ("monitoring.coreos.com/",)
 SECRET_NAME = "divine-bridge-secrets"
-SECRET_KEYS = {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "GATEWAY_SERVICE_TOKEN"}
+SECRET_KEYS = {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "GATEWAY_SERVICE_TOKEN", "PDS_ADMIN_PASSWORD",
+               "GATEWAY_DATABASE_URL"}
 UID = 10001
 ATBRIDGE = "divine-atbridge"
 GATEWAY = "divine-handle-gateway"
 # Container port each service listens on (HTTP_ADDR / BIND_ADDR defaults).
 PORTS = {ATBRIDGE: 9090, GATEWAY: 3000}
-# Secret keys each service needs.
-NEEDS = {ATBRIDGE: {"DATABASE_URL", "KEY_ENCRYPTION_KEY"}, GATEWAY: {"DATABASE_URL", "GATEWAY_SERVICE_TOKEN"}}
+# Secret keys each service needs (env name = Secret key, except SECRET_KEY_OF).
+NEEDS = {ATBRIDGE: {"DATABASE_URL", "KEY_ENCRYPTION_KEY", "PDS_ADMIN_PASSWORD"},
+         GATEWAY: {"DATABASE_URL", "GATEWAY_SERVICE_TOKEN"}}
+# The gateway connects as its own least-privilege role (divine-atbridge db roles): its DATABASE_URL is a different
+# Secret key from the worker's, so the two can never be the same credentials by accident of the manifests.
+SECRET_KEY_OF = {(GATEWAY, "DATABASE_URL"): "GATEWAY_DATABASE_URL"}
+# NetworkPolicy contract (base/networkpolicy.yaml): the egress each service must have and may have, as
+# (protocol, port); ingress sources (namespace names) and ports.
+DNS = {("UDP", 53), ("TCP", 53)}
+EGRESS = {ATBRIDGE: DNS | {("TCP", 5432), ("TCP", 443)}, GATEWAY: DNS | {("TCP", 5432)}}
+INGRESS = {ATBRIDGE: ({"monitoring"}, {9090}), GATEWAY: ({"ingress-nginx", "monitoring"}, {3000})}
+# Private, loopback, CGNAT and link-local ranges HTTPS egress must exclude (cluster services, cloud metadata).
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16"}
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # Extra time the pod needs after SHUTDOWN_GRACE_SECS (lease release round trip, HTTP server stop).
 GRACE_MARGIN_SECS = 15
 MIN_GRACE_SECS = 45
@@ -125,6 +138,69 @@ def config_of(docs, deployment):
     return data
 
 
+def selects(policy, pod_labels):
+    """Whether a NetworkPolicy's podSelector selects pods with these labels (empty selector: every pod)."""
+    sel = policy["spec"].get("podSelector") or {}
+    if sel.get("matchExpressions"):
+        return False  # not used here; treat as not selecting so the check fails loudly
+    return all(pod_labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items())
+
+
+def rule_ports(rule):
+    return {(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports") or []}
+
+
+def check_network_policies(t, where, svc, docs, pod_labels):
+    """Default deny selects the pods; allowed egress is exactly EGRESS[svc]; ingress only from INGRESS[svc]."""
+    policies = [p for p in by_kind(docs, "NetworkPolicy") if selects(p, pod_labels)]
+    deny = [p for p in policies if set(p["spec"].get("policyTypes") or []) >= {"Ingress", "Egress"}
+            and not p["spec"].get("podSelector") and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    t.check(bool(deny), f"{where}: selected by a default-deny NetworkPolicy (ingress + egress)")
+    egress = [r for p in policies for r in p["spec"].get("egress") or []]
+    ingress = [r for p in policies for r in p["spec"].get("ingress") or []]
+    open_egress = [r for r in egress if not r.get("ports") or not r.get("to")]
+    t.check(not open_egress, f"{where}: every egress rule names its peers and ports", str(open_egress))
+    allowed = set().union(*[rule_ports(r) for r in egress]) if egress else set()
+    t.check(allowed == EGRESS[svc], f"{where}: egress exactly {sorted(EGRESS[svc])}", str(sorted(allowed)))
+    for r in egress:
+        if ("TCP", 443) in rule_ports(r):
+            blocks = [peer.get("ipBlock") or {} for peer in r["to"]]
+            ok = all(PRIVATE_RANGES <= set(b.get("except") or []) for b in blocks)
+            t.check(ok, f"{where}: HTTPS egress excludes private and link-local ranges", str(blocks))
+        if ("UDP", 53) in rule_ports(r):
+            t.check(all((peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                        == "kube-system" for peer in r["to"]), f"{where}: DNS egress only to kube-system")
+    sources, ports = INGRESS[svc]
+    seen = set()
+    for r in ingress:
+        peers = r.get("from") or []
+        names = {(peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                 for peer in peers}
+        ok = peers and None not in names and names <= sources and rule_ports(r) and \
+            {port for _, port in rule_ports(r)} <= ports and all("ipBlock" not in peer for peer in peers)
+        t.check(bool(ok), f"{where}: ingress only from {sorted(sources)} on {sorted(ports)}", str(r))
+        seen |= names
+    t.check(seen == sources, f"{where}: ingress allowed from {sorted(sources)}", str(sorted(seen)))
+
+
+def base58_decode(text):
+    n = 0
+    for ch in text:
+        if ch not in BASE58:
+            return None
+        n = n * 58 + BASE58.index(ch)
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    return b"\0" * (len(text) - len(text.lstrip("1"))) + raw
+
+
+def did_key_ok(key):
+    """A did:key of a secp256k1 (0xe7 0x01) or P-256 (0x80 0x24) compressed point: 2 + 33 bytes."""
+    if not key.startswith("did:key:z"):
+        return False
+    raw = base58_decode(key[len("did:key:z"):])
+    return raw is not None and len(raw) == 35 and raw[:2] in (b"\xe7\x01", b"\x80\x24") and raw[2] in (2, 3)
+
+
 def check_container(t, where, svc, pod, c, cfg):
     res = c.get("resources") or {}
     for kind in ("requests", "limits"):
@@ -147,9 +223,10 @@ def check_container(t, where, svc, pod, c, cfg):
     bad = [n for n in SECRET_KEYS if n in env and "value" in env[n]]
     t.check(not bad, f"{where}: no literal value for secret env", ",".join(sorted(bad)))
     for name in sorted(NEEDS[svc]):
+        key = SECRET_KEY_OF.get((svc, name), name)
         ref = ((env.get(name) or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
-        t.check(ref.get("name") == SECRET_NAME and ref.get("key") == name,
-                f"{where}: {name} from secretKeyRef {SECRET_NAME}/{name}", str(ref))
+        t.check(ref.get("name") == SECRET_NAME and ref.get("key") == key,
+                f"{where}: {name} from secretKeyRef {SECRET_NAME}/{key}", str(ref))
     leaked = sorted(SECRET_KEYS & set(cfg or {}))
     t.check(not leaked, f"{where}: ConfigMap holds no secret keys", ",".join(leaked))
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
@@ -186,6 +263,7 @@ def check_tree(t, name, docs, readme_vars, production, overlay):
         ann = spec["template"]["metadata"].get("annotations", {})
         t.check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(PORTS[svc])
                 and ann.get("prometheus.io/path") == "/metrics", f"{where}: prometheus.io scrape annotations")
+        check_network_policies(t, where, svc, docs, pod_labels)
         for c in pod["containers"]:
             check_container(t, f"{where}/{c['name']}", svc, pod, c, cfg)
             if overlay:
@@ -205,6 +283,18 @@ def check_tree(t, name, docs, readme_vars, production, overlay):
             missing = sorted(v for v in atb_vars - SECRET_KEYS if v not in cfg)
             t.check(not missing, f"{where}: ConfigMap sets every README variable", ",".join(missing))
             t.check(cfg.get("MEDIA_ALLOW_LOOPBACK") == "false", f"{where}: MEDIA_ALLOW_LOOPBACK=false")
+            if production:
+                # Issue 12 §2: never an empty recovery-key list in production, never the localnet escape hatch.
+                keys = [k.strip() for k in cfg.get("PLC_RECOVERY_KEYS", "").split(",") if k.strip()]
+                t.check(bool(keys), f"{where}: PLC_RECOVERY_KEYS is not empty")
+                t.check(all(k.startswith("did:key:z") for k in keys), f"{where}: PLC_RECOVERY_KEYS are did:keys",
+                        ",".join(keys))
+                t.check(cfg.get("ALLOW_NO_RECOVERY_KEYS", "false") == "false",
+                        f"{where}: ALLOW_NO_RECOVERY_KEYS=false", cfg.get("ALLOW_NO_RECOVERY_KEYS", ""))
+                placeholders = [k for k in keys if not did_key_ok(k)]
+                if placeholders:
+                    print(f"  note {where}: PLC_RECOVERY_KEYS still holds a placeholder {placeholders}: the worker "
+                          "refuses to start (recovery_key_invalid) until the launch checklist sets the real key")
             t.check(cfg.get("HTTP_ADDR", "0.0.0.0:9090").endswith(":9090"), f"{where}: HTTP_ADDR on :9090")
             for key in ("PLC_DIRECTORY_URL", "PDS_URL"):
                 t.check(cfg.get(key, "").startswith("https://") and not cfg[key].endswith("/"),

@@ -102,6 +102,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         pds_url: deps.identity.pds_url.clone(),
         plc_url: deps.identity.plc_url.clone(),
         recovery_keys: deps.identity.recovery_keys.clone(),
+        pds_admin: crate::identity::PdsAdminPassword(deps.identity.pds_admin_password.clone()),
     };
     let checkpoint = DbCheckpoint {
         db: deps.db.clone(),

@@ -182,6 +182,8 @@ pub fn bridge_env(db: &TestDb, stack: &Refstack, relays: &[&str], kek: &str) -> 
         ("PDS_URL", stack.pds_url.as_str()),
         ("KEY_ENCRYPTION_KEY", kek),
         ("ACCOUNT_EMAIL_DOMAIN", "bridge.test"),
+        ("ALLOW_NO_RECOVERY_KEYS", "true"),
+        ("PDS_ADMIN_PASSWORD", stack.admin_password.as_str()),
         ("MEDIA_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         ("MEDIA_ALLOW_LOOPBACK", "true"),
         ("WORKERS", "4"),
@@ -405,7 +407,8 @@ where
     }
 }
 
-/// The gateway binary (built by the same `cargo test --workspace` run) as a child process.
+/// The gateway binary (built by the same `cargo test --workspace` run) as a child process, connected as the
+/// gateway's least-privilege role (`TestDb::with_roles`; at most one gateway per test database).
 pub struct GatewayProcess {
     child: Option<Child>,
     pub base_url: String,
@@ -430,8 +433,10 @@ impl GatewayProcess {
             rand::random::<u32>()
         ));
         let log = std::fs::File::create(&log_path).unwrap();
+        // The gateway runs as its least-privilege Postgres role (issue 12 §2), as in production.
+        let gateway_url = db.url_as(&db.with_roles().gateway);
         let child = Command::new(bin)
-            .env("DATABASE_URL", &db.url)
+            .env("DATABASE_URL", &gateway_url)
             .env("BIND_ADDR", addr.to_string())
             .env("HANDLE_DOMAIN", "test")
             .env("GATEWAY_SERVICE_TOKEN", &token)

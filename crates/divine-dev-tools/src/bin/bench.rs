@@ -1435,6 +1435,8 @@ mod media {
             .env("PDS_URL", &pds_url)
             .env("KEY_ENCRYPTION_KEY", data_encoding::BASE64.encode(&kek))
             .env("ACCOUNT_EMAIL_DOMAIN", "bridge.test")
+            .env("ALLOW_NO_RECOVERY_KEYS", "true")
+            .env("PDS_ADMIN_PASSWORD", var("PDS_ADMIN_PASSWORD")?)
             .env("MEDIA_ALLOWED_HOSTS", "127.0.0.1")
             .env("MEDIA_ALLOW_LOOPBACK", "true")
             .env("MEDIA_SPOOL_DIR", tmp.0.join("spool"))

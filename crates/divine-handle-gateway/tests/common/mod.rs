@@ -2,6 +2,10 @@
 //! axum router over it (driven in-process with `tower::ServiceExt::oneshot`), request builders for bearer and
 //! NIP-98 credentials, and the one problem+json assertion every error test uses.
 //!
+//! The gateway connects as the least-privilege gateway role (`divine_bridge_db::roles`, issue 12 §2): the database
+//! is migrated by the superuser, the roles SQL is applied, and every route runs with only the gateway's grants —
+//! the proof that they are enough. Fixtures (`conn`) stay on the superuser.
+//!
 //! Owns test plumbing only: it must not decide what a route should answer (the tests do) and must not stub the
 //! database or the router.
 #![allow(dead_code)]
@@ -27,6 +31,8 @@ pub const PDS_PUBLIC_URL: &str = "https://pds.example.test";
 /// A gateway over its own database.
 pub struct Gw {
     pub tdb: TestDb,
+    /// The gateway role's URL of the test database.
+    pub gateway_url: String,
     pub db: Db,
     pub state: AppState,
     pub app: Router,
@@ -48,17 +54,27 @@ pub fn config(db_url: &str) -> Config {
 impl Gw {
     pub fn new(prefix: &str) -> Gw {
         let tdb = TestDb::migrated(prefix);
-        let db = tdb.pool(4);
-        let state = AppState::new(db.clone(), config(&tdb.url));
+        let roles = tdb.with_roles();
+        let gateway_url = tdb.url_as(&roles.gateway);
+        let db = Db::connect(&gateway_url, 4).expect("gateway pool");
+        let state = AppState::new(db.clone(), config(&gateway_url));
         let app = router(state.clone());
-        Gw { tdb, db, state, app }
+        Gw {
+            tdb,
+            gateway_url,
+            db,
+            state,
+            app,
+        }
     }
 
     /// A second replica on the same database (own in-memory replay cache).
     pub fn replica(&self) -> Router {
-        router(AppState::new(self.tdb.pool(2), config(&self.tdb.url)))
+        let db = Db::connect(&self.gateway_url, 2).expect("gateway pool");
+        router(AppState::new(db, config(&self.gateway_url)))
     }
 
+    /// A superuser connection (fixtures).
     pub fn conn(&self) -> PgConnection {
         self.tdb.conn()
     }
