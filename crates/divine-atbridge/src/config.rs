@@ -358,6 +358,9 @@ pub struct Config {
     /// `HANDLE_RELEASE_GRACE_SECS` (30 days, at least 1 hour): how long a disconnected account's handle stays taken
     /// before the release pass frees it (`crate::retention::release_pass`).
     pub handle_release_grace: Duration,
+    /// `UNPROVISIONED_HANDLE_RELEASE_SECS` (7 days, at least 1 hour): how long an opt-in that never finished
+    /// provisioning (`pending`/`failed`, no DID) holds its handle before the same release pass frees it.
+    pub unprovisioned_handle_release: Duration,
     /// The reconciliation sweep (`RECONCILE_*`).
     pub reconcile: crate::reconcile::ReconcileConfig,
 }
@@ -393,6 +396,22 @@ pub fn handle_release_grace() -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `UNPROVISIONED_HANDLE_RELEASE_SECS`: whole seconds, at least one hour (provisioning retries transient failures
+/// for much longer; this only frees names whose opt-in has visibly gone nowhere).
+pub fn unprovisioned_handle_release() -> Result<Duration, ConfigError> {
+    let secs = parse_or(
+        "UNPROVISIONED_HANDLE_RELEASE_SECS",
+        crate::retention::DEFAULT_UNPROVISIONED_RELEASE.as_secs(),
+    )?;
+    if secs < 3600 {
+        return Err(ConfigError::Invalid {
+            name: "UNPROVISIONED_HANDLE_RELEASE_SECS",
+            reason: format!("{secs} is below the minimum of 3600 seconds"),
+        });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let database_url = required("DATABASE_URL")?;
@@ -412,6 +431,7 @@ impl Config {
             crosspost,
             job_retention: job_retention()?,
             handle_release_grace: handle_release_grace()?,
+            unprovisioned_handle_release: unprovisioned_handle_release()?,
         })
     }
 }
