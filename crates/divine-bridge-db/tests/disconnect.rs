@@ -290,7 +290,7 @@ fn an_opt_in_that_never_finished_provisioning_releases_its_handle_by_the_same_pa
     );
     set(
         &mut conn,
-        &format!("UPDATE jobs SET state = 'running' WHERE unique_key = 'provision:{C}'"),
+        &format!("UPDATE jobs SET state = 'running', lease_owner = 'w1', lease_expires_at = now() + interval '5 minutes', lease_token = nextval('jobs_lease_token_seq') WHERE unique_key = 'provision:{C}'"),
     );
     set(
         &mut conn,

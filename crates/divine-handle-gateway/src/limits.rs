@@ -115,7 +115,7 @@ impl RateLimits {
 /// bucket; only in-process callers lack a peer).
 pub fn client_ip(headers: &HeaderMap, trusted: Option<&HeaderName>, peer: Option<SocketAddr>) -> IpAddr {
     let from_header = trusted.and_then(|name| {
-        let last = headers.get_all(name).iter().last()?;
+        let last = headers.get_all(name).iter().next_back()?;
         let value = last.to_str().ok()?.rsplit(',').next()?.trim();
         value
             .parse::<IpAddr>()
