@@ -5,6 +5,9 @@
 //!    replica (`RATE_LIMIT_GLOBAL_PER_SECOND`, 429 `global_rate_limited`), GCRA buckets from `governor` whose burst is
 //!    the per-period number. `/.well-known/atproto-did` is deliberately not rate limited per IP: Bluesky's resolvers
 //!    call it from a few addresses for every user; it has its cache, timeout and load shedding instead (`lib.rs`).
+//!    The per-IP bucket is skipped for a request carrying the valid service token: the Divine login service calls
+//!    from a handful of addresses on behalf of every user, and is trusted (the global bucket still applies). Checking
+//!    the token is one SHA-256, cheaper than the bucket lookup; an invalid token is counted like any other request.
 //! 2. The client IP ([`client_ip`]) is the last value of `TRUSTED_PROXY_HEADER` (the one the trusted proxy
 //!    appended; anything a client wrote before it is ignored) when that header is configured and parses, else the
 //!    socket peer address. Without a configured header, `X-Forwarded-For` and friends are never read: a client cannot
@@ -100,6 +103,11 @@ impl RateLimits {
                 return Err(ApiError::RateLimited(not_until.wait_time_from(self.clock.now())));
             }
         }
+        self.check_global()
+    }
+
+    /// Takes one request from the replica's bucket only.
+    pub fn check_global(&self) -> Result<(), ApiError> {
         if let Some(global) = &self.global {
             if let Err(not_until) = global.check() {
                 metrics::counter!(RATE_LIMITED, "scope" => "global").increment(1);
@@ -127,11 +135,26 @@ pub fn client_ip(headers: &HeaderMap, trusted: Option<&HeaderName>, peer: Option
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// Whether `headers` carry the valid service token (rule 1: the login service skips the per-IP bucket).
+fn is_service(headers: &HeaderMap, state: &AppState) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, token)| crate::auth::verify_bearer(token.trim(), &state.config.service_token).is_ok())
+}
+
 /// Route layer of `/api/*` (rule 1).
 pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let ip = client_ip(req.headers(), state.config.abuse.trusted_proxy_header.as_ref(), peer);
-    match state.limits.check(ip) {
+    let checked = if is_service(req.headers(), &state) {
+        state.limits.check_global()
+    } else {
+        state.limits.check(ip)
+    };
+    match checked {
         Ok(()) => next.run(req).await,
         Err(e) => {
             tracing::info!(client = %ip, code = divine_bridge_db::Classified::code(&e), "request rate limited");

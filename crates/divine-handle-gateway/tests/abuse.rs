@@ -79,6 +79,14 @@ fn status_req(pk: &str) -> Request<Body> {
     bearer(Method::GET, &format!("/api/account-links/{pk}/status"), None)
 }
 
+/// A request without a valid credential (as a flood would send): answered 401 when not rate limited.
+fn anonymous_req(pk: &str) -> Request<Body> {
+    Request::get(format!("/api/account-links/{pk}/status"))
+        .header(header::AUTHORIZATION, "Bearer not-the-token")
+        .body(Body::empty())
+        .unwrap()
+}
+
 #[track_caller]
 fn retry_after(r: &Resp) -> u64 {
     r.header("retry-after")
@@ -114,11 +122,15 @@ async fn the_allowlist_policy_admits_only_pubkeys_the_service_pre_registered() {
     let pk = keys.public_key().to_hex();
     let h = handle("alma");
     let body = opt_in_body(&pk, &h);
-    let nip98_opt_in = || {
-        let tok = Nip98::for_request("POST", OPT_IN, &body).token(&keys);
+    // Each try is a new event (NIP-98 events are single use): `age` seconds old.
+    let base = now();
+    let nip98_opt_in = |age: i64| {
+        let mut n = Nip98::for_request("POST", OPT_IN, &body);
+        n.created_at = base - age;
+        let tok = n.token(&keys);
         gw.send(nostr_req(Method::POST, OPT_IN, &body, &tok))
     };
-    nip98_opt_in().await.problem(403, "opt_in_not_allowlisted");
+    nip98_opt_in(0).await.problem(403, "opt_in_not_allowlisted");
     assert_eq!(link_count(&gw, &pk), 0);
 
     // The user cannot register themselves.
@@ -133,7 +145,7 @@ async fn the_allowlist_policy_admits_only_pubkeys_the_service_pre_registered() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["changed"], true);
     assert_eq!(gw.send(bearer(Method::PUT, &path, None)).await.json()["changed"], false);
-    let r = nip98_opt_in().await;
+    let r = nip98_opt_in(1).await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(link_count(&gw, &pk), 1);
 
@@ -188,9 +200,9 @@ async fn the_per_ip_limit_is_429_with_retry_after_keyed_by_the_trusted_proxy_hea
         c.abuse.trusted_proxy_header = Some(header::HeaderName::from_static("x-forwarded-for"));
     });
     let pk = new_pubkey();
-    let xff = |v: &'static str| from_peer(status_req(&pk), "10.0.0.1:4000", &[("x-forwarded-for", v)]);
+    let xff = |v: &'static str| from_peer(anonymous_req(&pk), "10.0.0.1:4000", &[("x-forwarded-for", v)]);
     for _ in 0..3 {
-        gw.send(xff("198.51.100.1")).await.problem(404, "account_not_found");
+        gw.send(xff("198.51.100.1")).await.problem(401, "unauthorized");
     }
     let r = gw.send(xff("198.51.100.1")).await;
     r.problem(429, "rate_limited");
@@ -202,7 +214,7 @@ async fn the_per_ip_limit_is_429_with_retry_after_keyed_by_the_trusted_proxy_hea
         .problem(429, "rate_limited");
     gw.send(xff("198.51.100.1, 198.51.100.2"))
         .await
-        .problem(404, "account_not_found");
+        .problem(401, "unauthorized");
     // Handle resolution is not limited per IP (Bluesky resolves every user from a few addresses).
     for _ in 0..5 {
         let req = Request::get("/.well-known/atproto-did")
@@ -218,23 +230,29 @@ async fn the_per_ip_limit_is_429_with_retry_after_keyed_by_the_trusted_proxy_hea
     let gw = Gw::with("gw_rate_peer", |c| c.abuse.per_ip_per_minute = 2);
     for spoof in ["1.1.1.1", "2.2.2.2"] {
         gw.send(from_peer(
-            status_req(&pk),
+            anonymous_req(&pk),
             "192.0.2.10:1234",
             &[("x-forwarded-for", spoof)],
         ))
         .await
-        .problem(404, "account_not_found");
+        .problem(401, "unauthorized");
     }
     gw.send(from_peer(
-        status_req(&pk),
+        anonymous_req(&pk),
         "192.0.2.10:999",
         &[("x-forwarded-for", "3.3.3.3")],
     ))
     .await
     .problem(429, "rate_limited");
-    gw.send(from_peer(status_req(&pk), "192.0.2.11:1234", &[]))
+    gw.send(from_peer(anonymous_req(&pk), "192.0.2.11:1234", &[]))
         .await
-        .problem(404, "account_not_found");
+        .problem(401, "unauthorized");
+    // The login service (valid service token) is not limited per IP: it calls for every user from a few addresses.
+    for _ in 0..5 {
+        gw.send(from_peer(status_req(&pk), "192.0.2.10:1234", &[]))
+            .await
+            .problem(404, "account_not_found");
+    }
     let metrics = gw
         .send(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
@@ -446,9 +464,11 @@ async fn the_nip98_replay_memory_is_bounded_and_postgres_still_refuses_evicted_i
     gw.opt_in(&pk, &handle("rae")).await;
     let path = format!("/api/account-links/{pk}/status");
     let mut tokens = Vec::new();
+    // Distinct events: one base time, each a second older (two events signed in the same second would be one).
+    let base = now();
     for i in 0..5 {
         let mut n = Nip98::for_request("GET", &path, b"");
-        n.created_at -= i;
+        n.created_at = base - i;
         let tok = n.token(&keys);
         let r = gw.send(nostr_req(Method::GET, &path, b"", &tok)).await;
         assert_eq!(r.status, 200, "{}", r.text());
