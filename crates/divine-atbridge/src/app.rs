@@ -220,7 +220,10 @@ async fn run() -> Result<(), AppError> {
     let retention = crate::retention::run(
         db.clone(),
         config.job_retention,
-        config.handle_release_grace,
+        divine_bridge_db::accounts::ReleaseAfter {
+            disconnected: config.handle_release_grace,
+            unprovisioned: config.unprovisioned_handle_release,
+        },
         shutdown_rx.clone(),
     );
     let reconcile = crate::reconcile::run(

@@ -387,6 +387,9 @@ pub struct Config {
     /// `HANDLE_RELEASE_GRACE_SECS` (30 days, at least 1 hour): how long a disconnected account's handle stays taken
     /// before the release pass frees it (`crate::retention::release_pass`).
     pub handle_release_grace: Duration,
+    /// `UNPROVISIONED_HANDLE_RELEASE_SECS` (7 days, at least 1 hour): how long an opt-in that never finished
+    /// provisioning (`pending`/`failed`, no DID) holds its handle before the same release pass frees it.
+    pub unprovisioned_handle_release: Duration,
     /// The reconciliation sweep (`RECONCILE_*`).
     pub reconcile: crate::reconcile::ReconcileConfig,
     /// `ALLOW_INSECURE_HTTP` (false): plain http to a non-loopback PDS/PLC (localnet only; see `xrpc` rule 2).
@@ -442,8 +445,26 @@ impl std::fmt::Debug for Config {
             .field("handle_release_grace", &self.handle_release_grace)
             .field("reconcile", &self.reconcile)
             .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("gateway_db_role", &self.gateway_db_role)
+            .field("unprovisioned_handle_release", &self.unprovisioned_handle_release)
             .finish()
     }
+}
+
+/// `UNPROVISIONED_HANDLE_RELEASE_SECS`: whole seconds, at least one hour (provisioning retries transient failures
+/// for much longer; this only frees names whose opt-in has visibly gone nowhere).
+pub fn unprovisioned_handle_release() -> Result<Duration, ConfigError> {
+    let secs = parse_or(
+        "UNPROVISIONED_HANDLE_RELEASE_SECS",
+        crate::retention::DEFAULT_UNPROVISIONED_RELEASE.as_secs(),
+    )?;
+    if secs < 3600 {
+        return Err(ConfigError::Invalid {
+            name: "UNPROVISIONED_HANDLE_RELEASE_SECS",
+            reason: format!("{secs} is below the minimum of 3600 seconds"),
+        });
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 impl Config {
@@ -473,6 +494,7 @@ impl Config {
                     name: "GATEWAY_DB_ROLE",
                     reason: e.to_string(),
                 })?,
+            unprovisioned_handle_release: unprovisioned_handle_release()?,
         })
     }
 }
@@ -581,6 +603,7 @@ mod tests {
             handle_release_grace: Duration::from_secs(3600),
             allow_insecure_http: false,
             gateway_db_role: None,
+            unprovisioned_handle_release: Duration::from_secs(3600),
         };
         let shown = format!("{config:?}");
         assert!(!shown.contains("admin-hunter3"), "{shown}");

@@ -4,12 +4,15 @@
 //! ([`queue::prune_finished`]), until a batch comes back short. Every replica runs it: batches are small,
 //! `SKIP LOCKED` and idempotent, so concurrent replicas split the work instead of contending.
 //!
-//! The same loop runs the handle release pass of disconnected accounts ([`release_pass`]: the link row of an account
-//! `disconnected` more than `HANDLE_RELEASE_GRACE_SECS` ago is deleted, freeing its handle; its tombstone stays).
+//! The same loop runs the handle release pass ([`release_pass`], [`divine_bridge_db::accounts::release_handles`]): the
+//! link row of an account `disconnected` more than `HANDLE_RELEASE_GRACE_SECS` ago is deleted, freeing its handle (its
+//! tombstone stays), and so is the link of an opt-in that never finished provisioning (`pending`/`failed`, no DID)
+//! created more than `UNPROVISIONED_HANDLE_RELEASE_SECS` ago.
 //!
 //! It must not touch live jobs, `record_mappings` or tombstones: those carry exactly-once after a job row is gone
 //! (see [`queue::prune_finished`]).
 
+use divine_bridge_db::accounts::ReleaseAfter;
 use divine_bridge_db::{queue, Db};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -26,14 +29,17 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 /// `HANDLE_RELEASE_GRACE_SECS` default: a disconnected account's handle stays taken for 30 days.
 pub const DEFAULT_HANDLE_RELEASE_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Frees the handles of accounts disconnected more than `grace` ago
-/// ([`divine_bridge_db::accounts::release_handles`], audited with the `service` actor). Returns how many.
-pub async fn release_pass(db: &Db, grace: Duration) -> Result<usize, divine_bridge_db::DbError> {
+/// `UNPROVISIONED_HANDLE_RELEASE_SECS` default: an opt-in that has not become an account in 7 days lets its handle go.
+pub const DEFAULT_UNPROVISIONED_RELEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Frees the handles that are due under `after` ([`divine_bridge_db::accounts::release_handles`], audited with the
+/// `service` actor). Returns how many.
+pub async fn release_pass(db: &Db, after: ReleaseAfter) -> Result<usize, divine_bridge_db::DbError> {
     let released = db
         .run(move |c| {
             Ok(divine_bridge_db::accounts::release_handles(
                 c,
-                grace,
+                &after,
                 &divine_bridge_db::audit::Actor::Service,
             ))
         })
@@ -64,11 +70,11 @@ pub async fn prune_pass(db: &Db, retention: Duration, batch: i64) -> Result<usiz
 
 /// Runs prune passes every [`PRUNE_INTERVAL`] until `shutdown` becomes true. Errors are logged and retried at the
 /// next pass; the loop itself only ends at shutdown (the supervisor treats any other end as a dead task).
-pub async fn run(db: Db, retention: Duration, handle_grace: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(db: Db, retention: Duration, release: ReleaseAfter, mut shutdown: watch::Receiver<bool>) {
     loop {
-        match release_pass(&db, handle_grace).await {
+        match release_pass(&db, release).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(released = n, "released handles of disconnected accounts"),
+            Ok(n) => tracing::info!(released = n, "released handles (disconnected or never provisioned)"),
             Err(e) => tracing::warn!(error = %e, code = divine_bridge_db::Classified::code(&e), "release pass failed"),
         }
         match prune_pass(&db, retention, PRUNE_BATCH).await {

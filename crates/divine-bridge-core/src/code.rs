@@ -137,6 +137,8 @@ code_enum!(
         TaskExited => "task_exited",
         // divine-atbridge config.rs
         ConfigMissing => "config_missing",
+        RecoveryKeyInvalid => "recovery_key_invalid",
+        RecoveryKeysMissing => "recovery_keys_missing",
         // divine-atbridge identity.rs
         AccountExistsUnverified => "account_exists_unverified",
         AccountNotActive => "account_not_active",
@@ -203,6 +205,17 @@ code_enum!(
         Unauthorized => "unauthorized",
         Unavailable => "unavailable",
         UnsupportedMediaType => "unsupported_media_type",
+        GlobalRateLimited => "global_rate_limited",
+        InsufficientPow => "insufficient_pow",
+        OptInNotAllowlisted => "opt_in_not_allowlisted",
+        OptInServiceOnly => "opt_in_service_only",
+        Overloaded => "overloaded",
+        ProvisioningBudgetExhausted => "provisioning_budget_exhausted",
+        RateLimited => "rate_limited",
+        Timeout => "timeout",
+        ToggleRateLimited => "toggle_rate_limited",
+        // divine-bridge-db roles.rs
+        DbRoleInvalid => "db_role_invalid",
     }
 );
 

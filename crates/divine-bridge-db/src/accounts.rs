@@ -46,6 +46,9 @@
 //! 5. Coming back: while the link row exists, opt-in is refused with `account_disconnected`; after the release the
 //!    pubkey may opt in again as a NEW account (new keys, new DID; the old DID stays deactivated). Decided so a user
 //!    who left is never silently re-attached to the identity they asked to be cut from.
+//! 6. An opt-in that never finished provisioning (`pending` or `failed`, no DID) releases its handle
+//!    `UNPROVISIONED_HANDLE_RELEASE_SECS` after it was created, by the same [`release_handles`] pass (issue 12 §1:
+//!    opt-in floods must not squat names). The pubkey may opt in again; its provisioning job is re-driven.
 
 use crate::class::{Classified, ErrorClass};
 use crate::error::DbError;
@@ -315,7 +318,13 @@ pub fn opt_in(conn: &mut PgConnection, req: &OptIn) -> Result<OptInResult, Accou
                 }),
             };
         };
-        queue::enqueue(c, &provision_job(&req.nostr_pubkey))?;
+        // A pubkey whose earlier link was released (after a disconnect, or an opt-in that never finished
+        // provisioning) still has its old job holding the one provisioning key: then that job is re-driven (or, if
+        // it had succeeded, gives the key up) so the new link is provisioned. Plain `enqueue` first, so a first
+        // opt-in writes its job in this very transaction, not in a savepoint.
+        if queue::enqueue(c, &provision_job(&req.nostr_pubkey))?.is_none() {
+            queue::requeue_or_enqueue(c, &provision_job(&req.nostr_pubkey))?;
+        }
         Ok(OptInResult {
             link,
             outcome: OptInOutcome::Created,
@@ -922,29 +931,92 @@ pub fn finish_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<bool, 
     })
 }
 
-/// Frees the handles of links `disconnected` more than `grace` ago (disconnect rule 4): deletes each link row (its
-/// profile-sync state goes with it; keys and sessions are already gone; `record_mappings` rows stay, `deleted`), stamps the tombstone's
-/// `handle_released_at` and writes a `release_handle` audit row with `actor` — one transaction per link. A
-/// `disconnecting` link is never released (its job has not finished). Returns the pubkeys released.
+/// When [`release_handles`] frees a handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseAfter {
+    /// `HANDLE_RELEASE_GRACE_SECS`: after `disconnected_at` of a `disconnected` link (disconnect rule 4).
+    pub disconnected: std::time::Duration,
+    /// `UNPROVISIONED_HANDLE_RELEASE_SECS`: after `created_at` of a link that never finished provisioning
+    /// (`pending` or `failed`, no DID): an opt-in that never became an account must not hold its handle forever
+    /// (issue 12 §1: a flood of opt-ins would otherwise squat names).
+    pub unprovisioned: std::time::Duration,
+}
+
+/// Link states of an opt-in that never finished provisioning, released by [`ReleaseAfter::unprovisioned`]. Not
+/// `provisioning` (a worker is on it and may be creating the DID right now), not `disabled` or `suspended` (a user's
+/// or the operator's decision holds the link).
+pub const UNFINISHED_STATES: &[ProvisioningState] = &[ProvisioningState::Pending, ProvisioningState::Failed];
+
+fn cutoff(now: DateTime<Utc>, after: std::time::Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Why a locked link is due for release at `now`, if it is.
+fn release_reason(
+    link: &AccountLink,
+    after: &ReleaseAfter,
+    now: DateTime<Utc>,
+) -> Result<Option<&'static str>, DbError> {
+    let state = link.state()?;
+    if state == ProvisioningState::Disconnected
+        && link
+            .disconnected_at
+            .is_some_and(|t| t < cutoff(now, after.disconnected))
+    {
+        return Ok(Some("handle release grace period over"));
+    }
+    if UNFINISHED_STATES.contains(&state) && link.did.is_none() && link.created_at < cutoff(now, after.unprovisioned) {
+        return Ok(Some("provisioning never finished within the release period"));
+    }
+    Ok(None)
+}
+
+/// Frees the handles [`ReleaseAfter`] says are due: links `disconnected` more than `after.disconnected` ago
+/// (disconnect rule 4), and links that never finished provisioning ([`UNFINISHED_STATES`], no DID) created more than
+/// `after.unprovisioned` ago. Each release deletes the link row (its profile-sync state goes with it; keys and
+/// sessions of a disconnected account are already gone; `record_mappings` rows stay), stamps the open tombstone's
+/// `handle_released_at` (a disconnect's; an unfinished opt-in has none), cancels what is left of the account's jobs
+/// (an unfinished opt-in's queued provisioning) and writes a `release_handle` audit row with `actor` and the reason —
+/// one transaction per link, the link re-checked under its row lock. A `disconnecting` link is never released (its
+/// job has not finished), nor an unfinished one whose provisioning job is running right now (the next pass decides).
+/// Returns the pubkeys released.
 pub fn release_handles(
     conn: &mut PgConnection,
-    grace: std::time::Duration,
+    after: &ReleaseAfter,
     actor: &crate::audit::Actor,
 ) -> Result<Vec<String>, AccountError> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    let unfinished: Vec<&str> = UNFINISHED_STATES.iter().map(|s| s.as_str()).collect();
     let due: Vec<String> = account_links::table
-        .filter(account_links::provisioning_state.eq(ProvisioningState::Disconnected.as_str()))
-        .filter(account_links::disconnected_at.lt(cutoff))
+        .filter(
+            account_links::provisioning_state
+                .eq(ProvisioningState::Disconnected.as_str())
+                .and(account_links::disconnected_at.lt(cutoff(now, after.disconnected)))
+                .or(account_links::provisioning_state
+                    .eq_any(&unfinished)
+                    .and(account_links::did.is_null())
+                    .and(account_links::created_at.lt(cutoff(now, after.unprovisioned)))
+                    .nullable()),
+        )
         .select(account_links::nostr_pubkey)
         .load(conn)?;
     let mut released = Vec::new();
     for pubkey in due {
         let done = conn.transaction(|c| {
-            // Re-checked under the row lock: a concurrent pass may have released it already.
+            // Re-checked under the row lock: a concurrent pass may have released it already, or the worker moved on.
             let Some(link) = lock(c, &pubkey)? else {
                 return Ok(false);
             };
-            if link.state()? != ProvisioningState::Disconnected || link.disconnected_at.is_none_or(|t| t >= cutoff) {
+            let Some(reason) = release_reason(&link, after, now)? else {
+                return Ok(false);
+            };
+            let provisioning_now: bool = diesel::select(diesel::dsl::exists(
+                jobs::table
+                    .filter(jobs::unique_key.eq(provision_unique_key(&pubkey)))
+                    .filter(jobs::state.eq(crate::states::JobState::Running.as_str())),
+            ))
+            .get_result(c)?;
+            if provisioning_now {
                 return Ok(false);
             }
             crate::audit::audited(
@@ -952,7 +1024,7 @@ pub fn release_handles(
                 &pubkey,
                 actor,
                 crate::states::AuditAction::ReleaseHandle,
-                Some("handle release grace period over"),
+                Some(reason),
                 |c| {
                     diesel::update(
                         account_tombstones::table
@@ -961,6 +1033,7 @@ pub fn release_handles(
                     )
                     .set(account_tombstones::handle_released_at.eq(Utc::now()))
                     .execute(c)?;
+                    queue::cancel_for_account(c, &pubkey, DISCONNECT_CANCELS)?;
                     diesel::delete(account_links::table.find(&pubkey)).execute(c)?;
                     Ok(true)
                 },

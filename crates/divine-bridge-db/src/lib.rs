@@ -7,6 +7,7 @@
 //! without a measurable gain for this workload. This crate owns SQL and nothing else: no HTTP, no crypto, no
 //! protocol knowledge.
 
+pub mod abuse;
 pub mod accounts;
 pub mod audit;
 // Error classes and the state enums live in `divine-bridge-core` (the protocol crates use them without Diesel);

@@ -11,7 +11,7 @@
 //!    "migrator" role would buy nothing: the worker already holds the key-encryption key and every sealed key.
 //! 2. **The gateway role gets exactly [`GATEWAY_GRANTS`]**, column by column where it writes: it can create a link
 //!    and move its state, but not rewrite a link's DID or handle; it can enqueue and cancel/re-queue jobs, but not
-//!    rewrite a job's payload, kind or lease; it appends audit entries but cannot change or read them. It has no
+//!    rewrite a job's payload, kind or lease; it appends audit entries but cannot change them or read more than the toggle limit counts. It has no
 //!    privilege at all on [`GATEWAY_DENIED`] (sealed keys, sessions) nor on the worker's ingest/sync tables, and it
 //!    cannot create objects (`REVOKE CREATE ON SCHEMA public FROM PUBLIC`). It never migrates: `/ready` reads the
 //!    migrations table and stays 503 until the worker has migrated.
@@ -98,7 +98,9 @@ pub const GATEWAY_GRANTS: &[TableGrant] = &[
         "account_tombstones",
         &["nostr_pubkey", "did", "handle", "disconnected_at"],
     ),
-    // audit::audited appends; nothing in the gateway reads the trail.
+    // audit::audited appends. The trail itself stays unreadable: only what abuse::toggles_in_window counts (the
+    // enable/disable rate limit) — whose, which action, when — not the actor or the reason.
+    grant_cols("SELECT", "account_audit", &["nostr_pubkey", "action", "created_at"]),
     grant_cols(
         "INSERT",
         "account_audit",
@@ -146,6 +148,10 @@ pub const GATEWAY_GRANTS: &[TableGrant] = &[
     grant("SELECT", "nip98_seen"),
     grant("INSERT", "nip98_seen"),
     grant("DELETE", "nip98_seen"),
+    // abuse::{allow, disallow, is_allowed}: the opt-in allowlist the login service maintains (OPT_IN_POLICY=allowlist).
+    grant("SELECT", "opt_in_allowlist"),
+    grant("INSERT", "opt_in_allowlist"),
+    grant("DELETE", "opt_in_allowlist"),
 ];
 
 /// Sequences behind the `BIGSERIAL` ids of the tables the gateway inserts into (`USAGE` lets it call `nextval`).

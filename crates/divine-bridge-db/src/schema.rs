@@ -149,6 +149,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    opt_in_allowlist (nostr_pubkey) {
+        nostr_pubkey -> Text,
+        added_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     nip98_seen (event_id) {
         event_id -> Text,
         seen_at -> Timestamptz,
@@ -196,6 +203,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     profile_sync,
     relay_cursors,
     nip98_seen,
+    opt_in_allowlist,
     ingest_replicas,
     ingest_shards,
     relay_shard_cursors,

@@ -200,6 +200,14 @@ fn failed_disconnect_job_is_redriven_by_a_repeated_request() {
     assert_eq!(state, "queued");
 }
 
+/// Release periods with `disconnected` grace and unfinished opt-ins kept (a year).
+fn after(disconnected: Duration) -> accounts::ReleaseAfter {
+    accounts::ReleaseAfter {
+        disconnected,
+        unprovisioned: Duration::from_secs(365 * 24 * 3600),
+    }
+}
+
 #[test]
 fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
     let db = TestDb::migrated("disc_release");
@@ -213,13 +221,13 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
         .set(divine_bridge_db::schema::account_links::disconnected_at.eq(Utc::now() - chrono::Duration::days(2)))
         .execute(&mut conn)
         .unwrap();
-    assert!(accounts::release_handles(&mut conn, grace, &Actor::Service)
+    assert!(accounts::release_handles(&mut conn, &after(grace), &Actor::Service)
         .unwrap()
         .is_empty());
     accounts::finish_disconnect(&mut conn, A).unwrap();
     // Within the grace period: kept.
     assert!(
-        accounts::release_handles(&mut conn, Duration::from_secs(3 * 24 * 3600), &Actor::Service)
+        accounts::release_handles(&mut conn, &after(Duration::from_secs(3 * 24 * 3600)), &Actor::Service)
             .unwrap()
             .is_empty()
     );
@@ -229,7 +237,7 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
     );
 
     assert_eq!(
-        accounts::release_handles(&mut conn, grace, &Actor::Service).unwrap(),
+        accounts::release_handles(&mut conn, &after(grace), &Actor::Service).unwrap(),
         vec![A.to_string()]
     );
     assert!(accounts::get(&mut conn, A).unwrap().is_none());
@@ -240,7 +248,7 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
     let trail = audit::list(&mut conn, A, 10).unwrap();
     assert_eq!(trail[0].action, "release_handle");
     // A second pass has nothing to do.
-    assert!(accounts::release_handles(&mut conn, grace, &Actor::Service)
+    assert!(accounts::release_handles(&mut conn, &after(grace), &Actor::Service)
         .unwrap()
         .is_empty());
 
@@ -249,4 +257,89 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
     let back = opt_in(&mut conn, A, "alice2.example.com").unwrap();
     assert_eq!(back.link.did, None);
     assert_eq!(back.link.state().unwrap(), ProvisioningState::Pending);
+    // …and is provisioned again: the old (succeeded) job gave the provisioning key up to a new queued one.
+    let provision: Vec<String> = job_states(&mut conn, A)
+        .into_iter()
+        .filter(|(k, _, _)| k == JobKind::ProvisionAccount.as_str())
+        .map(|(_, state, _)| state)
+        .collect();
+    assert!(provision.iter().any(|s| s == "queued"), "{provision:?}");
+}
+
+#[test]
+fn an_opt_in_that_never_finished_provisioning_releases_its_handle_by_the_same_pass() {
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+    let db = TestDb::migrated("unprov_release");
+    let mut conn = db.conn();
+    let hour = Duration::from_secs(3600);
+    let after = accounts::ReleaseAfter {
+        disconnected: Duration::from_secs(30 * 24 * 3600),
+        unprovisioned: hour,
+    };
+    opt_in(&mut conn, A, "alice.example.com").unwrap(); // pending, never ran
+    opt_in(&mut conn, B, "bob.example.com").unwrap(); // failed without a DID
+    opt_in(&mut conn, C, "carol.example.com").unwrap(); // provisioning right now
+    opt_in(&mut conn, D, "dave.example.com").unwrap(); // got its DID, then failed later
+    let set = |conn: &mut PgConnection, sql: &str| diesel::sql_query(sql).execute(conn).unwrap();
+    set(
+        &mut conn,
+        &format!("UPDATE account_links SET provisioning_state = 'failed' WHERE nostr_pubkey = '{B}'"),
+    );
+    set(
+        &mut conn,
+        &format!("UPDATE account_links SET provisioning_state = 'provisioning' WHERE nostr_pubkey = '{C}'"),
+    );
+    set(
+        &mut conn,
+        &format!("UPDATE jobs SET state = 'running', lease_owner = 'w1', lease_expires_at = now() + interval '5 minutes', lease_token = nextval('jobs_lease_token_seq') WHERE unique_key = 'provision:{C}'"),
+    );
+    set(
+        &mut conn,
+        &format!("UPDATE account_links SET provisioning_state = 'failed', did = '{DID}' WHERE nostr_pubkey = '{D}'"),
+    );
+
+    // Young links are kept, whatever their state.
+    assert!(accounts::release_handles(&mut conn, &after, &Actor::Service)
+        .unwrap()
+        .is_empty());
+    set(
+        &mut conn,
+        "UPDATE account_links SET created_at = now() - interval '2 hours'",
+    );
+    let mut released = accounts::release_handles(&mut conn, &after, &Actor::Service).unwrap();
+    released.sort();
+    assert_eq!(released, vec![A.to_string(), B.to_string()]);
+    assert!(accounts::get(&mut conn, A).unwrap().is_none());
+    assert!(accounts::get(&mut conn, C).unwrap().is_some(), "a worker is on it");
+    assert!(accounts::get(&mut conn, D).unwrap().is_some(), "it has an identity");
+    let trail = audit::list(&mut conn, A, 10).unwrap();
+    assert_eq!(trail[0].action, "release_handle");
+    assert_eq!(
+        trail[0].reason.as_deref(),
+        Some("provisioning never finished within the release period")
+    );
+    assert_eq!(
+        job_states(&mut conn, A),
+        vec![(
+            JobKind::ProvisionAccount.as_str().to_string(),
+            "cancelled".to_string(),
+            Some("cancelled".to_string())
+        )],
+        "its queued provisioning is cancelled with it"
+    );
+    // The handle is free for someone else, and the pubkey may come back: its provisioning is re-driven.
+    set(
+        &mut conn,
+        &format!("DELETE FROM account_links WHERE nostr_pubkey = '{D}'"),
+    );
+    opt_in(&mut conn, D, "alice.example.com").unwrap();
+    let back = opt_in(&mut conn, A, "alice3.example.com").unwrap();
+    assert_eq!(back.link.state().unwrap(), ProvisioningState::Pending);
+    assert_eq!(job_states(&mut conn, A)[0].1, "queued");
+    assert_eq!(
+        accounts::release_handles(&mut conn, &after, &Actor::Service).unwrap(),
+        Vec::<String>::new(),
+        "the new links are young"
+    );
 }

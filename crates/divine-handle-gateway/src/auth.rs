@@ -15,6 +15,7 @@
 //! answered 401 before the body is read); [`Credential::authorize`] finishes with the acting pubkey and the body.
 //! This module decides *who* may act, never *what* the action does.
 
+use crate::cache::TtlCache;
 use crate::problem::ApiError;
 use crate::AppState;
 use axum::extract::FromRequestParts;
@@ -27,10 +28,9 @@ use divine_bridge_db::schema::nip98_seen;
 use divine_bridge_db::Db;
 use nostr::{Event, JsonUtil, Kind};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Allowed distance between a NIP-98 event's `created_at` and now, either way.
@@ -58,6 +58,8 @@ pub struct Nip98Claim {
     pub pubkey: String,
     /// The `payload` tag, lower-cased, if present.
     pub payload: Option<String>,
+    /// NIP-13 proof of work of the event: leading zero bits of its id (checked by `OPT_IN_POLICY=open`).
+    pub pow_bits: u8,
 }
 
 /// Shortest accepted service token (characters): 32 random URL-safe characters are ~190 bits.
@@ -233,6 +235,7 @@ pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Ni
         event_id: event.id.to_hex(),
         pubkey: event.pubkey.to_hex(),
         payload: tag_value(&event, "payload").map(|p| p.to_ascii_lowercase()),
+        pow_bits: nostr::nips::nip13::get_leading_zero_bits(event.id.as_bytes()),
     })
 }
 
@@ -328,39 +331,43 @@ impl Credential {
     }
 }
 
-/// Remembers used NIP-98 event ids: in memory (this replica) and in Postgres (all replicas).
+/// Remembers used NIP-98 event ids: in memory (this replica, at most `NIP98_REPLAY_MEMORY_ENTRIES`, oldest evicted
+/// first — an evicted id is still refused by Postgres) and in Postgres (all replicas).
 #[derive(Debug)]
 pub struct ReplayGuard {
-    recent: Mutex<HashMap<String, Instant>>,
-    last_sweep: Mutex<Instant>,
+    recent: Mutex<TtlCache<()>>,
     /// Unix seconds of the last `nip98_seen` prune by this replica.
     last_db_prune: AtomicI64,
 }
 
 impl Default for ReplayGuard {
     fn default() -> Self {
-        ReplayGuard {
-            recent: Mutex::new(HashMap::new()),
-            last_sweep: Mutex::new(Instant::now()),
-            last_db_prune: AtomicI64::new(0),
-        }
+        ReplayGuard::new(crate::config::AbuseConfig::default().replay_memory_entries)
     }
 }
 
 impl ReplayGuard {
+    /// A guard remembering at most `capacity` ids in memory.
+    pub fn new(capacity: usize) -> ReplayGuard {
+        ReplayGuard {
+            recent: Mutex::new(TtlCache::new(MEMORY_TTL, capacity)),
+            last_db_prune: AtomicI64::new(0),
+        }
+    }
+
+    /// Ids held in memory now (never above the capacity).
+    pub fn memory_len(&self) -> usize {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn seen_in_memory(&self, id: &str) -> bool {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.get(id).is_some_and(|at| at.elapsed() < MEMORY_TTL)
+        recent.get(id).is_some()
     }
 
     fn remember(&self, id: &str) {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.insert(id.to_string(), Instant::now());
-        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() > Duration::from_secs(10) {
-            recent.retain(|_, at| at.elapsed() < MEMORY_TTL);
-            *last = Instant::now();
-        }
+        recent.insert(id.to_string(), ());
     }
 
     /// Accepts `event_id` once: a second use (in this replica's memory or in `nip98_seen`) is a replay. Every 60 s

@@ -29,6 +29,169 @@ pub struct Config {
     pub reserved_names: Vec<String>,
     /// Public base URL of the bridge's PDS (no trailing slash), for the repo download link of `/export`.
     pub pds_public_url: Option<String>,
+    /// Abuse controls (issue 12 §1): opt-in policy, rate limits, budgets, well-known protection.
+    pub abuse: AbuseConfig,
+}
+
+/// Who may opt a user in (`OPT_IN_POLICY`). The service token may always opt users in; the policy decides what a
+/// NIP-98 opt-in needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptInPolicy {
+    /// `service` (default): only the Divine login service (service token); every NIP-98 opt-in is refused.
+    Service,
+    /// `allowlist`: NIP-98 opt-in only for pubkeys the service pre-registered (`PUT /api/opt-in-allowlist/{pubkey}`).
+    Allowlist,
+    /// `open`: any NIP-98 opt-in whose event id has at least `pow_difficulty` leading zero bits (NIP-13).
+    Open { pow_difficulty: u8 },
+}
+
+/// `OPT_IN_POW_DIFFICULTY` default: 20 leading zero bits, about a million hashes (a second or two on a phone).
+pub const DEFAULT_POW_DIFFICULTY: u8 = 20;
+
+/// Abuse controls. [`AbuseConfig::default`] is the production default of every variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbuseConfig {
+    /// `OPT_IN_POLICY` (+ `OPT_IN_POW_DIFFICULTY` for `open`).
+    pub opt_in_policy: OptInPolicy,
+    /// `TRUSTED_PROXY_HEADER`: header carrying the client IP, set by the proxy in front of the gateway (its last
+    /// comma-separated value is used: the one the trusted proxy appended). Unset = the socket peer address.
+    pub trusted_proxy_header: Option<http::HeaderName>,
+    /// `RATE_LIMIT_PER_IP_PER_MINUTE`: `/api/*` requests per client IP per minute (burst of the same size); 0 = off.
+    pub per_ip_per_minute: u32,
+    /// `RATE_LIMIT_GLOBAL_PER_SECOND`: `/api/*` requests per second for this replica (burst of the same size);
+    /// 0 = off.
+    pub global_per_second: u32,
+    /// `PROVISIONING_BUDGET_PER_HOUR`: new account links (each a DID, a PDS account, a backfill) per rolling hour,
+    /// all replicas together; 0 = no new links.
+    pub provisioning_budget_per_hour: u32,
+    /// `TOGGLE_LIMIT_PER_HOUR`: enable + disable calls per account per rolling hour.
+    pub toggle_limit_per_hour: u32,
+    /// `WELL_KNOWN_CACHE_SECS`: how long a handle lookup (found or not) is answered from memory; 0 = no cache.
+    pub well_known_cache_ttl: std::time::Duration,
+    /// `WELL_KNOWN_CACHE_ENTRIES`: most cached handle lookups (oldest evicted first).
+    pub well_known_cache_entries: usize,
+    /// `WELL_KNOWN_TIMEOUT_MS`: a `/.well-known/atproto-did` request taking longer is answered 503 `timeout`.
+    pub well_known_timeout: std::time::Duration,
+    /// `WELL_KNOWN_MAX_CONCURRENCY`: well-known lookups in flight per replica; more are shed (503 `overloaded`).
+    pub well_known_max_concurrency: usize,
+    /// `NIP98_REPLAY_MEMORY_ENTRIES`: most NIP-98 event ids remembered in memory (oldest evicted first; Postgres
+    /// `nip98_seen` still refuses an evicted id).
+    pub replay_memory_entries: usize,
+}
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        AbuseConfig {
+            opt_in_policy: OptInPolicy::Service,
+            trusted_proxy_header: None,
+            per_ip_per_minute: 60,
+            global_per_second: 200,
+            provisioning_budget_per_hour: 500,
+            toggle_limit_per_hour: 10,
+            well_known_cache_ttl: std::time::Duration::from_secs(60),
+            well_known_cache_entries: 100_000,
+            well_known_timeout: std::time::Duration::from_secs(2),
+            well_known_max_concurrency: 256,
+            replay_memory_entries: 100_000,
+        }
+    }
+}
+
+impl AbuseConfig {
+    /// Reads the abuse variables through `get`; unset = [`AbuseConfig::default`].
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseConfig, ConfigError> {
+        let d = AbuseConfig::default();
+        let set = |var: &'static str| get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        fn num<T: std::str::FromStr>(var: &'static str, v: Option<String>, default: T) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match v {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|e| err(var, format!("{v:?}: {e}"))),
+            }
+        }
+        let pow_difficulty = num(
+            "OPT_IN_POW_DIFFICULTY",
+            set("OPT_IN_POW_DIFFICULTY"),
+            DEFAULT_POW_DIFFICULTY,
+        )?;
+        let opt_in_policy = match set("OPT_IN_POLICY").as_deref() {
+            None | Some("service") => OptInPolicy::Service,
+            Some("allowlist") => OptInPolicy::Allowlist,
+            Some("open") => OptInPolicy::Open { pow_difficulty },
+            Some(other) => {
+                return Err(err(
+                    "OPT_IN_POLICY",
+                    format!("{other:?}: expected service, allowlist or open"),
+                ))
+            }
+        };
+        let trusted_proxy_header = match set("TRUSTED_PROXY_HEADER") {
+            None => None,
+            Some(h) => Some(
+                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    .map_err(|e| err("TRUSTED_PROXY_HEADER", format!("{h:?}: {e}")))?,
+            ),
+        };
+        let well_known_max_concurrency = num(
+            "WELL_KNOWN_MAX_CONCURRENCY",
+            set("WELL_KNOWN_MAX_CONCURRENCY"),
+            d.well_known_max_concurrency,
+        )?;
+        if well_known_max_concurrency == 0 {
+            return Err(err("WELL_KNOWN_MAX_CONCURRENCY", "must be at least 1"));
+        }
+        let timeout_ms: u64 = num(
+            "WELL_KNOWN_TIMEOUT_MS",
+            set("WELL_KNOWN_TIMEOUT_MS"),
+            d.well_known_timeout.as_millis() as u64,
+        )?;
+        if timeout_ms == 0 {
+            return Err(err("WELL_KNOWN_TIMEOUT_MS", "must be at least 1"));
+        }
+        Ok(AbuseConfig {
+            opt_in_policy,
+            trusted_proxy_header,
+            per_ip_per_minute: num(
+                "RATE_LIMIT_PER_IP_PER_MINUTE",
+                set("RATE_LIMIT_PER_IP_PER_MINUTE"),
+                d.per_ip_per_minute,
+            )?,
+            global_per_second: num(
+                "RATE_LIMIT_GLOBAL_PER_SECOND",
+                set("RATE_LIMIT_GLOBAL_PER_SECOND"),
+                d.global_per_second,
+            )?,
+            provisioning_budget_per_hour: num(
+                "PROVISIONING_BUDGET_PER_HOUR",
+                set("PROVISIONING_BUDGET_PER_HOUR"),
+                d.provisioning_budget_per_hour,
+            )?,
+            toggle_limit_per_hour: num(
+                "TOGGLE_LIMIT_PER_HOUR",
+                set("TOGGLE_LIMIT_PER_HOUR"),
+                d.toggle_limit_per_hour,
+            )?,
+            well_known_cache_ttl: std::time::Duration::from_secs(num(
+                "WELL_KNOWN_CACHE_SECS",
+                set("WELL_KNOWN_CACHE_SECS"),
+                d.well_known_cache_ttl.as_secs(),
+            )?),
+            well_known_cache_entries: num(
+                "WELL_KNOWN_CACHE_ENTRIES",
+                set("WELL_KNOWN_CACHE_ENTRIES"),
+                d.well_known_cache_entries,
+            )?,
+            well_known_timeout: std::time::Duration::from_millis(timeout_ms),
+            well_known_max_concurrency,
+            replay_memory_entries: num(
+                "NIP98_REPLAY_MEMORY_ENTRIES",
+                set("NIP98_REPLAY_MEMORY_ENTRIES"),
+                d.replay_memory_entries,
+            )?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -40,6 +203,7 @@ impl std::fmt::Debug for Config {
             .field("db", &self.db)
             .field("reserved_names", &self.reserved_names)
             .field("pds_public_url", &self.pds_public_url)
+            .field("abuse", &self.abuse)
             .field("service_tokens", &self.service_tokens)
             .finish_non_exhaustive()
     }
@@ -131,7 +295,9 @@ impl Config {
             None => None,
             Some(v) => Some(normalize_public_url(&v).map_err(|e| err("PDS_PUBLIC_URL", e))?),
         };
+        let abuse = AbuseConfig::from_lookup(&get)?;
         Ok(Config {
+            abuse,
             pds_public_url,
             bind_addr,
             database_url,
@@ -255,6 +421,51 @@ mod tests {
         let mut bad = BASE.to_vec();
         bad.push(("PDS_PUBLIC_URL", "ftp://x"));
         assert_eq!(load(&bad).unwrap_err().var, "PDS_PUBLIC_URL");
+    }
+
+    #[test]
+    fn abuse_controls_default_to_the_service_policy_and_parse() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.abuse, AbuseConfig::default());
+        assert_eq!(c.abuse.opt_in_policy, OptInPolicy::Service, "default policy is service");
+        assert!(
+            c.abuse.trusted_proxy_header.is_none(),
+            "client IP from the socket unless a header is configured"
+        );
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = BASE.to_vec();
+            all.extend_from_slice(pairs);
+            load(&all)
+        };
+        assert_eq!(
+            with(&[("OPT_IN_POLICY", "open"), ("OPT_IN_POW_DIFFICULTY", "12")])
+                .unwrap()
+                .abuse
+                .opt_in_policy,
+            OptInPolicy::Open { pow_difficulty: 12 }
+        );
+        assert_eq!(
+            with(&[("OPT_IN_POLICY", "allowlist")]).unwrap().abuse.opt_in_policy,
+            OptInPolicy::Allowlist
+        );
+        let c = with(&[
+            ("TRUSTED_PROXY_HEADER", "X-Forwarded-For"),
+            ("WELL_KNOWN_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(c.abuse.trusted_proxy_header.unwrap().as_str(), "x-forwarded-for");
+        assert_eq!(c.abuse.well_known_timeout, std::time::Duration::from_millis(250));
+        for (var, v) in [
+            ("OPT_IN_POLICY", "everyone"),
+            ("OPT_IN_POW_DIFFICULTY", "300"),
+            ("TRUSTED_PROXY_HEADER", "bad header"),
+            ("RATE_LIMIT_PER_IP_PER_MINUTE", "-1"),
+            ("PROVISIONING_BUDGET_PER_HOUR", "lots"),
+            ("WELL_KNOWN_MAX_CONCURRENCY", "0"),
+            ("WELL_KNOWN_TIMEOUT_MS", "0"),
+        ] {
+            assert_eq!(with(&[(var, v)]).unwrap_err().var, var, "{var}={v}");
+        }
     }
 
     #[test]

@@ -93,10 +93,45 @@ pub fn normalize_domain(raw: &str) -> Result<String, String> {
 
 /// Names refused under the handle domain unless `RESERVED_HANDLE_NAMES` says otherwise: hosts an operator is likely
 /// to run next to the handles (`pds.<domain>`, `relay.<domain>` …) and names that would impersonate the service.
+/// Issue 12 §1 added the names an operator expects to be kept back (login, support, moderation, the ATProto and
+/// Bluesky brands …).
 pub const DEFAULT_RESERVED_NAMES: &[&str] = &[
-    "admin", "api", "bridge", "cdn", "divine", "help", "mail", "pds", "plc", "relay", "root", "security", "staff",
-    "status", "support", "www",
+    "abuse",
+    "account",
+    "admin",
+    "api",
+    "app",
+    "atproto",
+    "auth",
+    "bluesky",
+    "bridge",
+    "bsky",
+    "cdn",
+    "divine",
+    "help",
+    "login",
+    "mail",
+    "media",
+    "moderation",
+    "official",
+    "pds",
+    "plc",
+    "registry",
+    "relay",
+    "root",
+    "security",
+    "staff",
+    "staging",
+    "status",
+    "support",
+    "team",
+    "www",
 ];
+
+/// The ACE prefix of an IDNA (punycode) label. Such names render as Unicode in clients and can imitate another
+/// handle with look-alike characters (`xn--pple-43d` shows as `аpple` with a Cyrillic `а`), so a handle's own
+/// label may not carry it; the operator's `HANDLE_DOMAIN` is the operator's choice and is not checked.
+pub const PUNYCODE_PREFIX: &str = "xn--";
 
 /// Normalises (trim, lower-case) and validates a requested handle: ATProto syntax, exactly one label before
 /// `.<domain>`, total length ≤ [`MAX_HANDLE_LEN`], and that label not in `reserved` (→ `handle_reserved`).
@@ -107,6 +142,11 @@ pub fn normalize_handle(raw: &str, domain: &str, reserved: &[String]) -> Result<
     let Some(name) = handle.strip_suffix(domain).and_then(|rest| rest.strip_suffix('.')) else {
         return Err(ApiError::InvalidHandle(format!("{handle:?}: must be <name>.{domain}")));
     };
+    if name.starts_with(PUNYCODE_PREFIX) {
+        return Err(ApiError::InvalidHandle(format!(
+            "{handle:?}: punycode (xn--) names are not accepted (they can imitate other handles)"
+        )));
+    }
     if name.contains('.') {
         return Err(ApiError::InvalidHandle(format!(
             "{handle:?}: exactly one label may precede .{domain}"
@@ -184,6 +224,10 @@ mod tests {
         assert!(bad("alicedivine.test").contains("must be <name>.divine.test"));
         assert!(bad("a.b.divine.test").contains("exactly one label"));
         assert!(bad("divine.test").contains("must be <name>"));
+        // Punycode labels (a Cyrillic look-alike of "apple", and any other xn-- name) are refused.
+        assert!(bad("xn--pple-43d.divine.test").contains("punycode"));
+        assert!(bad("XN--80AK6AA92E.divine.test").contains("punycode"));
+        assert_eq!(normalize_handle("xn-x.divine.test", D).unwrap(), "xn-x.divine.test");
         assert!(check_handle_syntax("alice.1test").unwrap_err().contains("top-level"));
         assert!(check_handle_syntax(&format!("{}.test", "a".repeat(64)))
             .unwrap_err()
@@ -192,7 +236,33 @@ mod tests {
 
     #[test]
     fn reserved_names_are_refused_with_their_own_code() {
-        for name in ["pds", "relay", "www"] {
+        for name in [
+            "pds",
+            "relay",
+            "www",
+            "app",
+            "login",
+            "auth",
+            "account",
+            "admin",
+            "support",
+            "help",
+            "official",
+            "team",
+            "moderation",
+            "abuse",
+            "security",
+            "status",
+            "staging",
+            "media",
+            "cdn",
+            "api",
+            "registry",
+            "bsky",
+            "bluesky",
+            "atproto",
+            "divine",
+        ] {
             let e = normalize_handle(&format!(" {}.Divine.Test", name.to_uppercase()), D).unwrap_err();
             assert_eq!(e.code(), "handle_reserved", "{name}");
             assert_eq!(e.status(), axum::http::StatusCode::CONFLICT);

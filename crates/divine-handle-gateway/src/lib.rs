@@ -7,24 +7,33 @@
 //! (`divine-atbridge`). The binary (`src/main.rs`) only loads [`config::Config`] and calls [`run`].
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod edge;
 pub mod extract;
 pub mod handle;
+pub mod limits;
 pub mod metrics;
 pub mod problem;
+pub mod ready;
 pub mod routes;
 
 use crate::auth::ReplayGuard;
+use crate::cache::TtlCache;
 use crate::config::Config;
+use crate::limits::RateLimits;
+use crate::ready::ReadyProbe;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use divine_bridge_db::{migrate, Db};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// Shared state of every handler. Cheap to clone.
@@ -34,22 +43,50 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub replay: Arc<ReplayGuard>,
     pub prometheus: PrometheusHandle,
+    /// `/api/*` request-rate limiters (`limits`).
+    pub limits: Arc<RateLimits>,
+    /// `/.well-known/atproto-did` answers by handle: `Some(did)` or `None` (not found), for `WELL_KNOWN_CACHE_SECS`.
+    pub well_known: Arc<Mutex<TtlCache<Option<String>>>>,
+    /// `/ready`'s own connection (`ready`).
+    pub ready: Arc<ReadyProbe>,
 }
 
 impl AppState {
     /// State over an existing pool (the process-wide Prometheus recorder is installed on first use).
     pub fn new(db: Db, config: Config) -> AppState {
+        let abuse = &config.abuse;
         AppState {
             db,
-            config: Arc::new(config),
-            replay: Arc::new(ReplayGuard::default()),
+            replay: Arc::new(ReplayGuard::new(abuse.replay_memory_entries)),
             prometheus: metrics::prometheus(),
+            limits: Arc::new(RateLimits::new(abuse)),
+            well_known: Arc::new(Mutex::new(TtlCache::new(
+                abuse.well_known_cache_ttl,
+                abuse.well_known_cache_entries,
+            ))),
+            ready: Arc::new(ReadyProbe::new(&config)),
+            config: Arc::new(config),
         }
     }
 }
 
 /// The gateway's routes and middleware. Tests drive it with `tower::ServiceExt::oneshot` or a real listener.
+///
+/// `/api/*` passes the rate limits first (`limits::rate_limit`, a route layer of those routes only).
+/// `/.well-known/atproto-did` is answered from a bounded cache (`routes::atproto_did`) and wrapped, outermost first,
+/// in: `Vary: Host`, the mapping of tower errors to problems, load shedding (503 `overloaded` at once when
+/// `WELL_KNOWN_MAX_CONCURRENCY` lookups are in flight, instead of queueing), the concurrency limit, and the
+/// `WELL_KNOWN_TIMEOUT_MS` deadline (503 `timeout`).
 pub fn router(state: AppState) -> Router {
+    let abuse = &state.config.abuse;
+    let well_known = get(routes::atproto_did).layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::map_response(routes::vary_host))
+            .layer(HandleErrorLayer::new(routes::well_known_refused))
+            .load_shed()
+            .concurrency_limit(abuse.well_known_max_concurrency)
+            .timeout(abuse.well_known_timeout),
+    );
     Router::new()
         .route("/api/account-links/opt-in", post(routes::opt_in))
         .route("/api/account-links/{pubkey}/enable", post(routes::enable))
@@ -64,7 +101,12 @@ pub fn router(state: AppState) -> Router {
             "/api/account-links/{pubkey}/crosspost-status",
             post(routes::crosspost_status),
         )
-        .route("/.well-known/atproto-did", get(routes::atproto_did))
+        .route(
+            "/api/opt-in-allowlist/{pubkey}",
+            put(routes::allowlist_add).merge(delete(routes::allowlist_remove)),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
+        .route("/.well-known/atproto-did", well_known)
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
@@ -84,9 +126,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address feeds the per-IP rate limit when no trusted proxy header is configured.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -4,7 +4,8 @@
 //! Metrics: `gateway_http_requests_total{route,status}` (route is the matched route TEMPLATE such as
 //! `/api/account-links/{pubkey}/status`, `unmatched` for unknown paths — never the raw path, so cardinality stays
 //! bounded), `gateway_http_request_duration_seconds{route}`, `gateway_auth_failures_total{reason}`,
-//! `gateway_opt_ins_total{outcome}`.
+//! `gateway_opt_ins_total{outcome}`, `gateway_rate_limited_total{scope}`, `gateway_provisioning_budget_exhausted_total`,
+//! `gateway_provisioning_budget_used`, `gateway_well_known_lookups_total{result}`.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -17,6 +18,15 @@ pub const HTTP_DURATION: &str = "gateway_http_request_duration_seconds";
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 /// Opt-ins by outcome (`created`, `existing`, `reenabled`).
 pub const OPT_INS: &str = "gateway_opt_ins_total";
+
+/// Requests refused by a rate limit, by scope (`client`, `global`, `toggle`).
+pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+/// New opt-ins refused because `PROVISIONING_BUDGET_PER_HOUR` was used up (alert `DivineGatewayProvisioningBudgetExhausted`).
+pub const PROVISIONING_BUDGET_EXHAUSTED: &str = "gateway_provisioning_budget_exhausted_total";
+/// Links created in the last hour, as last counted by this replica for a new opt-in.
+pub const PROVISIONING_BUDGET_USED: &str = "gateway_provisioning_budget_used";
+/// `/.well-known/atproto-did` lookups by `result` (`hit`: answered from the cache, `miss`: queried).
+pub const WELL_KNOWN_LOOKUPS: &str = "gateway_well_known_lookups_total";
 
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: real buckets, not a summary, so replicas aggregate with
 /// `histogram_quantile(…, sum by (le) (rate(…_bucket[5m])))`. From a cached well-known lookup (1 ms) to a slow
@@ -53,6 +63,13 @@ pub fn prometheus() -> PrometheusHandle {
             );
             metrics::describe_counter!(AUTH_FAILURES, "rejected credentials by reason");
             metrics::describe_counter!(OPT_INS, "opt-in requests by outcome");
+            metrics::describe_counter!(RATE_LIMITED, "requests refused by a rate limit, by scope");
+            metrics::describe_counter!(
+                PROVISIONING_BUDGET_EXHAUSTED,
+                "new opt-ins refused because the hourly provisioning budget was used up"
+            );
+            metrics::describe_gauge!(PROVISIONING_BUDGET_USED, "account links created in the last hour");
+            metrics::describe_counter!(WELL_KNOWN_LOOKUPS, "well-known handle lookups by cache result");
             handle
         })
         .clone()

@@ -13,6 +13,11 @@ use divine_bridge_db::accounts::AccountError;
 use divine_bridge_db::{Classified, DbError, ErrorClass};
 use std::time::Duration;
 
+/// Whole seconds of a wait, rounded up (what `Retry-After` carries).
+pub fn secs(d: &Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// Content type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -63,6 +68,33 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("no such route")]
     NotFound,
+    /// This client IP sent more `/api/*` requests than `RATE_LIMIT_PER_IP_PER_MINUTE` allows.
+    #[error("too many requests from this client; retry in {}s", secs(.0))]
+    RateLimited(Duration),
+    /// This replica answers more `/api/*` requests than `RATE_LIMIT_GLOBAL_PER_SECOND` allows.
+    #[error("the gateway is at its request limit; retry in {}s", secs(.0))]
+    GlobalRateLimited(Duration),
+    /// This account was enabled/disabled `TOGGLE_LIMIT_PER_HOUR` times in the last hour.
+    #[error("too many enable/disable changes for this account; retry in {}s", secs(.0))]
+    ToggleRateLimited(Duration),
+    /// `PROVISIONING_BUDGET_PER_HOUR` new account links were created in the last hour.
+    #[error("the hourly budget of new accounts is used up; retry in {}s", secs(.0))]
+    ProvisioningBudgetExhausted(Duration),
+    /// `OPT_IN_POLICY=service`: only the login service may opt users in.
+    #[error("opt-in goes through the Divine login service (NIP-98 opt-in is disabled)")]
+    OptInServiceOnly,
+    /// `OPT_IN_POLICY=allowlist`: this pubkey was not pre-registered by the login service.
+    #[error("this pubkey is not pre-registered for opt-in")]
+    OptInNotAllowlisted,
+    /// `OPT_IN_POLICY=open`: the NIP-98 event id lacks the required NIP-13 proof of work.
+    #[error("opt-in needs NIP-13 proof of work of {required} leading zero bits in the NIP-98 event id; got {got}")]
+    InsufficientPow { required: u8, got: u8 },
+    /// Load shedding: the well-known route is at `WELL_KNOWN_MAX_CONCURRENCY`.
+    #[error("too many handle lookups in flight; retry shortly")]
+    Overloaded,
+    /// The request did not finish within its deadline (`WELL_KNOWN_TIMEOUT_MS`).
+    #[error("the request did not finish in time")]
+    Timeout,
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("temporarily unavailable: {0}")]
@@ -93,6 +125,15 @@ impl Classified for ApiError {
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotFound => "not_found",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::GlobalRateLimited(_) => "global_rate_limited",
+            ApiError::ToggleRateLimited(_) => "toggle_rate_limited",
+            ApiError::ProvisioningBudgetExhausted(_) => "provisioning_budget_exhausted",
+            ApiError::OptInServiceOnly => "opt_in_service_only",
+            ApiError::OptInNotAllowlisted => "opt_in_not_allowlisted",
+            ApiError::InsufficientPow { .. } => "insufficient_pow",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Timeout => "timeout",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -101,7 +142,15 @@ impl Classified for ApiError {
 
     fn class(&self) -> ErrorClass {
         match self {
-            ApiError::NotReady(_) | ApiError::Unavailable(_) | ApiError::Internal(_) => ErrorClass::Transient,
+            ApiError::NotReady(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Internal(_)
+            | ApiError::RateLimited(_)
+            | ApiError::GlobalRateLimited(_)
+            | ApiError::ToggleRateLimited(_)
+            | ApiError::ProvisioningBudgetExhausted(_)
+            | ApiError::Overloaded
+            | ApiError::Timeout => ErrorClass::Transient,
             _ => ErrorClass::Permanent,
         }
     }
@@ -109,6 +158,11 @@ impl Classified for ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::NotReady(_) | ApiError::Unavailable(_) => Some(Duration::from_secs(5)),
+            ApiError::RateLimited(d)
+            | ApiError::GlobalRateLimited(d)
+            | ApiError::ToggleRateLimited(d)
+            | ApiError::ProvisioningBudgetExhausted(d) => Some(*d),
+            ApiError::Overloaded | ApiError::Timeout => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -129,7 +183,16 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::AccountNotFound | ApiError::HandleNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::AccountSuspended(_) | ApiError::OperatorOnly => StatusCode::FORBIDDEN,
+            ApiError::AccountSuspended(_)
+            | ApiError::OperatorOnly
+            | ApiError::OptInServiceOnly
+            | ApiError::OptInNotAllowlisted
+            | ApiError::InsufficientPow { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_)
+            | ApiError::GlobalRateLimited(_)
+            | ApiError::ToggleRateLimited(_)
+            | ApiError::ProvisioningBudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::AccountDisconnected => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,6 +224,15 @@ impl ApiError {
             ApiError::PayloadTooLarge => "Payload too large",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::NotFound => "Not found",
+            ApiError::RateLimited(_) => "Rate limited",
+            ApiError::GlobalRateLimited(_) => "Gateway request limit reached",
+            ApiError::ToggleRateLimited(_) => "Too many enable/disable changes",
+            ApiError::ProvisioningBudgetExhausted(_) => "Provisioning budget exhausted",
+            ApiError::OptInServiceOnly => "Opt-in through the login service only",
+            ApiError::OptInNotAllowlisted => "Pubkey not pre-registered",
+            ApiError::InsufficientPow { .. } => "Proof of work required",
+            ApiError::Overloaded => "Overloaded",
+            ApiError::Timeout => "Timeout",
             ApiError::NotReady(_) => "Not ready",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal server error",
@@ -259,7 +331,7 @@ impl IntoResponse for ApiError {
         }
         if let Some(after) = self.retry_after() {
             resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs(&after)));
         }
         resp.extensions_mut().insert(problem);
         resp

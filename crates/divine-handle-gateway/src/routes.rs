@@ -24,8 +24,9 @@
 
 use crate::auth::Credential;
 use crate::extract::{JsonBody, PubkeyParam, RawBody};
-use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey};
-use crate::metrics::OPT_INS;
+use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey, MAX_HANDLE_LEN};
+use crate::limits;
+use crate::metrics::{OPT_INS, WELL_KNOWN_LOOKUPS};
 use crate::problem::ApiError;
 use crate::AppState;
 use axum::extract::State;
@@ -33,14 +34,10 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use diesel::prelude::*;
 use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
 use divine_bridge_db::audit::audited;
-use divine_bridge_db::migrate::migrations_applied;
 use divine_bridge_db::states::AuditAction;
-use divine_bridge_db::Classified;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// The account link as the API shows it (RFC 3339 timestamps; the operator-only error detail is omitted).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,11 +106,13 @@ pub async fn opt_in(
 ) -> Result<Response, ApiError> {
     let pubkey = normalize_pubkey(&body.value.nostr_pubkey)?;
     credential.authorize(&state, &pubkey, &body.raw).await?;
+    limits::admit_opt_in(&state, &credential, &pubkey).await?;
     let handle = normalize_handle(
         &body.value.handle,
         &state.config.handle_domain,
         &state.config.reserved_names,
     )?;
+    limits::check_provisioning_budget(&state, &pubkey).await?;
     let req = OptIn {
         nostr_pubkey: pubkey,
         handle,
@@ -152,6 +151,7 @@ pub async fn enable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    limits::check_toggle_limit(&state, &pubkey).await?;
     let actor = credential.actor();
     let link = state
         .db
@@ -174,6 +174,7 @@ pub async fn disable(
     RawBody(body): RawBody,
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
+    limits::check_toggle_limit(&state, &pubkey).await?;
     let actor = credential.actor();
     let disabled = state
         .db
@@ -267,6 +268,7 @@ pub async fn unsuspend(
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.require_operator()?;
     credential.authorize(&state, &pubkey, &body).await?;
+    limits::check_toggle_limit(&state, &pubkey).await?;
     let actor = credential.actor();
     let link = state
         .db
@@ -403,7 +405,9 @@ pub async fn history(
 }
 
 /// `GET /.well-known/atproto-did` with `Host: <handle>` → `text/plain` DID of a `ready` account, else 404
-/// `handle_not_found`.
+/// `handle_not_found`. Found and not-found answers are cached for `WELL_KNOWN_CACHE_SECS` (bounded by
+/// `WELL_KNOWN_CACHE_ENTRIES`), so a flood of lookups, for real or invented names, costs one query per name per
+/// period; a host that cannot be a handle (wrong domain, too long) never reaches the database or the cache.
 pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
     let host = headers
         .get(header::HOST)
@@ -413,11 +417,32 @@ pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri:
         .unwrap_or_default();
     let handle = host_to_handle(&host);
     let suffix = format!(".{}", state.config.handle_domain);
-    if !handle.ends_with(&suffix) {
+    if !handle.ends_with(&suffix) || handle.len() > MAX_HANDLE_LEN {
         return Err(ApiError::HandleNotFound(handle));
     }
-    let lookup = handle.clone();
-    let did = state.db.run(move |c| accounts::resolve_handle(c, &lookup)).await?;
+    let cached = state
+        .well_known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&handle)
+        .cloned();
+    let did = match cached {
+        Some(did) => {
+            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => "hit").increment(1);
+            did
+        }
+        None => {
+            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => "miss").increment(1);
+            let lookup = handle.clone();
+            let did = state.db.run(move |c| accounts::resolve_handle(c, &lookup)).await?;
+            state
+                .well_known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(handle.clone(), did.clone());
+            did
+        }
+    };
     match did {
         Some(did) => Ok((
             [
@@ -431,26 +456,67 @@ pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri:
     }
 }
 
+/// Every well-known answer depends on `Host`: shared caches must key on it.
+pub async fn vary_host(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::VARY, axum::http::HeaderValue::from_static("Host"));
+    resp
+}
+
+/// The well-known route's tower errors as problems: shed load → 503 `overloaded`, deadline → 503 `timeout`.
+pub async fn well_known_refused(err: tower::BoxError) -> ApiError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::Overloaded
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else {
+        ApiError::Internal(format!("well-known middleware: {err}"))
+    }
+}
+
+/// `PUT /api/opt-in-allowlist/{pubkey}` → 200 `{"nostr_pubkey", "allowlisted": true, "changed"}`: the login service
+/// pre-registers a pubkey for NIP-98 opt-in under `OPT_IN_POLICY=allowlist`. Service token only (403
+/// `operator_only` for NIP-98). Idempotent.
+pub async fn allowlist_add(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    credential.require_operator()?;
+    let pk = pubkey.clone();
+    let changed = state.db.run(move |c| divine_bridge_db::abuse::allow(c, &pk)).await?;
+    tracing::info!(pubkey = %pubkey, changed, "opt-in allowlist: added");
+    Ok(Json(
+        serde_json::json!({"nostr_pubkey": pubkey, "allowlisted": true, "changed": changed}),
+    ))
+}
+
+/// `DELETE /api/opt-in-allowlist/{pubkey}` → 200 `{"nostr_pubkey", "allowlisted": false, "changed"}`. Service token
+/// only. An existing link is not touched.
+pub async fn allowlist_remove(
+    State(state): State<AppState>,
+    credential: Credential,
+    PubkeyParam(pubkey): PubkeyParam,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    credential.require_operator()?;
+    let pk = pubkey.clone();
+    let changed = state.db.run(move |c| divine_bridge_db::abuse::disallow(c, &pk)).await?;
+    tracing::info!(pubkey = %pubkey, changed, "opt-in allowlist: removed");
+    Ok(Json(
+        serde_json::json!({"nostr_pubkey": pubkey, "allowlisted": false, "changed": changed}),
+    ))
+}
+
 /// `GET /health` → 200 while the process serves.
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /ready` → 200 when Postgres answers `SELECT 1` (within 3 s) and every migration is applied, else 503.
+/// `GET /ready` → 200 when Postgres answers `SELECT 1` (within 3 s) and every migration is applied, else 503. Runs on
+/// the probe's own connection (`crate::ready`), never on the request pool.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let check = state.db.run(|c| {
-        diesel::sql_query("SELECT 1").execute(c)?;
-        migrations_applied(c)
-    });
-    match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(true)) => Ok(Json(serde_json::json!({"status": "ready"}))),
-        Ok(Ok(false)) => Err(ApiError::NotReady("migrations pending".into())),
-        Ok(Err(e)) => {
-            tracing::warn!(code = e.code(), error = %e, "readiness check failed");
-            Err(ApiError::NotReady(format!("database ({})", e.code())))
-        }
-        Err(_) => Err(ApiError::NotReady("database did not answer within 3s".into())),
-    }
+    state.ready.check().await?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 /// `GET /metrics` → Prometheus text.

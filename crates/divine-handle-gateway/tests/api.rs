@@ -729,7 +729,8 @@ fn well_known(host: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn atproto_did_answers_ready_handles_only() {
-    let gw = Gw::new("gw_wellknown");
+    // Uncached, to see each state change at once (the cache is tested in abuse.rs).
+    let gw = Gw::with("gw_wellknown", |c| c.abuse.well_known_cache_ttl = Duration::ZERO);
     let pk = new_pubkey();
     let h = handle("kate");
     gw.opt_in(&pk, &h).await;

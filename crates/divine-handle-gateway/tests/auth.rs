@@ -21,7 +21,7 @@ fn opt_in_body(pubkey: &str, handle: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn valid_nip98_is_accepted_on_every_route_for_the_signers_own_pubkey() {
-    let gw = Gw::new("gw_nip98_ok");
+    let gw = Gw::with("gw_nip98_ok", nip98_opt_in);
     let keys = Keys::generate();
     let pk = keys.public_key().to_hex();
     let h = handle("nina");
@@ -97,7 +97,7 @@ fn assert_unauthorized(r: &Resp, detail_contains: &str) {
 
 #[tokio::test]
 async fn bad_nip98_events_are_401_and_change_nothing() {
-    let gw = Gw::new("gw_nip98_bad");
+    let gw = Gw::with("gw_nip98_bad", nip98_opt_in);
     let keys = Keys::generate();
     let pk = keys.public_key().to_hex();
     let path = "/api/account-links/opt-in";
@@ -330,7 +330,7 @@ async fn bearer_tokens_and_schemes() {
 /// the audit trail with its actor, reason and before/after state.
 #[tokio::test]
 async fn suspend_is_operator_only_the_user_cannot_lift_it_and_every_action_is_audited() {
-    let gw = Gw::new("gw_suspend");
+    let gw = Gw::with("gw_suspend", nip98_opt_in);
     let keys = Keys::generate();
     let pk = keys.public_key().to_hex();
     let h = handle("susan");

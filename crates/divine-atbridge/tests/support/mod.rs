@@ -441,6 +441,10 @@ impl GatewayProcess {
             .env("HANDLE_DOMAIN", "test")
             .env("GATEWAY_SERVICE_TOKEN", &token)
             .env("PUBLIC_URL", format!("http://{addr}"))
+            // Every test client is 127.0.0.1, and the tests check handle resolution right after each state change:
+            // no per-IP limit and no well-known cache here (both are tested in the gateway's tests/abuse.rs).
+            .env("RATE_LIMIT_PER_IP_PER_MINUTE", "0")
+            .env("WELL_KNOWN_CACHE_SECS", "0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

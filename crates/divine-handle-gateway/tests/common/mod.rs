@@ -17,7 +17,7 @@ use base64::Engine;
 use diesel::prelude::*;
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::Db;
-use divine_handle_gateway::config::Config;
+use divine_handle_gateway::config::{AbuseConfig, Config, OptInPolicy};
 use divine_handle_gateway::{router, AppState};
 use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
 use sha2::{Digest, Sha256};
@@ -48,16 +48,40 @@ pub fn config(db_url: &str) -> Config {
         db: divine_bridge_db::DbSettings::with_pool_size(4),
         reserved_names: vec!["pds".into(), "relay".into()],
         pds_public_url: Some(PDS_PUBLIC_URL.to_string()),
+        abuse: test_abuse(),
     }
+}
+
+/// The abuse controls of test gateways: the production defaults (so `OPT_IN_POLICY=service`: a test that opts in
+/// with NIP-98 sets the policy it needs, e.g. [`nip98_opt_in`]) except the request-rate limits, which are off because
+/// every in-process request comes from the same (absent) client address. Tests of a limit turn it on.
+pub fn test_abuse() -> AbuseConfig {
+    AbuseConfig {
+        per_ip_per_minute: 0,
+        global_per_second: 0,
+        ..AbuseConfig::default()
+    }
+}
+
+/// `OPT_IN_POLICY=open` without proof of work: NIP-98 opt-in for tests of authentication, not of the policy.
+pub fn nip98_opt_in(c: &mut Config) {
+    c.abuse.opt_in_policy = OptInPolicy::Open { pow_difficulty: 0 };
 }
 
 impl Gw {
     pub fn new(prefix: &str) -> Gw {
+        Gw::with(prefix, |_| {})
+    }
+
+    /// A gateway whose [`config`] was changed by `tweak`.
+    pub fn with(prefix: &str, tweak: impl FnOnce(&mut Config)) -> Gw {
         let tdb = TestDb::migrated(prefix);
         let roles = tdb.with_roles();
         let gateway_url = tdb.url_as(&roles.gateway);
         let db = Db::connect(&gateway_url, 4).expect("gateway pool");
-        let state = AppState::new(db.clone(), config(&gateway_url));
+        let mut cfg = config(&gateway_url);
+        tweak(&mut cfg);
+        let state = AppState::new(db.clone(), cfg);
         let app = router(state.clone());
         Gw {
             tdb,
@@ -68,10 +92,10 @@ impl Gw {
         }
     }
 
-    /// A second replica on the same database (own in-memory replay cache).
+    /// A second replica on the same database and configuration (own in-memory caches and limiters).
     pub fn replica(&self) -> Router {
         let db = Db::connect(&self.gateway_url, 2).expect("gateway pool");
-        router(AppState::new(db, config(&self.gateway_url)))
+        router(AppState::new(db, (*self.state.config).clone()))
     }
 
     /// A superuser connection (fixtures).
