@@ -152,6 +152,7 @@ async fn run() -> Result<(), AppError> {
         )
     };
     let relays = config.crosspost.relays.clone();
+    crate::metrics::register_relays(&relays);
     let ingest = crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone());
     let pool = crate::worker::WorkerPool::new(db.clone(), worker_config, handlers.registry());
     let retention = crate::retention::run(
@@ -178,7 +179,7 @@ async fn run() -> Result<(), AppError> {
                 let result = ingest.await.map_err(|e| format!("{e:#}"));
                 // A stopped ingest is connected to nothing, whatever its last status tick said.
                 for relay in relays {
-                    metrics::gauge!("bridge_relay_connected", "relay" => relay).set(0.0);
+                    metrics::gauge!(crate::metrics::RELAY_CONNECTED, "relay" => relay).set(0.0);
                 }
                 result
             }),
@@ -256,7 +257,7 @@ pub async fn supervise(
             continue;
         }
         let reason = result.err().unwrap_or_else(|| "returned".to_string());
-        metrics::counter!("bridge_task_exits_total", "task" => task).increment(1);
+        metrics::counter!(crate::metrics::TASK_EXITS, "task" => task).increment(1);
         health.mark_exited(task);
         tracing::error!(
             code = "task_exited",

@@ -122,20 +122,25 @@ impl IngestConfig {
 /// The `reason` label of `bridge_relay_subscriptions_closed_total`: the NIP-01 machine-readable prefix of a
 /// `CLOSED` message (`rate-limited: slow down` → `rate-limited`), or `other`. A closed set, so cardinality stays small.
 pub fn closed_reason(message: &str) -> &'static str {
-    const PREFIXES: [&str; 9] = [
-        "auth-required",
-        "blocked",
-        "duplicate",
-        "error",
-        "invalid",
-        "mute",
-        "pow",
-        "rate-limited",
-        "restricted",
-    ];
     let prefix = message.split(':').next().unwrap_or("").trim();
-    PREFIXES.iter().find(|p| **p == prefix).copied().unwrap_or("other")
+    let known = &CLOSED_REASONS[..CLOSED_REASONS.len() - 1];
+    known.iter().find(|p| **p == prefix).copied().unwrap_or("other")
 }
+
+/// Every value [`closed_reason`] returns: the NIP-01 machine-readable prefixes, then `other` (last). The `reason`
+/// label set of `bridge_relay_subscriptions_closed_total`, created at zero per relay at startup.
+pub const CLOSED_REASONS: [&str; 10] = [
+    "auth-required",
+    "blocked",
+    "duplicate",
+    "error",
+    "invalid",
+    "mute",
+    "pow",
+    "rate-limited",
+    "restricted",
+    "other",
+];
 
 /// Default `NOSTR_INGEST_SHARDS`: one shard per relay, the pre-shard layout (one replica at a time ingests a relay).
 /// A fleet sets more (e.g. 16) so replicas share a relay's authors.
@@ -214,6 +219,16 @@ pub enum Refusal {
 
 impl Refusal {
     /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    /// Every value of [`Refusal::reason`]: the `reason` label set of `bridge_nostr_events_rejected_total`, created
+    /// at zero at startup.
+    pub const REASONS: [&'static str; 5] = [
+        bridge_nostr::Rejection::REASONS[0],
+        bridge_nostr::Rejection::REASONS[1],
+        bridge_nostr::Rejection::REASONS[2],
+        bridge_nostr::Rejection::REASONS[3],
+        "not_opted_in",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Check(rejection) => rejection.code(),
@@ -241,7 +256,7 @@ pub fn admit(event: &Event, authors: &BTreeSet<String>, now: u64) -> Result<(), 
         Ok(()) => Ok(()),
     };
     if let Err(refusal) = &verdict {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => refusal.reason()).increment(1);
+        metrics::counter!(crate::metrics::NOSTR_EVENTS_REJECTED, "reason" => refusal.reason()).increment(1);
     }
     verdict
 }
@@ -456,7 +471,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 for (url, relay) in client.relays().await {
                     let key = url.to_string();
                     let is_connected = relay.is_connected();
-                    metrics::gauge!("bridge_relay_connected", "relay" => key.clone()).set(if is_connected { 1.0 } else { 0.0 });
+                    metrics::gauge!(crate::metrics::RELAY_CONNECTED, "relay" => key.clone()).set(if is_connected { 1.0 } else { 0.0 });
                     let was = connected.insert(key.clone(), is_connected).unwrap_or(false);
                     if !is_connected {
                         continue;
@@ -522,7 +537,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                     RelayMessage::Closed { subscription_id, message } => {
                         let Some((shard, chunk)) = chunk_of(&subscription_id) else { continue };
                         let reason = closed_reason(&message);
-                        metrics::counter!("bridge_relay_subscriptions_closed_total", "relay" => relay.clone(), "reason" => reason)
+                        metrics::counter!(crate::metrics::RELAY_SUBSCRIPTIONS_CLOSED, "relay" => relay.clone(), "reason" => reason)
                             .increment(1);
                         tracing::warn!(
                             code = "relay_subscription_closed",
@@ -562,7 +577,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
         }
     }
     for relay in &relays {
-        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(0.0);
+        metrics::gauge!(crate::metrics::INGEST_SHARDS_HELD, "relay" => relay.clone()).set(0.0);
     }
     client.shutdown().await;
     Ok(())
@@ -674,7 +689,7 @@ async fn rebalance(
             }
         }
         let count = held.keys().filter(|(r, _)| r == relay).count();
-        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(count as f64);
+        metrics::gauge!(crate::metrics::INGEST_SHARDS_HELD, "relay" => relay.clone()).set(count as f64);
     }
 }
 
@@ -791,7 +806,7 @@ async fn subscribe_shard(client: &Client, db: &Db, cfg: &IngestConfig, relay: &s
             p.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
         }
     }
-    metrics::counter!("bridge_ingest_shard_subscriptions_total", "relay" => relay.to_string()).increment(1);
+    metrics::counter!(crate::metrics::INGEST_SHARD_SUBSCRIPTIONS, "relay" => relay.to_string()).increment(1);
     tracing::info!(relay = %relay, shard, ?since, chunks = chunks.len(), "subscribed");
 }
 
@@ -895,7 +910,7 @@ async fn export_cursor_lag(db: &Db, relay: &str, n: u32) {
     match db.run(move |c| shards::relay_floor(c, &key, n)).await {
         Ok(floor) => {
             let lag = floor.map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
-            metrics::gauge!("bridge_relay_cursor_lag_seconds", "relay" => relay.to_string()).set(lag);
+            metrics::gauge!(crate::metrics::RELAY_CURSOR_LAG, "relay" => relay.to_string()).set(lag);
         }
         Err(e) => tracing::debug!(relay = %relay, error = %e, "cursor lag not exported: cursor unavailable"),
     }

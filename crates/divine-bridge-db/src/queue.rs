@@ -164,7 +164,7 @@ pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbE
         .optional()
         .map_err(DbError::from_diesel)?;
     if id.is_some() {
-        metrics::counter!("bridge_jobs_enqueued_total", "kind" => job.kind.as_str()).increment(1);
+        metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => job.kind.as_str()).increment(1);
     }
     Ok(id)
 }
@@ -204,7 +204,7 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
             *per_kind.entry(kind).or_default() += 1;
         }
         for (kind, n) in per_kind {
-            metrics::counter!("bridge_jobs_enqueued_total", "kind" => kind).increment(n);
+            metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => kind).increment(n);
         }
     }
     Ok(ids)
@@ -296,6 +296,9 @@ pub fn running_for_account(conn: &mut PgConnection, account: &str, except: i64) 
         .order(jobs::id)
         .load(conn)?)
 }
+
+/// The counter of enqueued jobs, by kind (duplicates absorbed by a unique key are not counted).
+pub const JOBS_ENQUEUED_METRIC: &str = "bridge_jobs_enqueued_total";
 
 /// A job leased by this process. `attempt` already counts the current try.
 #[derive(Debug, Clone, QueryableByName)]
