@@ -583,7 +583,7 @@ async fn completer(
                         tracing::warn!(
                             outcome = "lease_lost",
                             code,
-                            message,
+                            error = message,
                             "lost lease before finalize; result dropped (fenced)"
                         )
                     }),
@@ -719,7 +719,7 @@ pub fn note_record(did: &str, collection: &str, rkey: &str) {
 }
 
 /// Writes the one info line of a finished try, inside its span: `outcome` (succeeded|failed|retried|cancelled|
-/// ineligible), the resulting `state`, the error `code` and `message` when it did not succeed, and `duration_ms`.
+/// ineligible), the resulting `state`, the error `code` and message (`error`) when it did not succeed, and `duration_ms`.
 fn log_finished(d: &Done, outcome: &str, state: JobState) {
     let (code, message) = d.end.code_and_message();
     let duration_ms = d.started.elapsed().as_millis() as u64;
@@ -728,7 +728,7 @@ fn log_finished(d: &Done, outcome: &str, state: JobState) {
             outcome,
             state = state.as_str(),
             code,
-            message,
+            error = message,
             duration_ms,
             "job try finished"
         )
