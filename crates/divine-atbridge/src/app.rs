@@ -212,7 +212,7 @@ async fn run() -> Result<(), AppError> {
 }
 
 /// The supervised background tasks of `run`: the `task` label of `bridge_task_exits_total`.
-pub const TASKS: [&str; 4] = ["http", "ingest", "workers", "retention"];
+pub const TASKS: [&str; 5] = ["http", "ingest", "workers", "retention", "reconcile"];
 
 /// How long a process whose task died stays up, unready, before it drains and exits: three readiness probes (10 s
 /// apart) take it out of the Service and Prometheus (15–30 s scrape interval) sees `bridge_task_exits_total`.

@@ -91,7 +91,10 @@ impl JobHandler for Publisher {
             worker::note_record(DID, "app.bsky.feed.post", RKEY);
             let sent = self
                 .xrpc
-                .send(XrpcRequest::get(format!("{}/ok", self.base), "com.atproto.repo.putRecord"))
+                .send(XrpcRequest::get(
+                    format!("{}/ok", self.base),
+                    "com.atproto.repo.putRecord",
+                ))
                 .await;
             assert!(sent.is_ok(), "{sent:?}");
             match job.payload["do"].as_str() {
@@ -184,7 +187,11 @@ async fn every_finished_try_logs_one_line_with_the_ids_of_its_event() {
         assert_eq!(span["event_id"], event_id.as_str(), "{line}");
         assert_eq!(span["did"], DID, "{line}");
         assert_eq!(span["rkey"], RKEY, "{line}");
-        assert_eq!(span["at_uri"], format!("at://{DID}/app.bsky.feed.post/{RKEY}"), "{line}");
+        assert_eq!(
+            span["at_uri"],
+            format!("at://{DID}/app.bsky.feed.post/{RKEY}"),
+            "{line}"
+        );
 
         // The XRPC call made inside the try is logged under the same ids.
         let xrpc: Vec<_> = job_lines
@@ -204,7 +211,10 @@ async fn every_finished_try_logs_one_line_with_the_ids_of_its_event() {
     assert_eq!(field(&retry_line, "state"), "queued");
     let text = raw_lines();
     for debug_text in ["Returned(", "Retry {", "Succeeded", "retry_after:"] {
-        assert!(!text.contains(debug_text), "Rust Debug text `{debug_text}` in the logs:\n{text}");
+        assert!(
+            !text.contains(debug_text),
+            "Rust Debug text `{debug_text}` in the logs:\n{text}"
+        );
     }
 }
 

@@ -23,6 +23,7 @@
 //! Owns request/response shapes only; state changes and their atomicity belong to the store.
 
 use crate::auth::Credential;
+use crate::edge::RequestId;
 use crate::extract::{JsonBody, PubkeyParam, RawBody};
 use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey};
 use crate::metrics::OPT_INS;
@@ -31,6 +32,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use diesel::prelude::*;
@@ -104,6 +106,7 @@ pub struct CrosspostStatusResponse {
 /// `POST /api/account-links/opt-in` → 202 record.
 pub async fn opt_in(
     State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
     credential: Credential,
     body: JsonBody<OptInBody>,
 ) -> Result<Response, ApiError> {
@@ -140,7 +143,7 @@ pub async fn opt_in(
         OptInOutcome::Reenabled => "reenabled",
     };
     metrics::counter!(OPT_INS, "outcome" => outcome).increment(1);
-    tracing::info!(pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
+    tracing::info!(request_id = %request_id.0, pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
     Ok((StatusCode::ACCEPTED, Json(AccountLinkRecord::from(result.link))).into_response())
 }
 
@@ -434,20 +437,31 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /ready` → 200 when Postgres answers `SELECT 1` (within 3 s) and every migration is applied, else 503.
+/// `GET /ready` → 200 `{"ready": true}` when Postgres answers `SELECT 1` (within 3 s) and every migration is
+/// applied, else 503 `not_ready` whose problem body also carries `"ready": false, "reason"` (`migrations_pending`,
+/// `database_unavailable`): the shape of `divine-atbridge`'s `/ready`.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let check = state.db.run(|c| {
         diesel::sql_query("SELECT 1").execute(c)?;
         migrations_applied(c)
     });
     match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(true)) => Ok(Json(serde_json::json!({"status": "ready"}))),
-        Ok(Ok(false)) => Err(ApiError::NotReady("migrations pending".into())),
+        Ok(Ok(true)) => Ok(Json(serde_json::json!({"ready": true}))),
+        Ok(Ok(false)) => Err(ApiError::NotReady {
+            reason: "migrations_pending",
+            detail: "migrations pending".into(),
+        }),
         Ok(Err(e)) => {
             tracing::warn!(code = e.code(), error = %e, "readiness check failed");
-            Err(ApiError::NotReady(format!("database ({})", e.code())))
+            Err(ApiError::NotReady {
+                reason: "database_unavailable",
+                detail: format!("database ({})", e.code()),
+            })
         }
-        Err(_) => Err(ApiError::NotReady("database did not answer within 3s".into())),
+        Err(_) => Err(ApiError::NotReady {
+            reason: "database_unavailable",
+            detail: "database did not answer within 3s".into(),
+        }),
     }
 }
 
