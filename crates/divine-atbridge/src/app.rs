@@ -334,7 +334,7 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
                     let total = ids.len();
                     let mut done = 0usize;
                     for (i, id) in ids.into_iter().enumerate() {
-                        if queue::retry(c, id).map_err(divine_bridge_db::DbError::from)? {
+                        if queue::retry(c, id)? {
                             done += 1;
                         }
                         if !json && ((i + 1) % 100 == 0 || i + 1 == total) {

@@ -230,11 +230,22 @@ pub fn resolve_account(conn: &mut PgConnection, who: &str) -> Result<String, Cli
     }
 }
 
+fn is_full_hex_pubkey(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Reads jobs for `jobs list` through the queue's listing ([`divine_bridge_db::queue::list`]), the account
 /// selector resolved first.
 pub fn list_jobs(conn: &mut PgConnection, args: &ListArgs) -> Result<Vec<JobRow>, CliError> {
+    // A full hex pubkey needs no link row: the jobs of an account whose link was deleted (handle released after a
+    // disconnect) stay listable by the key they were enqueued under.
     let account = match &args.account {
-        Some(who) => Some(resolve_account(conn, who)?),
+        Some(who) => match resolve_account(conn, who) {
+            Err(CliError::AccountNotFound(_)) if is_full_hex_pubkey(&normalise_selector(who)) => {
+                Some(normalise_selector(who))
+            }
+            resolved => Some(resolved?),
+        },
         None => None,
     };
     let filter = divine_bridge_db::queue::JobFilter {
