@@ -58,6 +58,7 @@ use nostr_sdk::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Margin of the resubscribe overlap over the admission check's future skew: clock differences between replicas,
 /// the relay and the database, plus delivery delay.
@@ -510,7 +511,8 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                         let received_at = Utc::now();
                         let event = event.into_owned();
                         let created = event.created_at;
-                        let done = accept(&db, &authors, event, received_at).await;
+                        let span = tracing::info_span!("relay_subscription", relay = %relay_url, shard, chunk);
+                        let done = accept(&db, &authors, event, received_at).instrument(span).await;
                         if !p.caught_up.contains(&chunk) {
                             let r = p.replayed.entry(chunk).or_insert((0, created));
                             r.0 += 1;
@@ -861,15 +863,34 @@ async fn catch_up(
 
 /// Admits and enqueues one event received at `received_at`. Only an admitted event whose job is durably enqueued
 /// (or already was) yields a cursor position, clamped to `received_at` (invariants 1 and 2).
+///
+/// Logs the event's fate with its id, author and kind (the first line of "trace one Nostr event to its Bluesky
+/// post", troubleshooting.md): `event refused at ingest` with the reason, `event enqueued` with the job id; an event
+/// already enqueued (re-read through the cursor overlap) only at debug.
 async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event, received_at: DateTime<Utc>) -> Accepted {
-    if admit(&event, authors, unix_secs(received_at)).is_err() {
+    let (event_id, pubkey, kind) = (event.id.to_hex(), event.pubkey.to_hex(), event.kind.as_u16());
+    if let Err(refusal) = admit(&event, authors, unix_secs(received_at)) {
+        tracing::info!(
+            event_id,
+            pubkey,
+            kind,
+            reason = refusal.reason(),
+            "event refused at ingest"
+        );
         return Accepted::Refused;
     }
     let position = cursor_position(&event, received_at);
     match db.run(move |c| enqueue_event(c, &event, priority::LIVE)).await {
-        Ok(_) => Accepted::Durable(position),
+        Ok(Some(job)) => {
+            tracing::info!(event_id, pubkey, kind, job.id = job, "event enqueued");
+            Accepted::Durable(position)
+        }
+        Ok(None) => {
+            tracing::debug!(event_id, pubkey, kind, "event needs no new job (already enqueued)");
+            Accepted::Durable(position)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "could not enqueue event; it will be re-read from the cursor");
+            tracing::warn!(event_id, error = %e, "could not enqueue event; it will be re-read from the cursor");
             Accepted::Unavailable
         }
     }

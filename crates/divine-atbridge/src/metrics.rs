@@ -89,8 +89,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The `git_sha` label of [`BUILD_INFO`]: `GIT_SHA` in the build environment (the Dockerfile passes it as a build
 /// argument), `unknown` for a build without it.
 pub const GIT_SHA: &str = match option_env!("GIT_SHA") {
-    Some(sha) => sha,
-    None => "unknown",
+    Some(sha) if !sha.is_empty() => sha,
+    _ => "unknown",
 };
 
 /// Buckets (bytes) of [`MEDIA_FETCH_BYTES`]: from a small caption (1 kB) to the largest accepted video (1 GB).

@@ -30,8 +30,8 @@ pub const OPT_IN_OUTCOMES: [&str; 3] = ["created", "existing", "reenabled"];
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The `git_sha` label of [`BUILD_INFO`]: `GIT_SHA` in the build environment, `unknown` without it.
 pub const GIT_SHA: &str = match option_env!("GIT_SHA") {
-    Some(sha) => sha,
-    None => "unknown",
+    Some(sha) if !sha.is_empty() => sha,
+    _ => "unknown",
 };
 
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: real buckets, not a summary, so replicas aggregate with
