@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// Metric name counting every request, labelled `method` (NSID or `plc.<op>`) and `status` (HTTP status or `error`).
-pub const REQUESTS_METRIC: &str = "bridge_pds_requests_total";
+pub const REQUESTS_METRIC: &str = crate::metrics::PDS_REQUESTS;
 
 /// Longest error-body excerpt kept in an error (bytes of text).
 const MAX_MESSAGE_CHARS: usize = 512;
