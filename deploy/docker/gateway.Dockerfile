@@ -3,7 +3,10 @@
 # Build from the repository root (the context needs Cargo.toml, Cargo.lock, crates/ and migrations/, which the
 # binary embeds; .dockerignore keeps target/, .localnet/ and .git out of the context):
 #
-#   docker build -f deploy/docker/gateway.Dockerfile -t divine-handle-gateway:$(git rev-parse --short HEAD) .
+#   docker build -f deploy/docker/gateway.Dockerfile --build-arg GIT_SHA=$(git rev-parse HEAD) \
+#     -t divine-handle-gateway:$(git rev-parse --short HEAD) .
+#
+# GIT_SHA (optional) becomes the `git_sha` label of the build-info metric; without it the label is `unknown`.
 #
 # Multi-stage: the builder compiles one release binary against libpq; the runtime stage is debian:bookworm-slim
 # with libpq5 + ca-certificates only, running as the unprivileged user 10001 (the Kubernetes manifests pin the same
@@ -21,6 +24,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crates ./crates
 COPY migrations ./migrations
+# Seen by `cargo build` (RUN gets build args in its environment) as option_env!("GIT_SHA").
+ARG GIT_SHA
 # --locked: the image is built from exactly the reviewed Cargo.lock.
 # One production binary only: the dev tools (crate divine-dev-tools: dev-relay, nostr-tool, queue-crash-worker,
 # bench) and their nostr-relay-builder are never compiled here (scripts/test.d/21-crate-deps.sh checks both).

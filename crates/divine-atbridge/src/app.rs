@@ -43,6 +43,11 @@ impl From<ConfigError> for AppError {
         AppError::of(e)
     }
 }
+impl From<crate::cli::CliError> for AppError {
+    fn from(e: crate::cli::CliError) -> Self {
+        AppError::of(e)
+    }
+}
 impl From<divine_bridge_db::DbError> for AppError {
     fn from(e: divine_bridge_db::DbError) -> Self {
         AppError::of(e)
@@ -54,8 +59,11 @@ pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // Colour only for a person at a terminal: never in files, pipes or log collectors, never with `NO_COLOR` set.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -69,14 +77,17 @@ fn database_url() -> Result<String, AppError> {
 }
 
 /// Runs `f` on one direct connection (operator commands: no pool, so no background threads at exit).
-async fn with_conn<T: Send + 'static>(
-    f: impl FnOnce(&mut diesel::PgConnection) -> Result<T, divine_bridge_db::DbError> + Send + 'static,
+async fn with_conn<
+    T: Send + 'static,
+    E: divine_bridge_db::Classified + From<divine_bridge_db::DbError> + Send + 'static,
+>(
+    f: impl FnOnce(&mut diesel::PgConnection) -> Result<T, E> + Send + 'static,
 ) -> Result<T, AppError> {
     use diesel::Connection;
     let url = database_url()?;
     tokio::task::spawn_blocking(move || {
-        let mut conn =
-            diesel::PgConnection::establish(&url).map_err(|e| divine_bridge_db::DbError::Pool(e.to_string()))?;
+        let mut conn = diesel::PgConnection::establish(&url)
+            .map_err(|e| E::from(divine_bridge_db::DbError::Pool(e.to_string())))?;
         f(&mut conn)
     })
     .await
@@ -101,6 +112,15 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
             );
             for v in applied {
                 println!("  {v}");
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = with_conn(crate::cli::load_status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+            } else {
+                println!("{}", crate::cli::render_status(&status));
             }
             Ok(())
         }
@@ -215,6 +235,7 @@ async fn run() -> Result<(), AppError> {
         )
     };
     let relays = config.crosspost.relays.clone();
+    crate::metrics::register_relays(&relays);
     let ingest = crate::ingest::run(db.clone(), ingest_cfg, shutdown_rx.clone());
     let pool = crate::worker::WorkerPool::new(db.clone(), worker_config, handlers.registry());
     let retention = crate::retention::run(
@@ -244,7 +265,7 @@ async fn run() -> Result<(), AppError> {
                 let result = ingest.await.map_err(|e| format!("{e:#}"));
                 // A stopped ingest is connected to nothing, whatever its last status tick said.
                 for relay in relays {
-                    metrics::gauge!("bridge_relay_connected", "relay" => relay).set(0.0);
+                    metrics::gauge!(crate::metrics::RELAY_CONNECTED, "relay" => relay).set(0.0);
                 }
                 result
             }),
@@ -277,7 +298,7 @@ async fn run() -> Result<(), AppError> {
 }
 
 /// The supervised background tasks of `run`: the `task` label of `bridge_task_exits_total`.
-pub const TASKS: [&str; 4] = ["http", "ingest", "workers", "retention"];
+pub const TASKS: [&str; 5] = ["http", "ingest", "workers", "retention", "reconcile"];
 
 /// How long a process whose task died stays up, unready, before it drains and exits: three readiness probes (10 s
 /// apart) take it out of the Service and Prometheus (15–30 s scrape interval) sees `bridge_task_exits_total`.
@@ -322,7 +343,7 @@ pub async fn supervise(
             continue;
         }
         let reason = result.err().unwrap_or_else(|| "returned".to_string());
-        metrics::counter!("bridge_task_exits_total", "task" => task).increment(1);
+        metrics::counter!(crate::metrics::TASK_EXITS, "task" => task).increment(1);
         health.mark_exited(task);
         tracing::error!(
             code = "task_exited",
@@ -358,17 +379,18 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
     match cmd {
         JobsCommand::List(args) => {
             let json = args.json;
-            let rows = with_conn(move |c| Ok(crate::cli::list_jobs(c, &args)?)).await?;
+            let wide = args.wide;
+            let rows = with_conn(move |c| crate::cli::list_jobs(c, &args)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
             } else {
-                println!("{}", crate::cli::render_jobs(&rows));
+                println!("{}", crate::cli::render_jobs(&rows, wide));
             }
         }
         JobsCommand::Retry(args) => {
             if let Some(id) = args.id {
-                let ok = with_conn(move |c| queue::retry(c, id)).await?;
-                print_change(args.json, "retried", id, ok);
+                with_conn(move |c| retry_one(c, id)).await?;
+                print_change(args.json, "retried", id, "re-queued, runnable now");
             } else if args.failed {
                 let (kind, json) = (args.kind, args.json);
                 // One connection for the whole run; one statement per job so the progress line means something and
@@ -385,7 +407,7 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
                             eprint!("\rretrying failed jobs: {}/{total}", i + 1);
                         }
                     }
-                    Ok((done, total))
+                    Ok::<_, divine_bridge_db::DbError>((done, total))
                 })
                 .await?;
                 if json {
@@ -404,20 +426,48 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
             }
         }
         JobsCommand::Cancel { id, json } => {
-            let ok = with_conn(move |c| queue::cancel(c, id)).await?;
-            print_change(json, "cancelled", id, ok);
+            let state = with_conn(move |c| cancel_one(c, id)).await?;
+            let how = if state == divine_bridge_db::JobState::Running {
+                "cancel requested; it ends when its current try does"
+            } else {
+                "cancelled"
+            };
+            print_change(json, "cancelled", id, how);
         }
     }
     Ok(())
 }
 
-fn print_change(json: bool, verb: &str, id: i64, ok: bool) {
+/// `jobs retry <id>`: re-queues the job, or says why not (no such job, not in a retryable state).
+fn retry_one(c: &mut diesel::PgConnection, id: i64) -> Result<(), crate::cli::CliError> {
+    use crate::cli::CliError;
+    if queue::retry(c, id)? {
+        return Ok(());
+    }
+    match queue::get(c, id)? {
+        None => Err(CliError::JobNotFound(id)),
+        Some(job) => Err(CliError::JobNotRetryable { id, state: job.state }),
+    }
+}
+
+/// `jobs cancel <id>`: cancels a queued job, requests the cancel of a running one (returns the state it was in),
+/// or says why not (no such job, already finished).
+fn cancel_one(c: &mut diesel::PgConnection, id: i64) -> Result<divine_bridge_db::JobState, crate::cli::CliError> {
+    use crate::cli::CliError;
+    let before = queue::get(c, id)?.ok_or(CliError::JobNotFound(id))?;
+    if queue::cancel(c, id)? {
+        return Ok(before.state.parse().map_err(divine_bridge_db::DbError::from)?);
+    }
+    let after = queue::get(c, id)?.ok_or(CliError::JobNotFound(id))?;
+    Err(CliError::JobAlreadyFinished { id, state: after.state })
+}
+
+/// Prints what a job command did (`{"id", <verb>: true, "detail"}` with `--json`).
+fn print_change(json: bool, verb: &str, id: i64, detail: &str) {
     if json {
-        println!("{}", serde_json::json!({"id": id, verb: ok}));
-    } else if ok {
-        println!("job {id} {verb}");
+        println!("{}", serde_json::json!({"id": id, verb: true, "detail": detail}));
     } else {
-        println!("job {id} not {verb} (not found, or not in a state that allows it)");
+        println!("job {id}: {detail}");
     }
 }
 
@@ -433,12 +483,9 @@ async fn account_action(
     reason: Option<String>,
     op: impl FnOnce(&mut diesel::PgConnection, &str) -> Result<AccountLink, AccountError> + Send + 'static,
 ) -> Result<AccountLink, AppError> {
-    let view = with_conn(move |c| crate::cli::load_account(c, &who)).await?;
-    let pk = view
-        .map(|v| v.link.nostr_pubkey)
-        .ok_or_else(|| AppError::of(AccountError::NotFound))?;
+    let pk = with_conn(move |c| crate::cli::resolve_account(c, &who)).await?;
     let result = with_conn(move |c| {
-        Ok(audited(
+        Ok::<_, divine_bridge_db::DbError>(audited(
             c,
             &pk.clone(),
             &Actor::cli_user(),
@@ -463,21 +510,27 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
     match cmd {
         AccountsCommand::Show { who, json } => {
             let view = with_conn(move |c| crate::cli::load_account(c, &who)).await?;
-            match view {
-                None => {
-                    return Err(AppError {
-                        code: "account_not_found",
-                        message: "no such account".into(),
-                    })
-                }
-                Some(v) if json => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
-                Some(v) => println!("{}", crate::cli::render_account(&v)),
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
+            } else {
+                println!("{}", crate::cli::render_account(&view));
             }
         }
-        AccountsCommand::Reprovision { pubkey, json } => {
-            let pk = crate::cli::normalise_selector(&pubkey);
+        AccountsCommand::Reprovision { who, json } => {
+            let link = with_conn(move |c| {
+                let pk = crate::cli::resolve_account(c, &who)?;
+                accounts::get(c, &pk)?.ok_or(crate::cli::CliError::AccountNotFound(who))
+            })
+            .await?;
+            if link.provisioning_state == divine_bridge_db::ProvisioningState::Ready.as_str() {
+                return Err(AppError::of(crate::cli::CliError::AccountAlreadyReady {
+                    pubkey: link.nostr_pubkey,
+                    handle: link.handle,
+                }));
+            }
+            let pk = link.nostr_pubkey;
             let id: Option<i64> = with_conn(move |c| {
-                Ok(audited(
+                Ok::<_, divine_bridge_db::DbError>(audited(
                     c,
                     &pk.clone(),
                     &Actor::cli_user(),

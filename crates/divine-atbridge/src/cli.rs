@@ -1,14 +1,18 @@
-//! The operator command line of `divine-atbridge` (clap): `run` (default), `migrate`, `jobs list|retry|cancel`,
-//! `accounts show|reprovision`. Output is a readable table, or JSON with `--json` for scripts; long operations print a
-//! progress line on stderr. Owns argument parsing and presentation only: state changes go through
-//! `divine_bridge_db::queue` (the one place job transitions live) and the account store.
+//! The operator command line of `divine-atbridge` (clap): `run` (default), `migrate`, `status`,
+//! `jobs list|retry|cancel`, `accounts show|reprovision|suspend|unsuspend`. Output is a readable table, or JSON with
+//! `--json` for scripts; long operations print a progress line on stderr. A command that did nothing (no such job,
+//! not in a state that allows it) fails with a stable code, printed once as `error[code]: …`, exit status 1.
+//! Owns argument parsing and presentation only: queries and state changes go through `divine_bridge_db::queue` (the
+//! one place job transitions and the job listing live) and the account store.
 
 use chrono::{DateTime, Utc};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use diesel::prelude::*;
 use divine_bridge_db::accounts::AccountLink;
+use divine_bridge_db::queue::JobRow;
 use divine_bridge_db::schema::{account_keys, account_links, account_sessions, jobs, record_mappings};
-use divine_bridge_db::{JobKind, JobState};
+use divine_bridge_db::{Classified, DbError, ErrorClass, JobKind, JobState};
 use serde::Serialize;
 
 /// Divine → ATProto bridge worker and operator tools.
@@ -25,6 +29,12 @@ pub enum Command {
     Run,
     /// Apply pending database migrations (under the advisory lock) and exit.
     Migrate,
+    /// The first minute of an incident: jobs queued/running/failed by kind with the oldest runnable job's wait,
+    /// accounts by provisioning state, and each relay's cursor age.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and steer jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -79,17 +89,33 @@ pub enum JobsCommand {
     },
 }
 
+/// `--state`: the valid values are the queue's states ([`JobState::ALL`]), listed by `--help`.
+fn job_state_arg() -> impl TypedValueParser<Value = JobState> {
+    PossibleValuesParser::new(JobState::ALL.iter().map(|s| s.as_str())).try_map(|s| s.parse::<JobState>())
+}
+
+/// `--kind`: the valid values are the job kinds ([`JobKind::ALL`]), listed by `--help`.
+fn job_kind_arg() -> impl TypedValueParser<Value = JobKind> {
+    PossibleValuesParser::new(JobKind::ALL.iter().map(|k| k.as_str())).try_map(|s| s.parse::<JobKind>())
+}
+
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    #[arg(long)]
+    /// Only jobs in this state.
+    #[arg(long, value_parser = job_state_arg())]
     pub state: Option<JobState>,
-    #[arg(long)]
+    /// Only jobs of this kind.
+    #[arg(long, value_parser = job_kind_arg())]
     pub kind: Option<JobKind>,
-    /// Nostr pubkey (hex) — the job's ordering key.
+    /// Only the jobs of one account: Nostr pubkey (hex or npub), handle, DID, or a unique prefix of the hex pubkey
+    /// (as `accounts show`).
     #[arg(long)]
     pub account: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
+    /// Full ordering keys and error messages instead of shortened ones.
+    #[arg(long)]
+    pub wide: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -101,7 +127,7 @@ pub struct RetryArgs {
     /// Retry every failed job (optionally of one `--kind`).
     #[arg(long, conflicts_with = "id")]
     pub failed: bool,
-    #[arg(long, requires = "failed")]
+    #[arg(long, requires = "failed", value_parser = job_kind_arg())]
     pub kind: Option<JobKind>,
     #[arg(long)]
     pub json: bool,
@@ -115,9 +141,11 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Re-run provisioning for an account (resumes from its last completed step; never mints a second DID).
+    /// Re-run provisioning for an account (resumes from its last completed step; never mints a second DID). An
+    /// account that is ready already is left alone (`error[account_already_ready]`).
     Reprovision {
-        pubkey: String,
+        /// Nostr pubkey (hex or npub), handle, DID or a unique hex prefix.
+        who: String,
         #[arg(long)]
         json: bool,
     },
@@ -138,50 +166,127 @@ pub enum AccountsCommand {
     },
 }
 
-/// One row of `jobs list`.
-#[derive(Debug, Serialize, Queryable)]
-pub struct JobRow {
-    pub id: i64,
-    pub kind: String,
-    pub state: String,
-    pub ordering_key: String,
-    pub unique_key: Option<String>,
-    pub attempt: i32,
-    pub run_at: DateTime<Utc>,
-    pub last_error_code: Option<String>,
-    pub last_error: Option<String>,
-    pub lease_owner: Option<String>,
-    pub updated_at: DateTime<Utc>,
+/// Why an operator command did nothing. Each has a stable code (printed as `error[code]: …`, documented in
+/// troubleshooting.md) and makes the command exit non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("no account matches {0:?} (pubkey hex or npub, handle, DID, or a hex prefix)")]
+    AccountNotFound(String),
+    #[error("{selector:?} matches {count} accounts (e.g. {examples}); give more of the pubkey")]
+    AccountAmbiguous {
+        selector: String,
+        count: usize,
+        examples: String,
+    },
+    #[error("no job {0}")]
+    JobNotFound(i64),
+    #[error("job {id} is {state}; only failed, cancelled or ineligible jobs can be retried")]
+    JobNotRetryable { id: i64, state: String },
+    #[error("job {id} already finished ({state}); nothing to cancel")]
+    JobAlreadyFinished { id: i64, state: String },
+    #[error("account {handle} ({pubkey}) is ready already; nothing to re-provision")]
+    AccountAlreadyReady { pubkey: String, handle: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
-/// Reads jobs for `jobs list`.
-pub fn list_jobs(conn: &mut PgConnection, args: &ListArgs) -> QueryResult<Vec<JobRow>> {
-    let mut q = jobs::table.into_boxed();
-    if let Some(s) = args.state {
-        q = q.filter(jobs::state.eq(s.as_str()));
+impl Classified for CliError {
+    fn code(&self) -> &'static str {
+        match self {
+            CliError::AccountNotFound(_) => "account_not_found",
+            CliError::AccountAmbiguous { .. } => "account_ambiguous",
+            CliError::JobNotFound(_) => "job_not_found",
+            CliError::JobNotRetryable { .. } => "job_not_retryable",
+            CliError::JobAlreadyFinished { .. } => "job_already_finished",
+            CliError::AccountAlreadyReady { .. } => "account_already_ready",
+            CliError::Db(e) => e.code(),
+        }
     }
-    if let Some(k) = args.kind {
-        q = q.filter(jobs::kind.eq(k.as_str()));
+    fn class(&self) -> ErrorClass {
+        match self {
+            CliError::Db(e) => e.class(),
+            _ => ErrorClass::Permanent,
+        }
     }
-    if let Some(a) = &args.account {
-        q = q.filter(jobs::payload.retrieve_as_text("account").eq(a.to_lowercase()));
+}
+
+/// The shortest hex prefix `--account`/`accounts show` accept (shorter ones match too much to be meant).
+pub const MIN_PREFIX: usize = 4;
+
+/// Resolves an account selector to its pubkey (lower-case hex): an exact pubkey (hex or npub), handle or DID, else a
+/// prefix of the hex pubkey of at least [`MIN_PREFIX`] characters that matches exactly one account. The one resolver
+/// of every CLI command that names an account.
+pub fn resolve_account(conn: &mut PgConnection, who: &str) -> Result<String, CliError> {
+    let selector = normalise_selector(who);
+    let exact: Option<String> = account_links::table
+        .filter(
+            account_links::nostr_pubkey
+                .eq(&selector)
+                .or(account_links::handle.eq(&selector))
+                .or(account_links::did.eq(&selector)),
+        )
+        .select(account_links::nostr_pubkey)
+        .first(conn)
+        .optional()
+        .map_err(DbError::from)?;
+    if let Some(pk) = exact {
+        return Ok(pk);
     }
-    q.order(jobs::id.desc())
-        .limit(args.limit)
-        .select((
-            jobs::id,
-            jobs::kind,
-            jobs::state,
-            jobs::ordering_key,
-            jobs::unique_key,
-            jobs::attempt,
-            jobs::run_at,
-            jobs::last_error_code,
-            jobs::last_error,
-            jobs::lease_owner,
-            jobs::updated_at,
-        ))
+    let is_prefix =
+        selector.len() >= MIN_PREFIX && selector.len() < 64 && selector.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_prefix {
+        return Err(CliError::AccountNotFound(who.to_string()));
+    }
+    let matches: Vec<String> = account_links::table
+        .filter(account_links::nostr_pubkey.like(format!("{selector}%")))
+        .select(account_links::nostr_pubkey)
+        .order(account_links::nostr_pubkey)
+        .limit(3)
         .load(conn)
+        .map_err(DbError::from)?;
+    match matches.as_slice() {
+        [] => Err(CliError::AccountNotFound(who.to_string())),
+        [one] => Ok(one.clone()),
+        more => {
+            let count: i64 = account_links::table
+                .filter(account_links::nostr_pubkey.like(format!("{selector}%")))
+                .count()
+                .get_result(conn)
+                .map_err(DbError::from)?;
+            Err(CliError::AccountAmbiguous {
+                selector: who.to_string(),
+                count: count as usize,
+                examples: more.iter().take(2).map(|k| short(k, 16)).collect::<Vec<_>>().join(", "),
+            })
+        }
+    }
+}
+
+fn is_full_hex_pubkey(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Reads jobs for `jobs list` through the queue's listing ([`divine_bridge_db::queue::list`]), the account
+/// selector resolved first.
+pub fn list_jobs(conn: &mut PgConnection, args: &ListArgs) -> Result<Vec<JobRow>, CliError> {
+    // A full hex pubkey needs no link row: the jobs of an account whose link was deleted (handle released after a
+    // disconnect) stay listable by the key they were enqueued under.
+    let account = match &args.account {
+        Some(who) => match resolve_account(conn, who) {
+            Err(CliError::AccountNotFound(_)) if is_full_hex_pubkey(&normalise_selector(who)) => {
+                Some(normalise_selector(who))
+            }
+            resolved => Some(resolved?),
+        },
+        None => None,
+    };
+    let filter = divine_bridge_db::queue::JobFilter {
+        state: args.state,
+        kind: args.kind,
+        ordering_key: None,
+        account,
+    };
+    Ok(divine_bridge_db::queue::list(conn, &filter, args.limit)?)
 }
 
 /// Renders rows as an aligned text table.
@@ -216,8 +321,9 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-/// Formats `jobs list` output.
-pub fn render_jobs(rows: &[JobRow]) -> String {
+/// Formats `jobs list` output: ordering keys and errors shortened, or in full with `wide`.
+pub fn render_jobs(rows: &[JobRow], wide: bool) -> String {
+    let cut = |s: &str, n: usize| if wide { s.to_string() } else { short(s, n) };
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -225,25 +331,16 @@ pub fn render_jobs(rows: &[JobRow]) -> String {
                 r.id.to_string(),
                 r.kind.clone(),
                 r.state.clone(),
-                short(&r.ordering_key, 12),
+                cut(&r.ordering_key, 12),
                 r.attempt.to_string(),
                 r.run_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 r.last_error_code.clone().unwrap_or_default(),
-                short(r.last_error.as_deref().unwrap_or(""), 60),
+                cut(r.last_error.as_deref().unwrap_or(""), 60),
             ]
         })
         .collect();
     table(
-        &[
-            "ID",
-            "KIND",
-            "STATE",
-            "ACCOUNT",
-            "ATTEMPT",
-            "RUN_AT",
-            "ERROR_CODE",
-            "ERROR",
-        ],
+        &["ID", "KIND", "STATE", "KEY", "ATTEMPT", "RUN_AT", "ERROR_CODE", "ERROR"],
         &body,
     )
 }
@@ -278,22 +375,17 @@ pub fn normalise_selector(who: &str) -> String {
     who.to_lowercase()
 }
 
-/// Loads an [`AccountView`] by pubkey, handle or DID.
-pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<Option<AccountView>, divine_bridge_db::DbError> {
-    let who = normalise_selector(who);
-    let link: Option<AccountLink> = account_links::table
-        .filter(
-            account_links::nostr_pubkey
-                .eq(&who)
-                .or(account_links::handle.eq(&who))
-                .or(account_links::did.eq(&who)),
-        )
+/// Loads an [`AccountView`] by any selector [`resolve_account`] accepts.
+pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<AccountView, CliError> {
+    let pk = resolve_account(conn, who)?;
+    Ok(account_view(conn, &pk)?)
+}
+
+fn account_view(conn: &mut PgConnection, pk: &str) -> Result<AccountView, DbError> {
+    let link: AccountLink = account_links::table
+        .find(pk)
         .select(AccountLink::as_select())
-        .first(conn)
-        .optional()?;
-    let Some(link) = link else {
-        return Ok(None);
-    };
+        .first(conn)?;
     let pk = link.nostr_pubkey.clone();
     let keys: Option<(String, String, Option<serde_json::Value>)> = account_keys::table
         .find(&pk)
@@ -333,7 +425,7 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<Option<Account
         None => (None, None, None),
     };
     let audit = divine_bridge_db::audit::list(conn, &pk, SHOW_AUDIT_ENTRIES)?;
-    Ok(Some(AccountView {
+    Ok(AccountView {
         audit,
         link,
         signing_did_key,
@@ -342,7 +434,7 @@ pub fn load_account(conn: &mut PgConnection, who: &str) -> Result<Option<Account
         session_access_expires_at: session_exp.flatten(),
         jobs_by_state,
         records_by_state,
-    }))
+    })
 }
 
 /// Formats `accounts show` output as `key: value` lines.
@@ -408,6 +500,95 @@ pub fn render_account(a: &AccountView) -> String {
     out
 }
 
+/// What `divine-atbridge status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Per kind with a queued, running or failed job.
+    pub jobs: Vec<divine_bridge_db::queue::KindStatus>,
+    /// Every provisioning state with its account count.
+    pub accounts: Vec<(String, i64)>,
+    /// Every stored relay position with its age.
+    pub relays: Vec<divine_bridge_db::shards::CursorPosition>,
+}
+
+/// Reads [`Status`] (three read-only queries of the db crate).
+pub fn load_status(conn: &mut PgConnection) -> Result<Status, CliError> {
+    Ok(Status {
+        jobs: divine_bridge_db::queue::kind_status(conn)?,
+        accounts: divine_bridge_db::accounts::count_by_state(conn)?
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect(),
+        relays: divine_bridge_db::shards::cursor_positions(conn)?,
+    })
+}
+
+/// A duration for people: `45s`, `12m05s`, `3h04m`, `2d03h`; negative ages (ahead of the clock) get a `-`.
+pub fn human_age(secs: f64) -> String {
+    let sign = if secs < 0.0 { "-" } else { "" };
+    let s = secs.abs().round() as u64;
+    let body = match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    };
+    format!("{sign}{body}")
+}
+
+/// Formats `status` output: three tables.
+pub fn render_status(st: &Status) -> String {
+    let jobs: Vec<Vec<String>> = st
+        .jobs
+        .iter()
+        .map(|k| {
+            vec![
+                k.kind.clone(),
+                k.queued.to_string(),
+                k.running.to_string(),
+                k.failed.to_string(),
+                k.oldest_runnable_secs.map_or_else(|| "-".to_string(), human_age),
+            ]
+        })
+        .collect();
+    let accounts: Vec<Vec<String>> = st
+        .accounts
+        .iter()
+        .map(|(s, n)| vec![s.clone(), n.to_string()])
+        .collect();
+    let relays: Vec<Vec<String>> = st
+        .relays
+        .iter()
+        .map(|r| {
+            vec![
+                r.relay_url.clone(),
+                r.shards.to_string(),
+                r.at.to_rfc3339(),
+                human_age(r.age_secs),
+            ]
+        })
+        .collect();
+    let mut out = String::from("jobs (queued, running, failed; oldest runnable job's wait):\n");
+    if jobs.is_empty() {
+        out.push_str("no queued, running or failed jobs\n");
+    } else {
+        out.push_str(&table(
+            &["KIND", "QUEUED", "RUNNING", "FAILED", "OLDEST_RUNNABLE"],
+            &jobs,
+        ));
+        out.push('\n');
+    }
+    out.push_str("\naccounts by provisioning state:\n");
+    out.push_str(&table(&["STATE", "ACCOUNTS"], &accounts));
+    out.push_str("\n\nrelay cursors:\n");
+    if relays.is_empty() {
+        out.push_str("no relay cursor stored yet");
+    } else {
+        out.push_str(&table(&["RELAY", "SHARDS", "CURSOR_AT", "AGE"], &relays));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +632,15 @@ mod tests {
             Cli::try_parse_from(["divine-atbridge"]).unwrap().command.is_none(),
             "run is the default"
         );
+    }
+
+    #[test]
+    fn ages_read_like_people_write_them() {
+        assert_eq!(human_age(5.2), "5s");
+        assert_eq!(human_age(725.0), "12m05s");
+        assert_eq!(human_age(3.0 * 3600.0 + 240.0), "3h04m");
+        assert_eq!(human_age(2.0 * 86_400.0 + 3.0 * 3600.0), "2d03h");
+        assert_eq!(human_age(-90.0), "-1m30s");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The operational HTTP server of `divine-atbridge` on `HTTP_ADDR`: `/metrics` (Prometheus text), `/health`
-//! (200 while the process runs), `/ready` (200 only when the database is reachable and every migration is applied,
-//! else 503 with a JSON `reason`: `task_exited` (a supervised background task ended unexpectedly, see
+//! (200 `{"status":"ok"}` while the process runs), `/ready` (200 `{"ready":true}` only when the database is reachable
+//! and every migration is applied, else 503 `{"ready":false,"reason":…}` — the gateway answers in the same shape —
+//! with `reason`: `task_exited` (a supervised background task ended unexpectedly, see
 //! [`TaskHealth`] and `app::supervise`), `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
 //! actions here, and it never changes the database.
 
@@ -45,7 +46,10 @@ struct AppState {
 pub fn router(db: Db, metrics: PrometheusHandle, tasks: TaskHealth) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/health", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/ready", get(ready))
         .with_state(AppState { db, metrics, tasks })
 }

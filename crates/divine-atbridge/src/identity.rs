@@ -475,6 +475,7 @@ impl<C: Checkpoint> Provisioner<C> {
             session: None,
         };
         self.ensure_genesis(&mut run).await?;
+        crate::worker::note_did(&run.did);
         loop {
             match run.state.step {
                 ProvisionStep::KeysReady => self.register_genesis(&mut run).await?,
@@ -557,11 +558,7 @@ impl<C: Checkpoint> Provisioner<C> {
 
     /// Whether PLC's last op for the DID is exactly `op`.
     async fn last_op_is(&self, did: &str, op: &PlcOperation) -> Result<bool, PlcError> {
-        match self.plc.last_op(did).await {
-            Ok(last) => Ok(&last == op),
-            Err(PlcError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.plc.last_op_if_registered(did).await?.as_ref() == Some(op))
     }
 
     /// Submits `op`; an ambiguous failure (ordering, timeout, 5xx) counts as success when PLC's last op is `op`.
@@ -589,9 +586,9 @@ impl<C: Checkpoint> Provisioner<C> {
         let genesis = run.state.genesis_op.clone().expect("ensure_genesis stored it");
         let did = run.did.clone();
         // A previous attempt may have registered it already (lost response, crash after POST).
-        let already = match self.plc.last_op(&did).await {
-            Ok(last) if last == genesis => true,
-            Ok(_) => {
+        let already = match self.plc.last_op_if_registered(&did).await? {
+            Some(last) if last == genesis => true,
+            Some(_) => {
                 // Later ops exist: only possible if PLC holds our update op (then the checkpoint was lost) or
                 // someone else's op.
                 let audit = self.plc.audit_log(&did).await?;
@@ -605,8 +602,7 @@ impl<C: Checkpoint> Provisioner<C> {
                     });
                 }
             }
-            Err(PlcError::NotFound { .. }) => false,
-            Err(e) => return Err(e.into()),
+            None => false,
         };
         if !already {
             self.submit_checked(&did, &genesis).await?;

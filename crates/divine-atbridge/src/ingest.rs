@@ -58,6 +58,7 @@ use nostr_sdk::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Margin of the resubscribe overlap over the admission check's future skew: clock differences between replicas,
 /// the relay and the database, plus delivery delay.
@@ -122,20 +123,25 @@ impl IngestConfig {
 /// The `reason` label of `bridge_relay_subscriptions_closed_total`: the NIP-01 machine-readable prefix of a
 /// `CLOSED` message (`rate-limited: slow down` → `rate-limited`), or `other`. A closed set, so cardinality stays small.
 pub fn closed_reason(message: &str) -> &'static str {
-    const PREFIXES: [&str; 9] = [
-        "auth-required",
-        "blocked",
-        "duplicate",
-        "error",
-        "invalid",
-        "mute",
-        "pow",
-        "rate-limited",
-        "restricted",
-    ];
     let prefix = message.split(':').next().unwrap_or("").trim();
-    PREFIXES.iter().find(|p| **p == prefix).copied().unwrap_or("other")
+    let known = &CLOSED_REASONS[..CLOSED_REASONS.len() - 1];
+    known.iter().find(|p| **p == prefix).copied().unwrap_or("other")
 }
+
+/// Every value [`closed_reason`] returns: the NIP-01 machine-readable prefixes, then `other` (last). The `reason`
+/// label set of `bridge_relay_subscriptions_closed_total`, created at zero per relay at startup.
+pub const CLOSED_REASONS: [&str; 10] = [
+    "auth-required",
+    "blocked",
+    "duplicate",
+    "error",
+    "invalid",
+    "mute",
+    "pow",
+    "rate-limited",
+    "restricted",
+    "other",
+];
 
 /// Default `NOSTR_INGEST_SHARDS`: one shard per relay, the pre-shard layout (one replica at a time ingests a relay).
 /// A fleet sets more (e.g. 16) so replicas share a relay's authors.
@@ -214,6 +220,16 @@ pub enum Refusal {
 
 impl Refusal {
     /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    /// Every value of [`Refusal::reason`]: the `reason` label set of `bridge_nostr_events_rejected_total`, created
+    /// at zero at startup.
+    pub const REASONS: [&'static str; 5] = [
+        bridge_nostr::Rejection::REASONS[0],
+        bridge_nostr::Rejection::REASONS[1],
+        bridge_nostr::Rejection::REASONS[2],
+        bridge_nostr::Rejection::REASONS[3],
+        "not_opted_in",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Check(rejection) => rejection.code(),
@@ -241,7 +257,7 @@ pub fn admit(event: &Event, authors: &BTreeSet<String>, now: u64) -> Result<(), 
         Ok(()) => Ok(()),
     };
     if let Err(refusal) = &verdict {
-        metrics::counter!("bridge_nostr_events_rejected_total", "reason" => refusal.reason()).increment(1);
+        metrics::counter!(crate::metrics::NOSTR_EVENTS_REJECTED, "reason" => refusal.reason()).increment(1);
     }
     verdict
 }
@@ -456,7 +472,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 for (url, relay) in client.relays().await {
                     let key = url.to_string();
                     let is_connected = relay.is_connected();
-                    metrics::gauge!("bridge_relay_connected", "relay" => key.clone()).set(if is_connected { 1.0 } else { 0.0 });
+                    metrics::gauge!(crate::metrics::RELAY_CONNECTED, "relay" => key.clone()).set(if is_connected { 1.0 } else { 0.0 });
                     let was = connected.insert(key.clone(), is_connected).unwrap_or(false);
                     if !is_connected {
                         continue;
@@ -495,7 +511,8 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                         let received_at = Utc::now();
                         let event = event.into_owned();
                         let created = event.created_at;
-                        let done = accept(&db, &authors, event, received_at).await;
+                        let span = tracing::info_span!("relay_subscription", relay = %relay_url, shard, chunk);
+                        let done = accept(&db, &authors, event, received_at).instrument(span).await;
                         if !p.caught_up.contains(&chunk) {
                             let r = p.replayed.entry(chunk).or_insert((0, created));
                             r.0 += 1;
@@ -522,7 +539,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                     RelayMessage::Closed { subscription_id, message } => {
                         let Some((shard, chunk)) = chunk_of(&subscription_id) else { continue };
                         let reason = closed_reason(&message);
-                        metrics::counter!("bridge_relay_subscriptions_closed_total", "relay" => relay.clone(), "reason" => reason)
+                        metrics::counter!(crate::metrics::RELAY_SUBSCRIPTIONS_CLOSED, "relay" => relay.clone(), "reason" => reason)
                             .increment(1);
                         tracing::warn!(
                             code = "relay_subscription_closed",
@@ -562,7 +579,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
         }
     }
     for relay in &relays {
-        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(0.0);
+        metrics::gauge!(crate::metrics::INGEST_SHARDS_HELD, "relay" => relay.clone()).set(0.0);
     }
     client.shutdown().await;
     Ok(())
@@ -674,7 +691,7 @@ async fn rebalance(
             }
         }
         let count = held.keys().filter(|(r, _)| r == relay).count();
-        metrics::gauge!("bridge_ingest_shards_held", "relay" => relay.clone()).set(count as f64);
+        metrics::gauge!(crate::metrics::INGEST_SHARDS_HELD, "relay" => relay.clone()).set(count as f64);
     }
 }
 
@@ -791,7 +808,7 @@ async fn subscribe_shard(client: &Client, db: &Db, cfg: &IngestConfig, relay: &s
             p.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
         }
     }
-    metrics::counter!("bridge_ingest_shard_subscriptions_total", "relay" => relay.to_string()).increment(1);
+    metrics::counter!(crate::metrics::INGEST_SHARD_SUBSCRIPTIONS, "relay" => relay.to_string()).increment(1);
     tracing::info!(relay = %relay, shard, ?since, chunks = chunks.len(), "subscribed");
 }
 
@@ -846,15 +863,34 @@ async fn catch_up(
 
 /// Admits and enqueues one event received at `received_at`. Only an admitted event whose job is durably enqueued
 /// (or already was) yields a cursor position, clamped to `received_at` (invariants 1 and 2).
+///
+/// Logs the event's fate with its id, author and kind (the first line of "trace one Nostr event to its Bluesky
+/// post", troubleshooting.md): `event refused at ingest` with the reason, `event enqueued` with the job id; an event
+/// already enqueued (re-read through the cursor overlap) only at debug.
 async fn accept(db: &Db, authors: &BTreeSet<String>, event: Event, received_at: DateTime<Utc>) -> Accepted {
-    if admit(&event, authors, unix_secs(received_at)).is_err() {
+    let (event_id, pubkey, kind) = (event.id.to_hex(), event.pubkey.to_hex(), event.kind.as_u16());
+    if let Err(refusal) = admit(&event, authors, unix_secs(received_at)) {
+        tracing::info!(
+            event_id,
+            pubkey,
+            kind,
+            reason = refusal.reason(),
+            "event refused at ingest"
+        );
         return Accepted::Refused;
     }
     let position = cursor_position(&event, received_at);
     match db.run(move |c| enqueue_event(c, &event, priority::LIVE)).await {
-        Ok(_) => Accepted::Durable(position),
+        Ok(Some(job)) => {
+            tracing::info!(event_id, pubkey, kind, job.id = job, "event enqueued");
+            Accepted::Durable(position)
+        }
+        Ok(None) => {
+            tracing::debug!(event_id, pubkey, kind, "event needs no new job (already enqueued)");
+            Accepted::Durable(position)
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "could not enqueue event; it will be re-read from the cursor");
+            tracing::warn!(event_id, error = %e, "could not enqueue event; it will be re-read from the cursor");
             Accepted::Unavailable
         }
     }
@@ -895,7 +931,7 @@ async fn export_cursor_lag(db: &Db, relay: &str, n: u32) {
     match db.run(move |c| shards::relay_floor(c, &key, n)).await {
         Ok(floor) => {
             let lag = floor.map_or(0.0, |at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0);
-            metrics::gauge!("bridge_relay_cursor_lag_seconds", "relay" => relay.to_string()).set(lag);
+            metrics::gauge!(crate::metrics::RELAY_CURSOR_LAG, "relay" => relay.to_string()).set(lag);
         }
         Err(e) => tracing::debug!(relay = %relay, error = %e, "cursor lag not exported: cursor unavailable"),
     }

@@ -257,17 +257,17 @@ pub async fn run(db: Db, database_url: String, cfg: ReconcileConfig, mut shutdow
         let _ = shutdown.wait_for(|s| *s).await;
         return;
     }
-    metrics::gauge!("bridge_reconcile_leader").set(0.0);
+    metrics::gauge!(crate::metrics::RECONCILE_LEADER).set(0.0);
     // Exported at 0 by every replica with the sweep on, so "never succeeded anywhere" is visible (max over replicas
     // is the leader's last success).
-    metrics::gauge!("bridge_reconcile_last_success_timestamp_seconds").set(0.0);
+    metrics::gauge!(crate::metrics::RECONCILE_LAST_SUCCESS).set(0.0);
     loop {
         match Leader::try_acquire(&database_url).await {
             Ok(Some(leader)) => {
                 tracing::info!("reconciliation leader lock taken; sweeping every {:?}", cfg.interval);
-                metrics::gauge!("bridge_reconcile_leader").set(1.0);
+                metrics::gauge!(crate::metrics::RECONCILE_LEADER).set(1.0);
                 let stopping = lead(&db, &cfg, &leader, &mut shutdown).await;
-                metrics::gauge!("bridge_reconcile_leader").set(0.0);
+                metrics::gauge!(crate::metrics::RECONCILE_LEADER).set(0.0);
                 if stopping {
                     leader.release().await;
                     return;
@@ -305,7 +305,7 @@ pub async fn sweep_and_record(db: &Db, cfg: &ReconcileConfig) -> Result<Found, R
     let started = Instant::now();
     let (found, result) = sweep(db, cfg).await;
     for (reason, n) in &found.0 {
-        metrics::counter!("bridge_reconcile_found_total", "reason" => reason.as_str()).increment(*n);
+        metrics::counter!(crate::metrics::RECONCILE_FOUND, "reason" => reason.as_str()).increment(*n);
         if *n > 0 {
             tracing::warn!(
                 code = "reconcile_found",
@@ -315,10 +315,10 @@ pub async fn sweep_and_record(db: &Db, cfg: &ReconcileConfig) -> Result<Found, R
             );
         }
     }
-    metrics::histogram!("bridge_reconcile_sweep_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::RECONCILE_SWEEP_DURATION).record(started.elapsed().as_secs_f64());
     match result {
         Ok(()) => {
-            metrics::gauge!("bridge_reconcile_last_success_timestamp_seconds").set(Utc::now().timestamp() as f64);
+            metrics::gauge!(crate::metrics::RECONCILE_LAST_SUCCESS).set(Utc::now().timestamp() as f64);
             Ok(found)
         }
         Err(e) => {

@@ -48,7 +48,7 @@ pub async fn release_pass(db: &Db, after: ReleaseAfter) -> Result<usize, divine_
             divine_bridge_db::accounts::AccountError::Db(d) => d,
             other => divine_bridge_db::DbError::Corrupt(other.to_string()),
         })?;
-    metrics::counter!("bridge_handles_released_total").increment(released.len() as u64);
+    metrics::counter!(crate::metrics::HANDLES_RELEASED).increment(released.len() as u64);
     Ok(released.len())
 }
 
@@ -60,7 +60,7 @@ pub async fn prune_pass(db: &Db, retention: Duration, batch: i64) -> Result<usiz
     loop {
         let n = db.run(move |c| queue::prune_finished(c, cutoff, batch)).await?;
         total += n;
-        metrics::counter!("bridge_jobs_pruned_total").increment(n as u64);
+        metrics::counter!(crate::metrics::JOBS_PRUNED).increment(n as u64);
         if (n as i64) < batch {
             return Ok(total);
         }

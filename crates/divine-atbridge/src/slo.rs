@@ -19,7 +19,7 @@ use divine_bridge_db::queue::LeasedJob;
 use divine_bridge_db::states::priority;
 
 /// Name of the end-to-end lag histogram.
-pub const E2E_LAG: &str = "bridge_e2e_lag_seconds";
+pub const E2E_LAG: &str = crate::metrics::E2E_LAG;
 
 /// The bucket bounds the SLO needs (seconds): the objectives (300, 1800) and the points around them. The shared
 /// `metrics::BUCKETS` must contain every one of them (checked by a unit test).

@@ -30,6 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tracing::Instrument;
 
 /// How a handler's try ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -287,6 +288,8 @@ struct Done {
     job: LeasedJob,
     end: TryEnd,
     started: Instant,
+    /// The try's span ([`try_span`]): the completer writes the try's one finished line inside it.
+    span: tracing::Span,
 }
 
 /// The pool.
@@ -369,7 +372,11 @@ impl WorkerPool {
             let (o, lease_for) = (owner.clone(), cfg.lease);
             let asked_at = Instant::now();
             let leased = match self.db.run(move |c| queue::lease(c, &o, free as i64, lease_for)).await {
-                Ok(jobs) => jobs,
+                Ok(jobs) => {
+                    // The queue counts the leases that raced an enqueue (process-wide); export its running total.
+                    metrics::counter!(crate::metrics::LEASE_CONFLICTS).absolute(queue::lease_conflicts());
+                    jobs
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
                     tokio::select! {
@@ -390,17 +397,27 @@ impl WorkerPool {
                 let handler = job.job_kind().ok().and_then(|k| self.registry.get(k));
                 let tx = done_tx.clone();
                 let try_timeout = cfg.try_timeout;
-                tasks.spawn(async move {
-                    let started = Instant::now();
-                    // Whichever ends first wins; the others (the handler future included) are dropped here.
-                    let end = tokio::select! {
-                        end = run_one(handler, &job) => end,
-                        _ = tokio::time::sleep(try_timeout) => TryEnd::TimedOut,
-                        end = lease_watch(lease_rx) => end,
-                    };
-                    let _ = tx.send(Done { job, end, started });
-                    drop(permit);
-                });
+                let span = try_span(&job);
+                tasks.spawn(
+                    async move {
+                        let started = Instant::now();
+                        // Whichever ends first wins; the others (the handler future included) are dropped here.
+                        let end = tokio::select! {
+                            end = run_one(handler, &job) => end,
+                            _ = tokio::time::sleep(try_timeout) => TryEnd::TimedOut,
+                            end = lease_watch(lease_rx) => end,
+                        };
+                        let span = tracing::Span::current();
+                        let _ = tx.send(Done {
+                            job,
+                            end,
+                            started,
+                            span,
+                        });
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
             while tasks.try_join_next().is_some() {}
             if got < free {
@@ -526,12 +543,14 @@ async fn completer(
                     for d in &ok {
                         if applied.contains(&d.job.id) {
                             record(&d.job, "succeeded", d.started);
+                            log_finished(d, "succeeded", JobState::Succeeded);
                         } else {
-                            tracing::warn!(
-                                job = d.job.id,
-                                kind = d.job.kind,
-                                "lost lease before completion; result dropped (fenced)"
-                            );
+                            d.span.in_scope(|| {
+                                tracing::warn!(
+                                    outcome = "lease_lost",
+                                    "lost lease before completion; result dropped (fenced)"
+                                )
+                            });
                         }
                     }
                 }
@@ -556,22 +575,29 @@ async fn completer(
                             JobState::Failed => "failed",
                             _ => label,
                         };
-                        tracing::info!(job = lease.id, kind = d.job.kind, attempt = d.job.attempt, %state, end = ?d.end, "job finished a try");
                         record(&d.job, label, d.started);
+                        log_finished(&d, label, state);
                     }
-                    Ok(Finished::LostLease) => {
-                        tracing::warn!(job = lease.id, kind = d.job.kind, end = ?d.end, "lost lease before finalize; result dropped (fenced)")
-                    }
-                    Err(e) => {
-                        tracing::warn!(job = lease.id, error = %e, "finalize failed; the watchdog will retry the job")
-                    }
+                    Ok(Finished::LostLease) => d.span.in_scope(|| {
+                        let (code, message) = d.end.code_and_message();
+                        tracing::warn!(
+                            outcome = "lease_lost",
+                            code,
+                            error = message,
+                            "lost lease before finalize; result dropped (fenced)"
+                        )
+                    }),
+                    Err(e) => d.span.in_scope(|| {
+                        tracing::warn!(code = e.code(), error = %e, "finalize failed; the watchdog will retry the job")
+                    }),
                 }
             } else {
-                tracing::warn!(
-                    job = lease.id,
-                    kind = d.job.kind,
-                    "lease lost while running; try cut off, nothing written"
-                );
+                d.span.in_scope(|| {
+                    tracing::warn!(
+                        outcome = "lease_lost",
+                        "lease lost while running; try cut off, nothing written"
+                    )
+                });
             }
             inflight.lock().unwrap().remove(&lease);
         }
@@ -586,9 +612,9 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
         chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
     };
     let cut_off = |reason: &'static str| {
-        metrics::counter!("bridge_job_tries_cut_off_total", "kind" => d.job.kind.clone(), "reason" => reason)
+        metrics::counter!(crate::metrics::JOB_TRIES_CUT_OFF, "kind" => d.job.kind.clone(), "reason" => reason)
             .increment(1);
-        tracing::warn!(job = d.job.id, kind = d.job.kind, reason, "try cut off");
+        d.span.in_scope(|| tracing::warn!(reason, "try cut off"));
     };
     Some(match &d.end {
         TryEnd::Returned(Outcome::Succeeded) => Finish::Succeeded,
@@ -648,10 +674,88 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
     })
 }
 
+/// The span of one job try: every line a handler (and the XRPC client under it) writes carries the job's ids,
+/// and the completer writes the try's one `job try finished` line inside it. `pubkey` is the job's account and
+/// `event_id` the id of the event it carries (event jobs); `did`, `rkey` and `at_uri` start empty and are filled by
+/// the handler when it learns them ([`note_did`], [`note_record`]).
+pub fn try_span(job: &LeasedJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job_try",
+        job.id = job.id,
+        kind = %job.kind,
+        attempt = job.attempt,
+        ordering_key = %job.ordering_key,
+        pubkey = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        did = tracing::field::Empty,
+        rkey = tracing::field::Empty,
+        at_uri = tracing::field::Empty,
+    );
+    if let Ok(account) = job.account() {
+        span.record("pubkey", account);
+    }
+    if let Some(id) = job
+        .payload
+        .get("event")
+        .and_then(|e| e.get("id"))
+        .and_then(|i| i.as_str())
+    {
+        span.record("event_id", id);
+    }
+    span
+}
+
+/// Records, on the current job try's span, the DID the try acts for (no effect outside a try).
+pub fn note_did(did: &str) {
+    tracing::Span::current().record("did", did);
+}
+
+/// Records, on the current job try's span, the repo record the try writes or deletes: its DID, rkey and AT-URI.
+pub fn note_record(did: &str, collection: &str, rkey: &str) {
+    let span = tracing::Span::current();
+    span.record("did", did);
+    span.record("rkey", rkey);
+    span.record("at_uri", format!("at://{did}/{collection}/{rkey}"));
+}
+
+/// Writes the one info line of a finished try, inside its span: `outcome` (succeeded|failed|retried|cancelled|
+/// ineligible), the resulting `state`, the error `code` and message (`error`) when it did not succeed, and `duration_ms`.
+fn log_finished(d: &Done, outcome: &str, state: JobState) {
+    let (code, message) = d.end.code_and_message();
+    let duration_ms = d.started.elapsed().as_millis() as u64;
+    d.span.in_scope(|| {
+        tracing::info!(
+            outcome,
+            state = state.as_str(),
+            code,
+            error = message,
+            duration_ms,
+            "job try finished"
+        )
+    });
+}
+
+impl TryEnd {
+    /// The stable code and human message of a try that did not succeed (`None`s for a success).
+    fn code_and_message(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            TryEnd::Returned(Outcome::Succeeded) => (None, None),
+            TryEnd::Returned(Outcome::Ineligible { code, detail }) => (Some(code), Some(detail)),
+            TryEnd::Returned(Outcome::Retry { code, message, .. } | Outcome::Fail { code, message }) => {
+                (Some(code), Some(message))
+            }
+            TryEnd::Panicked(msg) => (Some("handler_panicked"), Some(msg)),
+            TryEnd::TimedOut => (Some("try_timeout"), None),
+            TryEnd::LeaseDeadline => (Some("lease_lost"), None),
+            TryEnd::LeaseLost => (Some("lease_lost"), None),
+        }
+    }
+}
+
 /// Counts a finished try (`outcome`: succeeded|failed|retried|cancelled|ineligible) and its duration.
 fn record(job: &LeasedJob, outcome: &'static str, started: Instant) {
-    metrics::counter!("bridge_jobs_finished_total", "kind" => job.kind.clone(), "outcome" => outcome).increment(1);
-    metrics::histogram!("bridge_job_duration_seconds", "kind" => job.kind.clone())
+    metrics::counter!(crate::metrics::JOBS_FINISHED, "kind" => job.kind.clone(), "outcome" => outcome).increment(1);
+    metrics::histogram!(crate::metrics::JOB_DURATION, "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
     crate::slo::observe_end(job, outcome);
 }
@@ -712,7 +816,7 @@ pub async fn watchdog(db: Db, interval: Duration, policy: ReclaimPolicy, mut sto
                             reclaims = r.reclaim_count,
                             "watchdog parked a suspected poison job (its lease expired RECLAIM_LIMIT times)"
                         );
-                        metrics::counter!("bridge_jobs_suspected_poison_total", "kind" => r.kind.clone()).increment(1);
+                        metrics::counter!(crate::metrics::JOBS_SUSPECTED_POISON, "kind" => r.kind.clone()).increment(1);
                     } else {
                         tracing::warn!(
                             job = r.id,
@@ -724,13 +828,13 @@ pub async fn watchdog(db: Db, interval: Duration, policy: ReclaimPolicy, mut sto
                     }
                 }
                 if !reclaimed.is_empty() {
-                    metrics::counter!("bridge_watchdog_reclaimed_total").increment(reclaimed.len() as u64);
+                    metrics::counter!(crate::metrics::WATCHDOG_RECLAIMED).increment(reclaimed.len() as u64);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "watchdog pass failed"),
         }
         if let Ok(n) = db.run(queue::expired_lease_count).await {
-            metrics::gauge!("bridge_expired_leases").set(n as f64);
+            metrics::gauge!(crate::metrics::EXPIRED_LEASES).set(n as f64);
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -749,14 +853,15 @@ async fn refresh_stats(db: Db, interval: Duration, mut stop: watch::Receiver<boo
                         .iter()
                         .find(|s| s.kind == kind.as_str() && s.state == state.as_str())
                         .map_or(0, |s| s.count);
-                    metrics::gauge!("bridge_jobs", "kind" => kind.as_str(), "state" => state.as_str()).set(n as f64);
+                    metrics::gauge!(crate::metrics::JOBS, "kind" => kind.as_str(), "state" => state.as_str())
+                        .set(n as f64);
                 }
             }
             for s in stats.iter().filter(|s| s.state == "queued") {
                 oldest.insert(s.kind.clone(), s.oldest_age_secs);
             }
             for (kind, age) in oldest {
-                metrics::gauge!("bridge_oldest_queued_job_age_seconds", "kind" => kind).set(age);
+                metrics::gauge!(crate::metrics::OLDEST_QUEUED_JOB_AGE, "kind" => kind).set(age);
             }
         }
         tokio::select! {

@@ -25,6 +25,10 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 fn json(o: &Output) -> serde_json::Value {
     assert!(
         o.status.success(),
@@ -146,12 +150,20 @@ fn jobs_list_retry_and_cancel() {
 
     // Retry one job by id.
     let r = json(&cli(&db, &["jobs", "retry", &pa.to_string(), "--json"]));
-    assert_eq!(r, serde_json::json!({"id": pa, "retried": true}));
+    assert_eq!(
+        (&r["id"], &r["retried"]),
+        (&serde_json::json!(pa), &serde_json::json!(true))
+    );
     assert_eq!(state_of(&mut c, pa), "queued");
-    // Retrying a queued job is refused without an error exit.
+    // Retrying a queued job does nothing: it says why and fails.
     let again = cli(&db, &["jobs", "retry", &pa.to_string()]);
-    assert!(again.status.success());
-    assert!(stdout(&again).contains("not retried"), "{}", stdout(&again));
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr(&again).trim(),
+        format!(
+            "error[job_not_retryable]: job {pa} is queued; only failed, cancelled or ineligible jobs can be retried"
+        )
+    );
 
     // Bulk retry by kind leaves other kinds alone.
     let bulk = json(&cli(
@@ -167,10 +179,15 @@ fn jobs_list_retry_and_cancel() {
 
     // Cancel: queued → cancelled at once; a finished job cannot be cancelled.
     let cancel = json(&cli(&db, &["jobs", "cancel", &queued.to_string(), "--json"]));
-    assert_eq!(cancel, serde_json::json!({"id": queued, "cancelled": true}));
+    assert_eq!(cancel["cancelled"], true);
     assert_eq!(state_of(&mut c, queued), "cancelled");
-    let twice = json(&cli(&db, &["jobs", "cancel", &queued.to_string(), "--json"]));
-    assert_eq!(twice["cancelled"], false);
+    let twice = cli(&db, &["jobs", "cancel", &queued.to_string(), "--json"]);
+    assert!(!twice.status.success());
+    assert!(
+        stderr(&twice).starts_with("error[job_already_finished]: "),
+        "{}",
+        stderr(&twice)
+    );
 
     // Usage errors carry a stable code and a failing exit status.
     let usage = cli(&db, &["jobs", "retry"]);
@@ -408,4 +425,235 @@ fn run_refuses_to_start_without_a_decodable_recovery_key() {
     .get_result(&mut db.conn())
     .unwrap();
     assert!(!migrated, "the refused worker touched the database");
+}
+
+/// `jobs list --account` takes every selector `accounts show` takes (pubkey hex or npub, handle, DID, a unique hex
+/// prefix); `--wide` prints full keys; `--help` lists the valid states and kinds from the enums.
+#[test]
+fn jobs_list_by_any_account_selector_wide_and_help() {
+    let db = TestDb::migrated("cli_selectors");
+    let mut c = db.conn();
+    let keys = nostr::Keys::generate();
+    let pk = keys.public_key().to_hex();
+    let npub = nostr::ToBech32::to_bech32(&keys.public_key()).unwrap();
+    accounts::opt_in(
+        &mut c,
+        &OptIn {
+            nostr_pubkey: pk.clone(),
+            handle: "dora.divine.test".into(),
+            crosspost_enabled: true,
+        },
+    )
+    .unwrap();
+    let did = "did:plc:doradoradoradoradoradora";
+    diesel::update(account_links::table.find(&pk))
+        .set(account_links::did.eq(did))
+        .execute(&mut c)
+        .unwrap();
+    let mine: Vec<i64> = queue::list(
+        &mut c,
+        &queue::JobFilter {
+            account: Some(pk.clone()),
+            ..Default::default()
+        },
+        100,
+    )
+    .unwrap()
+    .iter()
+    .map(|j| j.id)
+    .collect();
+    assert!(!mine.is_empty(), "opt-in enqueued provisioning");
+    // Another account's job must not show up.
+    queue::enqueue(
+        &mut c,
+        &NewJob::for_account(
+            JobKind::SyncProfile,
+            &pubkey(0xee),
+            queue::keys::account(&pubkey(0xee)),
+            serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+
+    for who in [pk.as_str(), npub.as_str(), "Dora.Divine.Test", did, &pk[..10]] {
+        let rows = json(&cli(&db, &["jobs", "list", "--account", who, "--json"]));
+        let ids: Vec<i64> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, mine, "selector {who}");
+    }
+    let missing = cli(&db, &["jobs", "list", "--account", "nobody.divine.test"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).starts_with("error[account_not_found]: "),
+        "{}",
+        stderr(&missing)
+    );
+
+    // Two accounts share a prefix: ambiguous, said so.
+    for (n, h) in [(0x77u8, "p1.divine.test"), (0x78, "p2.divine.test")] {
+        let mut key = "7".repeat(8);
+        key.push_str(&format!("{n:02x}").repeat(28));
+        accounts::opt_in(
+            &mut c,
+            &OptIn {
+                nostr_pubkey: key,
+                handle: h.into(),
+                crosspost_enabled: true,
+            },
+        )
+        .unwrap();
+    }
+    let ambiguous = cli(&db, &["jobs", "list", "--account", "77777777"]);
+    assert!(!ambiguous.status.success());
+    assert!(
+        stderr(&ambiguous).starts_with("error[account_ambiguous]: "),
+        "{}",
+        stderr(&ambiguous)
+    );
+
+    let narrow = stdout(&cli(&db, &["jobs", "list", "--account", &pk]));
+    assert!(!narrow.contains(&pk), "keys are shortened by default:\n{narrow}");
+    let wide = stdout(&cli(&db, &["jobs", "list", "--account", &pk, "--wide"]));
+    assert!(wide.contains(&pk), "--wide prints the full key:\n{wide}");
+
+    let help = stdout(&cli(&db, &["jobs", "list", "--help"]));
+    for state in divine_bridge_db::JobState::ALL {
+        assert!(help.contains(state.as_str()), "--help lists state {state:?}:\n{help}");
+    }
+    for kind in JobKind::ALL {
+        assert!(help.contains(kind.as_str()), "--help lists kind {kind:?}:\n{help}");
+    }
+}
+
+/// `jobs retry`/`cancel` of a missing job and of a running job, `accounts reprovision` of a ready account: each says
+/// which case applied; doing nothing exits non-zero. Errors are printed once, without colour off a terminal.
+#[test]
+fn job_and_account_commands_say_which_case_applied() {
+    let db = TestDb::migrated("cli_cases");
+    let mut c = db.conn();
+    let missing = cli(&db, &["jobs", "retry", "999999"]);
+    assert!(!missing.status.success());
+    assert_eq!(
+        stderr(&missing),
+        "error[job_not_found]: no job 999999\n",
+        "printed once, plain"
+    );
+    let missing = cli(&db, &["jobs", "cancel", "999999"]);
+    assert!(!missing.status.success());
+    assert_eq!(stderr(&missing), "error[job_not_found]: no job 999999\n");
+
+    let a = pubkey(0x31);
+    queue::enqueue(
+        &mut c,
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            &a,
+            queue::keys::account(&a),
+            serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+    let running = queue::lease(&mut c, "cli-test", 1, Duration::from_secs(60)).unwrap()[0].id;
+    let cancel = cli(&db, &["jobs", "cancel", &running.to_string()]);
+    assert!(cancel.status.success(), "{}", stderr(&cancel));
+    assert!(stdout(&cancel).contains("cancel requested"), "{}", stdout(&cancel));
+    assert_eq!(state_of(&mut c, running), "running", "honoured when the try ends");
+
+    let pk = pubkey(0x32);
+    accounts::opt_in(
+        &mut c,
+        &OptIn {
+            nostr_pubkey: pk.clone(),
+            handle: "ready.divine.test".into(),
+            crosspost_enabled: true,
+        },
+    )
+    .unwrap();
+    diesel::update(account_links::table.find(&pk))
+        .set((
+            account_links::did.eq("did:plc:readyreadyreadyreadyread"),
+            account_links::provisioning_state.eq("ready"),
+        ))
+        .execute(&mut c)
+        .unwrap();
+    let jobs_before = queue::list(&mut c, &queue::JobFilter::default(), 1000).unwrap().len();
+    let again = cli(&db, &["accounts", "reprovision", "ready.divine.test"]);
+    assert!(!again.status.success());
+    assert_eq!(
+        stderr(&again),
+        format!("error[account_already_ready]: account ready.divine.test ({pk}) is ready already; nothing to re-provision\n")
+    );
+    assert_eq!(
+        queue::list(&mut c, &queue::JobFilter::default(), 1000).unwrap().len(),
+        jobs_before,
+        "nothing enqueued"
+    );
+}
+
+/// `divine-atbridge status`: jobs by kind (queued, running, failed, oldest runnable wait), accounts by state, relay
+/// cursor ages.
+#[test]
+fn status_shows_the_queue_accounts_and_relay_cursors() {
+    let db = TestDb::migrated("cli_status");
+    let mut c = db.conn();
+    let a = pubkey(0x41);
+    queue::enqueue(
+        &mut c,
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            &a,
+            queue::keys::account(&a),
+            serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+    fail_head(&mut c, &queue::keys::account(&a), "pds_rejected");
+    queue::enqueue(
+        &mut c,
+        &NewJob::for_account(
+            JobKind::PublishPost,
+            &a,
+            queue::keys::account(&a),
+            serde_json::json!({}),
+        ),
+    )
+    .unwrap();
+    diesel::sql_query(
+        "INSERT INTO relay_cursors (relay_url, last_created_at, last_event_id, updated_at) \
+         VALUES ('wss://relay.example', now() - interval '2 hours', 'x', now())",
+    )
+    .execute(&mut c)
+    .unwrap();
+
+    let st = json(&cli(&db, &["status", "--json"]));
+    let publish = st["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "publish_post")
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(
+        (&publish["queued"], &publish["running"], &publish["failed"]),
+        (&1.into(), &0.into(), &1.into())
+    );
+    assert!(publish["oldest_runnable_secs"].as_f64().is_some(), "{st}");
+    assert!(
+        st["accounts"].as_array().unwrap().iter().any(|s| s[0] == "ready"),
+        "every state listed: {st}"
+    );
+    let relay = &st["relays"][0];
+    assert_eq!(relay["relay_url"], "wss://relay.example");
+    let age = relay["age_secs"].as_f64().unwrap();
+    assert!((7100.0..7300.0).contains(&age), "{age}");
+
+    let text = stdout(&cli(&db, &["status"]));
+    assert!(
+        text.contains("OLDEST_RUNNABLE") && text.contains("publish_post"),
+        "{text}"
+    );
+    assert!(text.contains("wss://relay.example") && text.contains("2h00m"), "{text}");
 }

@@ -62,7 +62,7 @@ async fn ready_follows_migrations_and_metrics_expose_the_contract() {
 
     let (status, body) = get(addr, "/health").await;
     assert_eq!(status, 200);
-    assert_eq!(body, "ok");
+    assert_eq!(body, r#"{"status":"ok"}"#, "the gateway's /health shape");
     let (status, body) = get(addr, "/ready").await;
     assert_eq!(status, 503, "{body}");
     let reason: serde_json::Value = serde_json::from_str(&body).unwrap();

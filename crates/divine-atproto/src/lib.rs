@@ -7,6 +7,7 @@
 
 pub mod jwt;
 pub mod keys;
+pub mod metrics;
 pub mod pds;
 pub mod plc;
 pub mod tid;

@@ -329,6 +329,17 @@ impl PlcClient {
         response.json().map_err(PlcError::Xrpc)
     }
 
+    /// [`PlcClient::last_op`] where "not registered yet" is an expected answer (provisioning asks before it
+    /// registers): `None` on 404, which is then not logged as a failed request.
+    pub async fn last_op_if_registered(&self, did: &str) -> Result<Option<PlcOperation>, PlcError> {
+        let request = XrpcRequest::get(format!("{}/{did}/log/last", self.base), "plc.last_op").not_found_expected();
+        match self.xrpc.send(request).await.map_err(|e| self.map_err(did, e)) {
+            Ok(response) => response.json().map(Some).map_err(PlcError::Xrpc),
+            Err(PlcError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET {PLC}/{did}/data`.
     pub async fn data(&self, did: &str) -> Result<PlcData, PlcError> {
         let request = XrpcRequest::get(format!("{}/{did}/data", self.base), "plc.data");

@@ -27,7 +27,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 
 /// Metric name counting every request, labelled `method` (NSID or `plc.<op>`) and `status` (HTTP status or `error`).
-pub const REQUESTS_METRIC: &str = "bridge_pds_requests_total";
+pub const REQUESTS_METRIC: &str = crate::metrics::PDS_REQUESTS;
 
 /// Longest error-body excerpt kept in an error (bytes of text).
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -285,6 +285,8 @@ pub struct XrpcRequest {
     query: Vec<(String, String)>,
     body: RequestBody,
     timeout: Option<Duration>,
+    /// A 404 is an expected answer of this request ([`XrpcRequest::not_found_expected`]).
+    not_found_expected: bool,
 }
 
 impl XrpcRequest {
@@ -308,7 +310,15 @@ impl XrpcRequest {
             query: Vec::new(),
             body: RequestBody::Empty,
             timeout: None,
+            not_found_expected: false,
         }
+    }
+
+    /// Marks a 404 as an expected answer (e.g. "is this DID registered yet?" during provisioning): it is still
+    /// returned as [`XrpcError::Rejected`] and counted, but not logged as a failure.
+    pub fn not_found_expected(mut self) -> XrpcRequest {
+        self.not_found_expected = true;
+        self
     }
 
     /// `Authorization: Bearer <token>`.
@@ -433,19 +443,26 @@ impl XrpcClient {
     /// `bridge_pds_requests_total`.
     pub async fn send(&self, request: XrpcRequest) -> Result<XrpcResponse, XrpcError> {
         let label = request.label.clone();
+        let not_found_expected = request.not_found_expected;
         let started = Instant::now();
         let result = self.send_inner(request).await;
         let status_label = match &result {
             Ok(resp) => resp.status.to_string(),
             Err(e) => e.status().map(|s| s.to_string()).unwrap_or_else(|| "error".to_string()),
         };
+        let elapsed = started.elapsed();
         metrics::counter!(REQUESTS_METRIC, "method" => label.clone(), "status" => status_label.clone()).increment(1);
+        metrics::histogram!(crate::metrics::PDS_REQUEST_DURATION, "method" => label.clone())
+            .record(elapsed.as_secs_f64());
+        let elapsed_ms = elapsed.as_millis() as u64;
         match &result {
-            Ok(_) => {
-                tracing::debug!(method = %label, status = %status_label, elapsed_ms = started.elapsed().as_millis() as u64, "xrpc ok")
+            Ok(_) => tracing::debug!(method = %label, status = %status_label, elapsed_ms, "xrpc ok"),
+            // The caller asked for a 404 as an answer ("not there yet"), not a failure: no failure line.
+            Err(XrpcError::Rejected { status: 404, .. }) if not_found_expected => {
+                tracing::debug!(method = %label, status = %status_label, elapsed_ms, outcome = "not_found", "xrpc not found (expected)")
             }
             Err(e) => {
-                tracing::debug!(method = %label, status = %status_label, code = e.code(), error = %e, "xrpc failed")
+                tracing::info!(method = %label, status = %status_label, elapsed_ms, code = e.code(), error = %e, "xrpc failed")
             }
         }
         result
@@ -461,6 +478,7 @@ impl XrpcClient {
             query,
             body,
             timeout,
+            not_found_expected: _,
         } = request;
         let parsed = url::Url::parse(&url).map_err(|e| XrpcError::InvalidRequest {
             method: label.clone(),

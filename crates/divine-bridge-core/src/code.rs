@@ -216,6 +216,12 @@ code_enum!(
         ToggleRateLimited => "toggle_rate_limited",
         // divine-bridge-db roles.rs
         DbRoleInvalid => "db_role_invalid",
+        // divine-atbridge cli.rs
+        AccountAlreadyReady => "account_already_ready",
+        AccountAmbiguous => "account_ambiguous",
+        JobAlreadyFinished => "job_already_finished",
+        JobNotFound => "job_not_found",
+        JobNotRetryable => "job_not_retryable",
     }
 );
 

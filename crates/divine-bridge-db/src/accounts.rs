@@ -1045,3 +1045,19 @@ pub fn release_handles(
     }
     Ok(released)
 }
+
+/// Account links per provisioning state (every state, 0 included), for `divine-atbridge status`.
+pub fn count_by_state(conn: &mut PgConnection) -> Result<Vec<(ProvisioningState, i64)>, DbError> {
+    let rows: Vec<(String, i64)> = account_links::table
+        .group_by(account_links::provisioning_state)
+        .select((account_links::provisioning_state, diesel::dsl::count_star()))
+        .load(conn)?;
+    let mut counts: Vec<(ProvisioningState, i64)> = ProvisioningState::ALL.iter().map(|s| (*s, 0)).collect();
+    for (state, n) in rows {
+        let state: ProvisioningState = state.parse()?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = n;
+        }
+    }
+    Ok(counts)
+}

@@ -164,7 +164,7 @@ pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbE
         .optional()
         .map_err(DbError::from_diesel)?;
     if id.is_some() {
-        metrics::counter!("bridge_jobs_enqueued_total", "kind" => job.kind.as_str()).increment(1);
+        metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => job.kind.as_str()).increment(1);
     }
     Ok(id)
 }
@@ -204,7 +204,7 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
             *per_kind.entry(kind).or_default() += 1;
         }
         for (kind, n) in per_kind {
-            metrics::counter!("bridge_jobs_enqueued_total", "kind" => kind).increment(n);
+            metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => kind).increment(n);
         }
     }
     Ok(ids)
@@ -296,6 +296,9 @@ pub fn running_for_account(conn: &mut PgConnection, account: &str, except: i64) 
         .order(jobs::id)
         .load(conn)?)
 }
+
+/// The counter of enqueued jobs, by kind (duplicates absorbed by a unique key are not counted).
+pub const JOBS_ENQUEUED_METRIC: &str = "bridge_jobs_enqueued_total";
 
 /// A job leased by this process. `attempt` already counts the current try.
 #[derive(Debug, Clone, QueryableByName)]
@@ -867,6 +870,8 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<JobKind>,
     pub ordering_key: Option<String>,
+    /// The account (lower-case hex pubkey) a job belongs to: `payload.account` (see [`NewJob::for_account`]).
+    pub account: Option<String>,
 }
 
 /// Jobs matching `filter`, newest first, at most `limit` (clamped to 1..=10,000), for the operator CLI.
@@ -880,6 +885,9 @@ pub fn list(conn: &mut PgConnection, filter: &JobFilter, limit: i64) -> Result<V
     }
     if let Some(key) = &filter.ordering_key {
         q = q.filter(jobs::ordering_key.eq(key));
+    }
+    if let Some(account) = &filter.account {
+        q = q.filter(jobs::payload.retrieve_as_text("account").eq(account));
     }
     Ok(q.order(jobs::id.desc()).limit(limit.clamp(1, 10_000)).load(conn)?)
 }
@@ -989,4 +997,40 @@ pub fn prune_finished(conn: &mut PgConnection, finished_before: DateTime<Utc>, b
         .bind::<Timestamptz, _>(finished_before)
         .bind::<BigInt, _>(batch.max(1))
         .execute(conn)?)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Operator status (issue 14 §4: `divine-atbridge status`)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One kind's line of `divine-atbridge status`.
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct KindStatus {
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = BigInt)]
+    pub queued: i64,
+    #[diesel(sql_type = BigInt)]
+    pub running: i64,
+    #[diesel(sql_type = BigInt)]
+    pub failed: i64,
+    /// Seconds the oldest runnable job (queued, `run_at` passed) has been runnable; `None` when none is.
+    #[diesel(sql_type = Nullable<Double>)]
+    pub oldest_runnable_secs: Option<f64>,
+}
+
+/// Per kind: queued, running and failed counts and the age of the oldest runnable job (from its `run_at`: how long
+/// it has been waiting for a worker, backoff not counted). Counts `failed` too, so unlike [`STATS_SQL`] it reads the
+/// failed rows; an operator command, not a gauge refresh.
+pub const KIND_STATUS_SQL: &str = "SELECT kind, \
+        count(*) FILTER (WHERE state = 'queued') AS queued, \
+        count(*) FILTER (WHERE state = 'running') AS running, \
+        count(*) FILTER (WHERE state = 'failed') AS failed, \
+        EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'queued' AND run_at <= now()))::float8 \
+          AS oldest_runnable_secs \
+     FROM jobs WHERE state IN ('queued', 'running', 'failed') GROUP BY kind ORDER BY kind";
+
+/// [`KIND_STATUS_SQL`]: kinds without a queued, running or failed job are left out.
+pub fn kind_status(conn: &mut PgConnection) -> Result<Vec<KindStatus>, DbError> {
+    Ok(diesel::sql_query(KIND_STATUS_SQL).load(conn)?)
 }

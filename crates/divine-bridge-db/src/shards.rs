@@ -285,3 +285,32 @@ pub fn live_replicas(conn: &mut PgConnection) -> Result<Vec<String>, DbError> {
         .select(r::owner)
         .load(conn)?)
 }
+
+/// One stored relay position, for `divine-atbridge status`: the relay cursor (`shards` 1, the single-shard layout)
+/// or the oldest position of one shard layout (`shards` > 1: the floor its subscriptions resume from).
+#[derive(Debug, Clone, QueryableByName, serde::Serialize)]
+pub struct CursorPosition {
+    #[diesel(sql_type = Text)]
+    pub relay_url: String,
+    #[diesel(sql_type = Int4)]
+    pub shards: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+    /// `now()` minus `at`, in seconds (negative: the position is ahead of the database clock).
+    #[diesel(sql_type = Double)]
+    pub age_secs: f64,
+}
+
+/// Every relay's stored positions: `relay_cursors` rows and, per relay and shard count, the oldest
+/// `relay_shard_cursors` row.
+pub const CURSOR_POSITIONS_SQL: &str =
+    "SELECT relay_url, shards, at, EXTRACT(EPOCH FROM now() - at)::float8 AS age_secs FROM ( \
+        SELECT relay_url, 1 AS shards, last_created_at AS at FROM relay_cursors \
+        UNION ALL \
+        SELECT relay_url, shards, min(last_created_at) AS at FROM relay_shard_cursors GROUP BY relay_url, shards \
+     ) p ORDER BY relay_url, shards";
+
+/// [`CURSOR_POSITIONS_SQL`].
+pub fn cursor_positions(conn: &mut PgConnection) -> Result<Vec<CursorPosition>, DbError> {
+    Ok(diesel::sql_query(CURSOR_POSITIONS_SQL).load(conn)?)
+}

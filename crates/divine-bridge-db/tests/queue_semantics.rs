@@ -692,6 +692,7 @@ fn operator_retry_requeue_and_listing() {
             state: Some(JobState::Queued),
             kind: Some(JobKind::Noop),
             ordering_key: Some("a".into()),
+            account: None,
         },
         10,
     )

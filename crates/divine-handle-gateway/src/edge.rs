@@ -6,12 +6,12 @@
 //!   problem of its status, so clients only ever see `application/problem+json` errors;
 //! - metrics `gateway_http_requests_total{route,status}` with the route TEMPLATE (set by [`route_label`], a route
 //!   layer that sees `MatchedPath`), `unmatched` when no route matched;
-//! - one access-log line.
+//! - one access-log line (with the problem `code` of an error answer and, for a 401, the `auth_reason`).
 //!
 //! Owns cross-cutting response shaping only; it must not make authorization or business decisions.
 
 use crate::metrics::{HTTP_DURATION, HTTP_REQUESTS};
-use crate::problem::{ApiError, Problem, PROBLEM_JSON};
+use crate::problem::{ApiError, AuthFailure, Problem, PROBLEM_JSON};
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue};
@@ -73,6 +73,8 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
             .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
         (status.as_u16() >= 400 && !is_problem).then(|| ApiError::from_status(status).problem())
     });
+    let code = problem.as_ref().map(|p| p.code);
+    let auth_failure = resp.extensions().get::<AuthFailure>().map(|a| a.0);
     if let Some(problem) = problem {
         let body = problem.to_json(&request_id).to_string();
         resp.headers_mut().remove(header::CONTENT_LENGTH);
@@ -93,10 +95,12 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
     metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "status" => status.as_u16().to_string()).increment(1);
     metrics::histogram!(HTTP_DURATION, "route" => route.clone()).record(elapsed.as_secs_f64());
     let elapsed_ms = elapsed.as_millis() as u64;
-    if matches!(route.as_str(), "/health" | "/ready" | "/metrics") && status.is_success() {
-        tracing::debug!(request_id, %method, route, status = status.as_u16(), elapsed_ms, "request");
+    let status = status.as_u16();
+    if matches!(route.as_str(), "/health" | "/ready" | "/metrics") && status < 400 {
+        tracing::debug!(request_id, %method, route, status, elapsed_ms, "request");
     } else {
-        tracing::info!(request_id, %method, route, status = status.as_u16(), elapsed_ms, "request");
+        // `code`: the problem code of an error answer; `auth_reason`: why a 401 refused the credential.
+        tracing::info!(request_id, %method, route, status, code, auth_reason = auth_failure, elapsed_ms, "request");
     }
     resp
 }

@@ -18,6 +18,22 @@ pub const HTTP_DURATION: &str = "gateway_http_request_duration_seconds";
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 /// Opt-ins by outcome (`created`, `existing`, `reenabled`).
 pub const OPT_INS: &str = "gateway_opt_ins_total";
+/// Always 1, labelled with the build (`version`, `git_sha`).
+pub const BUILD_INFO: &str = "gateway_build_info";
+
+/// Every metric name of the gateway, in the order of docs/runbooks/metrics.md.
+pub const METRIC_NAMES: &[&str] = &[HTTP_REQUESTS, HTTP_DURATION, AUTH_FAILURES, OPT_INS, BUILD_INFO];
+
+/// The values of the `outcome` label of [`OPT_INS`], created at zero on install.
+pub const OPT_IN_OUTCOMES: [&str; 3] = ["created", "existing", "reenabled"];
+
+/// The `version` label of [`BUILD_INFO`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The `git_sha` label of [`BUILD_INFO`]: `GIT_SHA` in the build environment, `unknown` without it.
+pub const GIT_SHA: &str = match option_env!("GIT_SHA") {
+    Some(sha) if !sha.is_empty() => sha,
+    _ => "unknown",
+};
 
 /// Requests refused by a rate limit, by scope (`client`, `global`, `toggle`).
 pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
@@ -70,6 +86,14 @@ pub fn prometheus() -> PrometheusHandle {
             );
             metrics::describe_gauge!(PROVISIONING_BUDGET_USED, "account links created in the last hour");
             metrics::describe_counter!(WELL_KNOWN_LOOKUPS, "well-known handle lookups by cache result");
+            metrics::describe_gauge!(
+                BUILD_INFO,
+                "always 1; the labels say which build runs (version, git_sha)"
+            );
+            for outcome in OPT_IN_OUTCOMES {
+                metrics::counter!(OPT_INS, "outcome" => outcome).increment(0);
+            }
+            metrics::gauge!(BUILD_INFO, "version" => VERSION, "git_sha" => GIT_SHA).set(1.0);
             handle
         })
         .clone()

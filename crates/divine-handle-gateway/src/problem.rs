@@ -95,8 +95,10 @@ pub enum ApiError {
     /// The request did not finish within its deadline (`WELL_KNOWN_TIMEOUT_MS`).
     #[error("the request did not finish in time")]
     Timeout,
-    #[error("not ready: {0}")]
-    NotReady(String),
+    /// `/ready` fails: `reason` is the readiness reason both services report (`migrations_pending`,
+    /// `database_unavailable`).
+    #[error("not ready: {detail}")]
+    NotReady { reason: &'static str, detail: String },
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -134,7 +136,7 @@ impl Classified for ApiError {
             ApiError::InsufficientPow { .. } => "insufficient_pow",
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "timeout",
-            ApiError::NotReady(_) => "not_ready",
+            ApiError::NotReady { .. } => "not_ready",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -142,7 +144,7 @@ impl Classified for ApiError {
 
     fn class(&self) -> ErrorClass {
         match self {
-            ApiError::NotReady(_)
+            ApiError::NotReady { .. }
             | ApiError::Unavailable(_)
             | ApiError::Internal(_)
             | ApiError::RateLimited(_)
@@ -157,7 +159,7 @@ impl Classified for ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::NotReady(_) | ApiError::Unavailable(_) => Some(Duration::from_secs(5)),
+            ApiError::NotReady { .. } | ApiError::Unavailable(_) => Some(Duration::from_secs(5)),
             ApiError::RateLimited(d)
             | ApiError::GlobalRateLimited(d)
             | ApiError::ToggleRateLimited(d)
@@ -197,7 +199,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotReady(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -233,7 +235,7 @@ impl ApiError {
             ApiError::InsufficientPow { .. } => "Proof of work required",
             ApiError::Overloaded => "Overloaded",
             ApiError::Timeout => "Timeout",
-            ApiError::NotReady(_) => "Not ready",
+            ApiError::NotReady { .. } => "Not ready",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::Internal(_) => "Internal server error",
         }
@@ -264,6 +266,10 @@ impl ApiError {
             code: self.code(),
             title: self.title(),
             detail: self.to_string(),
+            not_ready: match self {
+                ApiError::NotReady { reason, .. } => Some(reason),
+                _ => None,
+            },
         }
     }
 }
@@ -292,6 +298,11 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// Why a 401 was answered (the `reason` label of `gateway_auth_failures_total`), passed to the access-log line in
+/// the response extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailure(pub &'static str);
+
 /// The parts of a problem document known where the error is born.
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -299,19 +310,27 @@ pub struct Problem {
     pub code: &'static str,
     pub title: &'static str,
     pub detail: String,
+    /// For `/ready` failures: the readiness reason, rendered as the extension members `"ready": false, "reason"`
+    /// (the shape `divine-atbridge`'s `/ready` answers in, so one probe parser reads both services).
+    pub not_ready: Option<&'static str>,
 }
 
 impl Problem {
     /// The JSON body with `request_id`.
     pub fn to_json(&self, request_id: &str) -> serde_json::Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("urn:divine-bridge:problem:{}", self.code),
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
             "code": self.code,
             "request_id": request_id,
-        })
+        });
+        if let Some(reason) = self.not_ready {
+            body["ready"] = serde_json::Value::Bool(false);
+            body["reason"] = serde_json::Value::from(reason);
+        }
+        body
     }
 }
 
@@ -326,6 +345,8 @@ impl IntoResponse for ApiError {
             .into_response();
         if let ApiError::Unauthorized { reason, .. } = &self {
             metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => *reason).increment(1);
+            // For the access-log line (`edge`): why the credential was refused.
+            resp.extensions_mut().insert(AuthFailure(reason));
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Nostr"));
         }

@@ -47,15 +47,23 @@ impl ReadyProbe {
 
     fn check_blocking(&self) -> Result<(), ApiError> {
         let Ok(mut slot) = self.conn.try_lock() else {
-            return Err(ApiError::NotReady("a previous readiness check is still running".into()));
+            return Err(ApiError::NotReady {
+                reason: "database_unavailable",
+                detail: "a previous readiness check is still running".into(),
+            });
         };
         if slot.is_none() {
             let mut conn = PgConnection::establish(&self.url).map_err(|e| {
                 tracing::warn!(code = "db_unavailable", error = %e, "readiness probe cannot connect");
-                ApiError::NotReady("database (db_unavailable)".into())
+                ApiError::NotReady {
+                    reason: "database_unavailable",
+                    detail: "database (db_unavailable)".into(),
+                }
             })?;
-            conn.batch_execute(&self.session_sql)
-                .map_err(|e| ApiError::NotReady(format!("database ({})", DbError::from(e).code())))?;
+            conn.batch_execute(&self.session_sql).map_err(|e| ApiError::NotReady {
+                reason: "database_unavailable",
+                detail: format!("database ({})", DbError::from(e).code()),
+            })?;
             *slot = Some(conn);
         }
         let conn = slot.as_mut().expect("connected above");
@@ -65,11 +73,17 @@ impl ReadyProbe {
             .and_then(|_| migrations_applied(conn));
         match result {
             Ok(true) => Ok(()),
-            Ok(false) => Err(ApiError::NotReady("migrations pending".into())),
+            Ok(false) => Err(ApiError::NotReady {
+                reason: "migrations_pending",
+                detail: "migrations pending".into(),
+            }),
             Err(e) => {
                 *slot = None;
                 tracing::warn!(code = e.code(), error = %e, "readiness check failed");
-                Err(ApiError::NotReady(format!("database ({})", e.code())))
+                Err(ApiError::NotReady {
+                    reason: "database_unavailable",
+                    detail: format!("database ({})", e.code()),
+                })
             }
         }
     }
@@ -85,7 +99,10 @@ impl ReadyProbe {
         {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(ApiError::Internal(format!("readiness check panicked: {join}"))),
-            Err(_) => Err(ApiError::NotReady("database did not answer within 3s".into())),
+            Err(_) => Err(ApiError::NotReady {
+                reason: "database_unavailable",
+                detail: "database did not answer within 3s".into(),
+            }),
         }
     }
 }

@@ -23,6 +23,7 @@
 //! Owns request/response shapes only; state changes and their atomicity belong to the store.
 
 use crate::auth::Credential;
+use crate::edge::RequestId;
 use crate::extract::{JsonBody, PubkeyParam, RawBody};
 use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey, MAX_HANDLE_LEN};
 use crate::limits;
@@ -32,6 +33,7 @@ use crate::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
@@ -101,6 +103,7 @@ pub struct CrosspostStatusResponse {
 /// `POST /api/account-links/opt-in` → 202 record.
 pub async fn opt_in(
     State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
     credential: Credential,
     body: JsonBody<OptInBody>,
 ) -> Result<Response, ApiError> {
@@ -139,7 +142,7 @@ pub async fn opt_in(
         OptInOutcome::Reenabled => "reenabled",
     };
     metrics::counter!(OPT_INS, "outcome" => outcome).increment(1);
-    tracing::info!(credential = %credential.label(), pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
+    tracing::info!(request_id = %request_id.0, credential = %credential.label(), pubkey = %result.link.nostr_pubkey, handle = %result.link.handle, outcome, "opt-in");
     Ok((StatusCode::ACCEPTED, Json(AccountLinkRecord::from(result.link))).into_response())
 }
 
@@ -512,11 +515,13 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /ready` → 200 when Postgres answers `SELECT 1` (within 3 s) and every migration is applied, else 503. Runs on
-/// the probe's own connection (`crate::ready`), never on the request pool.
+/// `GET /ready` → 200 `{"ready": true}` when Postgres answers `SELECT 1` (within 3 s) and every migration is
+/// applied, else 503 `not_ready` whose problem body also carries `"ready": false, "reason"` (`migrations_pending`,
+/// `database_unavailable`): the shape of `divine-atbridge`'s `/ready`. Runs on the probe's own connection
+/// (`crate::ready`), never on the request pool.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.ready.check().await?;
-    Ok(Json(serde_json::json!({"status": "ready"})))
+    Ok(Json(serde_json::json!({"ready": true})))
 }
 
 /// `GET /metrics` → Prometheus text.

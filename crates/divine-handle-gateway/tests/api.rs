@@ -144,7 +144,7 @@ async fn a_failing_job_insert_rolls_the_link_back_and_answers_internal() {
 async fn a_lost_database_is_unavailable_and_not_ready() {
     let gw = Gw::new("gw_unavailable");
     let r = gw.send(Request::get("/ready").body(Body::empty()).unwrap()).await;
-    assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "ready"})));
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"ready": true})));
     // Postgres goes away under the pool: every session killed, no new ones allowed.
     let name = gw.tdb.url.rsplit('/').next().unwrap().to_string();
     let mut admin = PgConnection::establish(gw.tdb.admin_url()).unwrap();
@@ -166,6 +166,12 @@ async fn a_lost_database_is_unavailable_and_not_ready() {
     let r = gw.send(Request::get("/ready").body(Body::empty()).unwrap()).await;
     r.problem(503, "not_ready");
     assert_eq!(r.header("retry-after"), Some("5"));
+    let body = r.json();
+    assert_eq!(
+        (&body["ready"], &body["reason"]),
+        (&serde_json::json!(false), &serde_json::json!("database_unavailable")),
+        "the readiness shape of divine-atbridge's /ready: {body}"
+    );
     let r = gw.send(Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(r.status, 200, "liveness does not depend on the database");
 }
@@ -768,7 +774,7 @@ async fn health_ready_and_metrics() {
     let r = gw.send(Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "ok"})));
     let r = gw.send(Request::get("/ready").body(Body::empty()).unwrap()).await;
-    assert_eq!((r.status, r.json()), (200, serde_json::json!({"status": "ready"})));
+    assert_eq!((r.status, r.json()), (200, serde_json::json!({"ready": true})));
 
     let metrics = |gw: &Gw| {
         let app = gw.app.clone();

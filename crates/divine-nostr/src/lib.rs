@@ -3,6 +3,7 @@
 //! SSRF-safe media fetch; IP classification in `media::ip`) and `spool` (the disk spool media is fetched into).
 
 pub mod media;
+pub mod metrics;
 pub mod nostr;
 pub mod spool;
 pub mod translate;

@@ -75,6 +75,20 @@ impl MediaFetchConfig {
     }
 }
 
+/// Records one fetch (one URL) in `bridge_media_fetch_duration_seconds{kind,outcome}` (`ok` or the error's code)
+/// and, when it succeeded, its size in `bridge_media_fetch_bytes{kind}`.
+fn observe_fetch(kind: MediaKind, started: std::time::Instant, result: Result<u64, &MediaError>) {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    metrics::histogram!(crate::metrics::MEDIA_FETCH_DURATION, "kind" => kind.label(), "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    if let Ok(bytes) = result {
+        metrics::histogram!(crate::metrics::MEDIA_FETCH_BYTES, "kind" => kind.label()).record(bytes as f64);
+    }
+}
+
 /// What is being fetched; decides the accepted (sniffed) type and the size cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
@@ -89,6 +103,19 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// Every kind, for the metric label set.
+    pub const ALL: [MediaKind; 4] = [MediaKind::Video, MediaKind::Caption, MediaKind::Avatar, MediaKind::Any];
+
+    /// The `kind` label of the media fetch metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            MediaKind::Video => "video",
+            MediaKind::Caption => "caption",
+            MediaKind::Avatar => "avatar",
+            MediaKind::Any => "any",
+        }
+    }
+
     fn cap(self, config: &MediaFetchConfig) -> u64 {
         match self {
             MediaKind::Video | MediaKind::Any => config.max_bytes,
@@ -332,10 +359,14 @@ impl MediaFetcher {
         kind: MediaKind,
     ) -> Result<FetchedMedia, MediaError> {
         self.require_hash(expected_sha256, kind)?;
-        match tokio::time::timeout(self.config.timeout, self.fetch_inner(url, expected_sha256, kind)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.config.timeout, self.fetch_inner(url, expected_sha256, kind)).await
+        {
             Ok(r) => r,
             Err(_) => Err(MediaError::Timeout),
-        }
+        };
+        observe_fetch(kind, started, result.as_ref().map(|m| m.bytes.len() as u64));
+        result
     }
 
     /// Tries `urls` in order (a primary URL then at most [`MAX_FALLBACK_URLS`] of its NIP-71 fallbacks) under one
@@ -406,10 +437,13 @@ impl MediaFetcher {
                 final_url,
             })
         };
-        match tokio::time::timeout(self.config.timeout, fetch).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(self.config.timeout, fetch).await {
             Ok(r) => r,
             Err(_) => Err(MediaError::Timeout),
-        }
+        };
+        observe_fetch(kind, started, result.as_ref().map(|m| m.file.size()));
+        result
     }
 
     /// [`MediaFetcher::fetch_any`] to the spool.

@@ -65,6 +65,9 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every value of [`Rejection::reason`] (a unit test checks each variant's reason is listed).
+    pub const REASONS: [&'static str; 4] = ["bad_id", "bad_signature", "future_dated", "unsupported_kind"];
+
     /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -606,6 +609,18 @@ mod tests {
 
     fn keys() -> Keys {
         Keys::parse("6b911fd37cdf5c81d4c0adb1ab7fa822ed253ab0ad9aa18d77257c88b29b718e").unwrap()
+    }
+
+    #[test]
+    fn every_rejection_reason_is_listed() {
+        let all = [
+            Rejection::BadId,
+            Rejection::BadSignature,
+            Rejection::FutureDated { created_at: 0, now: 0 },
+            Rejection::UnsupportedKind(1),
+        ];
+        let reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();
+        assert_eq!(reasons, Rejection::REASONS);
     }
 
     fn sign(kind: u16, content: &str, tags: Vec<Vec<&str>>, created_at: u64) -> Event {

@@ -134,6 +134,6 @@ pub async fn disconnect(
     if let Some(did) = link.did.as_deref() {
         closer.forget(did).await;
     }
-    metrics::counter!("bridge_accounts_disconnected_total").increment(out.finished as u64);
+    metrics::counter!(crate::metrics::ACCOUNTS_DISCONNECTED).increment(out.finished as u64);
     Ok(out)
 }

@@ -106,7 +106,7 @@ impl Handlers {
                 publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
                 if job.priority <= priority::LIVE {
                     let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;
-                    metrics::histogram!("bridge_publish_lag_seconds").record(lag.max(0.0));
+                    metrics::histogram!(crate::metrics::PUBLISH_LAG).record(lag.max(0.0));
                 }
                 Ok(())
             }

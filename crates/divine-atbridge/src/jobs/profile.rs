@@ -71,6 +71,7 @@ pub async fn sync_profile(
             }
         }
     }
+    crate::worker::note_record(&did, PROFILE_COLLECTION, PROFILE_RKEY);
     repo.put_record(&did, PROFILE_COLLECTION, PROFILE_RKEY, record).await?;
     db.run(move |c| records::mark_profile_synced(c, &pubkey, &event_id))
         .await?;

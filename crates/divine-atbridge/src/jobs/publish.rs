@@ -324,6 +324,7 @@ pub async fn publish(
     // Translate and fetch (no side effects), then reserve before the first write.
     let prepared = source.prepare(event).await?;
     let rkey = rkey_for(event).map_err(|e| JobError::ineligible("invalid_tid", e.to_string()))?;
+    crate::worker::note_record(&did, POST_COLLECTION, &rkey);
     let mapping = RecordMapping {
         nostr_event_id: event_id.clone(),
         nostr_pubkey: pubkey.clone(),
@@ -436,6 +437,7 @@ async fn supersede_older(
         .into_iter()
         .filter(|m| (m.event_created_at, m.nostr_event_id.as_str()) < (created, event_id))
     {
+        crate::worker::note_record(&old.did, &old.collection, &old.rkey);
         repo.delete_record(&old.did, &old.collection, &old.rkey).await?;
         let id = old.nostr_event_id.clone();
         db.run(move |c| records::mark_removed(c, &id, RecordState::Superseded))
@@ -506,6 +508,7 @@ pub async fn delete(db: &Db, repo: &dyn RepoWriter, event: &Event) -> Result<usi
         if !matches!(state, RecordState::Published | RecordState::Reserved) {
             continue;
         }
+        crate::worker::note_record(&m.did, &m.collection, &m.rkey);
         repo.delete_record(&m.did, &m.collection, &m.rkey).await?;
         let id = m.nostr_event_id.clone();
         db.run(move |c| records::mark_removed(c, &id, RecordState::Deleted))

@@ -123,7 +123,7 @@ impl TranslatedPosts {
     async fn prepare_video(&self, ev: &VideoEvent) -> Result<PreparedPost, JobError> {
         for field in &ev.dropped_fields {
             // Counted per translation try (a retried job counts again); the value is gone from the post either way.
-            metrics::counter!("bridge_nostr_fields_dropped_total", "field" => *field).increment(1);
+            metrics::counter!(crate::metrics::NOSTR_FIELDS_DROPPED, "field" => *field).increment(1);
             tracing::info!(event = %ev.id, field, "malformed optional imeta field dropped");
         }
         // Mentions are looked for in title and content, as `plan_post` composes them.
@@ -227,7 +227,7 @@ impl TranslatedProfiles {
                         e.code()
                     }
                 };
-                metrics::counter!("bridge_profile_images_skipped_total", "field" => field.as_str(), "code" => code)
+                metrics::counter!(crate::metrics::PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code)
                     .increment(1);
                 Ok(None)
             }
