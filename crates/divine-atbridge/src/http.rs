@@ -1,6 +1,7 @@
 //! The operational HTTP server of `divine-atbridge` on `HTTP_ADDR`: `/metrics` (Prometheus text), `/health`
 //! (200 while the process runs), `/ready` (200 only when the database is reachable and every migration is applied,
-//! else 503 with a JSON `reason`: `task_exited` (a supervised background task ended unexpectedly, see
+//! else 503 with a JSON `reason`: `starting` (still connecting to Postgres or migrating, [`serve_starting`]),
+//! `task_exited` (a supervised background task ended unexpectedly, see
 //! [`TaskHealth`] and `app::supervise`), `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
 //! actions here, and it never changes the database.
 
@@ -87,6 +88,34 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     serve_on(listener, db, metrics, tasks, shutdown).await
+}
+
+/// What the listener answers while `run` is still connecting to Postgres and migrating (`Db::connect_within` may
+/// wait up to `DB_CONNECT_WAIT_SECS`): `/health` 200 (the process is alive: a liveness probe must not restart it
+/// for waiting on its database), `/ready` 503 `{"ready":false,"reason":"starting"}`, `/metrics` as usual. Serves
+/// until `connected` resolves, then drains so [`serve_on`] takes over the same socket.
+pub async fn serve_starting(
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    connected: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "health server listening; connecting to the database");
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }),
+        )
+        .route("/health", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/ready",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"ready": false, "reason": "starting"})),
+                )
+            }),
+        );
+    axum::serve(listener, router).with_graceful_shutdown(connected).await
 }
 
 /// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` becomes true.

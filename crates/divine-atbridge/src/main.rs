@@ -4,7 +4,12 @@ use clap::Parser;
 use divine_atbridge::{app, cli::Cli};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `--help` / `--version` print and exit here, before logging, configuration or any connection.
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        // `run` is the default subcommand: parse again with it, so its options and environment variables apply.
+        cli = Cli::parse_from(std::env::args_os().chain([std::ffi::OsString::from("run")]));
+    }
     app::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

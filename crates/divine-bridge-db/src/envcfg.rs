@@ -63,6 +63,35 @@ impl clap::builder::TypedValueParser for KeepEmpty {
     }
 }
 
+/// Variables read by the logging setup of both binaries (tracing-subscriber) rather than by clap: listed in
+/// `--help` ([`logging_help`]) and the README tables all the same. (name, default, meaning)
+pub const LOGGING_VARS: &[(&str, &str, &str)] = &[
+    (
+        "RUST_LOG",
+        "info",
+        "log filter (tracing EnvFilter syntax, e.g. `info,divine_atbridge=debug`)",
+    ),
+    (
+        "LOG_FORMAT",
+        "text",
+        "`json` for one JSON object per line (production), anything else for text",
+    ),
+    (
+        "NO_COLOR",
+        "unset",
+        "set (non-empty) to turn off ANSI colours in text logs",
+    ),
+];
+
+/// The `after_help` text listing [`LOGGING_VARS`].
+pub fn logging_help() -> String {
+    let mut s = String::from("Logging (environment only, read by the logging setup):\n");
+    for (name, default, meaning) in LOGGING_VARS {
+        s.push_str(&format!("  {name:<11} {meaning} [default: {default}]\n"));
+    }
+    s
+}
+
 /// What is wrong with one variable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -84,6 +113,9 @@ pub struct Problems(Vec<Problem>);
 impl Problems {
     /// Records that required `var` is not set; `expected` says what a valid value looks like.
     pub fn missing(&mut self, var: &'static str, expected: &str) {
+        if self.has(var) {
+            return;
+        }
         self.0.push(Problem {
             var,
             missing: true,
@@ -91,8 +123,12 @@ impl Problems {
         });
     }
 
-    /// Records that `var` is invalid.
+    /// Records that `var` is invalid. One problem per variable: the first found is the one reported (a later rule
+    /// would only be judging the placeholder left by the first).
     pub fn invalid(&mut self, var: &'static str, reason: impl Into<String>) {
+        if self.has(var) {
+            return;
+        }
         self.0.push(Problem {
             var,
             missing: false,
@@ -172,7 +208,11 @@ impl Problems {
         let before = self.0.len();
         let v: T = self.parse(var, raw);
         if self.0.len() == before && v < min {
-            let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            };
             self.invalid(var, format!("{v} is below the minimum of {min}{why}"));
         }
         v
@@ -270,7 +310,8 @@ pub const DATABASE_URL_SHAPE: &str = "postgres://USER:PASSWORD@HOST:5432/DATABAS
 pub fn check_database_url(raw: &str) -> Result<(), String> {
     let raw = raw.trim();
     if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-        let url = url::Url::parse(raw).map_err(|e| format!("is not a valid URL ({e}); expected {DATABASE_URL_SHAPE}"))?;
+        let url =
+            url::Url::parse(raw).map_err(|e| format!("is not a valid URL ({e}); expected {DATABASE_URL_SHAPE}"))?;
         // A Unix-socket URL (`postgres:///db?host=/run/postgresql`) has no host in the authority: libpq allows it.
         let socket = url.query_pairs().any(|(k, _)| k == "host");
         if url.host_str().is_none_or(str::is_empty) && !socket {
@@ -516,7 +557,9 @@ mod tests {
             let e = check_http_url(bare).unwrap_err();
             assert!(e.contains("has no scheme") && e.contains("https://"), "{bare}: {e}");
         }
-        assert!(check_http_url("ftp://x.test").unwrap_err().contains("http:// or https://"));
+        assert!(check_http_url("ftp://x.test")
+            .unwrap_err()
+            .contains("http:// or https://"));
         assert!(check_http_url("https://x.test/?q=1").is_err());
     }
 
@@ -548,7 +591,10 @@ mod tests {
             redact_database_url("host=h password=hunter2 dbname=d"),
             "host=h password=*** dbname=d"
         );
-        assert_eq!(database_password("postgres://u:hunter2@h/db").as_deref(), Some("hunter2"));
+        assert_eq!(
+            database_password("postgres://u:hunter2@h/db").as_deref(),
+            Some("hunter2")
+        );
         assert_eq!(database_password("host=h password=hunter2").as_deref(), Some("hunter2"));
     }
 

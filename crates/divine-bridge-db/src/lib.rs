@@ -272,6 +272,24 @@ pub fn connect_error_is_permanent(message: &str) -> bool {
     PERMANENT_CONNECT_ERRORS.iter().any(|m| message.contains(m))
 }
 
+/// Opens one direct connection to `url` (operator commands, and the first try of [`Db::connect_within`]). A failure
+/// is [`DbError::ConnectRejected`] when it is a configuration error ([`connect_error_is_permanent`]), else
+/// [`DbError::Pool`] (`db_unavailable`, transient); the message never contains the URL's password (libpq echoes
+/// parts of a connection string it cannot parse).
+pub fn connect_once(url: &str) -> Result<PgConnection, DbError> {
+    PgConnection::establish(url).map_err(|e| {
+        let mut message = e.to_string().trim().to_string();
+        if let Some(p) = envcfg::database_password(url) {
+            message = message.replace(p.as_str(), "***");
+        }
+        if connect_error_is_permanent(&message) {
+            DbError::ConnectRejected(message)
+        } else {
+            DbError::Pool(message)
+        }
+    })
+}
+
 /// Handle to the database: a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -316,16 +334,13 @@ impl Db {
     /// Callers serve `/health` while this runs (the process is alive, just not ready).
     pub async fn connect_within(url: &str, settings: &DbSettings, wait: Duration) -> Result<Db, DbError> {
         let started = Instant::now();
-        let password = envcfg::database_password(url);
-        let scrub = move |msg: String| match &password {
-            Some(p) => msg.replace(p.as_str(), "***"),
-            None => msg,
-        };
-        let full = settings.connection_url(url).map_err(|e| DbError::ConnectRejected(e.reason))?;
+        let full = settings
+            .connection_url(url)
+            .map_err(|e| DbError::ConnectRejected(e.reason))?;
         let shown = envcfg::redact_database_url(url);
         loop {
             let try_url = full.clone();
-            let attempt = tokio::task::spawn_blocking(move || PgConnection::establish(&try_url).map(drop))
+            let attempt = tokio::task::spawn_blocking(move || connect_once(&try_url).map(drop))
                 .await
                 .map_err(|e| DbError::Join(e.to_string()))?;
             let message = match attempt {
@@ -335,11 +350,9 @@ impl Db {
                         .await
                         .map_err(|e| DbError::Join(e.to_string()))?;
                 }
-                Err(e) => scrub(e.to_string().trim().to_string()),
+                Err(DbError::Pool(message)) => message,
+                Err(permanent) => return Err(permanent),
             };
-            if connect_error_is_permanent(&message) {
-                return Err(DbError::ConnectRejected(message));
-            }
             let waited = started.elapsed();
             if waited >= wait {
                 return Err(DbError::Pool(format!(

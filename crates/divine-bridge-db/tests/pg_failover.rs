@@ -334,4 +334,3 @@ fn keepalive_parameters_are_added_to_the_connection_url() {
     let mut c = PgConnection::establish(&s.connection_url(&tdb.url).unwrap()).expect("libpq accepts the parameters");
     diesel::sql_query("SELECT 1").execute(&mut c).unwrap();
 }
-
