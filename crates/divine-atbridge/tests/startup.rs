@@ -82,9 +82,12 @@ fn with<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> 
 fn run_help_lists_every_variable_with_its_default_without_a_database() {
     // Before: `run --help` listed no variable at all. A database URL nothing listens on proves nothing connects.
     let url = format!("postgres://u:hunter2@127.0.0.1:{}/db", closed_port());
-    let child = bridge(&["run", "--help"], &[("DATABASE_URL", &url), ("KEY_ENCRYPTION_KEY", KEK)])
-        .spawn()
-        .unwrap();
+    let child = bridge(
+        &["run", "--help"],
+        &[("DATABASE_URL", &url), ("KEY_ENCRYPTION_KEY", KEK)],
+    )
+    .spawn()
+    .unwrap();
     let out = finish_within(child, Duration::from_secs(10), "run --help");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let help = text(&out.stdout);
@@ -102,7 +105,10 @@ fn run_help_lists_every_variable_with_its_default_without_a_database() {
     ] {
         assert!(help.contains(needle), "run --help lacks {needle:?}:\n{help}");
     }
-    assert!(!help.contains("hunter2") && !help.contains(KEK), "secrets are never shown");
+    assert!(
+        !help.contains("hunter2") && !help.contains(KEK),
+        "secrets are never shown"
+    );
 
     let out = finish_within(
         bridge(&["--version"], &[("DATABASE_URL", &url)]).spawn().unwrap(),
@@ -134,7 +140,10 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
     let out = finish_within(child, Duration::from_secs(10), "invalid configuration");
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("error[config_invalid]: 7 configuration problems:"), "{err}");
+    assert!(
+        err.contains("error[config_invalid]: 7 configuration problems:"),
+        "{err}"
+    );
     for var in [
         "DATABASE_URL",
         "PLC_DIRECTORY_URL",
@@ -146,7 +155,10 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
     ] {
         assert!(err.contains(&format!("  - {var}: ")), "{var} missing from:\n{err}");
     }
-    assert!(err.contains("openssl rand -base64 32") && err.contains("looks like hex"), "{err}");
+    assert!(
+        err.contains("openssl rand -base64 32") && err.contains("looks like hex"),
+        "{err}"
+    );
     assert!(err.contains("e.g. https://pds.example.com"), "{err}");
     assert!(!err.contains(&hex_key), "the key is never echoed");
 }
@@ -177,10 +189,16 @@ fn a_rejected_database_url_fails_fast_naming_it() {
     let started = Instant::now();
     let child = bridge(&["run"], &with(&vars)).spawn().unwrap();
     let out = finish_within(child, Duration::from_secs(15), "unknown database");
-    assert!(started.elapsed() < Duration::from_secs(10), "no retrying a permanent error");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no retrying a permanent error"
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("error[db_connect_rejected]: DATABASE_URL was rejected"), "{err}");
+    assert!(
+        err.contains("error[db_connect_rejected]: DATABASE_URL was rejected"),
+        "{err}"
+    );
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("postgres://USER:PASSWORD@HOST:5432/DATABASE"), "{err}");
 }
@@ -205,7 +223,10 @@ fn health_is_served_while_an_unreachable_database_is_awaited() {
     assert_eq!(ready.0, 503);
     assert!(ready.1.contains("\"starting\""), "{}", ready.1);
     let out = finish_within(child, Duration::from_secs(15), "unreachable database");
-    assert!(started.elapsed() >= Duration::from_secs(3), "waited for DB_CONNECT_WAIT_SECS");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "waited for DB_CONNECT_WAIT_SECS"
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("error[db_unavailable]"), "{err}");
