@@ -49,10 +49,9 @@ impl ConfigError {
 
 impl Classified for ConfigError {
     fn code(&self) -> &'static str {
-        if self.0.all_missing() {
-            "config_missing"
-        } else {
-            "config_invalid"
+        match self.0.all_missing() {
+            true => "config_missing",
+            false => "config_invalid",
         }
     }
     fn class(&self) -> ErrorClass {
