@@ -306,7 +306,7 @@ pub fn check_kek(raw: &str) -> Result<(), String> {
         crate::keys::KeyError::KekInvalid(d) => d,
         other => other.to_string(),
     };
-    let hex = raw.len() >= 32 && raw.len() % 2 == 0 && raw.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex = raw.len() >= 32 && raw.len().is_multiple_of(2) && raw.bytes().all(|b| b.is_ascii_hexdigit());
     let hint = if hex {
         "it looks like hex; it must be base64 of 32 bytes: generate one with `openssl rand -base64 32`, or convert \
          this one with `echo <hex> | xxd -r -p | base64`"
@@ -781,7 +781,7 @@ mod tests {
     #[test]
     fn cursor_overlap_covers_the_future_skew_plus_a_margin() {
         let min = crate::nostr::MAX_FUTURE_SKEW_SECS + crate::ingest::CURSOR_OVERLAP_MARGIN_SECS;
-        assert!(crate::ingest::DEFAULT_CURSOR_OVERLAP_SECS >= 15 * 60);
+        const { assert!(crate::ingest::DEFAULT_CURSOR_OVERLAP_SECS >= 15 * 60) };
         let overlap = |v: &str| {
             let mut p = Problems::default();
             run_args(&[("CURSOR_OVERLAP_SECS", v)]).crosspost.validate(&mut p);

@@ -180,10 +180,11 @@ impl GatewayArgs {
             }
             reserved_names.push(name);
         }
-        let pds_public_url = match self.pds_public_url.as_deref().filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => Some(p.http_url("PDS_PUBLIC_URL", v)),
-        };
+        let pds_public_url = self
+            .pds_public_url
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| p.http_url("PDS_PUBLIC_URL", v));
         let config = Config {
             pds_public_url,
             bind_addr,
