@@ -78,18 +78,6 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` (`HTTP_ADDR`, default `0.0.0.0:9090`) and serves until `shutdown` becomes true.
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    db: Db,
-    metrics: PrometheusHandle,
-    tasks: TaskHealth,
-    shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, db, metrics, tasks, shutdown).await
-}
-
 /// What the listener answers while `run` is still connecting to Postgres and migrating (`Db::connect_within` may
 /// wait up to `DB_CONNECT_WAIT_SECS`): `/health` 200 (the process is alive: a liveness probe must not restart it
 /// for waiting on its database), `/ready` 503 `{"ready":false,"reason":"starting"}`, `/metrics` as usual. Serves
@@ -118,7 +106,8 @@ pub async fn serve_starting(
     axum::serve(listener, router).with_graceful_shutdown(connected).await
 }
 
-/// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` becomes true.
+/// Serves on an already bound listener (`HTTP_ADDR`, bound first by `app::run`; tests bind `127.0.0.1:0`) until
+/// `shutdown` becomes true.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Db,
