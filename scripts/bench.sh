@@ -12,7 +12,7 @@
 #           relay (steady, then as a burst), then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms,
 #           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio, the SLO fractions
 #           slo_fraction_le_5m / slo_fraction_le_30m, the sweep's reconcile_found_<reason> (0 in a healthy run; read
-#           after one complete sweep that started after the run) and context lines (see src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
+#           after one complete sweep that started after the run) and context lines (see crates/divine-dev-tools/src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
 #   ingest  events ingested per second by 1 vs 2 ingest replicas on the same in-process relay (release build; a
 #           throwaway database per measurement on BENCH_PG_URL). Prints ingest_events_per_sec_1_replica,
 #           ingest_events_per_sec_2_replicas, ingest_2_vs_1_replicas_ratio. BENCH_INGEST_ACCOUNTS (300),
@@ -34,11 +34,11 @@ cd "$(dirname "$0")/.."
 suite="${1:-}"
 case "$suite" in
   queue)
-    cargo build --release -p divine-atbridge --bin bench >&2
+    cargo build --release -p divine-dev-tools --bin bench >&2
     exec ./target/release/bench queue
     ;;
   ingest)
-    cargo build --release -p divine-atbridge --bin bench >&2
+    cargo build --release -p divine-dev-tools --bin bench >&2
     exec ./target/release/bench ingest
     ;;
   e2e)
@@ -49,7 +49,7 @@ case "$suite" in
     [[ -f "$env_file" ]] || { echo "scripts/bench.sh: no localnet env at $env_file" >&2; exit 1; }
     # shellcheck disable=SC1090
     source "$env_file"
-    cargo build --release -p divine-atbridge --bin bench >&2
+    cargo build --release -p divine-dev-tools --bin bench >&2
     exec ./target/release/bench e2e
     ;;
   media)
@@ -61,7 +61,7 @@ case "$suite" in
       export PLC_URL PDS_URL
     fi
     profile="${CARGO_PROFILE:-release}"
-    cargo build --profile "$profile" -p divine-atbridge --bin bench --bin divine-atbridge >&2
+    cargo build --profile "$profile" -p divine-dev-tools --bin bench -p divine-atbridge --bin divine-atbridge >&2
     dir="$profile"; [[ "$profile" == dev ]] && dir=debug
     exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
     ;;

@@ -113,8 +113,8 @@ if [[ "${LOCALNET_SKIP_BUILD:-}" != 1 ]]; then
   # Exactly the four binaries the localnet runs (not every bin of the crates: a broken dev tool such as `bench`
   # must not block the localnet).
   bins=(--bin divine-atbridge --bin dev-relay --bin nostr-tool --bin divine-handle-gateway)
-  log "cargo build --locked $(cargo_profile_flag) -p divine-atbridge -p divine-handle-gateway ${bins[*]} (CARGO_PROFILE=$PROFILE)"
-  cargo build --locked "$(cargo_profile_flag)" -p divine-atbridge -p divine-handle-gateway "${bins[@]}" >&2 ||
+  log "cargo build --locked $(cargo_profile_flag) -p divine-atbridge -p divine-handle-gateway -p divine-dev-tools ${bins[*]} (CARGO_PROFILE=$PROFILE)"
+  cargo build --locked "$(cargo_profile_flag)" -p divine-atbridge -p divine-handle-gateway -p divine-dev-tools "${bins[@]}" >&2 ||
     die "cargo build failed"
 fi
 for b in divine-atbridge divine-handle-gateway dev-relay nostr-tool; do

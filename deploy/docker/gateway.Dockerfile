@@ -22,6 +22,8 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY crates ./crates
 COPY migrations ./migrations
 # --locked: the image is built from exactly the reviewed Cargo.lock.
+# One production binary only: the dev tools (crate divine-dev-tools: dev-relay, nostr-tool, queue-crash-worker,
+# bench) and their nostr-relay-builder are never compiled here (scripts/test.d/21-crate-deps.sh checks both).
 RUN cargo build --release --locked -p divine-handle-gateway --bin divine-handle-gateway \
     && install -m 0755 target/release/divine-handle-gateway /usr/local/bin/divine-handle-gateway
 

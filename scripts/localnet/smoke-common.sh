@@ -102,7 +102,7 @@ smoke_nostr_tool() {
   NOSTR_TOOL="$(cargo_profile_dir)/nostr-tool"
   if [[ ! -x "$NOSTR_TOOL" ]]; then
     log "building nostr-tool"
-    (cd "$ROOT" && cargo build --locked -q -p divine-atbridge --bin nostr-tool >&2) || die "cannot build nostr-tool"
+    (cd "$ROOT" && cargo build --locked -q -p divine-dev-tools --bin nostr-tool >&2) || die "cannot build nostr-tool"
   fi
 }
 

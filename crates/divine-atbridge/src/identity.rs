@@ -124,12 +124,14 @@ pub trait Checkpoint: Send + Sync {
     fn save(&self, state: &ProvisionState) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+#[cfg(any(test, feature = "testutil"))]
 /// In-memory [`Checkpoint`] recording every saved state (tests, tools).
 #[derive(Default)]
 pub struct MemoryCheckpoint {
     saved: std::sync::Mutex<Vec<ProvisionState>>,
 }
 
+#[cfg(any(test, feature = "testutil"))]
 impl MemoryCheckpoint {
     /// An empty recorder.
     pub fn new() -> MemoryCheckpoint {
@@ -147,6 +149,7 @@ impl MemoryCheckpoint {
     }
 }
 
+#[cfg(any(test, feature = "testutil"))]
 impl Checkpoint for MemoryCheckpoint {
     async fn save(&self, state: &ProvisionState) -> Result<(), StoreError> {
         self.saved.lock().unwrap().push(state.clone());

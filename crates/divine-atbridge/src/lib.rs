@@ -1,8 +1,11 @@
 //! divine-atbridge: the bridge worker. Each module owns one domain concept (indigo style); `main.rs` stays thin.
 //!
-//! Identity: `keys` (key material, did:key, sealing), `plc` (did:plc ops and directory client), `jwt` (service
-//! auth), `xrpc` (the one HTTP path to PDS/PLC), `pds` (typed PDS calls, sessions), `identity` (provisioning flow).
-//! Cross-posting: `nostr` (event checks, NIP-71 parsing), `tid`, `translate`, `media`.
+//! Crates along the dependency arrows: `divine-bridge-core` (error classes, job kinds and states) ← `divine-atproto`
+//! (`tid`, `keys`, `jwt`, `xrpc`, `plc`, `pds`) and `divine-nostr` (`nostr`, `translate`, `media`, `spool`), neither
+//! of which links Diesel ← this crate, which wires them to the database (`divine-bridge-db`). Dev-only binaries live
+//! in `divine-dev-tools`.
+//! Identity: `identity` (provisioning flow over `plc` and `pds`).
+//! Cross-posting: `ingest` (relays → jobs), `jobs` (publish, delete, profile, backfill, disconnect).
 //! Runtime: `worker` (job pool, heartbeat, watchdog), `metrics`, `http` (health/ready/metrics server).
 //! Zero-loss: `reconcile` (leader-elected sweep that finds what the live path missed), `slo` (end-to-end lag).
 
@@ -14,18 +17,13 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod jobs;
-pub mod jwt;
-pub mod keys;
-pub mod media;
 pub mod metrics;
-pub mod nostr;
-pub mod pds;
-pub mod plc;
 pub mod reconcile;
 pub mod retention;
 pub mod slo;
-pub mod spool;
-pub mod tid;
-pub mod translate;
 pub mod worker;
-pub mod xrpc;
+
+// Protocol modules live in their own crates (no Diesel there); re-exported so `divine_atbridge::keys::...` and
+// `crate::keys::...` paths keep working.
+pub use divine_atproto::{jwt, keys, pds, plc, tid, xrpc};
+pub use divine_nostr::{media, nostr, spool, translate};

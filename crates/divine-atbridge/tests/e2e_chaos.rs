@@ -348,11 +348,15 @@ fn unique_key(event: &Event) -> String {
     divine_atbridge::ingest::job_for(event).expect("a bridged kind").1
 }
 
-/// Whether ingest must have read `p`. A superseded addressable revision need not be: relays keep only the newest
-/// event of an addressable coordinate (NIP-01), so a revision replaced while no replica was subscribed (all killed)
-/// is gone from the relay, and its successor is what gets bridged (checked: the old revision has no post).
+/// Whether ingest must have read `p`. Two kinds of event need not be, because a relay may no longer hold them:
+/// - a superseded addressable revision: relays keep only the newest event of an addressable coordinate (NIP-01), so a
+///   revision replaced while no replica was subscribed (all killed) is gone, and its successor is what gets bridged;
+/// - the target of a delete: a relay drops an event when its author's kind 5 arrives (NIP-09). When the live path
+///   lost the target (its enqueue died with the database) and the delete followed within seconds, no later read
+///   (resubscription, reconciliation sweep) can find it. Not bridging it is the right outcome.
+/// Both are still checked: neither may have a post at the end, and every delete's own job must exist and succeed.
 fn must_be_read(p: &Planned) -> bool {
-    !matches!(p.expect, Expect::Superseded(_))
+    !matches!(p.expect, Expect::Superseded(_) | Expect::Deleted(_))
 }
 
 /// Settled: a job for every event ingest must read, none queued or running.
@@ -368,11 +372,10 @@ fn settled(db: &TestDb, events: &[Planned]) -> bool {
     all_enqueued && rows.iter().all(|(_, _, s, _)| s != "queued" && s != "running")
 }
 
-// Known failure, not yet fixed (see the closing note of issue 9): with two worker replicas SIGKILLed at random, at
-// most a few plain video events (1-6 of 200) are never enqueued, even with the reconciliation sweep running every 5 s;
-// every other property holds (one post per bridged event, deletes applied, no job stuck, cursor never ahead).
-// Run it with `cargo test -p divine-atbridge --test e2e_chaos -- --ignored` (CHAOS_SEED replays a schedule).
-#[ignore = "known ingest loss under repeated SIGKILL of both replicas; see the note in this file"]
+// Run alone: `cargo test -p divine-atbridge --test e2e_chaos -- --nocapture` (CHAOS_SEED replays a schedule).
+// The "1-6 of 200 events never enqueued" once reported here were all delete targets the relay had dropped (NIP-09)
+// before any replica read them: seeds 13574631441174007084 and 7498661440283376545 replayed with the unread events
+// printed showed only `Deleted` and `Superseded` expectations. See `must_be_read`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_events_under_db_kills_sigkills_and_pds_faults_settle_exactly_once() {
     let Some(stack) = Refstack::from_env() else { return };
@@ -562,13 +565,21 @@ async fn two_hundred_events_under_db_kills_sigkills_and_pds_faults_settle_exactl
         .filter(|p| must_be_read(p) && !job_keys.contains(unique_key(&p.event).as_str()))
         .map(|p| {
             format!(
-                "{} (kind {}, created_at {})",
+                "{} (kind {}, created_at {}, {:?})",
                 p.event.id,
                 p.event.kind.as_u16(),
-                p.event.created_at.as_secs()
+                p.event.created_at.as_secs(),
+                p.expect
             )
         })
         .collect();
+    // What the relay may have dropped before any replica read it (see `must_be_read`): shown, not a violation.
+    let unread: Vec<&Expect> = events
+        .iter()
+        .filter(|p| !must_be_read(p) && !job_keys.contains(unique_key(&p.event).as_str()))
+        .map(|p| &p.expect)
+        .collect();
+    eprintln!("never read, allowed (superseded or deleted on the relay first): {unread:?}");
     if !lost.is_empty() {
         violations.push(format!(
             "{} events never became a job (lost by ingest): {lost:?}",

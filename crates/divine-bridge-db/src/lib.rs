@@ -9,7 +9,9 @@
 
 pub mod accounts;
 pub mod audit;
-pub mod class;
+// Error classes and the state enums live in `divine-bridge-core` (the protocol crates use them without Diesel);
+// re-exported so `divine_bridge_db::{class, states}` paths keep working.
+pub use divine_bridge_core::{class, states};
 pub mod envcfg;
 pub mod error;
 pub mod migrate;
@@ -17,7 +19,6 @@ pub mod queue;
 pub mod records;
 pub mod schema;
 pub mod shards;
-pub mod states;
 #[cfg(feature = "testutil")]
 pub mod testutil;
 

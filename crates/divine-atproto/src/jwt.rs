@@ -8,7 +8,7 @@ use crate::keys::{verify_signature, AccountKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use k256::ecdsa::VerifyingKey;
 use rand::RngCore;
 use serde::de::DeserializeOwned;

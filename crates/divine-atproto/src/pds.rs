@@ -16,7 +16,7 @@ use crate::xrpc::{xrpc_url, XrpcClient, XrpcError, XrpcRequest};
 use atrium_api::com::atproto::{identity, repo, server, sync};
 use atrium_api::types::Object;
 use chrono::{DateTime, Utc};
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -625,6 +625,7 @@ pub trait SessionStore: Send + Sync {
     fn password(&self, did: &str) -> impl Future<Output = Result<String, StoreError>> + Send;
 }
 
+#[cfg(any(test, feature = "testutil"))]
 /// In-memory [`SessionStore`] for tests and tools.
 #[derive(Default)]
 pub struct MemorySessionStore {
@@ -633,6 +634,7 @@ pub struct MemorySessionStore {
     saves: std::sync::atomic::AtomicUsize,
 }
 
+#[cfg(any(test, feature = "testutil"))]
 impl MemorySessionStore {
     /// An empty store.
     pub fn new() -> MemorySessionStore {
@@ -663,6 +665,7 @@ impl MemorySessionStore {
     }
 }
 
+#[cfg(any(test, feature = "testutil"))]
 impl SessionStore for MemorySessionStore {
     async fn load(&self, did: &str) -> Result<Option<StoredSession>, StoreError> {
         Ok(self.get(did))

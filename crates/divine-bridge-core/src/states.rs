@@ -96,7 +96,7 @@ string_enum!(
 
 impl JobKind {
     /// Account lifecycle kinds (provision, disconnect): they run under the account key and only when
-    /// no other job of the account is running (the account barrier, see [`crate::queue`]). Add every new kind that
+    /// no other job of the account is running (the account barrier, see `divine_bridge_db::queue`). Add every new kind that
     /// creates or ends an account here.
     pub fn is_lifecycle(self) -> bool {
         matches!(self, JobKind::ProvisionAccount | JobKind::DisconnectAccount)

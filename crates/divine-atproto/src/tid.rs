@@ -5,10 +5,11 @@
 //! parsing/validation, deterministic TIDs for a given time ([`tid_for`], [`tid_for_event`]) and a per-process
 //! generator that is strictly monotonic ([`TidGenerator`]). It must not know about records, repos or the database.
 
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
+#[cfg(any(test, feature = "testutil"))]
 use std::sync::Mutex;
 
 /// The base32-sortable alphabet: ASCII order equals numeric order.
@@ -144,6 +145,7 @@ pub fn tid_for_event(created_at_secs: u64, event_id_hex: &str) -> Result<Tid, Ti
     Tid::from_parts(micros, clock)
 }
 
+#[cfg(any(test, feature = "testutil"))]
 /// Generates TIDs from the wall clock, strictly increasing within the process even if the clock stalls or steps
 /// back (the next value is then the previous timestamp + 1µs).
 #[derive(Debug)]
@@ -152,6 +154,7 @@ pub struct TidGenerator {
     last_micros: Mutex<u64>,
 }
 
+#[cfg(any(test, feature = "testutil"))]
 impl TidGenerator {
     /// A generator with a fixed clock id (`clock_id` is masked to 10 bits).
     pub fn new(clock_id: u16) -> TidGenerator {

@@ -7,7 +7,7 @@
 //! refine errors per call), retry by itself, or log bearer tokens or request bodies.
 
 use bytes::Bytes;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde::de::DeserializeOwned;

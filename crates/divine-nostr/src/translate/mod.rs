@@ -16,7 +16,7 @@ pub use record::{build_post, build_profile, post_record_json, profile_record_jso
 pub use text::{FacetFeature, FacetSpan};
 
 use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use std::collections::HashMap;
 
 /// `app.bsky.feed.post#text` maxGraphemes.

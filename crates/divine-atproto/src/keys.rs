@@ -13,7 +13,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use k256::elliptic_curve::zeroize::Zeroizing;

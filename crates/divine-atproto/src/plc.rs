@@ -14,7 +14,7 @@ use crate::xrpc::{XrpcClient, XrpcError, XrpcRequest};
 use base64::Engine;
 use cid::multihash::Multihash;
 use cid::Cid;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -61,12 +61,12 @@ impl SpoolError {
     }
 }
 
-impl divine_bridge_db::Classified for SpoolError {
+impl divine_bridge_core::Classified for SpoolError {
     fn code(&self) -> &'static str {
         "media_spool_io"
     }
-    fn class(&self) -> divine_bridge_db::ErrorClass {
-        divine_bridge_db::ErrorClass::Transient
+    fn class(&self) -> divine_bridge_core::ErrorClass {
+        divine_bridge_core::ErrorClass::Transient
     }
 }
 

@@ -7,7 +7,7 @@
 //! how a post looks (that is `translate`), fetch media (`media`), emit metrics or touch the database.
 
 use crate::translate::TranslateError;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass};
 use nostr::Event;
 
 /// Kind 0: user metadata (profile).
