@@ -14,6 +14,8 @@
 # $LOCALNET_DIR (default <checkout>/.localnet). The PLC keeps its data in memory, so whenever the reference stack has
 # to be (re)started every DID is gone: the script then also resets the database (and restarts the bridge and the
 # gateway) so no account points at a vanished identity. Set LOCALNET_SKIP_BUILD=1 to use the binaries already built.
+# The binaries are built with the Cargo profile CARGO_PROFILE (default debug: quick to build; CARGO_PROFILE=release
+# for optimised binaries); the script says which at the start and ends with the next command to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -60,9 +62,14 @@ media_up() { pid_alive "$DIR/media.pid" media-server.mjs && http_ok "$MEDIA_URL/
 bridge_up() { pid_alive "$DIR/atbridge.pid" divine-atbridge && http_ok "$BRIDGE_HTTP_URL/ready"; }
 gateway_up() { pid_alive "$DIR/gateway.pid" divine-handle-gateway && http_ok "$GATEWAY_URL/ready"; }
 
+# The build profile, said up front (stderr, like every log line: stdout carries only the env).
+PROFILE="${CARGO_PROFILE:-debug}"
+log "build profile: $PROFILE (binaries from $(cargo_profile_dir)); change it with CARGO_PROFILE=release (or debug) $0"
+
 print_env() {
-  log "localnet up (env: $DIR/env; logs: $DIR/*.log, $REFSTACK_RUN/pds.log)"
+  log "localnet up (env: $DIR/env; logs: $DIR/*.log, $REFSTACK_RUN/pds.log; build profile $PROFILE)"
   cat "$DIR/env"
+  log "next: scripts/smoke-opt-in.sh && scripts/smoke-crosspost.sh   (they read $DIR/env; \`source $DIR/env\` for the CLI; stop with scripts/localnet-down.sh)"
 }
 
 if [[ -f "$DIR/env" ]] && refstack_up && http_ok "http://127.0.0.1:$PLC_P/_health" &&
@@ -106,7 +113,7 @@ if [[ "${LOCALNET_SKIP_BUILD:-}" != 1 ]]; then
   # Exactly the four binaries the localnet runs (not every bin of the crates: a broken dev tool such as `bench`
   # must not block the localnet).
   bins=(--bin divine-atbridge --bin dev-relay --bin nostr-tool --bin divine-handle-gateway)
-  log "cargo build --locked -p divine-atbridge -p divine-handle-gateway -p divine-dev-tools ${bins[*]}"
+  log "cargo build --locked $(cargo_profile_flag) -p divine-atbridge -p divine-handle-gateway -p divine-dev-tools ${bins[*]} (CARGO_PROFILE=$PROFILE)"
   cargo build --locked "$(cargo_profile_flag)" -p divine-atbridge -p divine-handle-gateway -p divine-dev-tools "${bins[@]}" >&2 ||
     die "cargo build failed"
 fi

@@ -41,7 +41,14 @@ trap on_exit EXIT
 # A stale run (killed before its trap) may still hold the ports: stop it by its pid files first.
 [[ -d "$LOCALNET_DIR" ]] && scripts/localnet-down.sh --wipe > /dev/null 2>&1 || true
 
-scripts/localnet-up.sh > /dev/null
+# Its log (stderr) must say which build profile it uses and end with the next command to run (issue 14 §2).
+uplog="$ROOT/target/smoke-localnet-up.log"
+scripts/localnet-up.sh > /dev/null 2> "$uplog" || {
+  cat "$uplog" >&2
+  exit 1
+}
+grep -q "build profile: ${CARGO_PROFILE:-debug} " "$uplog" || die "localnet-up.sh did not say its build profile ($uplog)"
+tail -n 1 "$uplog" | grep -q "next: scripts/smoke-opt-in.sh" || die "localnet-up.sh did not end with the next command"
 log "localnet up in $((SECONDS - t0)) s"
 state="$LOCALNET_DIR/smoke-account.json"
 t1=$SECONDS

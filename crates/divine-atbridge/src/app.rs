@@ -3,7 +3,7 @@
 //! it must not contain domain logic (that lives in the modules it wires together).
 
 use crate::cli::{AccountsCommand, Cli, Command, DbCommand, JobsCommand};
-use crate::config::{Config, ConfigError};
+use crate::config::{ConfigError, RunArgs};
 use crate::jobs::handlers::Handlers;
 use crate::keys::KeyRing;
 use crate::xrpc::{XrpcClient, XrpcConfig};
@@ -72,22 +72,30 @@ pub fn init_logging() {
     }
 }
 
-fn database_url() -> Result<String, AppError> {
-    Ok(crate::config::required("DATABASE_URL")?)
+/// `DATABASE_URL` of an operator command: required and of the right shape (`config_missing` / `config_invalid`).
+fn database_url(raw: &Option<String>) -> Result<String, AppError> {
+    use divine_bridge_db::envcfg;
+    let mut p = envcfg::Problems::default();
+    let url = p.required("DATABASE_URL", raw, envcfg::DATABASE_URL_SHAPE).to_string();
+    if !url.is_empty() {
+        if let Err(reason) = envcfg::check_database_url(&url) {
+            p.invalid("DATABASE_URL", reason);
+        }
+    }
+    Ok(p.finish(url).map_err(ConfigError)?)
 }
 
-/// Runs `f` on one direct connection (operator commands: no pool, so no background threads at exit).
+/// Runs `f` on one direct connection to `url` (operator commands: no pool, so no background threads at exit).
 async fn with_conn<
     T: Send + 'static,
     E: divine_bridge_db::Classified + From<divine_bridge_db::DbError> + Send + 'static,
 >(
+    url: &str,
     f: impl FnOnce(&mut diesel::PgConnection) -> Result<T, E> + Send + 'static,
 ) -> Result<T, AppError> {
-    use diesel::Connection;
-    let url = database_url()?;
+    let url = url.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut conn = diesel::PgConnection::establish(&url)
-            .map_err(|e| E::from(divine_bridge_db::DbError::Pool(e.to_string())))?;
+        let mut conn = divine_bridge_db::connect_once(&url).map_err(E::from)?;
         f(&mut conn)
     })
     .await
@@ -101,10 +109,20 @@ async fn with_conn<
 /// Runs one command.
 pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run().await,
+    let Some(command) = cli.command else {
+        return Err(AppError {
+            code: "cli_usage",
+            message: "no command given (main defaults to `run`)".into(),
+        });
+    };
+    if let Command::Run(args) = command {
+        return run(*args, &cli.database_url).await;
+    }
+    let url = database_url(&cli.database_url)?;
+    match command {
+        Command::Run(_) => unreachable!("handled above"),
         Command::Migrate => {
-            let applied = with_conn(run_migrations).await?;
+            let applied = with_conn(&url, run_migrations).await?;
             println!(
                 "applied {} migration(s){}",
                 applied.len(),
@@ -116,7 +134,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
             Ok(())
         }
         Command::Status { json } => {
-            let status = with_conn(crate::cli::load_status).await?;
+            let status = with_conn(&url, crate::cli::load_status).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
             } else {
@@ -124,17 +142,25 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
             }
             Ok(())
         }
-        Command::Jobs(cmd) => jobs_command(cmd).await,
-        Command::Accounts(cmd) => accounts_command(cmd).await,
-        Command::Keys(crate::cli::KeysCommand::Rotate { batch }) => keys_rotate(batch.max(1)).await,
-        Command::Db(cmd) => db_command(cmd).await,
+        Command::Jobs(cmd) => jobs_command(cmd, &url).await,
+        Command::Accounts(cmd) => accounts_command(cmd, &url).await,
+        Command::Keys(crate::cli::KeysCommand::Rotate { batch }) => keys_rotate(batch.max(1), &url).await,
+        Command::Db(cmd) => db_command(cmd, &url).await,
     }
 }
 
 /// `keys rotate`: see `crate::rekey`. One progress line per batch on stdout, a summary at the end.
-async fn keys_rotate(batch: i64) -> Result<(), AppError> {
-    let ring = KeyRing::from_base64_list(&crate::config::required("KEY_ENCRYPTION_KEY")?).map_err(AppError::of)?;
-    let db = Db::connect(&database_url()?, 2)?;
+async fn keys_rotate(batch: i64, url: &str) -> Result<(), AppError> {
+    let mut p = divine_bridge_db::envcfg::Problems::default();
+    let raw = std::env::var("KEY_ENCRYPTION_KEY").ok();
+    let list = p.required(
+        "KEY_ENCRYPTION_KEY",
+        &raw,
+        "`<new>,<old>`: the new key first, then every key rows may still be sealed by",
+    );
+    let list = p.finish(list.to_string()).map_err(ConfigError)?;
+    let ring = KeyRing::from_base64_list(&list).map_err(AppError::of)?;
+    let db = Db::connect(url, 2)?;
     println!(
         "keys rotate: re-sealing under {} (ring {})",
         ring.primary().key_id(),
@@ -153,7 +179,7 @@ async fn keys_rotate(batch: i64) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn db_command(cmd: DbCommand) -> Result<(), AppError> {
+async fn db_command(cmd: DbCommand, url: &str) -> Result<(), AppError> {
     use divine_bridge_db::roles::{self, Applied, Roles};
     match cmd {
         DbCommand::Roles {
@@ -166,7 +192,7 @@ async fn db_command(cmd: DbCommand) -> Result<(), AppError> {
                 print!("{}", roles::full_sql(&names));
                 return Ok(());
             }
-            let applied = with_conn(move |c| roles::apply(c, &names)).await?;
+            let applied = with_conn(url, move |c| roles::apply(c, &names)).await?;
             match applied {
                 Applied::All => {
                     println!("roles {worker_role} and {gateway_role} created or updated; gateway grants applied")
@@ -182,20 +208,40 @@ async fn db_command(cmd: DbCommand) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn run() -> Result<(), AppError> {
-    let config = Config::from_env()?;
-    let worker_config = crate::worker::WorkerConfig::from_env().map_err(AppError::of)?;
+/// `divine-atbridge run`. Startup order, each step failing with its own code and a non-zero exit:
+/// 1. validate every variable at once (`config_missing` / `config_invalid`);
+/// 2. bind `HTTP_ADDR` (`http_bind_failed`) — before anything else, so a port clash is a startup error instead of
+///    a worker that leases jobs with no /metrics, /health or /ready;
+/// 3. connect to Postgres with the shared policy (`Db::connect_within`: `db_connect_rejected` at once,
+///    `db_unavailable` after `DB_CONNECT_WAIT_SECS`), migrate and re-apply the gateway role's grants, while the
+///    listener already answers `/health` 200 and `/ready` 503 `starting` (`crate::http::serve_starting`);
+/// 4. start the supervised tasks.
+async fn run(args: RunArgs, database_url: &Option<String>) -> Result<(), AppError> {
+    let (config, worker_config) = args.validate(database_url)?;
     let kek = Arc::new(KeyRing::from_base64_list(&config.identity.key_encryption_key).map_err(AppError::of)?);
     tracing::info!(kek_ids = ?kek.ids(), "key encryption keys loaded (the first one seals)");
-    let db = Db::connect_with(&config.database_url, &config.db)?;
-    let applied = db.run(run_migrations).await?;
-    tracing::info!(applied = applied.len(), "migrations checked");
-    if let Some(role) = config.gateway_db_role.clone() {
-        db.run(move |c| divine_bridge_db::roles::apply_gateway_grants(c, &role))
-            .await?;
-        tracing::info!("gateway role grants applied");
-    }
+    let listener = bind_http(config.http_addr)?;
     let metrics = crate::metrics::install();
+    let db = {
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel::<()>();
+        let early = tokio::net::TcpListener::from_std(listener.try_clone().map_err(bind_error(config.http_addr))?)
+            .map_err(bind_error(config.http_addr))?;
+        let starting = tokio::spawn(crate::http::serve_starting(early, metrics.clone(), async move {
+            let _ = connected_rx.await;
+        }));
+        let db = Db::connect_within(&config.database_url, &config.db, config.db_connect_wait).await?;
+        let applied = db.run(run_migrations).await?;
+        tracing::info!(applied = applied.len(), "migrations checked");
+        if let Some(role) = config.gateway_db_role.clone() {
+            db.run(move |c| divine_bridge_db::roles::apply_gateway_grants(c, &role))
+                .await?;
+            tracing::info!("gateway role grants applied");
+        }
+        let _ = connected_tx.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), starting).await;
+        db
+    };
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_error(config.http_addr))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     {
@@ -217,13 +263,7 @@ async fn run() -> Result<(), AppError> {
             .map_err(AppError::of)?,
     );
     let health = crate::http::TaskHealth::default();
-    let http = crate::http::serve(
-        config.http_addr,
-        db.clone(),
-        metrics,
-        health.clone(),
-        shutdown_rx.clone(),
-    );
+    let http = crate::http::serve_on(listener, db.clone(), metrics, health.clone(), shutdown_rx.clone());
     let ingest_cfg = crate::ingest::IngestConfig {
         authors_per_subscription: config.crosspost.authors_per_subscription,
         shards: config.crosspost.ingest_shards,
@@ -295,6 +335,22 @@ async fn run() -> Result<(), AppError> {
     supervise(tasks, shutdown_tx, health, TASK_EXIT_LINGER).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds `HTTP_ADDR` (non-blocking, for tokio); failure is `http_bind_failed`.
+fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_error(addr))?;
+    listener.set_nonblocking(true).map_err(bind_error(addr))?;
+    Ok(listener)
+}
+
+fn bind_error(addr: std::net::SocketAddr) -> impl Fn(std::io::Error) -> AppError {
+    move |e| AppError {
+        code: "http_bind_failed",
+        message: format!(
+            "cannot listen on HTTP_ADDR {addr}: {e} (another process on the port, or not an address of this host)"
+        ),
+    }
 }
 
 /// The supervised background tasks of `run`: the `task` label of `bridge_task_exits_total`.
@@ -375,12 +431,12 @@ async fn wait_for_signal() {
     }
 }
 
-async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
+async fn jobs_command(cmd: JobsCommand, url: &str) -> Result<(), AppError> {
     match cmd {
         JobsCommand::List(args) => {
             let json = args.json;
             let wide = args.wide;
-            let rows = with_conn(move |c| crate::cli::list_jobs(c, &args)).await?;
+            let rows = with_conn(url, move |c| crate::cli::list_jobs(c, &args)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
             } else {
@@ -389,13 +445,13 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
         }
         JobsCommand::Retry(args) => {
             if let Some(id) = args.id {
-                with_conn(move |c| retry_one(c, id)).await?;
+                with_conn(url, move |c| retry_one(c, id)).await?;
                 print_change(args.json, "retried", id, "re-queued, runnable now");
             } else if args.failed {
                 let (kind, json) = (args.kind, args.json);
                 // One connection for the whole run; one statement per job so the progress line means something and
                 // a job that left `failed` meanwhile (retried by a worker or another operator) is simply skipped.
-                let (done, total) = with_conn(move |c| {
+                let (done, total) = with_conn(url, move |c| {
                     let ids = queue::failed_ids(c, kind)?;
                     let total = ids.len();
                     let mut done = 0usize;
@@ -426,7 +482,7 @@ async fn jobs_command(cmd: JobsCommand) -> Result<(), AppError> {
             }
         }
         JobsCommand::Cancel { id, json } => {
-            let state = with_conn(move |c| cancel_one(c, id)).await?;
+            let state = with_conn(url, move |c| cancel_one(c, id)).await?;
             let how = if state == divine_bridge_db::JobState::Running {
                 "cancel requested; it ends when its current try does"
             } else {
@@ -478,13 +534,14 @@ fn account_db_error(e: AccountError) -> AppError {
 
 /// Runs an audited account action (actor `cli:<user>`) on the account selected by `who` (pubkey, npub, handle, DID).
 async fn account_action(
+    url: &str,
     who: String,
     action: AuditAction,
     reason: Option<String>,
     op: impl FnOnce(&mut diesel::PgConnection, &str) -> Result<AccountLink, AccountError> + Send + 'static,
 ) -> Result<AccountLink, AppError> {
-    let pk = with_conn(move |c| crate::cli::resolve_account(c, &who)).await?;
-    let result = with_conn(move |c| {
+    let pk = with_conn(url, move |c| crate::cli::resolve_account(c, &who)).await?;
+    let result = with_conn(url, move |c| {
         Ok::<_, divine_bridge_db::DbError>(audited(
             c,
             &pk.clone(),
@@ -506,10 +563,10 @@ fn print_link(link: &AccountLink, json: bool) {
     }
 }
 
-async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
+async fn accounts_command(cmd: AccountsCommand, url: &str) -> Result<(), AppError> {
     match cmd {
         AccountsCommand::Show { who, json } => {
-            let view = with_conn(move |c| crate::cli::load_account(c, &who)).await?;
+            let view = with_conn(url, move |c| crate::cli::load_account(c, &who)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
             } else {
@@ -517,7 +574,7 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
             }
         }
         AccountsCommand::Reprovision { who, json } => {
-            let link = with_conn(move |c| {
+            let link = with_conn(url, move |c| {
                 let pk = crate::cli::resolve_account(c, &who)?;
                 accounts::get(c, &pk)?.ok_or(crate::cli::CliError::AccountNotFound(who))
             })
@@ -529,7 +586,7 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
                 }));
             }
             let pk = link.nostr_pubkey;
-            let id: Option<i64> = with_conn(move |c| {
+            let id: Option<i64> = with_conn(url, move |c| {
                 Ok::<_, divine_bridge_db::DbError>(audited(
                     c,
                     &pk.clone(),
@@ -558,14 +615,14 @@ async fn accounts_command(cmd: AccountsCommand) -> Result<(), AppError> {
                     message: "--reason must not be blank".into(),
                 });
             }
-            let link = account_action(who, AuditAction::Suspend, Some(reason.clone()), move |c, pk| {
+            let link = account_action(url, who, AuditAction::Suspend, Some(reason.clone()), move |c, pk| {
                 Ok(accounts::suspend(c, pk, &reason)?.link)
             })
             .await?;
             print_link(&link, json);
         }
         AccountsCommand::Unsuspend { who, json } => {
-            let link = account_action(who, AuditAction::Unsuspend, None, accounts::unsuspend).await?;
+            let link = account_action(url, who, AuditAction::Unsuspend, None, accounts::unsuspend).await?;
             print_link(&link, json);
         }
     }

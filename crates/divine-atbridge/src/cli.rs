@@ -16,9 +16,16 @@ use divine_bridge_db::{Classified, DbError, ErrorClass, JobKind, JobState};
 use serde::Serialize;
 
 /// Divine → ATProto bridge worker and operator tools.
+///
+/// Every setting is an environment variable (or the matching --flag): `divine-atbridge run --help` lists them all
+/// with their defaults. --help and --version never touch the database.
 #[derive(Debug, Parser)]
-#[command(name = "divine-atbridge", version, about)]
+#[command(name = "divine-atbridge", version, about, long_about)]
 pub struct Cli {
+    /// Postgres URL, postgres://USER:PASSWORD@HOST:5432/DATABASE (required by every command; must not set
+    /// keepalives* / tcp_user_timeout, which the DB_* variables of `run` configure).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_parser = divine_bridge_db::envcfg::Raw)]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -26,7 +33,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the bridge: relay ingest, job workers, watchdog, /metrics /health /ready (the default).
-    Run,
+    #[command(after_help = divine_bridge_db::envcfg::logging_help())]
+    Run(Box<crate::config::RunArgs>),
     /// Apply pending database migrations (under the advisory lock) and exit.
     Migrate,
     /// The first minute of an incident: jobs queued/running/failed by kind with the oldest runnable job's wait,
@@ -630,8 +638,22 @@ mod tests {
         assert!(Cli::try_parse_from(["divine-atbridge", "jobs", "list", "--state", "bogus"]).is_err());
         assert!(
             Cli::try_parse_from(["divine-atbridge"]).unwrap().command.is_none(),
-            "run is the default"
+            "run is the default (main re-parses with `run`)"
         );
+        let cli = Cli::try_parse_from([
+            "divine-atbridge",
+            "--database-url",
+            "postgres://h/d",
+            "run",
+            "--workers",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.database_url.as_deref(), Some("postgres://h/d"));
+        match cli.command {
+            Some(Command::Run(a)) => assert_eq!(a.worker.workers, "3"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

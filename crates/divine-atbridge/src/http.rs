@@ -1,7 +1,8 @@
 //! The operational HTTP server of `divine-atbridge` on `HTTP_ADDR`: `/metrics` (Prometheus text), `/health`
 //! (200 `{"status":"ok"}` while the process runs), `/ready` (200 `{"ready":true}` only when the database is reachable
 //! and every migration is applied, else 503 `{"ready":false,"reason":…}` — the gateway answers in the same shape —
-//! with `reason`: `task_exited` (a supervised background task ended unexpectedly, see
+//! with `reason`: `starting` (still connecting to Postgres or migrating, [`serve_starting`]),
+//! `task_exited` (a supervised background task ended unexpectedly, see
 //! [`TaskHealth`] and `app::supervise`), `migrations_pending` or `database_unavailable`). Owns nothing else: no admin
 //! actions here, and it never changes the database.
 
@@ -87,19 +88,36 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds `addr` (`HTTP_ADDR`, default `0.0.0.0:9090`) and serves until `shutdown` becomes true.
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    db: Db,
+/// What the listener answers while `run` is still connecting to Postgres and migrating (`Db::connect_within` may
+/// wait up to `DB_CONNECT_WAIT_SECS`): `/health` 200 (the process is alive: a liveness probe must not restart it
+/// for waiting on its database), `/ready` 503 `{"ready":false,"reason":"starting"}`, `/metrics` as usual. Serves
+/// until `connected` resolves, then drains so [`serve_on`] takes over the same socket.
+pub async fn serve_starting(
+    listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
-    tasks: TaskHealth,
-    shutdown: watch::Receiver<bool>,
+    connected: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, db, metrics, tasks, shutdown).await
+    tracing::info!(addr = %listener.local_addr()?, "health server listening; connecting to the database");
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }),
+        )
+        .route("/health", get(|| async { (StatusCode::OK, "ok") }))
+        .route(
+            "/ready",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"ready": false, "reason": "starting"})),
+                )
+            }),
+        );
+    axum::serve(listener, router).with_graceful_shutdown(connected).await
 }
 
-/// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` becomes true.
+/// Serves on an already bound listener (`HTTP_ADDR`, bound first by `app::run`; tests bind `127.0.0.1:0`) until
+/// `shutdown` becomes true.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     db: Db,

@@ -5,9 +5,14 @@ use divine_atbridge::app;
 use divine_atbridge::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    // Operator commands report a failure once, as `error[code]: …` on stderr; `run` reports it in its log.
-    let operator_command = !matches!(cli.command, None | Some(Command::Run));
+    // `--help` / `--version` print and exit here, before logging, configuration or any connection.
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        // `run` is the default subcommand: parse again with it, so its options and environment variables apply.
+        cli = Cli::parse_from(std::env::args_os().chain([std::ffi::OsString::from("run")]));
+    }
+    // Operator commands report a failure once, as `error[code]: …` on stderr; `run` reports it in its log too.
+    let operator_command = !matches!(cli.command, None | Some(Command::Run(_)));
     app::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

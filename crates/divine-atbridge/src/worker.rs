@@ -20,7 +20,8 @@
 
 pub use divine_bridge_db::queue::LeasedJob;
 
-use crate::config::{bool_or, parse_or, ConfigError};
+use crate::config::ConfigError;
+use divine_bridge_db::envcfg::Problems;
 use divine_bridge_db::queue::{self, Finish, Finished, Lease, ReclaimPolicy};
 use divine_bridge_db::{Classified, Db, ErrorClass, JobKind, JobState};
 use futures::future::BoxFuture;
@@ -117,7 +118,7 @@ impl Registry {
     }
 }
 
-/// Pool settings (`WorkerConfig::from_env`).
+/// Pool settings (`crate::config::WorkerArgs`: env names and defaults in `divine-atbridge run --help`).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// `WORKERS` (8): jobs run at once by this process.
@@ -170,72 +171,56 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Reads `WORKERS`, `LEASE_SECS`, `WATCHDOG_ENABLED`, `WATCHDOG_INTERVAL_SECS`, `SHUTDOWN_GRACE_SECS`,
-    /// `RETRY_BASE_SECS`, `RETRY_CAP_SECS`, `RETRY_MAX_AGE_SECS`, `TRY_TIMEOUT_SECS`, `RECLAIM_LIMIT`, `PANIC_LIMIT`,
-    /// `POLL_INTERVAL_MS`.
+    /// From the process environment alone (`WORKERS`, `LEASE_SECS`, … — `crate::config::WorkerArgs`); the dev
+    /// binaries and tests use it, `divine-atbridge run` validates these with everything else.
     pub fn from_env() -> Result<WorkerConfig, ConfigError> {
-        let d = WorkerConfig::default();
-        let c = WorkerConfig {
-            workers: parse_or("WORKERS", d.workers)?,
-            lease: Duration::from_secs(parse_or("LEASE_SECS", d.lease.as_secs())?),
-            watchdog_enabled: bool_or("WATCHDOG_ENABLED", true)?,
-            watchdog_interval: Duration::from_secs(parse_or("WATCHDOG_INTERVAL_SECS", d.watchdog_interval.as_secs())?),
-            shutdown_grace: Duration::from_secs(parse_or("SHUTDOWN_GRACE_SECS", d.shutdown_grace.as_secs())?),
-            retry_base: Duration::from_secs(parse_or("RETRY_BASE_SECS", d.retry_base.as_secs())?),
-            retry_cap: Duration::from_secs(parse_or("RETRY_CAP_SECS", d.retry_cap.as_secs())?),
-            retry_max_age: Duration::from_secs(parse_or("RETRY_MAX_AGE_SECS", d.retry_max_age.as_secs())?),
-            try_timeout: Duration::from_secs(parse_or("TRY_TIMEOUT_SECS", d.try_timeout.as_secs())?),
-            reclaim_limit: parse_or("RECLAIM_LIMIT", d.reclaim_limit)?,
-            panic_limit: parse_or("PANIC_LIMIT", d.panic_limit)?,
-            poll_interval: Duration::from_millis(parse_or("POLL_INTERVAL_MS", 100u64)?),
-            stats_interval: d.stats_interval,
-        };
-        c.validate()?;
-        Ok(c)
+        let mut p = Problems::default();
+        let c = crate::config::args_from_env::<crate::config::WorkerArgs>()?.validate(&mut p);
+        Ok(p.finish(c)?)
     }
 
-    /// Checks the invariants `from_env` enforces (also useful for configs built in code).
+    /// Checks the invariants (also for configs built in code), every violated one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |name: &'static str, reason: &str| {
-            Err(ConfigError::Invalid {
-                name,
-                reason: reason.into(),
-            })
-        };
+        let mut p = Problems::default();
+        self.check(&mut p);
+        Ok(p.finish(())?)
+    }
+
+    /// Records every violated invariant in `p` (a variable that already has a problem keeps its first one).
+    pub fn check(&self, p: &mut Problems) {
         if self.workers == 0 {
-            return invalid("WORKERS", "must be at least 1");
+            p.invalid("WORKERS", "must be at least 1");
         }
         if self.lease < Duration::from_secs(2) {
-            return invalid(
+            p.invalid(
                 "LEASE_SECS",
                 "must be at least 2 (the heartbeat renews every third of it)",
             );
         }
-        if self.watchdog_enabled && self.watchdog_interval.is_zero() {
-            return invalid(
+        if self.watchdog_enabled && self.watchdog_interval.is_zero() && !p.has("WATCHDOG_ENABLED") {
+            p.invalid(
                 "WATCHDOG_INTERVAL_SECS",
                 "must be at least 1 when WATCHDOG_ENABLED=true",
             );
         }
-        if self.retry_cap < self.retry_base {
-            return invalid("RETRY_CAP_SECS", "must not be below RETRY_BASE_SECS");
+        if self.retry_cap < self.retry_base && !p.has("RETRY_BASE_SECS") {
+            p.invalid("RETRY_CAP_SECS", "must not be below RETRY_BASE_SECS");
         }
         if self.retry_max_age.is_zero() {
-            return invalid("RETRY_MAX_AGE_SECS", "must be at least 1");
+            p.invalid("RETRY_MAX_AGE_SECS", "must be at least 1");
         }
         if self.try_timeout.is_zero() {
-            return invalid("TRY_TIMEOUT_SECS", "must be at least 1");
+            p.invalid("TRY_TIMEOUT_SECS", "must be at least 1");
         }
         if self.reclaim_limit < 1 {
-            return invalid("RECLAIM_LIMIT", "must be at least 1");
+            p.invalid("RECLAIM_LIMIT", "must be at least 1");
         }
         if self.panic_limit < 1 {
-            return invalid("PANIC_LIMIT", "must be at least 1");
+            p.invalid("PANIC_LIMIT", "must be at least 1");
         }
         if self.poll_interval.is_zero() {
-            return invalid("POLL_INTERVAL_MS", "must be at least 1");
+            p.invalid("POLL_INTERVAL_MS", "must be at least 1");
         }
-        Ok(())
     }
 
     /// The watchdog's reclaim policy: the retry backoff on the reclaim count, parked at `RECLAIM_LIMIT`.

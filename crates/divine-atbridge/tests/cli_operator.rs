@@ -405,19 +405,24 @@ fn run_refuses_to_start_without_a_decodable_recovery_key() {
         };
         cmd.output().expect("run divine-atbridge")
     };
-    for (keys, code) in [
-        (None, "recovery_keys_missing"),
-        (Some(""), "recovery_keys_missing"),
-        (Some("did:key:zbad"), "recovery_key_invalid"),
+    for (keys, code, why) in [
+        (None, "config_missing", "ALLOW_NO_RECOVERY_KEYS=true"),
+        (Some(""), "config_missing", "ALLOW_NO_RECOVERY_KEYS=true"),
+        (Some("did:key:zbad"), "config_invalid", "does not decode"),
         (
             Some("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
-            "recovery_key_invalid",
+            "config_invalid",
+            "does not decode",
         ),
     ] {
         let out = run(keys);
         assert!(!out.status.success(), "{keys:?} started");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("error[{code}]")), "{keys:?}: {stderr}");
+        assert!(
+            stderr.contains("PLC_RECOVERY_KEYS") && stderr.contains(why),
+            "{keys:?}: {stderr}"
+        );
     }
     let migrated: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
         "to_regclass('__diesel_schema_migrations') IS NOT NULL",

@@ -53,6 +53,7 @@ code_enum!(
         HandleTaken => "handle_taken",
         // divine-bridge-db error.rs
         DbConflict => "db_conflict",
+        DbConnectRejected => "db_connect_rejected",
         DbConnectionLost => "db_connection_lost",
         DbCorruptValue => "db_corrupt_value",
         DbLockTimeout => "db_lock_timeout",
@@ -134,11 +135,10 @@ code_enum!(
         CliUsage => "cli_usage",
         ConfigInvalid => "config_invalid",
         DbUnavailable => "db_unavailable",
+        HttpBindFailed => "http_bind_failed",
         TaskExited => "task_exited",
         // divine-atbridge config.rs
         ConfigMissing => "config_missing",
-        RecoveryKeyInvalid => "recovery_key_invalid",
-        RecoveryKeysMissing => "recovery_keys_missing",
         // divine-atbridge identity.rs
         AccountExistsUnverified => "account_exists_unverified",
         AccountNotActive => "account_not_active",
@@ -187,6 +187,9 @@ code_enum!(
         TryTimeout => "try_timeout",
         // divine-handle-gateway config.rs
         GatewayConfigInvalid => "gateway_config_invalid",
+        // divine-handle-gateway lib.rs
+        GatewayBindFailed => "gateway_bind_failed",
+        GatewayServeFailed => "gateway_serve_failed",
         // divine-handle-gateway problem.rs
         HandleNotFound => "handle_not_found",
         HandleReserved => "handle_reserved",
@@ -241,6 +244,7 @@ code_enum!(
         Rejected => "rejected",
         Replay => "replay",
         Stale => "stale",
+        Starting => "starting",
         TaskExited => "task_exited",
         WrongKind => "wrong_kind",
         WrongMethod => "wrong_method",

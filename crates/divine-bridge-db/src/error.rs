@@ -152,6 +152,10 @@ pub enum DbError {
     Query(#[from] DieselError),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    /// Postgres (or libpq) refused `DATABASE_URL` in a way waiting cannot fix: malformed, unknown database or role,
+    /// authentication failed. The message is scrubbed of the password ([`crate::Db::connect_within`]).
+    #[error("DATABASE_URL was rejected: {0}; expected {shape} (fix DATABASE_URL; retrying cannot help)", shape = crate::envcfg::DATABASE_URL_SHAPE)]
+    ConnectRejected(String),
 }
 
 impl DbError {
@@ -199,6 +203,7 @@ impl Classified for DbError {
             DbError::UniqueViolation { .. } => "db_conflict",
             DbError::Query(_) => condition.code(),
             DbError::Corrupt(_) => "db_corrupt_value",
+            DbError::ConnectRejected(_) => "db_connect_rejected",
         }
     }
 
@@ -207,7 +212,10 @@ impl Classified for DbError {
             DbError::Pool(_) | DbError::Join(_) => ErrorClass::Transient,
             DbError::Query(DieselError::BrokenTransactionManager) => ErrorClass::Transient,
             DbError::Query(e) => PgCondition::of(e).class(),
-            DbError::Migration(_) | DbError::UniqueViolation { .. } | DbError::Corrupt(_) => ErrorClass::Permanent,
+            DbError::Migration(_)
+            | DbError::UniqueViolation { .. }
+            | DbError::Corrupt(_)
+            | DbError::ConnectRejected(_) => ErrorClass::Permanent,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod audit;
 // Error classes and the state enums live in `divine-bridge-core` (the protocol crates use them without Diesel);
 // re-exported so `divine_bridge_db::{class, states}` paths keep working.
 pub use divine_bridge_core::{class, states};
+pub mod envcfg;
 pub mod error;
 pub mod migrate;
 pub mod queue;
@@ -40,7 +41,7 @@ pub type Conn = PooledConnection<PgManager>;
 
 /// Connection-level settings: transport (TCP keepalives, `tcp_user_timeout`, passed to libpq as connection
 /// parameters) and session (`statement_timeout`, `lock_timeout`, `idle_in_transaction_session_timeout`, `SET` on
-/// every new connection). Read from the environment by [`DbSettings::from_lookup`] in both binaries.
+/// every new connection). Read from the environment by [`envcfg::DbArgs`] in both binaries.
 ///
 /// Why each exists (issue 9, "Postgres restart and failover"):
 /// - keepalives + `tcp_user_timeout`: a failover that does not reset TCP leaves a half-open socket; without them a
@@ -148,42 +149,6 @@ impl DbSettings {
             tcp_user_timeout: Duration::from_secs(60),
             idle_check_after: Duration::from_secs(5),
         }
-    }
-
-    /// Reads the `DB_*` variables through `get` (unset or blank = default), with `default_pool_size` for an unset
-    /// `DB_POOL_SIZE`. Every value must be a non-negative integer (`DB_POOL_SIZE` and `DB_KEEPALIVES_*` positive).
-    pub fn from_lookup(
-        get: impl Fn(&str) -> Option<String>,
-        default_pool_size: u32,
-    ) -> Result<DbSettings, DbSettingsError> {
-        let d = DbSettings::with_pool_size(default_pool_size);
-        let num = |var: &'static str, default: u64, min: u64| -> Result<u64, DbSettingsError> {
-            match get(var).filter(|v| !v.trim().is_empty()) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n >= min && *n <= u32::MAX as u64)
-                    .ok_or_else(|| DbSettingsError {
-                        var,
-                        reason: format!("must be an integer >= {min}, got {v:?}"),
-                    }),
-            }
-        };
-        let ms = |var, default: Duration, min| num(var, default.as_millis() as u64, min).map(Duration::from_millis);
-        let secs = |var, default: Duration| num(var, default.as_secs(), 1).map(Duration::from_secs);
-        Ok(DbSettings {
-            max_size: num("DB_POOL_SIZE", d.max_size as u64, 1)? as u32,
-            statement_timeout: ms("DB_STATEMENT_TIMEOUT_MS", d.statement_timeout, 0)?,
-            lock_timeout: ms("DB_LOCK_TIMEOUT_MS", d.lock_timeout, 0)?,
-            idle_in_transaction_timeout: ms("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", d.idle_in_transaction_timeout, 0)?,
-            keepalives_idle: secs("DB_KEEPALIVES_IDLE_SECS", d.keepalives_idle)?,
-            keepalives_interval: secs("DB_KEEPALIVES_INTERVAL_SECS", d.keepalives_interval)?,
-            keepalives_count: num("DB_KEEPALIVES_COUNT", d.keepalives_count as u64, 1)? as u32,
-            tcp_user_timeout: ms("DB_TCP_USER_TIMEOUT_MS", d.tcp_user_timeout, 0)?,
-            idle_check_after: ms("DB_IDLE_CHECK_MS", d.idle_check_after, 0)?,
-        })
     }
 
     /// `url` with the transport parameters appended (URI form `postgres://…[?…]` or key/value form `host=… …`).
@@ -322,6 +287,54 @@ impl ManageConnection for PgManager {
     }
 }
 
+/// libpq / server messages of a first connection that waiting cannot fix, matched as substrings. Diesel reports a
+/// failed connection as text only (`ConnectionError::BadConnection`, no SQLSTATE), so the decision is made on the
+/// English messages of libpq (`fe-connect.c`) and the server (`postmaster/auth.c`, `utils/init/postinit.c`); a message
+/// not listed here is treated as transient, which errs on the side of retrying for `DB_CONNECT_WAIT_SECS` and then
+/// failing with `db_unavailable` — never of retrying forever.
+pub const PERMANENT_CONNECT_ERRORS: &[&str] = &[
+    // 3D000 invalid_catalog_name
+    "does not exist",
+    // 28P01 / 28000: password, peer, ident, SCRAM
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    // libpq cannot parse the connection string
+    "invalid connection option",
+    "missing \"=\" after",
+    "invalid URI",
+    "invalid integer value",
+    "invalid port number",
+    "invalid sslmode value",
+    "unterminated quoted string",
+    "invalid percent-encoded token",
+    "forbidden value %00",
+    "unexpected spaces found",
+];
+
+/// Whether a failed first connection is a configuration error ([`PERMANENT_CONNECT_ERRORS`]).
+pub fn connect_error_is_permanent(message: &str) -> bool {
+    PERMANENT_CONNECT_ERRORS.iter().any(|m| message.contains(m))
+}
+
+/// Opens one direct connection to `url` (operator commands, and the first try of [`Db::connect_within`]). A failure
+/// is [`DbError::ConnectRejected`] when it is a configuration error ([`connect_error_is_permanent`]), else
+/// [`DbError::Pool`] (`db_unavailable`, transient); the message never contains the URL's password (libpq echoes
+/// parts of a connection string it cannot parse).
+pub fn connect_once(url: &str) -> Result<PgConnection, DbError> {
+    PgConnection::establish(url).map_err(|e| {
+        let mut message = e.to_string().trim().to_string();
+        if let Some(p) = envcfg::database_password(url) {
+            message = message.replace(p.as_str(), "***");
+        }
+        if connect_error_is_permanent(&message) {
+            DbError::ConnectRejected(message)
+        } else {
+            DbError::Pool(message)
+        }
+    })
+}
+
 /// Handle to the database: a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -352,6 +365,55 @@ impl Db {
             .build(manager)
             .map_err(|e| DbError::Pool(e.to_string()))?;
         Ok(Db { pool })
+    }
+
+    /// The startup connection policy both binaries share (issue 14): tries one direct connection to `url` (with the
+    /// transport parameters of `settings`), then builds the pool.
+    /// - A permanent refusal — libpq cannot parse the URL, the database or role does not exist, authentication
+    ///   failed ([`connect_error_is_permanent`]) — returns [`DbError::ConnectRejected`] at once: waiting cannot fix
+    ///   a configuration error, and a crash loop that names `DATABASE_URL` is what the operator needs to see.
+    /// - Anything else (refused, DNS, timeout, "the database system is starting up", too many clients) is taken as
+    ///   transient: logged (`db_unavailable`, with the URL's password replaced by `***`) and retried every 2 s until
+    ///   `wait` has passed, then returned as [`DbError::Pool`] (`db_unavailable`).
+    ///
+    /// Callers serve `/health` while this runs (the process is alive, just not ready).
+    pub async fn connect_within(url: &str, settings: &DbSettings, wait: Duration) -> Result<Db, DbError> {
+        let started = Instant::now();
+        let full = settings
+            .connection_url(url)
+            .map_err(|e| DbError::ConnectRejected(e.reason))?;
+        let shown = envcfg::redact_database_url(url);
+        loop {
+            let try_url = full.clone();
+            let attempt = tokio::task::spawn_blocking(move || connect_once(&try_url).map(drop))
+                .await
+                .map_err(|e| DbError::Join(e.to_string()))?;
+            let message = match attempt {
+                Ok(()) => {
+                    let (url, settings) = (url.to_string(), settings.clone());
+                    return tokio::task::spawn_blocking(move || Db::connect_with(&url, &settings))
+                        .await
+                        .map_err(|e| DbError::Join(e.to_string()))?;
+                }
+                Err(DbError::Pool(message)) => message,
+                Err(permanent) => return Err(permanent),
+            };
+            let waited = started.elapsed();
+            if waited >= wait {
+                return Err(DbError::Pool(format!(
+                    "no connection to {shown} within DB_CONNECT_WAIT_SECS ({} s): {message}",
+                    wait.as_secs()
+                )));
+            }
+            tracing::warn!(
+                code = "db_unavailable",
+                database = %shown,
+                error = %message,
+                waited_secs = waited.as_secs(),
+                "database not reachable yet; retrying in 2s"
+            );
+            tokio::time::sleep(Duration::from_secs(2).min(wait - waited)).await;
+        }
     }
 
     /// A connection for synchronous callers (CLI, tests). Async code uses [`Db::run`].

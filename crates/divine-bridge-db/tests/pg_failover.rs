@@ -334,34 +334,3 @@ fn keepalive_parameters_are_added_to_the_connection_url() {
     let mut c = PgConnection::establish(&s.connection_url(&tdb.url).unwrap()).expect("libpq accepts the parameters");
     diesel::sql_query("SELECT 1").execute(&mut c).unwrap();
 }
-
-#[test]
-fn settings_are_read_and_validated_from_the_environment() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-    };
-    let d = DbSettings::from_lookup(env(&[]), 16).unwrap();
-    assert_eq!(d, DbSettings::with_pool_size(16));
-    let s = DbSettings::from_lookup(
-        env(&[
-            ("DB_STATEMENT_TIMEOUT_MS", "0"),
-            ("DB_LOCK_TIMEOUT_MS", " 250 "),
-            ("DB_POOL_SIZE", "3"),
-        ]),
-        16,
-    )
-    .unwrap();
-    assert_eq!(
-        (s.statement_timeout, s.lock_timeout, s.max_size),
-        (Duration::ZERO, Duration::from_millis(250), 3)
-    );
-    for (var, bad) in [
-        ("DB_LOCK_TIMEOUT_MS", "10s"),
-        ("DB_KEEPALIVES_COUNT", "0"),
-        ("DB_POOL_SIZE", "0"),
-        ("DB_KEEPALIVES_IDLE_SECS", "-1"),
-    ] {
-        let err = DbSettings::from_lookup(|k: &str| (k == var).then(|| bad.to_string()), 16).unwrap_err();
-        assert_eq!(err.var, var);
-    }
-}

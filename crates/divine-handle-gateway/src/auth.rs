@@ -89,7 +89,7 @@ impl ServiceToken {
 }
 
 /// Every service token accepted at once (`GATEWAY_SERVICE_TOKEN`, comma-separated).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ServiceTokens(Vec<ServiceToken>);
 
 impl ServiceTokens {

@@ -1,15 +1,64 @@
-//! Gateway configuration from the environment: `BIND_ADDR` (default `0.0.0.0:3000`), `DATABASE_URL`,
-//! `HANDLE_DOMAIN`, `GATEWAY_SERVICE_TOKEN`, `PUBLIC_URL`, and optional `DB_POOL_SIZE` (default 8), the other `DB_*`
-//! connection settings ([`divine_bridge_db::DbSettings::from_lookup`], shared with the worker) and
-//! `RESERVED_HANDLE_NAMES` (comma-separated names refused under the handle domain; unset = the built-in list
-//! [`DEFAULT_RESERVED_NAMES`], empty = none) and `PDS_PUBLIC_URL` (the PDS's public base URL, shown by `/export`;
-//! unset = export omits the repo download URL).
+//! Gateway configuration: every environment variable is a clap option of [`GatewayArgs`], so
+//! `divine-handle-gateway --help` is the configuration reference (env name, default and meaning of each), validated
+//! once at startup into [`Config`], every problem reported at once (`gateway_config_invalid`, exit status 2).
 //!
 //! Owns parsing and validation of those values only; it opens no connection and must never log the service token.
+//!
+//! How to add a variable (the same three steps as in `divine-atbridge`'s config.rs):
+//! 1. Add a field to [`GatewayArgs`]: `/// help line` + `#[arg(long, env = "MY_VAR", value_parser = Raw,
+//!    default_value_t = DEFAULT.to_string())] pub my_var: String` (`Option<String>` without default for a required
+//!    variable, `value_parser = KeepEmpty` when empty must mean "none" rather than "default",
+//!    `hide_env_values = true` for a secret).
+//! 2. Turn it into the typed [`Config`] field in [`GatewayArgs::validate`] with the `Problems` helpers (never `?`).
+//! 3. Add a row to README.md's gateway configuration table (checked by `readme_table_matches_the_clap_definitions`)
+//!    and set it in deploy/k8s/base/gateway.env (checked by scripts/test.d/30-k8s.sh).
 
 use crate::handle::{check_handle_syntax, normalize_domain, DEFAULT_RESERVED_NAMES};
+use divine_bridge_db::envcfg::{self, DbArgs, KeepEmpty, Problems, Raw};
 use divine_bridge_db::{Classified, DbSettings, ErrorClass};
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// HTTP gateway of the Divine bridge: opt-in, enable/disable, status and handle resolution.
+///
+/// Every option is also an environment variable (shown as `env:`), the way deployments set them. --help and
+/// --version never touch the database.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "divine-handle-gateway", version, about, long_about, after_help = envcfg::logging_help())]
+pub struct GatewayArgs {
+    /// Address to listen on. Bound before connecting to Postgres: /health answers while the database is awaited.
+    #[arg(long, env = "BIND_ADDR", value_parser = Raw, default_value = "0.0.0.0:3000")]
+    pub bind_addr: String,
+    /// Postgres URL, postgres://USER:PASSWORD@HOST:5432/DATABASE (required; must not set keepalives* /
+    /// tcp_user_timeout, which the DB_* variables configure).
+    #[arg(long, env = "DATABASE_URL", value_parser = Raw, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Postgres connections in this process's pool.
+    #[arg(long, env = "DB_POOL_SIZE", value_parser = Raw, default_value = "8")]
+    pub db_pool_size: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Handles are `<name>.<HANDLE_DOMAIN>` (required), e.g. divine.video.
+    #[arg(long, env = "HANDLE_DOMAIN", value_parser = Raw, help_heading = "Gateway")]
+    pub handle_domain: Option<String>,
+    /// Bearer token(s) of the trusted Divine login service (required; each at least 32 characters, e.g.
+    /// `openssl rand -hex 32`); comma-separated `<new>,<old>` while rotating. Never logged, only fingerprints.
+    #[arg(long, env = "GATEWAY_SERVICE_TOKEN", value_parser = Raw, hide_env_values = true, help_heading = "Gateway")]
+    pub gateway_service_token: Option<String>,
+    /// External base URL of the API host with scheme (required), e.g. https://bridge.divine.video: NIP-98 `u` tags
+    /// must match it.
+    #[arg(long, env = "PUBLIC_URL", value_parser = Raw, help_heading = "Gateway")]
+    pub public_url: Option<String>,
+    /// Comma-separated first labels refused under HANDLE_DOMAIN (409 handle_reserved); empty = none.
+    #[arg(long, env = "RESERVED_HANDLE_NAMES", value_parser = KeepEmpty, help_heading = "Gateway",
+          default_value_t = DEFAULT_RESERVED_NAMES.join(","))]
+    pub reserved_handle_names: String,
+    /// Public base URL of the bridge's PDS, for the repo download link of /export (unset = no link).
+    #[arg(long, env = "PDS_PUBLIC_URL", value_parser = Raw, help_heading = "Gateway")]
+    pub pds_public_url: Option<String>,
+    #[command(flatten)]
+    pub abuse: AbuseArgs,
+}
 
 /// Validated settings.
 #[derive(Clone)]
@@ -25,6 +74,8 @@ pub struct Config {
     pub public_url: String,
     /// Pool size, session timeouts and TCP keepalives (`DB_*`).
     pub db: DbSettings,
+    /// `DB_CONNECT_WAIT_SECS`: how long startup retries an unreachable Postgres (`Db::connect_within`).
+    pub db_connect_wait: Duration,
     /// Lower-case first labels refused with `handle_reserved`.
     pub reserved_names: Vec<String>,
     /// Public base URL of the bridge's PDS (no trailing slash), for the repo download link of `/export`.
@@ -32,7 +83,6 @@ pub struct Config {
     /// Abuse controls (issue 12 §1): opt-in policy, rate limits, budgets, well-known protection.
     pub abuse: AbuseConfig,
 }
-
 /// Who may opt a user in (`OPT_IN_POLICY`). The service token may always opt users in; the policy decides what a
 /// NIP-98 opt-in needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,100 +147,108 @@ impl Default for AbuseConfig {
     }
 }
 
-impl AbuseConfig {
-    /// Reads the abuse variables through `get`; unset = [`AbuseConfig::default`].
-    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<AbuseConfig, ConfigError> {
-        let d = AbuseConfig::default();
-        let set = |var: &'static str| get(var).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        fn num<T: std::str::FromStr>(var: &'static str, v: Option<String>, default: T) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match v {
-                None => Ok(default),
-                Some(v) => v.parse().map_err(|e| err(var, format!("{v:?}: {e}"))),
-            }
-        }
-        let pow_difficulty = num(
-            "OPT_IN_POW_DIFFICULTY",
-            set("OPT_IN_POW_DIFFICULTY"),
-            DEFAULT_POW_DIFFICULTY,
-        )?;
-        let opt_in_policy = match set("OPT_IN_POLICY").as_deref() {
-            None | Some("service") => OptInPolicy::Service,
-            Some("allowlist") => OptInPolicy::Allowlist,
-            Some("open") => OptInPolicy::Open { pow_difficulty },
-            Some(other) => {
-                return Err(err(
+/// The abuse controls' variables ([`AbuseConfig`]; defaults from its `Default`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Abuse controls")]
+pub struct AbuseArgs {
+    /// Who may opt users in: `service` (only the login service's token), `allowlist` (NIP-98 only for pubkeys the
+    /// service pre-registered) or `open` (NIP-98 with NIP-13 proof of work of OPT_IN_POW_DIFFICULTY bits).
+    #[arg(long, env = "OPT_IN_POLICY", value_parser = Raw, default_value = "service")]
+    pub opt_in_policy: String,
+    /// Leading zero bits a NIP-98 opt-in event id needs under OPT_IN_POLICY=open.
+    #[arg(long, env = "OPT_IN_POW_DIFFICULTY", value_parser = Raw, default_value_t = DEFAULT_POW_DIFFICULTY.to_string())]
+    pub opt_in_pow_difficulty: String,
+    /// Header carrying the client IP, set by the trusted proxy in front of the gateway (its last value is used);
+    /// unset = the socket peer address.
+    #[arg(long, env = "TRUSTED_PROXY_HEADER", value_parser = Raw)]
+    pub trusted_proxy_header: Option<String>,
+    /// `/api/*` requests per client IP per minute (0 = off); the login service's token is exempt.
+    #[arg(long, env = "RATE_LIMIT_PER_IP_PER_MINUTE", value_parser = Raw,
+          default_value_t = AbuseConfig::default().per_ip_per_minute.to_string())]
+    pub rate_limit_per_ip_per_minute: String,
+    /// `/api/*` requests per second for this replica (0 = off).
+    #[arg(long, env = "RATE_LIMIT_GLOBAL_PER_SECOND", value_parser = Raw,
+          default_value_t = AbuseConfig::default().global_per_second.to_string())]
+    pub rate_limit_global_per_second: String,
+    /// New account links per rolling hour, all replicas together (0 = none).
+    #[arg(long, env = "PROVISIONING_BUDGET_PER_HOUR", value_parser = Raw,
+          default_value_t = AbuseConfig::default().provisioning_budget_per_hour.to_string())]
+    pub provisioning_budget_per_hour: String,
+    /// Enable + disable calls per account per rolling hour.
+    #[arg(long, env = "TOGGLE_LIMIT_PER_HOUR", value_parser = Raw,
+          default_value_t = AbuseConfig::default().toggle_limit_per_hour.to_string())]
+    pub toggle_limit_per_hour: String,
+    /// Seconds a handle lookup (found or not) is answered from memory (0 = no cache).
+    #[arg(long, env = "WELL_KNOWN_CACHE_SECS", value_parser = Raw,
+          default_value_t = AbuseConfig::default().well_known_cache_ttl.as_secs().to_string())]
+    pub well_known_cache_secs: String,
+    /// Most cached handle lookups (oldest evicted first).
+    #[arg(long, env = "WELL_KNOWN_CACHE_ENTRIES", value_parser = Raw,
+          default_value_t = AbuseConfig::default().well_known_cache_entries.to_string())]
+    pub well_known_cache_entries: String,
+    /// A well-known request taking longer (ms) is answered 503 `timeout`; at least 1.
+    #[arg(long, env = "WELL_KNOWN_TIMEOUT_MS", value_parser = Raw,
+          default_value_t = AbuseConfig::default().well_known_timeout.as_millis().to_string())]
+    pub well_known_timeout_ms: String,
+    /// Well-known lookups in flight per replica; more are shed (503 `overloaded`); at least 1.
+    #[arg(long, env = "WELL_KNOWN_MAX_CONCURRENCY", value_parser = Raw,
+          default_value_t = AbuseConfig::default().well_known_max_concurrency.to_string())]
+    pub well_known_max_concurrency: String,
+    /// Most NIP-98 event ids remembered in memory (Postgres still refuses an evicted id).
+    #[arg(long, env = "NIP98_REPLAY_MEMORY_ENTRIES", value_parser = Raw,
+          default_value_t = AbuseConfig::default().replay_memory_entries.to_string())]
+    pub nip98_replay_memory_entries: String,
+}
+
+impl AbuseArgs {
+    /// The abuse controls, every problem recorded in `p`.
+    pub fn validate(&self, p: &mut Problems) -> AbuseConfig {
+        let pow_difficulty: u8 = p.parse("OPT_IN_POW_DIFFICULTY", &self.opt_in_pow_difficulty);
+        let opt_in_policy = match self.opt_in_policy.as_str() {
+            "service" => OptInPolicy::Service,
+            "allowlist" => OptInPolicy::Allowlist,
+            "open" => OptInPolicy::Open { pow_difficulty },
+            other => {
+                p.invalid(
                     "OPT_IN_POLICY",
                     format!("{other:?}: expected service, allowlist or open"),
-                ))
+                );
+                OptInPolicy::Service
             }
         };
-        let trusted_proxy_header = match set("TRUSTED_PROXY_HEADER") {
+        let trusted_proxy_header = match self.trusted_proxy_header.as_deref().filter(|h| !h.is_empty()) {
             None => None,
-            Some(h) => Some(
-                http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    .map_err(|e| err("TRUSTED_PROXY_HEADER", format!("{h:?}: {e}")))?,
-            ),
+            Some(h) => match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    p.invalid("TRUSTED_PROXY_HEADER", format!("{h:?}: {e}"));
+                    None
+                }
+            },
         };
-        let well_known_max_concurrency = num(
-            "WELL_KNOWN_MAX_CONCURRENCY",
-            set("WELL_KNOWN_MAX_CONCURRENCY"),
-            d.well_known_max_concurrency,
-        )?;
-        if well_known_max_concurrency == 0 {
-            return Err(err("WELL_KNOWN_MAX_CONCURRENCY", "must be at least 1"));
-        }
-        let timeout_ms: u64 = num(
-            "WELL_KNOWN_TIMEOUT_MS",
-            set("WELL_KNOWN_TIMEOUT_MS"),
-            d.well_known_timeout.as_millis() as u64,
-        )?;
-        if timeout_ms == 0 {
-            return Err(err("WELL_KNOWN_TIMEOUT_MS", "must be at least 1"));
-        }
-        Ok(AbuseConfig {
+        AbuseConfig {
             opt_in_policy,
             trusted_proxy_header,
-            per_ip_per_minute: num(
-                "RATE_LIMIT_PER_IP_PER_MINUTE",
-                set("RATE_LIMIT_PER_IP_PER_MINUTE"),
-                d.per_ip_per_minute,
-            )?,
-            global_per_second: num(
-                "RATE_LIMIT_GLOBAL_PER_SECOND",
-                set("RATE_LIMIT_GLOBAL_PER_SECOND"),
-                d.global_per_second,
-            )?,
-            provisioning_budget_per_hour: num(
-                "PROVISIONING_BUDGET_PER_HOUR",
-                set("PROVISIONING_BUDGET_PER_HOUR"),
-                d.provisioning_budget_per_hour,
-            )?,
-            toggle_limit_per_hour: num(
-                "TOGGLE_LIMIT_PER_HOUR",
-                set("TOGGLE_LIMIT_PER_HOUR"),
-                d.toggle_limit_per_hour,
-            )?,
-            well_known_cache_ttl: std::time::Duration::from_secs(num(
-                "WELL_KNOWN_CACHE_SECS",
-                set("WELL_KNOWN_CACHE_SECS"),
-                d.well_known_cache_ttl.as_secs(),
-            )?),
-            well_known_cache_entries: num(
-                "WELL_KNOWN_CACHE_ENTRIES",
-                set("WELL_KNOWN_CACHE_ENTRIES"),
-                d.well_known_cache_entries,
-            )?,
-            well_known_timeout: std::time::Duration::from_millis(timeout_ms),
-            well_known_max_concurrency,
-            replay_memory_entries: num(
-                "NIP98_REPLAY_MEMORY_ENTRIES",
-                set("NIP98_REPLAY_MEMORY_ENTRIES"),
-                d.replay_memory_entries,
-            )?,
-        })
+            per_ip_per_minute: p.parse("RATE_LIMIT_PER_IP_PER_MINUTE", &self.rate_limit_per_ip_per_minute),
+            global_per_second: p.parse("RATE_LIMIT_GLOBAL_PER_SECOND", &self.rate_limit_global_per_second),
+            provisioning_budget_per_hour: p.parse("PROVISIONING_BUDGET_PER_HOUR", &self.provisioning_budget_per_hour),
+            toggle_limit_per_hour: p.parse("TOGGLE_LIMIT_PER_HOUR", &self.toggle_limit_per_hour),
+            well_known_cache_ttl: p.secs("WELL_KNOWN_CACHE_SECS", &self.well_known_cache_secs, 0, ""),
+            well_known_cache_entries: p.parse("WELL_KNOWN_CACHE_ENTRIES", &self.well_known_cache_entries),
+            well_known_timeout: Duration::from_millis(p.at_least(
+                "WELL_KNOWN_TIMEOUT_MS",
+                &self.well_known_timeout_ms,
+                1u64,
+                "",
+            )),
+            well_known_max_concurrency: p.at_least(
+                "WELL_KNOWN_MAX_CONCURRENCY",
+                &self.well_known_max_concurrency,
+                1usize,
+                "",
+            ),
+            replay_memory_entries: p.parse("NIP98_REPLAY_MEMORY_ENTRIES", &self.nip98_replay_memory_entries),
+        }
     }
 }
 
@@ -203,18 +261,22 @@ impl std::fmt::Debug for Config {
             .field("db", &self.db)
             .field("reserved_names", &self.reserved_names)
             .field("pds_public_url", &self.pds_public_url)
-            .field("abuse", &self.abuse)
             .field("service_tokens", &self.service_tokens)
+            .field("abuse", &self.abuse)
             .finish_non_exhaustive()
     }
 }
 
-/// A missing or invalid setting; the process exits at startup.
+/// Every configuration problem found at startup; the process exits with status 2.
 #[derive(Debug, thiserror::Error)]
-#[error("configuration {var}: {reason}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub reason: String,
+#[error("{0}\nsee `divine-handle-gateway --help` for every variable, its default and meaning")]
+pub struct ConfigError(pub Problems);
+
+impl ConfigError {
+    /// The variables with a problem, in the order found.
+    pub fn vars(&self) -> Vec<&'static str> {
+        self.0.list().iter().map(|p| p.var).collect()
+    }
 }
 
 impl Classified for ConfigError {
@@ -227,77 +289,76 @@ impl Classified for ConfigError {
     }
 }
 
-fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        reason: reason.into(),
-    }
-}
-
-/// Normalises `PUBLIC_URL`: an absolute http(s) URL without query or fragment; the trailing slash is dropped.
+/// Normalises `PUBLIC_URL`: an absolute http(s) URL without query or fragment; the trailing slash is dropped. A
+/// bare host gets a hint with the scheme added.
 pub fn normalize_public_url(raw: &str) -> Result<String, String> {
-    let url = url::Url::parse(raw.trim()).map_err(|e| e.to_string())?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("must be http:// or https://".into());
-    }
-    if url.host_str().is_none() {
-        return Err("has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
+    envcfg::check_http_url(raw)
 }
 
-impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    /// Reads settings through `get` (tests pass a map).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let required = |var: &'static str| -> Result<String, ConfigError> {
-            get(var)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| err(var, "is required"))
-        };
-        let bind_addr = get("BIND_ADDR")
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| "0.0.0.0:3000".to_string())
-            .trim()
-            .parse()
-            .map_err(|e| err("BIND_ADDR", format!("not host:port: {e}")))?;
-        let database_url = required("DATABASE_URL")?;
-        let handle_domain = normalize_domain(&required("HANDLE_DOMAIN")?).map_err(|e| err("HANDLE_DOMAIN", e))?;
-        let service_tokens = crate::auth::ServiceTokens::parse(&required("GATEWAY_SERVICE_TOKEN")?)
-            .map_err(|e| err("GATEWAY_SERVICE_TOKEN", e))?;
-        let public_url = normalize_public_url(&required("PUBLIC_URL")?).map_err(|e| err("PUBLIC_URL", e))?;
-        let db = DbSettings::from_lookup(&get, 8).map_err(|e| err(e.var, e.reason))?;
-        db.connection_url(&database_url).map_err(|e| err(e.var, e.reason))?;
-        let reserved_names = match get("RESERVED_HANDLE_NAMES") {
-            None => DEFAULT_RESERVED_NAMES.iter().map(|s| s.to_string()).collect(),
-            Some(list) => {
-                let mut names = Vec::new();
-                for name in list
-                    .split(',')
-                    .map(|n| n.trim().to_ascii_lowercase())
-                    .filter(|n| !n.is_empty())
-                {
-                    check_handle_syntax(&format!("{name}.{handle_domain}"))
-                        .map_err(|e| err("RESERVED_HANDLE_NAMES", format!("{name:?}: {e}")))?;
-                    names.push(name);
-                }
-                names
+impl GatewayArgs {
+    /// Validates every variable, reporting every problem at once.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        let mut p = Problems::default();
+        let bind_addr = match self.bind_addr.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                p.invalid("BIND_ADDR", format!("{:?} is not host:port ({e})", self.bind_addr));
+                SocketAddr::from(([0, 0, 0, 0], 0))
             }
         };
-        let pds_public_url = match get("PDS_PUBLIC_URL").filter(|v| !v.trim().is_empty()) {
-            None => None,
-            Some(v) => Some(normalize_public_url(&v).map_err(|e| err("PDS_PUBLIC_URL", e))?),
+        let (database_url, db, db_connect_wait) = self.db.validate(&mut p, &self.database_url, &self.db_pool_size);
+        let domain = p.required("HANDLE_DOMAIN", &self.handle_domain, "e.g. divine.video");
+        let handle_domain = if domain.is_empty() {
+            String::new()
+        } else {
+            normalize_domain(domain).unwrap_or_else(|e| {
+                p.invalid("HANDLE_DOMAIN", e);
+                String::new()
+            })
         };
-        let abuse = AbuseConfig::from_lookup(&get)?;
-        Ok(Config {
-            abuse,
+        let tokens = p.required(
+            "GATEWAY_SERVICE_TOKEN",
+            &self.gateway_service_token,
+            "at least 32 random characters, e.g. `openssl rand -hex 32`",
+        );
+        let service_tokens = if tokens.is_empty() {
+            crate::auth::ServiceTokens::default()
+        } else {
+            crate::auth::ServiceTokens::parse(tokens).unwrap_or_else(|e| {
+                p.invalid(
+                    "GATEWAY_SERVICE_TOKEN",
+                    format!(
+                        "{e}; use at least {} random characters per token (e.g. `openssl rand -hex 32`) and give \
+                         the same value to the Divine login service",
+                        crate::auth::MIN_SERVICE_TOKEN_LEN
+                    ),
+                );
+                crate::auth::ServiceTokens::default()
+            })
+        };
+        let public = p.required("PUBLIC_URL", &self.public_url, "e.g. https://bridge.divine.video");
+        let public_url = if public.is_empty() {
+            String::new()
+        } else {
+            p.http_url("PUBLIC_URL", public)
+        };
+        let mut reserved_names = Vec::new();
+        for name in envcfg::list(&self.reserved_handle_names) {
+            let name = name.to_ascii_lowercase();
+            // A name is checked as a handle under the domain, so only once the domain itself is valid.
+            if !handle_domain.is_empty() {
+                if let Err(e) = check_handle_syntax(&format!("{name}.{handle_domain}")) {
+                    p.invalid("RESERVED_HANDLE_NAMES", format!("{name:?}: {e}"));
+                }
+            }
+            reserved_names.push(name);
+        }
+        let pds_public_url = self
+            .pds_public_url
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .map(|v| p.http_url("PDS_PUBLIC_URL", v));
+        let config = Config {
             pds_public_url,
             bind_addr,
             database_url,
@@ -305,27 +366,40 @@ impl Config {
             service_tokens,
             public_url,
             db,
+            db_connect_wait,
             reserved_names,
-        })
+            abuse: self.abuse.validate(&mut p),
+        };
+        p.finish(config).map_err(ConfigError)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_lookup(|k| map.get(k).cloned())
+        envcfg::parse_pairs::<GatewayArgs>(pairs).unwrap().validate()
     }
+
+    const TOKEN: &str = "secret-token-0123456789abcdef0123456789";
 
     const BASE: &[(&str, &str)] = &[
         ("DATABASE_URL", "postgres://x/y"),
         ("HANDLE_DOMAIN", "Divine.Test"),
-        ("GATEWAY_SERVICE_TOKEN", "secret-token-of-at-least-32-characters"),
+        ("GATEWAY_SERVICE_TOKEN", TOKEN),
         ("PUBLIC_URL", "https://gw.divine.test/"),
     ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut pairs: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+            .collect();
+        pairs.extend_from_slice(extra);
+        load(&pairs)
+    }
 
     #[test]
     fn defaults_and_normalisation() {
@@ -334,11 +408,12 @@ mod tests {
         assert_eq!(c.handle_domain, "divine.test");
         assert_eq!(c.public_url, "https://gw.divine.test");
         assert_eq!(c.db, DbSettings::with_pool_size(8));
+        assert_eq!(c.db_connect_wait, envcfg::DEFAULT_CONNECT_WAIT);
         assert!(
             c.reserved_names.iter().any(|n| n == "pds"),
             "built-in reserved names by default"
         );
-        assert!(!format!("{c:?}").contains("secret-token"), "token never printed");
+        assert!(!format!("{c:?}").contains(TOKEN), "token never printed");
     }
 
     #[test]
@@ -367,9 +442,12 @@ mod tests {
         assert!(shown.contains(ids[0]), "fingerprints are shown: {shown}");
         // Too short (the old default test token had 12 characters), or listed twice: refused at startup.
         let e = with("secret-token").unwrap_err();
-        assert_eq!(e.var, "GATEWAY_SERVICE_TOKEN");
-        assert!(!e.reason.contains("secret-token"), "{}", e.reason);
-        assert_eq!(with(&format!("{old},{old}")).unwrap_err().var, "GATEWAY_SERVICE_TOKEN");
+        assert_eq!(e.vars(), ["GATEWAY_SERVICE_TOKEN"]);
+        assert!(!e.to_string().contains("secret-token"), "{e}");
+        assert_eq!(
+            with(&format!("{old},{old}")).unwrap_err().vars(),
+            ["GATEWAY_SERVICE_TOKEN"]
+        );
     }
 
     #[test]
@@ -382,48 +460,6 @@ mod tests {
     }
 
     #[test]
-    fn reserved_names_are_configurable() {
-        let with = |v: &str| {
-            let mut pairs = BASE.to_vec();
-            pairs.push(("RESERVED_HANDLE_NAMES", v));
-            load(&pairs)
-        };
-        assert_eq!(with(" Ops , status ,").unwrap().reserved_names, vec!["ops", "status"]);
-        assert!(with("").unwrap().reserved_names.is_empty(), "empty reserves nothing");
-        assert_eq!(with("bad_name").unwrap_err().var, "RESERVED_HANDLE_NAMES");
-    }
-
-    #[test]
-    fn missing_and_invalid_values_name_the_variable() {
-        for var in ["DATABASE_URL", "HANDLE_DOMAIN", "GATEWAY_SERVICE_TOKEN", "PUBLIC_URL"] {
-            let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != var).collect();
-            let e = load(&pairs).unwrap_err();
-            assert_eq!(e.var, var);
-            assert_eq!(e.code(), "gateway_config_invalid");
-        }
-        let mut bad = BASE.to_vec();
-        bad.retain(|(k, _)| *k != "PUBLIC_URL");
-        bad.push(("PUBLIC_URL", "ftp://x"));
-        assert_eq!(load(&bad).unwrap_err().var, "PUBLIC_URL");
-        let mut bad = BASE.to_vec();
-        bad.push(("BIND_ADDR", "nope"));
-        assert_eq!(load(&bad).unwrap_err().var, "BIND_ADDR");
-        let mut bad = BASE.to_vec();
-        bad.push(("DB_POOL_SIZE", "0"));
-        assert_eq!(load(&bad).unwrap_err().var, "DB_POOL_SIZE");
-        let mut bad = BASE.to_vec();
-        bad.push(("DB_LOCK_TIMEOUT_MS", "10s"));
-        assert_eq!(load(&bad).unwrap_err().var, "DB_LOCK_TIMEOUT_MS");
-        let mut bad = BASE.to_vec();
-        bad.retain(|(k, _)| *k != "DATABASE_URL");
-        bad.push(("DATABASE_URL", "postgres://x/y?keepalives_idle=5"));
-        assert_eq!(load(&bad).unwrap_err().var, "DATABASE_URL");
-        let mut bad = BASE.to_vec();
-        bad.push(("PDS_PUBLIC_URL", "ftp://x"));
-        assert_eq!(load(&bad).unwrap_err().var, "PDS_PUBLIC_URL");
-    }
-
-    #[test]
     fn abuse_controls_default_to_the_service_policy_and_parse() {
         let c = load(BASE).unwrap();
         assert_eq!(c.abuse, AbuseConfig::default());
@@ -432,11 +468,6 @@ mod tests {
             c.abuse.trusted_proxy_header.is_none(),
             "client IP from the socket unless a header is configured"
         );
-        let with = |pairs: &[(&'static str, &'static str)]| {
-            let mut all = BASE.to_vec();
-            all.extend_from_slice(pairs);
-            load(&all)
-        };
         assert_eq!(
             with(&[("OPT_IN_POLICY", "open"), ("OPT_IN_POW_DIFFICULTY", "12")])
                 .unwrap()
@@ -464,18 +495,108 @@ mod tests {
             ("WELL_KNOWN_MAX_CONCURRENCY", "0"),
             ("WELL_KNOWN_TIMEOUT_MS", "0"),
         ] {
-            assert_eq!(with(&[(var, v)]).unwrap_err().var, var, "{var}={v}");
+            assert_eq!(with(&[(var, v)]).unwrap_err().vars(), [var], "{var}={v}");
         }
+    }
+
+    #[test]
+    fn reserved_names_are_configurable() {
+        let names = |v: &'static str| with(&[("RESERVED_HANDLE_NAMES", v)]);
+        assert_eq!(names(" Ops , status ,").unwrap().reserved_names, vec!["ops", "status"]);
+        assert!(names("").unwrap().reserved_names.is_empty(), "empty reserves nothing");
+        assert_eq!(names("bad_name").unwrap_err().vars(), ["RESERVED_HANDLE_NAMES"]);
+    }
+
+    #[test]
+    fn missing_and_invalid_values_name_the_variable() {
+        for var in ["DATABASE_URL", "HANDLE_DOMAIN", "GATEWAY_SERVICE_TOKEN", "PUBLIC_URL"] {
+            let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != var).collect();
+            let e = load(&pairs).unwrap_err();
+            assert_eq!(e.vars(), [var]);
+            assert_eq!(e.code(), "gateway_config_invalid");
+        }
+        for (var, bad) in [
+            ("PUBLIC_URL", "ftp://x"),
+            ("BIND_ADDR", "nope"),
+            ("DB_POOL_SIZE", "0"),
+            ("DB_LOCK_TIMEOUT_MS", "10s"),
+            ("DATABASE_URL", "postgres://x/y?keepalives_idle=5"),
+            ("PDS_PUBLIC_URL", "ftp://x"),
+        ] {
+            assert_eq!(with(&[(var, bad)]).unwrap_err().vars(), [var], "{var}={bad}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_hints() {
+        // Before: `configuration PUBLIC_URL: relative URL without a base`, one variable per restart.
+        let e = load(&[
+            ("PUBLIC_URL", "gw.divine.test"),
+            ("GATEWAY_SERVICE_TOKEN", "short-token"),
+            ("DB_POOL_SIZE", "none"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.vars(),
+            [
+                "DATABASE_URL",
+                "DB_POOL_SIZE",
+                "HANDLE_DOMAIN",
+                "GATEWAY_SERVICE_TOKEN",
+                "PUBLIC_URL"
+            ]
+        );
+        let text = e.to_string();
+        assert!(text.contains("e.g. https://gw.divine.test"), "{text}");
+        assert!(
+            text.contains("token 1 is shorter than 32 characters; use at least 32"),
+            "{text}"
+        );
+        assert!(!text.contains("short-token"), "the token is never echoed: {text}");
+        assert!(text.contains("--help"), "{text}");
     }
 
     #[test]
     fn pds_public_url_is_optional_and_normalised() {
         assert_eq!(load(BASE).unwrap().pds_public_url, None);
-        let mut pairs = BASE.to_vec();
-        pairs.push(("PDS_PUBLIC_URL", "https://pds.divine.test/"));
         assert_eq!(
-            load(&pairs).unwrap().pds_public_url.as_deref(),
+            with(&[("PDS_PUBLIC_URL", "https://pds.divine.test/")])
+                .unwrap()
+                .pds_public_url
+                .as_deref(),
             Some("https://pds.divine.test")
         );
+    }
+
+    /// README.md's gateway configuration table against the clap definitions, both ways, defaults included.
+    #[test]
+    fn readme_table_matches_the_clap_definitions() {
+        use clap::CommandFactory;
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        let rows = envcfg::readme_table(&readme, "`divine-handle-gateway`");
+        assert!(!rows.is_empty(), "README has a gateway configuration table");
+        let mut vars = envcfg::env_vars(&GatewayArgs::command());
+        vars.extend(
+            envcfg::LOGGING_VARS
+                .iter()
+                .map(|(n, d, _)| (n.to_string(), Some(d.to_string()))),
+        );
+        for (name, default) in &vars {
+            let Some((_, cell)) = rows.iter().find(|(n, _)| n == name) else {
+                panic!("README gateway configuration table has no row for {name}");
+            };
+            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
+                assert!(
+                    cell.contains(d),
+                    "README default of {name} is {cell:?}, clap says {d:?}"
+                );
+            }
+        }
+        for (name, _) in &rows {
+            assert!(
+                vars.iter().any(|(n, _)| n == name),
+                "README row {name} is not read by divine-handle-gateway"
+            );
+        }
     }
 }

@@ -160,45 +160,105 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Connects (retrying for up to a minute while Postgres comes up), binds `BIND_ADDR` and serves until SIGTERM/SIGINT.
+/// Why the gateway could not start (after configuration, which is [`config::ConfigError`]): a stable code decided
+/// where the failure is born, printed as `error[code]: message` by the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `BIND_ADDR` cannot be bound (in use, not an address of this host).
+    #[error("cannot listen on BIND_ADDR {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// Connecting (`db_connect_rejected`, `db_unavailable`) or migrating (`db_migration_failed`).
+    #[error(transparent)]
+    Db(#[from] divine_bridge_db::DbError),
+    /// The server stopped with an I/O error.
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl divine_bridge_db::Classified for StartError {
+    fn code(&self) -> &'static str {
+        match self {
+            StartError::Bind { .. } => "gateway_bind_failed",
+            StartError::Db(e) => e.code(),
+            StartError::Serve(_) => "gateway_serve_failed",
+        }
+    }
+
+    fn class(&self) -> divine_bridge_db::ErrorClass {
+        match self {
+            StartError::Db(e) => e.class(),
+            _ => divine_bridge_db::ErrorClass::Permanent,
+        }
+    }
+}
+
+/// What the listener answers while the gateway is still connecting to Postgres and migrating: `/health` 200 (alive;
+/// a liveness probe must not kill a pod for waiting on its database), `/ready` and every API route 503
+/// (`not_ready` / `unavailable` with `Retry-After`), `/metrics` as usual.
+pub fn starting_router() -> Router {
+    let starting = "starting: connecting to the database";
+    Router::new()
+        .route("/health", get(routes::health))
+        .route(
+            "/ready",
+            get(move || async move {
+                problem::ApiError::NotReady {
+                    reason: "starting",
+                    detail: starting.into(),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    metrics::render(&metrics::prometheus()),
+                )
+            }),
+        )
+        .fallback(move || async move { problem::ApiError::Unavailable(starting.into()) })
+}
+
+/// Startup, in this order: bind `BIND_ADDR` (`gateway_bind_failed` at once), then connect with the policy both
+/// binaries share ([`Db::connect_within`]: a configuration error of `DATABASE_URL` fails at once with
+/// `db_connect_rejected`, an unreachable server is retried for `DB_CONNECT_WAIT_SECS` and then `db_unavailable`),
+/// serving [`starting_router`] meanwhile; then serve until SIGTERM/SIGINT.
 ///
 /// Decision: the gateway never migrates. It runs as the least-privilege gateway role (`divine_bridge_db::roles`),
 /// which cannot create or alter anything; the worker (the schema's owner) or `divine-atbridge migrate` migrates, and
-/// until every migration is applied `/ready` answers 503 `migrations pending`, so no replica takes traffic on an
+/// until every migration is applied `/ready` answers 503 `migrations_pending`, so no replica takes traffic on an
 /// old schema.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let addr = config.bind_addr;
+    let bind = |source| StartError::Bind { addr, source };
+    let socket = std::net::TcpListener::bind(addr).map_err(bind)?;
+    socket.set_nonblocking(true).map_err(bind)?;
+    let early = tokio::net::TcpListener::from_std(socket.try_clone().map_err(bind)?).map_err(bind)?;
+    tracing::info!(addr = %early.local_addr().map_err(bind)?, "gateway listening; connecting to the database");
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(async move {
+        axum::serve(early, starting_router())
+            .with_graceful_shutdown(async move {
+                let _ = connected_rx.await;
+            })
+            .await
+    });
     tracing::info!(service_tokens = ?config.service_tokens.ids(), "service tokens accepted (fingerprints)");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let db = loop {
-        let url = config.database_url.clone();
-        let settings = config.db.clone();
-        let attempt = tokio::task::spawn_blocking(move || {
-            let db = Db::connect_with(&url, &settings)?;
-            let migrated = db.conn().and_then(|mut c| migrate::migrations_applied(&mut c))?;
-            Ok::<_, divine_bridge_db::DbError>((db, migrated))
-        })
-        .await?;
-        match attempt {
-            Ok((db, migrated)) => {
-                if !migrated {
-                    tracing::warn!(
-                        "migrations pending: unready until the worker (or `divine-atbridge migrate`) applies them"
-                    );
-                }
-                break db;
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "database not ready; retrying in 2s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("database: {e}")),
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(config.bind_addr)
+    let db = Db::connect_within(&config.database_url, &config.db, config.db_connect_wait).await?;
+    if !db.run(migrate::migrations_applied).await? {
+        tracing::warn!("migrations pending: unready until the worker (or `divine-atbridge migrate`) applies them");
+    }
+    let _ = connected_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), starting).await;
+    let listener = tokio::net::TcpListener::from_std(socket).map_err(bind)?;
+    tracing::info!(addr = %addr, domain = %config.handle_domain, "gateway ready");
+    serve(listener, AppState::new(db, config), shutdown_signal())
         .await
-        .map_err(|e| anyhow::anyhow!("bind {}: {e}", config.bind_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, domain = %config.handle_domain, "gateway listening");
-    serve(listener, AppState::new(db, config), shutdown_signal()).await?;
+        .map_err(StartError::Serve)?;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -426,7 +426,7 @@ impl GatewayProcess {
             bin.display()
         );
         let addr = free_addr();
-        let token = format!("tok-{:032x}", rand::random::<u128>());
+        let token = format!("tok-{:032x}", rand::random::<u128>()); // at least 32 characters (MIN_SERVICE_TOKEN_CHARS)
         let log_path = std::env::temp_dir().join(format!(
             "gateway-e2e-{}-{}.log",
             std::process::id(),

@@ -46,6 +46,7 @@ pub fn config(db_url: &str) -> Config {
         service_tokens: divine_handle_gateway::auth::ServiceTokens::parse(TOKEN).unwrap(),
         public_url: PUBLIC_URL.to_string(),
         db: divine_bridge_db::DbSettings::with_pool_size(4),
+        db_connect_wait: std::time::Duration::from_secs(5),
         reserved_names: vec!["pds".into(), "relay".into()],
         pds_public_url: Some(PDS_PUBLIC_URL.to_string()),
         abuse: test_abuse(),
