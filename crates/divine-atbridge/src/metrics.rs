@@ -27,6 +27,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "bridge_nostr_fields_dropped_total",
     "bridge_profile_images_skipped_total",
     "bridge_publish_lag_seconds",
+    "bridge_publish_phase_seconds",
     "bridge_pds_requests_total",
     "bridge_task_exits_total",
     "bridge_jobs_pruned_total",
@@ -39,6 +40,21 @@ pub const METRIC_NAMES: &[&str] = &[
 
 /// Values of the `outcome` label of `bridge_jobs_finished_total`.
 pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
+
+/// Values of the `phase` label of `bridge_publish_phase_seconds`, in the order a `publish_post` try runs them (see
+/// `jobs::publish::phase`): event check, database gates, translation, media budget wait, media fetch, reservation,
+/// uploads, putRecord, marking published.
+pub const PUBLISH_PHASES: &[&str] = &[
+    "verify",
+    "gate",
+    "translate",
+    "budget_wait",
+    "fetch",
+    "reserve",
+    "upload",
+    "put",
+    "mark",
+];
 
 /// Values of the `reason` label of `bridge_job_tries_cut_off_total` (see `worker`, semantics 2).
 pub const CUT_OFF_REASONS: &[&str] = &["try_timeout", "lease_deadline", "lease_lost"];
@@ -148,6 +164,12 @@ fn describe() {
         "From a live event's created_at to its record being written."
     );
     describe_histogram!(
+        "bridge_publish_phase_seconds",
+        Unit::Seconds,
+        "Time a publish_post try spent in each phase (verify, gate, translate, budget_wait, fetch, reserve, upload, \
+         put, mark), by phase: where a job's time goes."
+    );
+    describe_histogram!(
         "bridge_e2e_lag_seconds",
         Unit::Seconds,
         "From the event's created_at (or enqueue) to the job's terminal outcome, by kind and outcome \
@@ -207,6 +229,9 @@ fn zero_closed_series() {
     }
     metrics::counter!("bridge_jobs_pruned_total").increment(0);
     let _ = metrics::histogram!("bridge_publish_lag_seconds");
+    for phase in PUBLISH_PHASES {
+        let _ = metrics::histogram!("bridge_publish_phase_seconds", "phase" => *phase);
+    }
     for reason in crate::reconcile::reason_labels() {
         metrics::counter!("bridge_reconcile_found_total", "reason" => reason).increment(0);
     }

@@ -118,6 +118,7 @@ impl TranslatedPosts {
     }
 
     async fn prepare_video(&self, ev: &VideoEvent) -> Result<PreparedPost, JobError> {
+        let t = std::time::Instant::now();
         for field in &ev.dropped_fields {
             // Counted per translation try (a retried job counts again); the value is gone from the post either way.
             metrics::counter!("bridge_nostr_fields_dropped_total", "field" => *field).increment(1);
@@ -140,7 +141,9 @@ impl TranslatedPosts {
             .size
             .unwrap_or(translate::MAX_VIDEO_BYTES)
             .min(translate::MAX_VIDEO_BYTES);
+        let t = super::publish::phase("translate", t);
         let permit = self.spool.budget().acquire(weight).await;
+        let t = super::publish::phase("budget_wait", t);
         let video = self
             .fetcher
             .fetch_any_to_spool(&urls, plan.video.sha256.as_deref(), MediaKind::Video, &self.spool)
@@ -170,6 +173,7 @@ impl TranslatedPosts {
             }
         }
         let record = translate::post_record_json(&translate::build_post(&plan, video_ref, captions));
+        super::publish::phase("fetch", t);
         Ok(PreparedPost { record, media })
     }
 }
