@@ -661,7 +661,13 @@ mod e2e {
         println!("bridge_vs_raw_upload_put_ratio={:.2}", bridged_pps / full_pps);
         // Where a burst job's time goes: the mean of each publish phase and of the whole try over the burst.
         for phase in divine_atbridge::metrics::PUBLISH_PHASES {
-            let mean = super::slo::mean_delta(&burst_before, &burst_after, "bridge_publish_phase_seconds", "phase", phase);
+            let mean = super::slo::mean_delta(
+                &burst_before,
+                &burst_after,
+                "bridge_publish_phase_seconds",
+                "phase",
+                phase,
+            );
             println!("burst_phase_{phase}_mean_ms={:.2}", mean * 1000.0);
         }
         let try_mean = super::slo::mean_delta(

@@ -313,7 +313,7 @@ pub async fn publish(
         })
         .await??
     };
-    let t = phase("gate", t);
+    phase("gate", t);
     if let Some(m) = &existing {
         match m.record_state().map_err(JobError::Db)? {
             RecordState::Published => {
@@ -373,12 +373,14 @@ pub async fn publish(
     // Upload media; the PDS normally returns exactly the locally computed ref. If it sniffed another type, the
     // record follows the PDS (deterministically, so a retry builds the same record).
     let mut record = prepared.record;
+    let mut record_changed = false;
     for m in prepared.media {
         let expected = m.local_blob_ref();
         let cid = m.blob_cid();
         let actual = repo.upload_blob(&did, &m.body, &m.mime).await?;
         if actual != expected {
             replace_blob_refs(&mut record, &cid, &actual);
+            record_changed = true;
         }
         // Dropping `m` here removes its spool file and releases its media budget before the next upload.
     }
@@ -393,7 +395,11 @@ pub async fn publish(
     let now_state = {
         let (event_id, uri, cid) = (event_id.clone(), uri.clone(), cid.clone());
         db.run(move |c| {
-            records::update_reserved_record(c, &event_id, &record)?;
+            // The reservation already holds the prepared record; it is rewritten only when the PDS's blob refs
+            // changed it (one statement, one commit per publish in the common case).
+            if record_changed {
+                records::update_reserved_record(c, &event_id, &record)?;
+            }
             if records::mark_published(c, &event_id, &uri, &cid)? {
                 return Ok(RecordState::Published);
             }
