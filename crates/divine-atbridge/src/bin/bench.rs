@@ -41,7 +41,9 @@
 //!   queueing behind the same account's earlier videos); `raw_pds_upload_put_posts_per_sec` (the raw phase again
 //!   with an uploadBlob before each putRecord — the PDS work the bridge does per post) and
 //!   `bridge_vs_raw_upload_put_ratio`; `e2e_lag_unloaded_p50_ms` / `_max_ms` from one warm-up event per account
-//!   published one at a time. The bridge's own media fetch time goes to stderr.
+//!   published one at a time; `burst_phase_<phase>_mean_ms` (the bridge's `bridge_publish_phase_seconds` over the
+//!   burst: where a publish try's time goes) and `burst_publish_try_mean_ms`. The bridge's own media fetch time
+//!   goes to stderr.
 //! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
 //!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
 //!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
