@@ -10,7 +10,8 @@
 #           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
 #           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the
 #           relay (steady, then as a burst), then measures raw putRecord on the same PDS. When it starts the bridge,
-#           WORKERS defaults to BENCH_ACCOUNTS (the raw phase's writes in flight) and DB_POOL_SIZE to WORKERS + 4. Prints e2e_lag_p50_ms,
+#           WORKERS defaults to BENCH_ACCOUNTS (the raw phase's writes in flight), DB_POOL_SIZE to WORKERS + 4.
+#           Prints e2e_lag_p50_ms,
 #           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio, the SLO fractions
 #           slo_fraction_le_5m / slo_fraction_le_30m, the sweep's reconcile_found_<reason> (0 in a healthy run; read
 #           after one complete sweep that started after the run), burst_phase_<phase>_mean_ms (where a publish try's
@@ -72,7 +73,7 @@ case "$suite" in
     exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
     ;;
   ""|-h|--help)
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
