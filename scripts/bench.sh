@@ -73,7 +73,7 @@ case "$suite" in
     exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
     ;;
   ""|-h|--help)
-    sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)
