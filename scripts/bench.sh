@@ -9,10 +9,13 @@
 #   e2e     cross-posting lag and throughput against the localnet (scripts/localnet-up.sh is run first: it is
 #           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
 #           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the
-#           relay (steady, then as a burst), then measures raw putRecord on the same PDS. Prints e2e_lag_p50_ms,
+#           relay (steady, then as a burst), then measures raw putRecord on the same PDS. When it starts the bridge,
+#           WORKERS defaults to BENCH_ACCOUNTS (the raw phase's writes in flight), DB_POOL_SIZE to WORKERS + 4.
+#           Prints e2e_lag_p50_ms,
 #           e2e_lag_p99_ms, bridged_posts_per_sec, raw_pds_posts_per_sec, bridge_vs_raw_pds_ratio, the SLO fractions
 #           slo_fraction_le_5m / slo_fraction_le_30m, the sweep's reconcile_found_<reason> (0 in a healthy run; read
-#           after one complete sweep that started after the run) and context lines (see crates/divine-dev-tools/src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
+#           after one complete sweep that started after the run), burst_phase_<phase>_mean_ms (where a publish try's
+#           time goes, from bridge_publish_phase_seconds) and context lines (see crates/divine-dev-tools/src/bin/bench.rs). Uses only $LOCALNET_DIR/env; WORKERS etc. apply if it starts the bridge.
 #   ingest  events ingested per second by 1 vs 2 ingest replicas on the same in-process relay (release build; a
 #           throwaway database per measurement on BENCH_PG_URL). Prints ingest_events_per_sec_1_replica,
 #           ingest_events_per_sec_2_replicas, ingest_2_vs_1_replicas_ratio. BENCH_INGEST_ACCOUNTS (300),
@@ -43,7 +46,11 @@ case "$suite" in
     ;;
   e2e)
     if [[ -x scripts/localnet-up.sh ]]; then
-      CARGO_PROFILE="${CARGO_PROFILE:-release}" scripts/localnet-up.sh >&2
+      # Like for like with the raw phase (one write in flight per repo, BENCH_ACCOUNTS repos): as many workers as
+      # accounts, when this call starts the bridge (docs/runbooks/crossposting.md "Throughput against the PDS").
+      workers="${WORKERS:-${BENCH_ACCOUNTS:-20}}"
+      CARGO_PROFILE="${CARGO_PROFILE:-release}" WORKERS="$workers" DB_POOL_SIZE="${DB_POOL_SIZE:-$((workers + 4))}" \
+        scripts/localnet-up.sh >&2
     fi
     env_file="${LOCALNET_DIR:-$PWD/.localnet}/env"
     [[ -f "$env_file" ]] || { echo "scripts/bench.sh: no localnet env at $env_file" >&2; exit 1; }
@@ -66,7 +73,7 @@ case "$suite" in
     exec "${CARGO_TARGET_DIR:-./target}/$dir/bench" media
     ;;
   ""|-h|--help)
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
     [ -n "$suite" ] || exit 2
     ;;
   *)

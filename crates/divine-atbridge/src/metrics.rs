@@ -32,6 +32,7 @@ pub const INGEST_SHARD_SUBSCRIPTIONS: &str = "bridge_ingest_shard_subscriptions_
 pub const NOSTR_FIELDS_DROPPED: &str = "bridge_nostr_fields_dropped_total";
 pub const PROFILE_IMAGES_SKIPPED: &str = "bridge_profile_images_skipped_total";
 pub const PUBLISH_LAG: &str = "bridge_publish_lag_seconds";
+pub const PUBLISH_PHASE: &str = "bridge_publish_phase_seconds";
 pub use divine_atproto::metrics::{PDS_REQUESTS, PDS_REQUEST_DURATION};
 pub use divine_nostr::metrics::{MEDIA_FETCH_BYTES, MEDIA_FETCH_DURATION};
 pub const TASK_EXITS: &str = "bridge_task_exits_total";
@@ -66,6 +67,7 @@ pub const METRIC_NAMES: &[&str] = &[
     NOSTR_FIELDS_DROPPED,
     PROFILE_IMAGES_SKIPPED,
     PUBLISH_LAG,
+    PUBLISH_PHASE,
     PDS_REQUESTS,
     PDS_REQUEST_DURATION,
     MEDIA_FETCH_DURATION,
@@ -96,6 +98,21 @@ pub const BYTE_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8
 
 /// Values of the `outcome` label of `bridge_jobs_finished_total`.
 pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
+
+/// Values of the `phase` label of `bridge_publish_phase_seconds`, in the order a `publish_post` try runs them (see
+/// `jobs::publish::phase`): event check, database gates, translation, media budget wait, media fetch, reservation,
+/// uploads, putRecord, marking published.
+pub const PUBLISH_PHASES: &[&str] = &[
+    "verify",
+    "gate",
+    "translate",
+    "budget_wait",
+    "fetch",
+    "reserve",
+    "upload",
+    "put",
+    "mark",
+];
 
 /// Values of the `reason` label of `bridge_job_tries_cut_off_total` (see `worker`, semantics 2).
 pub const CUT_OFF_REASONS: &[&str] = &["try_timeout", "lease_deadline", "lease_lost"];
@@ -198,6 +215,12 @@ fn describe() {
         PUBLISH_LAG,
         Unit::Seconds,
         "From a live event's created_at to its record being written."
+    );
+    describe_histogram!(
+        PUBLISH_PHASE,
+        Unit::Seconds,
+        "Time a publish_post try spent in each phase (verify, gate, translate, budget_wait, fetch, reserve, upload, \
+         put, mark), by phase: where a job's time goes."
     );
     describe_histogram!(
         E2E_LAG,
@@ -312,6 +335,9 @@ fn zero_closed_series() {
     }
     metrics::counter!(JOBS_PRUNED).increment(0);
     let _ = metrics::histogram!(PUBLISH_LAG);
+    for phase in PUBLISH_PHASES {
+        let _ = metrics::histogram!(PUBLISH_PHASE, "phase" => *phase);
+    }
     for reason in crate::reconcile::reason_labels() {
         metrics::counter!(RECONCILE_FOUND, "reason" => reason).increment(0);
     }

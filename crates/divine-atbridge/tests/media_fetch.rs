@@ -612,3 +612,58 @@ async fn fallbacks_are_capped_and_share_one_deadline() {
         started.elapsed()
     );
 }
+
+/// Fetches from one place reuse one pinned client and its kept-alive connection (issue 11 §5: no client build, TCP
+/// connect or TLS handshake per video), while a host pinned to other addresses gets a client of its own.
+#[tokio::test]
+async fn fetches_from_one_place_reuse_the_pinned_client_and_its_connection() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let peers: Arc<std::sync::Mutex<Vec<SocketAddr>>> = Arc::default();
+    let seen = peers.clone();
+    let app = Router::new().route(
+        "/video.mp4",
+        get(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(peer);
+                video().await
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap()
+    });
+    let f = fetcher(&["127.0.0.1", "localhost"], true);
+    for _ in 0..3 {
+        f.fetch(&format!("http://127.0.0.1:{port}/video.mp4"), None, MediaKind::Video)
+            .await
+            .unwrap();
+    }
+    let ports: std::collections::HashSet<u16> = peers.lock().unwrap().iter().map(|p| p.port()).collect();
+    assert_eq!(peers.lock().unwrap().len(), 3);
+    assert_eq!(
+        ports.len(),
+        1,
+        "three fetches, one connection: {:?}",
+        peers.lock().unwrap()
+    );
+    assert_eq!(f.cached_clients(), 1);
+    // A domain is pinned to its vetted addresses: a client of its own (kept for the next fetch from there).
+    for _ in 0..2 {
+        f.fetch(&format!("http://localhost:{port}/video.mp4"), None, MediaKind::Video)
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.cached_clients(), 2);
+    // Clones share the cache.
+    let g = f.clone();
+    g.fetch(&format!("http://127.0.0.1:{port}/video.mp4"), None, MediaKind::Video)
+        .await
+        .unwrap();
+    assert_eq!(g.cached_clients(), 2);
+}

@@ -160,10 +160,10 @@ fn video_with_size(keys: &Keys, url: &str, size: Option<usize>) -> Event {
         .unwrap()
 }
 
-/// Videos are prepared into the spool under the byte budget: a video that declares no size takes the whole
-/// (small) budget, so a second one waits until the first prepared post is dropped (after its upload); videos that
-/// declare sizes fitting the budget together run at once. The prepared body is on disk, not in memory, and its
-/// file goes with the prepared post.
+/// Videos are prepared into the spool under the byte budget: a fetch waits while the budget is taken; a video that
+/// declares no size is weighted at the cap while it is fetched, and once spooled it holds only its observed size
+/// (issue 11 §5: small videos must not queue behind budget no body uses, up to their uploads). The prepared body is
+/// on disk, not in memory, and its file and budget go with the prepared post.
 #[tokio::test]
 async fn the_media_budget_limits_videos_in_flight() {
     use divine_atbridge::jobs::publish::MediaBody;
@@ -193,20 +193,24 @@ async fn the_media_budget_limits_videos_in_flight() {
     let spool = Spool::open(root.path(), MediaBudget::new(100 * 1024)).unwrap();
     let source = TranslatedPosts::new(tdb.pool(2), &config, spool.clone());
     let keys = Keys::generate();
+    let total = spool.budget().total_bytes();
+    let observed = (bytes.len() as u64).div_ceil(1024) * 1024;
 
     let first = source.prepare(&video_with_size(&keys, &url, None)).await.unwrap();
     match &first.media[0].body {
-        MediaBody::Spooled { file, .. } => {
+        MediaBody::Spooled { file, budget } => {
             assert!(file.path().starts_with(spool.dir()));
             assert_eq!(std::fs::read(file.path()).unwrap(), bytes);
+            assert_eq!(budget.as_ref().unwrap().bytes(), observed);
         }
         other => panic!("the video must be spooled, got {other:?}"),
     }
     assert_eq!(
         spool.budget().available_bytes(),
-        0,
-        "an undeclared size takes the whole budget"
+        total - observed,
+        "once spooled, an undeclared size holds its observed size, not the whole budget"
     );
+    // While it is fetched, an undeclared video is weighted at the cap (here the whole budget): it waits.
     let second_event = video_with_size(&keys, &url, None);
     let second = source.prepare(&second_event);
     tokio::pin!(second);
@@ -224,20 +228,22 @@ async fn the_media_budget_limits_videos_in_flight() {
     assert_eq!(spool.file_count(), 1, "the first video's file went with it");
     drop(second);
     assert_eq!(spool.file_count(), 0);
-    assert_eq!(spool.budget().available_bytes(), spool.budget().total_bytes());
+    assert_eq!(spool.budget().available_bytes(), total);
 
-    // Declared sizes that fit together do not wait for each other.
+    // Two videos declaring 80 KiB each do not fit a 100 KiB budget together while fetched, but a spooled one holds
+    // only its observed size, so the second does not wait for the first one's upload.
     let a = source
-        .prepare(&video_with_size(&keys, &url, Some(40 * 1024)))
+        .prepare(&video_with_size(&keys, &url, Some(80 * 1024)))
         .await
         .unwrap();
     let b = tokio::time::timeout(
         Duration::from_secs(10),
-        source.prepare(&video_with_size(&keys, &url, Some(40 * 1024))),
+        source.prepare(&video_with_size(&keys, &url, Some(80 * 1024))),
     )
     .await
-    .expect("40 + 40 KiB fit a 100 KiB budget")
+    .expect("the first video's spare budget was given back")
     .unwrap();
-    assert_eq!(spool.budget().available_bytes(), 20 * 1024);
+    assert_eq!(spool.budget().available_bytes(), total - 2 * observed);
     drop((a, b));
+    assert_eq!(spool.budget().available_bytes(), total);
 }

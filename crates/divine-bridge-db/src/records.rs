@@ -247,13 +247,20 @@ impl RecordMapping {
 /// exists it is returned unchanged (a retry reuses the first try's rkey and record), so the write that follows is an
 /// idempotent `putRecord`.
 pub fn reserve_record(conn: &mut PgConnection, row: &RecordMapping) -> Result<RecordMapping, DbError> {
-    diesel::insert_into(record_mappings::table)
+    // A fresh reservation comes back from the INSERT itself (one round trip); only an existing one is read.
+    let inserted = diesel::insert_into(record_mappings::table)
         .values(row)
         .on_conflict(record_mappings::nostr_event_id)
         .do_nothing()
-        .execute(conn)
+        .returning(RecordMapping::as_returning())
+        .get_result(conn)
+        .optional()
         .map_err(DbError::from_diesel)?;
-    get_record(conn, &row.nostr_event_id)?.ok_or_else(|| DbError::Corrupt("record_mappings row vanished".into()))
+    match inserted {
+        Some(row) => Ok(row),
+        None => get_record(conn, &row.nostr_event_id)?
+            .ok_or_else(|| DbError::Corrupt("record_mappings row vanished".into())),
+    }
 }
 
 /// The mapping of a Nostr event.

@@ -18,6 +18,12 @@
 //!    trusted for a video, caption or image (a "video/mp4" that is HTML is refused).
 //!
 //! Which addresses are public is decided in [`ip`] alone.
+//!
+//! HTTP clients are kept per pinning (host + the exact set of vetted addresses; one plain client for IP-literal
+//! hosts), so a fetch reuses the TLS setup and the kept-alive connections of earlier fetches from the same place
+//! instead of building a client (and a TLS handshake) per video (issue 11 §5). A client only ever connects where
+//! it was pinned, so reusing it is the same as building it again; the address set is re-resolved and re-vetted on
+//! every hop, and an answer with other addresses gets (or builds) the client pinned to those.
 
 use crate::spool::{Spool, SpoolFile};
 use divine_bridge_core::{Classified, ErrorClass};
@@ -333,17 +339,66 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Fetches media under a [`MediaFetchConfig`].
+/// Clients kept per pinning before the cache is emptied and rebuilt (a CDN rotating its addresses makes new keys).
+const MAX_CACHED_CLIENTS: usize = 64;
+
+/// What a client is pinned to: `None` for IP-literal hosts (no DNS, no override), else the domain and its vetted
+/// addresses (sorted).
+type Pinning = Option<(String, Vec<SocketAddr>)>;
+
+/// Fetches media under a [`MediaFetchConfig`]. Clones share the client cache.
 #[derive(Debug, Clone)]
 pub struct MediaFetcher {
     config: MediaFetchConfig,
+    clients: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Pinning, reqwest::Client>>>,
 }
 
 impl MediaFetcher {
     /// Also installs the rustls ring provider (idempotent).
     pub fn new(config: MediaFetchConfig) -> MediaFetcher {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        MediaFetcher { config }
+        MediaFetcher {
+            config,
+            clients: Default::default(),
+        }
+    }
+
+    /// The client for one hop to `url`, pinned to the vetted `addrs` (built once per pinning, then reused).
+    fn client_for(&self, url: &Url, addrs: &[SocketAddr]) -> Result<reqwest::Client, MediaError> {
+        let pinning: Pinning = match url.host() {
+            Some(Host::Domain(d)) => {
+                let mut addrs = addrs.to_vec();
+                addrs.sort();
+                Some((d.to_string(), addrs))
+            }
+            _ => None,
+        };
+        if let Some(client) = self.clients.lock().unwrap().get(&pinning) {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(self.config.connect_timeout)
+            .timeout(self.config.timeout);
+        if let Some((d, addrs)) = &pinning {
+            // Pin the connection to the addresses vetted above (no second DNS lookup to rebind).
+            builder = builder.resolve_to_addrs(d, addrs);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| MediaError::Transport(format!("client: {e}")))?;
+        let mut clients = self.clients.lock().unwrap();
+        if clients.len() >= MAX_CACHED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(pinning, client.clone());
+        Ok(client)
+    }
+
+    /// How many pinned clients are kept (diagnostics and tests).
+    pub fn cached_clients(&self) -> usize {
+        self.clients.lock().unwrap().len()
     }
 
     pub fn config(&self) -> &MediaFetchConfig {
@@ -531,18 +586,7 @@ impl MediaFetcher {
         let resp = loop {
             self.check_url(&current)?;
             let addrs = self.vetted_addrs(&current).await?;
-            let mut builder = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .connect_timeout(self.config.connect_timeout)
-                .timeout(self.config.timeout);
-            if let Some(Host::Domain(d)) = current.host() {
-                // Pin the connection to the addresses vetted above (no second DNS lookup to rebind).
-                builder = builder.resolve_to_addrs(d, &addrs);
-            }
-            let client = builder
-                .build()
-                .map_err(|e| MediaError::Transport(format!("client: {e}")))?;
+            let client = self.client_for(&current, &addrs)?;
             let resp = client
                 .get(current.clone())
                 .header(reqwest::header::ACCEPT_ENCODING, "identity")

@@ -16,10 +16,15 @@
 //!    a permit BEFORE it starts (outside the fetch deadline, so waiting for budget never times a fetch out),
 //!    weighted by the size the event declares (`imeta size`), else the video size cap, capped at the whole budget
 //!    so one huge body can still run alone. The permit travels with the prepared media and is released when the
-//!    job drops it after the upload. So the number of videos in flight adapts to the budget instead of `WORKERS`
-//!    deciding how much media is in flight. A body larger than it declared is still bounded by the size cap
-//!    (taking more budget mid-fetch would hold-and-wait, a deadlock risk). The budget bounds media bytes in
-//!    flight (on disk and in transit); with the spool, the heap part of each is a few buffers.
+//!    job drops it after the upload. Once the body is spooled its size is known and the permit shrinks to it
+//!    ([`BudgetPermit::shrink_to`]: giving budget back never waits, so it cannot deadlock): a video that declared no
+//!    size holds the cap only while it is fetched, not until its upload ends, and small videos do not queue behind
+//!    budget nobody uses. So the number of videos in flight adapts to the budget instead of `WORKERS` deciding how
+//!    much media is in flight. A body larger than it declared is still bounded by the size cap (taking more budget
+//!    mid-fetch would hold-and-wait, a deadlock risk). The budget bounds media bytes in flight (on disk and in
+//!    transit); with the spool, the heap part of each is a few buffers.
+//! 5. Spool files are not fsynced: they never outlive their process (rule 3 removes them at the next start), the
+//!    upload reads them back through the page cache, so a flush to disk per video bought nothing but latency.
 //!
 //! This module must not fetch, upload or decide job outcomes.
 
@@ -80,14 +85,24 @@ pub struct MediaBudget {
 /// Budget held by one body; released when dropped.
 #[derive(Debug)]
 pub struct BudgetPermit {
-    _permit: OwnedSemaphorePermit,
-    bytes: u64,
+    permit: OwnedSemaphorePermit,
 }
 
 impl BudgetPermit {
     /// Bytes of budget this permit holds.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.permit.num_permits() as u64 * BUDGET_UNIT
+    }
+
+    /// Gives back what this permit holds beyond `bytes` (rounded up to the unit, at least one unit); never grows it
+    /// (rule 4: once a body is spooled, it holds its observed size).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let keep = bytes.div_ceil(BUDGET_UNIT).max(1);
+        let held = self.permit.num_permits() as u64;
+        if keep < held {
+            // The split-off part is dropped at once: its units go back to the semaphore.
+            drop(self.permit.split((held - keep) as usize));
+        }
     }
 }
 
@@ -120,10 +135,7 @@ impl MediaBudget {
             .acquire_many_owned(units)
             .await
             .expect("the media budget semaphore is never closed");
-        BudgetPermit {
-            _permit: permit,
-            bytes: u64::from(units) * BUDGET_UNIT,
-        }
+        BudgetPermit { permit }
     }
 }
 
@@ -294,7 +306,7 @@ impl SpoolWriter {
         &self.head
     }
 
-    /// Flushes and closes the file.
+    /// Flushes the buffer to the file and closes it (no fsync: rule 5).
     pub fn finish(self) -> Result<SpoolFile, SpoolError> {
         let SpoolWriter {
             guard,
@@ -304,10 +316,10 @@ impl SpoolWriter {
             head: _,
             _spool,
         } = self;
-        file.into_inner()
-            .map_err(|e| SpoolError::io(&guard.0, e.into_error()))?
-            .sync_data()
-            .map_err(|e| SpoolError::io(&guard.0, e))?;
+        drop(
+            file.into_inner()
+                .map_err(|e| SpoolError::io(&guard.0, e.into_error()))?,
+        );
         Ok(SpoolFile {
             inner: Arc::new(SpoolFileInner {
                 guard,
@@ -404,6 +416,27 @@ mod tests {
         assert_eq!(huge.bytes(), budget.total_bytes());
         assert_eq!(budget.available_bytes(), 0);
         drop(huge);
+        assert_eq!(budget.available_bytes(), budget.total_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_permit_shrinks_to_the_observed_size_and_never_grows() {
+        let budget = MediaBudget::new(100 * 1024);
+        // A video that declared no size takes the cap (here: the whole budget) while it is fetched ...
+        let mut p = budget.acquire(10 * 1024 * 1024).await;
+        assert_eq!(budget.available_bytes(), 0);
+        // ... and holds its observed size (rounded up to the unit) once spooled, so the next fetch starts at once.
+        p.shrink_to(2_918);
+        assert_eq!(p.bytes(), 3 * 1024);
+        assert_eq!(budget.available_bytes(), 97 * 1024);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), budget.acquire(90 * 1024))
+            .await
+            .expect("the given-back budget is free");
+        p.shrink_to(50 * 1024);
+        assert_eq!(p.bytes(), 3 * 1024, "shrinking never grows a permit");
+        p.shrink_to(0);
+        assert_eq!(p.bytes(), 1024, "at least one unit");
+        drop((p, next));
         assert_eq!(budget.available_bytes(), budget.total_bytes());
     }
 

@@ -102,7 +102,9 @@ impl Handlers {
                 provision::provision(&deps, &pubkey).await.map(|_| ())
             }
             JobKind::PublishPost => {
+                let t = std::time::Instant::now();
                 let event = verified_event(job)?;
+                publish::phase("verify", t);
                 publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
                 if job.priority <= priority::LIVE {
                     let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;

@@ -257,6 +257,15 @@ fn replace_blob_refs(value: &mut serde_json::Value, cid: &str, actual: &BlobJson
     }
 }
 
+/// Records the time since `since` as one phase of a `publish_post` try (`bridge_publish_phase_seconds{phase}`, phases
+/// in [`crate::metrics::PUBLISH_PHASES`]) and returns now, the start of the next phase. Measurement only.
+pub fn phase(name: &'static str, since: std::time::Instant) -> std::time::Instant {
+    debug_assert!(crate::metrics::PUBLISH_PHASES.contains(&name));
+    let now = std::time::Instant::now();
+    metrics::histogram!(crate::metrics::PUBLISH_PHASE, "phase" => name).record((now - since).as_secs_f64());
+    now
+}
+
 /// Publishes one video event exactly once.
 pub async fn publish(
     db: &Db,
@@ -268,6 +277,7 @@ pub async fn publish(
     let event_id = event.id.to_hex();
     let created = event_time(event);
     let coord = coordinate(event);
+    let t = std::time::Instant::now();
 
     // Gates, all from the database (no side effects yet).
     let (did, existing) = {
@@ -303,6 +313,7 @@ pub async fn publish(
         })
         .await??
     };
+    phase("gate", t);
     if let Some(m) = &existing {
         match m.record_state().map_err(JobError::Db)? {
             RecordState::Published => {
@@ -323,6 +334,7 @@ pub async fn publish(
 
     // Translate and fetch (no side effects), then reserve before the first write.
     let prepared = source.prepare(event).await?;
+    let t = std::time::Instant::now();
     let rkey = rkey_for(event).map_err(|e| JobError::ineligible("invalid_tid", e.to_string()))?;
     crate::worker::note_record(&did, POST_COLLECTION, &rkey);
     let mapping = RecordMapping {
@@ -356,30 +368,39 @@ pub async fn publish(
         })
         .await?
     };
+    let t = phase("reserve", t);
     crate::failpoint::hit("publish_after_reserve");
 
     // Upload media; the PDS normally returns exactly the locally computed ref. If it sniffed another type, the
     // record follows the PDS (deterministically, so a retry builds the same record).
     let mut record = prepared.record;
+    let mut record_changed = false;
     for m in prepared.media {
         let expected = m.local_blob_ref();
         let cid = m.blob_cid();
         let actual = repo.upload_blob(&did, &m.body, &m.mime).await?;
         if actual != expected {
             replace_blob_refs(&mut record, &cid, &actual);
+            record_changed = true;
         }
         // Dropping `m` here removes its spool file and releases its media budget before the next upload.
     }
+    let t = phase("upload", t);
     crate::failpoint::hit("publish_after_upload");
 
     let (uri, cid) = repo
         .put_record(&did, POST_COLLECTION, &reserved.rkey, record.clone())
         .await?;
+    let t = phase("put", t);
     crate::failpoint::hit("publish_after_put");
     let now_state = {
         let (event_id, uri, cid) = (event_id.clone(), uri.clone(), cid.clone());
         db.run(move |c| {
-            records::update_reserved_record(c, &event_id, &record)?;
+            // The reservation already holds the prepared record; it is rewritten only when the PDS's blob refs
+            // changed it (one statement, one commit per publish in the common case).
+            if record_changed {
+                records::update_reserved_record(c, &event_id, &record)?;
+            }
             if records::mark_published(c, &event_id, &uri, &cid)? {
                 return Ok(RecordState::Published);
             }
@@ -390,6 +411,7 @@ pub async fn publish(
         })
         .await?
     };
+    phase("mark", t);
     match now_state {
         RecordState::Published => {}
         state @ (RecordState::Deleted | RecordState::Superseded) => {

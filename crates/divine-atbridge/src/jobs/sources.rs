@@ -121,6 +121,7 @@ impl TranslatedPosts {
     }
 
     async fn prepare_video(&self, ev: &VideoEvent) -> Result<PreparedPost, JobError> {
+        let t = std::time::Instant::now();
         for field in &ev.dropped_fields {
             // Counted per translation try (a retried job counts again); the value is gone from the post either way.
             metrics::counter!(crate::metrics::NOSTR_FIELDS_DROPPED, "field" => *field).increment(1);
@@ -137,18 +138,23 @@ impl TranslatedPosts {
         let urls: Vec<String> = std::iter::once(plan.video.url.clone())
             .chain(plan.video.fallbacks.iter().cloned())
             .collect();
-        // Budget first, outside the fetch deadline, weighted by the declared size (spool rule 4).
+        // Budget first, outside the fetch deadline, weighted by the declared size until the body is spooled
+        // (spool rule 4).
         let weight = plan
             .video
             .size
             .unwrap_or(translate::MAX_VIDEO_BYTES)
             .min(translate::MAX_VIDEO_BYTES);
-        let permit = self.spool.budget().acquire(weight).await;
+        let t = super::publish::phase("translate", t);
+        let mut permit = self.spool.budget().acquire(weight).await;
+        let t = super::publish::phase("budget_wait", t);
         let video = self
             .fetcher
             .fetch_any_to_spool(&urls, plan.video.sha256.as_deref(), MediaKind::Video, &self.spool)
             .await
             .map_err(media_err)?;
+        // Spooled: from here on the body holds its observed size, not the declared or capped weight (spool rule 4).
+        permit.shrink_to(video.file.size());
         let video = PreparedMedia {
             body: MediaBody::Spooled {
                 file: video.file,
@@ -173,6 +179,7 @@ impl TranslatedPosts {
             }
         }
         let record = translate::post_record_json(&translate::build_post(&plan, video_ref, captions));
+        super::publish::phase("fetch", t);
         Ok(PreparedPost { record, media })
     }
 }

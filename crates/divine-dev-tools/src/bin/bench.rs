@@ -41,7 +41,9 @@
 //!   queueing behind the same account's earlier videos); `raw_pds_upload_put_posts_per_sec` (the raw phase again
 //!   with an uploadBlob before each putRecord — the PDS work the bridge does per post) and
 //!   `bridge_vs_raw_upload_put_ratio`; `e2e_lag_unloaded_p50_ms` / `_max_ms` from one warm-up event per account
-//!   published one at a time. The bridge's own media fetch time goes to stderr.
+//!   published one at a time; `burst_phase_<phase>_mean_ms` (the bridge's `bridge_publish_phase_seconds` over the
+//!   burst: where a publish try's time goes) and `burst_publish_try_mean_ms`. The bridge's own media fetch time
+//!   goes to stderr.
 //! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
 //!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
 //!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
@@ -555,7 +557,9 @@ mod e2e {
             percentile_ms(&steady.lags, 0.5),
             percentile_ms(&steady.lags, 0.99)
         );
+        let burst_before = super::slo::scrape(&http, &metrics_url).await?;
         let burst = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, burst_videos.tags.clone()).await?;
+        let burst_after = super::slo::scrape(&http, &metrics_url).await?;
         eprintln!(
             "bench: burst: {n_events} events bridged in {:.2} s; lag p50 {:.0} ms, p99 {:.0} ms",
             burst.secs,
@@ -657,6 +661,25 @@ mod e2e {
         println!("burst_lag_p99_ms={:.0}", percentile_ms(&burst.lags, 0.99));
         println!("raw_pds_upload_put_posts_per_sec={full_pps:.1}");
         println!("bridge_vs_raw_upload_put_ratio={:.2}", bridged_pps / full_pps);
+        // Where a burst job's time goes: the mean of each publish phase and of the whole try over the burst.
+        for phase in divine_atbridge::metrics::PUBLISH_PHASES {
+            let mean = super::slo::mean_delta(
+                &burst_before,
+                &burst_after,
+                "bridge_publish_phase_seconds",
+                "phase",
+                phase,
+            );
+            println!("burst_phase_{phase}_mean_ms={:.2}", mean * 1000.0);
+        }
+        let try_mean = super::slo::mean_delta(
+            &burst_before,
+            &burst_after,
+            "bridge_job_duration_seconds",
+            "kind",
+            "publish_post",
+        );
+        println!("burst_publish_try_mean_ms={:.2}", try_mean * 1000.0);
         println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
         println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
         // The zero-loss SLO over this run (deltas of the bridge's own counters), after one complete reconciliation
@@ -1052,6 +1075,28 @@ mod slo {
         (delta(&good("300")) / total, delta(&good("1800")) / total)
     }
 
+    /// The mean (seconds) of the histogram `name`'s observations with `label="value"` between the two scrapes
+    /// (delta of `_sum` over delta of `_count`; 0 when nothing was observed).
+    pub fn mean_delta(
+        before: &HashMap<String, f64>,
+        after: &HashMap<String, f64>,
+        name: &str,
+        label_name: &str,
+        value: &str,
+    ) -> f64 {
+        let delta = |suffix: &str| {
+            let prefix = format!("{name}{suffix}{{");
+            let keep = |s: &str| s.starts_with(&prefix) && label(s, label_name) == Some(value);
+            sum(after, keep) - sum(before, keep)
+        };
+        let n = delta("_count");
+        if n <= 0.0 {
+            0.0
+        } else {
+            delta("_sum") / n
+        }
+    }
+
     /// `bridge_reconcile_found_total{reason}` grown between the two scrapes.
     pub fn found(before: &HashMap<String, f64>, after: &HashMap<String, f64>, reason: &str) -> u64 {
         let keep = |s: &str| s.starts_with("bridge_reconcile_found_total{") && label(s, "reason") == Some(reason);
@@ -1116,6 +1161,27 @@ mod slo {
             assert!((le_30m - 0.9).abs() < 1e-9, "{le_30m}");
             assert_eq!(found(&before, &after, "missing_publish"), 1);
             assert_eq!(found(&before, &after, "missing_delete"), 0);
+        }
+
+        #[test]
+        fn phase_means_are_deltas_of_sum_over_count() {
+            let before = parse(
+                "bridge_publish_phase_seconds_sum{phase=\"fetch\"} 1.5\n\
+                 bridge_publish_phase_seconds_count{phase=\"fetch\"} 10\n\
+                 bridge_publish_phase_seconds_sum{phase=\"put\"} 9\n\
+                 bridge_publish_phase_seconds_count{phase=\"put\"} 10\n",
+            );
+            let after = parse(
+                "bridge_publish_phase_seconds_sum{phase=\"fetch\"} 2.5\n\
+                 bridge_publish_phase_seconds_count{phase=\"fetch\"} 30\n\
+                 bridge_publish_phase_seconds_sum{phase=\"put\"} 9\n\
+                 bridge_publish_phase_seconds_count{phase=\"put\"} 10\n",
+            );
+            let name = "bridge_publish_phase_seconds";
+            let fetch = mean_delta(&before, &after, name, "phase", "fetch");
+            assert!((fetch - 0.05).abs() < 1e-9, "{fetch}");
+            assert_eq!(mean_delta(&before, &after, name, "phase", "put"), 0.0);
+            assert_eq!(mean_delta(&before, &after, name, "phase", "upload"), 0.0);
         }
     }
 }
