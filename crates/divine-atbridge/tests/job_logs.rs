@@ -45,7 +45,9 @@ fn capture() -> &'static Capture {
         let capture = Capture::default();
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info,divine_atbridge=debug"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,divine_atbridge=debug,divine_atproto=debug",
+            ))
             .with_writer(capture.clone())
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");

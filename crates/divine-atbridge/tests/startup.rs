@@ -71,6 +71,8 @@ fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
         ("PDS_URL", "https://pds.test".into()),
         ("KEY_ENCRYPTION_KEY", KEK.into()),
         ("ACCOUNT_EMAIL_DOMAIN", "bridge.test".into()),
+        ("PDS_ADMIN_PASSWORD", "admin-password".into()),
+        ("ALLOW_NO_RECOVERY_KEYS", "true".into()),
     ]
 }
 
@@ -141,7 +143,7 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("error[config_invalid]: 7 configuration problems:"),
+        err.contains("error[config_invalid]: 9 configuration problems:"),
         "{err}"
     );
     for var in [
@@ -150,6 +152,8 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
         "PDS_URL",
         "KEY_ENCRYPTION_KEY",
         "ACCOUNT_EMAIL_DOMAIN",
+        "PLC_RECOVERY_KEYS",
+        "PDS_ADMIN_PASSWORD",
         "CURSOR_OVERLAP_SECS",
         "WORKERS",
     ] {

@@ -22,7 +22,17 @@ pub const OPT_INS: &str = "gateway_opt_ins_total";
 pub const BUILD_INFO: &str = "gateway_build_info";
 
 /// Every metric name of the gateway, in the order of docs/runbooks/metrics.md.
-pub const METRIC_NAMES: &[&str] = &[HTTP_REQUESTS, HTTP_DURATION, AUTH_FAILURES, OPT_INS, BUILD_INFO];
+pub const METRIC_NAMES: &[&str] = &[
+    HTTP_REQUESTS,
+    HTTP_DURATION,
+    AUTH_FAILURES,
+    OPT_INS,
+    BUILD_INFO,
+    RATE_LIMITED,
+    PROVISIONING_BUDGET_EXHAUSTED,
+    PROVISIONING_BUDGET_USED,
+    WELL_KNOWN_LOOKUPS,
+];
 
 /// The values of the `outcome` label of [`OPT_INS`], created at zero on install.
 pub const OPT_IN_OUTCOMES: [&str; 3] = ["created", "existing", "reenabled"];

@@ -35,7 +35,7 @@ impl ReadyProbe {
     /// A probe for `config`'s database (connects on the first check).
     pub fn new(config: &Config) -> ReadyProbe {
         ReadyProbe {
-            // Validated by `Config::from_lookup`; an invalid URL fails the check, which is what /ready is for.
+            // Validated by `GatewayArgs::validate`; an invalid URL fails the check, which is what /ready is for.
             url: config
                 .db
                 .connection_url(&config.database_url)
@@ -52,6 +52,18 @@ impl ReadyProbe {
                 detail: "a previous readiness check is still running".into(),
             });
         };
+        // A kept connection may have died since the last check (a Postgres restart or failover closes it, and
+        // nothing notices until it is used): its failure says nothing about the database now. So a check on a KEPT
+        // connection that fails is repeated once on a fresh one; only a fresh connection's answer is reported.
+        let reused = slot.is_some();
+        match self.check_on(&mut slot) {
+            Err(_) if reused => self.check_on(&mut slot),
+            result => result,
+        }
+    }
+
+    /// One check on the kept connection, opening it first when there is none; drops it after any failure.
+    fn check_on(&self, slot: &mut Option<PgConnection>) -> Result<(), ApiError> {
         if slot.is_none() {
             let mut conn = PgConnection::establish(&self.url).map_err(|e| {
                 tracing::warn!(code = "db_unavailable", error = %e, "readiness probe cannot connect");

@@ -144,7 +144,10 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
         assert!(err.contains(&format!("  - {var}: ")), "{var} missing from:\n{err}");
     }
     assert!(err.contains("e.g. https://bridge.divine.test"), "{err}");
-    assert!(err.contains("is 9 characters; use at least 32"), "{err}");
+    assert!(
+        err.contains("token 1 is shorter than 32 characters; use at least 32"),
+        "{err}"
+    );
     assert!(!err.contains("too-short"), "the token is never echoed");
 }
 
