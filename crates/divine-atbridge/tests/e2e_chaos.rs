@@ -354,6 +354,7 @@ fn unique_key(event: &Event) -> String {
 /// - the target of a delete: a relay drops an event when its author's kind 5 arrives (NIP-09). When the live path
 ///   lost the target (its enqueue died with the database) and the delete followed within seconds, no later read
 ///   (resubscription, reconciliation sweep) can find it. Not bridging it is the right outcome.
+///
 /// Both are still checked: neither may have a post at the end, and every delete's own job must exist and succeed.
 fn must_be_read(p: &Planned) -> bool {
     !matches!(p.expect, Expect::Superseded(_) | Expect::Deleted(_))
