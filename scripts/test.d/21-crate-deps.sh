@@ -29,7 +29,7 @@ for pkg in divine-atbridge divine-handle-gateway; do
     lacks "$deps" 'nostr-relay-builder|divine-dev-tools'
 done
 for f in deploy/docker/*.Dockerfile; do
-  builds=$(grep -E 'cargo build' "$f" || true)
+  builds=$(grep -E '^[^#]*cargo build' "$f" || true)
   check "$f runs one cargo build" test "$(grep -c . <<< "$builds")" -eq 1
   check "$f builds only a production binary" \
     grep -qE -- '-p (divine-atbridge --bin divine-atbridge|divine-handle-gateway --bin divine-handle-gateway)( |$)' <<< "$builds"
