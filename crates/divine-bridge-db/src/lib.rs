@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod audit;
 pub mod class;
 pub mod error;
+pub mod listen;
 pub mod migrate;
 pub mod queue;
 pub mod records;
@@ -281,6 +282,8 @@ impl ManageConnection for PgManager {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<PgManager>,
+    /// The connection URL with the transport parameters (for the one connection outside the pool: the listener).
+    url: std::sync::Arc<str>,
 }
 
 impl Db {
@@ -293,8 +296,12 @@ impl Db {
     /// Connects a pool with `settings` (transport parameters added to `url`, session settings on every
     /// connection). Fails fast (10 s) if Postgres is unreachable.
     pub fn connect_with(url: &str, settings: &DbSettings) -> Result<Db, DbError> {
+        let url: std::sync::Arc<str> = settings
+            .connection_url(url)
+            .map_err(|e| DbError::Pool(e.to_string()))?
+            .into();
         let manager = PgManager {
-            url: settings.connection_url(url).map_err(|e| DbError::Pool(e.to_string()))?,
+            url: url.to_string(),
             session_sql: settings.session_sql(),
             idle_check_after: settings.idle_check_after,
         };
@@ -306,7 +313,7 @@ impl Db {
             .test_on_check_out(true)
             .build(manager)
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Db { pool })
+        Ok(Db { pool, url })
     }
 
     /// A connection for synchronous callers (CLI, tests). Async code uses [`Db::run`].
@@ -329,6 +336,11 @@ impl Db {
         })
         .await
         .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// Starts a job wake-up listener on its own connection (outside the pool; see [`listen`]).
+    pub fn job_wakeups(&self) -> listen::JobWakeups {
+        listen::JobWakeups::spawn(self.url.to_string())
     }
 
     /// Pool statistics for `/ready` and diagnostics.
