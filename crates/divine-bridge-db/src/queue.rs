@@ -436,7 +436,7 @@ pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Durati
             Ok(Vec::new())
         }
         Ok(mut jobs) => {
-            jobs.sort_by(|a, b| (a.priority, a.source_created_at, a.id).cmp(&(b.priority, b.source_created_at, b.id)));
+            jobs.sort_by_key(|j| (j.priority, j.source_created_at, j.id));
             Ok(jobs)
         }
         other => other,
