@@ -4,6 +4,8 @@
 #   queue   job-queue throughput and lease latency (release build; creates a throwaway database on the local
 #           Postgres — BENCH_PG_URL, default postgres://postgres@127.0.0.1:5432 — and drops it at the end).
 #           Prints queue_noop_jobs_per_sec, lease_p99_ms_empty, lease_p99_ms_backlog, lease_backlog_ratio,
+#           lease_p99_ms_blocked, lease_blocked_ratio (BENCH_BLOCKED 1000000 jobs behind 10000 heads in backoff;
+#           BENCH_BLOCKED_ROUNDS 2000), fair_leases_until_live_done, fair_backfill_share,
 #           stats_ms_empty, stats_ms_1m_finished, stats_finished_vs_empty_ratio (BENCH_FINISHED, default 1000000).
 #           BENCH_JOBS (100000) and BENCH_BACKLOG (1000000) scale it down; BENCH_EXPLAIN=1 prints the lease plan.
 #   e2e     cross-posting lag and throughput against the localnet (scripts/localnet-up.sh is run first: it is

@@ -118,6 +118,9 @@ impl Registry {
     }
 }
 
+/// How long the lease loop waits after a failed lease (Postgres unreachable, statement timeout) before trying again.
+const LEASE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Pool settings (`crate::config::WorkerArgs`: env names and defaults in `divine-atbridge run --help`).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -144,7 +147,9 @@ pub struct WorkerConfig {
     pub reclaim_limit: i32,
     /// `PANIC_LIMIT` (3): a job whose handler panicked this many times fails permanently (`handler_panicked`).
     pub panic_limit: i32,
-    /// Idle poll interval when the queue is empty.
+    /// `POLL_INTERVAL_MS` (5000): the fallback poll of an idle pool. An idle pool wakes on `NOTIFY bridge_jobs`
+    /// (a key head became due anywhere in the fleet), on its own finalizes and when the next head in backoff is due
+    /// ([`queue::next_due`]); the poll only bounds the delay after a lost notification (listener reconnecting).
     pub poll_interval: Duration,
     /// Gauge refresh interval.
     pub stats_interval: Duration,
@@ -164,7 +169,7 @@ impl Default for WorkerConfig {
             try_timeout: Duration::from_secs(600),
             reclaim_limit: 5,
             panic_limit: 3,
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_millis(5000),
             stats_interval: Duration::from_secs(15),
         }
     }
@@ -343,6 +348,7 @@ impl WorkerPool {
             ))
         });
         let stats = tokio::spawn(refresh_stats(self.db.clone(), cfg.stats_interval, stop_aux.clone()));
+        let wakeups = self.db.job_wakeups();
         let mut tasks = tokio::task::JoinSet::new();
 
         while !*shutdown.borrow() {
@@ -366,7 +372,7 @@ impl WorkerPool {
                     tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
                     tokio::select! {
                         _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(cfg.poll_interval * 10) => {}
+                        _ = tokio::time::sleep(LEASE_ERROR_BACKOFF) => {}
                     }
                     continue;
                 }
@@ -406,12 +412,21 @@ impl WorkerPool {
             }
             while tasks.try_join_next().is_some() {}
             if got < free {
-                // Nothing (more) runnable right now. A finalize by this pool may unblock the next job of a key,
-                // so wake on that as well as on the poll tick.
+                // Nothing (more) runnable right now. Wake when a head becomes due anywhere in the fleet (NOTIFY), when
+                // a finalize by this pool may have unblocked the next job of a key, when the next head in backoff
+                // is due, or at the fallback poll.
+                let wait = match self.db.run(queue::next_due).await {
+                    Ok(Some(at)) => (at - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(cfg.poll_interval),
+                    Ok(None) | Err(_) => cfg.poll_interval,
+                };
                 tokio::select! {
                     _ = shutdown.changed() => {}
                     _ = finalized.notified() => {}
-                    _ = tokio::time::sleep(cfg.poll_interval) => {}
+                    _ = wakeups.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }

@@ -166,6 +166,48 @@ pub mod priority {
     pub const BACKFILL: i16 = 10;
 }
 
+/// Dispatch classes (issue 11 §2, fair dispatch): priorities are grouped into three classes that share the fleet's
+/// workers by weight instead of by strict priority, so a launch wave of provisioning or a long backfill never starves
+/// live posts, and live traffic never starves backfill. The SQL twin is `job_dispatch_class(priority)` (migration
+/// 2026-12-04-233000_lease_job_heads); `tests/queue_semantics.rs` checks they agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DispatchClass {
+    /// `priority < LIVE`: account lifecycle (provisioning).
+    Account = 0,
+    /// `LIVE <= priority < BACKFILL`: live events.
+    Live = 1,
+    /// `priority >= BACKFILL`: history imported on opt-in.
+    Backfill = 2,
+}
+
+impl DispatchClass {
+    /// Every class, in tie-break order (on equal weighted load the lower priority value goes first).
+    pub const ALL: [DispatchClass; 3] = [DispatchClass::Account, DispatchClass::Live, DispatchClass::Backfill];
+
+    /// The class of a job priority.
+    pub fn of(priority: i16) -> DispatchClass {
+        if priority < priority::LIVE {
+            DispatchClass::Account
+        } else if priority < priority::BACKFILL {
+            DispatchClass::Live
+        } else {
+            DispatchClass::Backfill
+        }
+    }
+
+    /// The class's share of the fleet's running jobs when every class has work: live 4, account 2, backfill 1
+    /// (8 busy workers ≈ 4.6 live, 2.3 provisioning, 1.1 backfill). Idle shares go to whoever has work. Live gets
+    /// the most because its lag is the SLO; provisioning gets more than backfill because an account's live posts
+    /// wait for it (`account_not_ready`); backfill is history and may lag, but never stops.
+    pub fn weight(self) -> i32 {
+        match self {
+            DispatchClass::Account => 2,
+            DispatchClass::Live => 4,
+            DispatchClass::Backfill => 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

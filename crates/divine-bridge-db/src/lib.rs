@@ -15,6 +15,7 @@ pub mod audit;
 pub use divine_bridge_core::{class, states};
 pub mod envcfg;
 pub mod error;
+pub mod listen;
 pub mod migrate;
 pub mod queue;
 pub mod records;
@@ -339,6 +340,8 @@ pub fn connect_once(url: &str) -> Result<PgConnection, DbError> {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<PgManager>,
+    /// The connection URL with the transport parameters (for the one connection outside the pool: the listener).
+    url: std::sync::Arc<str>,
 }
 
 impl Db {
@@ -351,8 +354,12 @@ impl Db {
     /// Connects a pool with `settings` (transport parameters added to `url`, session settings on every
     /// connection). Fails fast (10 s) if Postgres is unreachable.
     pub fn connect_with(url: &str, settings: &DbSettings) -> Result<Db, DbError> {
+        let url: std::sync::Arc<str> = settings
+            .connection_url(url)
+            .map_err(|e| DbError::Pool(e.to_string()))?
+            .into();
         let manager = PgManager {
-            url: settings.connection_url(url).map_err(|e| DbError::Pool(e.to_string()))?,
+            url: url.to_string(),
             session_sql: settings.session_sql(),
             idle_check_after: settings.idle_check_after,
         };
@@ -364,7 +371,7 @@ impl Db {
             .test_on_check_out(true)
             .build(manager)
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Db { pool })
+        Ok(Db { pool, url })
     }
 
     /// The startup connection policy both binaries share (issue 14): tries one direct connection to `url` (with the
@@ -436,6 +443,11 @@ impl Db {
         })
         .await
         .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// Starts a job wake-up listener on its own connection (outside the pool; see [`listen`]).
+    pub fn job_wakeups(&self) -> listen::JobWakeups {
+        listen::JobWakeups::spawn(self.url.to_string())
     }
 
     /// Pool statistics for `/ready` and diagnostics.

@@ -790,3 +790,324 @@ fn oldest_queued_age_counts_from_the_event_including_backoff() {
         age("sync_profile")
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Key heads, fair dispatch (issue 11 §2, §3)
+// ---------------------------------------------------------------------------------------------------------------
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Head {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    ordering_key: String,
+    #[diesel(sql_type = BigInt)]
+    head_id: i64,
+    #[diesel(sql_type = diesel::sql_types::SmallInt)]
+    class: i16,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    run_at: DateTime<Utc>,
+}
+
+/// `job_heads` as stored, and as recomputed from `jobs` (the first live job of each key in key order).
+fn heads_stored_and_expected(conn: &mut PgConnection) -> (Vec<Head>, Vec<Head>) {
+    let stored = diesel::sql_query("SELECT ordering_key, head_id, class, run_at FROM job_heads ORDER BY ordering_key")
+        .load(conn)
+        .unwrap();
+    let expected = diesel::sql_query(
+        "SELECT DISTINCT ON (ordering_key) ordering_key, id AS head_id, job_dispatch_class(priority) AS class, run_at \
+         FROM jobs WHERE state IN ('queued', 'running') ORDER BY ordering_key, priority, source_created_at, id",
+    )
+    .load(conn)
+    .unwrap();
+    (stored, expected)
+}
+
+fn assert_heads_exact(conn: &mut PgConnection, step: &str) {
+    let (stored, expected) = heads_stored_and_expected(conn);
+    assert_eq!(stored, expected, "job_heads drifted from jobs after {step}");
+}
+
+#[test]
+fn job_heads_follow_every_kind_of_job_change() {
+    let db = TestDb::migrated("queue_heads_exact");
+    let mut c = db.conn();
+    enq(&mut c, &job("a", 1));
+    let a2 = enq(&mut c, &job("a", 2));
+    let b1 = enq(&mut c, &job("b", 3));
+    queue::enqueue_many(&mut c, &[job("c", 4), job("c", 5), job("d", 6)]).unwrap();
+    assert_heads_exact(&mut c, "enqueue");
+    // An earlier job of a key becomes its head; a lower priority value too.
+    let a0 = enq(&mut c, &job("a", 0));
+    let mut urgent = job("b", 99);
+    urgent.priority = divine_bridge_db::states::priority::ACCOUNT;
+    let b_urgent = enq(&mut c, &urgent);
+    assert_heads_exact(&mut c, "enqueue of earlier jobs");
+    let leased = ids(&queue::lease(&mut c, "w", 10, LEASE).unwrap());
+    assert!(leased.contains(&a0) && leased.contains(&b_urgent), "{leased:?}");
+    assert_heads_exact(&mut c, "lease");
+    assert_eq!(
+        finish(&mut c, a0, &retry_now("pds_unavailable")),
+        Finished::Applied(JobState::Queued)
+    );
+    assert_heads_exact(&mut c, "retry");
+    complete(&mut c, &[b_urgent]);
+    assert_heads_exact(&mut c, "complete");
+    queue::lease(&mut c, "w", 10, LEASE).unwrap();
+    let running: Vec<i64> = queue::list(
+        &mut c,
+        &JobFilter {
+            state: Some(JobState::Running),
+            ..JobFilter::default()
+        },
+        100,
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.id)
+    .collect();
+    expire_lease(&mut c, running[0]);
+    queue::reclaim_expired(&mut c, &POLICY).unwrap();
+    assert_heads_exact(&mut c, "reclaim");
+    let l = held(&mut c, running[1]);
+    queue::release(&mut c, "w", &[l]).unwrap();
+    assert_heads_exact(&mut c, "release");
+    assert!(queue::cancel(&mut c, a2).unwrap());
+    assert_heads_exact(&mut c, "cancel");
+    assert!(queue::retry(&mut c, a2).unwrap());
+    assert_heads_exact(&mut c, "operator retry");
+    diesel::sql_query("UPDATE jobs SET run_at = now() + interval '1 hour' WHERE id = $1")
+        .bind::<BigInt, _>(b1)
+        .execute(&mut c)
+        .unwrap();
+    assert_heads_exact(&mut c, "a manual run_at change");
+    diesel::sql_query("UPDATE jobs SET state = 'cancelled', finished_at = now() WHERE state = 'queued'")
+        .execute(&mut c)
+        .unwrap();
+    assert_heads_exact(&mut c, "a bulk cancel");
+    queue::prune_finished(&mut c, Utc::now() + ChronoDuration::seconds(1), 1000).unwrap();
+    assert_heads_exact(&mut c, "prune");
+    diesel::sql_query("TRUNCATE jobs").execute(&mut c).unwrap();
+    assert_heads_exact(&mut c, "truncate");
+}
+
+#[test]
+fn the_migration_backfills_heads_of_jobs_queued_before_it() {
+    use diesel_migrations::MigrationHarness;
+    let db = TestDb::migrated("queue_heads_backfill");
+    let mut c = db.conn();
+    // Back to the schema before job_heads, queue work the old way, then migrate forward.
+    let has_heads = |c: &mut PgConnection| -> bool {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "to_regclass('job_heads') IS NOT NULL",
+        ))
+        .get_result(c)
+        .unwrap()
+    };
+    while has_heads(&mut c) {
+        c.revert_last_migration(divine_bridge_db::migrate::MIGRATIONS).unwrap();
+    }
+    for (key, n) in [("a", 2), ("a", 1), ("b", 3), ("c", 4)] {
+        diesel::sql_query(
+            "INSERT INTO jobs (kind, ordering_key, payload, source_created_at) VALUES ('noop', $1, '{}', $2)",
+        )
+        .bind::<diesel::sql_types::Text, _>(key)
+        .bind::<diesel::sql_types::Timestamptz, _>(t0() + ChronoDuration::milliseconds(n))
+        .execute(&mut c)
+        .unwrap();
+    }
+    diesel::sql_query("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE ordering_key = 'c'")
+        .execute(&mut c)
+        .unwrap();
+    divine_bridge_db::migrate::run_migrations(&mut c).unwrap();
+    assert_heads_exact(&mut c, "the migration's backfill");
+    let (stored, _) = heads_stored_and_expected(&mut c);
+    assert_eq!(
+        stored.iter().map(|h| h.ordering_key.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+}
+
+#[test]
+fn the_sql_dispatch_class_matches_the_rust_one() {
+    use divine_bridge_db::states::DispatchClass;
+    let db = TestDb::migrated("queue_dispatch_class");
+    let mut c = db.conn();
+    #[derive(QueryableByName)]
+    struct C {
+        #[diesel(sql_type = diesel::sql_types::SmallInt)]
+        class: i16,
+    }
+    for p in [i16::MIN, -11, -10, -1, 0, 1, 9, 10, 11, i16::MAX] {
+        let got: C = diesel::sql_query("SELECT job_dispatch_class($1) AS class")
+            .bind::<diesel::sql_types::SmallInt, _>(p)
+            .get_result(&mut c)
+            .unwrap();
+        assert_eq!(got.class, DispatchClass::of(p) as i16, "priority {p}");
+    }
+}
+
+/// Buffers one lease touches (EXPLAIN ANALYZE BUFFERS of LEASE_SQL, rolled back).
+fn lease_buffers(conn: &mut PgConnection) -> i64 {
+    #[derive(QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        #[diesel(column_name = "QUERY PLAN")]
+        plan: String,
+    }
+    use divine_bridge_db::states::DispatchClass;
+    let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
+    let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
+    let mut plan: Vec<Plan> = Vec::new();
+    let _ = conn.transaction::<(), diesel::result::Error, _>(|c| {
+        plan = diesel::sql_query(format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}", queue::LEASE_SQL))
+            .bind::<diesel::sql_types::Text, _>("explain")
+            .bind::<BigInt, _>(16)
+            .bind::<diesel::sql_types::Double, _>(60.0)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::SmallInt>, _>(&classes)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(&weights)
+            .load(c)?;
+        Err(diesel::result::Error::RollbackTransaction)
+    });
+    let json: serde_json::Value = serde_json::from_str(&plan[0].plan).unwrap();
+    let top = &json[0]["Plan"];
+    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
+/// Issue 11 §3: the lease cost does not depend on how many jobs wait behind heads in backoff. 100 keys whose heads
+/// wait an hour, with 50 and then 20,000 due jobs queued behind them, next to 16 runnable jobs: the lease touches the
+/// same handful of buffers both times (the old statement walked every due job behind the heads: ~20,000 probes).
+#[test]
+fn the_lease_ignores_jobs_blocked_behind_heads_in_backoff() {
+    let db = TestDb::migrated("queue_heads_blocked");
+    let mut c = db.conn();
+    let load = |c: &mut PgConnection, from: i64, to: i64| {
+        diesel::sql_query(
+            "INSERT INTO jobs (kind, ordering_key, payload, source_created_at, run_at) \
+             SELECT 'noop', 'blocked-' || (i % 100), '{}', timestamptz '2026-01-01' + make_interval(secs => i), \
+                    CASE WHEN i < 100 THEN now() + interval '1 hour' ELSE now() END \
+             FROM generate_series($1, $2) AS i",
+        )
+        .bind::<BigInt, _>(from)
+        .bind::<BigInt, _>(to)
+        .execute(c)
+        .unwrap();
+        diesel::sql_query("ANALYZE jobs").execute(c).unwrap();
+    };
+    let runnable = |c: &mut PgConnection| {
+        let batch: Vec<NewJob> = (0..16).map(|i| job(&format!("free-{i}"), 1_000_000 + i)).collect();
+        queue::enqueue_many(c, &batch).unwrap();
+    };
+    load(&mut c, 0, 149);
+    runnable(&mut c);
+    let few = lease_buffers(&mut c);
+    load(&mut c, 150, 20_149);
+    let many = lease_buffers(&mut c);
+    // Deeper indexes may cost a buffer more per probe; walking the blocked jobs costs thousands.
+    assert!(
+        many <= 2 * few,
+        "lease touched {few} buffers with 50 blocked jobs and {many} with 20,050"
+    );
+    let got = queue::lease(&mut c, "w", 16, LEASE).unwrap();
+    assert_eq!(got.len(), 16);
+    assert!(got.iter().all(|j| j.ordering_key.starts_with("free-")));
+}
+
+fn prio_job(key: &str, prio: i16, n: i64) -> NewJob {
+    let mut j = job(key, n);
+    j.priority = prio;
+    j
+}
+
+/// Leases a batch of 16 and completes it at once (a pool whose jobs are instant).
+fn lease_and_complete(c: &mut PgConnection) -> Vec<queue::LeasedJob> {
+    let got = queue::lease(c, "w", 16, LEASE).unwrap();
+    let leases: Vec<Lease> = got.iter().map(|j| j.lease()).collect();
+    queue::complete_many(c, &leases).unwrap();
+    got
+}
+
+/// Issue 11 §2: a launch wave of 1,000 provisioning jobs no longer holds back live posts of other accounts: the 10
+/// live jobs queued after the wave are all in the first batch (strict priority leased them after the whole wave).
+#[test]
+fn a_provisioning_wave_does_not_starve_live_posts() {
+    use divine_bridge_db::states::priority;
+    let db = TestDb::migrated("queue_fair_wave");
+    let mut c = db.conn();
+    let wave: Vec<NewJob> = (0..1_000)
+        .map(|i| prio_job(&format!("acct-{i}"), priority::ACCOUNT, i))
+        .collect();
+    queue::enqueue_many(&mut c, &wave).unwrap();
+    let live: Vec<NewJob> = (0..10)
+        .map(|i| prio_job(&format!("event-{i}"), priority::LIVE, 2_000 + i))
+        .collect();
+    let live = queue::enqueue_many(&mut c, &live).unwrap();
+    let first = lease_and_complete(&mut c);
+    let first_ids = ids(&first);
+    assert!(
+        live.iter().all(|id| first_ids.contains(id)),
+        "live jobs in the first batch of 16: {first_ids:?}"
+    );
+    assert!(
+        first.iter().any(|j| j.priority == priority::ACCOUNT),
+        "provisioning keeps its share"
+    );
+    // Weighted, not inverted: with live work exhausted the wave gets the whole batch.
+    assert!(lease_and_complete(&mut c)
+        .iter()
+        .all(|j| j.priority == priority::ACCOUNT));
+}
+
+/// Issue 11 §2: backfill keeps progressing while live work keeps arriving (strict priority starved it), and live
+/// work still gets most of the workers.
+#[test]
+fn backfill_progresses_while_live_work_keeps_arriving() {
+    use divine_bridge_db::states::priority;
+    let db = TestDb::migrated("queue_fair_backfill");
+    let mut c = db.conn();
+    let history: Vec<NewJob> = (0..1_000)
+        .map(|i| prio_job(&format!("hist-{i}"), priority::BACKFILL, i))
+        .collect();
+    queue::enqueue_many(&mut c, &history).unwrap();
+    let (mut live, mut backfill) = (0, 0);
+    for round in 0..20 {
+        let fresh: Vec<NewJob> = (0..16)
+            .map(|i| prio_job(&format!("live-{round}-{i}"), priority::LIVE, 10_000 + round * 16 + i))
+            .collect();
+        queue::enqueue_many(&mut c, &fresh).unwrap();
+        for j in lease_and_complete(&mut c) {
+            if j.priority == priority::BACKFILL {
+                backfill += 1;
+            } else {
+                live += 1;
+            }
+        }
+    }
+    assert!(backfill >= 20, "backfill leased {backfill} of {} jobs", live + backfill);
+    assert!(live >= 3 * backfill, "live {live} vs backfill {backfill}");
+}
+
+/// The weights apply to what runs across the fleet, not per call: one free worker at a time (batch 1) while the
+/// other jobs keep running still mixes the classes.
+#[test]
+fn fair_dispatch_counts_running_jobs_across_calls() {
+    use divine_bridge_db::states::priority;
+    let db = TestDb::migrated("queue_fair_running");
+    let mut c = db.conn();
+    let wave: Vec<NewJob> = (0..50)
+        .map(|i| prio_job(&format!("acct-{i}"), priority::ACCOUNT, i))
+        .collect();
+    queue::enqueue_many(&mut c, &wave).unwrap();
+    let live: Vec<NewJob> = (0..50)
+        .map(|i| prio_job(&format!("ev-{i}"), priority::LIVE, 100 + i))
+        .collect();
+    queue::enqueue_many(&mut c, &live).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(queue::lease(&mut c, "w", 1, LEASE).unwrap());
+    }
+    let accounts = got.iter().filter(|j| j.priority == priority::ACCOUNT).count();
+    assert_eq!(
+        (got.len(), accounts),
+        (6, 2),
+        "live 4 : account 2 over six single leases"
+    );
+}

@@ -59,6 +59,9 @@ async fn the_gateway_role_cannot_read_keys_or_sessions_nor_rewrite_what_it_does_
         "SELECT * FROM relay_cursors".to_string(),
         "SELECT * FROM ingest_shards".to_string(),
         "SELECT * FROM profile_sync".to_string(),
+        // The dispatch heads: kept by the jobs triggers (running as the schema owner), never by the gateway itself.
+        "SELECT * FROM job_heads".to_string(),
+        "DELETE FROM job_heads".to_string(),
         "SELECT nextval('jobs_lease_token_seq')".to_string(),
         // No DDL, no migrations.
         "CREATE TABLE gw_owned (x int)".to_string(),

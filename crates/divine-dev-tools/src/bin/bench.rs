@@ -12,6 +12,15 @@
 //! - `lease_p99_ms_backlog` — the same with 1,000,000 queued jobs (100,000 keys, loaded with one INSERT … SELECT
 //!   generate_series, then VACUUM ANALYZE as autovacuum would), leasing from the backlog itself;
 //! - `lease_backlog_ratio` — backlog p99 / empty p99;
+//! - `lease_p99_ms_blocked` — the same as `lease_p99_ms_empty` (16 runnable jobs enqueued per round) next to
+//!   `BENCH_BLOCKED` (1,000,000) queued jobs over 10,000 ordering keys whose heads wait out a backoff (run_at a day
+//!   ahead; everything behind them is due by time but blocked by its head: a PDS outage during a backfill);
+//!   `BENCH_BLOCKED_ROUNDS` (2,000) rounds, the first twentieth not counted;
+//! - `lease_blocked_ratio` — blocked p99 / empty p99 (target ≤ 2: the lease ignores blocked work, issue 11 §3);
+//! - `fair_leases_until_live_done` — batch-16 leases (each batch completed) until all of 10 live jobs, enqueued
+//!   after a wave of 1,000 provisioning-priority jobs, are leased (strict priority: 64; fair dispatch: 1);
+//! - `fair_backfill_share` — the fraction of 100 batch-16 leases' jobs that were backfill while 1,000 backfill jobs
+//!   wait and 16 fresh live jobs arrive before every lease (strict priority: 0, backfill starves);
 //! - `stats_ms_empty` — median time of one `queue::stats()` (the 15 s gauge refresh of every replica) over
 //!   [`STATS_ROUNDS`] calls, with a live backlog of [`STATS_LIVE`] queued jobs and no finished job;
 //! - `stats_ms_1m_finished` — the same after adding `BENCH_FINISHED` (1,000,000) finished jobs (succeeded, failed,
@@ -190,6 +199,34 @@ fn queue_suite() -> anyhow::Result<()> {
         explain(&mut conn)?;
     }
 
+    let blocked: i64 = env_or("BENCH_BLOCKED", 1_000_000);
+    let blocked_rounds: usize = env_or("BENCH_BLOCKED_ROUNDS", LATENCY_ROUNDS);
+    diesel::sql_query("TRUNCATE jobs").execute(&mut conn)?;
+    let started = Instant::now();
+    // Key `blocked-k` gets jobs i ≡ k (mod 10,000); its head (the earliest, i ≤ 10,000) waits a day, the rest are due.
+    diesel::sql_query(
+        "INSERT INTO jobs (kind, ordering_key, payload, priority, source_created_at, run_at) \
+         SELECT 'noop', 'blocked-' || (i % 10000), '{}'::jsonb, 0, \
+                timestamptz '2026-01-01' + make_interval(secs => i / 1000.0), \
+                CASE WHEN i <= 10000 THEN now() + interval '1 day' ELSE now() END \
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind::<BigInt, _>(blocked)
+    .execute(&mut conn)?;
+    diesel::sql_query("VACUUM ANALYZE jobs").execute(&mut conn)?;
+    eprintln!("bench: loaded {blocked} blocked jobs in {:.1?}", started.elapsed());
+    let blocked_p99 = p99_ms(lease_latencies_n(&mut conn, true, blocked_rounds)?);
+    println!("lease_p99_ms_blocked={blocked_p99:.3}");
+    println!("lease_blocked_ratio={:.2}", blocked_p99 / empty_p99);
+    if std::env::var_os("BENCH_EXPLAIN").is_some() {
+        explain(&mut conn)?;
+    }
+
+    diesel::sql_query("TRUNCATE jobs").execute(&mut conn)?;
+    let (until_live, backfill_share) = fair_dispatch(&mut conn)?;
+    println!("fair_leases_until_live_done={until_live}");
+    println!("fair_backfill_share={backfill_share:.3}");
+
     let finished: i64 = env_or("BENCH_FINISHED", 1_000_000);
     let (stats_empty, stats_finished) = stats_timing(&mut conn, finished)?;
     println!("stats_ms_empty={stats_empty:.3}");
@@ -313,8 +350,14 @@ fn throughput(url: &str, n: usize) -> anyhow::Result<f64> {
 /// the 16 jobs it will lease (an otherwise empty queue); without, it leases from whatever backlog is there. Leased
 /// jobs are completed (untimed) so the next round sees the same shape.
 fn lease_latencies(conn: &mut PgConnection, refill: bool) -> anyhow::Result<Vec<Duration>> {
-    let mut out = Vec::with_capacity(LATENCY_ROUNDS);
-    for round in 0..LATENCY_ROUNDS + 100 {
+    lease_latencies_n(conn, refill, LATENCY_ROUNDS)
+}
+
+/// [`lease_latencies`] over `rounds` counted rounds, after `rounds / 20` uncounted warm-up rounds.
+fn lease_latencies_n(conn: &mut PgConnection, refill: bool, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    let warmup = (rounds / 20).max(1);
+    let mut out = Vec::with_capacity(rounds);
+    for round in 0..rounds + warmup {
         if refill {
             let batch: Vec<NewJob> = (0..LEASE_BATCH)
                 .map(|i| NewJob::new(JobKind::Noop, format!("key-{i}"), serde_json::json!({})))
@@ -331,12 +374,57 @@ fn lease_latencies(conn: &mut PgConnection, refill: bool) -> anyhow::Result<Vec<
         );
         let leases: Vec<queue::Lease> = leased.iter().map(|j| j.lease()).collect();
         queue::complete_many(conn, &leases)?;
-        // The first 100 rounds warm caches and the plan cache; not counted.
-        if round >= 100 {
+        // The first rounds warm caches and the plan cache; not counted.
+        if round >= warmup {
             out.push(took);
         }
     }
     Ok(out)
+}
+
+/// Fair dispatch (issue 11 §2), two figures on an empty queue. (1) A wave of 1,000 provisioning-priority jobs, then 10
+/// live ones: batch-16 leases (each batch completed at once) until every live job was leased. (2) 1,000 backfill jobs
+/// waiting while 16 fresh live jobs arrive before each of 100 batch-16 leases: the fraction of leased jobs that were
+/// backfill.
+fn fair_dispatch(conn: &mut PgConnection) -> anyhow::Result<(usize, f64)> {
+    use divine_bridge_db::states::priority;
+    let wave = |conn: &mut PgConnection, prefix: &str, prio: i16, n: usize| -> anyhow::Result<Vec<i64>> {
+        let batch: Vec<NewJob> = (0..n)
+            .map(|i| {
+                let mut j = NewJob::new(JobKind::Noop, format!("{prefix}-{i}"), serde_json::json!({}));
+                j.priority = prio;
+                j
+            })
+            .collect();
+        Ok(queue::enqueue_many(conn, &batch)?)
+    };
+    let lease_and_complete = |conn: &mut PgConnection| -> anyhow::Result<Vec<queue::LeasedJob>> {
+        let leased = queue::lease(conn, "bench", LEASE_BATCH, LEASE)?;
+        let leases: Vec<queue::Lease> = leased.iter().map(|j| j.lease()).collect();
+        queue::complete_many(conn, &leases)?;
+        Ok(leased)
+    };
+    wave(conn, "provision", priority::ACCOUNT, 1_000)?;
+    let mut live: std::collections::HashSet<i64> = wave(conn, "live", priority::LIVE, 10)?.into_iter().collect();
+    let mut leases = 0;
+    while !live.is_empty() {
+        let got = lease_and_complete(conn)?;
+        anyhow::ensure!(!got.is_empty(), "fair dispatch: queue ran dry with live jobs left");
+        leases += 1;
+        for j in got {
+            live.remove(&j.id);
+        }
+    }
+    diesel::sql_query("TRUNCATE jobs").execute(conn)?;
+    wave(conn, "backfill", priority::BACKFILL, 1_000)?;
+    let (mut total, mut backfill) = (0usize, 0usize);
+    for round in 0..100 {
+        wave(conn, &format!("live{round}"), priority::LIVE, LEASE_BATCH as usize)?;
+        let got = lease_and_complete(conn)?;
+        total += got.len();
+        backfill += got.iter().filter(|j| j.priority == priority::BACKFILL).count();
+    }
+    Ok((leases, backfill as f64 / total.max(1) as f64))
 }
 
 fn p99_ms(mut v: Vec<Duration>) -> f64 {
@@ -354,10 +442,15 @@ fn explain(conn: &mut PgConnection) -> anyhow::Result<()> {
         line: String,
     }
     let plan: Vec<Line> = conn.transaction(|c| {
+        use divine_bridge_db::states::DispatchClass;
+        let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
+        let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
         diesel::sql_query(format!("EXPLAIN (ANALYZE, BUFFERS) {}", queue::LEASE_SQL))
             .bind::<diesel::sql_types::Text, _>("explain")
             .bind::<BigInt, _>(LEASE_BATCH)
             .bind::<diesel::sql_types::Double, _>(300.0)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::SmallInt>, _>(&classes)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(&weights)
             .load(c)
     })?;
     for l in plan {

@@ -1,0 +1,11 @@
+DROP TRIGGER job_heads_insert ON jobs;
+DROP TRIGGER job_heads_update ON jobs;
+DROP TRIGGER job_heads_delete ON jobs;
+DROP TRIGGER job_heads_truncate ON jobs;
+DROP FUNCTION job_heads_after_insert();
+DROP FUNCTION job_heads_after_update();
+DROP FUNCTION job_heads_after_delete();
+DROP FUNCTION job_heads_after_truncate();
+DROP FUNCTION job_heads_refresh(TEXT[]);
+DROP TABLE job_heads;
+DROP FUNCTION job_dispatch_class(SMALLINT);

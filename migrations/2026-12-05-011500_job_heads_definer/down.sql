@@ -1,0 +1,1 @@
+ALTER FUNCTION job_heads_refresh(TEXT[]) SECURITY INVOKER RESET search_path;
