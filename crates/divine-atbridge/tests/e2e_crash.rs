@@ -104,20 +104,21 @@ async fn fifty_publishes_under_random_sigkills_leave_exactly_fifty_posts() {
     let mut dead_owners = lease_owners(&db);
     let chaos_until = Instant::now() + Duration::from_secs(35);
     while Instant::now() < chaos_until && published_count() < EVENTS {
-        let wait = Duration::from_millis(300 + rand::random::<u64>() % 1200);
+        let wait = Duration::from_millis(200 + rand::random::<u64>() % 600);
         tokio::time::sleep(wait).await;
         if bridge.exited() {
             // A failpoint aborted it.
             failpoint_aborts += 1;
         } else {
-            // Aim at a publish in progress when there is one soon (then a random 0-30 ms into it: a try takes ~100 ms
-            // since the publish pipeline lost its per-job fsync and budget waits, so a later shot mostly misses it).
+            // Aim at a publish in progress when there is one soon, and shoot as soon as one is seen: a try takes ~100 ms
+            // since the publish pipeline lost its per-job fsync and budget waits, so any added delay mostly misses it.
             let aim = Instant::now() + Duration::from_millis(3000);
-            while in_flight(&db, &dead_owners) == 0 && Instant::now() < aim && !bridge.exited() {
-                tokio::time::sleep(Duration::from_millis(15)).await;
+            let mut in_flight_now = in_flight(&db, &dead_owners);
+            while in_flight_now == 0 && Instant::now() < aim && !bridge.exited() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                in_flight_now = in_flight(&db, &dead_owners);
             }
-            tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 30)).await;
-            let in_flight = in_flight(&db, &dead_owners);
+            let in_flight = in_flight_now;
             if bridge.exited() {
                 // It reached its armed failpoint while we were aiming.
                 failpoint_aborts += 1;

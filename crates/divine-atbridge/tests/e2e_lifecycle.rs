@@ -73,7 +73,9 @@ async fn pause_honours_deletes_and_profiles_and_enable_bridges_what_was_skipped(
     let relay = TestRelay::start().await;
     let kek = random_kek();
     let env = bridge_env(&db, &stack, &[&relay.url], &kek);
-    let _bridge = BridgeProcess::spawn(&env, &[]);
+    // One worker: while `slow` holds it (its media answers after 6 s), `queued` stays queued for certain. Jobs of
+    // one account no longer share an ordering key (issue 11 §2), so with more workers it would run at once.
+    let _bridge = BridgeProcess::spawn(&env, &[("WORKERS", "1")]);
     let gateway = GatewayProcess::spawn(&db);
     let keys = Keys::generate();
     let pubkey = keys.public_key().to_hex();
@@ -99,8 +101,8 @@ async fn pause_honours_deletes_and_profiles_and_enable_bridges_what_was_skipped(
     publish(&client, &doomed).await;
     let doomed_uri = wait_published(&db, &doomed.id).await;
 
-    // 2. A publish queued at the moment of disable: `slow` holds the account's key (running), `queued` waits
-    //    behind it; disable cancels `queued` and lets `slow` finish.
+    // 2. A publish queued at the moment of disable: `slow` holds the only worker (running), `queued` waits for it;
+    //    disable cancels `queued` and lets `slow` finish.
     let slow = video_event(
         &keys,
         22,
