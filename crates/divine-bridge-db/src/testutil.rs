@@ -157,3 +157,66 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// Running the real service binaries in startup tests (both services' `tests/startup.rs`): a clean environment,
+/// a bounded wait for exit, a port nothing listens on, and a bare HTTP GET that needs no client crate.
+pub mod process {
+    use std::io::{Read, Write};
+    use std::process::{Child, Command, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// `bin` with an empty environment (nothing inherited from the test runner) plus `vars`, output captured.
+    pub fn clean_command(bin: &str, args: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(bin);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Waits for `child` at most `limit`; kills it and panics if it is still running (the "keeps running" failure).
+    pub fn finish_within(mut child: Child, limit: Duration, what: &str) -> Output {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "{what}: still running after {limit:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Output bytes as text.
+    pub fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// A local port with nothing listening on it.
+    pub fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// `GET path` over plain HTTP/1.0: (status, body), or `None` when nothing answers yet.
+    pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+    }
+}
