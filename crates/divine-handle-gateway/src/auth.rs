@@ -239,6 +239,12 @@ pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Ni
     })
 }
 
+/// An `Authorization` value as `(scheme, credentials)`, both trimmed; `None` without the separating space. The one
+/// reading of the header: the [`Credential`] extractor and the rate limiter's service-token exemption share it.
+pub fn split_authorization(value: &str) -> Option<(&str, &str)> {
+    value.trim().split_once(' ').map(|(scheme, rest)| (scheme, rest.trim()))
+}
+
 impl FromRequestParts<AppState> for Credential {
     type Rejection = ApiError;
 
@@ -249,11 +255,8 @@ impl FromRequestParts<AppState> for Credential {
             .ok_or_else(|| unauthorized("missing", "Authorization header required (Bearer or Nostr)"))?
             .to_str()
             .map_err(|_| unauthorized("malformed", "Authorization header is not ASCII"))?;
-        let (scheme, rest) = value
-            .trim()
-            .split_once(' ')
+        let (scheme, rest) = split_authorization(value)
             .ok_or_else(|| unauthorized("malformed", "Authorization header must be '<scheme> <credentials>'"))?;
-        let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
             let token_id = state.config.service_tokens.verify(rest)?;
             Ok(Credential::Service {

@@ -140,9 +140,9 @@ fn is_service(headers: &HeaderMap, state: &AppState) -> bool {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
+        .and_then(crate::auth::split_authorization)
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .is_some_and(|(_, token)| state.config.service_tokens.verify(token.trim()).is_ok())
+        .is_some_and(|(_, token)| state.config.service_tokens.verify(token).is_ok())
 }
 
 /// Route layer of `/api/*` (rule 1).
