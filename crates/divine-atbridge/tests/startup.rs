@@ -26,6 +26,18 @@ fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Asserts the process reported its fatal error exactly once, as `error[code]: message`, across stdout and stderr
+/// (before: a log line "divine-atbridge stopped" carried the same message ahead of the `error[…]` line).
+fn reported_once(out: &std::process::Output, message: &str) {
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        all.matches(message).count(),
+        1,
+        "{message:?} not exactly once in:\n{all}"
+    );
+    assert_eq!(all.matches("error[").count(), 1, "one error line:\n{all}");
+}
+
 fn with<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
@@ -115,6 +127,7 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
     );
     assert!(err.contains("e.g. https://pds.example.com"), "{err}");
     assert!(!err.contains(&hex_key), "the key is never echoed");
+    reported_once(&out, "configuration problems:");
 }
 
 #[test]
@@ -133,6 +146,7 @@ fn a_busy_http_addr_is_a_startup_error() {
         err.contains(&format!("error[http_bind_failed]: cannot listen on HTTP_ADDR {addr}")),
         "{err}"
     );
+    reported_once(&out, &format!("cannot listen on HTTP_ADDR {addr}"));
 }
 
 #[test]
@@ -155,6 +169,7 @@ fn a_rejected_database_url_fails_fast_naming_it() {
     );
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("postgres://USER:PASSWORD@HOST:5432/DATABASE"), "{err}");
+    reported_once(&out, "DATABASE_URL was rejected");
 }
 
 #[test]
@@ -186,4 +201,5 @@ fn health_is_served_while_an_unreachable_database_is_awaited() {
     assert!(err.contains("error[db_unavailable]"), "{err}");
     assert!(err.contains("DB_CONNECT_WAIT_SECS (4 s)"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+    reported_once(&out, "DB_CONNECT_WAIT_SECS (4 s)");
 }
