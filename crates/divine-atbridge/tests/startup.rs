@@ -3,7 +3,7 @@
 //! at once with their codes, and `/health` answering while an unreachable Postgres is awaited for
 //! `DB_CONNECT_WAIT_SECS`. Needs only the test Postgres server (no PLC/PDS: nothing gets past startup).
 
-use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, text};
+use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, reported_once, text};
 use divine_bridge_db::testutil::TestDb;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,18 +24,6 @@ fn valid_env(database_url: &str) -> Vec<(&'static str, String)> {
         ("PDS_ADMIN_PASSWORD", "admin-password".into()),
         ("ALLOW_NO_RECOVERY_KEYS", "true".into()),
     ]
-}
-
-/// Asserts the process reported its fatal error exactly once, as `error[code]: message`, across stdout and stderr
-/// (before: a log line "divine-atbridge stopped" carried the same message ahead of the `error[…]` line).
-fn reported_once(out: &std::process::Output, message: &str) {
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        all.matches(message).count(),
-        1,
-        "{message:?} not exactly once in:\n{all}"
-    );
-    assert_eq!(all.matches("error[").count(), 1, "one error line:\n{all}");
 }
 
 fn with<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
