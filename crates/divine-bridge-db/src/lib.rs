@@ -17,6 +17,7 @@ pub mod envcfg;
 pub mod error;
 pub mod listen;
 pub mod migrate;
+pub mod prepared;
 pub mod queue;
 pub mod records;
 pub mod roles;

@@ -63,6 +63,7 @@
 //!   success stays `succeeded` (the side effect happened); an ineligible result stays `ineligible`.
 
 use crate::error::DbError;
+use crate::prepared::{Param, Prepared};
 use crate::schema::jobs;
 use crate::states::{DispatchClass, JobKind, JobState};
 use chrono::{DateTime, Utc};
@@ -412,15 +413,32 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
                    jobs.source_created_at, jobs.created_at, jobs.lease_token";
 
-/// Pins the lease plan for its transaction: `job_heads` is small and churns by thousands of rows a second, so its
-/// statistics are nearly always stale, and with an underestimate the planner hashed every due head and sorted them
-/// (143 ms per lease with 25,000 due heads, measured) instead of walking `job_heads_dispatch` in order and stopping
-/// after the batch. Without sorts, bitmap scans and hash joins the only plan left is the intended one. JIT is off
+/// The lease transaction's settings (`SET LOCAL`: they end with it).
+///
+/// **Durability: `synchronous_commit = off`.** The lease's commit does not wait for its WAL flush (~1.8 ms per
+/// `fdatasync` on the CI disk, which capped a busy pool at one lease per flush). This loses nothing: WAL is flushed
+/// in order, so whatever a try makes durable afterwards (a reservation, a record, its own finalize, all committed
+/// synchronously) flushes the lease with it. A lease lost in a Postgres crash is therefore a lease under which
+/// nothing durable happened: the job is `queued` again after recovery and runs again, exactly as after a reclaim
+/// (the handler's external effects are idempotent for that reason already). The worker's heartbeat and finalize
+/// then find no row with its token and the try is cut off (fencing, module header).
+///
+/// **Plan.** Pins the lease plan for its transaction: `job_heads` and the live part of `jobs` churn by thousands of rows a
+/// second, so their statistics are nearly always stale, and with underestimates the planner (a) hashed every due head
+/// and sorted them (143 ms per lease with 25,000 due heads, measured) instead of walking `job_heads_dispatch` in order
+/// and stopping after the batch, and (b) joined the heads to `jobs` by materializing every queued job (8,632 rows,
+/// 121 ms per lease, measured during `queue_noop_jobs_per_sec`) instead of one `jobs_pkey` probe per head. Without
+/// sorts, bitmap scans, hash and merge joins and materialization the only plan left is the intended one. JIT is off
 /// too: the disabled-node penalties inflate the estimated cost past `jit_above_cost`, and compiling the statement
-/// cost ~280 ms per lease for a plan that runs in under 1 ms.
-pub const LEASE_PLAN_SQL: &str =
+/// cost ~280 ms per lease for a plan that runs in under 1 ms. The plan is generic (`plan_cache_mode`): the lease is
+/// a prepared statement ([`crate::prepared`]) planned once per connection (planning took ~10 ms of a ~11 ms lease
+/// under load), and its shape does not depend on the parameters.
+pub const LEASE_SETTINGS_SQL: &str =
     "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), \
-            set_config('enable_hashjoin', 'off', true), set_config('jit', 'off', true)";
+            set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), \
+            set_config('enable_material', 'off', true), set_config('jit', 'off', true), \
+            set_config('plan_cache_mode', 'force_generic_plan', true), \
+            set_config('synchronous_commit', 'off', true)";
 
 /// Leases up to `limit` runnable jobs for `owner`: key heads only, shared among the dispatch classes by weight
 /// ([`LEASE_SQL`], [`crate::states::DispatchClass`]); returned in dispatch order `(priority, source_created_at, id)`.
@@ -436,14 +454,18 @@ pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Durati
     let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
     let result = conn
         .transaction(|conn| {
-            diesel::sql_query(LEASE_PLAN_SQL).execute(conn)?;
-            diesel::sql_query(LEASE_SQL)
-                .bind::<Text, _>(owner)
-                .bind::<BigInt, _>(limit)
-                .bind::<Double, _>(lease_for.as_secs_f64())
-                .bind::<Array<Int2>, _>(&classes)
-                .bind::<Array<Int4>, _>(&weights)
-                .load::<LeasedJob>(conn)
+            Prepared::new(LEASE_SETTINGS_SQL, vec![]).execute(conn)?;
+            Prepared::new(
+                LEASE_SQL,
+                vec![
+                    Param::Text(owner),
+                    Param::BigInt(limit),
+                    Param::Double(lease_for.as_secs_f64()),
+                    Param::SmallInts(&classes),
+                    Param::Ints(&weights),
+                ],
+            )
+            .load::<LeasedJob>(conn)
         })
         .map_err(DbError::from_diesel);
     match result {
@@ -474,9 +496,7 @@ pub fn next_due(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, DbErro
         at: Option<DateTime<Utc>>,
     }
     let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
-    let row: At = diesel::sql_query(NEXT_DUE_SQL)
-        .bind::<Array<Int2>, _>(&classes)
-        .get_result(conn)?;
+    let row: At = Prepared::new(NEXT_DUE_SQL, vec![Param::SmallInts(&classes)]).get_result(conn)?;
     Ok(row.at)
 }
 
@@ -507,11 +527,12 @@ pub fn heartbeat(conn: &mut PgConnection, leases: &[Lease], lease_for: Duration)
         return Ok(Vec::new());
     }
     let (ids, tokens) = split(leases);
-    let rows: Vec<Id> = diesel::sql_query(HEARTBEAT_SQL)
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<BigInt>, _>(&tokens)
-        .bind::<Double, _>(lease_for.as_secs_f64())
-        .load(conn)?;
+    let params = vec![
+        Param::BigInts(&ids),
+        Param::BigInts(&tokens),
+        Param::Double(lease_for.as_secs_f64()),
+    ];
+    let rows: Vec<Id> = Prepared::new(HEARTBEAT_SQL, params).load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -530,10 +551,7 @@ pub fn complete_many(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i6
         return Ok(Vec::new());
     }
     let (ids, tokens) = split(leases);
-    let rows: Vec<Id> = diesel::sql_query(COMPLETE_SQL)
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<BigInt>, _>(&tokens)
-        .load(conn)?;
+    let rows: Vec<Id> = Prepared::new(COMPLETE_SQL, vec![Param::BigInts(&ids), Param::BigInts(&tokens)]).load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 

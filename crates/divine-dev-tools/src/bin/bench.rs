@@ -171,6 +171,9 @@ fn queue_suite() -> anyhow::Result<()> {
 
     let per_sec = throughput(&db.url, jobs)?;
     println!("queue_noop_jobs_per_sec={per_sec:.0}");
+    if std::env::var("BENCH_QUEUE_ONLY").as_deref() == Ok("throughput") {
+        return Ok(());
+    }
 
     let mut conn = PgConnection::establish(&db.url)?;
     diesel::sql_query("TRUNCATE jobs").execute(&mut conn)?;
