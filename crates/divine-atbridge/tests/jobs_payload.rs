@@ -57,7 +57,7 @@ async fn run_one(tdb: &TestDb, h: &Arc<Handlers>) -> Outcome {
         .unwrap()
         .pop()
         .expect("a queued job");
-    let handler = h.registry().get(job.job_kind().unwrap()).unwrap();
+    let handler = h.registry().get(job.kind).unwrap();
     handler.handle(&job).await
 }
 
@@ -154,9 +154,12 @@ async fn a_lifecycle_job_waits_for_a_running_job_of_its_account() {
         .unwrap()
         .pop()
         .unwrap();
-    queue::enqueue(&mut tdb.conn(), &divine_bridge_db::accounts::provision_job(&pk))
-        .unwrap()
-        .unwrap();
+    queue::enqueue(
+        &mut tdb.conn(),
+        &divine_bridge_db::accounts::provision_job(&pk).unwrap(),
+    )
+    .unwrap()
+    .unwrap();
     let provision = queue::lease(&mut tdb.conn(), "test", 1, Duration::from_secs(60))
         .unwrap()
         .pop()
