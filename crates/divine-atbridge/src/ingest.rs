@@ -45,12 +45,13 @@
 //! subscription as caught up. An event that could not be enqueued (database down) holds the shard's cursor and
 //! triggers a resubscription, so it is read again.
 
+use crate::jobs::args::EventJob;
 use crate::jobs::publish::event_time;
 use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPORTED_KINDS};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use divine_bridge_db::queue::{self, keys, NewJob};
+use divine_bridge_db::queue::{self, keys};
 use divine_bridge_db::shards::{self, ShardLease};
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
@@ -279,15 +280,9 @@ fn unix_secs(at: DateTime<Utc>) -> u64 {
     at.timestamp().max(0) as u64
 }
 
-/// The job an accepted event becomes: `(kind, unique key)`.
+/// The job an accepted event becomes: `(kind, unique key)` ([`EventJob::of`], the one kind → job mapping).
 pub fn job_for(event: &Event) -> Option<(JobKind, String)> {
-    let id = event.id.to_hex();
-    match event.kind.as_u16() {
-        bridge_nostr::KIND_PROFILE => Some((JobKind::SyncProfile, format!("profile:{id}"))),
-        bridge_nostr::KIND_DELETE => Some((JobKind::DeletePost, format!("delete:{id}"))),
-        k if bridge_nostr::is_video_kind(k) => Some((JobKind::PublishPost, format!("publish:{id}"))),
-        _ => None,
-    }
+    EventJob::of(event).map(|job| (job.kind(), job.unique_key()))
 }
 
 /// The ordering key of an accepted event's job: only what truly conflicts with it is ordered with it (issue 11 §2;
@@ -315,16 +310,13 @@ pub fn ordering_key_for(event: &Event) -> String {
 }
 
 /// Enqueues the job for an accepted event; `Ok(None)` when it was already enqueued (duplicate delivery).
+/// The job is built from the event's args ([`EventJob`]: kind, keys, payload, source time), at `prio` (live, or
+/// backfill for imported history).
 pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Result<Option<i64>, DbError> {
-    let Some((kind, unique)) = job_for(event) else {
+    let Some(job) = EventJob::of(event) else {
         return Ok(None);
     };
-    let payload =
-        serde_json::json!({ "event": serde_json::to_value(event).map_err(|e| DbError::Corrupt(e.to_string()))? });
-    let mut job = NewJob::for_account(kind, &event.pubkey.to_hex(), ordering_key_for(event), payload).unique(unique);
-    job.priority = prio;
-    job.source_created_at = Some(event_time(event));
-    queue::enqueue(conn, &job)
+    queue::enqueue(conn, &job.new_job()?.at_priority(prio))
 }
 
 /// Pubkeys (hex) whose events the bridge accepts: [`divine_bridge_db::accounts::followed_pubkeys`] — enabled
@@ -1073,7 +1065,7 @@ pub async fn backfill(
                     n += 1;
                 }
             }
-            Ok(n)
+            Ok::<_, DbError>(n)
         })
         .await?;
     Ok(enqueued)

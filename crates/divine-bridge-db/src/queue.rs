@@ -17,6 +17,10 @@
 //! - A delete with several targets runs under `event:<its own id>`: tombstones (`records::is_tombstoned`, checked by
 //!   publish before and after its write) make either order end deleted.
 //!
+//! Jobs are built from typed args ([`crate::job_args::JobArgs`], [`NewJob::of`]): the args type decides kind, unique
+//! key, ordering key and priority, so the conventions above are spelled once per kind (docs/runbooks/job-queue.md,
+//! "Job kinds and their args"). [`NewJob::new`] and [`NewJob::for_account`] stay for raw jobs in tests and drills.
+//!
 //! Account barrier: every job names its account in `payload.account` ([`NewJob::for_account`],
 //! [`LeasedJob::account`]). Lifecycle jobs ([`JobKind::is_lifecycle`]) run BEFORE the account's posts because
 //! posts check the account gate (`account_not_ready` retries while provisioning) and AFTER the account's running
@@ -209,17 +213,17 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
     let mut ids = Vec::with_capacity(batch.len());
     // Postgres allows 65,535 bind parameters per statement; 7 per row.
     for chunk in rows.chunks(5_000) {
-        let inserted: Vec<(i64, String)> = diesel::insert_into(jobs::table)
+        let inserted: Vec<(i64, JobKind)> = diesel::insert_into(jobs::table)
             .values(chunk)
             .on_conflict(jobs::unique_key)
             .do_nothing()
             .returning((jobs::id, jobs::kind))
             .get_results(conn)
             .map_err(DbError::from_diesel)?;
-        let mut per_kind: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut per_kind: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for (id, kind) in inserted {
             ids.push(id);
-            *per_kind.entry(kind).or_default() += 1;
+            *per_kind.entry(kind.as_str()).or_default() += 1;
         }
         for (kind, n) in per_kind {
             metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => kind).increment(n);
@@ -324,7 +328,7 @@ pub struct LeasedJob {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
     pub ordering_key: String,
     #[diesel(sql_type = Nullable<Text>)]
@@ -345,11 +349,6 @@ pub struct LeasedJob {
 }
 
 impl LeasedJob {
-    /// The parsed kind.
-    pub fn job_kind(&self) -> Result<JobKind, DbError> {
-        Ok(self.kind.parse()?)
-    }
-
     /// The account (lower-case hex pubkey) this job belongs to, from `payload.account` (written by
     /// [`NewJob::for_account`]; rows queued before it got theirs from the 2026-12-04-000110 migration).
     pub fn account(&self) -> Result<&str, DbError> {
@@ -758,9 +757,9 @@ pub struct Reclaimed {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     #[diesel(sql_type = Int4)]
     pub reclaim_count: i32,
 }
@@ -768,7 +767,7 @@ pub struct Reclaimed {
 impl Reclaimed {
     /// Whether this reclaim parked the job as a suspected poison job.
     pub fn parked(&self) -> bool {
-        self.state == JobState::Failed.as_str()
+        self.state == JobState::Failed
     }
 }
 
@@ -926,7 +925,7 @@ pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Optio
         if let Some(id) = enqueue(conn, job)? {
             return Ok(Some(id));
         }
-        let existing: Option<(i64, String)> = jobs::table
+        let existing: Option<(i64, JobState)> = jobs::table
             .filter(jobs::unique_key.eq(key))
             .select((jobs::id, jobs::state))
             .for_update()
@@ -936,7 +935,7 @@ pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Optio
             // Lost a race with a concurrent re-drive that renamed the key away; enqueue against the new holder.
             return enqueue(conn, job);
         };
-        match state.parse::<JobState>()? {
+        match state {
             JobState::Queued | JobState::Running => Ok(Some(id)),
             JobState::Failed | JobState::Cancelled | JobState::Ineligible => {
                 retry(conn, id)?;
@@ -983,15 +982,26 @@ pub fn list(conn: &mut PgConnection, filter: &JobFilter, limit: i64) -> Result<V
     Ok(q.order(jobs::id.desc()).limit(limit.clamp(1, 10_000)).load(conn)?)
 }
 
+/// How many jobs of `account` (`payload.account`) are in each state, by state name, for `accounts show`: the
+/// per-account summary of the same rows [`list`] lists (states without a job are left out).
+pub fn count_by_state_for_account(conn: &mut PgConnection, account: &str) -> Result<Vec<(JobState, i64)>, DbError> {
+    Ok(jobs::table
+        .filter(jobs::payload.retrieve_as_text("account").eq(account))
+        .group_by(jobs::state)
+        .select((jobs::state, diesel::dsl::count_star()))
+        .order(jobs::state)
+        .load(conn)?)
+}
+
 /// A job row for operators.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub ordering_key: String,
     pub unique_key: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub priority: i16,
     pub run_at: DateTime<Utc>,
     pub attempt: i32,
@@ -1026,9 +1036,9 @@ pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStat {
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     #[diesel(sql_type = BigInt)]
     pub count: i64,
     #[diesel(sql_type = Double)]
@@ -1098,7 +1108,7 @@ pub fn prune_finished(conn: &mut PgConnection, finished_before: DateTime<Utc>, b
 #[derive(Debug, Clone, QueryableByName, serde::Serialize)]
 pub struct KindStatus {
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = BigInt)]
     pub queued: i64,
     #[diesel(sql_type = BigInt)]

@@ -98,7 +98,7 @@ fn publish_job(conn: &mut PgConnection, pk: &str, event_id: &str) -> i64 {
 }
 
 fn job_state(conn: &mut PgConnection, id: i64) -> String {
-    queue::get(conn, id).unwrap().unwrap().state
+    queue::get(conn, id).unwrap().unwrap().state.to_string()
 }
 
 #[test]
@@ -252,7 +252,9 @@ fn disable_cancels_only_this_accounts_queued_publishing_and_keeps_deletes_and_pr
     .unwrap();
     let a_running = publish_job(&mut c, A, &"5".repeat(64));
     force_job(&mut c, &format!("publish:{}", "5".repeat(64)), "running", 1, None);
-    let a_backfill = queue::enqueue(&mut c, &accounts::backfill_job(A)).unwrap().unwrap();
+    let a_backfill = queue::enqueue(&mut c, &accounts::backfill_job(A).unwrap())
+        .unwrap()
+        .unwrap();
     let b1 = publish_job(&mut c, B, &"4".repeat(64));
 
     let d = accounts::disable(&mut c, A).unwrap();

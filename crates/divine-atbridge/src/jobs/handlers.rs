@@ -2,6 +2,7 @@
 //! (success, ineligible with a reason, retry with backoff or Retry-After, permanent failure). Owns the wiring of
 //! production adapters (PDS session repo, translation + media post source); no policy lives here.
 
+use super::args::{DeletePostArgs, EventPayload, PublishPostArgs, SyncProfileArgs};
 use super::profile::{self, ProfileSource};
 use super::provision::{self, ProvisionDeps};
 use super::publish::{self, PostSource};
@@ -12,6 +13,7 @@ use crate::keys::KeyRing;
 use crate::pds::{PdsClient, SessionManager};
 use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
+use divine_bridge_db::job_args::{BackfillAuthorArgs, DisconnectAccountArgs, ProvisionAccountArgs};
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Db, ErrorClass, JobKind};
 use futures::future::BoxFuture;
@@ -86,13 +88,15 @@ impl Handlers {
         r
     }
 
+    /// Runs `job` (of `kind`): the account barrier for lifecycle kinds, then the kind's handler with the job's typed
+    /// args, decoded here once (`LeasedJob::args`: a payload that does not decode is `invalid_job_payload`).
     async fn handle(&self, kind: JobKind, job: &LeasedJob) -> Result<(), JobError> {
         if kind.is_lifecycle() {
             account_barrier(&self.db, job).await?;
         }
         match kind {
             JobKind::ProvisionAccount => {
-                let pubkey = job.account()?.to_string();
+                let pubkey = job.args::<ProvisionAccountArgs>()?.nostr_pubkey;
                 let deps = ProvisionDeps {
                     db: &self.db,
                     xrpc: &self.xrpc,
@@ -103,7 +107,7 @@ impl Handlers {
             }
             JobKind::PublishPost => {
                 let t = std::time::Instant::now();
-                let event = verified_event(job)?;
+                let event = verified_event(job.args::<PublishPostArgs>()?.0)?;
                 publish::phase("verify", t);
                 publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
                 if job.priority <= priority::LIVE {
@@ -113,16 +117,16 @@ impl Handlers {
                 Ok(())
             }
             JobKind::DeletePost => {
-                let event = verified_event(job)?;
+                let event = verified_event(job.args::<DeletePostArgs>()?.0)?;
                 publish::delete(&self.db, &self.repo, &event).await.map(|_| ())
             }
             JobKind::SyncProfile => {
-                let event = verified_event(job)?;
+                let event = verified_event(job.args::<SyncProfileArgs>()?.0)?;
                 profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
             JobKind::BackfillAuthor => {
-                let pubkey = job.account()?.to_string();
+                let pubkey = job.args::<BackfillAuthorArgs>()?.nostr_pubkey;
                 crate::ingest::backfill(
                     &self.db,
                     &self.crosspost.relays,
@@ -142,7 +146,7 @@ impl Handlers {
                 })
             }
             JobKind::DisconnectAccount => {
-                let pubkey = job.ordering_key.clone();
+                let pubkey = job.args::<DisconnectAccountArgs>()?.nostr_pubkey;
                 let done = super::disconnect::disconnect(&self.db, &self.repo, &self.repo, &pubkey).await?;
                 tracing::info!(
                     pubkey,
@@ -174,27 +178,18 @@ pub async fn account_barrier(db: &Db, job: &LeasedJob) -> Result<(), JobError> {
     }
 }
 
-/// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`), checked again before the
-/// handler may write anything: the job row is not trusted (anything with database access could have inserted or
-/// edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]: id and signature
-/// — an event ingest admitted passes again, it only gets older) and be authored by the job's account
-/// (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent (`job_event_unverified`,
-/// `job_author_mismatch`). This is the only place job payloads are decoded into events.
-pub fn verified_event(job: &LeasedJob) -> Result<nostr::Event, JobError> {
-    let value = job
-        .payload
-        .get("event")
-        .cloned()
-        .ok_or_else(|| JobError::BadPayload("no event in payload".into()))?;
-    let event: nostr::Event = serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))?;
+/// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`; its decoded args), checked
+/// again before the handler may write anything: the job row is not trusted (anything with database access could
+/// have inserted or edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]:
+/// id and signature — an event ingest admitted passes again, it only gets older) and be authored by the job's
+/// account (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent
+/// (`job_event_unverified`, `job_author_mismatch`).
+pub fn verified_event(args: EventPayload) -> Result<nostr::Event, JobError> {
+    let EventPayload { account, event } = args;
     crate::nostr::check_event_now(&event).map_err(JobError::PayloadEventRefused)?;
     let author = event.pubkey.to_hex();
-    let account = job.account()?;
     if author != account {
-        return Err(JobError::PayloadAuthorMismatch {
-            author,
-            account: account.to_string(),
-        });
+        return Err(JobError::PayloadAuthorMismatch { author, account });
     }
     Ok(event)
 }

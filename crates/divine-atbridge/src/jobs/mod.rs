@@ -1,9 +1,11 @@
 //! Job handlers: one module per job kind (`provision`, `publish` (publish + delete), `profile`, `backfill`). Each
-//! handler decides, from the job payload and the database, what side effects to perform and records every step so a
+//! handler decides, from the job's typed args (`args` for the event kinds, `divine_bridge_db::job_args` for the
+//! account kinds; decoded once, in `handlers`) and the database, what side effects to perform and records every step so a
 //! retry after a crash converges instead of repeating work. Handlers own the *policy* (gates, ordering, exactly-once
 //! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
 //! small ports defined here so the policy is testable against real Postgres without a PDS.
 
+pub mod args;
 pub mod disconnect;
 pub mod handlers;
 pub mod profile;

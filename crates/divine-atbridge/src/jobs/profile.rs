@@ -37,23 +37,20 @@ pub async fn sync_profile(
     let did = {
         let (pubkey, event_id) = (pubkey.clone(), event_id.clone());
         db.run(move |c| {
-            let did = match upkeep_gate(c, &pubkey) {
-                Ok(did) => did,
-                Err(e) => return Ok(Err(e)),
-            };
+            let did = upkeep_gate(c, &pubkey)?;
             if !records::claim_profile_event(c, &pubkey, &event_id, created)? {
                 // Re-delivery of the current newest event is allowed to finish its sync; anything older is stale.
                 let newest = records::newest_profile_event(c, &pubkey)?;
                 if newest.as_ref().map(|(id, _)| id.as_str()) != Some(event_id.as_str()) {
-                    return Ok(Err(JobError::ineligible(
+                    return Err(JobError::ineligible(
                         "superseded",
                         "a newer kind 0 profile was already synced",
-                    )));
+                    ));
                 }
             }
-            Ok(Ok(did))
+            Ok(did)
         })
-        .await??
+        .await?
     };
     let prepared = source.prepare(event).await?;
     let mut record = prepared.record;

@@ -283,15 +283,12 @@ pub async fn publish(
     let (did, existing) = {
         let (pubkey, event_id, coord) = (pubkey.clone(), event_id.clone(), coord.clone());
         db.run(move |c| {
-            let did = match account_gate(c, &pubkey) {
-                Ok(did) => did,
-                Err(e) => return Ok(Err(e)),
-            };
+            let did = account_gate(c, &pubkey)?;
             if records::is_tombstoned(c, &pubkey, &event_id, coord.as_deref(), created)? {
-                return Ok(Err(JobError::ineligible(
+                return Err(JobError::ineligible(
                     "deleted",
                     "a kind 5 deletion for this event was seen",
-                )));
+                ));
             }
             let existing = records::get_record(c, &event_id)?;
             if let Some(coord) = coord.as_deref() {
@@ -299,19 +296,19 @@ pub async fn publish(
                     let newer =
                         (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id.as_str());
                     if newer && newest.nostr_event_id != event_id {
-                        return Ok(Err(JobError::ineligible(
+                        return Err(JobError::ineligible(
                             "superseded",
                             format!(
                                 "a newer revision ({}) of {coord} is already bridged",
                                 newest.nostr_event_id
                             ),
-                        )));
+                        ));
                     }
                 }
             }
-            Ok(Ok((did, existing)))
+            Ok((did, existing))
         })
-        .await??
+        .await?
     };
     phase("gate", t);
     if let Some(m) = &existing {
@@ -364,7 +361,7 @@ pub async fn publish(
             if row.record.as_ref() != Some(&record) {
                 records::update_reserved_record(c, &row.nostr_event_id, &record)?;
             }
-            Ok(row)
+            Ok::<_, divine_bridge_db::DbError>(row)
         })
         .await?
     };
@@ -520,7 +517,7 @@ pub async fn delete(db: &Db, repo: &dyn RepoWriter, event: &Event) -> Result<usi
                     }
                 }
             }
-            Ok(victims)
+            Ok::<_, divine_bridge_db::DbError>(victims)
         })
         .await?
     };

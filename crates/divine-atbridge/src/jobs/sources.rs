@@ -94,7 +94,7 @@ pub async fn bridged_users(db: &Db, text: &str) -> Result<HashMap<String, Bridge
                     );
                 }
             }
-            Ok(found)
+            Ok::<_, divine_bridge_db::DbError>(found)
         })
         .await?;
     Ok(found)
