@@ -165,6 +165,10 @@ fn deletion(event: &Event) -> DeleteRequest {
     DeleteRequest::from_event(event).unwrap()
 }
 
+fn delete_request(keys: &Keys, tags: Vec<Tag>, at: u64) -> DeleteRequest {
+    deletion(&delete_event(keys, tags, at))
+}
+
 fn meta_of(event: &Event) -> ProfileMeta {
     ProfileMeta::from_event(event).unwrap()
 }
@@ -326,13 +330,9 @@ async fn deletes_win_in_either_order() {
     let a = video(&keys, "first", 22, None, T);
     publish::publish(&db, &FakeSource, &repo, &vid(&a)).await.unwrap();
     assert_eq!(
-        publish::delete(
-            &db,
-            &repo,
-            &deletion(&delete_event(&keys, vec![Tag::event(a.id)], T + 10))
-        )
-        .await
-        .unwrap(),
+        publish::delete(&db, &repo, &delete_request(&keys, vec![Tag::event(a.id)], T + 10))
+            .await
+            .unwrap(),
         1
     );
     assert!(repo.records.lock().unwrap().is_empty());
@@ -350,13 +350,9 @@ async fn deletes_win_in_either_order() {
     // Delete first, video later.
     let b = video(&keys, "second", 22, None, T + 20);
     assert_eq!(
-        publish::delete(
-            &db,
-            &repo,
-            &deletion(&delete_event(&keys, vec![Tag::event(b.id)], T + 30))
-        )
-        .await
-        .unwrap(),
+        publish::delete(&db, &repo, &delete_request(&keys, vec![Tag::event(b.id)], T + 30))
+            .await
+            .unwrap(),
         0
     );
     let late = publish::publish(&db, &FakeSource, &repo, &vid(&b)).await.unwrap_err();
@@ -368,13 +364,9 @@ async fn deletes_win_in_either_order() {
     publish::publish(&db, &FakeSource, &repo, &vid(&c)).await.unwrap();
     let stranger = Keys::generate();
     assert_eq!(
-        publish::delete(
-            &db,
-            &repo,
-            &deletion(&delete_event(&stranger, vec![Tag::event(c.id)], T + 50))
-        )
-        .await
-        .unwrap(),
+        publish::delete(&db, &repo, &delete_request(&stranger, vec![Tag::event(c.id)], T + 50))
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(repo.records.lock().unwrap().len(), 1);
@@ -447,12 +439,41 @@ impl divine_atbridge::jobs::profile::ProfileSource for FakeProfiles {
         meta: &'a ProfileMeta,
     ) -> BoxFuture<'a, Result<divine_atbridge::jobs::profile::PreparedProfile, JobError>> {
         Box::pin(async move {
+            // The production source's first step: content that cannot translate is refused here.
+            divine_atbridge::translate::plan_profile(meta)?;
             Ok(divine_atbridge::jobs::profile::PreparedProfile {
                 record: typed(serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": meta.name})),
                 media: vec![],
             })
         })
     }
+}
+
+/// A newer kind 0 whose content cannot translate still takes its place in the newest-wins order before it is
+/// refused (the job parses the event once, up front, but keeps the content's verdict for the translation, as when it
+/// parsed the content only after claiming): it ends `invalid_event`, and an older valid one arriving later is
+/// `superseded`, so the older name never overwrites what the user last published.
+#[tokio::test]
+async fn an_untranslatable_newer_profile_still_claims_its_place() {
+    use divine_atbridge::jobs::profile::sync_profile;
+    let tdb = TestDb::migrated("jobs_profile_invalid");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    let kind0 = |content: &str, at: u64| {
+        EventBuilder::new(Kind::Metadata, content)
+            .custom_created_at(Timestamp::from(at))
+            .sign_with_keys(&keys)
+            .unwrap()
+    };
+    let bad = kind0("not json", T + 10);
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad)).await.unwrap_err();
+    assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
+    let old = kind0(r#"{"name":"old"}"#, T);
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&old)).await.unwrap_err();
+    assert_eq!(e.code(), "superseded");
+    assert!(repo.records.lock().unwrap().is_empty(), "nothing was written");
 }
 
 #[tokio::test]

@@ -173,6 +173,29 @@ mod tests {
 
     const CID: &str = "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
 
+    fn mp4() -> VideoSource {
+        VideoSource {
+            url: "https://a/v.mp4".into(),
+            fallbacks: vec![],
+            mime: "video/mp4".into(),
+            sha256: None,
+            size: None,
+            aspect_ratio: None,
+            duration: None,
+        }
+    }
+
+    fn bob() -> ProfilePlan {
+        ProfilePlan {
+            display_name: Some("Bob".into()),
+            description: None,
+            avatar_url: None,
+            banner_url: None,
+            website: None,
+            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
+        }
+    }
+
     fn span(byte_start: usize, byte_end: usize, feature: FacetFeature) -> FacetSpan {
         FacetSpan {
             byte_start,
@@ -195,13 +218,9 @@ mod tests {
             tags: vec!["extra".into()],
             created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
             video: VideoSource {
-                url: "https://a/v.mp4".into(),
-                fallbacks: vec![],
-                mime: "video/mp4".into(),
-                sha256: None,
-                size: None,
                 aspect_ratio: Some((9, 16)),
                 duration: Some(6.5),
+                ..mp4()
             },
             alt: Some("a cat".into()),
             captions: vec![CaptionSource {
@@ -264,12 +283,8 @@ mod tests {
     #[test]
     fn profile_json() {
         let plan = ProfilePlan {
-            display_name: Some("Bob".into()),
-            description: None,
-            avatar_url: None,
-            banner_url: None,
             website: Some("https://bob.example/".into()),
-            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
+            ..bob()
         };
         let v = record_json(
             &build_profile(&plan, Some(blob(CID, "image/png", 5)), Some(blob(CID, "image/jpeg", 7))).into(),
@@ -288,14 +303,7 @@ mod tests {
     #[test]
     fn a_record_that_cannot_serialise_is_a_classified_error_not_null() {
         use divine_bridge_core::{Classified, ErrorClass};
-        let plan = ProfilePlan {
-            display_name: Some("Bob".into()),
-            description: None,
-            avatar_url: None,
-            banner_url: None,
-            website: None,
-            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
-        };
+        let plan = bob();
         // Extra data that is not a map cannot be flattened into the record object: serde refuses it.
         let broken = KnownRecord::AppBskyActorProfile(Box::new(atrium_api::types::Object {
             data: build_profile(&plan, None, None),
@@ -313,11 +321,7 @@ mod tests {
     fn record_blobs_are_the_video_captions_avatar_and_banner() {
         let plan = ProfilePlan {
             display_name: None,
-            description: None,
-            avatar_url: None,
-            banner_url: None,
-            website: None,
-            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
+            ..bob()
         };
         let mut profile: KnownRecord =
             build_profile(&plan, Some(blob(CID, "image/png", 5)), Some(blob(CID, "image/jpeg", 7))).into();
@@ -336,15 +340,7 @@ mod tests {
                 langs: vec![],
                 tags: vec![],
                 created_at: plan.created_at.clone(),
-                video: VideoSource {
-                    url: "https://a/v.mp4".into(),
-                    fallbacks: vec![],
-                    mime: "video/mp4".into(),
-                    sha256: None,
-                    size: None,
-                    aspect_ratio: None,
-                    duration: None,
-                },
+                video: mp4(),
                 alt: None,
                 captions: vec![],
                 self_labels: vec![],
