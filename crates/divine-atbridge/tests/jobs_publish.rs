@@ -468,10 +468,14 @@ async fn an_untranslatable_newer_profile_still_claims_its_place() {
             .unwrap()
     };
     let bad = kind0("not json", T + 10);
-    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad)).await.unwrap_err();
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad))
+        .await
+        .unwrap_err();
     assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
     let old = kind0(r#"{"name":"old"}"#, T);
-    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&old)).await.unwrap_err();
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&old))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "superseded");
     assert!(repo.records.lock().unwrap().is_empty(), "nothing was written");
 }

@@ -2,7 +2,9 @@
 //! handler decides, from the job payload and the database, what side effects to perform and records every step so a
 //! retry after a crash converges instead of repeating work. Handlers own the *policy* (gates, ordering, exactly-once
 //! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
-//! small ports defined here so the policy is testable against real Postgres without a PDS.
+//! small ports defined here so the policy is testable against real Postgres without a PDS. Event jobs hand their
+//! handler the event parsed once (`handlers`); `gates` holds the account gates, [`upload_media`] the upload step
+//! publish and profile share.
 
 pub mod disconnect;
 pub mod gates;

@@ -9,8 +9,10 @@
 //! `superseded`), so a stale `mark_published` cannot flip a `deleted` mapping back; a publish that finds its mapping
 //! removed under it deletes the record it just wrote and ends `deleted` / `superseded`; (5) the supersede sweep
 //! runs on every path that ends published, including `AlreadyDone`, so a sweep that failed after `mark_published`
-//! is finished by the retry. This module owns that policy; it must not talk HTTP itself (it goes through [`RepoWriter`])
-//! nor translate events (it goes through [`PostSource`]).
+//! is finished by the retry. This module owns that policy and nothing else: it receives the event already parsed once
+//! ([`VideoEvent`], [`DeleteRequest`]: typed time, rust-nostr coordinates and NIP-09 targets), must not talk HTTP
+//! itself (it goes through [`RepoWriter`]) nor translate events (it goes through [`PostSource`]); blob refs, account
+//! gates and the phase timer live in `crate::blob`, [`super::gates`] and `crate::metrics`.
 
 use super::gates::account_gate;
 use super::upload_media;
