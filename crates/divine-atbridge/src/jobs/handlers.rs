@@ -105,7 +105,11 @@ impl Handlers {
             }
             JobKind::PublishPost => {
                 let t = std::time::Instant::now();
-                // Parsed once; a malformed video is ineligible with the translation's code.
+                // Parsed once; a malformed video is ineligible with the translation's code. Decision: the parse comes
+                // before the account gates, so a malformed video of a paused or not-yet-ready account ends
+                // `invalid_event` at once; when the source parsed after the gates it ended `account_disabled` (or
+                // retried) first and `invalid_event` only after re-enable. The end state is the same and nothing is
+                // written either way; a profile keeps its old order (see `nostr::ProfileMeta::content_error`).
                 let video = VideoEvent::from_event(&verified_event(job)?)?;
                 crate::metrics::phase("verify", t);
                 publish::publish(&self.db, self.posts.as_ref(), &self.repo, &video).await?;
