@@ -100,8 +100,8 @@ pub const BYTE_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8
 pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
 
 /// Values of the `phase` label of `bridge_publish_phase_seconds`, in the order a `publish_post` try runs them (see
-/// [`phase`]): event check and the one parse, database gates, translation, media budget wait, media fetch, reservation,
-/// uploads, putRecord, marking published.
+/// [`phase`]): event check and the one parse, database gates, translation, media budget wait, media fetch,
+/// reservation, uploads, putRecord, marking published.
 pub const PUBLISH_PHASES: &[&str] = &[
     "verify",
     "gate",
