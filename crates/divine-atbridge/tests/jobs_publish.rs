@@ -449,37 +449,10 @@ impl divine_atbridge::jobs::profile::ProfileSource for FakeProfiles {
     }
 }
 
-/// A newer kind 0 whose content cannot translate still takes its place in the newest-wins order before it is
-/// refused (the job parses the event once, up front, but keeps the content's verdict for the translation, as when it
-/// parsed the content only after claiming): it ends `invalid_event`, and an older valid one arriving later is
-/// `superseded`, so the older name never overwrites what the user last published.
-#[tokio::test]
-async fn an_untranslatable_newer_profile_still_claims_its_place() {
-    use divine_atbridge::jobs::profile::sync_profile;
-    let tdb = TestDb::migrated("jobs_profile_invalid");
-    let db = tdb.pool(4);
-    let keys = Keys::generate();
-    account(&mut tdb.conn(), &keys, "ready", true);
-    let repo = MemRepo::default();
-    let kind0 = |content: &str, at: u64| {
-        EventBuilder::new(Kind::Metadata, content)
-            .custom_created_at(Timestamp::from(at))
-            .sign_with_keys(&keys)
-            .unwrap()
-    };
-    let bad = kind0("not json", T + 10);
-    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad))
-        .await
-        .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
-    let old = kind0(r#"{"name":"old"}"#, T);
-    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&old))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), "superseded");
-    assert!(repo.records.lock().unwrap().is_empty(), "nothing was written");
-}
-
+/// The newest kind 0 wins; a stale one is `superseded`. A newer kind 0 whose content cannot translate still takes its
+/// place in the order before it is refused (the job parses the event once, up front, but keeps the content's verdict
+/// for the translation, as when it parsed the content only after claiming): it ends `invalid_event`, and a valid one
+/// older than it is then `superseded`, so an older name never overwrites what the user last published.
 #[tokio::test]
 async fn the_newest_profile_wins() {
     use divine_atbridge::jobs::profile::sync_profile;
@@ -503,6 +476,23 @@ async fn the_newest_profile_wins() {
     sync_profile(&db, &FakeProfiles, &repo, &meta_of(&newer))
         .await
         .expect("re-delivery of the newest is fine");
+    let bad = EventBuilder::new(Kind::Metadata, "not json")
+        .custom_created_at(Timestamp::from(T + 30))
+        .sign_with_keys(&keys)
+        .unwrap();
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
+    let between = meta("between", T + 20);
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&between))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        "superseded",
+        "the untranslatable newer kind 0 holds its place"
+    );
     let recs = repo.records.lock().unwrap();
     assert_eq!(
         recs[&("app.bsky.actor.profile".to_string(), "self".to_string())]["displayName"],
