@@ -46,7 +46,6 @@
 //! triggers a resubscription, so it is read again.
 
 use crate::jobs::args::EventJob;
-use crate::jobs::publish::event_time;
 use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPORTED_KINDS};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -265,7 +264,7 @@ pub fn admit(event: &Event, authors: &BTreeSet<String>, now: u64) -> Result<(), 
 
 /// The cursor position an admitted, enqueued event reaches: `(min(created_at, received_at), id)` (invariant 2).
 pub fn cursor_position(event: &Event, received_at: DateTime<Utc>) -> (DateTime<Utc>, String) {
-    (event_time(event).min(received_at), event.id.to_hex())
+    (bridge_nostr::admitted_time(event).min(received_at), event.id.to_hex())
 }
 
 /// `since` of a (re)subscription: `min(cursor, now) - overlap`, or `now - overlap` without a cursor (invariant 3).
@@ -295,15 +294,15 @@ pub fn ordering_key_for(event: &Event) -> String {
     match event.kind.as_u16() {
         bridge_nostr::KIND_PROFILE => keys::profile(&pubkey),
         bridge_nostr::KIND_DELETE => {
-            let (ids, coords) = crate::jobs::publish::delete_targets(event);
-            match (ids.as_slice(), coords.as_slice()) {
-                (_, [coord]) => keys::coordinate(coord),
-                ([id], []) => keys::event(id),
+            let targets = bridge_nostr::deletion_targets(event);
+            match (targets.ids.as_slice(), targets.coordinates.as_slice()) {
+                (_, [coord]) => keys::coordinate(&coord.to_string()),
+                ([id], []) => keys::event(&id.to_hex()),
                 _ => keys::event(&event.id.to_hex()),
             }
         }
-        _ => match crate::jobs::publish::coordinate(event) {
-            Some(coord) => keys::coordinate(&coord),
+        _ => match bridge_nostr::event_coordinate(event) {
+            Some(coord) => keys::coordinate(&coord.to_string()),
             None => keys::event(&event.id.to_hex()),
         },
     }

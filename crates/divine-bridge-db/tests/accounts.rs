@@ -570,24 +570,15 @@ fn opt_in_of_a_disabled_link_enables_it() {
 }
 
 fn mapping(event_id: &str, pk: &str, rkey: &str) -> RecordMapping {
-    RecordMapping {
-        nostr_event_id: event_id.to_string(),
-        nostr_pubkey: pk.to_string(),
-        did: format!("did:plc:{}", &pk[..24]),
-        collection: "app.bsky.feed.post".to_string(),
-        rkey: rkey.to_string(),
-        event_kind: 22,
-        coordinate: None,
-        event_created_at: Utc::now(),
-        state: RecordState::Reserved.as_str().to_string(),
-        record: None,
-        at_uri: None,
-        cid: None,
-        published_at: None,
-        deleted_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    }
+    RecordMapping::reservation(
+        event_id,
+        pk,
+        &format!("did:plc:{}", &pk[..24]),
+        "app.bsky.feed.post",
+        rkey,
+        22,
+        Utc::now(),
+    )
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //! (`jobs::handlers::verified_event`). The test at the end proves every [`JobKind`] has exactly one args type whose
 //! `KIND` is that kind (the table in docs/runbooks/job-queue.md, "Job kinds and their args", lists the same).
 
-use crate::jobs::publish::event_time;
+use crate::nostr::admitted_time;
 use crate::nostr as bridge_nostr;
 use chrono::{DateTime, Utc};
 use divine_bridge_db::queue::NewJob;
@@ -63,7 +63,7 @@ macro_rules! event_args {
                 crate::ingest::ordering_key_for(&self.0.event)
             }
             fn source_created_at(&self) -> Option<DateTime<Utc>> {
-                Some(event_time(&self.0.event))
+                Some(admitted_time(&self.0.event))
             }
         }
     };
@@ -209,7 +209,7 @@ mod tests {
             assert_eq!(job.unique_key(), format!("{prefix}:{}", event.id.to_hex()));
             assert_eq!(new.ordering_key, crate::ingest::ordering_key_for(event));
             assert_eq!(new.priority, priority::LIVE);
-            assert_eq!(new.source_created_at, Some(event_time(event)));
+            assert_eq!(new.source_created_at, Some(admitted_time(event)));
 
             let row = leased(kind, old_payload);
             let decoded = match kind {

@@ -10,7 +10,9 @@ use super::store::{DbSessionStore, PdsRepo};
 use super::JobError;
 use crate::config::{CrosspostConfig, IdentityConfig};
 use crate::keys::KeyRing;
+use crate::nostr::{DeleteRequest, ProfileMeta, VideoEvent};
 use crate::pds::{PdsClient, SessionManager};
+use crate::translate::TranslateError;
 use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
 use divine_bridge_db::job_args::{BackfillAuthorArgs, DisconnectAccountArgs, ProvisionAccountArgs};
@@ -107,22 +109,31 @@ impl Handlers {
             }
             JobKind::PublishPost => {
                 let t = std::time::Instant::now();
-                let event = verified_event(job.args::<PublishPostArgs>()?.0)?;
-                publish::phase("verify", t);
-                publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
+                // Parsed once; a malformed video is ineligible with the translation's code. Decision: the parse comes
+                // before the account gates, so a malformed video of a paused or not-yet-ready account ends
+                // `invalid_event` at once; when the source parsed after the gates it ended `account_disabled` (or
+                // retried) first and `invalid_event` only after re-enable. The end state is the same and nothing is
+                // written either way; a profile keeps its old order (see `nostr::ProfileMeta::content_error`).
+                let video = VideoEvent::from_event(&verified_event(job.args::<PublishPostArgs>()?.0)?)?;
+                crate::metrics::phase("verify", t);
+                publish::publish(&self.db, self.posts.as_ref(), &self.repo, &video).await?;
                 if job.priority <= priority::LIVE {
-                    let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;
+                    let lag = (chrono::Utc::now() - video.created_at).num_milliseconds() as f64 / 1000.0;
                     metrics::histogram!(crate::metrics::PUBLISH_LAG).record(lag.max(0.0));
                 }
                 Ok(())
             }
             JobKind::DeletePost => {
                 let event = verified_event(job.args::<DeletePostArgs>()?.0)?;
-                publish::delete(&self.db, &self.repo, &event).await.map(|_| ())
+                let request = DeleteRequest::from_event(&event).map_err(|e| match e {
+                    TranslateError::UnsupportedKind(k) => JobError::BadPayload(format!("delete_post job for kind {k}")),
+                    e => e.into(),
+                })?;
+                publish::delete(&self.db, &self.repo, &request).await.map(|_| ())
             }
             JobKind::SyncProfile => {
-                let event = verified_event(job.args::<SyncProfileArgs>()?.0)?;
-                profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
+                let meta = ProfileMeta::from_event(&verified_event(job.args::<SyncProfileArgs>()?.0)?)?;
+                profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &meta).await
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
             JobKind::BackfillAuthor => {
@@ -183,7 +194,8 @@ pub async fn account_barrier(db: &Db, job: &LeasedJob) -> Result<(), JobError> {
 /// have inserted or edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]:
 /// id and signature — an event ingest admitted passes again, it only gets older) and be authored by the job's
 /// account (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent
-/// (`job_event_unverified`, `job_author_mismatch`).
+/// (`job_event_unverified`, `job_author_mismatch`). The handler then parses the event once into its typed value
+/// (`VideoEvent`, `DeleteRequest`, `ProfileMeta`) and the job works from that.
 pub fn verified_event(args: EventPayload) -> Result<nostr::Event, JobError> {
     let EventPayload { account, event } = args;
     crate::nostr::check_event_now(&event).map_err(JobError::PayloadEventRefused)?;
