@@ -7,7 +7,8 @@
 #           lease_p99_ms_blocked, lease_blocked_ratio (BENCH_BLOCKED 1000000 jobs behind 10000 heads in backoff;
 #           BENCH_BLOCKED_ROUNDS 2000), fair_leases_until_live_done, fair_backfill_share,
 #           stats_ms_empty, stats_ms_1m_finished, stats_finished_vs_empty_ratio (BENCH_FINISHED, default 1000000).
-#           BENCH_JOBS (100000) and BENCH_BACKLOG (1000000) scale it down; BENCH_EXPLAIN=1 prints the lease plan.
+#           BENCH_JOBS (100000) and BENCH_BACKLOG (1000000) scale it down; BENCH_EXPLAIN=1 prints the lease plan;
+#           BENCH_QUEUE_ONLY=throughput stops after queue_noop_jobs_per_sec.
 #   e2e     cross-posting lag and throughput against the localnet (scripts/localnet-up.sh is run first: it is
 #           idempotent, and when it has to start services it builds them with CARGO_PROFILE, default release here).
 #           Opts in BENCH_ACCOUNTS (20) accounts via the gateway, publishes BENCH_EVENTS (500) NIP-71 videos to the

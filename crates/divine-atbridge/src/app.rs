@@ -512,7 +512,7 @@ fn cancel_one(c: &mut diesel::PgConnection, id: i64) -> Result<divine_bridge_db:
     use crate::cli::CliError;
     let before = queue::get(c, id)?.ok_or(CliError::JobNotFound(id))?;
     if queue::cancel(c, id)? {
-        return Ok(before.state.parse().map_err(divine_bridge_db::DbError::from)?);
+        return Ok(before.state);
     }
     let after = queue::get(c, id)?.ok_or(CliError::JobNotFound(id))?;
     Err(CliError::JobAlreadyFinished { id, state: after.state })
@@ -527,11 +527,6 @@ fn print_change(json: bool, verb: &str, id: i64, detail: &str) {
     }
 }
 
-/// A store error as the CLI reports it: its own stable code (`account_not_found`, `account_suspended`, …).
-fn account_db_error(e: AccountError) -> AppError {
-    AppError::of(e)
-}
-
 /// Runs an audited account action (actor `cli:<user>`) on the account selected by `who` (pubkey, npub, handle, DID).
 async fn account_action(
     url: &str,
@@ -541,18 +536,12 @@ async fn account_action(
     op: impl FnOnce(&mut diesel::PgConnection, &str) -> Result<AccountLink, AccountError> + Send + 'static,
 ) -> Result<AccountLink, AppError> {
     let pk = with_conn(url, move |c| crate::cli::resolve_account(c, &who)).await?;
-    let result = with_conn(url, move |c| {
-        Ok::<_, divine_bridge_db::DbError>(audited(
-            c,
-            &pk.clone(),
-            &Actor::cli_user(),
-            action,
-            reason.as_deref(),
-            |c| op(c, &pk),
-        ))
+    with_conn(url, move |c| {
+        audited(c, &pk.clone(), &Actor::cli_user(), action, reason.as_deref(), |c| {
+            op(c, &pk)
+        })
     })
-    .await?;
-    result.map_err(account_db_error)
+    .await
 }
 
 fn print_link(link: &AccountLink, json: bool) {
@@ -587,7 +576,7 @@ async fn accounts_command(cmd: AccountsCommand, url: &str) -> Result<(), AppErro
             }
             let pk = link.nostr_pubkey;
             let id: Option<i64> = with_conn(url, move |c| {
-                Ok::<_, divine_bridge_db::DbError>(audited(
+                audited(
                     c,
                     &pk.clone(),
                     &Actor::cli_user(),
@@ -595,12 +584,11 @@ async fn accounts_command(cmd: AccountsCommand, url: &str) -> Result<(), AppErro
                     None,
                     |c| {
                         accounts::reset_failed(c, &pk)?;
-                        Ok(queue::requeue_or_enqueue(c, &accounts::provision_job(&pk))?)
+                        Ok(queue::requeue_or_enqueue(c, &accounts::provision_job(&pk)?)?)
                     },
-                ))
+                )
             })
-            .await?
-            .map_err(account_db_error)?;
+            .await?;
             if json {
                 println!("{}", serde_json::json!({"job_id": id}));
             } else {

@@ -3,7 +3,7 @@
 //! `--json` for scripts; long operations print a progress line on stderr. A command that did nothing (no such job,
 //! not in a state that allows it) fails with a stable code, printed once as `error[code]: …`, exit status 1.
 //! Owns argument parsing and presentation only: queries and state changes go through `divine_bridge_db::queue` (the
-//! one place job transitions and the job listing live) and the account store.
+//! one place job transitions, the job listing and the per-account job counts live) and the account store.
 
 use chrono::{DateTime, Utc};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use diesel::prelude::*;
 use divine_bridge_db::accounts::AccountLink;
 use divine_bridge_db::queue::JobRow;
-use divine_bridge_db::schema::{account_keys, account_links, account_sessions, jobs, record_mappings};
+use divine_bridge_db::schema::{account_keys, account_links, account_sessions, record_mappings};
 use divine_bridge_db::{Classified, DbError, ErrorClass, JobKind, JobState};
 use serde::Serialize;
 
@@ -189,9 +189,9 @@ pub enum CliError {
     #[error("no job {0}")]
     JobNotFound(i64),
     #[error("job {id} is {state}; only failed, cancelled or ineligible jobs can be retried")]
-    JobNotRetryable { id: i64, state: String },
+    JobNotRetryable { id: i64, state: JobState },
     #[error("job {id} already finished ({state}); nothing to cancel")]
-    JobAlreadyFinished { id: i64, state: String },
+    JobAlreadyFinished { id: i64, state: JobState },
     #[error("account {handle} ({pubkey}) is ready already; nothing to re-provision")]
     AccountAlreadyReady { pubkey: String, handle: String },
     #[error(transparent)]
@@ -337,8 +337,8 @@ pub fn render_jobs(rows: &[JobRow], wide: bool) -> String {
         .map(|r| {
             vec![
                 r.id.to_string(),
-                r.kind.clone(),
-                r.state.clone(),
+                r.kind.to_string(),
+                r.state.to_string(),
                 cut(&r.ordering_key, 12),
                 r.attempt.to_string(),
                 r.run_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -363,7 +363,7 @@ pub struct AccountView {
     pub rotation_did_key: Option<String>,
     pub provision_step: Option<String>,
     pub session_access_expires_at: Option<DateTime<Utc>>,
-    pub jobs_by_state: Vec<(String, i64)>,
+    pub jobs_by_state: Vec<(JobState, i64)>,
     pub records_by_state: Vec<(String, i64)>,
     /// The newest entries of the `account_audit` trail, newest first.
     pub audit: Vec<divine_bridge_db::audit::AuditEntry>,
@@ -412,12 +412,7 @@ fn account_view(conn: &mut PgConnection, pk: &str) -> Result<AccountView, DbErro
             .optional()?,
         None => None,
     };
-    let jobs_by_state: Vec<(String, i64)> = jobs::table
-        .filter(jobs::payload.retrieve_as_text("account").eq(&pk))
-        .group_by(jobs::state)
-        .select((jobs::state, diesel::dsl::count_star()))
-        .order(jobs::state)
-        .load(conn)?;
+    let jobs_by_state = divine_bridge_db::queue::count_by_state_for_account(conn, &pk)?;
     let records_by_state: Vec<(String, i64)> = record_mappings::table
         .filter(record_mappings::nostr_pubkey.eq(&pk))
         .group_by(record_mappings::state)
@@ -448,13 +443,13 @@ fn account_view(conn: &mut PgConnection, pk: &str) -> Result<AccountView, DbErro
 /// Formats `accounts show` output as `key: value` lines.
 pub fn render_account(a: &AccountView) -> String {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let counts = |v: &[(String, i64)]| {
+    fn counts<S: std::fmt::Display>(v: &[(S, i64)]) -> String {
         if v.is_empty() {
             "-".to_string()
         } else {
             v.iter().map(|(s, n)| format!("{s}={n}")).collect::<Vec<_>>().join(" ")
         }
-    };
+    }
     let rows = vec![
         vec!["nostr_pubkey".into(), a.link.nostr_pubkey.clone()],
         vec!["handle".into(), a.link.handle.clone()],
@@ -551,7 +546,7 @@ pub fn render_status(st: &Status) -> String {
         .iter()
         .map(|k| {
             vec![
-                k.kind.clone(),
+                k.kind.to_string(),
                 k.queued.to_string(),
                 k.running.to_string(),
                 k.failed.to_string(),

@@ -17,7 +17,7 @@ use crate::jwt;
 use crate::keys::{
     decode_did_key, random_password, sealed_aad, AccountKey, KeyEncryptionKey, KeyError, KeyRing, SecretPurpose,
 };
-use crate::pds::{record_json, PdsClient, PdsError, PutRecord, StoreError, StoredSession};
+use crate::pds::{PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
 use divine_bridge_db::{Classified, ErrorClass};
@@ -849,17 +849,24 @@ impl<C: Checkpoint> Provisioner<C> {
     }
 
     async fn write_profile(&self, run: &mut Run) -> Result<(), ProvisionError> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Profile {
-            display_name: String,
-        }
-        let record = record_json(
-            PROFILE_COLLECTION,
-            &Profile {
-                display_name: display_name_for(&self.request.handle),
-            },
-        )?;
+        // atrium's typed profile (its `$type` from `KnownRecord`), serialised by the one record serialisation the
+        // jobs use too; only the display name is set (`{"$type": "app.bsky.actor.profile", "displayName": …}`).
+        let profile = atrium_api::app::bsky::actor::profile::RecordData {
+            avatar: None,
+            banner: None,
+            created_at: None,
+            description: None,
+            display_name: Some(display_name_for(&self.request.handle)),
+            joined_via_starter_pack: None,
+            labels: None,
+            pinned_post: None,
+            pronouns: None,
+            website: None,
+        };
+        let record = crate::translate::record_json(&profile.into()).map_err(|e| PdsError::InvalidInput {
+            what: "record",
+            detail: e.to_string(),
+        })?;
         let input = PutRecord {
             repo: run.did.clone(),
             collection: PROFILE_COLLECTION.into(),

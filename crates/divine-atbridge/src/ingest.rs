@@ -51,12 +51,12 @@
 //! ([`fetch_history`]: backfill and the reconciliation sweep) are in `relay_history{relay, mode}` with `mode`
 //! `backfill` or `reconcile` ([`ReadMode`]).
 
-use crate::jobs::publish::event_time;
+use crate::jobs::args::EventJob;
 use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPORTED_KINDS};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use divine_bridge_db::queue::{self, keys, NewJob};
+use divine_bridge_db::queue::{self, keys};
 use divine_bridge_db::shards::{self, ShardLease};
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
@@ -300,7 +300,7 @@ pub fn admit(event: &Event, authors: &BTreeSet<String>, now: u64) -> Result<(), 
 
 /// The cursor position an admitted, enqueued event reaches: `(min(created_at, received_at), id)` (invariant 2).
 pub fn cursor_position(event: &Event, received_at: DateTime<Utc>) -> (DateTime<Utc>, String) {
-    (event_time(event).min(received_at), event.id.to_hex())
+    (bridge_nostr::admitted_time(event).min(received_at), event.id.to_hex())
 }
 
 /// `since` of a (re)subscription: `min(cursor, now) - overlap`, or `now - overlap` without a cursor (invariant 3).
@@ -315,15 +315,9 @@ fn unix_secs(at: DateTime<Utc>) -> u64 {
     at.timestamp().max(0) as u64
 }
 
-/// The job an accepted event becomes: `(kind, unique key)`.
+/// The job an accepted event becomes: `(kind, unique key)` ([`EventJob::of`], the one kind → job mapping).
 pub fn job_for(event: &Event) -> Option<(JobKind, String)> {
-    let id = event.id.to_hex();
-    match event.kind.as_u16() {
-        bridge_nostr::KIND_PROFILE => Some((JobKind::SyncProfile, format!("profile:{id}"))),
-        bridge_nostr::KIND_DELETE => Some((JobKind::DeletePost, format!("delete:{id}"))),
-        k if bridge_nostr::is_video_kind(k) => Some((JobKind::PublishPost, format!("publish:{id}"))),
-        _ => None,
-    }
+    EventJob::of(event).map(|job| (job.kind(), job.unique_key()))
 }
 
 /// The ordering key of an accepted event's job: only what truly conflicts with it is ordered with it (issue 11 §2;
@@ -336,31 +330,28 @@ pub fn ordering_key_for(event: &Event) -> String {
     match event.kind.as_u16() {
         bridge_nostr::KIND_PROFILE => keys::profile(&pubkey),
         bridge_nostr::KIND_DELETE => {
-            let (ids, coords) = crate::jobs::publish::delete_targets(event);
-            match (ids.as_slice(), coords.as_slice()) {
-                (_, [coord]) => keys::coordinate(coord),
-                ([id], []) => keys::event(id),
+            let targets = bridge_nostr::deletion_targets(event);
+            match (targets.ids.as_slice(), targets.coordinates.as_slice()) {
+                (_, [coord]) => keys::coordinate(&coord.to_string()),
+                ([id], []) => keys::event(&id.to_hex()),
                 _ => keys::event(&event.id.to_hex()),
             }
         }
-        _ => match crate::jobs::publish::coordinate(event) {
-            Some(coord) => keys::coordinate(&coord),
+        _ => match bridge_nostr::event_coordinate(event) {
+            Some(coord) => keys::coordinate(&coord.to_string()),
             None => keys::event(&event.id.to_hex()),
         },
     }
 }
 
 /// Enqueues the job for an accepted event; `Ok(None)` when it was already enqueued (duplicate delivery).
+/// The job is built from the event's args ([`EventJob`]: kind, keys, payload, source time), at `prio` (live, or
+/// backfill for imported history).
 pub fn enqueue_event(conn: &mut PgConnection, event: &Event, prio: i16) -> Result<Option<i64>, DbError> {
-    let Some((kind, unique)) = job_for(event) else {
+    let Some(job) = EventJob::of(event) else {
         return Ok(None);
     };
-    let payload =
-        serde_json::json!({ "event": serde_json::to_value(event).map_err(|e| DbError::Corrupt(e.to_string()))? });
-    let mut job = NewJob::for_account(kind, &event.pubkey.to_hex(), ordering_key_for(event), payload).unique(unique);
-    job.priority = prio;
-    job.source_created_at = Some(event_time(event));
-    queue::enqueue(conn, &job)
+    queue::enqueue(conn, &job.new_job()?.at_priority(prio))
 }
 
 /// Pubkeys (hex) whose events the bridge accepts: [`divine_bridge_db::accounts::followed_pubkeys`] — enabled
@@ -1157,7 +1148,7 @@ pub async fn backfill(
                     n += 1;
                 }
             }
-            Ok(n)
+            Ok::<_, DbError>(n)
         })
         .await?;
     Ok(enqueued)

@@ -27,4 +27,4 @@ pub mod worker;
 // Protocol modules live in their own crates (no Diesel there); re-exported so `divine_atbridge::keys::...` and
 // `crate::keys::...` paths keep working.
 pub use divine_atproto::{jwt, keys, pds, plc, tid, xrpc};
-pub use divine_nostr::{media, nostr, spool, translate};
+pub use divine_nostr::{blob, media, nostr, spool, translate};

@@ -100,8 +100,8 @@ pub const BYTE_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8
 pub const OUTCOMES: &[&str] = &["succeeded", "failed", "retried", "cancelled", "ineligible"];
 
 /// Values of the `phase` label of `bridge_publish_phase_seconds`, in the order a `publish_post` try runs them (see
-/// `jobs::publish::phase`): event check, database gates, translation, media budget wait, media fetch, reservation,
-/// uploads, putRecord, marking published.
+/// [`phase`]): event check and the one parse, database gates, translation, media budget wait, media fetch,
+/// reservation, uploads, putRecord, marking published.
 pub const PUBLISH_PHASES: &[&str] = &[
     "verify",
     "gate",
@@ -372,4 +372,13 @@ pub fn register_relays(relays: &[String]) {
 /// The current exposition text.
 pub fn render() -> String {
     install().render()
+}
+
+/// Records the time since `since` as one phase of a `publish_post` try (`bridge_publish_phase_seconds{phase}`, phases
+/// in [`PUBLISH_PHASES`]) and returns now, the start of the next phase. Measurement only.
+pub fn phase(name: &'static str, since: std::time::Instant) -> std::time::Instant {
+    debug_assert!(PUBLISH_PHASES.contains(&name));
+    let now = std::time::Instant::now();
+    metrics::histogram!(PUBLISH_PHASE, "phase" => name).record((now - since).as_secs_f64());
+    now
 }

@@ -429,7 +429,7 @@ fn result_recorded(conn: &mut PgConnection, kind: JobKind, event: &Event) -> Res
         ))
         .get_result(conn)?,
         JobKind::SyncProfile => {
-            let at: DateTime<Utc> = crate::jobs::publish::event_time(event);
+            let at: DateTime<Utc> = crate::nostr::admitted_time(event);
             diesel::select(diesel::dsl::exists(
                 profile_sync::table
                     .filter(profile_sync::nostr_pubkey.eq(event.pubkey.to_hex()))

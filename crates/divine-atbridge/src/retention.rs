@@ -37,7 +37,7 @@ pub const DEFAULT_UNPROVISIONED_RELEASE: Duration = Duration::from_secs(7 * 24 *
 pub async fn release_pass(db: &Db, after: ReleaseAfter) -> Result<usize, divine_bridge_db::DbError> {
     let released = db
         .run(move |c| {
-            Ok(divine_bridge_db::accounts::release_handles(
+            Ok::<_, divine_bridge_db::DbError>(divine_bridge_db::accounts::release_handles(
                 c,
                 &after,
                 &divine_bridge_db::audit::Actor::Service,

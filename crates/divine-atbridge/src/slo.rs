@@ -40,7 +40,7 @@ pub fn observe_end(job: &LeasedJob, outcome: &'static str) {
         return;
     }
     let lag = e2e_lag_secs(job.source_created_at, chrono::Utc::now());
-    metrics::histogram!(E2E_LAG, "kind" => job.kind.clone(), "outcome" => outcome).record(lag);
+    metrics::histogram!(E2E_LAG, "kind" => job.kind.as_str(), "outcome" => outcome).record(lag);
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! rule 2): nothing new is bridged and nothing is written to a repo that is being let go, with the stable code
 //! `account_disconnected`; before the disconnect both gates let the ready account through.
 
-use divine_atbridge::jobs::publish::{account_gate, upkeep_gate};
+use divine_atbridge::jobs::gates::{account_gate, upkeep_gate};
 use divine_atbridge::jobs::JobError;
 use divine_bridge_db::accounts::{self, OptIn};
 use divine_bridge_db::testutil::TestDb;

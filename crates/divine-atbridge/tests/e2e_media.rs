@@ -5,7 +5,7 @@
 
 mod support;
 
-use divine_atbridge::jobs::publish::blob_cid;
+use divine_atbridge::blob::blob_cid;
 use nostr_sdk::prelude::*;
 use std::time::Duration;
 use support::crosspost::*;
@@ -93,7 +93,7 @@ async fn a_30_mb_video_streams_through_the_spool_with_the_right_cid() {
         .await;
     assert_eq!(status, 200, "{rec}");
     let blob = &rec["value"]["embed"]["video"];
-    assert_eq!(blob["ref"]["$link"], blob_cid(&video).as_str(), "{rec}");
+    assert_eq!(blob["ref"]["$link"], blob_cid(&video).to_string(), "{rec}");
     assert_eq!(blob["size"], 30_000_000, "{rec}");
     assert_eq!(blob["mimeType"], "video/mp4", "{rec}");
     assert_eq!(media.hits("big.mp4"), 1, "fetched once");

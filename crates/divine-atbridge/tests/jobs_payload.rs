@@ -60,7 +60,7 @@ async fn run_one(tdb: &TestDb, h: &Arc<Handlers>) -> Outcome {
         .unwrap()
         .pop()
         .expect("a queued job");
-    let handler = h.registry().get(job.job_kind().unwrap()).unwrap();
+    let handler = h.registry().get(job.kind).unwrap();
     handler.handle(&job).await
 }
 
@@ -140,6 +140,29 @@ async fn an_untouched_payload_event_still_runs() {
     assert_eq!(writes(&tdb), (1, 0), "the genuine deletion is remembered");
 }
 
+/// Issue 13 §3, no data migration for typed jobs: a row built exactly as ingest built it before typed jobs
+/// (`NewJob::for_account` with a hand-written `{"event": …}` payload) is leased, decoded as `DeletePostArgs` and run.
+#[tokio::test]
+async fn a_job_queued_by_the_pre_typed_code_still_runs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tdb = TestDb::migrated("jobs_payload_old_row");
+    let h = handlers(tdb.pool(2));
+    let keys = Keys::generate();
+    let event = kind5(&keys, EventId::all_zeros());
+    let old = NewJob::for_account(
+        JobKind::DeletePost,
+        &keys.public_key().to_hex(),
+        divine_atbridge::ingest::ordering_key_for(&event),
+        serde_json::json!({ "event": serde_json::to_value(&event).unwrap() }),
+    )
+    .unique(format!("delete:{}", event.id.to_hex()));
+    queue::enqueue(&mut tdb.conn(), &old).unwrap().unwrap();
+    assert!(matches!(run_one(&tdb, &h).await, Outcome::Succeeded));
+    assert_eq!(writes(&tdb), (1, 0), "the deletion is remembered");
+    // The typed producer builds the same job: a second enqueue of the event is absorbed by the same unique key.
+    assert_eq!(enqueue_event(&mut tdb.conn(), &event, 0).unwrap(), None);
+}
+
 /// Issue 11 §2, the account barrier through the production registry: a lifecycle job (provision) leased while a
 /// post of its account is running retries `account_busy` before any provisioning step (no PLC call is attempted:
 /// the PLC here is unreachable and would answer with another code); once the post finished it proceeds.
@@ -157,9 +180,12 @@ async fn a_lifecycle_job_waits_for_a_running_job_of_its_account() {
         .unwrap()
         .pop()
         .unwrap();
-    queue::enqueue(&mut tdb.conn(), &divine_bridge_db::accounts::provision_job(&pk))
-        .unwrap()
-        .unwrap();
+    queue::enqueue(
+        &mut tdb.conn(),
+        &divine_bridge_db::accounts::provision_job(&pk).unwrap(),
+    )
+    .unwrap()
+    .unwrap();
     let provision = queue::lease(&mut tdb.conn(), "test", 1, Duration::from_secs(60))
         .unwrap()
         .pop()

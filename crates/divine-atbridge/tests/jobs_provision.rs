@@ -119,15 +119,18 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
     let blob = fresh_repo
         .upload_blob(
             &did,
-            &divine_atbridge::jobs::publish::MediaBody::Memory(tiny_mp4().into()),
+            &divine_atbridge::blob::MediaBody::Memory(tiny_mp4().into()),
             "video/mp4",
         )
         .await
         .unwrap();
-    assert_eq!(blob["ref"]["$link"], blob_cid(&tiny_mp4()).as_str());
+    assert_eq!(
+        serde_json::to_value(&blob).unwrap()["ref"]["$link"],
+        blob_cid(&tiny_mp4()).as_str()
+    );
     assert_eq!(
         blob,
-        divine_atbridge::jobs::publish::local_blob_ref(&tiny_mp4(), "video/mp4"),
+        divine_atbridge::blob::local_blob_ref(&tiny_mp4(), "video/mp4"),
         "local blob refs match"
     );
     fresh_repo

@@ -2,12 +2,14 @@
 //! crashes at every step, gates (disabled, not ready, tombstoned), addressable revisions, and deletes by id and by
 //! coordinate.
 
+use atrium_api::types::BlobRef;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use divine_atbridge::jobs::publish::{
-    self, local_blob_ref, MediaBody, PostSource, PreparedMedia, PreparedPost, Published,
-};
-use divine_atbridge::jobs::{BlobJson, JobError, RepoWriter, UpstreamError};
+use divine_atbridge::blob::{local_blob_ref, MediaBody, PreparedMedia};
+use divine_atbridge::jobs::publish::{self, PostSource, PreparedPost, Published};
+use divine_atbridge::jobs::{JobError, RepoWriter, UpstreamError};
+use divine_atbridge::nostr::{DeleteRequest, ProfileMeta, VideoEvent};
+use divine_atbridge::translate::KnownRecord;
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
 use futures::future::BoxFuture;
@@ -46,7 +48,7 @@ impl RepoWriter for MemRepo {
         _did: &'a str,
         body: &'a MediaBody,
         mime: &'a str,
-    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<BlobRef, UpstreamError>> {
         Box::pin(async move {
             let bytes = body.to_vec().await.unwrap();
             let mut f = self.fail_upload.lock().unwrap();
@@ -123,7 +125,7 @@ impl RepoWriter for RacingRepo<'_> {
         did: &'a str,
         body: &'a MediaBody,
         mime: &'a str,
-    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<BlobRef, UpstreamError>> {
         self.inner.upload_blob(did, body, mime)
     }
     fn put_record<'a>(
@@ -136,7 +138,9 @@ impl RepoWriter for RacingRepo<'_> {
         Box::pin(async move {
             let first = !std::mem::replace(&mut *self.raced.lock().unwrap(), true);
             if first {
-                let removed = publish::delete(&self.db, &self.inner, self.delete).await.unwrap();
+                let removed = publish::delete(&self.db, &self.inner, &deletion(self.delete))
+                    .await
+                    .unwrap();
                 assert_eq!(removed, 1, "the delete removed the reserved mapping");
             }
             self.inner.put_record(did, collection, rkey, record).await
@@ -152,21 +156,47 @@ impl RepoWriter for RacingRepo<'_> {
     }
 }
 
+/// The job's one parse of its event (what `jobs::handlers` does before calling the policy).
+fn vid(event: &Event) -> VideoEvent {
+    VideoEvent::from_event(event).unwrap()
+}
+
+fn deletion(event: &Event) -> DeleteRequest {
+    DeleteRequest::from_event(event).unwrap()
+}
+
+fn delete_request(keys: &Keys, tags: Vec<Tag>, at: u64) -> DeleteRequest {
+    deletion(&delete_event(keys, tags, at))
+}
+
+fn meta_of(event: &Event) -> ProfileMeta {
+    ProfileMeta::from_event(event).unwrap()
+}
+
+/// A record as the sources build it: typed, from the JSON a test writes.
+fn typed(json: serde_json::Value) -> KnownRecord {
+    serde_json::from_value(json).unwrap()
+}
+
+fn blob_json(blob: BlobRef) -> serde_json::Value {
+    serde_json::to_value(blob).unwrap()
+}
+
 struct FakeSource;
 
 impl PostSource for FakeSource {
-    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
+    fn prepare<'a>(&'a self, event: &'a VideoEvent) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
         Box::pin(async move {
             if event.content.contains("no video") {
                 return Err(JobError::ineligible("no_video", "no imeta url"));
             }
             let bytes = format!("video of {}", event.id).into_bytes();
-            let record = serde_json::json!({
+            let record = typed(serde_json::json!({
                 "$type": "app.bsky.feed.post",
                 "text": event.content,
                 "createdAt": "2026-01-01T00:00:00.000Z",
-                "embed": {"$type": "app.bsky.embed.video", "video": local_blob_ref(&bytes, "video/mp4")},
-            });
+                "embed": {"$type": "app.bsky.embed.video", "video": blob_json(local_blob_ref(&bytes, "video/mp4"))},
+            }));
             Ok(PreparedPost {
                 record,
                 media: vec![PreparedMedia::in_memory(bytes, "video/mp4")],
@@ -221,15 +251,15 @@ async fn crashes_at_any_step_still_leave_exactly_one_record() {
 
     // PDS down: nothing written, reservation kept.
     *repo.fail_before_store.lock().unwrap() = 1;
-    let err = publish::publish(&db, &FakeSource, &repo, &e).await.unwrap_err();
+    let err = publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap_err();
     assert_eq!((err.code(), err.class()), ("xrpc_server_error", ErrorClass::Transient));
     let reserved = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
     assert_eq!(reserved.record_state().unwrap(), RecordState::Reserved);
 
     // Written but the answer was lost: the retry re-puts the same record at the same rkey.
     *repo.fail_after_store.lock().unwrap() = 1;
-    assert!(publish::publish(&db, &FakeSource, &repo, &e).await.is_err());
-    let out = publish::publish(&db, &FakeSource, &repo, &e).await.unwrap();
+    assert!(publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.is_err());
+    let out = publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap();
     assert!(matches!(out, Published::Written { .. }));
     assert_eq!(repo.records.lock().unwrap().len(), 1, "one record despite three tries");
     let done = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
@@ -246,7 +276,7 @@ async fn crashes_at_any_step_still_leave_exactly_one_record() {
 
     // A further duplicate delivery is a no-op.
     assert_eq!(
-        publish::publish(&db, &FakeSource, &repo, &e).await.unwrap(),
+        publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap(),
         Published::AlreadyDone
     );
     assert_eq!(*repo.puts.lock().unwrap(), 2, "no write after publication was recorded");
@@ -263,19 +293,19 @@ async fn gates_disabled_not_ready_failed_and_untranslatable() {
     account(&mut tdb.conn(), &failed, "failed", true);
     account(&mut tdb.conn(), &ok, "ready", true);
 
-    let e = publish::publish(&db, &FakeSource, &repo, &video(&off, "x", 22, None, T))
+    let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&off, "x", 22, None, T)))
         .await
         .unwrap_err();
     assert_eq!((e.code(), e.class()), ("account_disabled", ErrorClass::Permanent));
-    let e = publish::publish(&db, &FakeSource, &repo, &video(&pending, "x", 22, None, T))
+    let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&pending, "x", 22, None, T)))
         .await
         .unwrap_err();
     assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Transient));
-    let e = publish::publish(&db, &FakeSource, &repo, &video(&failed, "x", 22, None, T))
+    let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&failed, "x", 22, None, T)))
         .await
         .unwrap_err();
     assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Permanent));
-    let e = publish::publish(&db, &FakeSource, &repo, &video(&ok, "no video here", 22, None, T))
+    let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&ok, "no video here", 22, None, T)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), "no_video");
@@ -298,9 +328,9 @@ async fn deletes_win_in_either_order() {
 
     // Publish then delete.
     let a = video(&keys, "first", 22, None, T);
-    publish::publish(&db, &FakeSource, &repo, &a).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&a)).await.unwrap();
     assert_eq!(
-        publish::delete(&db, &repo, &delete_event(&keys, vec![Tag::event(a.id)], T + 10))
+        publish::delete(&db, &repo, &delete_request(&keys, vec![Tag::event(a.id)], T + 10))
             .await
             .unwrap(),
         1
@@ -314,27 +344,27 @@ async fn deletes_win_in_either_order() {
             .unwrap(),
         RecordState::Deleted
     );
-    let again = publish::publish(&db, &FakeSource, &repo, &a).await.unwrap_err();
+    let again = publish::publish(&db, &FakeSource, &repo, &vid(&a)).await.unwrap_err();
     assert_eq!(again.code(), "deleted", "a redelivered event stays deleted");
 
     // Delete first, video later.
     let b = video(&keys, "second", 22, None, T + 20);
     assert_eq!(
-        publish::delete(&db, &repo, &delete_event(&keys, vec![Tag::event(b.id)], T + 30))
+        publish::delete(&db, &repo, &delete_request(&keys, vec![Tag::event(b.id)], T + 30))
             .await
             .unwrap(),
         0
     );
-    let late = publish::publish(&db, &FakeSource, &repo, &b).await.unwrap_err();
+    let late = publish::publish(&db, &FakeSource, &repo, &vid(&b)).await.unwrap_err();
     assert_eq!((late.code(), late.class()), ("deleted", ErrorClass::Permanent));
     assert!(repo.records.lock().unwrap().is_empty());
 
     // Someone else's delete is ignored.
     let c = video(&keys, "third", 22, None, T + 40);
-    publish::publish(&db, &FakeSource, &repo, &c).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&c)).await.unwrap();
     let stranger = Keys::generate();
     assert_eq!(
-        publish::delete(&db, &repo, &delete_event(&stranger, vec![Tag::event(c.id)], T + 50))
+        publish::delete(&db, &repo, &delete_request(&stranger, vec![Tag::event(c.id)], T + 50))
             .await
             .unwrap(),
         0
@@ -353,8 +383,8 @@ async fn addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones
     let v1 = video(&keys, "rev 1", 34235, Some("clip"), T);
     let v2 = video(&keys, "rev 2", 34235, Some("clip"), T + 100);
     let v0 = video(&keys, "rev 0", 34235, Some("clip"), T - 100);
-    publish::publish(&db, &FakeSource, &repo, &v1).await.unwrap();
-    publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&v1)).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&v2)).await.unwrap();
     {
         let recs = repo.records.lock().unwrap();
         assert_eq!(recs.len(), 1, "the newer revision replaced the older post");
@@ -362,16 +392,16 @@ async fn addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones
     }
     let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
     assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
-    let late = publish::publish(&db, &FakeSource, &repo, &v0).await.unwrap_err();
+    let late = publish::publish(&db, &FakeSource, &repo, &vid(&v0)).await.unwrap_err();
     assert_eq!(late.code(), "superseded", "an older revision arriving late is ignored");
 
     // A coordinate delete removes revisions at or before its time; a later revision survives.
     let coord = format!("34235:{}:clip", keys.public_key().to_hex());
     let del = delete_event(&keys, vec![Tag::parse(["a", &coord]).unwrap()], T + 150);
-    assert_eq!(publish::delete(&db, &repo, &del).await.unwrap(), 1);
+    assert_eq!(publish::delete(&db, &repo, &deletion(&del)).await.unwrap(), 1);
     assert!(repo.records.lock().unwrap().is_empty());
     let v3 = video(&keys, "rev 3", 34235, Some("clip"), T + 200);
-    publish::publish(&db, &FakeSource, &repo, &v3).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&v3)).await.unwrap();
     assert_eq!(
         repo.records.lock().unwrap().len(),
         1,
@@ -384,18 +414,18 @@ fn rkeys_are_tids_stable_per_event_and_ordered_by_time() {
     let keys = Keys::generate();
     let a = video(&keys, "a", 22, None, T);
     let b = video(&keys, "b", 22, None, T + 1);
-    let ra = publish::rkey_for(&a).unwrap();
-    assert_eq!(ra, publish::rkey_for(&a).unwrap());
+    let ra = publish::rkey_for(&vid(&a)).unwrap();
+    assert_eq!(ra, publish::rkey_for(&vid(&a)).unwrap());
     assert_eq!(ra.len(), 13);
     assert!(ra.chars().all(|c| "234567abcdefghijklmnopqrstuvwxyz".contains(c)));
     let tid = divine_atbridge::tid::parse(&ra).expect("a valid TID");
     assert_eq!(tid.micros() / 1_000_000, T, "the TID carries the event's second");
     assert!(
-        ra < publish::rkey_for(&b).unwrap(),
+        ra < publish::rkey_for(&vid(&b)).unwrap(),
         "later events sort after earlier ones"
     );
     assert_ne!(
-        publish::rkey_for(&video(&keys, "c", 22, None, T)).unwrap(),
+        publish::rkey_for(&vid(&video(&keys, "c", 22, None, T))).unwrap(),
         ra,
         "same second, different event"
     );
@@ -406,18 +436,23 @@ struct FakeProfiles;
 impl divine_atbridge::jobs::profile::ProfileSource for FakeProfiles {
     fn prepare<'a>(
         &'a self,
-        event: &'a Event,
+        meta: &'a ProfileMeta,
     ) -> BoxFuture<'a, Result<divine_atbridge::jobs::profile::PreparedProfile, JobError>> {
         Box::pin(async move {
-            let meta: serde_json::Value = serde_json::from_str(&event.content).unwrap();
+            // The production source's first step: content that cannot translate is refused here.
+            divine_atbridge::translate::plan_profile(meta)?;
             Ok(divine_atbridge::jobs::profile::PreparedProfile {
-                record: serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": meta["name"]}),
+                record: typed(serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": meta.name})),
                 media: vec![],
             })
         })
     }
 }
 
+/// The newest kind 0 wins; a stale one is `superseded`. A newer kind 0 whose content cannot translate still takes its
+/// place in the order before it is refused (the job parses the event once, up front, but keeps the content's verdict
+/// for the translation, as when it parsed the content only after claiming): it ends `invalid_event`, and a valid one
+/// older than it is then `superseded`, so an older name never overwrites what the user last published.
 #[tokio::test]
 async fn the_newest_profile_wins() {
     use divine_atbridge::jobs::profile::sync_profile;
@@ -433,12 +468,31 @@ async fn the_newest_profile_wins() {
             .unwrap()
     };
     let (newer, older) = (meta("new name", T + 10), meta("old name", T));
-    sync_profile(&db, &FakeProfiles, &repo, &newer).await.unwrap();
-    let stale = sync_profile(&db, &FakeProfiles, &repo, &older).await.unwrap_err();
+    sync_profile(&db, &FakeProfiles, &repo, &meta_of(&newer)).await.unwrap();
+    let stale = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&older))
+        .await
+        .unwrap_err();
     assert_eq!((stale.code(), stale.class()), ("superseded", ErrorClass::Permanent));
-    sync_profile(&db, &FakeProfiles, &repo, &newer)
+    sync_profile(&db, &FakeProfiles, &repo, &meta_of(&newer))
         .await
         .expect("re-delivery of the newest is fine");
+    let bad = EventBuilder::new(Kind::Metadata, "not json")
+        .custom_created_at(Timestamp::from(T + 30))
+        .sign_with_keys(&keys)
+        .unwrap();
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad))
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
+    let between = meta("between", T + 20);
+    let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&between))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        "superseded",
+        "the untranslatable newer kind 0 holds its place"
+    );
     let recs = repo.records.lock().unwrap();
     assert_eq!(
         recs[&("app.bsky.actor.profile".to_string(), "self".to_string())]["displayName"],
@@ -487,7 +541,7 @@ async fn a_tag_delete_keeps_the_case_of_d() {
     let pk = keys.public_key().to_hex();
 
     let clip = video(&keys, "my clip", 34236, Some("MyClip"), T);
-    publish::publish(&db, &FakeSource, &repo, &clip).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&clip)).await.unwrap();
     let stored = records::get_record(&mut tdb.conn(), &clip.id.to_hex())
         .unwrap()
         .unwrap();
@@ -499,7 +553,7 @@ async fn a_tag_delete_keeps_the_case_of_d() {
     let wrong_case = format!("34236:{pk}:myclip");
     let del = delete_event(&keys, vec![Tag::parse(["a", &wrong_case]).unwrap()], T + 10);
     assert_eq!(
-        publish::delete(&db, &repo, &del).await.unwrap(),
+        publish::delete(&db, &repo, &deletion(&del)).await.unwrap(),
         0,
         "myclip is another clip"
     );
@@ -508,7 +562,7 @@ async fn a_tag_delete_keeps_the_case_of_d() {
     let exact = format!("34236:{}:MyClip", pk.to_uppercase());
     let del = delete_event(&keys, vec![Tag::parse(["a", &exact]).unwrap()], T + 20);
     assert_eq!(
-        publish::delete(&db, &repo, &del).await.unwrap(),
+        publish::delete(&db, &repo, &deletion(&del)).await.unwrap(),
         1,
         "the a-tag delete of MyClip matches"
     );
@@ -520,9 +574,11 @@ async fn a_tag_delete_keeps_the_case_of_d() {
         vec![Tag::parse(["a", &format!("34236:{pk}:OtherClip")]).unwrap()],
         T + 40,
     );
-    publish::delete(&db, &repo, &early).await.unwrap();
+    publish::delete(&db, &repo, &deletion(&early)).await.unwrap();
     let other = video(&keys, "other", 34236, Some("OtherClip"), T + 30);
-    let refused = publish::publish(&db, &FakeSource, &repo, &other).await.unwrap_err();
+    let refused = publish::publish(&db, &FakeSource, &repo, &vid(&other))
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), "deleted");
 }
 
@@ -539,11 +595,13 @@ async fn another_users_delete_does_not_block_mine() {
 
     let stranger = Keys::generate();
     let theirs = delete_event(&stranger, vec![Tag::event(mine.id)], T + 5);
-    assert_eq!(publish::delete(&db, &repo, &theirs).await.unwrap(), 0);
+    assert_eq!(publish::delete(&db, &repo, &deletion(&theirs)).await.unwrap(), 0);
     let my_delete = delete_event(&keys, vec![Tag::event(mine.id)], T + 10);
-    assert_eq!(publish::delete(&db, &repo, &my_delete).await.unwrap(), 0);
+    assert_eq!(publish::delete(&db, &repo, &deletion(&my_delete)).await.unwrap(), 0);
 
-    let late = publish::publish(&db, &FakeSource, &repo, &mine).await.unwrap_err();
+    let late = publish::publish(&db, &FakeSource, &repo, &vid(&mine))
+        .await
+        .unwrap_err();
     assert_eq!(
         late.code(),
         "deleted",
@@ -554,8 +612,8 @@ async fn another_users_delete_does_not_block_mine() {
     // And the stranger's delete alone never removes anything.
     let other = video(&keys, "other", 22, None, T + 20);
     let theirs = delete_event(&stranger, vec![Tag::event(other.id)], T + 25);
-    publish::delete(&db, &repo, &theirs).await.unwrap();
-    publish::publish(&db, &FakeSource, &repo, &other).await.unwrap();
+    publish::delete(&db, &repo, &deletion(&theirs)).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&other)).await.unwrap();
     assert_eq!(repo.records.lock().unwrap().len(), 1);
 }
 
@@ -573,7 +631,7 @@ async fn a_pruned_publish_job_redelivered_is_already_done() {
     let first = divine_atbridge::ingest::enqueue_event(&mut tdb.conn(), &e, 0)
         .unwrap()
         .unwrap();
-    publish::publish(&db, &FakeSource, &repo, &e).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap();
     diesel::sql_query("UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '30 days' WHERE id = $1")
         .bind::<diesel::sql_types::BigInt, _>(first)
         .execute(&mut tdb.conn())
@@ -590,7 +648,7 @@ async fn a_pruned_publish_job_redelivered_is_already_done() {
         "the pruned job's unique key is free: the redelivery is a new job"
     );
     assert_eq!(
-        publish::publish(&db, &FakeSource, &repo, &e).await.unwrap(),
+        publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap(),
         Published::AlreadyDone
     );
     assert_eq!(*repo.puts.lock().unwrap(), 1, "no second post");
@@ -612,7 +670,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
     };
     // The stale try writes after the delete ran; its mark_published must not flip `deleted` back, and the record
     // it wrote must not stay live on the PDS.
-    let err = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
+    let err = publish::publish(&db, &FakeSource, &repo, &vid(&v)).await.unwrap_err();
     assert_eq!((err.code(), err.class()), ("deleted", ErrorClass::Permanent));
     let m = records::get_record(&mut tdb.conn(), &v.id.to_hex()).unwrap().unwrap();
     assert_eq!(m.record_state().unwrap(), RecordState::Deleted);
@@ -622,7 +680,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
         "the stale write was undone: deleted on Nostr, gone from Bluesky"
     );
     // A redelivery stays deleted.
-    let again = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
+    let again = publish::publish(&db, &FakeSource, &repo, &vid(&v)).await.unwrap_err();
     assert_eq!(again.code(), "deleted");
     assert!(repo.inner.records.lock().unwrap().is_empty());
 }
@@ -636,11 +694,11 @@ async fn the_supersede_sweep_runs_on_the_already_done_path() {
     let repo = MemRepo::default();
     let v1 = video(&keys, "rev 1", 34235, Some("clip"), T);
     let v2 = video(&keys, "rev 2", 34235, Some("clip"), T + 100);
-    publish::publish(&db, &FakeSource, &repo, &v1).await.unwrap();
+    publish::publish(&db, &FakeSource, &repo, &vid(&v1)).await.unwrap();
 
     // v2 is published, then deleting v1 from the PDS fails with a 502: the try fails transiently.
     *repo.fail_delete.lock().unwrap() = 1;
-    let err = publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap_err();
+    let err = publish::publish(&db, &FakeSource, &repo, &vid(&v2)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(
         repo.records.lock().unwrap().len(),
@@ -652,7 +710,7 @@ async fn the_supersede_sweep_runs_on_the_already_done_path() {
 
     // The retry finds v2 published (AlreadyDone) and still finishes the sweep.
     assert_eq!(
-        publish::publish(&db, &FakeSource, &repo, &v2).await.unwrap(),
+        publish::publish(&db, &FakeSource, &repo, &vid(&v2)).await.unwrap(),
         Published::AlreadyDone
     );
     {
@@ -671,7 +729,7 @@ struct SpooledSource {
 }
 
 impl PostSource for SpooledSource {
-    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
+    fn prepare<'a>(&'a self, event: &'a VideoEvent) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
         Box::pin(async move {
             let mut w = self.spool.create().unwrap();
             for chunk in self.bytes.chunks(8192) {
@@ -684,12 +742,12 @@ impl PostSource for SpooledSource {
                 },
                 mime: "video/mp4".into(),
             };
-            let record = serde_json::json!({
+            let record = typed(serde_json::json!({
                 "$type": "app.bsky.feed.post",
                 "text": event.content,
                 "createdAt": "2026-01-01T00:00:00.000Z",
-                "embed": {"$type": "app.bsky.embed.video", "video": media.local_blob_ref()},
-            });
+                "embed": {"$type": "app.bsky.embed.video", "video": blob_json(media.local_blob_ref())},
+            }));
             Ok(PreparedPost {
                 record,
                 media: vec![media],
@@ -718,18 +776,18 @@ async fn spooled_media_uploads_from_disk_and_is_removed_on_failure_and_success()
     let e = video(&keys, "spooled", 22, None, T);
 
     *repo.fail_upload.lock().unwrap() = 1;
-    let err = publish::publish(&db, &source, &repo, &e).await.unwrap_err();
+    let err = publish::publish(&db, &source, &repo, &vid(&e)).await.unwrap_err();
     assert_eq!(err.code(), "xrpc_server_error");
     assert_eq!(spool.file_count(), 0, "a failed upload removes the spool file");
 
-    let out = publish::publish(&db, &source, &repo, &e).await.unwrap();
+    let out = publish::publish(&db, &source, &repo, &vid(&e)).await.unwrap();
     assert!(matches!(out, Published::Written { .. }));
     assert_eq!(spool.file_count(), 0, "a published video's spool file is removed");
     let records = repo.records.lock().unwrap();
     let record = records.values().next().unwrap();
     assert_eq!(
         record["embed"]["video"],
-        local_blob_ref(&bytes, "video/mp4"),
+        blob_json(local_blob_ref(&bytes, "video/mp4")),
         "the ref computed while spooling is the uploaded bytes' ref"
     );
 }

@@ -89,7 +89,7 @@ fn run(event: &Event, options: &Value) -> Value {
             let record = translate::build_post(&plan, blob(VIDEO_CID, "video/mp4", 1000), captions);
             json!({
                 "outcome": "post",
-                "coordinate": v.coordinate(),
+                "coordinate": v.coordinate.as_ref().map(|c| c.to_string()),
                 "video": {
                     "url": plan.video.url,
                     "fallbacks": plan.video.fallbacks,
@@ -99,14 +99,13 @@ fn run(event: &Event, options: &Value) -> Value {
                     "duration": plan.video.duration,
                 },
                 "captions": plan.captions.iter().map(|c| json!({"lang": c.lang, "url": c.url})).collect::<Vec<_>>(),
-                "record": translate::post_record_json(&record),
+                "record": translate::record_json(&record.into()).unwrap(),
             })
         }
-        BridgeEvent::Delete(d) => json!({
-            "outcome": "delete",
-            "event_ids": d.event_ids,
-            "coordinates": d.coordinates.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-        }),
+        BridgeEvent::Delete(d) => {
+            let (event_ids, coordinates) = d.target_keys();
+            json!({"outcome": "delete", "event_ids": event_ids, "coordinates": coordinates})
+        }
         BridgeEvent::Profile(p) => {
             let plan = match translate::plan_profile(&p) {
                 Ok(p) => p,
@@ -118,7 +117,7 @@ fn run(event: &Event, options: &Value) -> Value {
                 "outcome": "profile",
                 "avatar_url": plan.avatar_url,
                 "banner_url": plan.banner_url,
-                "record": translate::profile_record_json(&translate::build_profile(&plan, avatar, banner)),
+                "record": translate::record_json(&translate::build_profile(&plan, avatar, banner).into()).unwrap(),
             })
         }
     }

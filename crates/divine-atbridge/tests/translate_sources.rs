@@ -9,9 +9,25 @@ mod support;
 use divine_atbridge::jobs::profile::ProfileSource;
 use divine_atbridge::jobs::publish::PostSource;
 use divine_atbridge::jobs::sources::{MediaSettings, TranslatedPosts, TranslatedProfiles};
+use divine_atbridge::nostr::{ProfileMeta, VideoEvent};
+use divine_atbridge::translate::{record_json, KnownRecord};
 use nostr::prelude::*;
 use std::time::Duration;
 use support::MediaServer;
+
+/// The job's one parse of its event (what `jobs::handlers` does before calling the source).
+fn vid(event: &Event) -> VideoEvent {
+    VideoEvent::from_event(event).unwrap()
+}
+
+fn profile(event: &Event) -> ProfileMeta {
+    ProfileMeta::from_event(event).unwrap()
+}
+
+/// The record as it is sent (the production serialisation).
+fn sent(record: &KnownRecord) -> serde_json::Value {
+    record_json(record).unwrap()
+}
 
 fn jpeg(len: usize) -> Vec<u8> {
     let mut b = vec![0xff, 0xd8, 0xff, 0xe0];
@@ -68,12 +84,13 @@ async fn banner_website_and_refused_avatars() {
         serde_json::json!({"name": "n", "about": "loops", "picture": media.put("a.webp", webp()),
             "banner": banner, "website": "https://n.example/"}),
     );
-    let p = source.prepare(&ev).await.expect("the profile still syncs");
-    assert!(p.record.get("avatar").is_none(), "{}", p.record);
-    assert_eq!(p.record["banner"]["mimeType"], "image/jpeg");
-    assert_eq!(p.record["banner"]["size"], 2_000);
-    assert_eq!(p.record["description"], "loops");
-    assert_eq!(p.record["website"], "https://n.example/");
+    let p = source.prepare(&profile(&ev)).await.expect("the profile still syncs");
+    let record = sent(&p.record);
+    assert!(record.get("avatar").is_none(), "{record}");
+    assert_eq!(record["banner"]["mimeType"], "image/jpeg");
+    assert_eq!(record["banner"]["size"], 2_000);
+    assert_eq!(record["description"], "loops");
+    assert_eq!(record["website"], "https://n.example/");
     assert_eq!(p.media.len(), 1, "only the banner is uploaded");
     assert_eq!(skipped("avatar_unsupported_format", "avatar"), before + 1);
 
@@ -84,9 +101,10 @@ async fn banner_website_and_refused_avatars() {
     );
     let big = media.put("big.jpg", jpeg(1_000_001));
     let ev = kind0(&keys, serde_json::json!({"name": "n", "picture": big, "banner": big}));
-    let p = source.prepare(&ev).await.expect("the profile still syncs");
-    assert!(p.record.get("avatar").is_none() && p.record.get("banner").is_none());
-    assert_eq!(p.record["displayName"], "n");
+    let p = source.prepare(&profile(&ev)).await.expect("the profile still syncs");
+    let record = sent(&p.record);
+    assert!(record.get("avatar").is_none() && record.get("banner").is_none());
+    assert_eq!(record["displayName"], "n");
     assert_eq!(skipped("avatar_too_large", "avatar"), a0 + 1);
     assert_eq!(skipped("banner_too_large", "banner"), b0 + 1);
 }
@@ -135,9 +153,10 @@ async fn malformed_optional_imeta_fields_are_dropped_counted_and_the_video_kept(
         counter("bridge_nostr_fields_dropped_total", &[("field", "dim")]),
         counter("bridge_nostr_fields_dropped_total", &[("field", "duration")]),
     );
-    let p = source.prepare(&ev).await.expect("the video is still bridged");
-    assert_eq!(p.record["text"], "loop");
-    assert!(p.record["embed"].get("aspectRatio").is_none(), "{}", p.record);
+    let p = source.prepare(&vid(&ev)).await.expect("the video is still bridged");
+    let record = sent(&p.record);
+    assert_eq!(record["text"], "loop");
+    assert!(record["embed"].get("aspectRatio").is_none(), "{record}");
     assert_eq!(p.media.len(), 1);
     assert_eq!(
         counter("bridge_nostr_fields_dropped_total", &[("field", "dim")]),
@@ -166,7 +185,7 @@ fn video_with_size(keys: &Keys, url: &str, size: Option<usize>) -> Event {
 /// on disk, not in memory, and its file and budget go with the prepared post.
 #[tokio::test]
 async fn the_media_budget_limits_videos_in_flight() {
-    use divine_atbridge::jobs::publish::MediaBody;
+    use divine_atbridge::blob::MediaBody;
     use divine_atbridge::spool::{MediaBudget, Spool};
     let tdb = divine_bridge_db::testutil::TestDb::migrated("translate_sources_budget");
     let media = MediaServer::start().await;
@@ -196,7 +215,7 @@ async fn the_media_budget_limits_videos_in_flight() {
     let total = spool.budget().total_bytes();
     let observed = (bytes.len() as u64).div_ceil(1024) * 1024;
 
-    let first = source.prepare(&video_with_size(&keys, &url, None)).await.unwrap();
+    let first = source.prepare(&vid(&video_with_size(&keys, &url, None))).await.unwrap();
     match &first.media[0].body {
         MediaBody::Spooled { file, budget } => {
             assert!(file.path().starts_with(spool.dir()));
@@ -211,7 +230,7 @@ async fn the_media_budget_limits_videos_in_flight() {
         "once spooled, an undeclared size holds its observed size, not the whole budget"
     );
     // While it is fetched, an undeclared video is weighted at the cap (here the whole budget): it waits.
-    let second_event = video_with_size(&keys, &url, None);
+    let second_event = vid(&video_with_size(&keys, &url, None));
     let second = source.prepare(&second_event);
     tokio::pin!(second);
     assert!(
@@ -233,12 +252,12 @@ async fn the_media_budget_limits_videos_in_flight() {
     // Two videos declaring 80 KiB each do not fit a 100 KiB budget together while fetched, but a spooled one holds
     // only its observed size, so the second does not wait for the first one's upload.
     let a = source
-        .prepare(&video_with_size(&keys, &url, Some(80 * 1024)))
+        .prepare(&vid(&video_with_size(&keys, &url, Some(80 * 1024))))
         .await
         .unwrap();
     let b = tokio::time::timeout(
         Duration::from_secs(10),
-        source.prepare(&video_with_size(&keys, &url, Some(80 * 1024))),
+        source.prepare(&vid(&video_with_size(&keys, &url, Some(80 * 1024)))),
     )
     .await
     .expect("the first video's spare budget was given back")

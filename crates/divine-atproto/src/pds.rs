@@ -7,8 +7,9 @@
 //! database directly (the store is a trait), build records (translate.rs), or log tokens/passwords.
 //!
 //! Request/response bodies use `atrium_api` types where they exist (`create_account::InputData`, every `OutputData`).
-//! Records are passed as `serde_json::Value` (build them from atrium record types with [`record_json`], which adds
-//! `$type`), because the XRPC wire format is JSON and a JSON → `Unknown` → JSON round trip buys nothing.
+//! Records are passed as `serde_json::Value`, already serialised by the caller from atrium's typed `KnownRecord`
+//! (which carries `$type`; the bridge's one serialisation is `divine_nostr::translate::record_json`), because the XRPC
+//! wire format is JSON and a JSON → `Unknown` → JSON round trip buys nothing.
 
 use crate::jwt;
 use crate::keys::{secret_aad, KeyEncryptionKey, KeyError, SecretPurpose};
@@ -153,25 +154,6 @@ fn map_error(call: Call, e: XrpcError) -> PdsError {
             error: if name.is_empty() { "-".into() } else { name },
             message,
         },
-    }
-}
-
-/// A JSON record with `$type` set to `collection`, from any serializable record type (e.g.
-/// `atrium_api::app::bsky::feed::post::RecordData`).
-pub fn record_json<T: Serialize>(collection: &str, record: &T) -> Result<serde_json::Value, PdsError> {
-    let mut value = serde_json::to_value(record).map_err(|e| PdsError::InvalidInput {
-        what: "record",
-        detail: e.to_string(),
-    })?;
-    match value.as_object_mut() {
-        Some(map) => {
-            map.insert("$type".into(), serde_json::Value::String(collection.to_string()));
-            Ok(value)
-        }
-        None => Err(PdsError::InvalidInput {
-            what: "record",
-            detail: "a record must be a JSON object".into(),
-        }),
     }
 }
 
@@ -989,27 +971,6 @@ mod tests {
             body: ErrorBody::default(),
         };
         assert_eq!(map_error(Call::CreateAccount, server).class(), ErrorClass::Transient);
-    }
-
-    #[test]
-    fn record_json_sets_type() {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Profile {
-            display_name: String,
-        }
-        let v = record_json(
-            "app.bsky.actor.profile",
-            &Profile {
-                display_name: "alice".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": "alice"})
-        );
-        assert_eq!(record_json("x.y.z", &5).unwrap_err().code(), "pds_request_invalid");
     }
 
     #[test]

@@ -130,6 +130,7 @@ code_enum!(
         // divine-nostr translate/mod.rs
         InvalidEvent => "invalid_event",
         NoVideo => "no_video",
+        RecordUnserializable => "record_unserializable",
         // divine-atbridge app.rs
         AccountNotFound => "account_not_found",
         CliUsage => "cli_usage",

@@ -1,6 +1,11 @@
 //! The closed sets of states and kinds stored in Postgres. Each enum names exactly the values of the matching SQL
 //! CHECK constraint (verified by `tests/schema.rs`). Allowed job-state transitions live here, in one place; the
 //! queue's SQL only ever performs transitions this module allows. Owns no I/O.
+//!
+//! Columns: with the `diesel` feature (enabled by divine-bridge-db) [`JobKind`] and [`JobState`] are Diesel
+//! `Text` values (`ToSql`/`FromSql` for Postgres, below): rows are read into the enums once, where they are loaded,
+//! instead of as `String`s parsed at every use. A stored value outside the enum fails the row's decode with
+//! [`UnknownValue`]; the CHECK constraints make that schema drift, never data.
 
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +37,35 @@ macro_rules! string_enum {
                 match s { $($s => Ok($name::$variant),)+ other => Err(UnknownValue(stringify!($name), other.to_string())) }
             }
         }
+
+        /// Compares with the stored spelling (`state == "queued"`), for tests and operators' filters.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool { self.as_str() == *other }
+        }
+    };
+}
+
+/// Diesel `Text` mapping of an enum of this module (the `diesel` feature): written as [`JobKind::as_str`] spells it,
+/// read back through `FromStr` (an unknown value is a decode error carrying [`UnknownValue`]).
+#[cfg(feature = "diesel")]
+macro_rules! text_column {
+    ($name:ident) => {
+        impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for $name {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+            ) -> diesel::serialize::Result {
+                <str as diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg>>::to_sql(self.as_str(), out)
+            }
+        }
+
+        impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for $name {
+            fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                let s =
+                    <String as diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg>>::from_sql(value)?;
+                Ok(s.parse::<$name>()?)
+            }
+        }
     };
 }
 
@@ -41,6 +75,7 @@ macro_rules! string_enum {
 pub struct UnknownValue(pub &'static str, pub String);
 
 string_enum!(
+    #[cfg_attr(feature = "diesel", derive(diesel::FromSqlRow, diesel::AsExpression), diesel(sql_type = diesel::sql_types::Text))]
     /// Job lifecycle. `queued → running → {succeeded | failed | ineligible | cancelled | queued (retry/reclaim)}`,
     /// `queued → cancelled`, and operator retry `{failed | cancelled | ineligible} → queued`.
     JobState {
@@ -52,6 +87,11 @@ string_enum!(
         Ineligible => "ineligible",
     }
 );
+
+#[cfg(feature = "diesel")]
+text_column!(JobState);
+#[cfg(feature = "diesel")]
+text_column!(JobKind);
 
 impl JobState {
     /// Terminal states carry `finished_at` and are never leased again unless an operator retries them.
@@ -82,6 +122,7 @@ impl JobState {
 }
 
 string_enum!(
+    #[cfg_attr(feature = "diesel", derive(diesel::FromSqlRow, diesel::AsExpression), diesel(sql_type = diesel::sql_types::Text))]
     /// Kinds of work. One generic table serves them all.
     JobKind {
         ProvisionAccount => "provision_account",

@@ -52,9 +52,10 @@
 
 use crate::class::{Classified, ErrorClass};
 use crate::error::DbError;
+use crate::job_args::{BackfillAuthorArgs, BackfillRun, DisconnectAccountArgs, ProvisionAccountArgs};
 use crate::queue::{self, NewJob};
 use crate::schema::{account_keys, account_links, account_sessions, account_tombstones, jobs, record_mappings};
-use crate::states::{priority, JobKind, JobState, ProvisioningState, RecordState};
+use crate::states::{JobKind, JobState, ProvisioningState, RecordState};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -162,60 +163,32 @@ impl Classified for AccountError {
     }
 }
 
-/// Unique key of an account's provisioning job (one per account, ever; re-driven in place).
-pub fn provision_unique_key(pubkey: &str) -> String {
-    format!("provision:{pubkey}")
+pub use crate::job_args::{backfill_unique_key, disconnect_unique_key, provision_unique_key};
+
+/// The `provision_account` job for `pubkey` ([`ProvisionAccountArgs`]: account priority, so it precedes the
+/// account's posts).
+pub fn provision_job(pubkey: &str) -> Result<NewJob, DbError> {
+    NewJob::of(&ProvisionAccountArgs {
+        nostr_pubkey: pubkey.to_string(),
+    })
 }
 
-/// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
-pub fn provision_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::for_account(
-        JobKind::ProvisionAccount,
-        pubkey,
-        queue::keys::account(pubkey),
-        serde_json::json!({ "nostr_pubkey": pubkey }),
-    )
-    .unique(provision_unique_key(pubkey));
-    job.priority = priority::ACCOUNT;
-    job
+/// The `disconnect_account` job for `pubkey` ([`DisconnectAccountArgs`]). Enqueue it with
+/// [`queue::requeue_or_enqueue`] (as [`begin_disconnect`] does) so a failed run is re-driven and a live one is not
+/// doubled.
+pub fn disconnect_job(pubkey: &str) -> Result<NewJob, DbError> {
+    NewJob::of(&DisconnectAccountArgs {
+        nostr_pubkey: pubkey.to_string(),
+    })
 }
 
-/// Unique key of an account's disconnect job (one per account link; re-driven in place by a repeated request).
-pub fn disconnect_unique_key(pubkey: &str) -> String {
-    format!("disconnect:{pubkey}")
-}
-
-/// The `disconnect_account` job for `pubkey`, at account priority. Enqueue it with [`queue::requeue_or_enqueue`]
-/// (as [`begin_disconnect`] does) so a failed run is re-driven and a live one is not doubled.
-pub fn disconnect_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::for_account(
-        JobKind::DisconnectAccount,
-        pubkey,
-        queue::keys::account(pubkey),
-        serde_json::json!({ "nostr_pubkey": pubkey }),
-    )
-    .unique(disconnect_unique_key(pubkey));
-    job.priority = priority::ACCOUNT;
-    job
-}
-
-/// Unique key of an account's backfill job: one per account, re-driven in place on every enable (module rule 4).
-pub fn backfill_unique_key(pubkey: &str) -> String {
-    format!("backfill:{pubkey}")
-}
-
-/// The `backfill_author` job for `pubkey`, at backfill priority. Enqueue it with [`queue::requeue_or_enqueue`] so a
-/// finished one is re-driven and a live one is not doubled.
-pub fn backfill_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::for_account(
-        JobKind::BackfillAuthor,
-        pubkey,
-        queue::keys::account(pubkey),
-        serde_json::json!({ "nostr_pubkey": pubkey }),
-    )
-    .unique(backfill_unique_key(pubkey));
-    job.priority = priority::BACKFILL;
-    job
+/// The account's one re-drivable `backfill_author` job for `pubkey` ([`BackfillAuthorArgs`], [`BackfillRun::Account`]).
+/// Enqueue it with [`queue::requeue_or_enqueue`] so a finished one is re-driven and a live one is not doubled.
+pub fn backfill_job(pubkey: &str) -> Result<NewJob, DbError> {
+    NewJob::of(&BackfillAuthorArgs {
+        nostr_pubkey: pubkey.to_string(),
+        run: BackfillRun::Account,
+    })
 }
 
 /// An opt-in request, already normalised and validated by the caller.
@@ -322,8 +295,8 @@ pub fn opt_in(conn: &mut PgConnection, req: &OptIn) -> Result<OptInResult, Accou
         // provisioning) still has its old job holding the one provisioning key: then that job is re-driven (or, if
         // it had succeeded, gives the key up) so the new link is provisioned. Plain `enqueue` first, so a first
         // opt-in writes its job in this very transaction, not in a savepoint.
-        if queue::enqueue(c, &provision_job(&req.nostr_pubkey))?.is_none() {
-            queue::requeue_or_enqueue(c, &provision_job(&req.nostr_pubkey))?;
+        if queue::enqueue(c, &provision_job(&req.nostr_pubkey)?)?.is_none() {
+            queue::requeue_or_enqueue(c, &provision_job(&req.nostr_pubkey)?)?;
         }
         Ok(OptInResult {
             link,
@@ -476,10 +449,10 @@ fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLi
         .returning(AccountLink::as_returning())
         .get_result(conn)?;
     if updated.did.is_none() {
-        queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey))?;
+        queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey)?)?;
     }
     queue::requeue_skipped(conn, &updated.nostr_pubkey, &[JobKind::PublishPost], DISABLE_CODE)?;
-    queue::requeue_or_enqueue(conn, &backfill_job(&updated.nostr_pubkey))?;
+    queue::requeue_or_enqueue(conn, &backfill_job(&updated.nostr_pubkey)?)?;
     Ok(updated)
 }
 
@@ -888,7 +861,7 @@ pub fn begin_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<Disconn
             ))
             .on_conflict_do_nothing()
             .execute(c)?;
-        let job_id = queue::requeue_or_enqueue(c, &disconnect_job(pubkey))?;
+        let job_id = queue::requeue_or_enqueue(c, &disconnect_job(pubkey)?)?;
         Ok(Disconnecting {
             link: updated,
             cancelled_jobs,

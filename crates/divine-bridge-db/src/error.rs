@@ -152,6 +152,9 @@ pub enum DbError {
     Query(#[from] DieselError),
     #[error("stored value is invalid: {0}")]
     Corrupt(String),
+    /// A job's payload does not decode as its kind's args ([`crate::job_args::JobArgs`]): a bug or a hand-edited row.
+    #[error("job {id}: invalid payload: {reason}")]
+    InvalidPayload { id: i64, reason: String },
     /// Postgres (or libpq) refused `DATABASE_URL` in a way waiting cannot fix: malformed, unknown database or role,
     /// authentication failed. The message is scrubbed of the password ([`crate::Db::connect_within`]).
     #[error("DATABASE_URL was rejected: {0}; expected {shape} (fix DATABASE_URL; retrying cannot help)", shape = crate::envcfg::DATABASE_URL_SHAPE)]
@@ -203,6 +206,7 @@ impl Classified for DbError {
             DbError::UniqueViolation { .. } => "db_conflict",
             DbError::Query(_) => condition.code(),
             DbError::Corrupt(_) => "db_corrupt_value",
+            DbError::InvalidPayload { .. } => "invalid_job_payload",
             DbError::ConnectRejected(_) => "db_connect_rejected",
         }
     }
@@ -215,6 +219,7 @@ impl Classified for DbError {
             DbError::Migration(_)
             | DbError::UniqueViolation { .. }
             | DbError::Corrupt(_)
+            | DbError::InvalidPayload { .. }
             | DbError::ConnectRejected(_) => ErrorClass::Permanent,
         }
     }

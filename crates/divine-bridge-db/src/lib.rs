@@ -15,8 +15,10 @@ pub mod audit;
 pub use divine_bridge_core::{class, states};
 pub mod envcfg;
 pub mod error;
+pub mod job_args;
 pub mod listen;
 pub mod migrate;
+pub mod prepared;
 pub mod queue;
 pub mod records;
 pub mod roles;
@@ -27,6 +29,7 @@ pub mod testutil;
 
 pub use class::{Classified, ErrorClass};
 pub use error::DbError;
+pub use job_args::JobArgs;
 pub use states::{JobKind, JobState, ProvisioningState, RecordState};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent, SimpleConnection};
@@ -431,18 +434,24 @@ impl Db {
     /// Runs `f` with a pooled connection on the blocking thread pool. A connection-class failure inside `f` is
     /// returned as a transient error and the connection is discarded (see [`PgManager`]); `f` is never re-run
     /// here, because only the caller knows whether it is safe to repeat.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, DbError>
+    ///
+    /// Generic over the caller's error type `E` (anything a [`DbError`] converts into): `f` may fail with a domain
+    /// error of the caller (a job's gate refusing, say) as well as with a database error, and the pool and join
+    /// failures of this call become `E` too, so one `?` handles all of them. Closures whose error type is not
+    /// otherwise determined name it (`Ok::<_, DbError>(…)`).
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut PgConnection) -> Result<T, DbError> + Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| DbError::Pool(e.to_string()))?;
+            let mut conn = pool.get().map_err(|e| E::from(DbError::Pool(e.to_string())))?;
             f(&mut conn)
         })
         .await
-        .map_err(|e| DbError::Join(e.to_string()))?
+        .map_err(|e| E::from(DbError::Join(e.to_string())))?
     }
 
     /// Starts a job wake-up listener on its own connection (outside the pool; see [`listen`]).

@@ -17,6 +17,10 @@
 //! - A delete with several targets runs under `event:<its own id>`: tombstones (`records::is_tombstoned`, checked by
 //!   publish before and after its write) make either order end deleted.
 //!
+//! Jobs are built from typed args ([`crate::job_args::JobArgs`], [`NewJob::of`]): the args type decides kind, unique
+//! key, ordering key and priority, so the conventions above are spelled once per kind (docs/runbooks/job-queue.md,
+//! "Job kinds and their args"). [`NewJob::new`] and [`NewJob::for_account`] stay for raw jobs in tests and drills.
+//!
 //! Account barrier: every job names its account in `payload.account` ([`NewJob::for_account`],
 //! [`LeasedJob::account`]). Lifecycle jobs ([`JobKind::is_lifecycle`]) run BEFORE the account's posts because
 //! posts check the account gate (`account_not_ready` retries while provisioning) and AFTER the account's running
@@ -63,6 +67,7 @@
 //!   success stays `succeeded` (the side effect happened); an ineligible result stays `ineligible`.
 
 use crate::error::DbError;
+use crate::prepared::{Param, Prepared};
 use crate::schema::jobs;
 use crate::states::{DispatchClass, JobKind, JobState};
 use chrono::{DateTime, Utc};
@@ -208,17 +213,17 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
     let mut ids = Vec::with_capacity(batch.len());
     // Postgres allows 65,535 bind parameters per statement; 7 per row.
     for chunk in rows.chunks(5_000) {
-        let inserted: Vec<(i64, String)> = diesel::insert_into(jobs::table)
+        let inserted: Vec<(i64, JobKind)> = diesel::insert_into(jobs::table)
             .values(chunk)
             .on_conflict(jobs::unique_key)
             .do_nothing()
             .returning((jobs::id, jobs::kind))
             .get_results(conn)
             .map_err(DbError::from_diesel)?;
-        let mut per_kind: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut per_kind: std::collections::BTreeMap<&'static str, u64> = Default::default();
         for (id, kind) in inserted {
             ids.push(id);
-            *per_kind.entry(kind).or_default() += 1;
+            *per_kind.entry(kind.as_str()).or_default() += 1;
         }
         for (kind, n) in per_kind {
             metrics::counter!(JOBS_ENQUEUED_METRIC, "kind" => kind).increment(n);
@@ -323,7 +328,7 @@ pub struct LeasedJob {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
     pub ordering_key: String,
     #[diesel(sql_type = Nullable<Text>)]
@@ -344,11 +349,6 @@ pub struct LeasedJob {
 }
 
 impl LeasedJob {
-    /// The parsed kind.
-    pub fn job_kind(&self) -> Result<JobKind, DbError> {
-        Ok(self.kind.parse()?)
-    }
-
     /// The account (lower-case hex pubkey) this job belongs to, from `payload.account` (written by
     /// [`NewJob::for_account`]; rows queued before it got theirs from the 2026-12-04-000110 migration).
     pub fn account(&self) -> Result<&str, DbError> {
@@ -412,15 +412,32 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
                    jobs.source_created_at, jobs.created_at, jobs.lease_token";
 
-/// Pins the lease plan for its transaction: `job_heads` is small and churns by thousands of rows a second, so its
-/// statistics are nearly always stale, and with an underestimate the planner hashed every due head and sorted them
-/// (143 ms per lease with 25,000 due heads, measured) instead of walking `job_heads_dispatch` in order and stopping
-/// after the batch. Without sorts, bitmap scans and hash joins the only plan left is the intended one. JIT is off
+/// The lease transaction's settings (`SET LOCAL`: they end with it).
+///
+/// **Durability: `synchronous_commit = off`.** The lease's commit does not wait for its WAL flush (~1.8 ms per
+/// `fdatasync` on the CI disk, which capped a busy pool at one lease per flush). This loses nothing: WAL is flushed
+/// in order, so whatever a try makes durable afterwards (a reservation, a record, its own finalize, all committed
+/// synchronously) flushes the lease with it. A lease lost in a Postgres crash is therefore a lease under which
+/// nothing durable happened: the job is `queued` again after recovery and runs again, exactly as after a reclaim
+/// (the handler's external effects are idempotent for that reason already). The worker's heartbeat and finalize
+/// then find no row with its token and the try is cut off (fencing, module header).
+///
+/// **Plan.** Pins the lease plan for its transaction: `job_heads` and the live part of `jobs` churn by thousands of rows a
+/// second, so their statistics are nearly always stale, and with underestimates the planner (a) hashed every due head
+/// and sorted them (143 ms per lease with 25,000 due heads, measured) instead of walking `job_heads_dispatch` in order
+/// and stopping after the batch, and (b) joined the heads to `jobs` by materializing every queued job (8,632 rows,
+/// 121 ms per lease, measured during `queue_noop_jobs_per_sec`) instead of one `jobs_pkey` probe per head. Without
+/// sorts, bitmap scans, hash and merge joins and materialization the only plan left is the intended one. JIT is off
 /// too: the disabled-node penalties inflate the estimated cost past `jit_above_cost`, and compiling the statement
-/// cost ~280 ms per lease for a plan that runs in under 1 ms.
-pub const LEASE_PLAN_SQL: &str =
+/// cost ~280 ms per lease for a plan that runs in under 1 ms. The plan is generic (`plan_cache_mode`): the lease is
+/// a prepared statement ([`crate::prepared`]) planned once per connection (planning took ~10 ms of a ~11 ms lease
+/// under load), and its shape does not depend on the parameters.
+pub const LEASE_SETTINGS_SQL: &str =
     "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), \
-            set_config('enable_hashjoin', 'off', true), set_config('jit', 'off', true)";
+            set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), \
+            set_config('enable_material', 'off', true), set_config('jit', 'off', true), \
+            set_config('plan_cache_mode', 'force_generic_plan', true), \
+            set_config('synchronous_commit', 'off', true)";
 
 /// Leases up to `limit` runnable jobs for `owner`: key heads only, shared among the dispatch classes by weight
 /// ([`LEASE_SQL`], [`crate::states::DispatchClass`]); returned in dispatch order `(priority, source_created_at, id)`.
@@ -436,14 +453,18 @@ pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Durati
     let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
     let result = conn
         .transaction(|conn| {
-            diesel::sql_query(LEASE_PLAN_SQL).execute(conn)?;
-            diesel::sql_query(LEASE_SQL)
-                .bind::<Text, _>(owner)
-                .bind::<BigInt, _>(limit)
-                .bind::<Double, _>(lease_for.as_secs_f64())
-                .bind::<Array<Int2>, _>(&classes)
-                .bind::<Array<Int4>, _>(&weights)
-                .load::<LeasedJob>(conn)
+            Prepared::new(LEASE_SETTINGS_SQL, vec![]).execute(conn)?;
+            Prepared::new(
+                LEASE_SQL,
+                vec![
+                    Param::Text(owner),
+                    Param::BigInt(limit),
+                    Param::Double(lease_for.as_secs_f64()),
+                    Param::SmallInts(&classes),
+                    Param::Ints(&weights),
+                ],
+            )
+            .load::<LeasedJob>(conn)
         })
         .map_err(DbError::from_diesel);
     match result {
@@ -474,9 +495,7 @@ pub fn next_due(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, DbErro
         at: Option<DateTime<Utc>>,
     }
     let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
-    let row: At = diesel::sql_query(NEXT_DUE_SQL)
-        .bind::<Array<Int2>, _>(&classes)
-        .get_result(conn)?;
+    let row: At = Prepared::new(NEXT_DUE_SQL, vec![Param::SmallInts(&classes)]).get_result(conn)?;
     Ok(row.at)
 }
 
@@ -507,11 +526,12 @@ pub fn heartbeat(conn: &mut PgConnection, leases: &[Lease], lease_for: Duration)
         return Ok(Vec::new());
     }
     let (ids, tokens) = split(leases);
-    let rows: Vec<Id> = diesel::sql_query(HEARTBEAT_SQL)
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<BigInt>, _>(&tokens)
-        .bind::<Double, _>(lease_for.as_secs_f64())
-        .load(conn)?;
+    let params = vec![
+        Param::BigInts(&ids),
+        Param::BigInts(&tokens),
+        Param::Double(lease_for.as_secs_f64()),
+    ];
+    let rows: Vec<Id> = Prepared::new(HEARTBEAT_SQL, params).load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -530,10 +550,7 @@ pub fn complete_many(conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<i6
         return Ok(Vec::new());
     }
     let (ids, tokens) = split(leases);
-    let rows: Vec<Id> = diesel::sql_query(COMPLETE_SQL)
-        .bind::<Array<BigInt>, _>(&ids)
-        .bind::<Array<BigInt>, _>(&tokens)
-        .load(conn)?;
+    let rows: Vec<Id> = Prepared::new(COMPLETE_SQL, vec![Param::BigInts(&ids), Param::BigInts(&tokens)]).load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -740,9 +757,9 @@ pub struct Reclaimed {
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     #[diesel(sql_type = Int4)]
     pub reclaim_count: i32,
 }
@@ -750,7 +767,7 @@ pub struct Reclaimed {
 impl Reclaimed {
     /// Whether this reclaim parked the job as a suspected poison job.
     pub fn parked(&self) -> bool {
-        self.state == JobState::Failed.as_str()
+        self.state == JobState::Failed
     }
 }
 
@@ -908,7 +925,7 @@ pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Optio
         if let Some(id) = enqueue(conn, job)? {
             return Ok(Some(id));
         }
-        let existing: Option<(i64, String)> = jobs::table
+        let existing: Option<(i64, JobState)> = jobs::table
             .filter(jobs::unique_key.eq(key))
             .select((jobs::id, jobs::state))
             .for_update()
@@ -918,7 +935,7 @@ pub fn requeue_or_enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Optio
             // Lost a race with a concurrent re-drive that renamed the key away; enqueue against the new holder.
             return enqueue(conn, job);
         };
-        match state.parse::<JobState>()? {
+        match state {
             JobState::Queued | JobState::Running => Ok(Some(id)),
             JobState::Failed | JobState::Cancelled | JobState::Ineligible => {
                 retry(conn, id)?;
@@ -965,15 +982,26 @@ pub fn list(conn: &mut PgConnection, filter: &JobFilter, limit: i64) -> Result<V
     Ok(q.order(jobs::id.desc()).limit(limit.clamp(1, 10_000)).load(conn)?)
 }
 
+/// How many jobs of `account` (`payload.account`) are in each state, by state name, for `accounts show`: the
+/// per-account summary of the same rows [`list`] lists (states without a job are left out).
+pub fn count_by_state_for_account(conn: &mut PgConnection, account: &str) -> Result<Vec<(JobState, i64)>, DbError> {
+    Ok(jobs::table
+        .filter(jobs::payload.retrieve_as_text("account").eq(account))
+        .group_by(jobs::state)
+        .select((jobs::state, diesel::dsl::count_star()))
+        .order(jobs::state)
+        .load(conn)?)
+}
+
 /// A job row for operators.
 #[derive(Debug, Clone, Queryable, Selectable, serde::Serialize)]
 #[diesel(table_name = jobs)]
 pub struct JobRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: JobKind,
     pub ordering_key: String,
     pub unique_key: Option<String>,
-    pub state: String,
+    pub state: JobState,
     pub priority: i16,
     pub run_at: DateTime<Utc>,
     pub attempt: i32,
@@ -1008,9 +1036,9 @@ pub fn get(conn: &mut PgConnection, id: i64) -> Result<Option<JobRow>, DbError> 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct QueueStat {
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = Text)]
-    pub state: String,
+    pub state: JobState,
     #[diesel(sql_type = BigInt)]
     pub count: i64,
     #[diesel(sql_type = Double)]
@@ -1080,7 +1108,7 @@ pub fn prune_finished(conn: &mut PgConnection, finished_before: DateTime<Utc>, b
 #[derive(Debug, Clone, QueryableByName, serde::Serialize)]
 pub struct KindStatus {
     #[diesel(sql_type = Text)]
-    pub kind: String,
+    pub kind: JobKind,
     #[diesel(sql_type = BigInt)]
     pub queued: i64,
     #[diesel(sql_type = BigInt)]

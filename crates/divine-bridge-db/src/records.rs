@@ -237,6 +237,37 @@ pub struct RecordMapping {
 }
 
 impl RecordMapping {
+    /// A fresh `reserved` row for [`reserve_record`]: no coordinate and no record yet (set them with struct update
+    /// syntax), nothing published or deleted, timestamps now. The one place a reservation's defaults are written.
+    pub fn reservation(
+        event_id: &str,
+        pubkey: &str,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        event_kind: i32,
+        event_created_at: DateTime<Utc>,
+    ) -> RecordMapping {
+        RecordMapping {
+            nostr_event_id: event_id.to_string(),
+            nostr_pubkey: pubkey.to_string(),
+            did: did.to_string(),
+            collection: collection.to_string(),
+            rkey: rkey.to_string(),
+            event_kind,
+            coordinate: None,
+            event_created_at,
+            state: RecordState::Reserved.as_str().to_string(),
+            record: None,
+            at_uri: None,
+            cid: None,
+            published_at: None,
+            deleted_at: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
     /// The parsed state.
     pub fn record_state(&self) -> Result<RecordState, DbError> {
         Ok(self.state.parse()?)

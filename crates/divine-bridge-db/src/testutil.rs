@@ -232,3 +232,21 @@ pub mod process {
         Some((status, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
     }
 }
+
+/// A [`crate::queue::LeasedJob`] of `kind` carrying `payload`, as the lease would return it (id 1, first try), for
+/// unit tests of payload decoding that need no database.
+pub fn leased_job(kind: crate::JobKind, payload: serde_json::Value) -> crate::queue::LeasedJob {
+    let now = chrono::Utc::now();
+    crate::queue::LeasedJob {
+        id: 1,
+        kind,
+        ordering_key: String::new(),
+        unique_key: None,
+        payload,
+        priority: crate::states::priority::LIVE,
+        attempt: 1,
+        source_created_at: now,
+        created_at: now,
+        lease_token: 1,
+    }
+}

@@ -98,7 +98,7 @@ fn publish_job(conn: &mut PgConnection, pk: &str, event_id: &str) -> i64 {
 }
 
 fn job_state(conn: &mut PgConnection, id: i64) -> String {
-    queue::get(conn, id).unwrap().unwrap().state
+    queue::get(conn, id).unwrap().unwrap().state.to_string()
 }
 
 #[test]
@@ -252,7 +252,9 @@ fn disable_cancels_only_this_accounts_queued_publishing_and_keeps_deletes_and_pr
     .unwrap();
     let a_running = publish_job(&mut c, A, &"5".repeat(64));
     force_job(&mut c, &format!("publish:{}", "5".repeat(64)), "running", 1, None);
-    let a_backfill = queue::enqueue(&mut c, &accounts::backfill_job(A)).unwrap().unwrap();
+    let a_backfill = queue::enqueue(&mut c, &accounts::backfill_job(A).unwrap())
+        .unwrap()
+        .unwrap();
     let b1 = publish_job(&mut c, B, &"4".repeat(64));
 
     let d = accounts::disable(&mut c, A).unwrap();
@@ -568,24 +570,15 @@ fn opt_in_of_a_disabled_link_enables_it() {
 }
 
 fn mapping(event_id: &str, pk: &str, rkey: &str) -> RecordMapping {
-    RecordMapping {
-        nostr_event_id: event_id.to_string(),
-        nostr_pubkey: pk.to_string(),
-        did: format!("did:plc:{}", &pk[..24]),
-        collection: "app.bsky.feed.post".to_string(),
-        rkey: rkey.to_string(),
-        event_kind: 22,
-        coordinate: None,
-        event_created_at: Utc::now(),
-        state: RecordState::Reserved.as_str().to_string(),
-        record: None,
-        at_uri: None,
-        cid: None,
-        published_at: None,
-        deleted_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    }
+    RecordMapping::reservation(
+        event_id,
+        pk,
+        &format!("did:plc:{}", &pk[..24]),
+        "app.bsky.feed.post",
+        rkey,
+        22,
+        Utc::now(),
+    )
 }
 
 #[test]

@@ -80,9 +80,11 @@ async fn a_row_lock_held_elsewhere_fails_after_lock_timeout_as_transient() {
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     diesel::sql_query("ROLLBACK").execute(&mut holder).unwrap();
     // The connection is fine: only the statement failed.
-    db.run(|c| Ok(diesel::sql_query("UPDATE lockme SET v = 2 WHERE id = 1").execute(c)?))
-        .await
-        .unwrap();
+    db.run(|c| {
+        Ok::<_, divine_bridge_db::DbError>(diesel::sql_query("UPDATE lockme SET v = 2 WHERE id = 1").execute(c)?)
+    })
+    .await
+    .unwrap();
 }
 
 /// 57014 (query_canceled) from `statement_timeout`: transient `db_statement_canceled`.
@@ -116,7 +118,7 @@ async fn a_write_refused_as_read_only_is_transient_and_the_connection_is_replace
     assert_transient(&err, "db_read_only");
     let after = backend_pid(&db).await.unwrap();
     assert_ne!(before, after, "a read-only session is not reused");
-    db.run(|c| Ok(diesel::sql_query("CREATE TABLE accepted (id int)").execute(c)?))
+    db.run(|c| Ok::<_, divine_bridge_db::DbError>(diesel::sql_query("CREATE TABLE accepted (id int)").execute(c)?))
         .await
         .expect("the new connection is writable");
 }
@@ -185,7 +187,7 @@ async fn statement_errors_outside_the_transient_classes_stay_permanent() {
     let db = tdb.pool(1);
     for sql in ["SELEC 1", "SELECT * FROM no_such_table", "SELECT 1/0"] {
         let err = db
-            .run(move |c| Ok(diesel::sql_query(sql).execute(c)?))
+            .run(move |c| Ok::<_, divine_bridge_db::DbError>(diesel::sql_query(sql).execute(c)?))
             .await
             .unwrap_err();
         assert_eq!(
@@ -210,15 +212,17 @@ async fn every_pooled_connection_has_the_session_timeouts() {
     );
     let shown = db
         .run(|c| {
-            Ok(diesel::select(diesel::dsl::sql::<(
-                diesel::sql_types::Text,
-                diesel::sql_types::Text,
-                diesel::sql_types::Text,
-            )>(
-                "current_setting('statement_timeout'), current_setting('lock_timeout'), \
+            Ok::<_, divine_bridge_db::DbError>(
+                diesel::select(diesel::dsl::sql::<(
+                    diesel::sql_types::Text,
+                    diesel::sql_types::Text,
+                    diesel::sql_types::Text,
+                )>(
+                    "current_setting('statement_timeout'), current_setting('lock_timeout'), \
                  current_setting('idle_in_transaction_session_timeout')",
-            ))
-            .get_result::<(String, String, String)>(c)?)
+                ))
+                .get_result::<(String, String, String)>(c)?,
+            )
         })
         .await
         .unwrap();

@@ -945,7 +945,8 @@ fn the_sql_dispatch_class_matches_the_rust_one() {
     }
 }
 
-/// Buffers one lease touches (EXPLAIN ANALYZE BUFFERS of LEASE_SQL, rolled back).
+/// Buffers one lease touches: EXPLAIN ANALYZE BUFFERS of LEASE_SQL prepared and executed as the queue runs it (under
+/// LEASE_SETTINGS_SQL, so with its generic plan), rolled back.
 fn lease_buffers(conn: &mut PgConnection) -> i64 {
     #[derive(QueryableByName)]
     struct Plan {
@@ -953,23 +954,55 @@ fn lease_buffers(conn: &mut PgConnection) -> i64 {
         #[diesel(column_name = "QUERY PLAN")]
         plan: String,
     }
-    use divine_bridge_db::states::DispatchClass;
-    let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
-    let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
     let mut plan: Vec<Plan> = Vec::new();
     let _ = conn.transaction::<(), diesel::result::Error, _>(|c| {
-        plan = diesel::sql_query(format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}", queue::LEASE_SQL))
-            .bind::<diesel::sql_types::Text, _>("explain")
-            .bind::<BigInt, _>(16)
-            .bind::<diesel::sql_types::Double, _>(60.0)
-            .bind::<diesel::sql_types::Array<diesel::sql_types::SmallInt>, _>(&classes)
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Integer>, _>(&weights)
-            .load(c)?;
+        diesel::sql_query(queue::LEASE_SETTINGS_SQL).execute(c)?;
+        diesel::sql_query(format!(
+            "PREPARE lease_explain(text, bigint, float8, int2[], int4[]) AS {}",
+            queue::LEASE_SQL
+        ))
+        .execute(c)?;
+        plan = diesel::sql_query(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE lease_explain('explain', 16, 60, '{0,1,2}', '{2,4,1}')",
+        )
+        .load(c)?;
         Err(diesel::result::Error::RollbackTransaction)
     });
+    diesel::sql_query("DEALLOCATE lease_explain").execute(conn).unwrap();
     let json: serde_json::Value = serde_json::from_str(&plan[0].plan).unwrap();
     let top = &json[0]["Plan"];
     top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
+/// Issue 11 §3 (throughput): the lease is prepared once per connection and runs a generic plan: no planning per call
+/// (planning was ~10 ms of an ~11 ms lease under load, measured with `scripts/bench.sh queue`).
+#[test]
+fn the_lease_is_prepared_once_per_connection_and_runs_a_generic_plan() {
+    #[derive(QueryableByName)]
+    struct Stmt {
+        #[diesel(sql_type = BigInt)]
+        generic_plans: i64,
+        #[diesel(sql_type = BigInt)]
+        custom_plans: i64,
+    }
+    let db = TestDb::migrated("queue_lease_prepared");
+    let mut c = db.conn();
+    let batch: Vec<NewJob> = (0..6).map(|i| job(&format!("p-{i}"), i)).collect();
+    queue::enqueue_many(&mut c, &batch).unwrap();
+    for _ in 0..3 {
+        assert_eq!(queue::lease(&mut c, "w", 2, LEASE).unwrap().len(), 2);
+    }
+    let stmts: Vec<Stmt> = diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%FROM job_heads h JOIN jobs j%'",
+    )
+    .load(&mut c)
+    .unwrap();
+    assert_eq!(
+        stmts.len(),
+        1,
+        "the lease statement is prepared once on this connection"
+    );
+    assert_eq!((stmts[0].generic_plans, stmts[0].custom_plans), (3, 0));
 }
 
 /// Issue 11 §3: the lease cost does not depend on how many jobs wait behind heads in backoff. 100 keys whose heads

@@ -19,22 +19,17 @@ fn link(conn: &mut PgConnection) {
 
 fn mapping(event_id: &str, rkey: &str, created: chrono::DateTime<Utc>, coordinate: Option<&str>) -> RecordMapping {
     RecordMapping {
-        nostr_event_id: event_id.to_string(),
-        nostr_pubkey: PK.to_string(),
-        did: "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".to_string(),
-        collection: "app.bsky.feed.post".to_string(),
-        rkey: rkey.to_string(),
-        event_kind: 34235,
         coordinate: coordinate.map(str::to_string),
-        event_created_at: created,
-        state: RecordState::Reserved.as_str().to_string(),
         record: Some(serde_json::json!({"text": rkey})),
-        at_uri: None,
-        cid: None,
-        published_at: None,
-        deleted_at: None,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
+        ..RecordMapping::reservation(
+            event_id,
+            PK,
+            "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
+            "app.bsky.feed.post",
+            rkey,
+            34235,
+            created,
+        )
     }
 }
 

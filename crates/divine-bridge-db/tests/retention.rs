@@ -103,7 +103,7 @@ fn stats_ignore_terminal_rows_and_read_only_the_live_index() {
     queue::lease(&mut c, "w", 1, Duration::from_secs(60)).unwrap();
 
     let stats = queue::stats(&mut c).unwrap();
-    let mut seen: Vec<(String, i64)> = stats.iter().map(|s| (s.state.clone(), s.count)).collect();
+    let mut seen: Vec<(String, i64)> = stats.iter().map(|s| (s.state.to_string(), s.count)).collect();
     seen.sort();
     assert_eq!(seen, vec![("queued".to_string(), 1), ("running".to_string(), 1)]);
 

@@ -143,3 +143,36 @@ fn two_running_jobs_for_one_key_are_refused_by_the_database() {
     let err = second.expect_err("second running job for the same key");
     assert!(err.to_string().contains("jobs_one_running_per_key"), "{err}");
 }
+
+/// Issue 13 §3: `JobKind` and `JobState` are Diesel `Text` values (written by `as_str`, read back through `FromStr`):
+/// every value round-trips through Postgres, filters take the enum itself, and a stored value outside the enum is a
+/// decode error, never a default.
+#[test]
+fn job_enums_round_trip_through_text_columns() {
+    use diesel::dsl::sql;
+    use divine_bridge_db::queue::{self, NewJob};
+    use divine_bridge_db::schema::jobs;
+    let db = TestDb::migrated("schema_enum_text");
+    let mut c = db.conn();
+    for kind in JobKind::ALL {
+        let back: JobKind = diesel::select(kind.into_sql::<Text>()).get_result(&mut c).unwrap();
+        assert_eq!(back, *kind);
+    }
+    for state in JobState::ALL {
+        let back: JobState = diesel::select(state.into_sql::<Text>()).get_result(&mut c).unwrap();
+        assert_eq!(back, *state);
+    }
+    let id = queue::enqueue(&mut c, &NewJob::new(JobKind::Noop, "k", serde_json::json!({})))
+        .unwrap()
+        .unwrap();
+    let (kind, state): (JobKind, JobState) = jobs::table
+        .find(id)
+        .filter(jobs::kind.eq(JobKind::Noop))
+        .filter(jobs::state.eq(JobState::Queued))
+        .select((jobs::kind, jobs::state))
+        .first(&mut c)
+        .unwrap();
+    assert_eq!((kind, state), (JobKind::Noop, JobState::Queued));
+    let bogus = diesel::select(sql::<Text>("'bogus'")).get_result::<JobState>(&mut c);
+    assert!(bogus.is_err(), "an unknown stored state must not decode");
+}

@@ -405,7 +405,7 @@ impl ReplayGuard {
                     let cutoff = now - chrono::Duration::from_std(DB_RETENTION).unwrap_or_default();
                     diesel::delete(nip98_seen::table.filter(nip98_seen::seen_at.lt(cutoff))).execute(c)?;
                 }
-                Ok(inserted == 1)
+                Ok::<_, divine_bridge_db::DbError>(inserted == 1)
             })
             .await?;
         self.remember(event_id);

@@ -125,17 +125,11 @@ pub async fn opt_in(
     let result = state
         .db
         .run(move |c| {
-            Ok(audited(
-                c,
-                &req.nostr_pubkey.clone(),
-                &actor,
-                AuditAction::OptIn,
-                None,
-                |c| accounts::opt_in(c, &req),
-            ))
+            audited(c, &req.nostr_pubkey.clone(), &actor, AuditAction::OptIn, None, |c| {
+                accounts::opt_in(c, &req)
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     let outcome = match result.outcome {
         OptInOutcome::Created => "created",
         OptInOutcome::Existing => "existing",
@@ -159,12 +153,11 @@ pub async fn enable(
     let link = state
         .db
         .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
+            audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
                 accounts::enable(c, &pubkey)
-            }))
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
     Ok(Json(link.into()))
 }
@@ -182,12 +175,11 @@ pub async fn disable(
     let disabled = state
         .db
         .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
+            audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
                 accounts::disable(c, &pubkey)
-            }))
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %disabled.link.nostr_pubkey,
@@ -210,12 +202,11 @@ pub async fn disconnect(
     let started = state
         .db
         .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Disconnect, None, |c| {
+            audited(c, &pubkey, &actor, AuditAction::Disconnect, None, |c| {
                 accounts::begin_disconnect(c, &pubkey)
-            }))
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %started.link.nostr_pubkey,
@@ -251,12 +242,11 @@ pub async fn suspend(
     let suspended = state
         .db
         .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
+            audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
                 accounts::suspend(c, &pubkey, &reason)
-            }))
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     tracing::info!(credential = %credential.label(), pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
     Ok(Json(suspended.link.into()))
 }
@@ -276,12 +266,11 @@ pub async fn unsuspend(
     let link = state
         .db
         .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
+            audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
                 accounts::unsuspend(c, &pubkey)
-            }))
+            })
         })
-        .await?
-        .map_err(ApiError::from)?;
+        .await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, "unsuspended");
     Ok(Json(link.into()))
 }

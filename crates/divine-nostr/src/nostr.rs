@@ -5,9 +5,17 @@
 //! `bridge_nostr_events_rejected_total{reason}`, and parsing into [`VideoEvent`], [`DeleteRequest`] and
 //! [`ProfileMeta`]. It reads tags exactly as published and keeps every value the translation needs; it must not decide
 //! how a post looks (that is `translate`), fetch media (`media`), emit metrics or touch the database.
+//!
+//! One typed event pipeline: a job parses its verified event once into one of these values and everything after
+//! (gates, coordinates, tombstone keys, the record's `createdAt`) derives from it. Times are typed
+//! ([`event_time`]: a `created_at` chrono cannot hold is `invalid_event`, never the epoch or "now"); coordinates are
+//! rust-nostr's [`Coordinate`] built once ([`event_coordinate`]); deletion targets are rust-nostr's NIP-09
+//! [`EventDeletionRequest`] ([`deletion_targets`]).
 
 use crate::translate::TranslateError;
+use chrono::{DateTime, Utc};
 use divine_bridge_core::{Classified, ErrorClass};
+use nostr::nips::nip09::EventDeletionRequest;
 use nostr::Event;
 
 /// Kind 0: user metadata (profile).
@@ -124,7 +132,9 @@ pub enum BridgeEvent {
 pub fn parse_event(event: &Event) -> Result<BridgeEvent, TranslateError> {
     match event.kind.as_u16() {
         k if is_video_kind(k) => VideoEvent::from_event(event).map(BridgeEvent::Video),
-        KIND_DELETE => DeleteRequest::from_event(event).map(BridgeEvent::Delete),
+        KIND_DELETE => DeleteRequest::from_event(event)
+            .and_then(DeleteRequest::require_target)
+            .map(BridgeEvent::Delete),
         KIND_PROFILE => ProfileMeta::from_event(event).map(BridgeEvent::Profile),
         k => Err(TranslateError::UnsupportedKind(k)),
     }
@@ -165,10 +175,11 @@ pub struct VideoEvent {
     /// Hex author pubkey.
     pub pubkey: String,
     pub kind: u16,
-    /// UNIX seconds.
-    pub created_at: u64,
-    /// `d` tag (addressable kinds only).
-    pub d_tag: Option<String>,
+    /// The event's `created_at`, typed ([`event_time`]).
+    pub created_at: DateTime<Utc>,
+    /// `<kind>:<pubkey>:<d>` of the addressable kinds ([`event_coordinate`]; `d` exactly as published), `None` for
+    /// the others. The stored coordinate key is its `to_string()`.
+    pub coordinate: Option<Coordinate>,
     pub title: Option<String>,
     pub content: String,
     /// `t` tags without '#', deduplicated case-insensitively, order kept.
@@ -234,15 +245,9 @@ impl VideoEvent {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let d_tag = if is_addressable_video_kind(kind) {
-            let d = tags
-                .iter()
-                .find(|t| t.first().map(String::as_str) == Some("d"))
-                .map(|t| t.get(1).cloned().unwrap_or_default());
-            Some(d.ok_or_else(|| TranslateError::invalid("addressable video event without a d tag"))?)
-        } else {
-            None
-        };
+        if is_addressable_video_kind(kind) && event.tags.find(nostr::TagKind::d()).is_none() {
+            return Err(TranslateError::invalid("addressable video event without a d tag"));
+        }
 
         let mut dropped_fields = Vec::new();
         let mut variants = Vec::new();
@@ -300,8 +305,8 @@ impl VideoEvent {
             id: event.id.to_hex(),
             pubkey: event.pubkey.to_hex(),
             kind,
-            created_at: event.created_at.as_secs(),
-            d_tag,
+            created_at: event_time(event)?,
+            coordinate: event_coordinate(event),
             title: first("title"),
             content: event.content.clone(),
             hashtags,
@@ -315,12 +320,28 @@ impl VideoEvent {
         })
     }
 
-    /// `<kind>:<pubkey>:<d>` for addressable kinds.
-    pub fn coordinate(&self) -> Option<String> {
-        self.d_tag
-            .as_ref()
-            .map(|d| format!("{}:{}:{}", self.kind, self.pubkey, d))
+    /// The `d` identifier of an addressable video, exactly as published.
+    pub fn d_tag(&self) -> Option<&str> {
+        self.coordinate.as_ref().map(|c| c.identifier.as_str())
     }
+}
+
+/// [`event_time`] of an event that passed [`check_event`] (ingest's cursor and job times, reconcile). Admission bounds
+/// its time by the clock, so it is always representable; were it not (an unchecked event), the result is the latest
+/// representable time — it sorts after everything and is never mistaken for an old event (no epoch, no "now").
+pub fn admitted_time(event: &Event) -> DateTime<Utc> {
+    event_time(event).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// An event's `created_at` as a UTC datetime. A value chrono cannot hold (beyond year 262143) is `invalid_event`;
+/// [`check_event`] refuses such an event anyway (it is future-dated), so for an admitted event this never fails.
+/// The one conversion of Nostr time: there is no fallback to the epoch or to "now".
+pub fn event_time(event: &Event) -> Result<DateTime<Utc>, TranslateError> {
+    let secs = event.created_at.as_secs();
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+        .ok_or_else(|| TranslateError::invalid(format!("created_at {secs} out of range")))
 }
 
 /// An optional field's parse result: the value, or `None` with the field recorded as dropped.
@@ -512,14 +533,14 @@ fn parse_a_target(raw: &str) -> Option<Coordinate> {
     Some(parsed.identifier(d))
 }
 
-/// The targets of a kind 5 event (NIP-09), deduplicated, order kept: `e` event ids (rust-nostr [`nostr::EventId`],
-/// either hex case accepted) and `a` coordinates whose pubkey is the deletion's author (a foreign one can never
-/// delete anything, so it is dropped here). Malformed values are skipped. Relay hints are ignored (so an invalid
-/// hint does not hide a target, which rust-nostr's standardized tag parsing would do). The single parser of
-/// deletion targets: the `delete_post` handler and [`DeleteRequest`] both use it.
-pub fn deletion_targets(event: &Event) -> (Vec<nostr::EventId>, Vec<Coordinate>) {
-    let mut ids: Vec<nostr::EventId> = Vec::new();
-    let mut coords: Vec<Coordinate> = Vec::new();
+/// The targets of a kind 5 event as rust-nostr's NIP-09 [`EventDeletionRequest`], deduplicated, order kept: `e`
+/// event ids ([`nostr::EventId`], either hex case accepted) and `a` coordinates whose pubkey is the deletion's author
+/// (a foreign one can never delete anything, so it is dropped here); `reason` is the content when it is not empty.
+/// Malformed values are skipped. Relay hints are ignored (so an invalid hint does not hide a target, which
+/// rust-nostr's standardized tag parsing would do). The single parser of deletion targets: ingest's ordering key and
+/// [`DeleteRequest`] (which the `delete_post` job uses) both come from it.
+pub fn deletion_targets(event: &Event) -> EventDeletionRequest {
+    let mut request = EventDeletionRequest::new();
     for tag in event.tags.iter() {
         let Some(value) = tag.content().map(str::trim) else {
             continue;
@@ -527,57 +548,70 @@ pub fn deletion_targets(event: &Event) -> (Vec<nostr::EventId>, Vec<Coordinate>)
         let kind = tag.kind();
         if kind == nostr::TagKind::e() {
             if let Ok(id) = nostr::EventId::from_hex(value) {
-                if !ids.contains(&id) {
-                    ids.push(id);
+                if !request.ids.contains(&id) {
+                    request.ids.push(id);
                 }
             }
         } else if kind == nostr::TagKind::a() {
             if let Some(c) = parse_a_target(value) {
-                if c.public_key == event.pubkey && !coords.contains(&c) {
-                    coords.push(c);
+                if c.public_key == event.pubkey && !request.coordinates.contains(&c) {
+                    request.coordinates.push(c);
                 }
             }
         }
     }
-    (ids, coords)
+    if !event.content.is_empty() {
+        request.reason = Some(event.content.clone());
+    }
+    request
 }
 
 /// A NIP-09 deletion request, limited to targets the author may delete.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteRequest {
-    pub id: String,
-    pub pubkey: String,
-    pub created_at: u64,
-    /// `e` targets (lower-case hex event ids). Authorship is checked when the target is looked up.
-    pub event_ids: Vec<String>,
-    /// `a` targets whose pubkey equals the author; foreign ones are dropped here.
-    pub coordinates: Vec<Coordinate>,
-    /// The request's content (an optional reason).
-    pub reason: String,
+    pub id: nostr::EventId,
+    pub pubkey: nostr::PublicKey,
+    /// The request's `created_at` ([`event_time`]): a coordinate target removes revisions up to this time.
+    pub created_at: DateTime<Utc>,
+    /// `e` targets (authorship is checked when a target is looked up) and `a` targets of the author
+    /// ([`deletion_targets`]).
+    pub targets: EventDeletionRequest,
 }
 
 impl DeleteRequest {
-    /// Parses a kind 5 event; `invalid_event` when no usable target remains.
+    /// Parses a kind 5 event; a request without any usable target is valid here (it deletes nothing), see
+    /// [`DeleteRequest::require_target`].
     pub fn from_event(event: &Event) -> Result<DeleteRequest, TranslateError> {
         let kind = event.kind.as_u16();
         if kind != KIND_DELETE {
             return Err(TranslateError::UnsupportedKind(kind));
         }
-        let (ids, coordinates) = deletion_targets(event);
-        let event_ids: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
-        if event_ids.is_empty() && coordinates.is_empty() {
+        Ok(DeleteRequest {
+            id: event.id,
+            pubkey: event.pubkey,
+            created_at: event_time(event)?,
+            targets: deletion_targets(event),
+        })
+    }
+
+    /// `invalid_event` when no usable target remains (the translation's verdict on such a request; the
+    /// `delete_post` job applies it as a no-op instead, as it always has).
+    pub fn require_target(self) -> Result<DeleteRequest, TranslateError> {
+        if self.targets.ids.is_empty() && self.targets.coordinates.is_empty() {
             return Err(TranslateError::invalid(
                 "deletion request without an e target or an a target of its author",
             ));
         }
-        Ok(DeleteRequest {
-            id: event.id.to_hex(),
-            pubkey: event.pubkey.to_hex(),
-            created_at: event.created_at.as_secs(),
-            event_ids,
-            coordinates,
-            reason: event.content.clone(),
-        })
+        Ok(self)
+    }
+
+    /// The stored keys of the targets: event ids (lower-case hex) and coordinates (`<kind>:<lower-case hex
+    /// pubkey>:<d>`, `d` as published), as `nostr_tombstones.target` and `record_mappings` hold them.
+    pub fn target_keys(&self) -> (Vec<String>, Vec<String>) {
+        (
+            self.targets.ids.iter().map(|id| id.to_hex()).collect(),
+            self.targets.coordinates.iter().map(|c| c.to_string()).collect(),
+        )
     }
 }
 
@@ -586,7 +620,14 @@ impl DeleteRequest {
 pub struct ProfileMeta {
     pub id: String,
     pub pubkey: String,
-    pub created_at: u64,
+    /// [`event_time`].
+    pub created_at: DateTime<Utc>,
+    /// Why the content cannot translate (not a JSON object), all fields then `None`. Decision: a kind 0 with bad
+    /// content is still a profile revision — it takes its place in the newest-wins order (`profile_sync`) before
+    /// `translate::plan_profile` refuses it with this error — so parsing keeps it rather than failing, exactly as
+    /// the job behaved when it parsed the content only after claiming the event.
+    #[serde(skip)]
+    pub content_error: Option<TranslateError>,
     pub name: Option<String>,
     /// `display_name` (or the legacy `displayName`).
     pub display_name: Option<String>,
@@ -599,17 +640,23 @@ pub struct ProfileMeta {
 }
 
 impl ProfileMeta {
-    /// Parses kind 0 content JSON; non-object content is `invalid_event`, non-string fields are ignored.
+    /// Parses kind 0 content JSON; non-object content is kept as [`ProfileMeta::content_error`] (`invalid_event`),
+    /// non-string fields are ignored.
     pub fn from_event(event: &Event) -> Result<ProfileMeta, TranslateError> {
         let kind = event.kind.as_u16();
         if kind != KIND_PROFILE {
             return Err(TranslateError::UnsupportedKind(kind));
         }
-        let v: serde_json::Value = serde_json::from_str(&event.content)
-            .map_err(|e| TranslateError::invalid(format!("kind 0 content is not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| TranslateError::invalid("kind 0 content is not a JSON object"))?;
+        let content: Result<serde_json::Map<String, serde_json::Value>, TranslateError> =
+            match serde_json::from_str::<serde_json::Value>(&event.content) {
+                Err(e) => Err(TranslateError::invalid(format!("kind 0 content is not JSON: {e}"))),
+                Ok(serde_json::Value::Object(obj)) => Ok(obj),
+                Ok(_) => Err(TranslateError::invalid("kind 0 content is not a JSON object")),
+            };
+        let (obj, content_error) = match content {
+            Ok(obj) => (obj, None),
+            Err(e) => (serde_json::Map::new(), Some(e)),
+        };
         let field = |k: &str| {
             obj.get(k)
                 .and_then(|v| v.as_str())
@@ -619,7 +666,8 @@ impl ProfileMeta {
         Ok(ProfileMeta {
             id: event.id.to_hex(),
             pubkey: event.pubkey.to_hex(),
-            created_at: event.created_at.as_secs(),
+            created_at: event_time(event)?,
+            content_error,
             name: field("name"),
             display_name: field("display_name").or_else(|| field("displayName")),
             about: field("about"),
@@ -737,7 +785,7 @@ mod tests {
         );
         let v = VideoEvent::from_event(&ev).unwrap();
         assert_eq!(
-            v.coordinate().unwrap(),
+            v.coordinate.as_ref().unwrap().to_string(),
             format!("34236:{}:clip-1", keys().public_key().to_hex())
         );
         assert_eq!(v.title.as_deref(), Some("Title"));
@@ -766,7 +814,7 @@ mod tests {
         let v = VideoEvent::from_event(&legacy).unwrap();
         assert_eq!(v.variants.len(), 1);
         assert_eq!(v.variants[0].dim, Some((1920, 1080)));
-        assert_eq!(v.coordinate(), None);
+        assert_eq!(v.coordinate, None);
     }
 
     #[test]
@@ -883,15 +931,14 @@ mod tests {
             100,
         );
         let d = DeleteRequest::from_event(&ev).unwrap();
-        assert_eq!(d.event_ids, vec!["a".repeat(64)]);
-        assert_eq!(d.coordinates.len(), 1);
-        assert_eq!(d.coordinates[0].identifier, "clip:with:colons");
-        assert_eq!(d.coordinates[0].to_string(), mine);
+        assert_eq!(d.target_keys(), (vec!["a".repeat(64)], vec![mine.clone()]));
+        assert_eq!(d.targets.coordinates[0].identifier, "clip:with:colons");
+        assert_eq!(d.targets.reason.as_deref(), Some("oops"));
         let only_foreign = sign(5, "", vec![vec!["a", &foreign]], 100);
-        assert_eq!(
-            DeleteRequest::from_event(&only_foreign).unwrap_err().code(),
-            "invalid_event"
-        );
+        let d = DeleteRequest::from_event(&only_foreign).unwrap();
+        assert_eq!(d.target_keys(), (vec![], vec![]), "the job deletes nothing");
+        assert_eq!(d.require_target().unwrap_err().code(), "invalid_event");
+        assert_eq!(parse_event(&only_foreign).unwrap_err().code(), "invalid_event");
     }
 
     #[test]
@@ -908,13 +955,72 @@ mod tests {
         assert_eq!(p.picture.as_deref(), Some("https://p/a.png"));
         assert_eq!(p.banner.as_deref(), Some("https://p/b.jpg"));
         assert_eq!(p.website.as_deref(), Some("https://bob.example"));
-        let bad = sign(0, "not json", vec![], 100);
-        assert_eq!(ProfileMeta::from_event(&bad).unwrap_err().code(), "invalid_event");
-        let arr = sign(0, "[1]", vec![], 100);
-        assert_eq!(ProfileMeta::from_event(&arr).unwrap_err().code(), "invalid_event");
+        assert_eq!(p.content_error, None);
+        for content in ["not json", "[1]"] {
+            // Still a profile revision (it claims its place in the newest-wins order); the translation refuses it.
+            let bad = ProfileMeta::from_event(&sign(0, content, vec![], 100)).unwrap();
+            assert_eq!(bad.content_error.as_ref().map(|e| e.code()), Some("invalid_event"));
+            assert_eq!(
+                crate::translate::plan_profile(&bad).unwrap_err().code(),
+                "invalid_event"
+            );
+            assert_eq!((bad.name, bad.created_at.timestamp()), (None, 100));
+        }
         assert!(matches!(
             parse_event(&sign(1, "", vec![], 1)),
             Err(TranslateError::UnsupportedKind(1))
         ));
+    }
+
+    #[test]
+    fn coordinate_keeps_the_case_of_d() {
+        let ev = sign(
+            34236,
+            "",
+            vec![vec!["d", "My-Clip_ABC"], vec!["url", "https://a/v.mp4"]],
+            100,
+        );
+        let v = VideoEvent::from_event(&ev).unwrap();
+        let c = v.coordinate.as_ref().unwrap();
+        assert_eq!(c.identifier, "My-Clip_ABC");
+        assert_eq!(v.d_tag(), Some("My-Clip_ABC"));
+        assert_eq!(
+            c.to_string(),
+            format!("34236:{}:My-Clip_ABC", keys().public_key().to_hex())
+        );
+        assert_eq!(
+            event_coordinate(&ev).as_ref(),
+            Some(c),
+            "ingest and the job derive the same coordinate"
+        );
+        // A deletion naming it with an upper-case pubkey and the same d hits it; a case-folded d does not.
+        let upper_pk = format!("34236:{}:My-Clip_ABC", keys().public_key().to_hex().to_uppercase());
+        let folded = format!("34236:{}:my-clip_abc", keys().public_key().to_hex());
+        let del = sign(5, "", vec![vec!["a", &upper_pk], vec!["a", &folded]], 200);
+        let (_, coords) = DeleteRequest::from_event(&del).unwrap().target_keys();
+        assert_eq!(coords[0], c.to_string());
+        assert_ne!(coords[1], c.to_string());
+    }
+
+    #[test]
+    fn unrepresentable_created_at_is_invalid_never_the_epoch() {
+        let far = u64::MAX;
+        let video = sign(22, "", vec![vec!["url", "https://a/v.mp4"]], far);
+        assert_eq!(VideoEvent::from_event(&video).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            ProfileMeta::from_event(&sign(0, "{}", vec![], far)).unwrap_err().code(),
+            "invalid_event"
+        );
+        let del = sign(5, "", vec![vec!["e", &"a".repeat(64)]], far);
+        assert_eq!(DeleteRequest::from_event(&del).unwrap_err().code(), "invalid_event");
+        assert_eq!(event_time(&video).unwrap_err().code(), "invalid_event");
+        // Admission refuses it before any of that (it is future-dated).
+        assert_eq!(check_event(&video, 1_735_689_600).unwrap_err().reason(), "future_dated");
+        // A representable time is exact.
+        let ok = sign(22, "", vec![vec!["url", "https://a/v.mp4"]], 1_735_689_600);
+        assert_eq!(
+            VideoEvent::from_event(&ok).unwrap().created_at.to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
     }
 }

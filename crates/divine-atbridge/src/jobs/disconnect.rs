@@ -128,9 +128,8 @@ pub async fn disconnect(
     crate::failpoint::hit("disconnect_before_shred");
     let pk = pubkey.to_string();
     out.finished = db
-        .run(move |c| Ok(accounts::finish_disconnect(c, &pk)))
-        .await?
-        .map_err(upstream)?;
+        .run(move |c| accounts::finish_disconnect(c, &pk).map_err(upstream))
+        .await?;
     if let Some(did) = link.did.as_deref() {
         closer.forget(did).await;
     }

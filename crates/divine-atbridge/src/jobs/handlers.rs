@@ -2,6 +2,7 @@
 //! (success, ineligible with a reason, retry with backoff or Retry-After, permanent failure). Owns the wiring of
 //! production adapters (PDS session repo, translation + media post source); no policy lives here.
 
+use super::args::{DeletePostArgs, EventPayload, PublishPostArgs, SyncProfileArgs};
 use super::profile::{self, ProfileSource};
 use super::provision::{self, ProvisionDeps};
 use super::publish::{self, PostSource};
@@ -9,9 +10,12 @@ use super::store::{DbSessionStore, PdsRepo};
 use super::JobError;
 use crate::config::{CrosspostConfig, IdentityConfig};
 use crate::keys::KeyRing;
+use crate::nostr::{DeleteRequest, ProfileMeta, VideoEvent};
 use crate::pds::{PdsClient, SessionManager};
+use crate::translate::TranslateError;
 use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
+use divine_bridge_db::job_args::{BackfillAuthorArgs, DisconnectAccountArgs, ProvisionAccountArgs};
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Db, ErrorClass, JobKind};
 use futures::future::BoxFuture;
@@ -86,13 +90,15 @@ impl Handlers {
         r
     }
 
+    /// Runs `job` (of `kind`): the account barrier for lifecycle kinds, then the kind's handler with the job's typed
+    /// args, decoded here once (`LeasedJob::args`: a payload that does not decode is `invalid_job_payload`).
     async fn handle(&self, kind: JobKind, job: &LeasedJob) -> Result<(), JobError> {
         if kind.is_lifecycle() {
             account_barrier(&self.db, job).await?;
         }
         match kind {
             JobKind::ProvisionAccount => {
-                let pubkey = job.account()?.to_string();
+                let pubkey = job.args::<ProvisionAccountArgs>()?.nostr_pubkey;
                 let deps = ProvisionDeps {
                     db: &self.db,
                     xrpc: &self.xrpc,
@@ -103,26 +109,35 @@ impl Handlers {
             }
             JobKind::PublishPost => {
                 let t = std::time::Instant::now();
-                let event = verified_event(job)?;
-                publish::phase("verify", t);
-                publish::publish(&self.db, self.posts.as_ref(), &self.repo, &event).await?;
+                // Parsed once; a malformed video is ineligible with the translation's code. Decision: the parse comes
+                // before the account gates, so a malformed video of a paused or not-yet-ready account ends
+                // `invalid_event` at once; when the source parsed after the gates it ended `account_disabled` (or
+                // retried) first and `invalid_event` only after re-enable. The end state is the same and nothing is
+                // written either way; a profile keeps its old order (see `nostr::ProfileMeta::content_error`).
+                let video = VideoEvent::from_event(&verified_event(job.args::<PublishPostArgs>()?.0)?)?;
+                crate::metrics::phase("verify", t);
+                publish::publish(&self.db, self.posts.as_ref(), &self.repo, &video).await?;
                 if job.priority <= priority::LIVE {
-                    let lag = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - event.created_at.as_secs() as f64;
+                    let lag = (chrono::Utc::now() - video.created_at).num_milliseconds() as f64 / 1000.0;
                     metrics::histogram!(crate::metrics::PUBLISH_LAG).record(lag.max(0.0));
                 }
                 Ok(())
             }
             JobKind::DeletePost => {
-                let event = verified_event(job)?;
-                publish::delete(&self.db, &self.repo, &event).await.map(|_| ())
+                let event = verified_event(job.args::<DeletePostArgs>()?.0)?;
+                let request = DeleteRequest::from_event(&event).map_err(|e| match e {
+                    TranslateError::UnsupportedKind(k) => JobError::BadPayload(format!("delete_post job for kind {k}")),
+                    e => e.into(),
+                })?;
+                publish::delete(&self.db, &self.repo, &request).await.map(|_| ())
             }
             JobKind::SyncProfile => {
-                let event = verified_event(job)?;
-                profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &event).await
+                let meta = ProfileMeta::from_event(&verified_event(job.args::<SyncProfileArgs>()?.0)?)?;
+                profile::sync_profile(&self.db, self.profiles.as_ref(), &self.repo, &meta).await
             }
             JobKind::BackfillAuthor if self.crosspost.relays.is_empty() => Ok(()),
             JobKind::BackfillAuthor => {
-                let pubkey = job.account()?.to_string();
+                let pubkey = job.args::<BackfillAuthorArgs>()?.nostr_pubkey;
                 crate::ingest::backfill(
                     &self.db,
                     &self.crosspost.relays,
@@ -142,7 +157,7 @@ impl Handlers {
                 })
             }
             JobKind::DisconnectAccount => {
-                let pubkey = job.ordering_key.clone();
+                let pubkey = job.args::<DisconnectAccountArgs>()?.nostr_pubkey;
                 let done = super::disconnect::disconnect(&self.db, &self.repo, &self.repo, &pubkey).await?;
                 tracing::info!(
                     pubkey,
@@ -174,27 +189,19 @@ pub async fn account_barrier(db: &Db, job: &LeasedJob) -> Result<(), JobError> {
     }
 }
 
-/// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`), checked again before the
-/// handler may write anything: the job row is not trusted (anything with database access could have inserted or
-/// edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]: id and signature
-/// — an event ingest admitted passes again, it only gets older) and be authored by the job's account
-/// (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent (`job_event_unverified`,
-/// `job_author_mismatch`). This is the only place job payloads are decoded into events.
-pub fn verified_event(job: &LeasedJob) -> Result<nostr::Event, JobError> {
-    let value = job
-        .payload
-        .get("event")
-        .cloned()
-        .ok_or_else(|| JobError::BadPayload("no event in payload".into()))?;
-    let event: nostr::Event = serde_json::from_value(value).map_err(|e| JobError::BadPayload(e.to_string()))?;
+/// The event carried by an event job (`publish_post`, `delete_post`, `sync_profile`; its decoded args), checked
+/// again before the handler may write anything: the job row is not trusted (anything with database access could
+/// have inserted or edited it), so the event must pass the one admission check ([`crate::nostr::check_event_now`]:
+/// id and signature — an event ingest admitted passes again, it only gets older) and be authored by the job's
+/// account (`payload.account`, the pubkey the ingest enqueued it under). Either failure is permanent
+/// (`job_event_unverified`, `job_author_mismatch`). The handler then parses the event once into its typed value
+/// (`VideoEvent`, `DeleteRequest`, `ProfileMeta`) and the job works from that.
+pub fn verified_event(args: EventPayload) -> Result<nostr::Event, JobError> {
+    let EventPayload { account, event } = args;
     crate::nostr::check_event_now(&event).map_err(JobError::PayloadEventRefused)?;
     let author = event.pubkey.to_hex();
-    let account = job.account()?;
     if author != account {
-        return Err(JobError::PayloadAuthorMismatch {
-            author,
-            account: account.to_string(),
-        });
+        return Err(JobError::PayloadAuthorMismatch { author, account });
     }
     Ok(event)
 }

@@ -1,10 +1,15 @@
 //! Job handlers: one module per job kind (`provision`, `publish` (publish + delete), `profile`, `backfill`). Each
-//! handler decides, from the job payload and the database, what side effects to perform and records every step so a
+//! handler decides, from the job's typed args (`args` for the event kinds, `divine_bridge_db::job_args` for the
+//! account kinds; decoded once, in `handlers`) and the database, what side effects to perform and records every step so a
 //! retry after a crash converges instead of repeating work. Handlers own the *policy* (gates, ordering, exactly-once
 //! bookkeeping); the protocol work lives in `pds`, `plc`, `identity`, `translate` and `media`, reached through the
-//! small ports defined here so the policy is testable against real Postgres without a PDS.
+//! small ports defined here so the policy is testable against real Postgres without a PDS. Event jobs hand their
+//! handler the event parsed once (`handlers`); `gates` holds the account gates, [`upload_media`] the upload step
+//! publish and profile share.
 
+pub mod args;
 pub mod disconnect;
+pub mod gates;
 pub mod handlers;
 pub mod profile;
 pub mod provision;
@@ -14,6 +19,9 @@ pub mod store;
 
 pub use store::upstream;
 
+use crate::blob::{blob_ref_cid, MediaBody, PreparedMedia};
+use crate::translate::{self, KnownRecord, TranslateError};
+use atrium_api::types::BlobRef;
 use divine_bridge_db::{Classified, ErrorClass};
 use futures::future::BoxFuture;
 use std::time::Duration;
@@ -103,6 +111,13 @@ impl Classified for JobError {
     }
 }
 
+/// A translation error is always permanent: the event is `ineligible` with the error's code.
+impl From<TranslateError> for JobError {
+    fn from(e: TranslateError) -> JobError {
+        JobError::ineligible(e.code(), e.to_string())
+    }
+}
+
 impl JobError {
     pub fn ineligible(code: &'static str, detail: impl Into<String>) -> JobError {
         JobError::Ineligible {
@@ -112,9 +127,6 @@ impl JobError {
     }
 }
 
-/// A blob reference as the PDS returns it (`{"$type":"blob","ref":{"$link":cid},"mimeType","size"}`).
-pub type BlobJson = serde_json::Value;
-
 /// Writes to one account's repo, with that account's session. Implemented over `pds::SessionManager` in
 /// production and by an in-memory repo in tests.
 pub trait RepoWriter: Send + Sync {
@@ -122,9 +134,9 @@ pub trait RepoWriter: Send + Sync {
     fn upload_blob<'a>(
         &'a self,
         did: &'a str,
-        body: &'a publish::MediaBody,
+        body: &'a MediaBody,
         mime: &'a str,
-    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>>;
+    ) -> BoxFuture<'a, Result<BlobRef, UpstreamError>>;
     /// `putRecord`; returns `(uri, cid)`.
     fn put_record<'a>(
         &'a self,
@@ -140,4 +152,31 @@ pub trait RepoWriter: Send + Sync {
         collection: &'a str,
         rkey: &'a str,
     ) -> BoxFuture<'a, Result<(), UpstreamError>>;
+}
+
+/// Uploads a record's media and returns whether the record changed. The PDS normally returns exactly the locally
+/// computed ref; if it sniffed another type, every blob of the record at that CID follows the PDS (deterministically,
+/// so a retry builds the same record). Shared by `publish_post` and `sync_profile`.
+pub async fn upload_media(
+    repo: &dyn RepoWriter,
+    did: &str,
+    record: &mut KnownRecord,
+    media: Vec<PreparedMedia>,
+) -> Result<bool, JobError> {
+    let mut changed = false;
+    for m in media {
+        let expected = m.local_blob_ref();
+        let actual = repo.upload_blob(did, &m.body, &m.mime).await?;
+        if actual != expected {
+            let cid = blob_ref_cid(&expected);
+            for blob in translate::record_blobs_mut(record) {
+                if blob_ref_cid(blob) == cid {
+                    *blob = actual.clone();
+                }
+            }
+            changed = true;
+        }
+        // Dropping `m` here removes its spool file and releases its media budget before the next upload.
+    }
+    Ok(changed)
 }

@@ -13,11 +13,11 @@ use crate::xrpc::XrpcClient;
 use chrono::Utc;
 use diesel::prelude::*;
 use divine_bridge_db::accounts;
+use divine_bridge_db::job_args::{BackfillAuthorArgs, BackfillRun};
 use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::records::{self, AccountKeys};
 use divine_bridge_db::schema::account_links;
-use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind, ProvisioningState};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ProvisioningState};
 
 /// What the handler needs.
 pub struct ProvisionDeps<'a> {
@@ -38,15 +38,17 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     let link: Option<(String, Option<String>, String)> = deps
         .db
         .run(move |c| {
-            Ok(account_links::table
-                .find(&pk)
-                .select((
-                    account_links::handle,
-                    account_links::did,
-                    account_links::provisioning_state,
-                ))
-                .first(c)
-                .optional()?)
+            Ok::<_, DbError>(
+                account_links::table
+                    .find(&pk)
+                    .select((
+                        account_links::handle,
+                        account_links::did,
+                        account_links::provisioning_state,
+                    ))
+                    .first(c)
+                    .optional()?,
+            )
         })
         .await?;
     let Some((handle, did, state)) = link else {
@@ -133,7 +135,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
             diesel::update(account_links::table.find(&pk))
                 .set((account_links::did.eq(&did), account_links::updated_at.eq(Utc::now())))
                 .execute(c)?;
-            Ok(())
+            Ok::<_, DbError>(())
         })
         .await?;
     if let Some(session) = &outcome.session {
@@ -144,15 +146,11 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         .run(move |c| {
             c.transaction(|c| {
                 accounts::set_state(c, &pk, ProvisioningState::Ready, None)?;
-                let mut backfill = NewJob::for_account(
-                    JobKind::BackfillAuthor,
-                    &pk,
-                    queue::keys::account(&pk),
-                    serde_json::json!({"nostr_pubkey": pk}),
-                )
-                .unique(format!("backfill:{pk}:initial"));
-                backfill.priority = priority::BACKFILL;
-                queue::enqueue(c, &backfill)?;
+                let backfill = BackfillAuthorArgs {
+                    nostr_pubkey: pk.clone(),
+                    run: BackfillRun::Initial,
+                };
+                queue::enqueue(c, &NewJob::of(&backfill)?)?;
                 Ok::<_, DbError>(())
             })
         })

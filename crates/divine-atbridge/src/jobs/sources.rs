@@ -1,23 +1,25 @@
-//! Production [`PostSource`] / [`ProfileSource`]: NIP-71 / kind 0 parsing and translation (`translate`) plus the
-//! SSRF-safe media fetch (`media`). Owns only the glue between those modules and the job policy: which media is
-//! fetched with which [`MediaKind`], how blob refs are computed locally (so a retry builds the same record), and how
-//! their errors become job outcomes (permanent translation/fetch errors → `ineligible` with the error's code,
+//! Production [`PostSource`] / [`ProfileSource`]: translation (`translate`) of the parsed event the job hands over
+//! plus the SSRF-safe media fetch (`media`). Owns only the glue between those modules and the job policy: which media
+//! is fetched with which [`MediaKind`], that blob refs are computed locally ([`crate::blob`], so a retry builds the
+//! same record), and how their errors become job outcomes (permanent translation/fetch errors → `ineligible` with the
+//! error's code,
 //! transient ones → retry), which mentioned pubkeys are bridged (read from `account_links`, handed to the pure
 //! translator as a map), and the counters of what the translation left out (`bridge_nostr_fields_dropped_total`,
 //! `bridge_profile_images_skipped_total`). It must not upload or write anything.
 
 use super::profile::{PreparedProfile, ProfileSource};
-use super::publish::{local_blob_ref, MediaBody, PostSource, PreparedMedia, PreparedPost};
+use super::publish::{PostSource, PreparedPost};
 use super::{JobError, UpstreamError};
+use crate::blob::{local_blob_ref, MediaBody, PreparedMedia};
 use crate::config::CrosspostConfig;
 use crate::media::{MediaError, MediaFetchConfig, MediaFetcher, MediaKind};
-use crate::nostr::{BridgeEvent, ProfileMeta, VideoEvent};
+use crate::metrics::phase;
+use crate::nostr::{ProfileMeta, VideoEvent};
 use crate::spool::Spool;
-use crate::translate::{self, BridgedUser, PostContext, TranslateError, UrlTemplate};
+use crate::translate::{self, BridgedUser, PostContext, UrlTemplate};
 use atrium_api::types::BlobRef;
 use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ProvisioningState};
 use futures::future::BoxFuture;
-use nostr::Event;
 use std::collections::HashMap;
 
 /// Media fetch settings derived from the cross-posting config.
@@ -46,24 +48,12 @@ fn fetcher(media: &MediaSettings) -> MediaFetcher {
     MediaFetcher::new(config)
 }
 
-fn translate_err(e: TranslateError) -> JobError {
-    JobError::ineligible(e.code(), e.to_string())
-}
-
 /// Permanent fetch errors make the event ineligible (the same URL will never work); transient ones retry.
 fn media_err(e: MediaError) -> JobError {
     match e.class() {
         ErrorClass::Permanent => JobError::ineligible(e.code(), e.to_string()),
         ErrorClass::Transient => JobError::Upstream(UpstreamError::of(&e)),
     }
-}
-
-fn blob_ref(bytes: &[u8], mime: &str) -> Result<BlobRef, JobError> {
-    json_blob_ref(local_blob_ref(bytes, mime))
-}
-
-fn json_blob_ref(json: super::BlobJson) -> Result<BlobRef, JobError> {
-    serde_json::from_value(json).map_err(|e| JobError::BadPayload(format!("blob ref: {e}")))
 }
 
 /// The pubkeys mentioned in `text` (`nostr:npub…`/`nostr:nprofile…`) that have a ready bridged account (with a DID),
@@ -94,7 +84,7 @@ pub async fn bridged_users(db: &Db, text: &str) -> Result<HashMap<String, Bridge
                     );
                 }
             }
-            Ok(found)
+            Ok::<_, divine_bridge_db::DbError>(found)
         })
         .await?;
     Ok(found)
@@ -134,7 +124,7 @@ impl TranslatedPosts {
             profile_url: self.profile_url.clone(),
             bridged: bridged_users(&self.db, &mentionable).await?,
         };
-        let plan = translate::plan_post(ev, &ctx).map_err(translate_err)?;
+        let plan = translate::plan_post(ev, &ctx)?;
         let urls: Vec<String> = std::iter::once(plan.video.url.clone())
             .chain(plan.video.fallbacks.iter().cloned())
             .collect();
@@ -145,9 +135,9 @@ impl TranslatedPosts {
             .size
             .unwrap_or(translate::MAX_VIDEO_BYTES)
             .min(translate::MAX_VIDEO_BYTES);
-        let t = super::publish::phase("translate", t);
+        let t = phase("translate", t);
         let mut permit = self.spool.budget().acquire(weight).await;
-        let t = super::publish::phase("budget_wait", t);
+        let t = phase("budget_wait", t);
         let video = self
             .fetcher
             .fetch_any_to_spool(&urls, plan.video.sha256.as_deref(), MediaKind::Video, &self.spool)
@@ -162,13 +152,13 @@ impl TranslatedPosts {
             },
             mime: translate::VIDEO_MIME.to_string(),
         };
-        let video_ref = json_blob_ref(video.local_blob_ref())?;
+        let video_ref = video.local_blob_ref();
         let mut media = vec![video];
         let mut captions = Vec::new();
         for c in &plan.captions {
             match self.fetcher.fetch(&c.url, None, MediaKind::Caption).await {
                 Ok(f) => {
-                    captions.push((c.lang.clone(), blob_ref(&f.bytes, "text/vtt")?));
+                    captions.push((c.lang.clone(), local_blob_ref(&f.bytes, "text/vtt")));
                     media.push(PreparedMedia::in_memory(f.bytes, "text/vtt"));
                 }
                 // A caption that can never be fetched is left out; the video is still worth posting.
@@ -178,20 +168,15 @@ impl TranslatedPosts {
                 Err(e) => return Err(media_err(e)),
             }
         }
-        let record = translate::post_record_json(&translate::build_post(&plan, video_ref, captions));
-        super::publish::phase("fetch", t);
+        let record = translate::build_post(&plan, video_ref, captions).into();
+        phase("fetch", t);
         Ok(PreparedPost { record, media })
     }
 }
 
 impl PostSource for TranslatedPosts {
-    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
-        Box::pin(async move {
-            match crate::nostr::parse_event(event).map_err(translate_err)? {
-                BridgeEvent::Video(ev) => self.prepare_video(&ev).await,
-                _ => Err(translate_err(TranslateError::UnsupportedKind(event.kind.as_u16()))),
-            }
-        })
+    fn prepare<'a>(&'a self, video: &'a VideoEvent) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
+        Box::pin(self.prepare_video(video))
     }
 }
 
@@ -219,7 +204,7 @@ impl TranslatedProfiles {
         // The banner has the avatar's limits (png/jpeg, ≤ 1,000,000 bytes), so both fetch as `MediaKind::Avatar`.
         match self.fetcher.fetch(url, None, MediaKind::Avatar).await {
             Ok(f) => {
-                let blob = blob_ref(&f.bytes, &f.mime)?;
+                let blob = local_blob_ref(&f.bytes, &f.mime);
                 media.push(PreparedMedia::in_memory(f.bytes, f.mime));
                 Ok(Some(blob))
             }
@@ -243,7 +228,7 @@ impl TranslatedProfiles {
     }
 
     async fn prepare_profile(&self, meta: &ProfileMeta) -> Result<PreparedProfile, JobError> {
-        let plan = translate::plan_profile(meta).map_err(translate_err)?;
+        let plan = translate::plan_profile(meta)?;
         let mut media = Vec::new();
         let mut avatar = None;
         if let Some(url) = &plan.avatar_url {
@@ -253,19 +238,14 @@ impl TranslatedProfiles {
         if let Some(url) = &plan.banner_url {
             banner = self.fetch_image(ImageField::Banner, url, &mut media).await?;
         }
-        let record = translate::profile_record_json(&translate::build_profile(&plan, avatar, banner));
+        let record = translate::build_profile(&plan, avatar, banner).into();
         Ok(PreparedProfile { record, media })
     }
 }
 
 impl ProfileSource for TranslatedProfiles {
-    fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedProfile, JobError>> {
-        Box::pin(async move {
-            match crate::nostr::parse_event(event).map_err(translate_err)? {
-                BridgeEvent::Profile(meta) => self.prepare_profile(&meta).await,
-                _ => Err(translate_err(TranslateError::UnsupportedKind(event.kind.as_u16()))),
-            }
-        })
+    fn prepare<'a>(&'a self, meta: &'a ProfileMeta) -> BoxFuture<'a, Result<PreparedProfile, JobError>> {
+        Box::pin(self.prepare_profile(meta))
     }
 }
 

@@ -3,11 +3,12 @@
 //! with each account's own session. Owns the mapping between those traits and the stores in divine-bridge-db; no
 //! policy lives here.
 
-use super::publish::MediaBody;
-use super::{BlobJson, RepoWriter, UpstreamError};
+use super::{RepoWriter, UpstreamError};
+use crate::blob::MediaBody;
 use crate::identity::{Checkpoint, ProvisionState};
 use crate::keys::{sealed_aad, KeyRing, SecretPurpose};
 use crate::pds::{PdsError, PutRecord, SessionManager, SessionStore, StoreError, StoredSession};
+use atrium_api::types::BlobRef;
 use chrono::Utc;
 use diesel::prelude::*;
 use divine_bridge_db::records::{self, AccountSession};
@@ -155,7 +156,7 @@ impl RepoWriter for PdsRepo {
         did: &'a str,
         body: &'a MediaBody,
         mime: &'a str,
-    ) -> BoxFuture<'a, Result<BlobJson, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<BlobRef, UpstreamError>> {
         Box::pin(async move {
             let pds = self.sessions.pds();
             let size = body.size();
@@ -168,12 +169,7 @@ impl RepoWriter for PdsRepo {
                 })
                 .await
                 .map_err(up)?;
-            serde_json::to_value(&out.blob).map_err(|e| UpstreamError {
-                code: "xrpc_bad_response",
-                class: ErrorClass::Transient,
-                retry_after: None,
-                message: e.to_string(),
-            })
+            Ok(out.blob)
         })
     }
 

@@ -171,6 +171,9 @@ fn queue_suite() -> anyhow::Result<()> {
 
     let per_sec = throughput(&db.url, jobs)?;
     println!("queue_noop_jobs_per_sec={per_sec:.0}");
+    if std::env::var("BENCH_QUEUE_ONLY").as_deref() == Ok("throughput") {
+        return Ok(());
+    }
 
     let mut conn = PgConnection::establish(&db.url)?;
     diesel::sql_query("TRUNCATE jobs").execute(&mut conn)?;
@@ -314,10 +317,12 @@ fn throughput(url: &str, n: usize) -> anyhow::Result<f64> {
         loop {
             let live = db
                 .run(|c| {
-                    Ok(diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                        "EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))",
-                    ))
-                    .get_result::<bool>(c)?)
+                    Ok::<_, divine_bridge_db::DbError>(
+                        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                            "EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))",
+                        ))
+                        .get_result::<bool>(c)?,
+                    )
                 })
                 .await?;
             if !live {
@@ -334,10 +339,12 @@ fn throughput(url: &str, n: usize) -> anyhow::Result<f64> {
         let succeeded = db
             .run(|c| {
                 use divine_bridge_db::schema::jobs;
-                Ok(jobs::table
-                    .filter(jobs::state.eq("succeeded"))
-                    .count()
-                    .get_result::<i64>(c)?)
+                Ok::<_, divine_bridge_db::DbError>(
+                    jobs::table
+                        .filter(jobs::state.eq("succeeded"))
+                        .count()
+                        .get_result::<i64>(c)?,
+                )
             })
             .await?;
         anyhow::ensure!(succeeded as usize == n, "{succeeded} of {n} jobs succeeded");
@@ -685,10 +692,12 @@ mod e2e {
         let sample_record: serde_json::Value = {
             let id = ids[0].clone();
             db.run(move |c| {
-                Ok(record_mappings::table
-                    .find(id)
-                    .select(record_mappings::record)
-                    .first::<Option<serde_json::Value>>(c)?)
+                Ok::<_, divine_bridge_db::DbError>(
+                    record_mappings::table
+                        .find(id)
+                        .select(record_mappings::record)
+                        .first::<Option<serde_json::Value>>(c)?,
+                )
             })
             .await?
             .context("no stored record")?
@@ -972,11 +981,13 @@ mod e2e {
             }
             let rows: Vec<(String, Option<String>)> = db
                 .run(move |c| {
-                    Ok(record_mappings::table
-                        .filter(record_mappings::state.eq("published"))
-                        .filter(record_mappings::nostr_event_id.eq_any(&pending))
-                        .select((record_mappings::nostr_event_id, record_mappings::at_uri))
-                        .load(c)?)
+                    Ok::<_, divine_bridge_db::DbError>(
+                        record_mappings::table
+                            .filter(record_mappings::state.eq("published"))
+                            .filter(record_mappings::nostr_event_id.eq_any(&pending))
+                            .select((record_mappings::nostr_event_id, record_mappings::at_uri))
+                            .load(c)?,
+                    )
                 })
                 .await?;
             let now = Instant::now();
@@ -991,12 +1002,14 @@ mod e2e {
             if Instant::now() > deadline {
                 let stuck: Vec<(String, String, Option<String>)> = db
                     .run(move |c| {
-                        Ok(jobs::table
-                            .filter(jobs::kind.eq("publish_post"))
-                            .filter(jobs::state.ne("succeeded"))
-                            .select((jobs::ordering_key, jobs::state, jobs::last_error_code))
-                            .limit(10)
-                            .load(c)?)
+                        Ok::<_, divine_bridge_db::DbError>(
+                            jobs::table
+                                .filter(jobs::kind.eq("publish_post"))
+                                .filter(jobs::state.ne("succeeded"))
+                                .select((jobs::ordering_key, jobs::state, jobs::last_error_code))
+                                .limit(10)
+                                .load(c)?,
+                        )
                     })
                     .await?;
                 bail!("{shape:?}: events not bridged within 5 minutes; e.g. {stuck:?}");
@@ -1092,11 +1105,13 @@ mod e2e {
             let id = event_id.to_string();
             let state: Option<String> = db
                 .run(move |c| {
-                    Ok(record_mappings::table
-                        .find(id)
-                        .select(record_mappings::state)
-                        .first(c)
-                        .optional()?)
+                    Ok::<_, divine_bridge_db::DbError>(
+                        record_mappings::table
+                            .find(id)
+                            .select(record_mappings::state)
+                            .first(c)
+                            .optional()?,
+                    )
                 })
                 .await?;
             if state.as_deref() == Some("published") {
@@ -1689,11 +1704,13 @@ mod media {
             let ids = ids.clone();
             let published: i64 = db
                 .run(move |c| {
-                    Ok(record_mappings::table
-                        .filter(record_mappings::nostr_event_id.eq_any(ids))
-                        .filter(record_mappings::state.eq("published"))
-                        .count()
-                        .get_result(c)?)
+                    Ok::<_, divine_bridge_db::DbError>(
+                        record_mappings::table
+                            .filter(record_mappings::nostr_event_id.eq_any(ids))
+                            .filter(record_mappings::state.eq("published"))
+                            .count()
+                            .get_result(c)?,
+                    )
                 })
                 .await?;
             if published as usize == n {

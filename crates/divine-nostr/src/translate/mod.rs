@@ -3,7 +3,7 @@
 //! Owns the mapping NIP-71 video event → [`PostPlan`] (text, facets, langs, createdAt, the video/caption sources to
 //! fetch, alt text, all within the `app.bsky.feed.post` / `app.bsky.embed.video` lexicon limits) and kind 0 →
 //! [`ProfilePlan`], plus the builders that turn a plan and uploaded blob refs into atrium record values
-//! ([`build_post`], [`build_profile`]) and the JSON actually sent ([`post_record_json`], [`profile_record_json`]).
+//! ([`build_post`], [`build_profile`]) and the one serialisation of a record, the JSON actually sent ([`record_json`]).
 //! It must not fetch media, talk to a PDS or touch the database; its errors ([`TranslateError`]) are all permanent
 //! and become a job's `ineligible` reason.
 
@@ -12,10 +12,11 @@ mod record;
 pub mod text;
 
 pub use links::{BridgedUser, UrlTemplate};
-pub use record::{build_post, build_profile, post_record_json, profile_record_json, POST_NSID, PROFILE_NSID};
+pub use record::{build_post, build_profile, record_blobs_mut, record_json, KnownRecord, POST_NSID, PROFILE_NSID};
 pub use text::{FacetFeature, FacetSpan};
 
 use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
+use atrium_api::types::string::Datetime;
 use divine_bridge_core::{Classified, ErrorClass};
 use std::collections::HashMap;
 
@@ -67,6 +68,9 @@ pub enum TranslateError {
     /// A kind the translation does not handle.
     #[error("kind {0} is not translated")]
     UnsupportedKind(u16),
+    /// The built record cannot be written as JSON ([`record_json`]); the same plan never can.
+    #[error("record cannot be serialised: {reason}")]
+    Unserializable { reason: String },
 }
 
 impl TranslateError {
@@ -82,6 +86,7 @@ impl Classified for TranslateError {
             TranslateError::UnsupportedMediaType { .. } => "unsupported_media_type",
             TranslateError::InvalidEvent { .. } => "invalid_event",
             TranslateError::UnsupportedKind(_) => "unsupported_kind",
+            TranslateError::Unserializable { .. } => "record_unserializable",
         }
     }
     fn class(&self) -> ErrorClass {
@@ -127,8 +132,9 @@ pub struct PostPlan {
     pub langs: Vec<String>,
     /// Event hashtags that are not tag facets in `text` (≤ 8), for the record's `tags`.
     pub tags: Vec<String>,
-    /// RFC 3339 UTC with milliseconds, e.g. `2025-01-01T00:00:00.000Z`.
-    pub created_at: String,
+    /// The event's time as the record's `createdAt` ([`record_datetime`]: RFC 3339 UTC with milliseconds, e.g.
+    /// `2025-01-01T00:00:00.000Z`).
+    pub created_at: Datetime,
     pub video: VideoSource,
     /// Alt text (≤ 1000 graphemes, ≤ 10000 bytes).
     pub alt: Option<String>,
@@ -208,13 +214,15 @@ pub fn self_labels(warnings: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// `created_at` (UNIX seconds) as RFC 3339 UTC with milliseconds and 'Z'.
-pub fn format_created_at(secs: u64) -> Result<String, TranslateError> {
-    let dt = i64::try_from(secs)
-        .ok()
-        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
-        .ok_or_else(|| TranslateError::invalid(format!("created_at {secs} out of range")))?;
-    Ok(dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+/// An event time as a record's `createdAt`: atrium's [`Datetime`] spelled RFC 3339 UTC with milliseconds and 'Z'
+/// (`2025-01-01T00:00:00.000Z`, the form records have always carried; `Datetime::new` would write microseconds).
+/// The spelling is built from the typed time and read back by atrium's own parser; a time it refuses is
+/// `invalid_event`, never the epoch.
+pub fn record_datetime(at: chrono::DateTime<chrono::Utc>) -> Result<Datetime, TranslateError> {
+    let spelled = at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    spelled
+        .parse()
+        .map_err(|_| TranslateError::invalid(format!("created_at {spelled} is not a valid record datetime")))
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -340,7 +348,7 @@ pub fn plan_post(ev: &VideoEvent, ctx: &PostContext) -> Result<PostPlan, Transla
     let link_back = ctx
         .post_url
         .as_ref()
-        .map(|t| links::post_url(t, &ev.id, ev.d_tag.as_deref(), &ev.pubkey));
+        .map(|t| links::post_url(t, &ev.id, ev.d_tag(), &ev.pubkey));
     // Room for "\n" + the anchor, so the link back is never truncated away.
     let reserve = link_back
         .as_ref()
@@ -399,7 +407,7 @@ pub fn plan_post(ev: &VideoEvent, ctx: &PostContext) -> Result<PostPlan, Transla
         captions: captions_from(&ev.text_tracks, &langs),
         langs,
         tags,
-        created_at: format_created_at(ev.created_at)?,
+        created_at: record_datetime(ev.created_at)?,
         video,
         alt,
         self_labels: self_labels(&ev.content_warnings),
@@ -426,12 +434,15 @@ pub struct ProfilePlan {
     /// http(s) URL is skipped (the lexicon requires a URI, and a bare word would make the record invalid).
     #[serde(default)]
     pub website: Option<String>,
-    /// Event time, RFC 3339 with milliseconds.
-    pub created_at: String,
+    /// Event time ([`record_datetime`]).
+    pub created_at: Datetime,
 }
 
 /// Translates kind 0 metadata into a [`ProfilePlan`].
 pub fn plan_profile(meta: &ProfileMeta) -> Result<ProfilePlan, TranslateError> {
+    if let Some(e) = &meta.content_error {
+        return Err(e.clone());
+    }
     let display_name = meta
         .display_name
         .as_deref()
@@ -447,7 +458,7 @@ pub fn plan_profile(meta: &ProfileMeta) -> Result<ProfilePlan, TranslateError> {
         avatar_url: meta.picture.clone().filter(|p| is_http_url(p)),
         banner_url: meta.banner.clone().filter(|b| is_http_url(b)),
         website: meta.website.clone().filter(|w| is_http_url(w)),
-        created_at: format_created_at(meta.created_at)?,
+        created_at: record_datetime(meta.created_at)?,
     })
 }
 
@@ -475,8 +486,13 @@ mod tests {
         assert_eq!(aspect_ratio(480, 480), Some((1, 1)));
         assert_eq!(aspect_ratio(1001, 1000), Some((1001, 1000)));
         assert_eq!(aspect_ratio(0, 5), None);
-        assert_eq!(format_created_at(1_735_689_600).unwrap(), "2025-01-01T00:00:00.000Z");
-        assert_eq!(format_created_at(u64::MAX).unwrap_err().code(), "invalid_event");
+        let at = chrono::DateTime::from_timestamp(1_735_689_600, 0).unwrap();
+        assert_eq!(record_datetime(at).unwrap().as_str(), "2025-01-01T00:00:00.000Z");
+        // The record carries exactly that spelling (milliseconds), not atrium's default microseconds.
+        assert_eq!(
+            serde_json::to_value(record_datetime(at).unwrap()).unwrap(),
+            "2025-01-01T00:00:00.000Z"
+        );
     }
 
     #[test]
@@ -565,7 +581,8 @@ mod tests {
         let meta = ProfileMeta {
             id: "0".repeat(64),
             pubkey: "1".repeat(64),
-            created_at: 0,
+            created_at: chrono::DateTime::UNIX_EPOCH,
+            content_error: None,
             name: Some("n".into()),
             display_name: None,
             about: Some("b".repeat(300)),
@@ -582,7 +599,7 @@ mod tests {
         assert_eq!(p.avatar_url, None);
         assert_eq!(p.banner_url.as_deref(), Some("https://img.example/b.jpg"));
         assert_eq!(p.website, None, "a website that is not an http(s) URL is skipped");
-        assert_eq!(p.created_at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(p.created_at.as_str(), "1970-01-01T00:00:00.000Z");
         let p = plan_profile(&ProfileMeta {
             website: Some("https://bob.example".into()),
             ..meta
@@ -617,8 +634,15 @@ mod tests {
             id: "ab".repeat(32),
             pubkey: "385c3a6ec0b9d57a4330dbd6284989be5bd00e41c535f9ca39b6ae7c521b81cd".into(),
             kind: 34236,
-            created_at: 1_735_689_600,
-            d_tag: Some("clip".into()),
+            created_at: chrono::DateTime::from_timestamp(1_735_689_600, 0).unwrap(),
+            coordinate: Some(
+                nostr::nips::nip01::Coordinate::new(
+                    nostr::Kind::from(34236u16),
+                    nostr::PublicKey::from_hex("385c3a6ec0b9d57a4330dbd6284989be5bd00e41c535f9ca39b6ae7c521b81cd")
+                        .unwrap(),
+                )
+                .identifier("clip"),
+            ),
             title: None,
             content: content.into(),
             hashtags: vec![],

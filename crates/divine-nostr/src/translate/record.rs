@@ -1,14 +1,21 @@
-//! Record builders: a [`PostPlan`]/[`ProfilePlan`] plus uploaded blob refs → atrium record values, and the JSON that
-//! is sent (with the top-level `$type`). No validation of blobs happens here: callers fetch with the right
+//! Record builders: a [`PostPlan`]/[`ProfilePlan`] plus uploaded blob refs → atrium record values, and the one
+//! serialisation of a record ([`record_json`]). No validation of blobs happens here: callers fetch with the right
 //! `media::MediaKind` (video/mp4, text/vtt, png/jpeg) before uploading.
+//!
+//! Records stay typed (atrium's [`KnownRecord`], whose variant gives the top-level `$type`) from the builder to
+//! [`record_json`], which the publish and profile jobs call once per write, right before `putRecord` (and for the
+//! reservation row that must equal what is written). Blob refs are atrium's [`BlobRef`]; the upload step swaps one
+//! for the PDS's through [`record_blobs_mut`] instead of walking JSON. Decision: atrium-api was already a dependency
+//! of this crate (the builders used its record types), so using `KnownRecord`/`BlobRef` costs no build time.
 
-use super::{FacetFeature, PostPlan, ProfilePlan};
+use super::{FacetFeature, PostPlan, ProfilePlan, TranslateError};
 use atrium_api::app::bsky::actor::profile;
 use atrium_api::app::bsky::embed::{defs::AspectRatioData, video};
 use atrium_api::app::bsky::feed::post;
 use atrium_api::app::bsky::richtext::facet;
 use atrium_api::com::atproto::label::defs::{SelfLabelData, SelfLabelsData};
-use atrium_api::types::string::{Datetime, Language};
+pub use atrium_api::record::KnownRecord;
+use atrium_api::types::string::Language;
 use atrium_api::types::{BlobRef, Union};
 use std::num::NonZeroU64;
 
@@ -16,12 +23,6 @@ use std::num::NonZeroU64;
 pub const POST_NSID: &str = "app.bsky.feed.post";
 /// NSID of profile records.
 pub const PROFILE_NSID: &str = "app.bsky.actor.profile";
-
-fn datetime(s: &str) -> Datetime {
-    // Plans always carry `format_created_at` output, which is valid; fall back to the epoch rather than panic.
-    s.parse()
-        .unwrap_or_else(|_| Datetime::new(chrono::DateTime::UNIX_EPOCH.fixed_offset()))
-}
 
 /// Builds the `app.bsky.feed.post` record with an `app.bsky.embed.video` embed. Captions whose language tag does
 /// not parse are skipped.
@@ -87,7 +88,7 @@ pub fn build_post(plan: &PostPlan, video_blob: BlobRef, captions: Vec<(String, B
         video: video_blob,
     };
     post::RecordData {
-        created_at: datetime(&plan.created_at),
+        created_at: plan.created_at.clone(),
         embed: Some(Union::Refs(post::RecordEmbedRefs::AppBskyEmbedVideoMain(Box::new(
             embed.into(),
         )))),
@@ -112,19 +113,34 @@ fn self_labels(values: &[String]) -> Option<Union<post::RecordLabelsRefs>> {
     )))
 }
 
-fn with_type(mut v: serde_json::Value, nsid: &str) -> serde_json::Value {
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("$type".into(), serde_json::Value::String(nsid.into()));
-    }
-    v
+/// The record as sent to `putRecord` and kept in the reservation: JSON with the top-level `$type` of its
+/// [`KnownRecord`] variant (`app.bsky.feed.post`, `app.bsky.actor.profile`). A record serde cannot write is
+/// [`TranslateError::Unserializable`] (`record_unserializable`, permanent), never a `null` record.
+pub fn record_json(record: &KnownRecord) -> Result<serde_json::Value, TranslateError> {
+    serde_json::to_value(record).map_err(|e| TranslateError::Unserializable { reason: e.to_string() })
 }
 
-/// The post record as sent to `putRecord`, guaranteed to carry `"$type": "app.bsky.feed.post"`.
-pub fn post_record_json(record: &post::RecordData) -> serde_json::Value {
-    with_type(
-        serde_json::to_value(record).unwrap_or(serde_json::Value::Null),
-        POST_NSID,
-    )
+/// Every blob ref of a record: a post's video and caption files, a profile's avatar and banner (other records carry
+/// none the bridge writes). The upload step replaces a locally computed ref with the one the PDS returned.
+pub fn record_blobs_mut(record: &mut KnownRecord) -> Vec<&mut BlobRef> {
+    match record {
+        KnownRecord::AppBskyFeedPost(post) => match post.embed.as_mut() {
+            Some(Union::Refs(post::RecordEmbedRefs::AppBskyEmbedVideoMain(video))) => {
+                let video = &mut video.data;
+                let mut blobs = vec![&mut video.video];
+                if let Some(captions) = video.captions.as_mut() {
+                    blobs.extend(captions.iter_mut().map(|c| &mut c.data.file));
+                }
+                blobs
+            }
+            _ => Vec::new(),
+        },
+        KnownRecord::AppBskyActorProfile(profile) => {
+            let profile = &mut profile.data;
+            profile.avatar.iter_mut().chain(profile.banner.iter_mut()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Builds the `app.bsky.actor.profile` record (avatar and banner optional).
@@ -132,7 +148,7 @@ pub fn build_profile(plan: &ProfilePlan, avatar: Option<BlobRef>, banner: Option
     profile::RecordData {
         avatar,
         banner,
-        created_at: Some(datetime(&plan.created_at)),
+        created_at: Some(plan.created_at.clone()),
         description: plan.description.clone(),
         display_name: plan.display_name.clone(),
         joined_via_starter_pack: None,
@@ -141,14 +157,6 @@ pub fn build_profile(plan: &ProfilePlan, avatar: Option<BlobRef>, banner: Option
         pronouns: None,
         website: plan.website.clone(),
     }
-}
-
-/// The profile record as sent, guaranteed to carry `"$type": "app.bsky.actor.profile"`.
-pub fn profile_record_json(record: &profile::RecordData) -> serde_json::Value {
-    with_type(
-        serde_json::to_value(record).unwrap_or(serde_json::Value::Null),
-        PROFILE_NSID,
-    )
 }
 
 #[cfg(test)]
@@ -165,43 +173,54 @@ mod tests {
 
     const CID: &str = "bafkreibme22gw2h7y2h7tg2fhqotaqjucnbc24deqo72b6mkl2egezxhvy";
 
+    fn mp4() -> VideoSource {
+        VideoSource {
+            url: "https://a/v.mp4".into(),
+            fallbacks: vec![],
+            mime: "video/mp4".into(),
+            sha256: None,
+            size: None,
+            aspect_ratio: None,
+            duration: None,
+        }
+    }
+
+    fn bob() -> ProfilePlan {
+        ProfilePlan {
+            display_name: Some("Bob".into()),
+            description: None,
+            avatar_url: None,
+            banner_url: None,
+            website: None,
+            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
+        }
+    }
+
+    fn span(byte_start: usize, byte_end: usize, feature: FacetFeature) -> FacetSpan {
+        FacetSpan {
+            byte_start,
+            byte_end,
+            feature,
+        }
+    }
+
     #[test]
     fn post_json_has_types_and_fields() {
         let plan = PostPlan {
             text: "héllo #cat https://a.com".into(),
             facets: vec![
-                FacetSpan {
-                    byte_start: 7,
-                    byte_end: 11,
-                    feature: FacetFeature::Tag("cat".into()),
-                },
-                FacetSpan {
-                    byte_start: 12,
-                    byte_end: 25,
-                    feature: FacetFeature::Link("https://a.com".into()),
-                },
-                FacetSpan {
-                    byte_start: 0,
-                    byte_end: 1,
-                    feature: FacetFeature::Mention("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into()),
-                },
-                FacetSpan {
-                    byte_start: 1,
-                    byte_end: 2,
-                    feature: FacetFeature::Mention("not a did".into()),
-                },
+                span(7, 11, FacetFeature::Tag("cat".into())),
+                span(12, 25, FacetFeature::Link("https://a.com".into())),
+                span(0, 1, FacetFeature::Mention("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into())),
+                span(1, 2, FacetFeature::Mention("not a did".into())),
             ],
             langs: vec!["en".into(), "fr".into()],
             tags: vec!["extra".into()],
-            created_at: "2025-01-01T00:00:00.000Z".into(),
+            created_at: "2025-01-01T00:00:00.000Z".parse().unwrap(),
             video: VideoSource {
-                url: "https://a/v.mp4".into(),
-                fallbacks: vec![],
-                mime: "video/mp4".into(),
-                sha256: None,
-                size: None,
                 aspect_ratio: Some((9, 16)),
                 duration: Some(6.5),
+                ..mp4()
             },
             alt: Some("a cat".into()),
             captions: vec![CaptionSource {
@@ -218,7 +237,7 @@ mod tests {
                 ("not a lang!".into(), blob(CID, "text/vtt", 1)),
             ],
         );
-        let v = post_record_json(&rec);
+        let v = record_json(&rec.clone().into()).unwrap();
         assert_eq!(v["$type"], "app.bsky.feed.post");
         assert_eq!(v["createdAt"], "2025-01-01T00:00:00.000Z");
         assert_eq!(v["text"], "héllo #cat https://a.com");
@@ -264,25 +283,82 @@ mod tests {
     #[test]
     fn profile_json() {
         let plan = ProfilePlan {
-            display_name: Some("Bob".into()),
-            description: None,
-            avatar_url: None,
-            banner_url: None,
             website: Some("https://bob.example/".into()),
-            created_at: "2025-01-01T00:00:00.000Z".into(),
+            ..bob()
         };
-        let v = profile_record_json(&build_profile(
-            &plan,
-            Some(blob(CID, "image/png", 5)),
-            Some(blob(CID, "image/jpeg", 7)),
-        ));
+        let v = record_json(
+            &build_profile(&plan, Some(blob(CID, "image/png", 5)), Some(blob(CID, "image/jpeg", 7))).into(),
+        )
+        .unwrap();
         assert_eq!(v["$type"], "app.bsky.actor.profile");
         assert_eq!(v["displayName"], "Bob");
         assert_eq!(v["avatar"]["mimeType"], "image/png");
         assert_eq!(v["banner"]["mimeType"], "image/jpeg");
         assert_eq!(v["website"], "https://bob.example/");
         assert!(v.get("description").is_none());
-        let v = profile_record_json(&build_profile(&plan, None, None));
+        let v = record_json(&build_profile(&plan, None, None).into()).unwrap();
         assert!(v.get("avatar").is_none() && v.get("banner").is_none());
+    }
+
+    #[test]
+    fn a_record_that_cannot_serialise_is_a_classified_error_not_null() {
+        use divine_bridge_core::{Classified, ErrorClass};
+        let plan = bob();
+        // Extra data that is not a map cannot be flattened into the record object: serde refuses it.
+        let broken = KnownRecord::AppBskyActorProfile(Box::new(atrium_api::types::Object {
+            data: build_profile(&plan, None, None),
+            extra_data: ipld_core::ipld::Ipld::Bool(true),
+        }));
+        let e = record_json(&broken).unwrap_err();
+        assert_eq!(e.code(), "record_unserializable");
+        assert_eq!(e.class(), ErrorClass::Permanent);
+        assert!(record_json(&build_profile(&plan, None, None).into())
+            .unwrap()
+            .is_object());
+    }
+
+    #[test]
+    fn record_blobs_are_the_video_captions_avatar_and_banner() {
+        let plan = ProfilePlan {
+            display_name: None,
+            ..bob()
+        };
+        let mut profile: KnownRecord =
+            build_profile(&plan, Some(blob(CID, "image/png", 5)), Some(blob(CID, "image/jpeg", 7))).into();
+        for b in record_blobs_mut(&mut profile) {
+            *b = blob(CID, "image/webp", 9);
+        }
+        let v = record_json(&profile).unwrap();
+        assert_eq!(
+            (v["avatar"]["mimeType"].as_str(), v["banner"]["size"].as_u64()),
+            (Some("image/webp"), Some(9))
+        );
+        let mut post_plan_record: KnownRecord = build_post(
+            &PostPlan {
+                text: String::new(),
+                facets: vec![],
+                langs: vec![],
+                tags: vec![],
+                created_at: plan.created_at.clone(),
+                video: mp4(),
+                alt: None,
+                captions: vec![],
+                self_labels: vec![],
+            },
+            blob(CID, "video/mp4", 1),
+            vec![
+                ("en".into(), blob(CID, "text/vtt", 2)),
+                ("fr".into(), blob(CID, "text/vtt", 3)),
+            ],
+        )
+        .into();
+        let sizes: Vec<usize> = record_blobs_mut(&mut post_plan_record)
+            .into_iter()
+            .map(|b| match b {
+                BlobRef::Typed(atrium_api::types::TypedBlobRef::Blob(b)) => b.size,
+                BlobRef::Untyped(_) => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![1, 2, 3]);
     }
 }
