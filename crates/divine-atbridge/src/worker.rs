@@ -385,7 +385,7 @@ impl WorkerPool {
             }
             let (o, lease_for) = (owner.clone(), cfg.lease);
             let asked_at = Instant::now();
-            let leased = match self.db.run(move |c| queue::lease(c, &o, free as i64, lease_for)).await {
+            let leased = match self.db.lease(&o, free as i64, lease_for).await {
                 Ok(jobs) => {
                     // The queue counts the leases that raced an enqueue (process-wide); export its running total.
                     metrics::counter!(crate::metrics::LEASE_CONFLICTS).absolute(queue::lease_conflicts());

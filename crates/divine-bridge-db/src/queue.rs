@@ -412,7 +412,8 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
                    jobs.source_created_at, jobs.created_at, jobs.lease_token";
 
-/// The lease transaction's settings (`SET LOCAL`: they end with it).
+/// The lease's settings: per transaction ([`lease_settings_local_sql`], [`lease`] on any connection) or for the
+/// session of the lease connection ([`lease_session_sql`], [`lease_in_session`]).
 ///
 /// **Durability: `synchronous_commit = off`.** The lease's commit does not wait for its WAL flush (~1.8 ms per
 /// `fdatasync` on the CI disk, which capped a busy pool at one lease per flush). This loses nothing: WAL is flushed
@@ -432,12 +433,36 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
 /// cost ~280 ms per lease for a plan that runs in under 1 ms. The plan is generic (`plan_cache_mode`): the lease is
 /// a prepared statement ([`crate::prepared`]) planned once per connection (planning took ~10 ms of a ~11 ms lease
 /// under load), and its shape does not depend on the parameters.
-pub const LEASE_SETTINGS_SQL: &str =
-    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), \
-            set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), \
-            set_config('enable_material', 'off', true), set_config('jit', 'off', true), \
-            set_config('plan_cache_mode', 'force_generic_plan', true), \
-            set_config('synchronous_commit', 'off', true)";
+pub const LEASE_SETTINGS: [(&str, &str); 8] = [
+    ("enable_sort", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("enable_material", "off"),
+    ("jit", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+    ("synchronous_commit", "off"),
+];
+
+/// [`LEASE_SETTINGS`] for one transaction (`set_config(…, true)`): what [`lease`] runs before the lease on any
+/// connection.
+pub fn lease_settings_local_sql() -> String {
+    let calls: Vec<String> = LEASE_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("set_config('{name}', '{value}', true)"))
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
+/// [`LEASE_SETTINGS`] for a whole session (`SET …;`): the session settings of the lease connection
+/// ([`crate::Db::lease`], [`lease_in_session`]), which runs nothing but the lease.
+pub fn lease_session_sql() -> String {
+    LEASE_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}';"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Leases up to `limit` runnable jobs for `owner`: key heads only, shared among the dispatch classes by weight
 /// ([`LEASE_SQL`], [`crate::states::DispatchClass`]); returned in dispatch order `(priority, source_created_at, id)`.
@@ -448,25 +473,52 @@ pub const LEASE_SETTINGS_SQL: &str =
 /// `jobs_one_running_per_key` enforces the same invariant in the database; should a concurrent lease ever trip it,
 /// this call returns no jobs instead of failing.
 pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
+    let result = conn
+        .transaction(|conn| {
+            diesel::sql_query(lease_settings_local_sql()).execute(conn)?;
+            lease_statement(conn, owner, limit, lease_for)
+        })
+        .map_err(DbError::from_diesel);
+    lease_result(owner, result)
+}
+
+/// [`lease`] on a connection whose session already carries [`LEASE_SETTINGS`] (the lease connection,
+/// [`crate::Db::lease`]): the statement alone, in its own implicit transaction — one round trip. On any other
+/// connection it would run with the default planner settings and a synchronous commit: correct, but slow.
+pub fn lease_in_session(
+    conn: &mut PgConnection,
+    owner: &str,
+    limit: i64,
+    lease_for: Duration,
+) -> Result<Vec<LeasedJob>, DbError> {
+    let result = lease_statement(conn, owner, limit, lease_for).map_err(DbError::from_diesel);
+    lease_result(owner, result)
+}
+
+fn lease_statement(
+    conn: &mut PgConnection,
+    owner: &str,
+    limit: i64,
+    lease_for: Duration,
+) -> Result<Vec<LeasedJob>, diesel::result::Error> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
     let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
     let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
-    let result = conn
-        .transaction(|conn| {
-            Prepared::new(LEASE_SETTINGS_SQL, vec![]).execute(conn)?;
-            Prepared::new(
-                LEASE_SQL,
-                vec![
-                    Param::Text(owner),
-                    Param::BigInt(limit),
-                    Param::Double(lease_for.as_secs_f64()),
-                    Param::SmallInts(&classes),
-                    Param::Ints(&weights),
-                ],
-            )
-            .load::<LeasedJob>(conn)
-        })
-        .map_err(DbError::from_diesel);
+    Prepared::new(
+        LEASE_SQL,
+        vec![
+            Param::Text(owner),
+            Param::BigInt(limit),
+            Param::Double(lease_for.as_secs_f64()),
+            Param::SmallInts(&classes),
+            Param::Ints(&weights),
+        ],
+    )
+    .load::<LeasedJob>(conn)
+}
+
+/// A lease that tripped `jobs_one_running_per_key` is an empty lease; jobs come back in dispatch order.
+fn lease_result(owner: &str, result: Result<Vec<LeasedJob>, DbError>) -> Result<Vec<LeasedJob>, DbError> {
     match result {
         Err(e) if e.is_unique_violation() => {
             LEASE_CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

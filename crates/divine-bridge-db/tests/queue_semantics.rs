@@ -946,7 +946,7 @@ fn the_sql_dispatch_class_matches_the_rust_one() {
 }
 
 /// Buffers one lease touches: EXPLAIN ANALYZE BUFFERS of LEASE_SQL prepared and executed as the queue runs it (under
-/// LEASE_SETTINGS_SQL, so with its generic plan), rolled back.
+/// LEASE_SETTINGS, so with its generic plan), rolled back.
 fn lease_buffers(conn: &mut PgConnection) -> i64 {
     #[derive(QueryableByName)]
     struct Plan {
@@ -956,7 +956,7 @@ fn lease_buffers(conn: &mut PgConnection) -> i64 {
     }
     let mut plan: Vec<Plan> = Vec::new();
     let _ = conn.transaction::<(), diesel::result::Error, _>(|c| {
-        diesel::sql_query(queue::LEASE_SETTINGS_SQL).execute(c)?;
+        diesel::sql_query(queue::lease_settings_local_sql()).execute(c)?;
         diesel::sql_query(format!(
             "PREPARE lease_explain(text, bigint, float8, int2[], int4[]) AS {}",
             queue::LEASE_SQL

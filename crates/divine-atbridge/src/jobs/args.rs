@@ -8,8 +8,8 @@
 //! (`jobs::handlers::verified_event`). The test at the end proves every [`JobKind`] has exactly one args type whose
 //! `KIND` is that kind (the table in docs/runbooks/job-queue.md, "Job kinds and their args", lists the same).
 
-use crate::nostr::admitted_time;
 use crate::nostr as bridge_nostr;
+use crate::nostr::admitted_time;
 use chrono::{DateTime, Utc};
 use divine_bridge_db::queue::NewJob;
 use divine_bridge_db::{DbError, JobArgs, JobKind};
