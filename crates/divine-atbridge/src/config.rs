@@ -24,7 +24,7 @@
 //!    it in deploy/k8s/base/atbridge.env (checked by scripts/test.d/30-k8s.sh).
 
 use divine_bridge_db::envcfg::{self, DbArgs, KeepEmpty, Problems, Raw};
-use divine_bridge_db::{Classified, DbSettings, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass, ErrorCode};
 use std::time::Duration;
 
 /// The configuration problems found at startup, all of them. Code `config_missing` when every problem is an unset
@@ -48,10 +48,10 @@ impl ConfigError {
 }
 
 impl Classified for ConfigError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self.0.all_missing() {
-            true => "config_missing",
-            false => "config_invalid",
+            true => ErrorCode::ConfigMissing,
+            false => ErrorCode::ConfigInvalid,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -901,7 +901,7 @@ mod tests {
         ])
         .validate(&None)
         .unwrap_err();
-        assert_eq!(e.code(), "config_invalid");
+        assert_eq!(e.code(), ErrorCode::ConfigInvalid);
         assert_eq!(
             e.vars(),
             [
@@ -937,7 +937,7 @@ mod tests {
         assert!(!text.contains("0001020304050607"), "the key is never echoed: {text}");
 
         let only_missing = run_args(&[]).validate(&None).unwrap_err();
-        assert_eq!(only_missing.code(), "config_missing");
+        assert_eq!(only_missing.code(), ErrorCode::ConfigMissing);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::keys::{
 use crate::pds::{record_json, PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::{Classified, ErrorClass, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -356,17 +356,17 @@ pub enum ProvisionError {
 }
 
 impl Classified for ProvisionError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             ProvisionError::Plc(e) => e.code(),
             ProvisionError::Pds(e) => e.code(),
             ProvisionError::Checkpoint(e) => e.code(),
-            ProvisionError::AccountUnverified(_) => "account_exists_unverified",
-            ProvisionError::StateMismatch(_) => "provision_state_mismatch",
-            ProvisionError::PlcConflict { .. } => "plc_conflict",
-            ProvisionError::EndpointMismatch { .. } => "pds_endpoint_mismatch",
-            ProvisionError::AccountNotActive { .. } => "account_not_active",
-            ProvisionError::InvalidRequest(_) => "provision_request_invalid",
+            ProvisionError::AccountUnverified(_) => ErrorCode::AccountExistsUnverified,
+            ProvisionError::StateMismatch(_) => ErrorCode::ProvisionStateMismatch,
+            ProvisionError::PlcConflict { .. } => ErrorCode::PlcConflict,
+            ProvisionError::EndpointMismatch { .. } => ErrorCode::PdsEndpointMismatch,
+            ProvisionError::AccountNotActive { .. } => ErrorCode::AccountNotActive,
+            ProvisionError::InvalidRequest(_) => ErrorCode::ProvisionRequestInvalid,
         }
     }
 
@@ -570,7 +570,7 @@ impl<C: Checkpoint> Provisioner<C> {
                     Ok(true) => {
                         tracing::info!(
                             did,
-                            code = e.code(),
+                            code = %e.code(),
                             "PLC already has this op; treating the submit as done"
                         );
                         Ok(())
@@ -957,7 +957,7 @@ mod tests {
             ProvisionState::from_json(&serde_json::json!({"step": "nope"}))
                 .unwrap_err()
                 .code(),
-            "provision_request_invalid"
+            ErrorCode::ProvisionRequestInvalid
         );
         let steps = [
             ProvisionStep::KeysReady,
@@ -1004,7 +1004,7 @@ mod tests {
             &sealed.signing_key_sealed,
             &sealed.password_sealed,
         );
-        assert_eq!(swapped.unwrap_err().code(), "key_decrypt_failed");
+        assert_eq!(swapped.unwrap_err().code(), ErrorCode::KeyDecryptFailed);
         let moved = ProvisionSecrets::open(
             &kek,
             &"b2".repeat(32),
@@ -1012,7 +1012,7 @@ mod tests {
             &sealed.rotation_key_sealed,
             &sealed.password_sealed,
         );
-        assert_eq!(moved.unwrap_err().code(), "key_decrypt_failed");
+        assert_eq!(moved.unwrap_err().code(), ErrorCode::KeyDecryptFailed);
     }
 
     #[test]
@@ -1047,18 +1047,18 @@ mod tests {
             recovery_keys: vec!["did:key:zbad".into()],
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         let four: Vec<String> = (0..4).map(|_| AccountKey::generate().did_key()).collect();
         let e = err(ProvisionRequest {
             recovery_keys: four,
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         let e = err(ProvisionRequest {
             handle: "not a handle".into(),
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         assert!(Provisioner::new(xrpc.clone(), base, secrets.clone(), &cp).is_ok());
     }
 }

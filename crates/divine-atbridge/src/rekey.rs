@@ -17,7 +17,7 @@ use crate::identity::ProvisionSecrets;
 use crate::keys::{KeyError, KeyRing};
 use crate::pds::StoredSession;
 use divine_bridge_db::records::{self, Resealed};
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode};
 use std::ops::ControlFlow;
 
 /// Rows read per batch.
@@ -38,7 +38,7 @@ pub enum RekeyError {
 }
 
 impl Classified for RekeyError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             RekeyError::Db(e) => e.code(),
             RekeyError::Key { source, .. } => source.code(),

@@ -16,6 +16,7 @@ use divine_atbridge::pds::{PdsClient, SessionManager};
 use divine_atbridge::xrpc::{XrpcClient, XrpcConfig};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::Classified;
+use divine_bridge_db::ErrorCode;
 use std::sync::Arc;
 use support::*;
 
@@ -143,7 +144,7 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
         .unwrap();
     link(&mut tdb.conn(), &other, &handle);
     let err = provision(&deps, &other).await.unwrap_err();
-    assert_eq!(err.code(), "handle_unavailable", "{err}");
+    assert_eq!(err.code(), ErrorCode::HandleUnavailable, "{err}");
     let (st, did2, code) = state(&mut tdb.conn(), &other);
     assert_eq!((st.as_str(), code.as_deref()), ("failed", Some("handle_unavailable")));
     let keys_kept: i64 = {

@@ -9,6 +9,7 @@ use divine_atbridge::jobs::publish::{
 };
 use divine_atbridge::jobs::{BlobJson, JobError, RepoWriter, UpstreamError};
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
 use futures::future::BoxFuture;
 use nostr::prelude::*;
@@ -33,7 +34,7 @@ struct MemRepo {
 
 fn transient(msg: &str) -> UpstreamError {
     UpstreamError {
-        code: "xrpc_server_error",
+        code: ErrorCode::XrpcServerError,
         class: ErrorClass::Transient,
         retry_after: None,
         message: msg.into(),
@@ -158,7 +159,7 @@ impl PostSource for FakeSource {
     fn prepare<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
         Box::pin(async move {
             if event.content.contains("no video") {
-                return Err(JobError::ineligible("no_video", "no imeta url"));
+                return Err(JobError::ineligible(ErrorCode::NoVideo, "no imeta url"));
             }
             let bytes = format!("video of {}", event.id).into_bytes();
             let record = serde_json::json!({
@@ -222,7 +223,10 @@ async fn crashes_at_any_step_still_leave_exactly_one_record() {
     // PDS down: nothing written, reservation kept.
     *repo.fail_before_store.lock().unwrap() = 1;
     let err = publish::publish(&db, &FakeSource, &repo, &e).await.unwrap_err();
-    assert_eq!((err.code(), err.class()), ("xrpc_server_error", ErrorClass::Transient));
+    assert_eq!(
+        (err.code(), err.class()),
+        (ErrorCode::XrpcServerError, ErrorClass::Transient)
+    );
     let reserved = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
     assert_eq!(reserved.record_state().unwrap(), RecordState::Reserved);
 
@@ -266,19 +270,28 @@ async fn gates_disabled_not_ready_failed_and_untranslatable() {
     let e = publish::publish(&db, &FakeSource, &repo, &video(&off, "x", 22, None, T))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_disabled", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountDisabled, ErrorClass::Permanent)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &video(&pending, "x", 22, None, T))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Transient));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountNotReady, ErrorClass::Transient)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &video(&failed, "x", 22, None, T))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountNotReady, ErrorClass::Permanent)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &video(&ok, "no video here", 22, None, T))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "no_video");
+    assert_eq!(e.code(), ErrorCode::NoVideo);
     assert!(repo.records.lock().unwrap().is_empty());
     assert!(
         records::get_record(&mut tdb.conn(), &video(&ok, "no video here", 22, None, T).id.to_hex())
@@ -315,7 +328,7 @@ async fn deletes_win_in_either_order() {
         RecordState::Deleted
     );
     let again = publish::publish(&db, &FakeSource, &repo, &a).await.unwrap_err();
-    assert_eq!(again.code(), "deleted", "a redelivered event stays deleted");
+    assert_eq!(again.code(), ErrorCode::Deleted, "a redelivered event stays deleted");
 
     // Delete first, video later.
     let b = video(&keys, "second", 22, None, T + 20);
@@ -326,7 +339,7 @@ async fn deletes_win_in_either_order() {
         0
     );
     let late = publish::publish(&db, &FakeSource, &repo, &b).await.unwrap_err();
-    assert_eq!((late.code(), late.class()), ("deleted", ErrorClass::Permanent));
+    assert_eq!((late.code(), late.class()), (ErrorCode::Deleted, ErrorClass::Permanent));
     assert!(repo.records.lock().unwrap().is_empty());
 
     // Someone else's delete is ignored.
@@ -363,7 +376,11 @@ async fn addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones
     let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
     assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
     let late = publish::publish(&db, &FakeSource, &repo, &v0).await.unwrap_err();
-    assert_eq!(late.code(), "superseded", "an older revision arriving late is ignored");
+    assert_eq!(
+        late.code(),
+        ErrorCode::Superseded,
+        "an older revision arriving late is ignored"
+    );
 
     // A coordinate delete removes revisions at or before its time; a later revision survives.
     let coord = format!("34235:{}:clip", keys.public_key().to_hex());
@@ -435,7 +452,10 @@ async fn the_newest_profile_wins() {
     let (newer, older) = (meta("new name", T + 10), meta("old name", T));
     sync_profile(&db, &FakeProfiles, &repo, &newer).await.unwrap();
     let stale = sync_profile(&db, &FakeProfiles, &repo, &older).await.unwrap_err();
-    assert_eq!((stale.code(), stale.class()), ("superseded", ErrorClass::Permanent));
+    assert_eq!(
+        (stale.code(), stale.class()),
+        (ErrorCode::Superseded, ErrorClass::Permanent)
+    );
     sync_profile(&db, &FakeProfiles, &repo, &newer)
         .await
         .expect("re-delivery of the newest is fine");
@@ -523,7 +543,7 @@ async fn a_tag_delete_keeps_the_case_of_d() {
     publish::delete(&db, &repo, &early).await.unwrap();
     let other = video(&keys, "other", 34236, Some("OtherClip"), T + 30);
     let refused = publish::publish(&db, &FakeSource, &repo, &other).await.unwrap_err();
-    assert_eq!(refused.code(), "deleted");
+    assert_eq!(refused.code(), ErrorCode::Deleted);
 }
 
 /// Issue 9 §5: tombstones are per (target, author). Another user's kind 5 naming my event id first must not claim
@@ -546,7 +566,7 @@ async fn another_users_delete_does_not_block_mine() {
     let late = publish::publish(&db, &FakeSource, &repo, &mine).await.unwrap_err();
     assert_eq!(
         late.code(),
-        "deleted",
+        ErrorCode::Deleted,
         "my own delete counts although a stranger named my event first"
     );
     assert!(repo.records.lock().unwrap().is_empty());
@@ -613,7 +633,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
     // The stale try writes after the delete ran; its mark_published must not flip `deleted` back, and the record
     // it wrote must not stay live on the PDS.
     let err = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
-    assert_eq!((err.code(), err.class()), ("deleted", ErrorClass::Permanent));
+    assert_eq!((err.code(), err.class()), (ErrorCode::Deleted, ErrorClass::Permanent));
     let m = records::get_record(&mut tdb.conn(), &v.id.to_hex()).unwrap().unwrap();
     assert_eq!(m.record_state().unwrap(), RecordState::Deleted);
     assert!(m.published_at.is_none());
@@ -623,7 +643,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
     );
     // A redelivery stays deleted.
     let again = publish::publish(&db, &FakeSource, &repo, &v).await.unwrap_err();
-    assert_eq!(again.code(), "deleted");
+    assert_eq!(again.code(), ErrorCode::Deleted);
     assert!(repo.inner.records.lock().unwrap().is_empty());
 }
 
@@ -719,7 +739,7 @@ async fn spooled_media_uploads_from_disk_and_is_removed_on_failure_and_success()
 
     *repo.fail_upload.lock().unwrap() = 1;
     let err = publish::publish(&db, &source, &repo, &e).await.unwrap_err();
-    assert_eq!(err.code(), "xrpc_server_error");
+    assert_eq!(err.code(), ErrorCode::XrpcServerError);
     assert_eq!(spool.file_count(), 0, "a failed upload removes the spool file");
 
     let out = publish::publish(&db, &source, &repo, &e).await.unwrap();

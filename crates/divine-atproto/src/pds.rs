@@ -16,7 +16,7 @@ use crate::xrpc::{xrpc_url, XrpcClient, XrpcError, XrpcRequest};
 use atrium_api::com::atproto::{identity, repo, server, sync};
 use atrium_api::types::Object;
 use chrono::{DateTime, Utc};
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -73,17 +73,17 @@ pub enum PdsError {
 }
 
 impl Classified for PdsError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            PdsError::HandleUnavailable { .. } => "handle_unavailable",
-            PdsError::AlreadyExists { .. } => "account_already_exists",
-            PdsError::ServiceAuthRejected { .. } => "service_auth_rejected",
-            PdsError::ServiceAuthExpired { .. } => "service_auth_expired",
-            PdsError::Validation { .. } => "pds_validation",
-            PdsError::AccountDeactivated { .. } => "account_deactivated",
-            PdsError::AccountTakedown { .. } => "account_takedown",
-            PdsError::Rejected { .. } => "pds_rejected",
-            PdsError::InvalidInput { .. } => "pds_request_invalid",
+            PdsError::HandleUnavailable { .. } => ErrorCode::HandleUnavailable,
+            PdsError::AlreadyExists { .. } => ErrorCode::AccountAlreadyExists,
+            PdsError::ServiceAuthRejected { .. } => ErrorCode::ServiceAuthRejected,
+            PdsError::ServiceAuthExpired { .. } => ErrorCode::ServiceAuthExpired,
+            PdsError::Validation { .. } => ErrorCode::PdsValidation,
+            PdsError::AccountDeactivated { .. } => ErrorCode::AccountDeactivated,
+            PdsError::AccountTakedown { .. } => ErrorCode::AccountTakedown,
+            PdsError::Rejected { .. } => ErrorCode::PdsRejected,
+            PdsError::InvalidInput { .. } => ErrorCode::PdsRequestInvalid,
             PdsError::Xrpc(e) => e.code(),
             PdsError::Store(e) => e.code(),
         }
@@ -609,14 +609,14 @@ impl From<server::create_account::OutputData> for StoredSession {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct StoreError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub class: ErrorClass,
     pub message: String,
 }
 
 impl StoreError {
     /// A store error with an explicit code and class.
-    pub fn new(code: &'static str, class: ErrorClass, message: impl Into<String>) -> StoreError {
+    pub fn new(code: ErrorCode, class: ErrorClass, message: impl Into<String>) -> StoreError {
         StoreError {
             code,
             class,
@@ -635,7 +635,7 @@ impl StoreError {
 }
 
 impl Classified for StoreError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -709,7 +709,7 @@ impl SessionStore for MemorySessionStore {
     async fn password(&self, did: &str) -> Result<String, StoreError> {
         self.passwords.lock().unwrap().get(did).cloned().ok_or_else(|| {
             StoreError::new(
-                "session_password_missing",
+                ErrorCode::SessionPasswordMissing,
                 ErrorClass::Permanent,
                 format!("no password for {did}"),
             )
@@ -741,7 +741,7 @@ pub enum SessionError {
 }
 
 impl Classified for SessionError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             SessionError::Pds(e) => e.code(),
             SessionError::Store(e) => e.code(),
@@ -861,7 +861,7 @@ impl<S: SessionStore> SessionManager<S> {
                     return Ok(fresh);
                 }
                 Err(e) if e.is_session_expired() || e.class() == ErrorClass::Permanent => {
-                    tracing::info!(did, code = e.code(), "refresh token refused; creating a new session");
+                    tracing::info!(did, code = %e.code(), "refresh token refused; creating a new session");
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -881,7 +881,7 @@ impl<S: SessionStore> SessionManager<S> {
     {
         let token = self.access_token(did).await?;
         match f(token.clone()).await {
-            Err(e) if e.code() == "session_expired" => {
+            Err(e) if e.code() == ErrorCode::SessionExpired => {
                 let fresh = self.renew_after_expiry(did, &token).await?;
                 f(fresh).await
             }
@@ -956,7 +956,7 @@ mod tests {
         ];
         for (call, status, name, code) in cases {
             let e = map_error(call, rejected(status, name));
-            assert_eq!(e.code(), code, "{name}");
+            assert_eq!(e.code().as_str(), code, "{name}");
             assert_eq!(e.class(), ErrorClass::Permanent, "{name}");
         }
         let expired = XrpcError::SessionExpired {
@@ -967,14 +967,17 @@ mod tests {
                 message: None,
             },
         };
-        assert_eq!(map_error(Call::CreateAccount, expired).code(), "service_auth_rejected");
+        assert_eq!(
+            map_error(Call::CreateAccount, expired).code(),
+            ErrorCode::ServiceAuthRejected
+        );
         // Clock skew: the PDS finds our fresh service-auth JWT expired. Retried, never terminal by itself.
         let skew = map_error(Call::CreateAccount, rejected(401, "JwtExpired"));
-        assert_eq!(skew.code(), "service_auth_expired");
+        assert_eq!(skew.code(), ErrorCode::ServiceAuthExpired);
         assert_eq!(skew.class(), ErrorClass::Transient);
         assert_eq!(
             map_error(Call::Other, rejected(401, "JwtExpired")).code(),
-            "pds_rejected"
+            ErrorCode::PdsRejected
         );
         let expired = XrpcError::SessionExpired {
             method: "m".into(),
@@ -985,7 +988,7 @@ mod tests {
             },
         };
         let e = map_error(Call::RecordWrite, expired);
-        assert_eq!(e.code(), "session_expired");
+        assert_eq!(e.code(), ErrorCode::SessionExpired);
         assert_eq!(e.class(), ErrorClass::Transient);
         assert!(e.is_session_expired());
         let server = XrpcError::ServerError {
@@ -1014,7 +1017,10 @@ mod tests {
             v,
             serde_json::json!({"$type": "app.bsky.actor.profile", "displayName": "alice"})
         );
-        assert_eq!(record_json("x.y.z", &5).unwrap_err().code(), "pds_request_invalid");
+        assert_eq!(
+            record_json("x.y.z", &5).unwrap_err().code(),
+            ErrorCode::PdsRequestInvalid
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use crate::handle::{check_handle_syntax, normalize_domain, DEFAULT_RESERVED_NAMES};
 use divine_bridge_db::envcfg::{self, DbArgs, KeepEmpty, Problems, Raw};
-use divine_bridge_db::{Classified, DbSettings, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass, ErrorCode};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -280,8 +280,8 @@ impl ConfigError {
 }
 
 impl Classified for ConfigError {
-    fn code(&self) -> &'static str {
-        "gateway_config_invalid"
+    fn code(&self) -> ErrorCode {
+        ErrorCode::GatewayConfigInvalid
     }
 
     fn class(&self) -> ErrorClass {
@@ -513,7 +513,7 @@ mod tests {
             let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != var).collect();
             let e = load(&pairs).unwrap_err();
             assert_eq!(e.vars(), [var]);
-            assert_eq!(e.code(), "gateway_config_invalid");
+            assert_eq!(e.code(), ErrorCode::GatewayConfigInvalid);
         }
         for (var, bad) in [
             ("PUBLIC_URL", "ftp://x"),

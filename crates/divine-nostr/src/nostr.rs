@@ -7,7 +7,7 @@
 //! how a post looks (that is `translate`), fetch media (`media`), emit metrics or touch the database.
 
 use crate::translate::TranslateError;
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use nostr::Event;
 
 /// Kind 0: user metadata (profile).
@@ -66,22 +66,27 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every value of [`Rejection::reason`] (a unit test checks each variant's reason is listed).
-    pub const REASONS: [&'static str; 4] = ["bad_id", "bad_signature", "future_dated", "unsupported_kind"];
+    pub const REASONS: [&'static str; 4] = [
+        ErrorCode::BadId.as_str(),
+        ErrorCode::BadSignature.as_str(),
+        ErrorCode::FutureDated.as_str(),
+        ErrorCode::UnsupportedKind.as_str(),
+    ];
 
-    /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    /// Stable label for `bridge_nostr_events_rejected_total{reason}`: the code's wire spelling.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Rejection::BadId => "bad_id",
-            Rejection::BadSignature => "bad_signature",
-            Rejection::FutureDated { .. } => "future_dated",
-            Rejection::UnsupportedKind(_) => "unsupported_kind",
-        }
+        self.code().as_str()
     }
 }
 
 impl Classified for Rejection {
-    fn code(&self) -> &'static str {
-        self.reason()
+    fn code(&self) -> ErrorCode {
+        match self {
+            Rejection::BadId => ErrorCode::BadId,
+            Rejection::BadSignature => ErrorCode::BadSignature,
+            Rejection::FutureDated { .. } => ErrorCode::FutureDated,
+            Rejection::UnsupportedKind(_) => ErrorCode::UnsupportedKind,
+        }
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent
@@ -751,10 +756,13 @@ mod tests {
         ] {
             let ev = sign(22, "", tags.clone(), 100);
             let e = VideoEvent::from_event(&ev).unwrap_err();
-            assert_eq!(e.code(), "invalid_event", "{tags:?}");
+            assert_eq!(e.code(), ErrorCode::InvalidEvent, "{tags:?}");
         }
         let no_d = sign(34235, "", vec![vec!["url", "https://a/v.mp4"]], 100);
-        assert_eq!(VideoEvent::from_event(&no_d).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            VideoEvent::from_event(&no_d).unwrap_err().code(),
+            ErrorCode::InvalidEvent
+        );
     }
 
     #[test]
@@ -856,7 +864,7 @@ mod tests {
         let only_foreign = sign(5, "", vec![vec!["a", &foreign]], 100);
         assert_eq!(
             DeleteRequest::from_event(&only_foreign).unwrap_err().code(),
-            "invalid_event"
+            ErrorCode::InvalidEvent
         );
     }
 
@@ -875,9 +883,15 @@ mod tests {
         assert_eq!(p.banner.as_deref(), Some("https://p/b.jpg"));
         assert_eq!(p.website.as_deref(), Some("https://bob.example"));
         let bad = sign(0, "not json", vec![], 100);
-        assert_eq!(ProfileMeta::from_event(&bad).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            ProfileMeta::from_event(&bad).unwrap_err().code(),
+            ErrorCode::InvalidEvent
+        );
         let arr = sign(0, "[1]", vec![], 100);
-        assert_eq!(ProfileMeta::from_event(&arr).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            ProfileMeta::from_event(&arr).unwrap_err().code(),
+            ErrorCode::InvalidEvent
+        );
         assert!(matches!(
             parse_event(&sign(1, "", vec![], 1)),
             Err(TranslateError::UnsupportedKind(1))

@@ -4,6 +4,7 @@
 
 use super::publish::{event_time, upkeep_gate, PreparedMedia};
 use super::{JobError, RepoWriter};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{records, Db};
 use futures::future::BoxFuture;
 use nostr::Event;
@@ -46,7 +47,7 @@ pub async fn sync_profile(
                 let newest = records::newest_profile_event(c, &pubkey)?;
                 if newest.as_ref().map(|(id, _)| id.as_str()) != Some(event_id.as_str()) {
                     return Ok(Err(JobError::ineligible(
-                        "superseded",
+                        ErrorCode::Superseded,
                         "a newer kind 0 profile was already synced",
                     )));
                 }

@@ -17,7 +17,7 @@ use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::records::{self, AccountKeys};
 use divine_bridge_db::schema::account_links;
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind, ProvisioningState};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode, JobKind, ProvisioningState};
 
 /// What the handler needs.
 pub struct ProvisionDeps<'a> {
@@ -51,14 +51,14 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         .await?;
     let Some((handle, did, state)) = link else {
         return Err(JobError::ineligible(
-            "account_not_found",
+            ErrorCode::AccountNotFound,
             "no account link for this pubkey",
         ));
     };
     let state: ProvisioningState = state.parse().map_err(DbError::from)?;
     if state.is_paused() && did.is_none() {
         return Err(JobError::ineligible(
-            "account_disabled",
+            ErrorCode::AccountDisabled,
             "disabled or suspended before provisioning finished",
         ));
     }

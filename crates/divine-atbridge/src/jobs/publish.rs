@@ -17,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
 use divine_bridge_db::records::{self, RecordMapping, Tombstone};
 use divine_bridge_db::schema::account_links;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Db, ProvisioningState, RecordState};
 use futures::future::BoxFuture;
 use nostr::{Event, Kind};
@@ -205,7 +206,7 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
         .map_err(divine_bridge_db::DbError::from)?;
     let Some((did, enabled, state)) = row else {
         return Err(JobError::ineligible(
-            "account_disabled",
+            ErrorCode::AccountDisabled,
             "no account link for this pubkey",
         ));
     };
@@ -219,10 +220,13 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
             divine_bridge_db::accounts::DISABLE_CODE,
             "account is disabled or suspended",
         )),
-        _ if !enabled => Err(JobError::ineligible("account_disabled", "cross-posting is turned off")),
+        _ if !enabled => Err(JobError::ineligible(
+            ErrorCode::AccountDisabled,
+            "cross-posting is turned off",
+        )),
         (ProvisioningState::Ready, Some(did)) => Ok(did),
         (ProvisioningState::Failed, _) => Err(JobError::ineligible(
-            "account_not_ready",
+            ErrorCode::AccountNotReady,
             "account provisioning failed; re-drive it first",
         )),
         (other, _) => Err(JobError::AccountNotReady {
@@ -289,7 +293,7 @@ pub async fn publish(
             };
             if records::is_tombstoned(c, &pubkey, &event_id, coord.as_deref(), created)? {
                 return Ok(Err(JobError::ineligible(
-                    "deleted",
+                    ErrorCode::Deleted,
                     "a kind 5 deletion for this event was seen",
                 )));
             }
@@ -300,7 +304,7 @@ pub async fn publish(
                         (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id.as_str());
                     if newer && newest.nostr_event_id != event_id {
                         return Ok(Err(JobError::ineligible(
-                            "superseded",
+                            ErrorCode::Superseded,
                             format!(
                                 "a newer revision ({}) of {coord} is already bridged",
                                 newest.nostr_event_id
@@ -335,7 +339,7 @@ pub async fn publish(
     // Translate and fetch (no side effects), then reserve before the first write.
     let prepared = source.prepare(event).await?;
     let t = std::time::Instant::now();
-    let rkey = rkey_for(event).map_err(|e| JobError::ineligible("invalid_tid", e.to_string()))?;
+    let rkey = rkey_for(event).map_err(|e| JobError::ineligible(ErrorCode::InvalidTid, e.to_string()))?;
     crate::worker::note_record(&did, POST_COLLECTION, &rkey);
     let mapping = RecordMapping {
         nostr_event_id: event_id.clone(),
@@ -436,8 +440,8 @@ pub async fn publish(
 /// The ineligible verdict for a mapping that a delete or a newer revision removed while (or before) this try ran.
 fn removed_under_us(state: RecordState) -> JobError {
     match state {
-        RecordState::Superseded => JobError::ineligible("superseded", "a newer revision replaced it"),
-        _ => JobError::ineligible("deleted", "the bridged post was deleted"),
+        RecordState::Superseded => JobError::ineligible(ErrorCode::Superseded, "a newer revision replaced it"),
+        _ => JobError::ineligible(ErrorCode::Deleted, "the bridged post was deleted"),
     }
 }
 

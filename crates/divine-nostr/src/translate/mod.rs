@@ -16,7 +16,7 @@ pub use record::{build_post, build_profile, post_record_json, profile_record_jso
 pub use text::{FacetFeature, FacetSpan};
 
 use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use std::collections::HashMap;
 
 /// `app.bsky.feed.post#text` maxGraphemes.
@@ -76,12 +76,12 @@ impl TranslateError {
 }
 
 impl Classified for TranslateError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            TranslateError::NoVideo => "no_video",
-            TranslateError::UnsupportedMediaType { .. } => "unsupported_media_type",
-            TranslateError::InvalidEvent { .. } => "invalid_event",
-            TranslateError::UnsupportedKind(_) => "unsupported_kind",
+            TranslateError::NoVideo => ErrorCode::NoVideo,
+            TranslateError::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
+            TranslateError::InvalidEvent { .. } => ErrorCode::InvalidEvent,
+            TranslateError::UnsupportedKind(_) => ErrorCode::UnsupportedKind,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(aspect_ratio(1001, 1000), Some((1001, 1000)));
         assert_eq!(aspect_ratio(0, 5), None);
         assert_eq!(format_created_at(1_735_689_600).unwrap(), "2025-01-01T00:00:00.000Z");
-        assert_eq!(format_created_at(u64::MAX).unwrap_err().code(), "invalid_event");
+        assert_eq!(format_created_at(u64::MAX).unwrap_err().code(), ErrorCode::InvalidEvent);
     }
 
     #[test]
@@ -497,7 +497,7 @@ mod tests {
             inferred.url
         );
         let e = choose_variant(&[hls, webm]).unwrap_err();
-        assert_eq!(e.code(), "unsupported_media_type");
+        assert_eq!(e.code(), ErrorCode::UnsupportedMediaType);
         assert_eq!(e.class(), ErrorClass::Permanent);
     }
 
