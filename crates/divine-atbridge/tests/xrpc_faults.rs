@@ -1,4 +1,4 @@
-//! Fault injection for the one HTTP path (xrpc.rs) and the session manager (pds.rs): a local axum server on
+//! Fault injection for the one HTTP path (xrpc.rs) and the session manager (pds/session.rs): a local axum server on
 //! 127.0.0.1:0 answers with every failure shape the PDS/PLC can produce, and a fake PDS session service counts
 //! refreshes and logins so the refresh rules (once, under a per-DID lock, password fallback) are checked exactly.
 

@@ -3,7 +3,7 @@
 //! place where transport failures and HTTP statuses become a classified [`XrpcError`].
 //!
 //! Owns: status/XRPC-error-name → code/class mapping, `Retry-After`/`RateLimit-Reset` parsing, the
-//! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds.rs and plc.rs
+//! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds/ and plc.rs
 //! refine errors per call), retry by itself, or log bearer tokens or request bodies.
 //!
 //! Transport rules (issue 12 §3), enforced here for every PDS and PLC call:

@@ -79,7 +79,7 @@ code_enum!(
         SecretKeyInvalid => "secret_key_invalid",
         SignatureInvalid => "signature_invalid",
         KeyEncryptionKeyUnknown => "key_encryption_key_unknown",
-        // divine-atproto pds.rs
+        // divine-atproto pds/client.rs
         AccountAlreadyExists => "account_already_exists",
         AccountDeactivated => "account_deactivated",
         AccountTakedown => "account_takedown",
@@ -89,6 +89,7 @@ code_enum!(
         PdsValidation => "pds_validation",
         ServiceAuthExpired => "service_auth_expired",
         ServiceAuthRejected => "service_auth_rejected",
+        // divine-atproto pds/session.rs
         SessionPasswordMissing => "session_password_missing",
         // divine-atproto plc.rs
         PlcNotFound => "plc_not_found",
