@@ -36,7 +36,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
+use diesel::pg::PgConnection;
+use divine_bridge_db::accounts::{
+    self, AccountError, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS,
+};
 use divine_bridge_db::audit::audited;
 use divine_bridge_db::states::AuditAction;
 use serde::{Deserialize, Serialize};
@@ -100,6 +103,30 @@ pub struct CrosspostStatusResponse {
     pub statuses: Vec<CrosspostStatus>,
 }
 
+/// The one shape of every account action (opt-in, enable, disable, disconnect, suspend, unsuspend): `op` runs for
+/// `pubkey` inside [`audited`] (the change and its audit row, with the credential's actor and `reason`, commit in one
+/// transaction); a database failure or an [`AccountError`] becomes the API error for it. Authorization and rate
+/// limits stay in each handler, because they differ per action.
+async fn audited_action<T: Send + 'static>(
+    state: &AppState,
+    credential: &Credential,
+    pubkey: String,
+    action: AuditAction,
+    reason: Option<String>,
+    op: impl FnOnce(&mut PgConnection, &str) -> Result<T, AccountError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let actor = credential.actor();
+    state
+        .db
+        .run(move |c| {
+            Ok(audited(c, &pubkey, &actor, action, reason.as_deref(), |c| {
+                op(c, &pubkey)
+            }))
+        })
+        .await?
+        .map_err(ApiError::from)
+}
+
 /// `POST /api/account-links/opt-in` → 202 record.
 pub async fn opt_in(
     State(state): State<AppState>,
@@ -121,21 +148,11 @@ pub async fn opt_in(
         handle,
         crosspost_enabled: body.value.crosspost_enabled,
     };
-    let actor = credential.actor();
-    let result = state
-        .db
-        .run(move |c| {
-            Ok(audited(
-                c,
-                &req.nostr_pubkey.clone(),
-                &actor,
-                AuditAction::OptIn,
-                None,
-                |c| accounts::opt_in(c, &req),
-            ))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let pubkey = req.nostr_pubkey.clone();
+    let result = audited_action(&state, &credential, pubkey, AuditAction::OptIn, None, move |c, _| {
+        accounts::opt_in(c, &req)
+    })
+    .await?;
     let outcome = match result.outcome {
         OptInOutcome::Created => "created",
         OptInOutcome::Existing => "existing",
@@ -155,16 +172,7 @@ pub async fn enable(
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let link = state
-        .db
-        .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
-                accounts::enable(c, &pubkey)
-            }))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let link = audited_action(&state, &credential, pubkey, AuditAction::Enable, None, accounts::enable).await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
     Ok(Json(link.into()))
 }
@@ -178,16 +186,15 @@ pub async fn disable(
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let disabled = state
-        .db
-        .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
-                accounts::disable(c, &pubkey)
-            }))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let disabled = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Disable,
+        None,
+        accounts::disable,
+    )
+    .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %disabled.link.nostr_pubkey,
@@ -206,16 +213,15 @@ pub async fn disconnect(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<AccountLinkRecord>), ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
-    let actor = credential.actor();
-    let started = state
-        .db
-        .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Disconnect, None, |c| {
-                accounts::begin_disconnect(c, &pubkey)
-            }))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let started = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Disconnect,
+        None,
+        accounts::begin_disconnect,
+    )
+    .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %started.link.nostr_pubkey,
@@ -247,16 +253,15 @@ pub async fn suspend(
     if reason.is_empty() {
         return Err(ApiError::InvalidJson("a non-blank `reason` is required".into()));
     }
-    let actor = credential.actor();
-    let suspended = state
-        .db
-        .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
-                accounts::suspend(c, &pubkey, &reason)
-            }))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let suspended = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Suspend,
+        Some(reason.clone()),
+        move |c, pubkey| accounts::suspend(c, pubkey, &reason),
+    )
+    .await?;
     tracing::info!(credential = %credential.label(), pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
     Ok(Json(suspended.link.into()))
 }
@@ -272,16 +277,15 @@ pub async fn unsuspend(
     credential.require_operator()?;
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let link = state
-        .db
-        .run(move |c| {
-            Ok(audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
-                accounts::unsuspend(c, &pubkey)
-            }))
-        })
-        .await?
-        .map_err(ApiError::from)?;
+    let link = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Unsuspend,
+        None,
+        accounts::unsuspend,
+    )
+    .await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, "unsuspended");
     Ok(Json(link.into()))
 }
