@@ -1029,32 +1029,8 @@ mod tests {
     fn readme_table_matches_the_clap_definitions() {
         use clap::CommandFactory;
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-        let rows = envcfg::readme_table(&readme, "`divine-atbridge`");
-        assert!(!rows.is_empty(), "README has an atbridge configuration table");
-        let mut vars = envcfg::env_vars(&crate::cli::Cli::command());
-        vars.extend(
-            envcfg::LOGGING_VARS
-                .iter()
-                .map(|(n, d, _)| (n.to_string(), Some(d.to_string()))),
-        );
-        for (name, default) in &vars {
-            let row = rows.iter().find(|(n, _)| n == name);
-            let Some((_, cell)) = row else {
-                panic!("README configuration table has no row for {name}");
-            };
-            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
-                assert!(
-                    cell.contains(d),
-                    "README default of {name} is {cell:?}, clap says {d:?}"
-                );
-            }
-        }
-        for (name, _) in &rows {
-            assert!(
-                vars.iter().any(|(n, _)| n == name),
-                "README row {name} is not read by divine-atbridge"
-            );
-        }
+        let mismatches = envcfg::readme_table_mismatches(&readme, "`divine-atbridge`", &crate::cli::Cli::command());
+        assert!(mismatches.is_empty(), "{mismatches:#?}");
     }
 
     #[test]
