@@ -20,6 +20,7 @@ use crate::keys::{
 use crate::pds::{record_json, PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
+use divine_bridge_db::records::{AccountKeys, Resealed};
 use divine_bridge_db::{Classified, ErrorClass, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -194,18 +195,6 @@ impl std::fmt::Debug for ProvisionSecrets {
     }
 }
 
-/// The sealed form of [`ProvisionSecrets`] for `account_keys` (see keys.rs for the layout and associated data).
-#[derive(Clone, Debug)]
-pub struct SealedSecrets {
-    pub kek_id: String,
-    pub signing_key_sealed: Vec<u8>,
-    pub rotation_key_sealed: Vec<u8>,
-    pub password_sealed: Vec<u8>,
-    /// Public halves, kept in clear for diagnosis.
-    pub signing_did_key: String,
-    pub rotation_did_key: String,
-}
-
 impl ProvisionSecrets {
     /// Fresh signing key, rotation key and PDS password.
     pub fn generate() -> ProvisionSecrets {
@@ -216,30 +205,41 @@ impl ProvisionSecrets {
         }
     }
 
-    /// Seals every secret under `kek`, bound to `nostr_pubkey` and each secret's purpose (generation 0).
-    pub fn seal(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> SealedSecrets {
-        self.seal_at(kek, nostr_pubkey, 0)
+    /// The `account_keys` row of these secrets for `nostr_pubkey`: every secret sealed under `kek` at generation 0
+    /// ([`ProvisionSecrets::seal_at`]), the public halves in clear for diagnosis, provisioning not started yet.
+    pub fn keys_row(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> AccountKeys {
+        let sealed = self.seal_at(kek, nostr_pubkey, 0);
+        let now = chrono::Utc::now();
+        AccountKeys {
+            nostr_pubkey: nostr_pubkey.to_string(),
+            kek_id: sealed.kek_id,
+            signing_key_sealed: sealed.signing_key_sealed,
+            rotation_key_sealed: sealed.rotation_key_sealed,
+            password_sealed: sealed.password_sealed,
+            signing_did_key: self.signing_key.did_key(),
+            rotation_did_key: self.rotation_key.did_key(),
+            provision_state: Some(ProvisionState::new().to_json()),
+            created_at: now,
+            updated_at: now,
+            seal_generation: 0,
+        }
     }
 
-    /// [`ProvisionSecrets::seal`] at a re-seal `generation` (keys.rs rotation rule 2).
-    pub fn seal_at(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str, generation: i64) -> SealedSecrets {
+    /// The sealed secrets at a re-seal `generation` (keys.rs rotation rule 2), bound to `nostr_pubkey`, each
+    /// secret's purpose and `generation` (see keys.rs for the layout and associated data).
+    pub fn seal_at(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str, generation: i64) -> Resealed {
         let aad = |purpose| sealed_aad(nostr_pubkey, purpose, generation);
-        SealedSecrets {
+        Resealed {
             kek_id: kek.key_id(),
             signing_key_sealed: kek.seal_key(&aad(SecretPurpose::Signing), &self.signing_key),
             rotation_key_sealed: kek.seal_key(&aad(SecretPurpose::Rotation), &self.rotation_key),
             password_sealed: kek.seal_str(&aad(SecretPurpose::Password), &self.password),
-            signing_did_key: self.signing_key.did_key(),
-            rotation_did_key: self.rotation_key.did_key(),
         }
     }
 
     /// Opens a stored `account_keys` row with the KEK it names, at its generation (`key_encryption_key_unknown`
     /// when the ring lacks that KEK, `key_decrypt_failed` when a ciphertext does not belong there).
-    pub fn open_row(
-        ring: &KeyRing,
-        row: &divine_bridge_db::records::AccountKeys,
-    ) -> Result<ProvisionSecrets, KeyError> {
+    pub fn open_row(ring: &KeyRing, row: &AccountKeys) -> Result<ProvisionSecrets, KeyError> {
         ProvisionSecrets::open_at(
             ring.get(&row.kek_id)?,
             &row.nostr_pubkey,
@@ -982,9 +982,13 @@ mod tests {
         let secrets = ProvisionSecrets::generate();
         assert!(secrets.password.len() >= 24);
         let alice = "a1".repeat(32);
-        let sealed = secrets.seal(&kek, &alice);
+        let sealed = secrets.keys_row(&kek, &alice);
         assert_eq!(sealed.kek_id, kek.key_id());
+        assert_eq!(sealed.seal_generation, 0);
         assert_eq!(sealed.signing_did_key, secrets.signing_key.did_key());
+        assert_eq!(sealed.rotation_did_key, secrets.rotation_key.did_key());
+        assert_eq!(sealed.nostr_pubkey, alice);
+        assert_eq!(sealed.provision_state, Some(ProvisionState::new().to_json()));
         let opened = ProvisionSecrets::open(
             &kek,
             &alice,

@@ -51,25 +51,9 @@ async fn seed(tdb: &TestDb, old: &KeyRing) -> Vec<String> {
             },
         )
         .unwrap();
-        let sealed = ProvisionSecrets::generate().seal(old.primary(), &pk);
-        signing.push(sealed.signing_did_key.clone());
-        records::insert_keys_once(
-            &mut conn,
-            &AccountKeys {
-                nostr_pubkey: pk.clone(),
-                kek_id: sealed.kek_id,
-                signing_key_sealed: sealed.signing_key_sealed,
-                rotation_key_sealed: sealed.rotation_key_sealed,
-                password_sealed: sealed.password_sealed,
-                signing_did_key: sealed.signing_did_key,
-                rotation_did_key: sealed.rotation_did_key,
-                provision_state: None,
-                created_at: chrono::Utc::now(),
-                updated_at: chrono::Utc::now(),
-                seal_generation: 0,
-            },
-        )
-        .unwrap();
+        let row = ProvisionSecrets::generate().keys_row(old.primary(), &pk);
+        signing.push(row.signing_did_key.clone());
+        records::insert_keys_once(&mut conn, &row).unwrap();
         accounts::mark_ready(&mut conn, &pk, &did).unwrap();
         let session = StoredSession {
             access_jwt: format!("access-{i}"),

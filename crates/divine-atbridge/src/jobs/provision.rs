@@ -14,7 +14,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use divine_bridge_db::accounts;
 use divine_bridge_db::queue::{self, NewJob};
-use divine_bridge_db::records::{self, AccountKeys};
+use divine_bridge_db::records;
 use divine_bridge_db::schema::account_links;
 use divine_bridge_db::states::priority;
 use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode, JobKind, ProvisioningState};
@@ -69,20 +69,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     let stored = match stored {
         Some(k) => k,
         None => {
-            let sealed = ProvisionSecrets::generate().seal(deps.kek.primary(), pubkey);
-            let row = AccountKeys {
-                nostr_pubkey: pubkey.to_string(),
-                kek_id: sealed.kek_id,
-                signing_key_sealed: sealed.signing_key_sealed,
-                rotation_key_sealed: sealed.rotation_key_sealed,
-                password_sealed: sealed.password_sealed,
-                signing_did_key: sealed.signing_did_key,
-                rotation_did_key: sealed.rotation_did_key,
-                provision_state: Some(ProvisionState::new().to_json()),
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-                seal_generation: 0,
-            };
+            let row = ProvisionSecrets::generate().keys_row(deps.kek.primary(), pubkey);
             deps.db.run(move |c| records::insert_keys_once(c, &row)).await?
         }
     };
