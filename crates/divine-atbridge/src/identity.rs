@@ -650,15 +650,8 @@ impl<C: Checkpoint> Provisioner<C> {
             }
             // A retry after a lost response: prove the account is ours by logging in with our password.
             Err(PdsError::AlreadyExists { .. }) => {
-                run.session = Some(
-                    self.verify_existing(&did)
-                        .await
-                        .map_err(ProvisionError::AccountUnverified)?,
-                );
-                tracing::info!(
-                    did,
-                    "account already existed on the PDS; verified with the stored password"
-                );
+                self.adopt_existing(run, &did, "account already existed on the PDS")
+                    .await?
             }
             // The handle may be "taken" by this very account (same retry case on a PDS that checks handles first).
             Err(e @ PdsError::HandleUnavailable { .. }) => match self.verify_existing(&did).await {
@@ -673,15 +666,8 @@ impl<C: Checkpoint> Provisioner<C> {
             Err(e @ PdsError::Rejected { status: 400, .. }) => {
                 match self.pds.resolve_handle(&self.request.handle).await {
                     Ok(Some(owner)) if owner == did => {
-                        run.session = Some(
-                            self.verify_existing(&did)
-                                .await
-                                .map_err(ProvisionError::AccountUnverified)?,
-                        );
-                        tracing::info!(
-                            did,
-                            "account already exists and is active; verified with the stored password"
-                        );
+                        self.adopt_existing(run, &did, "account already exists and is active")
+                            .await?
                     }
                     Ok(Some(owner)) => {
                         return Err(PdsError::HandleUnavailable {
@@ -696,6 +682,18 @@ impl<C: Checkpoint> Provisioner<C> {
             Err(e) => return Err(e.into()),
         }
         self.advance(run, ProvisionStep::AccountCreated).await
+    }
+
+    /// An account for `did` already exists on the PDS (`why`): it is ours only if the stored password opens a session
+    /// for it (`account_exists_unverified` otherwise), and that session is the run's from here on.
+    async fn adopt_existing(&self, run: &mut Run, did: &str, why: &str) -> Result<(), ProvisionError> {
+        let session = self
+            .verify_existing(did)
+            .await
+            .map_err(ProvisionError::AccountUnverified)?;
+        run.session = Some(session);
+        tracing::info!(did, "{why}; verified with the stored password");
+        Ok(())
     }
 
     /// createSession with the stored password; the session's DID must be ours.
