@@ -2,45 +2,12 @@
 //! CHECK constraint (verified by `tests/schema.rs`). Allowed job-state transitions live here, in one place; the
 //! queue's SQL only ever performs transitions this module allows. Owns no I/O.
 
-use std::fmt;
-use std::str::FromStr;
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The value stored in Postgres.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
-                match s { $($s => Ok($name::$variant),)+ other => Err(UnknownValue(stringify!($name), other.to_string())) }
-            }
-        }
-    };
-}
-
 /// A stored string that is not one of the enum's values (schema drift or corruption).
 #[derive(Debug, thiserror::Error)]
 #[error("unknown {0} value {1:?}")]
 pub struct UnknownValue(pub &'static str, pub String);
 
-string_enum!(
+string_enum!(serde:
     /// Job lifecycle. `queued → running → {succeeded | failed | ineligible | cancelled | queued (retry/reclaim)}`,
     /// `queued → cancelled`, and operator retry `{failed | cancelled | ineligible} → queued`.
     JobState {
@@ -81,7 +48,7 @@ impl JobState {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     /// Kinds of work. One generic table serves them all.
     JobKind {
         ProvisionAccount => "provision_account",
@@ -103,7 +70,7 @@ impl JobKind {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     /// Account link lifecycle as shown by the gateway's status endpoint.
     ProvisioningState {
         Pending => "pending",
@@ -131,7 +98,7 @@ impl ProvisioningState {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     /// Actions recorded in `account_audit` (one per operator or user action on an account link).
     AuditAction {
         OptIn => "opt_in",
@@ -145,7 +112,7 @@ string_enum!(
     }
 );
 
-string_enum!(
+string_enum!(serde:
     /// Lifecycle of a bridged record.
     RecordState {
         Reserved => "reserved",
