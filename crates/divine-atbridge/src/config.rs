@@ -359,7 +359,7 @@ impl IdentityArgs {
                 "PLC_RECOVERY_KEYS",
                 "the did:key list of the offline recovery keys; or ALLOW_NO_RECOVERY_KEYS=true (localnet and tests only)",
             );
-        } else if let Err(reason) = recovery_keys_ok(&recovery_keys, allow_none) {
+        } else if let Err(reason) = recovery_keys_ok(&recovery_keys) {
             p.invalid("PLC_RECOVERY_KEYS", reason);
         }
         let pds_admin_password = p.required(
@@ -413,21 +413,15 @@ impl IdentityArgs {
     }
 }
 
-/// `PLC_RECOVERY_KEYS`, checked at startup (issue 12 §2).
+/// `PLC_RECOVERY_KEYS`, checked at startup (issue 12 §2) by [`IdentityArgs::validate`].
 ///
 /// Decision: an empty list is refused unless `ALLOW_NO_RECOVERY_KEYS=true` (set only by localnet and the test
 /// harnesses): without an offline recovery key in `rotationKeys`, a leaked bridge rotation key lets an attacker
-/// take every DID for good, and nothing would have said so at deploy time. Every key is fully decoded
+/// take every DID for good, and nothing would have said so at deploy time. `validate` refuses the empty list (as
+/// missing) before it calls this function, which only decodes: every key is fully decoded
 /// (`keys::decode_did_key`: multibase, multicodec secp256k1/P-256, a point on the curve), so a typo stops the
 /// process at startup instead of failing each account's provisioning with `plc_rejected`.
-pub fn recovery_keys_ok(keys: &[String], allow_none: bool) -> Result<(), String> {
-    if keys.is_empty() && !allow_none {
-        return Err(
-            "empty: every DID would have no offline recovery key; set it (did:key list), or set \
-                    ALLOW_NO_RECOVERY_KEYS=true (localnet and tests only)"
-                .into(),
-        );
-    }
+pub fn recovery_keys_ok(keys: &[String]) -> Result<(), String> {
     for key in keys {
         crate::keys::decode_did_key(key).map_err(|e| format!("{key:?} does not decode as a did:key: {e}"))?;
     }
@@ -820,21 +814,26 @@ mod tests {
 
     #[test]
     fn recovery_keys_are_required_unless_allowed_and_fully_decoded() {
-        assert!(recovery_keys_ok(&[], false)
-            .unwrap_err()
-            .contains("ALLOW_NO_RECOVERY_KEYS"));
-        recovery_keys_ok(&[], true).unwrap();
+        // Empty: refused as missing by `validate` unless allowed; nothing to decode here.
+        let db = Some("postgres://bridge@db:5432/bridge".to_string());
+        let mut pairs = valid();
+        pairs.retain(|(n, _)| *n != "ALLOW_NO_RECOVERY_KEYS");
+        let missing = run_args(&pairs).validate(&db).unwrap_err();
+        assert_eq!(missing.vars(), ["PLC_RECOVERY_KEYS"]);
+        assert!(missing.to_string().contains("ALLOW_NO_RECOVERY_KEYS=true"), "{missing}");
+        run_args(&valid()).validate(&db).unwrap();
+        recovery_keys_ok(&[]).unwrap();
         let k256 = crate::keys::AccountKey::generate().did_key();
         // P-256 generator point, compressed (multicodec 0x1200).
         let p256 = "did:key:zDnaerDaTF5BXEavCrfRZEk316dpbLsfPDZ3WJ5hRTPFU2169".to_string();
-        recovery_keys_ok(&[k256.clone(), p256], false).unwrap();
+        recovery_keys_ok(&[k256.clone(), p256]).unwrap();
         // Shaped like a did:key (the old prefix check passed these) but not a key.
         for bad in [
             "did:key:zbad".to_string(),
             k256[..k256.len() - 2].to_string(),
             "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK".to_string(),
         ] {
-            let e = recovery_keys_ok(&[k256.clone(), bad.clone()], true).unwrap_err();
+            let e = recovery_keys_ok(&[k256.clone(), bad.clone()]).unwrap_err();
             assert!(e.contains("does not decode"), "{bad}: {e}");
         }
     }
