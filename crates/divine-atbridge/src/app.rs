@@ -218,7 +218,7 @@ async fn db_command(cmd: DbCommand, url: &str) -> Result<(), AppError> {
 /// 4. start the supervised tasks.
 async fn run(args: RunArgs, database_url: &Option<String>) -> Result<(), AppError> {
     let (config, worker_config) = args.validate(database_url)?;
-    let kek = Arc::new(KeyRing::from_base64_list(&config.identity.key_encryption_key).map_err(AppError::of)?);
+    let kek = Arc::new(KeyRing::from_keys(config.identity.key_encryption_keys.clone()).map_err(AppError::of)?);
     tracing::info!(kek_ids = ?kek.ids(), "key encryption keys loaded (the first one seals)");
     let listener = bind_http(config.http_addr)?;
     let metrics = crate::metrics::install();

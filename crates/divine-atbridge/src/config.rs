@@ -303,8 +303,9 @@ pub struct RetentionArgs {
 pub struct IdentityConfig {
     pub plc_url: String,
     pub pds_url: String,
-    /// base64 of 32 bytes; parsed by `keys::KeyEncryptionKey` (already checked by [`check_kek`] at startup).
-    pub key_encryption_key: String,
+    /// `KEY_ENCRYPTION_KEY`, parsed once here by [`check_kek`] (the sealing key first; empty only in a configuration
+    /// that failed validation and is never returned). `app` builds the `KeyRing` from these.
+    pub key_encryption_keys: Vec<crate::keys::KeyEncryptionKey>,
     pub recovery_keys: Vec<String>,
     pub email_domain: String,
     /// `PDS_ADMIN_PASSWORD` (secret): mints the invite code of each account (the PDS requires invites).
@@ -316,7 +317,7 @@ impl std::fmt::Debug for IdentityConfig {
         f.debug_struct("IdentityConfig")
             .field("plc_url", &self.plc_url)
             .field("pds_url", &self.pds_url)
-            .field("key_encryption_key", &"<redacted>")
+            .field("key_encryption_keys", &"<redacted>")
             .field("recovery_keys", &self.recovery_keys)
             .field("email_domain", &self.email_domain)
             .field("pds_admin_password", &"<redacted>")
@@ -326,14 +327,15 @@ impl std::fmt::Debug for IdentityConfig {
 
 /// `KEY_ENCRYPTION_KEY`: must parse as [`crate::keys::KeyEncryptionKey`] (the one definition of a valid key). The
 /// common mistake — 64 hex digits from `openssl rand -hex 32`, which is also valid base64 of 48 bytes — gets a hint
-/// saying so and how to generate a key. The value itself is never echoed.
-pub fn check_kek(raw: &str) -> Result<(), String> {
-    envcfg::list(raw).iter().try_for_each(|key| check_one_kek(key))
+/// saying so and how to generate a key. The value itself is never echoed. Returns the parsed keys, in order.
+pub fn check_kek(raw: &str) -> Result<Vec<crate::keys::KeyEncryptionKey>, String> {
+    envcfg::list(raw).iter().map(|key| check_one_kek(key)).collect()
 }
 
-fn check_one_kek(raw: &str) -> Result<(), String> {
-    let Err(e) = crate::keys::KeyEncryptionKey::from_base64(raw) else {
-        return Ok(());
+fn check_one_kek(raw: &str) -> Result<crate::keys::KeyEncryptionKey, String> {
+    let e = match crate::keys::KeyEncryptionKey::from_base64(raw) {
+        Ok(kek) => return Ok(kek),
+        Err(e) => e,
     };
     let detail = match e {
         crate::keys::KeyError::KekInvalid(d) => d,
@@ -392,11 +394,13 @@ impl IdentityArgs {
             &self.key_encryption_key,
             "base64 of 32 bytes: `openssl rand -base64 32`",
         );
-        if !kek.is_empty() {
-            if let Err(reason) = check_kek(kek) {
+        let key_encryption_keys = match check_kek(kek) {
+            Ok(keys) => keys,
+            Err(reason) => {
                 p.invalid("KEY_ENCRYPTION_KEY", reason);
+                Vec::new()
             }
-        }
+        };
         let email_domain = p.required(
             "ACCOUNT_EMAIL_DOMAIN",
             &self.account_email_domain,
@@ -405,7 +409,7 @@ impl IdentityArgs {
         IdentityConfig {
             plc_url,
             pds_url,
-            key_encryption_key: kek.to_string(),
+            key_encryption_keys,
             recovery_keys,
             email_domain: email_domain.to_string(),
             pds_admin_password: pds_admin_password.to_string(),
@@ -941,7 +945,16 @@ mod tests {
 
     #[test]
     fn kek_must_be_base64_of_32_bytes() {
-        assert!(check_kek(KEK).is_ok());
+        let parsed = check_kek(KEK).unwrap();
+        let expected = crate::keys::KeyEncryptionKey::from_base64(KEK).unwrap().key_id();
+        assert_eq!(
+            parsed.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+            [expected.clone()]
+        );
+        // The configuration carries the parsed keys; startup builds its ring from them, no second parse.
+        let (c, _) = run_args(&valid()).validate(&Some("postgres://u@h/db".into())).unwrap();
+        let ring = crate::keys::KeyRing::from_keys(c.identity.key_encryption_keys).unwrap();
+        assert_eq!(ring.ids(), [expected]);
         let e = check_kek("c2hvcnQ=").unwrap_err();
         assert!(e.contains("32 bytes") && e.contains("openssl rand -base64 32"), "{e}");
     }

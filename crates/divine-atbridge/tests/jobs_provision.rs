@@ -49,7 +49,7 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
     let identity = IdentityConfig {
         plc_url: stack.plc_url.clone(),
         pds_url: stack.pds_url.clone(),
-        key_encryption_key: String::new(),
+        key_encryption_keys: Vec::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
         pds_admin_password: stack.admin_password.clone(),

@@ -300,18 +300,30 @@ impl KeyRing {
     /// `KEY_ENCRYPTION_KEY`: one or more base64 keys, comma-separated, the sealing one first. Every entry must
     /// parse and the ids must differ (a key listed twice is a configuration mistake, not a no-op).
     pub fn from_base64_list(list: &str) -> Result<KeyRing, KeyError> {
-        let mut keys: Vec<KeyEncryptionKey> = Vec::new();
-        for (i, part) in list.split(',').enumerate() {
-            let kek = KeyEncryptionKey::from_base64(part)
-                .map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))?;
-            if keys.iter().any(|k| k.key_id() == kek.key_id()) {
+        let keys = list
+            .split(',')
+            .enumerate()
+            .map(|(i, part)| {
+                KeyEncryptionKey::from_base64(part).map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        KeyRing::from_keys(keys)
+    }
+
+    /// A ring of keys parsed already (e.g. by the worker's configuration check), the first one sealing. The ids must
+    /// differ and there must be at least one.
+    pub fn from_keys(keys: Vec<KeyEncryptionKey>) -> Result<KeyRing, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::KekInvalid("empty".into()));
+        }
+        for (i, kek) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|k| k.key_id() == kek.key_id()) {
                 return Err(KeyError::KekInvalid(format!(
                     "entry {} repeats {}",
                     i + 1,
                     kek.key_id()
                 )));
             }
-            keys.push(kek);
         }
         Ok(KeyRing { keys })
     }
@@ -684,6 +696,12 @@ mod tests {
                 .code(),
             ErrorCode::KeyEncryptionKeyInvalid
         );
+        // Keys parsed elsewhere (the worker's configuration check) make the same ring without a second parse.
+        let parsed = KeyRing::from_keys(vec![new.clone(), old.clone()]).unwrap();
+        assert_eq!(parsed.ids(), ring.ids());
+        let repeated = KeyRing::from_keys(vec![old.clone(), old.clone()]).unwrap_err();
+        assert!(repeated.to_string().contains("entry 2 repeats"), "{repeated}");
+        assert!(KeyRing::from_keys(Vec::new()).is_err());
         assert!(!format!("{ring:?}").contains(&b64([2u8; 32])));
         let pk = "c".repeat(64);
         assert_eq!(
