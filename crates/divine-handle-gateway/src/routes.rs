@@ -44,18 +44,28 @@ use divine_bridge_db::audit::audited;
 use divine_bridge_db::states::AuditAction;
 use serde::{Deserialize, Serialize};
 
-/// The account link as the API shows it (RFC 3339 timestamps; the operator-only error detail is omitted).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AccountLinkRecord {
-    pub nostr_pubkey: String,
-    pub handle: String,
-    pub did: Option<String>,
-    pub crosspost_enabled: bool,
-    pub provisioning_state: String,
-    pub provisioning_error: Option<String>,
-    pub disabled_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
+/// The account link as the API shows it: the [`AccountLink`] row (one definition of the fields and their types)
+/// serialised with only its public fields, in this order, and RFC 3339 timestamps (µs, `Z`). The operator-only
+/// fields (`provisioning_error_detail`, `suspended_reason`, `disconnected_at`) are never shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLinkRecord(pub AccountLink);
+
+impl Serialize for AccountLinkRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let l = &self.0;
+        let mut out = serializer.serialize_struct("AccountLinkRecord", 9)?;
+        out.serialize_field("nostr_pubkey", &l.nostr_pubkey)?;
+        out.serialize_field("handle", &l.handle)?;
+        out.serialize_field("did", &l.did)?;
+        out.serialize_field("crosspost_enabled", &l.crosspost_enabled)?;
+        out.serialize_field("provisioning_state", &l.provisioning_state)?;
+        out.serialize_field("provisioning_error", &l.provisioning_error)?;
+        out.serialize_field("disabled_at", &l.disabled_at.map(rfc3339))?;
+        out.serialize_field("created_at", &rfc3339(l.created_at))?;
+        out.serialize_field("updated_at", &rfc3339(l.updated_at))?;
+        out.end()
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -64,17 +74,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl From<AccountLink> for AccountLinkRecord {
     fn from(l: AccountLink) -> Self {
-        AccountLinkRecord {
-            nostr_pubkey: l.nostr_pubkey,
-            handle: l.handle,
-            did: l.did,
-            crosspost_enabled: l.crosspost_enabled,
-            provisioning_state: l.provisioning_state,
-            provisioning_error: l.provisioning_error,
-            disabled_at: l.disabled_at.map(rfc3339),
-            created_at: rfc3339(l.created_at),
-            updated_at: rfc3339(l.updated_at),
-        }
+        AccountLinkRecord(l)
     }
 }
 
@@ -545,4 +545,45 @@ pub async fn not_found() -> ApiError {
 /// Fallback for a known route with another method → 405 `method_not_allowed`.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_shows_the_public_fields_of_the_row_only() {
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .unwrap()
+            .to_utc();
+        let link = AccountLink {
+            nostr_pubkey: "ab".repeat(32),
+            handle: "alice.divine.test".into(),
+            did: Some("did:plc:alice".into()),
+            crosspost_enabled: true,
+            provisioning_state: "failed".into(),
+            provisioning_error: Some("plc_rejected".into()),
+            provisioning_error_detail: Some("operator detail".into()),
+            disabled_at: None,
+            created_at: t,
+            updated_at: t,
+            suspended_reason: Some("operator reason".into()),
+            disconnected_at: Some(t),
+        };
+        let shown = serde_json::to_value(AccountLinkRecord::from(link)).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({
+                "nostr_pubkey": "ab".repeat(32),
+                "handle": "alice.divine.test",
+                "did": "did:plc:alice",
+                "crosspost_enabled": true,
+                "provisioning_state": "failed",
+                "provisioning_error": "plc_rejected",
+                "disabled_at": null,
+                "created_at": "2026-01-02T03:04:05.123456Z",
+                "updated_at": "2026-01-02T03:04:05.123456Z",
+            })
+        );
+    }
 }
