@@ -168,17 +168,28 @@ pub fn provision_unique_key(pubkey: &str) -> String {
     format!("provision:{pubkey}")
 }
 
-/// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
-pub fn provision_job(pubkey: &str) -> NewJob {
+/// The one shape of the per-account jobs below: `kind` for `pubkey`, under the account's ordering key, with payload
+/// `{"nostr_pubkey"}`, the given unique key (one such job per account) and priority.
+fn account_job(kind: JobKind, pubkey: &str, unique_key: String, priority: i16) -> NewJob {
     let mut job = NewJob::for_account(
-        JobKind::ProvisionAccount,
+        kind,
         pubkey,
         queue::keys::account(pubkey),
         serde_json::json!({ "nostr_pubkey": pubkey }),
     )
-    .unique(provision_unique_key(pubkey));
-    job.priority = priority::ACCOUNT;
+    .unique(unique_key);
+    job.priority = priority;
     job
+}
+
+/// The `provision_account` job for `pubkey`, at account priority so it precedes the account's posts.
+pub fn provision_job(pubkey: &str) -> NewJob {
+    account_job(
+        JobKind::ProvisionAccount,
+        pubkey,
+        provision_unique_key(pubkey),
+        priority::ACCOUNT,
+    )
 }
 
 /// Unique key of an account's disconnect job (one per account link; re-driven in place by a repeated request).
@@ -189,15 +200,12 @@ pub fn disconnect_unique_key(pubkey: &str) -> String {
 /// The `disconnect_account` job for `pubkey`, at account priority. Enqueue it with [`queue::requeue_or_enqueue`]
 /// (as [`begin_disconnect`] does) so a failed run is re-driven and a live one is not doubled.
 pub fn disconnect_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::for_account(
+    account_job(
         JobKind::DisconnectAccount,
         pubkey,
-        queue::keys::account(pubkey),
-        serde_json::json!({ "nostr_pubkey": pubkey }),
+        disconnect_unique_key(pubkey),
+        priority::ACCOUNT,
     )
-    .unique(disconnect_unique_key(pubkey));
-    job.priority = priority::ACCOUNT;
-    job
 }
 
 /// Unique key of an account's backfill job: one per account, re-driven in place on every enable (module rule 4).
@@ -208,15 +216,12 @@ pub fn backfill_unique_key(pubkey: &str) -> String {
 /// The `backfill_author` job for `pubkey`, at backfill priority. Enqueue it with [`queue::requeue_or_enqueue`] so a
 /// finished one is re-driven and a live one is not doubled.
 pub fn backfill_job(pubkey: &str) -> NewJob {
-    let mut job = NewJob::for_account(
+    account_job(
         JobKind::BackfillAuthor,
         pubkey,
-        queue::keys::account(pubkey),
-        serde_json::json!({ "nostr_pubkey": pubkey }),
+        backfill_unique_key(pubkey),
+        priority::BACKFILL,
     )
-    .unique(backfill_unique_key(pubkey));
-    job.priority = priority::BACKFILL;
-    job
 }
 
 /// An opt-in request, already normalised and validated by the caller.
