@@ -369,26 +369,16 @@ impl IdentityArgs {
             &self.pds_admin_password,
             "the PDS's admin password (it mints one invite code per account)",
         );
-        let plc = p.required(
+        let plc_url = p.required_http_url(
             "PLC_DIRECTORY_URL",
             &self.plc_directory_url,
             "e.g. https://plc.directory",
         );
-        let plc_url = if plc.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PLC_DIRECTORY_URL", plc)
-        };
-        let pds = p.required(
+        let pds_url = p.required_http_url(
             "PDS_URL",
             &self.pds_url,
             "the PDS's public URL, e.g. https://pds.example.com",
         );
-        let pds_url = if pds.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PDS_URL", pds)
-        };
         let kek = p.required(
             "KEY_ENCRYPTION_KEY",
             &self.key_encryption_key,

@@ -248,6 +248,14 @@ impl Problems {
             }
         }
     }
+
+    /// A required http(s) URL: missing (with `expected`) when unset or blank, else checked as [`Problems::http_url`].
+    pub fn required_http_url(&mut self, var: &'static str, raw: &Option<String>, expected: &str) -> String {
+        match self.required(var, raw, expected) {
+            "" => String::new(),
+            v => self.http_url(var, v),
+        }
+    }
 }
 
 impl fmt::Display for Problems {
@@ -669,6 +677,21 @@ mod tests {
     fn readme_rows_are_read() {
         let md = "x\n## A\n\n| variable | default | meaning |\n|---|---|---|\n| `X` | 1 | m |\n| `Y` / `Z` | 2 | m |\n\nafter\n| `W` | 3 | m |";
         assert_eq!(readme_table(md, "## A"), vec![("X".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn required_http_url_is_missing_or_checked() {
+        let mut p = Problems::default();
+        assert_eq!(
+            p.required_http_url("U", &Some("https://a.test/".into()), "e.g."),
+            "https://a.test"
+        );
+        assert!(p.is_empty());
+        assert_eq!(p.required_http_url("U", &Some("  ".into()), "e.g."), "");
+        assert!(p.has("U") && p.all_missing(), "{p}");
+        let mut p = Problems::default();
+        assert_eq!(p.required_http_url("U", &Some("a.test".into()), "e.g."), "");
+        assert!(p.has("U") && !p.all_missing(), "{p}");
     }
 
     #[test]

@@ -336,12 +336,7 @@ impl GatewayArgs {
                 crate::auth::ServiceTokens::default()
             })
         };
-        let public = p.required("PUBLIC_URL", &self.public_url, "e.g. https://bridge.divine.video");
-        let public_url = if public.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PUBLIC_URL", public)
-        };
+        let public_url = p.required_http_url("PUBLIC_URL", &self.public_url, "e.g. https://bridge.divine.video");
         let mut reserved_names = Vec::new();
         for name in envcfg::list(&self.reserved_handle_names) {
             let name = name.to_ascii_lowercase();
