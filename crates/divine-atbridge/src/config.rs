@@ -939,7 +939,7 @@ mod tests {
         let expected = crate::keys::KeyEncryptionKey::from_base64(KEK).unwrap().key_id();
         assert_eq!(
             parsed.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
-            [expected.clone()]
+            std::slice::from_ref(&expected)
         );
         // The configuration carries the parsed keys; startup builds its ring from them, no second parse.
         let (c, _) = run_args(&valid()).validate(&Some("postgres://u@h/db".into())).unwrap();
