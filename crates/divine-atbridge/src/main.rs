@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             if !operator_command {
-                tracing::error!(code = e.code(), error = %e.message(), "divine-atbridge stopped");
+                tracing::error!(code = %e.code(), error = %e.message(), "divine-atbridge stopped");
             }
             eprintln!("error[{}]: {}", e.code(), e.message());
             std::process::ExitCode::FAILURE

@@ -392,7 +392,7 @@ impl WorkerPool {
                     jobs
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
+                    tracing::warn!(error = %e, code = %e.code(), "lease failed; backing off");
                     tokio::select! {
                         _ = shutdown.changed() => {}
                         _ = tokio::time::sleep(LEASE_ERROR_BACKOFF) => {}
@@ -612,7 +612,7 @@ async fn completer(
                         )
                     }),
                     Err(e) => d.span.in_scope(|| {
-                        tracing::warn!(code = e.code(), error = %e, "finalize failed; the watchdog will retry the job")
+                        tracing::warn!(code = %e.code(), error = %e, "finalize failed; the watchdog will retry the job")
                     }),
                 }
             } else {

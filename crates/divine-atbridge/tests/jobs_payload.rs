@@ -25,7 +25,7 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
     let identity = IdentityConfig {
         plc_url: "http://127.0.0.1:9".into(),
         pds_url: "http://127.0.0.1:9".into(),
-        key_encryption_key: String::new(),
+        key_encryption_keys: Vec::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
         pds_admin_password: "admin-pass".into(),

@@ -22,10 +22,10 @@ enum Fake {
 }
 
 impl Classified for Fake {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> divine_bridge_db::ErrorCode {
         match self {
-            Fake::Rejected => "pds_rejected",
-            Fake::Busy => "pds_unavailable",
+            Fake::Rejected => divine_bridge_db::ErrorCode::PdsRejected,
+            Fake::Busy => divine_bridge_db::ErrorCode::XrpcServerError,
         }
     }
     fn class(&self) -> ErrorClass {

@@ -11,8 +11,8 @@ pub mod abuse;
 pub mod accounts;
 pub mod audit;
 // Error classes and the state enums live in `divine-bridge-core` (the protocol crates use them without Diesel);
-// re-exported so `divine_bridge_db::{class, states}` paths keep working.
-pub use divine_bridge_core::{class, states};
+// re-exported so `divine_bridge_db::{class, code, states}` paths keep working.
+pub use divine_bridge_core::{class, code, states};
 pub mod envcfg;
 pub mod error;
 pub mod job_args;
@@ -28,6 +28,7 @@ pub mod shards;
 pub mod testutil;
 
 pub use class::{Classified, ErrorClass};
+pub use code::ErrorCode;
 pub use error::DbError;
 pub use job_args::JobArgs;
 pub use states::{JobKind, JobState, ProvisioningState, RecordState};

@@ -71,9 +71,10 @@ use crate::prepared::{Param, Prepared};
 use crate::schema::jobs;
 use crate::states::{DispatchClass, JobKind, JobState};
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
 use std::time::Duration;
 
 /// Ordering-key constructors: the only place key formats are spelled (see the module header for the rules).
@@ -232,6 +233,21 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
     Ok(ids)
 }
 
+/// The jobs of `kinds` of `account` (their `payload.account`, whatever their ordering key): the one filter of every
+/// per-account cancel and re-queue below.
+fn account_jobs<'a>(
+    account: &'a str,
+    kinds: &[JobKind],
+) -> Box<dyn BoxableExpression<jobs::table, Pg, SqlType = Bool> + 'a> {
+    let kinds: Vec<&'static str> = kinds.iter().map(|k| k.as_str()).collect();
+    Box::new(
+        jobs::payload
+            .retrieve_as_text("account")
+            .eq(account)
+            .and(jobs::kind.eq_any(kinds)),
+    )
+}
+
 /// Cancels every QUEUED job of `kinds` of `account` (its `payload.account`, whatever its ordering key; queued → cancelled), recording `code` as its
 /// `last_error_code` so the reason can be found again (account disable uses `account_disabled`, and
 /// [`requeue_skipped`] re-drives exactly those on enable). Running jobs are left alone. Returns how many were cancelled.
@@ -242,12 +258,10 @@ pub fn cancel_queued_for_account(
     code: &str,
 ) -> Result<usize, DbError> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq(JobState::Queued.as_str())),
     )
     .set((
@@ -270,12 +284,10 @@ pub fn requeue_skipped(
 ) -> Result<usize, DbError> {
     debug_assert!(JobState::Cancelled.can_transition_to(JobState::Queued));
     debug_assert!(JobState::Ineligible.can_transition_to(JobState::Queued));
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq_any([JobState::Cancelled.as_str(), JobState::Ineligible.as_str()]))
             .filter(jobs::last_error_code.eq(code)),
     )
@@ -293,12 +305,10 @@ pub fn requeue_skipped(
 /// cancelled at once) and requests cancellation of running ones (honoured at finalize). Returns the number affected.
 pub fn cancel_for_account(conn: &mut PgConnection, account: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
     let queued = cancel_queued_for_account(conn, account, kinds, "cancelled")?;
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     let running = diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq(JobState::Running.as_str()))
             .filter(jobs::cancel_requested_at.is_null()),
     )

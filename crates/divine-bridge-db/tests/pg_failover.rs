@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, Db, DbError, DbSettings, ErrorClass};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ async fn backend_pid(db: &Db) -> Result<i32, DbError> {
 }
 
 fn assert_transient(e: &DbError, code: &str) {
-    assert_eq!((e.code(), e.class()), (code, ErrorClass::Transient), "{e}");
+    assert_eq!((e.code().as_str(), e.class()), (code, ErrorClass::Transient), "{e}");
 }
 
 /// 57P01 (admin_shutdown, what `pg_terminate_backend` and a fast shutdown send): transient `db_connection_lost`,
@@ -192,7 +193,7 @@ async fn statement_errors_outside_the_transient_classes_stay_permanent() {
             .unwrap_err();
         assert_eq!(
             (err.code(), err.class()),
-            ("db_query_failed", ErrorClass::Permanent),
+            (ErrorCode::DbQueryFailed, ErrorClass::Permanent),
             "{sql}: {err}"
         );
     }

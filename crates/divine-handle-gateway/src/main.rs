@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(code = e.code(), error = %e, "invalid configuration");
+            tracing::error!(code = %e.code(), error = %e, "invalid configuration");
             eprintln!("error[{}]: {e}", e.code());
             return std::process::ExitCode::from(2);
         }
@@ -33,7 +33,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(divine_handle_gateway::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(code = e.code(), error = %e, "gateway stopped");
+            tracing::error!(code = %e.code(), error = %e, "gateway stopped");
             eprintln!("error[{}]: {e}", e.code());
             std::process::ExitCode::FAILURE
         }

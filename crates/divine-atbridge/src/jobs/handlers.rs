@@ -17,7 +17,7 @@ use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
 use divine_bridge_db::job_args::{BackfillAuthorArgs, DisconnectAccountArgs, ProvisionAccountArgs};
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{Db, ErrorClass, JobKind};
+use divine_bridge_db::{Db, ErrorClass, ErrorCode, JobKind};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +149,7 @@ impl Handlers {
                 .map(|n| tracing::info!(pubkey, enqueued = n, "backfill enqueued history"))
                 .map_err(|e| {
                     JobError::Upstream(super::UpstreamError {
-                        code: "backfill_relay_error",
+                        code: ErrorCode::BackfillRelayError,
                         class: ErrorClass::Transient,
                         retry_after: None,
                         message: e.to_string(),
