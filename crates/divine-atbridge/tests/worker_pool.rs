@@ -246,7 +246,9 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
     let db = TestDb::migrated("worker_fenced");
     let handler = Scripted::new();
     let id = enqueue(&db, JobKind::Noop, "a", "wait");
+    // One slot, held by the waiting try: the pool itself cannot lease the reclaimed job before the thief does.
     let cfg = WorkerConfig {
+        workers: 1,
         watchdog_enabled: false,
         ..config()
     };
