@@ -165,19 +165,25 @@ struct InsertJob<'a> {
     source_created_at: DateTime<Utc>,
 }
 
+impl<'a> InsertJob<'a> {
+    /// The row of `job`; an unset `run_at` / `source_created_at` is `now`.
+    fn of(job: &'a NewJob, now: DateTime<Utc>) -> InsertJob<'a> {
+        InsertJob {
+            kind: job.kind.as_str(),
+            ordering_key: &job.ordering_key,
+            unique_key: job.unique_key.as_deref(),
+            payload: &job.payload,
+            priority: job.priority,
+            run_at: job.run_at.unwrap_or(now),
+            source_created_at: job.source_created_at.unwrap_or(now),
+        }
+    }
+}
+
 /// Enqueues `job`; returns its id, or `None` when a job with the same unique key already exists (in any state).
 /// Works inside a caller's transaction, so a record and its job can be written atomically.
 pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbError> {
-    let now = Utc::now();
-    let row = InsertJob {
-        kind: job.kind.as_str(),
-        ordering_key: &job.ordering_key,
-        unique_key: job.unique_key.as_deref(),
-        payload: &job.payload,
-        priority: job.priority,
-        run_at: job.run_at.unwrap_or(now),
-        source_created_at: job.source_created_at.unwrap_or(now),
-    };
+    let row = InsertJob::of(job, Utc::now());
     let id = diesel::insert_into(jobs::table)
         .values(&row)
         .on_conflict(jobs::unique_key)
@@ -199,18 +205,7 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
         return Ok(Vec::new());
     }
     let now = Utc::now();
-    let rows: Vec<InsertJob<'_>> = batch
-        .iter()
-        .map(|job| InsertJob {
-            kind: job.kind.as_str(),
-            ordering_key: &job.ordering_key,
-            unique_key: job.unique_key.as_deref(),
-            payload: &job.payload,
-            priority: job.priority,
-            run_at: job.run_at.unwrap_or(now),
-            source_created_at: job.source_created_at.unwrap_or(now),
-        })
-        .collect();
+    let rows: Vec<InsertJob<'_>> = batch.iter().map(|job| InsertJob::of(job, now)).collect();
     let mut ids = Vec::with_capacity(batch.len());
     // Postgres allows 65,535 bind parameters per statement; 7 per row.
     for chunk in rows.chunks(5_000) {
