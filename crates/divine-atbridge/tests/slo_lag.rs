@@ -46,7 +46,7 @@ impl JobHandler for ByPayload {
                 "fail" => Outcome::from_error(&Fake::Rejected),
                 "retry" => Outcome::from_error(&Fake::Busy),
                 "ineligible" => Outcome::Ineligible {
-                    code: "account_disabled".into(),
+                    code: divine_bridge_db::ErrorCode::AccountDisabled,
                     detail: "off".into(),
                 },
                 other => panic!("unknown {other}"),

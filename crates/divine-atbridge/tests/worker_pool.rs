@@ -81,7 +81,7 @@ impl JobHandler for Scripted {
                 "rate_limited" => Outcome::from_error(&FakeError::RateLimited(Duration::from_secs(86_400))),
                 "rejected" => Outcome::from_error(&FakeError::Rejected),
                 "ineligible" => Outcome::Ineligible {
-                    code: "account_disabled".into(),
+                    code: divine_bridge_db::ErrorCode::AccountDisabled,
                     detail: "the user turned cross-posting off".into(),
                 },
                 "slow" => {
@@ -274,7 +274,7 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
         ("running", Some("thief"))
     );
     let fail = Finish::Failed {
-        code: "pds_rejected".into(),
+        code: divine_bridge_db::ErrorCode::PdsRejected,
         message: "thief's verdict".into(),
     };
     queue::finish(&mut conn, stolen[0].lease(), &fail).unwrap();

@@ -75,6 +75,7 @@ use diesel::pg::Pg;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
+use divine_bridge_core::ErrorCode;
 use std::time::Duration;
 
 /// Ordering-key constructors: the only place key formats are spelled (see the module header for the rules).
@@ -617,17 +618,17 @@ pub enum Finish {
     Succeeded,
     /// Correctly skipped (e.g. account disabled).
     Ineligible {
-        code: String,
+        code: ErrorCode,
         detail: String,
     },
     /// Permanent failure.
     Failed {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     /// Transient failure: try again at `run_at`, unless the job is older than `max_age`.
     Retry {
-        code: String,
+        code: ErrorCode,
         message: String,
         run_at: DateTime<Utc>,
         max_age: Duration,
@@ -672,12 +673,12 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
         let now = Utc::now();
         let panics = panic_count + i32::from(matches!(outcome, Finish::Panicked { .. }));
         let panicked_at_limit = matches!(outcome, Finish::Panicked { limit, .. } if panics >= *limit);
-        let retry_within = |code: &str, message: &str, run_at: DateTime<Utc>, max_age: Duration| {
+        let retry_within = |code: ErrorCode, message: &str, run_at: DateTime<Utc>, max_age: Duration| {
             let age = (now - created_at).to_std().unwrap_or_default();
             if age >= max_age {
                 (
                     JobState::Failed,
-                    Some("retry_window_exhausted".to_string()),
+                    Some(ErrorCode::RetryWindowExhausted),
                     Some(format!(
                         "gave up after {}s of transient failures; last {code}: {message}",
                         age.as_secs()
@@ -685,45 +686,36 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
                     None,
                 )
             } else {
-                (
-                    JobState::Queued,
-                    Some(code.to_string()),
-                    Some(message.to_string()),
-                    Some(run_at),
-                )
+                (JobState::Queued, Some(code), Some(message.to_string()), Some(run_at))
             }
         };
-        let (state, code, message, run_at): (JobState, Option<String>, Option<String>, Option<DateTime<Utc>>) =
+        let (state, code, message, run_at): (JobState, Option<ErrorCode>, Option<String>, Option<DateTime<Utc>>) =
             match outcome {
                 Finish::Succeeded => (JobState::Succeeded, None, None, None),
-                Finish::Ineligible { code, detail } => {
-                    (JobState::Ineligible, Some(code.clone()), Some(detail.clone()), None)
-                }
+                Finish::Ineligible { code, detail } => (JobState::Ineligible, Some(*code), Some(detail.clone()), None),
                 _ if cancel_requested.is_some() => {
                     let (code, message) = match outcome {
-                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => {
-                            (code.as_str(), message)
-                        }
-                        Finish::Panicked { message, .. } => ("handler_panicked", message),
+                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => (*code, message),
+                        Finish::Panicked { message, .. } => (ErrorCode::HandlerPanicked, message),
                         Finish::Succeeded | Finish::Ineligible { .. } => unreachable!("matched above"),
                     };
                     (
                         JobState::Cancelled,
-                        Some("cancelled".into()),
+                        Some(ErrorCode::Cancelled),
                         Some(format!("cancelled after {code}: {message}")),
                         None,
                     )
                 }
-                Finish::Failed { code, message } => (JobState::Failed, Some(code.clone()), Some(message.clone()), None),
+                Finish::Failed { code, message } => (JobState::Failed, Some(*code), Some(message.clone()), None),
                 Finish::Retry {
                     code,
                     message,
                     run_at,
                     max_age,
-                } => retry_within(code, message, *run_at, *max_age),
+                } => retry_within(*code, message, *run_at, *max_age),
                 Finish::Panicked { message, limit, .. } if panicked_at_limit => (
                     JobState::Failed,
-                    Some("handler_panicked".into()),
+                    Some(ErrorCode::HandlerPanicked),
                     Some(format!(
                         "panicked {panics} times (PANIC_LIMIT {limit}); parked as permanent. last: {message}"
                     )),
@@ -734,7 +726,7 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
                     run_at,
                     max_age,
                     ..
-                } => retry_within("handler_panicked", message, *run_at, *max_age),
+                } => retry_within(ErrorCode::HandlerPanicked, message, *run_at, *max_age),
             };
         debug_assert!(JobState::Running.can_transition_to(state));
         let finished_at = state.is_terminal().then_some(now);
@@ -753,7 +745,11 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
         );
         match code {
             Some(code) => update
-                .set((set_common, jobs::last_error_code.eq(code), jobs::last_error.eq(message)))
+                .set((
+                    set_common,
+                    jobs::last_error_code.eq(code.as_str()),
+                    jobs::last_error.eq(message),
+                ))
                 .execute(conn)?,
             None => update.set(set_common).execute(conn)?,
         };
@@ -788,23 +784,25 @@ pub fn retry_delay(attempt: i32, retry_after: Option<Duration>, base: Duration, 
 /// Puts unfinished jobs back in the queue at shutdown, fenced on each lease's token (`owner` only names the
 /// releasing process in `last_error`). The interrupted try is not counted (the attempt counter goes back by one):
 /// the process gave the work up, the work did not fail.
+/// The release statement (`$1` owner, `$2` ids, `$3` their tokens).
+pub const RELEASE_SQL: &str =
+    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+            run_at = now(), attempt = GREATEST(jobs.attempt - 1, 0), last_error_code = 'released_at_shutdown', \
+            last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
+     FROM unnest($2::bigint[], $3::bigint[]) AS l(id, token) \
+     WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running'";
+
 pub fn release(conn: &mut PgConnection, owner: &str, leases: &[Lease]) -> Result<usize, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
     if leases.is_empty() {
         return Ok(0);
     }
     let (ids, tokens) = split(leases);
-    Ok(diesel::sql_query(
-        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-                run_at = now(), attempt = GREATEST(jobs.attempt - 1, 0), last_error_code = 'released_at_shutdown', \
-                last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
-         FROM unnest($2::bigint[], $3::bigint[]) AS l(id, token) \
-         WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running'",
-    )
-    .bind::<Text, _>(owner)
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<BigInt>, _>(&tokens)
-    .execute(conn)?)
+    Ok(diesel::sql_query(RELEASE_SQL)
+        .bind::<Text, _>(owner)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&tokens)
+        .execute(conn)?)
 }
 
 /// A job the watchdog put back in the queue (`state` queued), cancelled, or parked (`state` failed, code
@@ -1191,4 +1189,30 @@ pub const KIND_STATUS_SQL: &str = "SELECT kind, \
 /// [`KIND_STATUS_SQL`]: kinds without a queued, running or failed job are left out.
 pub fn kind_status(conn: &mut PgConnection) -> Result<Vec<KindStatus>, DbError> {
     Ok(diesel::sql_query(KIND_STATUS_SQL).load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the watchdog and the shutdown release write from SQL (`last_error_code = '…'`) are `ErrorCode`s, as
+    /// every code written from Rust is by type: none can drift from the enum and its runbook entry.
+    #[test]
+    fn codes_written_by_sql_are_error_codes() {
+        let mut seen = 0;
+        for sql in [RECLAIM_SQL, RELEASE_SQL] {
+            let start = sql.find("last_error_code =").expect("the statement writes a code") + "last_error_code =".len();
+            let end = start + sql[start..].find("last_error =").expect("then the message");
+            for (i, part) in sql[start..end].split('\'').enumerate() {
+                if i % 2 == 1 {
+                    part.parse::<ErrorCode>().unwrap_or_else(|e| panic!("{e}"));
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(
+            seen, 4,
+            "cancelled, suspected_poison, lease_expired, released_at_shutdown"
+        );
+    }
 }

@@ -210,10 +210,7 @@ pub fn verified_event(args: EventPayload) -> Result<nostr::Event, JobError> {
 pub fn outcome_of(result: Result<(), JobError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Succeeded,
-        Err(JobError::Ineligible { code, detail }) => Outcome::Ineligible {
-            code: code.to_string(),
-            detail,
-        },
+        Err(JobError::Ineligible { code, detail }) => Outcome::Ineligible { code, detail },
         Err(e) => Outcome::from_error(&e),
     }
 }
