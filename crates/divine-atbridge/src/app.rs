@@ -12,19 +12,19 @@ use divine_bridge_db::audit::{audited, Actor};
 use divine_bridge_db::migrate::run_migrations;
 use divine_bridge_db::queue;
 use divine_bridge_db::states::AuditAction;
-use divine_bridge_db::{Classified, Db};
+use divine_bridge_db::{Classified, Db, ErrorCode};
 use std::sync::Arc;
 use tokio::sync::watch;
 
 /// A fatal error with its stable code.
 #[derive(Debug)]
 pub struct AppError {
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl AppError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
     pub fn message(&self) -> &str {
@@ -100,7 +100,7 @@ async fn with_conn<
     })
     .await
     .map_err(|e| AppError {
-        code: "db_unavailable",
+        code: ErrorCode::DbUnavailable,
         message: e.to_string(),
     })?
     .map_err(AppError::of)
@@ -111,7 +111,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), AppError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(command) = cli.command else {
         return Err(AppError {
-            code: "cli_usage",
+            code: ErrorCode::CliUsage,
             message: "no command given (main defaults to `run`)".into(),
         });
     };
@@ -218,7 +218,7 @@ async fn db_command(cmd: DbCommand, url: &str) -> Result<(), AppError> {
 /// 4. start the supervised tasks.
 async fn run(args: RunArgs, database_url: &Option<String>) -> Result<(), AppError> {
     let (config, worker_config) = args.validate(database_url)?;
-    let kek = Arc::new(KeyRing::from_base64_list(&config.identity.key_encryption_key).map_err(AppError::of)?);
+    let kek = Arc::new(KeyRing::from_keys(config.identity.key_encryption_keys.clone()).map_err(AppError::of)?);
     tracing::info!(kek_ids = ?kek.ids(), "key encryption keys loaded (the first one seals)");
     let listener = bind_http(config.http_addr)?;
     let metrics = crate::metrics::install();
@@ -290,7 +290,7 @@ async fn run(args: RunArgs, database_url: &Option<String>) -> Result<(), AppErro
     let reconcile = crate::reconcile::run(
         db.clone(),
         config.db.connection_url(&config.database_url).map_err(|e| AppError {
-            code: "config_invalid",
+            code: ErrorCode::ConfigInvalid,
             message: e.reason,
         })?,
         config.reconcile.clone(),
@@ -346,7 +346,7 @@ fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, AppErr
 
 fn bind_error(addr: std::net::SocketAddr) -> impl Fn(std::io::Error) -> AppError {
     move |e| AppError {
-        code: "http_bind_failed",
+        code: ErrorCode::HttpBindFailed,
         message: format!(
             "cannot listen on HTTP_ADDR {addr}: {e} (another process on the port, or not an address of this host)"
         ),
@@ -408,7 +408,7 @@ pub async fn supervise(
             "background task ended unexpectedly; process is unready and will exit"
         );
         died.get_or_insert(AppError {
-            code: "task_exited",
+            code: ErrorCode::TaskExited,
             message: format!("background task {task} ended unexpectedly: {reason}"),
         });
         let mut signalled = shutdown.subscribe();
@@ -476,7 +476,7 @@ async fn jobs_command(cmd: JobsCommand, url: &str) -> Result<(), AppError> {
                 }
             } else {
                 return Err(AppError {
-                    code: "cli_usage",
+                    code: ErrorCode::CliUsage,
                     message: "give a job id or --failed".into(),
                 });
             }
@@ -599,7 +599,7 @@ async fn accounts_command(cmd: AccountsCommand, url: &str) -> Result<(), AppErro
             let reason = reason.trim().to_string();
             if reason.is_empty() {
                 return Err(AppError {
-                    code: "cli_usage",
+                    code: ErrorCode::CliUsage,
                     message: "--reason must not be blank".into(),
                 });
             }

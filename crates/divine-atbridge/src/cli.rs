@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use divine_bridge_db::accounts::AccountLink;
 use divine_bridge_db::queue::JobRow;
 use divine_bridge_db::schema::{account_keys, account_links, account_sessions, record_mappings};
-use divine_bridge_db::{Classified, DbError, ErrorClass, JobKind, JobState};
+use divine_bridge_db::{Classified, DbError, ErrorClass, ErrorCode, JobKind, JobState};
 use serde::Serialize;
 
 /// Divine → ATProto bridge worker and operator tools.
@@ -199,14 +199,14 @@ pub enum CliError {
 }
 
 impl Classified for CliError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            CliError::AccountNotFound(_) => "account_not_found",
-            CliError::AccountAmbiguous { .. } => "account_ambiguous",
-            CliError::JobNotFound(_) => "job_not_found",
-            CliError::JobNotRetryable { .. } => "job_not_retryable",
-            CliError::JobAlreadyFinished { .. } => "job_already_finished",
-            CliError::AccountAlreadyReady { .. } => "account_already_ready",
+            CliError::AccountNotFound(_) => ErrorCode::AccountNotFound,
+            CliError::AccountAmbiguous { .. } => ErrorCode::AccountAmbiguous,
+            CliError::JobNotFound(_) => ErrorCode::JobNotFound,
+            CliError::JobNotRetryable { .. } => ErrorCode::JobNotRetryable,
+            CliError::JobAlreadyFinished { .. } => ErrorCode::JobAlreadyFinished,
+            CliError::AccountAlreadyReady { .. } => ErrorCode::AccountAlreadyReady,
             CliError::Db(e) => e.code(),
         }
     }

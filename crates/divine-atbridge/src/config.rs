@@ -24,7 +24,7 @@
 //!    it in deploy/k8s/base/atbridge.env (checked by scripts/test.d/30-k8s.sh).
 
 use divine_bridge_db::envcfg::{self, DbArgs, KeepEmpty, Problems, Raw};
-use divine_bridge_db::{Classified, DbSettings, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass, ErrorCode};
 use std::time::Duration;
 
 /// The configuration problems found at startup, all of them. Code `config_missing` when every problem is an unset
@@ -48,10 +48,10 @@ impl ConfigError {
 }
 
 impl Classified for ConfigError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self.0.all_missing() {
-            true => "config_missing",
-            false => "config_invalid",
+            true => ErrorCode::ConfigMissing,
+            false => ErrorCode::ConfigInvalid,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -303,8 +303,9 @@ pub struct RetentionArgs {
 pub struct IdentityConfig {
     pub plc_url: String,
     pub pds_url: String,
-    /// base64 of 32 bytes; parsed by `keys::KeyEncryptionKey` (already checked by [`check_kek`] at startup).
-    pub key_encryption_key: String,
+    /// `KEY_ENCRYPTION_KEY`, parsed once here by [`check_kek`] (the sealing key first; empty only in a configuration
+    /// that failed validation and is never returned). `app` builds the `KeyRing` from these.
+    pub key_encryption_keys: Vec<crate::keys::KeyEncryptionKey>,
     pub recovery_keys: Vec<String>,
     pub email_domain: String,
     /// `PDS_ADMIN_PASSWORD` (secret): mints the invite code of each account (the PDS requires invites).
@@ -316,7 +317,7 @@ impl std::fmt::Debug for IdentityConfig {
         f.debug_struct("IdentityConfig")
             .field("plc_url", &self.plc_url)
             .field("pds_url", &self.pds_url)
-            .field("key_encryption_key", &"<redacted>")
+            .field("key_encryption_keys", &"<redacted>")
             .field("recovery_keys", &self.recovery_keys)
             .field("email_domain", &self.email_domain)
             .field("pds_admin_password", &"<redacted>")
@@ -326,14 +327,15 @@ impl std::fmt::Debug for IdentityConfig {
 
 /// `KEY_ENCRYPTION_KEY`: must parse as [`crate::keys::KeyEncryptionKey`] (the one definition of a valid key). The
 /// common mistake — 64 hex digits from `openssl rand -hex 32`, which is also valid base64 of 48 bytes — gets a hint
-/// saying so and how to generate a key. The value itself is never echoed.
-pub fn check_kek(raw: &str) -> Result<(), String> {
-    envcfg::list(raw).iter().try_for_each(|key| check_one_kek(key))
+/// saying so and how to generate a key. The value itself is never echoed. Returns the parsed keys, in order.
+pub fn check_kek(raw: &str) -> Result<Vec<crate::keys::KeyEncryptionKey>, String> {
+    envcfg::list(raw).iter().map(|key| check_one_kek(key)).collect()
 }
 
-fn check_one_kek(raw: &str) -> Result<(), String> {
-    let Err(e) = crate::keys::KeyEncryptionKey::from_base64(raw) else {
-        return Ok(());
+fn check_one_kek(raw: &str) -> Result<crate::keys::KeyEncryptionKey, String> {
+    let e = match crate::keys::KeyEncryptionKey::from_base64(raw) {
+        Ok(kek) => return Ok(kek),
+        Err(e) => e,
     };
     let detail = match e {
         crate::keys::KeyError::KekInvalid(d) => d,
@@ -359,7 +361,7 @@ impl IdentityArgs {
                 "PLC_RECOVERY_KEYS",
                 "the did:key list of the offline recovery keys; or ALLOW_NO_RECOVERY_KEYS=true (localnet and tests only)",
             );
-        } else if let Err(reason) = recovery_keys_ok(&recovery_keys, allow_none) {
+        } else if let Err(reason) = recovery_keys_ok(&recovery_keys) {
             p.invalid("PLC_RECOVERY_KEYS", reason);
         }
         let pds_admin_password = p.required(
@@ -367,36 +369,28 @@ impl IdentityArgs {
             &self.pds_admin_password,
             "the PDS's admin password (it mints one invite code per account)",
         );
-        let plc = p.required(
+        let plc_url = p.required_http_url(
             "PLC_DIRECTORY_URL",
             &self.plc_directory_url,
             "e.g. https://plc.directory",
         );
-        let plc_url = if plc.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PLC_DIRECTORY_URL", plc)
-        };
-        let pds = p.required(
+        let pds_url = p.required_http_url(
             "PDS_URL",
             &self.pds_url,
             "the PDS's public URL, e.g. https://pds.example.com",
         );
-        let pds_url = if pds.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PDS_URL", pds)
-        };
         let kek = p.required(
             "KEY_ENCRYPTION_KEY",
             &self.key_encryption_key,
             "base64 of 32 bytes: `openssl rand -base64 32`",
         );
-        if !kek.is_empty() {
-            if let Err(reason) = check_kek(kek) {
+        let key_encryption_keys = match check_kek(kek) {
+            Ok(keys) => keys,
+            Err(reason) => {
                 p.invalid("KEY_ENCRYPTION_KEY", reason);
+                Vec::new()
             }
-        }
+        };
         let email_domain = p.required(
             "ACCOUNT_EMAIL_DOMAIN",
             &self.account_email_domain,
@@ -405,7 +399,7 @@ impl IdentityArgs {
         IdentityConfig {
             plc_url,
             pds_url,
-            key_encryption_key: kek.to_string(),
+            key_encryption_keys,
             recovery_keys,
             email_domain: email_domain.to_string(),
             pds_admin_password: pds_admin_password.to_string(),
@@ -413,21 +407,15 @@ impl IdentityArgs {
     }
 }
 
-/// `PLC_RECOVERY_KEYS`, checked at startup (issue 12 §2).
+/// `PLC_RECOVERY_KEYS`, checked at startup (issue 12 §2) by [`IdentityArgs::validate`].
 ///
 /// Decision: an empty list is refused unless `ALLOW_NO_RECOVERY_KEYS=true` (set only by localnet and the test
 /// harnesses): without an offline recovery key in `rotationKeys`, a leaked bridge rotation key lets an attacker
-/// take every DID for good, and nothing would have said so at deploy time. Every key is fully decoded
+/// take every DID for good, and nothing would have said so at deploy time. `validate` refuses the empty list (as
+/// missing) before it calls this function, which only decodes: every key is fully decoded
 /// (`keys::decode_did_key`: multibase, multicodec secp256k1/P-256, a point on the curve), so a typo stops the
 /// process at startup instead of failing each account's provisioning with `plc_rejected`.
-pub fn recovery_keys_ok(keys: &[String], allow_none: bool) -> Result<(), String> {
-    if keys.is_empty() && !allow_none {
-        return Err(
-            "empty: every DID would have no offline recovery key; set it (did:key list), or set \
-                    ALLOW_NO_RECOVERY_KEYS=true (localnet and tests only)"
-                .into(),
-        );
-    }
+pub fn recovery_keys_ok(keys: &[String]) -> Result<(), String> {
     for key in keys {
         crate::keys::decode_did_key(key).map_err(|e| format!("{key:?} does not decode as a did:key: {e}"))?;
     }
@@ -820,21 +808,26 @@ mod tests {
 
     #[test]
     fn recovery_keys_are_required_unless_allowed_and_fully_decoded() {
-        assert!(recovery_keys_ok(&[], false)
-            .unwrap_err()
-            .contains("ALLOW_NO_RECOVERY_KEYS"));
-        recovery_keys_ok(&[], true).unwrap();
+        // Empty: refused as missing by `validate` unless allowed; nothing to decode here.
+        let db = Some("postgres://bridge@db:5432/bridge".to_string());
+        let mut pairs = valid();
+        pairs.retain(|(n, _)| *n != "ALLOW_NO_RECOVERY_KEYS");
+        let missing = run_args(&pairs).validate(&db).unwrap_err();
+        assert_eq!(missing.vars(), ["PLC_RECOVERY_KEYS"]);
+        assert!(missing.to_string().contains("ALLOW_NO_RECOVERY_KEYS=true"), "{missing}");
+        run_args(&valid()).validate(&db).unwrap();
+        recovery_keys_ok(&[]).unwrap();
         let k256 = crate::keys::AccountKey::generate().did_key();
         // P-256 generator point, compressed (multicodec 0x1200).
         let p256 = "did:key:zDnaerDaTF5BXEavCrfRZEk316dpbLsfPDZ3WJ5hRTPFU2169".to_string();
-        recovery_keys_ok(&[k256.clone(), p256], false).unwrap();
+        recovery_keys_ok(&[k256.clone(), p256]).unwrap();
         // Shaped like a did:key (the old prefix check passed these) but not a key.
         for bad in [
             "did:key:zbad".to_string(),
             k256[..k256.len() - 2].to_string(),
             "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK".to_string(),
         ] {
-            let e = recovery_keys_ok(&[k256.clone(), bad.clone()], true).unwrap_err();
+            let e = recovery_keys_ok(&[k256.clone(), bad.clone()]).unwrap_err();
             assert!(e.contains("does not decode"), "{bad}: {e}");
         }
     }
@@ -901,7 +894,7 @@ mod tests {
         ])
         .validate(&None)
         .unwrap_err();
-        assert_eq!(e.code(), "config_invalid");
+        assert_eq!(e.code(), ErrorCode::ConfigInvalid);
         assert_eq!(
             e.vars(),
             [
@@ -937,12 +930,21 @@ mod tests {
         assert!(!text.contains("0001020304050607"), "the key is never echoed: {text}");
 
         let only_missing = run_args(&[]).validate(&None).unwrap_err();
-        assert_eq!(only_missing.code(), "config_missing");
+        assert_eq!(only_missing.code(), ErrorCode::ConfigMissing);
     }
 
     #[test]
     fn kek_must_be_base64_of_32_bytes() {
-        assert!(check_kek(KEK).is_ok());
+        let parsed = check_kek(KEK).unwrap();
+        let expected = crate::keys::KeyEncryptionKey::from_base64(KEK).unwrap().key_id();
+        assert_eq!(
+            parsed.iter().map(|k| k.key_id()).collect::<Vec<_>>(),
+            std::slice::from_ref(&expected)
+        );
+        // The configuration carries the parsed keys; startup builds its ring from them, no second parse.
+        let (c, _) = run_args(&valid()).validate(&Some("postgres://u@h/db".into())).unwrap();
+        let ring = crate::keys::KeyRing::from_keys(c.identity.key_encryption_keys).unwrap();
+        assert_eq!(ring.ids(), [expected]);
         let e = check_kek("c2hvcnQ=").unwrap_err();
         assert!(e.contains("32 bytes") && e.contains("openssl rand -base64 32"), "{e}");
     }
@@ -1029,32 +1031,8 @@ mod tests {
     fn readme_table_matches_the_clap_definitions() {
         use clap::CommandFactory;
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-        let rows = envcfg::readme_table(&readme, "`divine-atbridge`");
-        assert!(!rows.is_empty(), "README has an atbridge configuration table");
-        let mut vars = envcfg::env_vars(&crate::cli::Cli::command());
-        vars.extend(
-            envcfg::LOGGING_VARS
-                .iter()
-                .map(|(n, d, _)| (n.to_string(), Some(d.to_string()))),
-        );
-        for (name, default) in &vars {
-            let row = rows.iter().find(|(n, _)| n == name);
-            let Some((_, cell)) = row else {
-                panic!("README configuration table has no row for {name}");
-            };
-            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
-                assert!(
-                    cell.contains(d),
-                    "README default of {name} is {cell:?}, clap says {d:?}"
-                );
-            }
-        }
-        for (name, _) in &rows {
-            assert!(
-                vars.iter().any(|(n, _)| n == name),
-                "README row {name} is not read by divine-atbridge"
-            );
-        }
+        let mismatches = envcfg::readme_table_mismatches(&readme, "`divine-atbridge`", &crate::cli::Cli::command());
+        assert!(mismatches.is_empty(), "{mismatches:#?}");
     }
 
     #[test]

@@ -79,10 +79,12 @@ async fn ready(State(s): State<AppState>) -> impl IntoResponse {
         // The body carries the error's code only: the raw database error (host names, database and role names)
         // goes to the log, not to whoever can reach the probe port.
         Err(e) => {
-            tracing::warn!(code = e.code(), error = %e, "readiness check failed");
+            tracing::warn!(code = %e.code(), error = %e, "readiness check failed");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(serde_json::json!({"ready": false, "reason": "database_unavailable", "code": e.code()})),
+                axum::Json(
+                    serde_json::json!({"ready": false, "reason": "database_unavailable", "code": e.code().as_str()}),
+                ),
             )
         }
     }

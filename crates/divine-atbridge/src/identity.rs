@@ -20,7 +20,8 @@ use crate::keys::{
 use crate::pds::{PdsClient, PdsError, PutRecord, StoreError, StoredSession};
 use crate::plc::{PlcClient, PlcError, PlcOperation, PlcService, ATPROTO_PDS_SERVICE, ATPROTO_VERIFICATION_METHOD};
 use crate::xrpc::XrpcClient;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::records::{AccountKeys, Resealed};
+use divine_bridge_db::{Classified, ErrorClass, ErrorCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -194,18 +195,6 @@ impl std::fmt::Debug for ProvisionSecrets {
     }
 }
 
-/// The sealed form of [`ProvisionSecrets`] for `account_keys` (see keys.rs for the layout and associated data).
-#[derive(Clone, Debug)]
-pub struct SealedSecrets {
-    pub kek_id: String,
-    pub signing_key_sealed: Vec<u8>,
-    pub rotation_key_sealed: Vec<u8>,
-    pub password_sealed: Vec<u8>,
-    /// Public halves, kept in clear for diagnosis.
-    pub signing_did_key: String,
-    pub rotation_did_key: String,
-}
-
 impl ProvisionSecrets {
     /// Fresh signing key, rotation key and PDS password.
     pub fn generate() -> ProvisionSecrets {
@@ -216,30 +205,41 @@ impl ProvisionSecrets {
         }
     }
 
-    /// Seals every secret under `kek`, bound to `nostr_pubkey` and each secret's purpose (generation 0).
-    pub fn seal(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> SealedSecrets {
-        self.seal_at(kek, nostr_pubkey, 0)
+    /// The `account_keys` row of these secrets for `nostr_pubkey`: every secret sealed under `kek` at generation 0
+    /// ([`ProvisionSecrets::seal_at`]), the public halves in clear for diagnosis, provisioning not started yet.
+    pub fn keys_row(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str) -> AccountKeys {
+        let sealed = self.seal_at(kek, nostr_pubkey, 0);
+        let now = chrono::Utc::now();
+        AccountKeys {
+            nostr_pubkey: nostr_pubkey.to_string(),
+            kek_id: sealed.kek_id,
+            signing_key_sealed: sealed.signing_key_sealed,
+            rotation_key_sealed: sealed.rotation_key_sealed,
+            password_sealed: sealed.password_sealed,
+            signing_did_key: self.signing_key.did_key(),
+            rotation_did_key: self.rotation_key.did_key(),
+            provision_state: Some(ProvisionState::new().to_json()),
+            created_at: now,
+            updated_at: now,
+            seal_generation: 0,
+        }
     }
 
-    /// [`ProvisionSecrets::seal`] at a re-seal `generation` (keys.rs rotation rule 2).
-    pub fn seal_at(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str, generation: i64) -> SealedSecrets {
+    /// The sealed secrets at a re-seal `generation` (keys.rs rotation rule 2), bound to `nostr_pubkey`, each
+    /// secret's purpose and `generation` (see keys.rs for the layout and associated data).
+    pub fn seal_at(&self, kek: &KeyEncryptionKey, nostr_pubkey: &str, generation: i64) -> Resealed {
         let aad = |purpose| sealed_aad(nostr_pubkey, purpose, generation);
-        SealedSecrets {
+        Resealed {
             kek_id: kek.key_id(),
             signing_key_sealed: kek.seal_key(&aad(SecretPurpose::Signing), &self.signing_key),
             rotation_key_sealed: kek.seal_key(&aad(SecretPurpose::Rotation), &self.rotation_key),
             password_sealed: kek.seal_str(&aad(SecretPurpose::Password), &self.password),
-            signing_did_key: self.signing_key.did_key(),
-            rotation_did_key: self.rotation_key.did_key(),
         }
     }
 
     /// Opens a stored `account_keys` row with the KEK it names, at its generation (`key_encryption_key_unknown`
     /// when the ring lacks that KEK, `key_decrypt_failed` when a ciphertext does not belong there).
-    pub fn open_row(
-        ring: &KeyRing,
-        row: &divine_bridge_db::records::AccountKeys,
-    ) -> Result<ProvisionSecrets, KeyError> {
+    pub fn open_row(ring: &KeyRing, row: &AccountKeys) -> Result<ProvisionSecrets, KeyError> {
         ProvisionSecrets::open_at(
             ring.get(&row.kek_id)?,
             &row.nostr_pubkey,
@@ -356,17 +356,17 @@ pub enum ProvisionError {
 }
 
 impl Classified for ProvisionError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             ProvisionError::Plc(e) => e.code(),
             ProvisionError::Pds(e) => e.code(),
             ProvisionError::Checkpoint(e) => e.code(),
-            ProvisionError::AccountUnverified(_) => "account_exists_unverified",
-            ProvisionError::StateMismatch(_) => "provision_state_mismatch",
-            ProvisionError::PlcConflict { .. } => "plc_conflict",
-            ProvisionError::EndpointMismatch { .. } => "pds_endpoint_mismatch",
-            ProvisionError::AccountNotActive { .. } => "account_not_active",
-            ProvisionError::InvalidRequest(_) => "provision_request_invalid",
+            ProvisionError::AccountUnverified(_) => ErrorCode::AccountExistsUnverified,
+            ProvisionError::StateMismatch(_) => ErrorCode::ProvisionStateMismatch,
+            ProvisionError::PlcConflict { .. } => ErrorCode::PlcConflict,
+            ProvisionError::EndpointMismatch { .. } => ErrorCode::PdsEndpointMismatch,
+            ProvisionError::AccountNotActive { .. } => ErrorCode::AccountNotActive,
+            ProvisionError::InvalidRequest(_) => ErrorCode::ProvisionRequestInvalid,
         }
     }
 
@@ -570,7 +570,7 @@ impl<C: Checkpoint> Provisioner<C> {
                     Ok(true) => {
                         tracing::info!(
                             did,
-                            code = e.code(),
+                            code = %e.code(),
                             "PLC already has this op; treating the submit as done"
                         );
                         Ok(())
@@ -650,15 +650,8 @@ impl<C: Checkpoint> Provisioner<C> {
             }
             // A retry after a lost response: prove the account is ours by logging in with our password.
             Err(PdsError::AlreadyExists { .. }) => {
-                run.session = Some(
-                    self.verify_existing(&did)
-                        .await
-                        .map_err(ProvisionError::AccountUnverified)?,
-                );
-                tracing::info!(
-                    did,
-                    "account already existed on the PDS; verified with the stored password"
-                );
+                self.adopt_existing(run, &did, "account already existed on the PDS")
+                    .await?
             }
             // The handle may be "taken" by this very account (same retry case on a PDS that checks handles first).
             Err(e @ PdsError::HandleUnavailable { .. }) => match self.verify_existing(&did).await {
@@ -673,15 +666,8 @@ impl<C: Checkpoint> Provisioner<C> {
             Err(e @ PdsError::Rejected { status: 400, .. }) => {
                 match self.pds.resolve_handle(&self.request.handle).await {
                     Ok(Some(owner)) if owner == did => {
-                        run.session = Some(
-                            self.verify_existing(&did)
-                                .await
-                                .map_err(ProvisionError::AccountUnverified)?,
-                        );
-                        tracing::info!(
-                            did,
-                            "account already exists and is active; verified with the stored password"
-                        );
+                        self.adopt_existing(run, &did, "account already exists and is active")
+                            .await?
                     }
                     Ok(Some(owner)) => {
                         return Err(PdsError::HandleUnavailable {
@@ -696,6 +682,18 @@ impl<C: Checkpoint> Provisioner<C> {
             Err(e) => return Err(e.into()),
         }
         self.advance(run, ProvisionStep::AccountCreated).await
+    }
+
+    /// An account for `did` already exists on the PDS (`why`): it is ours only if the stored password opens a session
+    /// for it (`account_exists_unverified` otherwise), and that session is the run's from here on.
+    async fn adopt_existing(&self, run: &mut Run, did: &str, why: &str) -> Result<(), ProvisionError> {
+        let session = self
+            .verify_existing(did)
+            .await
+            .map_err(ProvisionError::AccountUnverified)?;
+        run.session = Some(session);
+        tracing::info!(did, "{why}; verified with the stored password");
+        Ok(())
     }
 
     /// createSession with the stored password; the session's DID must be ours.
@@ -964,7 +962,7 @@ mod tests {
             ProvisionState::from_json(&serde_json::json!({"step": "nope"}))
                 .unwrap_err()
                 .code(),
-            "provision_request_invalid"
+            ErrorCode::ProvisionRequestInvalid
         );
         let steps = [
             ProvisionStep::KeysReady,
@@ -989,9 +987,13 @@ mod tests {
         let secrets = ProvisionSecrets::generate();
         assert!(secrets.password.len() >= 24);
         let alice = "a1".repeat(32);
-        let sealed = secrets.seal(&kek, &alice);
+        let sealed = secrets.keys_row(&kek, &alice);
         assert_eq!(sealed.kek_id, kek.key_id());
+        assert_eq!(sealed.seal_generation, 0);
         assert_eq!(sealed.signing_did_key, secrets.signing_key.did_key());
+        assert_eq!(sealed.rotation_did_key, secrets.rotation_key.did_key());
+        assert_eq!(sealed.nostr_pubkey, alice);
+        assert_eq!(sealed.provision_state, Some(ProvisionState::new().to_json()));
         let opened = ProvisionSecrets::open(
             &kek,
             &alice,
@@ -1011,7 +1013,7 @@ mod tests {
             &sealed.signing_key_sealed,
             &sealed.password_sealed,
         );
-        assert_eq!(swapped.unwrap_err().code(), "key_decrypt_failed");
+        assert_eq!(swapped.unwrap_err().code(), ErrorCode::KeyDecryptFailed);
         let moved = ProvisionSecrets::open(
             &kek,
             &"b2".repeat(32),
@@ -1019,7 +1021,7 @@ mod tests {
             &sealed.rotation_key_sealed,
             &sealed.password_sealed,
         );
-        assert_eq!(moved.unwrap_err().code(), "key_decrypt_failed");
+        assert_eq!(moved.unwrap_err().code(), ErrorCode::KeyDecryptFailed);
     }
 
     #[test]
@@ -1054,18 +1056,18 @@ mod tests {
             recovery_keys: vec!["did:key:zbad".into()],
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         let four: Vec<String> = (0..4).map(|_| AccountKey::generate().did_key()).collect();
         let e = err(ProvisionRequest {
             recovery_keys: four,
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         let e = err(ProvisionRequest {
             handle: "not a handle".into(),
             ..base.clone()
         });
-        assert_eq!(e.code(), "provision_request_invalid");
+        assert_eq!(e.code(), ErrorCode::ProvisionRequestInvalid);
         assert!(Provisioner::new(xrpc.clone(), base, secrets.clone(), &cp).is_ok());
     }
 }

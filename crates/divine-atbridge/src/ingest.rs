@@ -59,7 +59,7 @@ use diesel::prelude::*;
 use divine_bridge_db::queue::{self, keys};
 use divine_bridge_db::shards::{self, ShardLease};
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode, JobKind};
 use nostr_sdk::prelude::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -263,20 +263,20 @@ impl Refusal {
         bridge_nostr::Rejection::REASONS[1],
         bridge_nostr::Rejection::REASONS[2],
         bridge_nostr::Rejection::REASONS[3],
-        "not_opted_in",
+        ErrorCode::NotOptedIn.as_str(),
     ];
 
     pub fn reason(&self) -> &'static str {
-        match self {
-            Refusal::Check(rejection) => rejection.code(),
-            Refusal::NotOptedIn => "not_opted_in",
-        }
+        self.code().as_str()
     }
 }
 
 impl Classified for Refusal {
-    fn code(&self) -> &'static str {
-        self.reason()
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Check(rejection) => rejection.code(),
+            Refusal::NotOptedIn => ErrorCode::NotOptedIn,
+        }
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent

@@ -39,7 +39,7 @@ use diesel::sql_types::{BigInt, Bool, Timestamptz};
 use divine_bridge_db::queue;
 use divine_bridge_db::schema::{jobs, nostr_tombstones, profile_sync, record_mappings};
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass, JobKind};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode, JobKind};
 use nostr_sdk::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -156,9 +156,9 @@ pub enum ReconcileError {
 }
 
 impl Classified for ReconcileError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ReconcileError::Relay { .. } => "reconcile_relay_unavailable",
+            ReconcileError::Relay { .. } => ErrorCode::ReconcileRelayUnavailable,
             ReconcileError::Db(e) => e.code(),
         }
     }
@@ -275,7 +275,7 @@ pub async fn run(db: Db, database_url: String, cfg: ReconcileConfig, mut shutdow
                 drop(leader);
             }
             Ok(None) => tracing::debug!("another replica leads the reconciliation sweep"),
-            Err(e) => tracing::warn!(code = e.code(), error = %e, "reconciliation leader lock unavailable"),
+            Err(e) => tracing::warn!(code = %e.code(), error = %e, "reconciliation leader lock unavailable"),
         }
         if wait(&mut shutdown, cfg.interval).await {
             return;
@@ -322,7 +322,7 @@ pub async fn sweep_and_record(db: &Db, cfg: &ReconcileConfig) -> Result<Found, R
             Ok(found)
         }
         Err(e) => {
-            tracing::warn!(code = e.code(), error = %e, "reconciliation sweep incomplete");
+            tracing::warn!(code = %e.code(), error = %e, "reconciliation sweep incomplete");
             Err(e)
         }
     }

@@ -16,8 +16,8 @@
 use crate::identity::ProvisionSecrets;
 use crate::keys::{KeyError, KeyRing};
 use crate::pds::StoredSession;
-use divine_bridge_db::records::{self, Resealed};
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass};
+use divine_bridge_db::records;
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode};
 use std::ops::ControlFlow;
 
 /// Rows read per batch.
@@ -38,7 +38,7 @@ pub enum RekeyError {
 }
 
 impl Classified for RekeyError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             RekeyError::Db(e) => e.code(),
             RekeyError::Key { source, .. } => source.code(),
@@ -105,13 +105,7 @@ pub async fn rotate(
                 id: row.nostr_pubkey.clone(),
                 source,
             })?;
-            let sealed = secrets.seal_at(ring.primary(), &row.nostr_pubkey, row.seal_generation + 1);
-            let new = Resealed {
-                kek_id: sealed.kek_id,
-                signing_key_sealed: sealed.signing_key_sealed,
-                rotation_key_sealed: sealed.rotation_key_sealed,
-                password_sealed: sealed.password_sealed,
-            };
+            let new = secrets.seal_at(ring.primary(), &row.nostr_pubkey, row.seal_generation + 1);
             let (pk, generation) = (row.nostr_pubkey.clone(), row.seal_generation);
             if db.run(move |c| records::reseal_keys(c, &pk, generation, &new)).await? {
                 progress.keys_done += 1;

@@ -75,12 +75,12 @@ pub async fn run(db: Db, retention: Duration, release: ReleaseAfter, mut shutdow
         match release_pass(&db, release).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(released = n, "released handles (disconnected or never provisioned)"),
-            Err(e) => tracing::warn!(error = %e, code = divine_bridge_db::Classified::code(&e), "release pass failed"),
+            Err(e) => tracing::warn!(error = %e, code = %divine_bridge_db::Classified::code(&e), "release pass failed"),
         }
         match prune_pass(&db, retention, PRUNE_BATCH).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),
-            Err(e) => tracing::warn!(error = %e, code = divine_bridge_db::Classified::code(&e), "prune pass failed"),
+            Err(e) => tracing::warn!(error = %e, code = %divine_bridge_db::Classified::code(&e), "prune pass failed"),
         }
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,

@@ -23,7 +23,7 @@ pub use divine_bridge_db::queue::LeasedJob;
 use crate::config::ConfigError;
 use divine_bridge_db::envcfg::Problems;
 use divine_bridge_db::queue::{self, Finish, Finished, Lease, ReclaimPolicy};
-use divine_bridge_db::{Classified, Db, ErrorClass, JobKind, JobState};
+use divine_bridge_db::{Classified, Db, ErrorClass, ErrorCode, JobKind, JobState};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use std::collections::{HashMap, HashSet};
@@ -39,18 +39,18 @@ pub enum Outcome {
     Succeeded,
     /// Correctly skipped; recorded as `ineligible` with a reason code.
     Ineligible {
-        code: String,
+        code: ErrorCode,
         detail: String,
     },
     /// Transient: retried with backoff, or after `retry_after` when the server gave one.
     Retry {
-        code: String,
+        code: ErrorCode,
         message: String,
         retry_after: Option<Duration>,
     },
     /// Permanent: `failed` with a stable code.
     Fail {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
 }
@@ -60,12 +60,12 @@ impl Outcome {
     pub fn from_error<E: Classified + ?Sized>(e: &E) -> Outcome {
         match e.class() {
             ErrorClass::Transient => Outcome::Retry {
-                code: e.code().to_string(),
+                code: e.code(),
                 message: e.to_string(),
                 retry_after: e.retry_after(),
             },
             ErrorClass::Permanent => Outcome::Fail {
-                code: e.code().to_string(),
+                code: e.code(),
                 message: e.to_string(),
             },
         }
@@ -385,14 +385,14 @@ impl WorkerPool {
             }
             let (o, lease_for) = (owner.clone(), cfg.lease);
             let asked_at = Instant::now();
-            let leased = match self.db.run(move |c| queue::lease(c, &o, free as i64, lease_for)).await {
+            let leased = match self.db.lease(&o, free as i64, lease_for).await {
                 Ok(jobs) => {
                     // The queue counts the leases that raced an enqueue (process-wide); export its running total.
                     metrics::counter!(crate::metrics::LEASE_CONFLICTS).absolute(queue::lease_conflicts());
                     jobs
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, code = e.code(), "lease failed; backing off");
+                    tracing::warn!(error = %e, code = %e.code(), "lease failed; backing off");
                     tokio::select! {
                         _ = shutdown.changed() => {}
                         _ = tokio::time::sleep(LEASE_ERROR_BACKOFF) => {}
@@ -491,7 +491,7 @@ impl WorkerPool {
 async fn run_one(handler: Option<Arc<dyn JobHandler>>, job: &LeasedJob) -> TryEnd {
     let Some(h) = handler else {
         return TryEnd::Returned(Outcome::Fail {
-            code: "no_handler".into(),
+            code: ErrorCode::NoHandler,
             message: format!("no handler registered for job kind {:?}", job.kind),
         });
     };
@@ -612,7 +612,7 @@ async fn completer(
                         )
                     }),
                     Err(e) => d.span.in_scope(|| {
-                        tracing::warn!(code = e.code(), error = %e, "finalize failed; the watchdog will retry the job")
+                        tracing::warn!(code = %e.code(), error = %e, "finalize failed; the watchdog will retry the job")
                     }),
                 }
             } else {
@@ -643,11 +643,11 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
     Some(match &d.end {
         TryEnd::Returned(Outcome::Succeeded) => Finish::Succeeded,
         TryEnd::Returned(Outcome::Ineligible { code, detail }) => Finish::Ineligible {
-            code: code.clone(),
+            code: *code,
             detail: detail.clone(),
         },
         TryEnd::Returned(Outcome::Fail { code, message }) => Finish::Failed {
-            code: code.clone(),
+            code: *code,
             message: message.clone(),
         },
         TryEnd::Returned(Outcome::Retry {
@@ -655,7 +655,7 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
             message,
             retry_after,
         }) => Finish::Retry {
-            code: code.clone(),
+            code: *code,
             message: message.clone(),
             run_at: retry_at(*retry_after),
             max_age: cfg.retry_max_age,
@@ -669,7 +669,7 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
         TryEnd::TimedOut => {
             cut_off("try_timeout");
             Finish::Retry {
-                code: "try_timeout".into(),
+                code: ErrorCode::TryTimeout,
                 message: format!(
                     "try {} did not finish within TRY_TIMEOUT_SECS ({} s); cut off",
                     d.job.attempt,
@@ -682,7 +682,7 @@ fn finish_for(cfg: &WorkerConfig, d: &Done) -> Option<Finish> {
         TryEnd::LeaseDeadline => {
             cut_off("lease_deadline");
             Finish::Retry {
-                code: "lease_lost".into(),
+                code: ErrorCode::LeaseLost,
                 message: format!(
                     "no successful lease renewal within LEASE_SECS ({} s); try cut off",
                     cfg.lease.as_secs()
@@ -761,18 +761,18 @@ fn log_finished(d: &Done, outcome: &str, state: JobState) {
 
 impl TryEnd {
     /// The stable code and human message of a try that did not succeed (`None`s for a success).
-    fn code_and_message(&self) -> (Option<&str>, Option<&str>) {
-        match self {
-            TryEnd::Returned(Outcome::Succeeded) => (None, None),
-            TryEnd::Returned(Outcome::Ineligible { code, detail }) => (Some(code), Some(detail)),
+    fn code_and_message(&self) -> (Option<&'static str>, Option<&str>) {
+        let (code, message) = match self {
+            TryEnd::Returned(Outcome::Succeeded) => return (None, None),
+            TryEnd::Returned(Outcome::Ineligible { code, detail }) => (*code, Some(detail.as_str())),
             TryEnd::Returned(Outcome::Retry { code, message, .. } | Outcome::Fail { code, message }) => {
-                (Some(code), Some(message))
+                (*code, Some(message.as_str()))
             }
-            TryEnd::Panicked(msg) => (Some("handler_panicked"), Some(msg)),
-            TryEnd::TimedOut => (Some("try_timeout"), None),
-            TryEnd::LeaseDeadline => (Some("lease_lost"), None),
-            TryEnd::LeaseLost => (Some("lease_lost"), None),
-        }
+            TryEnd::Panicked(msg) => (ErrorCode::HandlerPanicked, Some(msg.as_str())),
+            TryEnd::TimedOut => (ErrorCode::TryTimeout, None),
+            TryEnd::LeaseDeadline | TryEnd::LeaseLost => (ErrorCode::LeaseLost, None),
+        };
+        (Some(code.as_str()), message)
     }
 }
 

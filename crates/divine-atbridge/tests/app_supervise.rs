@@ -6,6 +6,7 @@ use divine_atbridge::app::{supervise, TaskFuture};
 use divine_atbridge::http::TaskHealth;
 use divine_atbridge::ingest::{self, IngestConfig};
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -88,7 +89,7 @@ async fn a_dead_ingest_makes_the_process_unready_counted_and_exit() {
         .await
         .expect("the supervisor ends after its linger")
         .unwrap();
-    assert_eq!(result.unwrap_err().code(), "task_exited");
+    assert_eq!(result.unwrap_err().code(), ErrorCode::TaskExited);
     assert_eq!(
         sample(&handle.render(), "bridge_task_exits_total{task=\"workers\"}"),
         0.0,
@@ -107,7 +108,7 @@ async fn a_panicking_task_is_caught_and_counted() {
         ("workers", until_shutdown(rx.clone())),
     ];
     let result = supervise(tasks, tx, health.clone(), Duration::from_millis(10)).await;
-    assert_eq!(result.unwrap_err().code(), "task_exited");
+    assert_eq!(result.unwrap_err().code(), ErrorCode::TaskExited);
     assert_eq!(health.exited(), vec!["retention"]);
     let after = sample(&handle.render(), "bridge_task_exits_total{task=\"retention\"}");
     assert_eq!(after - before, 1.0);

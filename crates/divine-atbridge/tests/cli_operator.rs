@@ -50,7 +50,7 @@ fn fail_head(c: &mut PgConnection, key: &str, code: &str) -> i64 {
     let job = &leased[0];
     assert_eq!(job.ordering_key, key);
     let finish = Finish::Failed {
-        code: code.into(),
+        code: code.parse().expect("a code of ErrorCode"),
         message: format!("{code} for the CLI test"),
     };
     queue::finish(c, job.lease(), &finish).unwrap();

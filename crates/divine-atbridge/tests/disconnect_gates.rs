@@ -12,7 +12,7 @@ const DID: &str = "did:plc:cccccccccccccccccccccccc";
 
 fn code(r: Result<String, JobError>) -> &'static str {
     match r {
-        Err(JobError::Ineligible { code, .. }) => code,
+        Err(JobError::Ineligible { code, .. }) => code.as_str(),
         other => panic!("expected ineligible, got {other:?}"),
     }
 }

@@ -13,6 +13,7 @@ use divine_atbridge::keys::{random_password, AccountKey};
 use divine_atbridge::pds::{MemorySessionStore, PdsClient, PdsError, PutRecord, SessionManager, StoreError};
 use divine_atbridge::plc::PlcClient;
 use divine_atbridge::xrpc::{XrpcClient, XrpcConfig};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, ErrorClass};
 use std::sync::Mutex;
 
@@ -120,7 +121,7 @@ impl Checkpoint for CrashingCheckpoint {
         }
         if crash {
             return Err(StoreError::new(
-                "simulated_crash",
+                ErrorCode::DbConnectionLost,
                 ErrorClass::Transient,
                 "killed at checkpoint",
             ));
@@ -289,7 +290,7 @@ async fn resume_after_account_created_checkpoint() {
     let crashing = CrashingCheckpoint::new(ProvisionStep::AccountCreated, true);
     let first = Provisioner::new(xrpc(), acct.request.clone(), acct.secrets.clone(), &crashing).unwrap();
     let err = first.run(ProvisionState::new()).await.unwrap_err();
-    assert_eq!(err.code(), "simulated_crash");
+    assert_eq!(err.code(), ErrorCode::DbConnectionLost);
     let saved = crashing.last();
     assert_eq!(saved.step, ProvisionStep::AccountCreated);
     let did = saved.did.clone().unwrap();
@@ -357,7 +358,7 @@ async fn resume_when_genesis_registered_but_checkpoint_lost() {
 
     // Re-posting the same genesis is what PLC calls misordered; the provisioner must not fail on it.
     let reposted = plc.submit(saved.did.as_deref().unwrap(), &genesis).await.unwrap_err();
-    assert_eq!(reposted.code(), "plc_ordering");
+    assert_eq!(reposted.code(), ErrorCode::PlcOrdering);
 
     let second = Provisioner::new(
         xrpc(),
@@ -422,7 +423,7 @@ async fn second_account_with_same_handle_is_handle_unavailable() {
     .run(ProvisionState::new())
     .await
     .unwrap_err();
-    assert_eq!(err.code(), "handle_unavailable", "{err}");
+    assert_eq!(err.code(), ErrorCode::HandleUnavailable, "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);
 }
 
@@ -441,7 +442,7 @@ async fn invalid_handle_is_handle_unavailable_and_pds_errors_classify() {
     .run(ProvisionState::new())
     .await
     .unwrap_err();
-    assert_eq!(err.code(), "handle_unavailable", "{err}");
+    assert_eq!(err.code(), ErrorCode::HandleUnavailable, "{err}");
 
     // A record write while deactivated → account_deactivated; createSession with a wrong password → pds_rejected.
     let acct = account(&stack, "deact");
@@ -463,10 +464,10 @@ async fn invalid_handle_is_handle_unavailable_and_pds_errors_classify() {
         swap_record: None,
     };
     let err = pds.put_record(&session.access_jwt, &put).await.unwrap_err();
-    assert_eq!(err.code(), "account_deactivated", "{err}");
+    assert_eq!(err.code(), ErrorCode::AccountDeactivated, "{err}");
     let err = pds.create_session(&did, "wrong-password").await.unwrap_err();
     assert!(matches!(err, PdsError::Rejected { status: 401, .. }), "{err:?}");
-    assert_eq!(err.code(), "pds_rejected");
+    assert_eq!(err.code(), ErrorCode::PdsRejected);
 }
 
 /// Clock skew against the real PDS: a correctly signed service-auth JWT as a host whose clock is 10 minutes behind
@@ -505,7 +506,7 @@ async fn a_service_auth_token_from_a_lagging_clock_is_transient_service_auth_exp
     };
     let token = divine_atbridge::jwt::sign_es256k(&acct.secrets.signing_key, &claims);
     let err = pds.create_account(&token, &input).await.unwrap_err();
-    assert_eq!(err.code(), "service_auth_expired", "{err:?}");
+    assert_eq!(err.code(), ErrorCode::ServiceAuthExpired, "{err:?}");
     assert_eq!(err.class(), ErrorClass::Transient);
     // Nothing was created: a token minted on time succeeds for the same DID.
     let token = divine_atbridge::jwt::mint_service_auth(
@@ -544,7 +545,7 @@ async fn records_and_blobs_on_a_provisioned_account() {
     };
     let access = outcome.session.unwrap().access_jwt.clone();
     let err = pds.put_record(&access, &put).await.unwrap_err();
-    assert_eq!(err.code(), "pds_validation", "{err}");
+    assert_eq!(err.code(), ErrorCode::PdsValidation, "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);
 
     // uploadBlob with a streamed body (chunks, no Content-Length) stores the bytes as sniffed video/mp4.

@@ -98,7 +98,7 @@ impl JobHandler for Publisher {
             assert!(sent.is_ok(), "{sent:?}");
             match job.payload["do"].as_str() {
                 Some("retry") => Outcome::Retry {
-                    code: "pds_unavailable".into(),
+                    code: divine_bridge_db::ErrorCode::XrpcServerError,
                     message: "PDS answered 503".into(),
                     retry_after: Some(Duration::from_secs(60)),
                 },
@@ -205,7 +205,7 @@ async fn every_finished_try_logs_one_line_with_the_ids_of_its_event() {
         .into_iter()
         .find(|l| field(l, "message") == "job try finished")
         .unwrap();
-    assert_eq!(field(&retry_line, "code"), "pds_unavailable");
+    assert_eq!(field(&retry_line, "code"), "xrpc_server_error");
     assert_eq!(field(&retry_line, "error"), "PDS answered 503");
     assert_eq!(field(&retry_line, "state"), "queued");
     let text = raw_lines();

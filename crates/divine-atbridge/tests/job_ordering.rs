@@ -28,7 +28,7 @@ fn unique(job: &LeasedJob) -> &str {
 /// The handler's verdict for a video whose media host answers 503: retry in an hour (a backoff).
 fn back_off(tdb: &TestDb, job: &LeasedJob) {
     let outcome = Finish::Retry {
-        code: "media_http_status".into(),
+        code: divine_bridge_db::ErrorCode::MediaHttpStatus,
         message: "503 from the media host".into(),
         run_at: Utc::now() + chrono::Duration::hours(1),
         max_age: Duration::from_secs(7 * 24 * 3600),

@@ -28,7 +28,7 @@ fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
     let identity = IdentityConfig {
         plc_url: "http://127.0.0.1:9".into(),
         pds_url: "http://127.0.0.1:9".into(),
-        key_encryption_key: String::new(),
+        key_encryption_keys: Vec::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
         pds_admin_password: "admin-pass".into(),
@@ -81,7 +81,7 @@ fn kind5(keys: &Keys, target: EventId) -> Event {
 
 fn fail_code(outcome: Outcome) -> String {
     match outcome {
-        Outcome::Fail { code, .. } => code,
+        Outcome::Fail { code, .. } => code.to_string(),
         other => panic!("expected a permanent failure, got {other:?}"),
     }
 }
@@ -192,14 +192,14 @@ async fn a_lifecycle_job_waits_for_a_running_job_of_its_account() {
         .unwrap();
     let handler = h.registry().get(JobKind::ProvisionAccount).unwrap();
     match handler.handle(&provision).await {
-        Outcome::Retry { code, .. } => assert_eq!(code, "account_busy"),
+        Outcome::Retry { code, .. } => assert_eq!(code, divine_bridge_db::ErrorCode::AccountBusy),
         other => panic!("expected an account_busy retry, got {other:?}"),
     }
     queue::release(&mut tdb.conn(), "test", &[provision.lease()]).unwrap();
     queue::finish(&mut tdb.conn(), running.lease(), &queue::Finish::Succeeded).unwrap();
     // Past the barrier, provisioning itself runs (and fails on the missing account link), not account_busy.
     let code = match run_one(&tdb, &h).await {
-        Outcome::Retry { code, .. } | Outcome::Fail { code, .. } => code,
+        Outcome::Retry { code, .. } | Outcome::Fail { code, .. } => code.to_string(),
         other => format!("{other:?}"),
     };
     assert_ne!(code, "account_busy");

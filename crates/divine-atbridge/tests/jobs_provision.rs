@@ -16,6 +16,7 @@ use divine_atbridge::pds::{PdsClient, SessionManager};
 use divine_atbridge::xrpc::{XrpcClient, XrpcConfig};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::Classified;
+use divine_bridge_db::ErrorCode;
 use std::sync::Arc;
 use support::*;
 
@@ -48,7 +49,7 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
     let identity = IdentityConfig {
         plc_url: stack.plc_url.clone(),
         pds_url: stack.pds_url.clone(),
-        key_encryption_key: String::new(),
+        key_encryption_keys: Vec::new(),
         recovery_keys: vec![],
         email_domain: "bridge.test".into(),
         pds_admin_password: stack.admin_password.clone(),
@@ -146,7 +147,7 @@ async fn provisioning_job_reaches_ready_and_sessions_work_from_postgres() {
         .unwrap();
     link(&mut tdb.conn(), &other, &handle);
     let err = provision(&deps, &other).await.unwrap_err();
-    assert_eq!(err.code(), "handle_unavailable", "{err}");
+    assert_eq!(err.code(), ErrorCode::HandleUnavailable, "{err}");
     let (st, did2, code) = state(&mut tdb.conn(), &other);
     assert_eq!((st.as_str(), code.as_deref()), ("failed", Some("handle_unavailable")));
     let keys_kept: i64 = {

@@ -11,6 +11,7 @@ use divine_atbridge::jobs::{JobError, RepoWriter, UpstreamError};
 use divine_atbridge::nostr::{DeleteRequest, ProfileMeta, VideoEvent};
 use divine_atbridge::translate::KnownRecord;
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{records, Classified, ErrorClass, RecordState};
 use futures::future::BoxFuture;
 use nostr::prelude::*;
@@ -35,7 +36,7 @@ struct MemRepo {
 
 fn transient(msg: &str) -> UpstreamError {
     UpstreamError {
-        code: "xrpc_server_error",
+        code: ErrorCode::XrpcServerError,
         class: ErrorClass::Transient,
         retry_after: None,
         message: msg.into(),
@@ -188,7 +189,7 @@ impl PostSource for FakeSource {
     fn prepare<'a>(&'a self, event: &'a VideoEvent) -> BoxFuture<'a, Result<PreparedPost, JobError>> {
         Box::pin(async move {
             if event.content.contains("no video") {
-                return Err(JobError::ineligible("no_video", "no imeta url"));
+                return Err(JobError::ineligible(ErrorCode::NoVideo, "no imeta url"));
             }
             let bytes = format!("video of {}", event.id).into_bytes();
             let record = typed(serde_json::json!({
@@ -252,7 +253,10 @@ async fn crashes_at_any_step_still_leave_exactly_one_record() {
     // PDS down: nothing written, reservation kept.
     *repo.fail_before_store.lock().unwrap() = 1;
     let err = publish::publish(&db, &FakeSource, &repo, &vid(&e)).await.unwrap_err();
-    assert_eq!((err.code(), err.class()), ("xrpc_server_error", ErrorClass::Transient));
+    assert_eq!(
+        (err.code(), err.class()),
+        (ErrorCode::XrpcServerError, ErrorClass::Transient)
+    );
     let reserved = records::get_record(&mut tdb.conn(), &e.id.to_hex()).unwrap().unwrap();
     assert_eq!(reserved.record_state().unwrap(), RecordState::Reserved);
 
@@ -296,19 +300,28 @@ async fn gates_disabled_not_ready_failed_and_untranslatable() {
     let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&off, "x", 22, None, T)))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_disabled", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountDisabled, ErrorClass::Permanent)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&pending, "x", 22, None, T)))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Transient));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountNotReady, ErrorClass::Transient)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&failed, "x", 22, None, T)))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("account_not_ready", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::AccountNotReady, ErrorClass::Permanent)
+    );
     let e = publish::publish(&db, &FakeSource, &repo, &vid(&video(&ok, "no video here", 22, None, T)))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "no_video");
+    assert_eq!(e.code(), ErrorCode::NoVideo);
     assert!(repo.records.lock().unwrap().is_empty());
     assert!(
         records::get_record(&mut tdb.conn(), &video(&ok, "no video here", 22, None, T).id.to_hex())
@@ -345,7 +358,7 @@ async fn deletes_win_in_either_order() {
         RecordState::Deleted
     );
     let again = publish::publish(&db, &FakeSource, &repo, &vid(&a)).await.unwrap_err();
-    assert_eq!(again.code(), "deleted", "a redelivered event stays deleted");
+    assert_eq!(again.code(), ErrorCode::Deleted, "a redelivered event stays deleted");
 
     // Delete first, video later.
     let b = video(&keys, "second", 22, None, T + 20);
@@ -356,7 +369,7 @@ async fn deletes_win_in_either_order() {
         0
     );
     let late = publish::publish(&db, &FakeSource, &repo, &vid(&b)).await.unwrap_err();
-    assert_eq!((late.code(), late.class()), ("deleted", ErrorClass::Permanent));
+    assert_eq!((late.code(), late.class()), (ErrorCode::Deleted, ErrorClass::Permanent));
     assert!(repo.records.lock().unwrap().is_empty());
 
     // Someone else's delete is ignored.
@@ -393,7 +406,11 @@ async fn addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones
     let m1 = records::get_record(&mut tdb.conn(), &v1.id.to_hex()).unwrap().unwrap();
     assert_eq!(m1.record_state().unwrap(), RecordState::Superseded);
     let late = publish::publish(&db, &FakeSource, &repo, &vid(&v0)).await.unwrap_err();
-    assert_eq!(late.code(), "superseded", "an older revision arriving late is ignored");
+    assert_eq!(
+        late.code(),
+        ErrorCode::Superseded,
+        "an older revision arriving late is ignored"
+    );
 
     // A coordinate delete removes revisions at or before its time; a later revision survives.
     let coord = format!("34235:{}:clip", keys.public_key().to_hex());
@@ -472,7 +489,10 @@ async fn the_newest_profile_wins() {
     let stale = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&older))
         .await
         .unwrap_err();
-    assert_eq!((stale.code(), stale.class()), ("superseded", ErrorClass::Permanent));
+    assert_eq!(
+        (stale.code(), stale.class()),
+        (ErrorCode::Superseded, ErrorClass::Permanent)
+    );
     sync_profile(&db, &FakeProfiles, &repo, &meta_of(&newer))
         .await
         .expect("re-delivery of the newest is fine");
@@ -483,14 +503,17 @@ async fn the_newest_profile_wins() {
     let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&bad))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("invalid_event", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (divine_bridge_db::ErrorCode::InvalidEvent, ErrorClass::Permanent)
+    );
     let between = meta("between", T + 20);
     let e = sync_profile(&db, &FakeProfiles, &repo, &meta_of(&between))
         .await
         .unwrap_err();
     assert_eq!(
         e.code(),
-        "superseded",
+        divine_bridge_db::ErrorCode::Superseded,
         "the untranslatable newer kind 0 holds its place"
     );
     let recs = repo.records.lock().unwrap();
@@ -579,7 +602,7 @@ async fn a_tag_delete_keeps_the_case_of_d() {
     let refused = publish::publish(&db, &FakeSource, &repo, &vid(&other))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), "deleted");
+    assert_eq!(refused.code(), ErrorCode::Deleted);
 }
 
 /// Issue 9 §5: tombstones are per (target, author). Another user's kind 5 naming my event id first must not claim
@@ -604,7 +627,7 @@ async fn another_users_delete_does_not_block_mine() {
         .unwrap_err();
     assert_eq!(
         late.code(),
-        "deleted",
+        ErrorCode::Deleted,
         "my own delete counts although a stranger named my event first"
     );
     assert!(repo.records.lock().unwrap().is_empty());
@@ -671,7 +694,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
     // The stale try writes after the delete ran; its mark_published must not flip `deleted` back, and the record
     // it wrote must not stay live on the PDS.
     let err = publish::publish(&db, &FakeSource, &repo, &vid(&v)).await.unwrap_err();
-    assert_eq!((err.code(), err.class()), ("deleted", ErrorClass::Permanent));
+    assert_eq!((err.code(), err.class()), (ErrorCode::Deleted, ErrorClass::Permanent));
     let m = records::get_record(&mut tdb.conn(), &v.id.to_hex()).unwrap().unwrap();
     assert_eq!(m.record_state().unwrap(), RecordState::Deleted);
     assert!(m.published_at.is_none());
@@ -681,7 +704,7 @@ async fn a_delete_racing_a_stale_publish_try_ends_deleted() {
     );
     // A redelivery stays deleted.
     let again = publish::publish(&db, &FakeSource, &repo, &vid(&v)).await.unwrap_err();
-    assert_eq!(again.code(), "deleted");
+    assert_eq!(again.code(), ErrorCode::Deleted);
     assert!(repo.inner.records.lock().unwrap().is_empty());
 }
 
@@ -777,7 +800,7 @@ async fn spooled_media_uploads_from_disk_and_is_removed_on_failure_and_success()
 
     *repo.fail_upload.lock().unwrap() = 1;
     let err = publish::publish(&db, &source, &repo, &vid(&e)).await.unwrap_err();
-    assert_eq!(err.code(), "xrpc_server_error");
+    assert_eq!(err.code(), ErrorCode::XrpcServerError);
     assert_eq!(spool.file_count(), 0, "a failed upload removes the spool file");
 
     let out = publish::publish(&db, &source, &repo, &vid(&e)).await.unwrap();

@@ -13,6 +13,7 @@ use divine_bridge_db::records::{self, AccountKeys, Resealed};
 use divine_bridge_db::schema::{account_keys, account_sessions};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::Classified;
+use divine_bridge_db::ErrorCode;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -50,25 +51,9 @@ async fn seed(tdb: &TestDb, old: &KeyRing) -> Vec<String> {
             },
         )
         .unwrap();
-        let sealed = ProvisionSecrets::generate().seal(old.primary(), &pk);
-        signing.push(sealed.signing_did_key.clone());
-        records::insert_keys_once(
-            &mut conn,
-            &AccountKeys {
-                nostr_pubkey: pk.clone(),
-                kek_id: sealed.kek_id,
-                signing_key_sealed: sealed.signing_key_sealed,
-                rotation_key_sealed: sealed.rotation_key_sealed,
-                password_sealed: sealed.password_sealed,
-                signing_did_key: sealed.signing_did_key,
-                rotation_did_key: sealed.rotation_did_key,
-                provision_state: None,
-                created_at: chrono::Utc::now(),
-                updated_at: chrono::Utc::now(),
-                seal_generation: 0,
-            },
-        )
-        .unwrap();
+        let row = ProvisionSecrets::generate().keys_row(old.primary(), &pk);
+        signing.push(row.signing_did_key.clone());
+        records::insert_keys_once(&mut conn, &row).unwrap();
         accounts::mark_ready(&mut conn, &pk, &did).unwrap();
         let session = StoredSession {
             access_jwt: format!("access-{i}"),
@@ -110,7 +95,7 @@ async fn rotate_interrupted_resumes_and_old_generations_do_not_open() {
     // A ring without the KEK a row names refuses with its own code.
     let only_new = KeyRing::from(new.clone());
     let e = ProvisionSecrets::open_row(&only_new, &all_keys(&tdb)[0]).unwrap_err();
-    assert_eq!(e.code(), "key_encryption_key_unknown");
+    assert_eq!(e.code(), ErrorCode::KeyEncryptionKeyUnknown);
 
     let before = all_keys(&tdb);
 
@@ -178,7 +163,7 @@ async fn rotate_interrupted_resumes_and_old_generations_do_not_open() {
     let replayed = all_keys(&tdb).into_iter().next().unwrap();
     assert_eq!(replayed.seal_generation, 1);
     let e = ProvisionSecrets::open_row(&ring, &replayed).unwrap_err();
-    assert_eq!(e.code(), "key_decrypt_failed");
+    assert_eq!(e.code(), ErrorCode::KeyDecryptFailed);
 
     // Fenced: a re-seal computed from generation 0 cannot land on a row at generation 1.
     let stale = Resealed {
@@ -197,6 +182,6 @@ async fn rotate_interrupted_resumes_and_old_generations_do_not_open() {
     let e = rekey::rotate(&db, &ring, 3, |_| ControlFlow::Continue(()))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "key_decrypt_failed");
+    assert_eq!(e.code(), ErrorCode::KeyDecryptFailed);
     assert!(e.to_string().contains(&victim.nostr_pubkey), "{e}");
 }

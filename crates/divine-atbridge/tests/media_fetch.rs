@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use divine_atbridge::media::{MediaError, MediaFetchConfig, MediaFetcher, MediaKind};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, ErrorClass};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -147,7 +148,7 @@ fn expect_err(
     class: ErrorClass,
 ) -> MediaError {
     let e = r.expect_err("fetch must fail");
-    assert_eq!(e.code(), code, "{e}");
+    assert_eq!(e.code().as_str(), code, "{e}");
     assert_eq!(e.class(), class, "{e}");
     e
 }
@@ -457,17 +458,20 @@ async fn fetch_any_falls_back_and_prefers_transient_errors() {
         format!("http://localhost:{port}/503"),
     ];
     let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
-    assert_eq!((e.code(), e.class()), ("media_http_status", ErrorClass::Transient));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::MediaHttpStatus, ErrorClass::Transient)
+    );
     // Only permanent failures: the primary URL's error.
     let urls = vec![
         format!("http://evil.example:{port}/x"),
         format!("http://localhost:{port}/404"),
     ];
     let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
-    assert_eq!(e.code(), "media_host_not_allowed");
+    assert_eq!(e.code(), ErrorCode::MediaHostNotAllowed);
     assert_eq!(
         f.fetch_any(&[], None, MediaKind::Video).await.unwrap_err().code(),
-        "media_bad_url"
+        ErrorCode::MediaBadUrl
     );
 }
 
@@ -508,7 +512,7 @@ async fn spooled_fetch_hashes_on_disk_and_leaves_no_file_on_any_failure() {
             .fetch_to_spool(&url(path), sha.as_deref(), kind, &spool)
             .await
             .expect_err(path);
-        assert_eq!(e.code(), code, "{path}: {e}");
+        assert_eq!(e.code().as_str(), code, "{path}: {e}");
         assert_eq!(spool.file_count(), 0, "{path} left a spool file");
     }
 
@@ -594,7 +598,7 @@ async fn fallbacks_are_capped_and_share_one_deadline() {
     let mut urls: Vec<String> = (0..5).map(|_| format!("http://localhost:{port}/404")).collect();
     urls.push(format!("http://localhost:{port}/video.mp4"));
     let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
-    assert_eq!(e.code(), "media_http_status");
+    assert_eq!(e.code(), ErrorCode::MediaHttpStatus);
     assert_eq!(
         srv.hits.load(Ordering::SeqCst),
         4,
@@ -605,7 +609,7 @@ async fn fallbacks_are_capped_and_share_one_deadline() {
     let urls: Vec<String> = (0..4).map(|_| format!("http://localhost:{port}/slow")).collect();
     let started = Instant::now();
     let e = f.fetch_any(&urls, None, MediaKind::Video).await.unwrap_err();
-    assert_eq!(e.code(), "media_timeout");
+    assert_eq!(e.code(), ErrorCode::MediaTimeout);
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "took {:?}",

@@ -273,7 +273,10 @@ async fn an_unreadable_relay_makes_the_sweep_incomplete() {
     let dead = "ws://127.0.0.1:9".to_string();
     let (found, ok) = reconcile::sweep(&db.pool(2), &cfg(vec![url_a, dead], Duration::from_secs(60))).await;
     let err = ok.unwrap_err();
-    assert_eq!(divine_bridge_db::Classified::code(&err), "reconcile_relay_unavailable");
+    assert_eq!(
+        divine_bridge_db::Classified::code(&err).as_str(),
+        "reconcile_relay_unavailable"
+    );
     assert_eq!(found.get(Reason::MissingPublish), 1);
 }
 

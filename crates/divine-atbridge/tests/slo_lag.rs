@@ -22,10 +22,10 @@ enum Fake {
 }
 
 impl Classified for Fake {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> divine_bridge_db::ErrorCode {
         match self {
-            Fake::Rejected => "pds_rejected",
-            Fake::Busy => "pds_unavailable",
+            Fake::Rejected => divine_bridge_db::ErrorCode::PdsRejected,
+            Fake::Busy => divine_bridge_db::ErrorCode::XrpcServerError,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -46,7 +46,7 @@ impl JobHandler for ByPayload {
                 "fail" => Outcome::from_error(&Fake::Rejected),
                 "retry" => Outcome::from_error(&Fake::Busy),
                 "ineligible" => Outcome::Ineligible {
-                    code: "account_disabled".into(),
+                    code: divine_bridge_db::ErrorCode::AccountDisabled,
                     detail: "off".into(),
                 },
                 other => panic!("unknown {other}"),

@@ -4,6 +4,7 @@
 
 use divine_atbridge::config::CrosspostConfig;
 use divine_bridge_db::Classified;
+use divine_bridge_db::ErrorCode;
 
 #[test]
 fn link_templates_default_turn_off_when_empty_and_are_validated() {
@@ -48,7 +49,7 @@ fn link_templates_default_turn_off_when_empty_and_are_validated() {
         std::env::remove_var("DIVINE_PROFILE_URL_TEMPLATE");
         std::env::set_var(var, bad);
         let e = CrosspostConfig::from_env().unwrap_err();
-        assert_eq!(e.code(), "config_invalid", "{var}={bad}");
+        assert_eq!(e.code(), ErrorCode::ConfigInvalid, "{var}={bad}");
         assert!(e.to_string().contains(var), "{e}");
     }
 }

@@ -68,7 +68,7 @@ fn run(event: &Event, options: &Value) -> Value {
     }
     let parsed = match bridge_nostr::parse_event(event) {
         Ok(p) => p,
-        Err(e) => return json!({"outcome": "ineligible", "reason": e.code()}),
+        Err(e) => return json!({"outcome": "ineligible", "reason": e.code().as_str()}),
     };
     match parsed {
         BridgeEvent::Video(v) => {
@@ -78,7 +78,7 @@ fn run(event: &Event, options: &Value) -> Value {
             }
             let plan = match translate::plan_post(&v, &ctx) {
                 Ok(p) => p,
-                Err(e) => return json!({"outcome": "ineligible", "reason": e.code()}),
+                Err(e) => return json!({"outcome": "ineligible", "reason": e.code().as_str()}),
             };
             check_post_invariants(&plan);
             let captions = plan
@@ -109,7 +109,7 @@ fn run(event: &Event, options: &Value) -> Value {
         BridgeEvent::Profile(p) => {
             let plan = match translate::plan_profile(&p) {
                 Ok(p) => p,
-                Err(e) => return json!({"outcome": "ineligible", "reason": e.code()}),
+                Err(e) => return json!({"outcome": "ineligible", "reason": e.code().as_str()}),
             };
             let avatar = plan.avatar_url.as_ref().map(|_| blob(AVATAR_CID, "image/png", 500));
             let banner = plan.banner_url.as_ref().map(|_| blob(AVATAR_CID, "image/jpeg", 700));

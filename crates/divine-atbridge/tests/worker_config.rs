@@ -3,6 +3,7 @@
 
 use divine_atbridge::worker::WorkerConfig;
 use divine_bridge_db::Classified;
+use divine_bridge_db::ErrorCode;
 use std::time::Duration;
 
 #[test]
@@ -71,7 +72,7 @@ fn worker_config_reads_the_environment_with_defaults_and_clear_errors() {
         let saved = std::env::var(var).ok();
         std::env::set_var(var, value);
         let err = WorkerConfig::from_env().expect_err(value);
-        assert_eq!(err.code(), "config_invalid");
+        assert_eq!(err.code(), ErrorCode::ConfigInvalid);
         assert!(err.to_string().contains(var), "{err}");
         match saved {
             Some(s) => std::env::set_var(var, s),
@@ -92,7 +93,7 @@ fn job_retention_defaults_to_14_days_and_refuses_less_than_an_hour() {
     assert_eq!(job_retention().unwrap(), Duration::from_secs(7200));
     for bad in ["60", "0", "-1", "two weeks"] {
         std::env::set_var("JOB_RETENTION_SECS", bad);
-        assert_eq!(job_retention().unwrap_err().code(), "config_invalid", "{bad}");
+        assert_eq!(job_retention().unwrap_err().code(), ErrorCode::ConfigInvalid, "{bad}");
     }
     std::env::remove_var("JOB_RETENTION_SECS");
 }
@@ -113,7 +114,7 @@ fn ingest_shards_and_lease_default_and_refuse_out_of_range_values() {
         std::env::set_var("NOSTR_INGEST_SHARDS", bad);
         assert_eq!(
             CrosspostConfig::from_env().unwrap_err().code(),
-            "config_invalid",
+            ErrorCode::ConfigInvalid,
             "{bad}"
         );
     }
@@ -122,7 +123,7 @@ fn ingest_shards_and_lease_default_and_refuse_out_of_range_values() {
         std::env::set_var("INGEST_LEASE_SECS", bad);
         assert_eq!(
             CrosspostConfig::from_env().unwrap_err().code(),
-            "config_invalid",
+            ErrorCode::ConfigInvalid,
             "{bad}"
         );
     }

@@ -51,10 +51,10 @@ enum FakeError {
 }
 
 impl Classified for FakeError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> divine_bridge_db::ErrorCode {
         match self {
-            FakeError::RateLimited(_) => "pds_rate_limited",
-            FakeError::Rejected => "pds_rejected",
+            FakeError::RateLimited(_) => divine_bridge_db::ErrorCode::XrpcRateLimited,
+            FakeError::Rejected => divine_bridge_db::ErrorCode::PdsRejected,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -81,7 +81,7 @@ impl JobHandler for Scripted {
                 "rate_limited" => Outcome::from_error(&FakeError::RateLimited(Duration::from_secs(86_400))),
                 "rejected" => Outcome::from_error(&FakeError::Rejected),
                 "ineligible" => Outcome::Ineligible {
-                    code: "account_disabled".into(),
+                    code: divine_bridge_db::ErrorCode::AccountDisabled,
                     detail: "the user turned cross-posting off".into(),
                 },
                 "slow" => {
@@ -186,7 +186,7 @@ async fn outcomes_are_recorded_and_panics_and_unknown_kinds_do_not_kill_the_work
     assert!(row.run_at > Utc::now(), "a panic is retried with backoff");
 
     let row = wait_for(&db, limited, |r| r.state == "queued" && r.attempt == 1).await;
-    assert_eq!(row.last_error_code.as_deref(), Some("pds_rate_limited"));
+    assert_eq!(row.last_error_code.as_deref(), Some("xrpc_rate_limited"));
     let wait = (row.run_at - Utc::now()).num_seconds();
     assert!(
         (590..=600).contains(&wait),
@@ -246,7 +246,9 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
     let db = TestDb::migrated("worker_fenced");
     let handler = Scripted::new();
     let id = enqueue(&db, JobKind::Noop, "a", "wait");
+    // One slot, held by the waiting try: the pool itself cannot lease the reclaimed job before the thief does.
     let cfg = WorkerConfig {
+        workers: 1,
         watchdog_enabled: false,
         ..config()
     };
@@ -272,7 +274,7 @@ async fn a_reclaimed_workers_result_is_dropped_and_the_new_owners_stands() {
         ("running", Some("thief"))
     );
     let fail = Finish::Failed {
-        code: "pds_rejected".into(),
+        code: divine_bridge_db::ErrorCode::PdsRejected,
         message: "thief's verdict".into(),
     };
     queue::finish(&mut conn, stolen[0].lease(), &fail).unwrap();
@@ -460,7 +462,7 @@ async fn retry_after_zero_is_not_retried_at_once() {
     let id = enqueue(&db, JobKind::Noop, "a", "retry_after_zero");
     let (stop, pool) = start(&db, config(), handler.clone());
     let row = wait_for(&db, id, |r| r.state == "queued" && r.attempt == 1).await;
-    assert_eq!(row.last_error_code.as_deref(), Some("pds_rate_limited"));
+    assert_eq!(row.last_error_code.as_deref(), Some("xrpc_rate_limited"));
     let wait = (row.run_at - Utc::now()).num_seconds();
     assert!(
         wait >= 55,

@@ -1,4 +1,4 @@
-//! Fault injection for the one HTTP path (xrpc.rs) and the session manager (pds.rs): a local axum server on
+//! Fault injection for the one HTTP path (xrpc.rs) and the session manager (pds/session.rs): a local axum server on
 //! 127.0.0.1:0 answers with every failure shape the PDS/PLC can produce, and a fake PDS session service counts
 //! refreshes and logins so the refresh rules (once, under a per-DID lock, password fallback) are checked exactly.
 
@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use divine_atbridge::pds::{MemorySessionStore, PdsClient, PdsError, PutRecord, SessionManager, StoredSession};
 use divine_atbridge::xrpc::{XrpcClient, XrpcConfig, XrpcError, XrpcMethod, XrpcRequest, REQUESTS_METRIC};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, ErrorClass};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashSet;
@@ -162,7 +163,7 @@ async fn every_fault_is_classified() {
     let e = fault(&base, "fault.e500", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_server_error", ErrorClass::Transient, Some(500))
+        (ErrorCode::XrpcServerError, ErrorClass::Transient, Some(500))
     );
     assert_eq!(e.error_name(), Some("InternalServerError"));
     assert_eq!(e.retry_after(), None);
@@ -170,7 +171,7 @@ async fn every_fault_is_classified() {
     let e = fault(&base, "fault.e502", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_server_error", ErrorClass::Transient, Some(502))
+        (ErrorCode::XrpcServerError, ErrorClass::Transient, Some(502))
     );
     assert_eq!(e.error_name(), None);
     assert_eq!(
@@ -182,12 +183,12 @@ async fn every_fault_is_classified() {
     let e = fault(&base, "fault.e429", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_rate_limited", ErrorClass::Transient, Some(429))
+        (ErrorCode::XrpcRateLimited, ErrorClass::Transient, Some(429))
     );
     assert_eq!(e.retry_after(), Some(Duration::from_secs(17)));
 
     let e = fault(&base, "fault.e429date", t).await;
-    assert_eq!(e.code(), "xrpc_rate_limited");
+    assert_eq!(e.code(), ErrorCode::XrpcRateLimited);
     let ra = e.retry_after().expect("HTTP-date Retry-After parsed");
     assert!(
         ra > Duration::from_secs(100) && ra <= Duration::from_secs(120),
@@ -195,7 +196,7 @@ async fn every_fault_is_classified() {
     );
 
     let e = fault(&base, "fault.e429reset", t).await;
-    assert_eq!(e.code(), "xrpc_rate_limited");
+    assert_eq!(e.code(), ErrorCode::XrpcRateLimited);
     let ra = e.retry_after().expect("RateLimit-Reset parsed");
     assert!(ra > Duration::from_secs(25) && ra <= Duration::from_secs(30), "{ra:?}");
     assert_eq!(e.error_name(), Some("RateLimitExceeded"));
@@ -203,13 +204,13 @@ async fn every_fault_is_classified() {
     let e = fault(&base, "fault.expired", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("session_expired", ErrorClass::Transient, Some(400))
+        (ErrorCode::SessionExpired, ErrorClass::Transient, Some(400))
     );
 
     let e = fault(&base, "fault.invalid", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_rejected", ErrorClass::Permanent, Some(400))
+        (ErrorCode::XrpcRejected, ErrorClass::Permanent, Some(400))
     );
     assert_eq!(e.error_name(), Some("InvalidRequest"));
     assert_eq!(e.message(), Some("Missing createdAt"));
@@ -217,19 +218,19 @@ async fn every_fault_is_classified() {
     let e = fault(&base, "fault.deactivated", t).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_rejected", ErrorClass::Permanent, Some(401))
+        (ErrorCode::XrpcRejected, ErrorClass::Permanent, Some(401))
     );
     assert_eq!(e.error_name(), Some("AccountDeactivated"));
 
     let e = fault(&base, "fault.text400", t).await;
-    assert_eq!((e.code(), e.class()), ("xrpc_rejected", ErrorClass::Permanent));
+    assert_eq!((e.code(), e.class()), (ErrorCode::XrpcRejected, ErrorClass::Permanent));
     assert_eq!(e.message(), Some("plain text refusal"));
 
     let started = std::time::Instant::now();
     let e = fault(&base, "fault.hang", Duration::from_millis(400)).await;
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_timeout", ErrorClass::Transient, None)
+        (ErrorCode::XrpcTimeout, ErrorClass::Transient, None)
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -244,7 +245,7 @@ async fn every_fault_is_classified() {
     let e = resp.json::<serde_json::Value>().unwrap_err();
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_bad_response", ErrorClass::Transient, Some(200))
+        (ErrorCode::XrpcBadResponse, ErrorClass::Transient, Some(200))
     );
 
     // Nothing listening.
@@ -258,15 +259,15 @@ async fn every_fault_is_classified() {
         .unwrap_err();
     assert_eq!(
         (e.code(), e.class(), e.status()),
-        ("xrpc_transport", ErrorClass::Transient, None)
+        (ErrorCode::XrpcTransport, ErrorClass::Transient, None)
     );
 
     // A URL that cannot be parsed never leaves the process.
-    let e = client(t)
-        .send(XrpcRequest::get("not a url", FAULT_METHOD))
-        .await
-        .unwrap_err();
-    assert_eq!((e.code(), e.class()), ("xrpc_request_invalid", ErrorClass::Permanent));
+    let e = client(t).send(XrpcRequest::get("not a url", FAULT_METHOD)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::XrpcRequestInvalid, ErrorClass::Permanent)
+    );
 
     // Every request was counted with its method and status (or "error").
     let rendered = metrics.render();
@@ -296,11 +297,14 @@ async fn pds_errors_refine_by_xrpc_name() {
         ("stale", "session_expired", ErrorClass::Transient),
     ] {
         let e = pds.put_record(token, &put).await.unwrap_err();
-        assert_eq!((e.code(), e.class()), (code, class), "{token}: {e}");
+        assert_eq!((e.code().as_str(), e.class()), (code, class), "{token}: {e}");
     }
     let input = PdsClient::create_account_input(DID, "alice.test", "a@b.test", "pw", "invite-1").unwrap();
     let e = pds.create_account("jwt", &input).await.unwrap_err();
-    assert_eq!((e.code(), e.class()), ("handle_unavailable", ErrorClass::Permanent));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::HandleUnavailable, ErrorClass::Permanent)
+    );
     // Bad local input is refused before any request.
     let bad = PutRecord {
         rkey: "no/slashes".into(),
@@ -308,7 +312,7 @@ async fn pds_errors_refine_by_xrpc_name() {
     };
     assert_eq!(
         pds.put_record("x", &bad).await.unwrap_err().code(),
-        "pds_request_invalid"
+        ErrorCode::PdsRequestInvalid
     );
 }
 
@@ -549,7 +553,10 @@ async fn transient_refresh_failure_is_returned_not_papered_over() {
     *h.fake.refresh_behaviour.lock().unwrap() = RefreshBehaviour::ServerError;
     h.store_session(-10, false);
     let e = h.write().await.unwrap_err();
-    assert_eq!((e.code(), e.class()), ("xrpc_server_error", ErrorClass::Transient));
+    assert_eq!(
+        (e.code(), e.class()),
+        (ErrorCode::XrpcServerError, ErrorClass::Transient)
+    );
     assert_eq!(
         h.counts(),
         (0, 0, 0),
@@ -564,7 +571,7 @@ async fn wrong_password_after_refused_refresh_is_permanent() {
     h.store.set_password(DID, "changed-out-of-band");
     h.store_session(-10, false);
     let e = h.write().await.unwrap_err();
-    assert_eq!((e.code(), e.class()), ("pds_rejected", ErrorClass::Permanent));
+    assert_eq!((e.code(), e.class()), (ErrorCode::PdsRejected, ErrorClass::Permanent));
 }
 
 #[tokio::test]
@@ -689,7 +696,7 @@ async fn redirect_of_a_create_session_is_refused_and_never_followed() {
     let e = pds.create_session(DID, PASSWORD).await.unwrap_err();
     assert_eq!(
         (e.code(), e.class()),
-        ("xrpc_redirect_refused", ErrorClass::Permanent),
+        (ErrorCode::XrpcRedirectRefused, ErrorClass::Permanent),
         "{e}"
     );
     assert!(!e.to_string().contains(PASSWORD), "{e}");
@@ -735,7 +742,7 @@ async fn oversized_response_bodies_are_refused() {
             .unwrap_err();
         assert_eq!(
             (e.code(), e.class()),
-            ("xrpc_response_too_large", ErrorClass::Permanent),
+            (ErrorCode::XrpcResponseTooLarge, ErrorClass::Permanent),
             "{nsid}: {e}"
         );
     }
@@ -755,7 +762,7 @@ async fn plain_http_to_a_remote_host_is_refused() {
         .unwrap_err();
     assert_eq!(
         (e.code(), e.class()),
-        ("xrpc_insecure_url", ErrorClass::Permanent),
+        (ErrorCode::XrpcInsecureUrl, ErrorClass::Permanent),
         "{e}"
     );
 }

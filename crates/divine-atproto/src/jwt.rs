@@ -8,7 +8,7 @@ use crate::keys::{verify_signature, AccountKey};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use k256::ecdsa::VerifyingKey;
 use rand::RngCore;
 use serde::de::DeserializeOwned;
@@ -27,10 +27,10 @@ pub enum JwtError {
 }
 
 impl Classified for JwtError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            JwtError::Malformed(_) => "jwt_malformed",
-            JwtError::BadSignature(_) => "jwt_signature_invalid",
+            JwtError::Malformed(_) => ErrorCode::JwtMalformed,
+            JwtError::BadSignature(_) => ErrorCode::JwtSignatureInvalid,
         }
     }
 
@@ -175,7 +175,7 @@ mod tests {
             verify_es256k::<ServiceAuthClaims>(&token, &other.verifying_key())
                 .unwrap_err()
                 .code(),
-            "jwt_signature_invalid"
+            ErrorCode::JwtSignatureInvalid
         );
         let forged_payload = URL_SAFE_NO_PAD.encode(
             serde_json::to_vec(&ServiceAuthClaims {
@@ -201,7 +201,7 @@ mod tests {
         let token = format!("{header}.{payload}.c2ln");
         assert_eq!(decode_exp(&token).unwrap().timestamp(), 1_900_000_000);
         for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!", &format!("{header}.{header}.x")] {
-            assert_eq!(decode_exp(bad).unwrap_err().code(), "jwt_malformed", "{bad:?}");
+            assert_eq!(decode_exp(bad).unwrap_err().code(), ErrorCode::JwtMalformed, "{bad:?}");
         }
     }
 }

@@ -25,7 +25,7 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use k256::ecdsa::signature::hazmat::PrehashVerifier;
 use k256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use k256::elliptic_curve::zeroize::Zeroizing;
@@ -66,14 +66,14 @@ pub enum KeyError {
 }
 
 impl Classified for KeyError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            KeyError::KekInvalid(_) => "key_encryption_key_invalid",
-            KeyError::DecryptFailed(_) => "key_decrypt_failed",
-            KeyError::InvalidDidKey { .. } => "did_key_invalid",
-            KeyError::InvalidSecretKey(_) => "secret_key_invalid",
-            KeyError::BadSignature(_) => "signature_invalid",
-            KeyError::KekUnknown { .. } => "key_encryption_key_unknown",
+            KeyError::KekInvalid(_) => ErrorCode::KeyEncryptionKeyInvalid,
+            KeyError::DecryptFailed(_) => ErrorCode::KeyDecryptFailed,
+            KeyError::InvalidDidKey { .. } => ErrorCode::DidKeyInvalid,
+            KeyError::InvalidSecretKey(_) => ErrorCode::SecretKeyInvalid,
+            KeyError::BadSignature(_) => ErrorCode::SignatureInvalid,
+            KeyError::KekUnknown { .. } => ErrorCode::KeyEncryptionKeyUnknown,
         }
     }
 
@@ -300,18 +300,30 @@ impl KeyRing {
     /// `KEY_ENCRYPTION_KEY`: one or more base64 keys, comma-separated, the sealing one first. Every entry must
     /// parse and the ids must differ (a key listed twice is a configuration mistake, not a no-op).
     pub fn from_base64_list(list: &str) -> Result<KeyRing, KeyError> {
-        let mut keys: Vec<KeyEncryptionKey> = Vec::new();
-        for (i, part) in list.split(',').enumerate() {
-            let kek = KeyEncryptionKey::from_base64(part)
-                .map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))?;
-            if keys.iter().any(|k| k.key_id() == kek.key_id()) {
+        let keys = list
+            .split(',')
+            .enumerate()
+            .map(|(i, part)| {
+                KeyEncryptionKey::from_base64(part).map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        KeyRing::from_keys(keys)
+    }
+
+    /// A ring of keys parsed already (e.g. by the worker's configuration check), the first one sealing. The ids must
+    /// differ and there must be at least one.
+    pub fn from_keys(keys: Vec<KeyEncryptionKey>) -> Result<KeyRing, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::KekInvalid("empty".into()));
+        }
+        for (i, kek) in keys.iter().enumerate() {
+            if keys[..i].iter().any(|k| k.key_id() == kek.key_id()) {
                 return Err(KeyError::KekInvalid(format!(
                     "entry {} repeats {}",
                     i + 1,
                     kek.key_id()
                 )));
             }
-            keys.push(kek);
         }
         Ok(KeyRing { keys })
     }
@@ -539,7 +551,7 @@ mod tests {
             "did:key:zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBm",
         ] {
             let err = decode_did_key(bad).unwrap_err();
-            assert_eq!(err.code(), "did_key_invalid", "{bad}");
+            assert_eq!(err.code(), ErrorCode::DidKeyInvalid, "{bad}");
         }
     }
 
@@ -580,11 +592,11 @@ mod tests {
         assert_eq!(key.did_key(), again.did_key());
         assert_eq!(
             AccountKey::from_bytes(&[1u8; 31]).unwrap_err().code(),
-            "secret_key_invalid"
+            ErrorCode::SecretKeyInvalid
         );
         assert_eq!(
             AccountKey::from_bytes(&[0u8; 32]).unwrap_err().code(),
-            "secret_key_invalid"
+            ErrorCode::SecretKeyInvalid
         );
         assert!(!format!("{key:?}").contains(&hex::encode(key.to_bytes().as_slice())));
     }
@@ -602,7 +614,7 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode([7u8; 33]),
         ] {
             let err = KeyEncryptionKey::from_base64(&bad).unwrap_err();
-            assert_eq!(err.code(), "key_encryption_key_invalid", "{bad:?}");
+            assert_eq!(err.code(), ErrorCode::KeyEncryptionKeyInvalid, "{bad:?}");
             assert_eq!(err.class(), ErrorClass::Permanent);
         }
         assert!(!format!("{kek:?}").contains(&b64));
@@ -623,7 +635,7 @@ mod tests {
 
         let fails = |aad: &[u8], sealed: &[u8], kek: &KeyEncryptionKey| {
             let err = kek.open(aad, sealed).unwrap_err();
-            assert_eq!(err.code(), "key_decrypt_failed");
+            assert_eq!(err.code(), ErrorCode::KeyDecryptFailed);
             assert_eq!(err.class(), ErrorClass::Permanent);
         };
         // Moved to another account, or another slot of the same account.
@@ -674,13 +686,22 @@ mod tests {
         let ring = KeyRing::from_base64_list(&format!("{}, {}", b64([2u8; 32]), b64([1u8; 32]))).unwrap();
         assert_eq!(ring.primary().key_id(), new.key_id());
         assert_eq!(ring.get(&old.key_id()).unwrap().key_id(), old.key_id());
-        assert_eq!(ring.get("kek-0000").unwrap_err().code(), "key_encryption_key_unknown");
+        assert_eq!(
+            ring.get("kek-0000").unwrap_err().code(),
+            ErrorCode::KeyEncryptionKeyUnknown
+        );
         assert_eq!(
             KeyRing::from_base64_list(&format!("{},{}", b64([1u8; 32]), b64([1u8; 32])))
                 .unwrap_err()
                 .code(),
-            "key_encryption_key_invalid"
+            ErrorCode::KeyEncryptionKeyInvalid
         );
+        // Keys parsed elsewhere (the worker's configuration check) make the same ring without a second parse.
+        let parsed = KeyRing::from_keys(vec![new.clone(), old.clone()]).unwrap();
+        assert_eq!(parsed.ids(), ring.ids());
+        let repeated = KeyRing::from_keys(vec![old.clone(), old.clone()]).unwrap_err();
+        assert!(repeated.to_string().contains("entry 2 repeats"), "{repeated}");
+        assert!(KeyRing::from_keys(Vec::new()).is_err());
         assert!(!format!("{ring:?}").contains(&b64([2u8; 32])));
         let pk = "c".repeat(64);
         assert_eq!(

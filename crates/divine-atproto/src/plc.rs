@@ -14,7 +14,7 @@ use crate::xrpc::{XrpcClient, XrpcError, XrpcMethod, XrpcRequest};
 use base64::Engine;
 use cid::multihash::Multihash;
 use cid::Cid;
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -79,13 +79,13 @@ pub enum PlcError {
 }
 
 impl Classified for PlcError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            PlcError::Ordering { .. } => "plc_ordering",
-            PlcError::Rejected { .. } => "plc_rejected",
-            PlcError::NotFound { .. } => "plc_not_found",
-            PlcError::OpTooLarge { .. } => "plc_op_too_large",
-            PlcError::InvalidOp(_) => "plc_op_invalid",
+            PlcError::Ordering { .. } => ErrorCode::PlcOrdering,
+            PlcError::Rejected { .. } => ErrorCode::PlcRejected,
+            PlcError::NotFound { .. } => ErrorCode::PlcNotFound,
+            PlcError::OpTooLarge { .. } => ErrorCode::PlcOpTooLarge,
+            PlcError::InvalidOp(_) => ErrorCode::PlcOpInvalid,
             PlcError::Xrpc(e) => e.code(),
         }
     }
@@ -464,7 +464,7 @@ mod tests {
     fn did_needs_signed_genesis_and_size_is_enforced() {
         let k = AccountKey::generate();
         let op = PlcOperation::atproto(vec![k.did_key()], &k.did_key(), "a.test", "https://pds.example", None);
-        assert_eq!(op.genesis_did().unwrap_err().code(), "plc_op_invalid");
+        assert_eq!(op.genesis_did().unwrap_err().code(), ErrorCode::PlcOpInvalid);
         let signed = op.clone().sign(&k).unwrap();
         assert!(signed.check_size().unwrap() < MAX_OP_BYTES);
         let did = signed.genesis_did().unwrap();
@@ -476,7 +476,7 @@ mod tests {
             .collect();
         let huge = huge.sign(&k).unwrap();
         let err = huge.check_size().unwrap_err();
-        assert_eq!(err.code(), "plc_op_too_large");
+        assert_eq!(err.code(), ErrorCode::PlcOpTooLarge);
         assert_eq!(err.class(), ErrorClass::Permanent);
     }
 }

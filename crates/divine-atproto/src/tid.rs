@@ -5,7 +5,7 @@
 //! parsing/validation, deterministic TIDs for a given time ([`tid_for`], [`tid_for_event`]) and a per-process
 //! generator that is strictly monotonic ([`TidGenerator`]). It must not know about records, repos or the database.
 
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::str::FromStr;
@@ -33,8 +33,8 @@ pub enum TidError {
 }
 
 impl Classified for TidError {
-    fn code(&self) -> &'static str {
-        "invalid_tid"
+    fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidTid
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent
@@ -212,7 +212,7 @@ mod tests {
         for s in INVALID {
             assert!(!validate(s), "{s} must be invalid");
             let err = parse(s).unwrap_err();
-            assert_eq!(err.code(), "invalid_tid");
+            assert_eq!(err.code(), ErrorCode::InvalidTid);
             assert_eq!(err.class(), ErrorClass::Permanent);
         }
     }

@@ -3,7 +3,7 @@
 //! place where transport failures and HTTP statuses become a classified [`XrpcError`].
 //!
 //! Owns: status/XRPC-error-name → code/class mapping, `Retry-After`/`RateLimit-Reset` parsing, the
-//! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds.rs and plc.rs
+//! `bridge_pds_requests_total{method,status}` counter. Must not: know about specific endpoints (pds/ and plc.rs
 //! refine errors per call), retry by itself, or log bearer tokens or request bodies.
 //!
 //! Transport rules (issue 12 §3), enforced here for every PDS and PLC call:
@@ -19,7 +19,7 @@
 //!    cannot make the worker buffer an unbounded body.
 
 use bytes::Bytes;
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -269,19 +269,19 @@ pub enum XrpcError {
 }
 
 impl Classified for XrpcError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            XrpcError::Transport { .. } => "xrpc_transport",
-            XrpcError::Timeout { .. } => "xrpc_timeout",
-            XrpcError::RateLimited { .. } => "xrpc_rate_limited",
-            XrpcError::ServerError { .. } => "xrpc_server_error",
-            XrpcError::SessionExpired { .. } => "session_expired",
-            XrpcError::Rejected { .. } => "xrpc_rejected",
-            XrpcError::BadResponse { .. } => "xrpc_bad_response",
-            XrpcError::InvalidRequest { .. } => "xrpc_request_invalid",
-            XrpcError::Redirected { .. } => "xrpc_redirect_refused",
-            XrpcError::InsecureUrl { .. } => "xrpc_insecure_url",
-            XrpcError::ResponseTooLarge { .. } => "xrpc_response_too_large",
+            XrpcError::Transport { .. } => ErrorCode::XrpcTransport,
+            XrpcError::Timeout { .. } => ErrorCode::XrpcTimeout,
+            XrpcError::RateLimited { .. } => ErrorCode::XrpcRateLimited,
+            XrpcError::ServerError { .. } => ErrorCode::XrpcServerError,
+            XrpcError::SessionExpired { .. } => ErrorCode::SessionExpired,
+            XrpcError::Rejected { .. } => ErrorCode::XrpcRejected,
+            XrpcError::BadResponse { .. } => ErrorCode::XrpcBadResponse,
+            XrpcError::InvalidRequest { .. } => ErrorCode::XrpcRequestInvalid,
+            XrpcError::Redirected { .. } => ErrorCode::XrpcRedirectRefused,
+            XrpcError::InsecureUrl { .. } => ErrorCode::XrpcInsecureUrl,
+            XrpcError::ResponseTooLarge { .. } => ErrorCode::XrpcResponseTooLarge,
         }
     }
 
@@ -584,7 +584,7 @@ impl XrpcClient {
                 tracing::debug!(method = %label, status = %status_label, elapsed_ms, outcome = "not_found", "xrpc not found (expected)")
             }
             Err(e) => {
-                tracing::info!(method = %label, status = %status_label, elapsed_ms, code = e.code(), error = %e, "xrpc failed")
+                tracing::info!(method = %label, status = %status_label, elapsed_ms, code = %e.code(), error = %e, "xrpc failed")
             }
         }
         result
@@ -910,7 +910,7 @@ mod tests {
         ];
         for (status, body, code, class) in cases {
             let e = classify_status("m".into(), *status, &h, body.as_bytes(), now);
-            assert_eq!(e.code(), *code, "{status} {body}");
+            assert_eq!(e.code().as_str(), *code, "{status} {body}");
             assert_eq!(e.class(), *class, "{status} {body}");
             assert_eq!(e.status(), Some(*status));
         }

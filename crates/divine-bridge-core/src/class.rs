@@ -4,6 +4,7 @@
 //! queue that *acts* on them. An error is classified where it is born (HTTP status + XRPC error name, validation
 //! rule) and never later by matching message text. This module must not know about any concrete error type.
 
+use crate::ErrorCode;
 use std::time::Duration;
 
 /// Whether retrying the same work can succeed.
@@ -17,10 +18,12 @@ pub enum ErrorClass {
 
 /// Implemented by every error enum that can end a job or reach an operator.
 ///
-/// `code()` is a stable `snake_case` identifier; every code has an entry in `docs/runbooks/troubleshooting.md`.
+/// `code()` is a variant of the one [`ErrorCode`] enum, never a free string: a code with no variant (and hence no
+/// entry in `docs/runbooks/troubleshooting.md`, which `code.rs`'s unit test checks) does not compile. Its wire
+/// spelling (stored `last_error_code`, logs, metric labels, the gateway's problem `code`) is [`ErrorCode::as_str`].
 pub trait Classified: std::error::Error {
-    /// Stable machine-readable code, e.g. `plc_rejected`.
-    fn code(&self) -> &'static str;
+    /// Stable machine-readable code, e.g. [`ErrorCode::PlcRejected`] (`plc_rejected`).
+    fn code(&self) -> ErrorCode;
     /// Transient or permanent, decided where the error was born.
     fn class(&self) -> ErrorClass;
     /// Server-provided retry hint (HTTP `Retry-After` / rate-limit reset), if any.

@@ -9,42 +9,9 @@
 //! [`ReasonLabel`] lists the metric `reason` labels that accompany a code rather than being one (gateway 401
 //! reasons, `/ready` reasons); each must be mentioned in the runbook.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::states::UnknownValue;
-
-macro_rules! code_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stable `snake_case` spelling (stored, logged, shown to operators).
-            pub const fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
-                match s { $($s => Ok($name::$variant),)+ other => Err(UnknownValue(stringify!($name), other.to_string())) }
-            }
-        }
-    };
-}
-
-code_enum!(
+string_enum!(
     /// A stable error code (see the module comment). Grouped by the crate and file where the error is born.
+    #[derive(PartialOrd, Ord)]
     ErrorCode {
         // divine-bridge-db accounts.rs
         AccountDisconnected => "account_disconnected",
@@ -79,7 +46,7 @@ code_enum!(
         SecretKeyInvalid => "secret_key_invalid",
         SignatureInvalid => "signature_invalid",
         KeyEncryptionKeyUnknown => "key_encryption_key_unknown",
-        // divine-atproto pds.rs
+        // divine-atproto pds/client.rs
         AccountAlreadyExists => "account_already_exists",
         AccountDeactivated => "account_deactivated",
         AccountTakedown => "account_takedown",
@@ -89,6 +56,7 @@ code_enum!(
         PdsValidation => "pds_validation",
         ServiceAuthExpired => "service_auth_expired",
         ServiceAuthRejected => "service_auth_rejected",
+        // divine-atproto pds/session.rs
         SessionPasswordMissing => "session_password_missing",
         // divine-atproto plc.rs
         PlcNotFound => "plc_not_found",
@@ -229,8 +197,9 @@ code_enum!(
     }
 );
 
-code_enum!(
+string_enum!(
     /// A metric `reason` label that accompanies an error code (gateway 401 reasons, `/ready` reasons).
+    #[derive(PartialOrd, Ord)]
     ReasonLabel {
         BadScheme => "bad_scheme",
         BadSignature => "bad_signature",

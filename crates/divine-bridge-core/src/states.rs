@@ -7,40 +7,13 @@
 //! instead of as `String`s parsed at every use. A stored value outside the enum fails the row's decode with
 //! [`UnknownValue`]; the CHECK constraints make that schema drift, never data.
 
-use std::fmt;
-use std::str::FromStr;
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The value stored in Postgres.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $s),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
-                match s { $($s => Ok($name::$variant),)+ other => Err(UnknownValue(stringify!($name), other.to_string())) }
-            }
-        }
-
-        /// Compares with the stored spelling (`state == "queued"`), for tests and operators' filters.
+/// Compares a stored enum with its stored spelling (`state == "queued"`), for tests and operators' filters.
+macro_rules! str_eq {
+    ($name:ident) => {
         impl PartialEq<&str> for $name {
-            fn eq(&self, other: &&str) -> bool { self.as_str() == *other }
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
         }
     };
 }
@@ -74,7 +47,7 @@ macro_rules! text_column {
 #[error("unknown {0} value {1:?}")]
 pub struct UnknownValue(pub &'static str, pub String);
 
-string_enum!(
+string_enum!(serde:
     #[cfg_attr(feature = "diesel", derive(diesel::FromSqlRow, diesel::AsExpression), diesel(sql_type = diesel::sql_types::Text))]
     /// Job lifecycle. `queued → running → {succeeded | failed | ineligible | cancelled | queued (retry/reclaim)}`,
     /// `queued → cancelled`, and operator retry `{failed | cancelled | ineligible} → queued`.
@@ -88,6 +61,8 @@ string_enum!(
     }
 );
 
+str_eq!(JobState);
+str_eq!(JobKind);
 #[cfg(feature = "diesel")]
 text_column!(JobState);
 #[cfg(feature = "diesel")]
@@ -121,7 +96,7 @@ impl JobState {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     #[cfg_attr(feature = "diesel", derive(diesel::FromSqlRow, diesel::AsExpression), diesel(sql_type = diesel::sql_types::Text))]
     /// Kinds of work. One generic table serves them all.
     JobKind {
@@ -144,7 +119,7 @@ impl JobKind {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     /// Account link lifecycle as shown by the gateway's status endpoint.
     ProvisioningState {
         Pending => "pending",
@@ -172,7 +147,7 @@ impl ProvisioningState {
     }
 }
 
-string_enum!(
+string_enum!(serde:
     /// Actions recorded in `account_audit` (one per operator or user action on an account link).
     AuditAction {
         OptIn => "opt_in",
@@ -186,7 +161,7 @@ string_enum!(
     }
 );
 
-string_enum!(
+string_enum!(serde:
     /// Lifecycle of a bridged record.
     RecordState {
         Reserved => "reserved",

@@ -51,6 +51,7 @@
 //!    opt-in floods must not squat names). The pubkey may opt in again; its provisioning job is re-driven.
 
 use crate::class::{Classified, ErrorClass};
+use crate::code::ErrorCode;
 use crate::error::DbError;
 use crate::job_args::{BackfillAuthorArgs, BackfillRun, DisconnectAccountArgs, ProvisionAccountArgs};
 use crate::queue::{self, NewJob};
@@ -68,7 +69,7 @@ pub const DISABLE_CANCELS: &[JobKind] = &[JobKind::PublishPost, JobKind::Backfil
 
 /// `last_error_code` of a job skipped because its account was disabled: set by [`disable`] on the jobs it cancels and
 /// by the publish gate on jobs that run while paused; [`enable`] re-queues exactly these.
-pub const DISABLE_CODE: &str = "account_disabled";
+pub const DISABLE_CODE: ErrorCode = ErrorCode::AccountDisabled;
 
 /// Job kinds cancelled by [`begin_disconnect`]: every kind but the disconnect itself (disconnect rule 1).
 pub const DISCONNECT_CANCELS: &[JobKind] = &[
@@ -80,7 +81,7 @@ pub const DISCONNECT_CANCELS: &[JobKind] = &[
 ];
 
 /// `last_error_code` of a job skipped because its account is disconnecting or disconnected (the gates' verdict too).
-pub const DISCONNECT_CODE: &str = "account_disconnected";
+pub const DISCONNECT_CODE: ErrorCode = ErrorCode::AccountDisconnected;
 
 /// Most event ids accepted by one [`crosspost_status`] call.
 pub const MAX_STATUS_IDS: usize = 100;
@@ -144,13 +145,13 @@ impl From<diesel::result::Error> for AccountError {
 }
 
 impl Classified for AccountError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            AccountError::HandleTaken { .. } => "handle_taken",
-            AccountError::HandleMismatch { .. } => "handle_mismatch",
-            AccountError::NotFound => "account_not_found",
-            AccountError::Suspended { .. } => "account_suspended",
-            AccountError::Disconnected => "account_disconnected",
+            AccountError::HandleTaken { .. } => ErrorCode::HandleTaken,
+            AccountError::HandleMismatch { .. } => ErrorCode::HandleMismatch,
+            AccountError::NotFound => ErrorCode::AccountNotFound,
+            AccountError::Suspended { .. } => ErrorCode::AccountSuspended,
+            AccountError::Disconnected => ErrorCode::AccountDisconnected,
             AccountError::Db(e) => e.code(),
         }
     }
@@ -451,7 +452,12 @@ fn enable_locked(conn: &mut PgConnection, link: AccountLink) -> Result<AccountLi
     if updated.did.is_none() {
         queue::requeue_or_enqueue(conn, &provision_job(&updated.nostr_pubkey)?)?;
     }
-    queue::requeue_skipped(conn, &updated.nostr_pubkey, &[JobKind::PublishPost], DISABLE_CODE)?;
+    queue::requeue_skipped(
+        conn,
+        &updated.nostr_pubkey,
+        &[JobKind::PublishPost],
+        DISABLE_CODE.as_str(),
+    )?;
     queue::requeue_or_enqueue(conn, &backfill_job(&updated.nostr_pubkey)?)?;
     Ok(updated)
 }
@@ -527,7 +533,7 @@ fn pause(
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISABLE_CANCELS, DISABLE_CODE)?
+        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISABLE_CANCELS, DISABLE_CODE.as_str())?
             + queue::cancel_for_account(c, pubkey, &[JobKind::BackfillAuthor])?;
         Ok(Disabled {
             link: updated,
@@ -605,8 +611,8 @@ pub fn reset_failed(conn: &mut PgConnection, pubkey: &str) -> Result<bool, DbErr
 
 /// Worker: provisioning failed permanently with a stable `code` (troubleshooting.md) and an operator-facing
 /// `detail`. Fenced like [`set_state`].
-pub fn mark_failed(conn: &mut PgConnection, pubkey: &str, code: &str, detail: &str) -> Result<bool, DbError> {
-    set_state(conn, pubkey, ProvisioningState::Failed, Some((code, detail)))
+pub fn mark_failed(conn: &mut PgConnection, pubkey: &str, code: ErrorCode, detail: &str) -> Result<bool, DbError> {
+    set_state(conn, pubkey, ProvisioningState::Failed, Some((code.as_str(), detail)))
 }
 
 /// Cross-post status of one Nostr event, as shown to the app.
@@ -849,7 +855,7 @@ pub fn begin_disconnect(conn: &mut PgConnection, pubkey: &str) -> Result<Disconn
             ))
             .returning(AccountLink::as_returning())
             .get_result(c)?;
-        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISCONNECT_CANCELS, DISCONNECT_CODE)?
+        let cancelled_jobs = queue::cancel_queued_for_account(c, pubkey, DISCONNECT_CANCELS, DISCONNECT_CODE.as_str())?
             + queue::cancel_for_account(c, pubkey, DISCONNECT_CANCELS)?;
         // The open tombstone (at most one per pubkey: partial unique index); a repeat keeps the first.
         diesel::insert_into(account_tombstones::table)

@@ -248,6 +248,14 @@ impl Problems {
             }
         }
     }
+
+    /// A required http(s) URL: missing (with `expected`) when unset or blank, else checked as [`Problems::http_url`].
+    pub fn required_http_url(&mut self, var: &'static str, raw: &Option<String>, expected: &str) -> String {
+        match self.required(var, raw, expected) {
+            "" => String::new(),
+            v => self.http_url(var, v),
+        }
+    }
 }
 
 impl fmt::Display for Problems {
@@ -503,6 +511,39 @@ pub fn readme_table(readme: &str, marker: &str) -> Vec<(String, String)> {
     rows
 }
 
+/// README.md's configuration table after `marker` against `cmd`'s clap definitions plus [`LOGGING_VARS`], both
+/// ways: every variable `cmd` reads has a row, every row is such a variable, and a row's default cell shows the clap
+/// default. Returns one line per mismatch (empty when they agree); both binaries' unit tests assert on it.
+pub fn readme_table_mismatches(readme: &str, marker: &str, cmd: &clap::Command) -> Vec<String> {
+    let rows = readme_table(readme, marker);
+    if rows.is_empty() {
+        return vec![format!("README has no configuration table after {marker}")];
+    }
+    let mut vars = env_vars(cmd);
+    vars.extend(
+        LOGGING_VARS
+            .iter()
+            .map(|(n, d, _)| (n.to_string(), Some(d.to_string()))),
+    );
+    let mut out = Vec::new();
+    for (name, default) in &vars {
+        match rows.iter().find(|(n, _)| n == name) {
+            None => out.push(format!("README table {marker} has no row for {name}")),
+            Some((_, cell)) => {
+                if let Some(d) = default.as_deref().filter(|d| !d.is_empty() && !cell.contains(d)) {
+                    out.push(format!("README default of {name} is {cell:?}, clap says {d:?}"));
+                }
+            }
+        }
+    }
+    for (name, _) in &rows {
+        if !vars.iter().any(|(n, _)| n == name) {
+            out.push(format!("README row {name} is not read by {}", cmd.get_name()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,5 +677,46 @@ mod tests {
     fn readme_rows_are_read() {
         let md = "x\n## A\n\n| variable | default | meaning |\n|---|---|---|\n| `X` | 1 | m |\n| `Y` / `Z` | 2 | m |\n\nafter\n| `W` | 3 | m |";
         assert_eq!(readme_table(md, "## A"), vec![("X".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn required_http_url_is_missing_or_checked() {
+        let mut p = Problems::default();
+        assert_eq!(
+            p.required_http_url("U", &Some("https://a.test/".into()), "e.g."),
+            "https://a.test"
+        );
+        assert!(p.is_empty());
+        assert_eq!(p.required_http_url("U", &Some("  ".into()), "e.g."), "");
+        assert!(p.has("U") && p.all_missing(), "{p}");
+        let mut p = Problems::default();
+        assert_eq!(p.required_http_url("U", &Some("a.test".into()), "e.g."), "");
+        assert!(p.has("U") && !p.all_missing(), "{p}");
+    }
+
+    #[test]
+    fn readme_table_mismatches_go_both_ways() {
+        let cmd = clap::Command::new("t").arg(clap::Arg::new("x").long("x").env("X").default_value("1"));
+        let logging: String = LOGGING_VARS
+            .iter()
+            .map(|(n, d, _)| format!("| `{n}` | `{d}` | m |\n"))
+            .collect();
+        let table = |rows: &str| format!("## A\n\n| variable | default | meaning |\n|---|---|---|\n{rows}{logging}");
+        assert!(readme_table_mismatches(&table("| `X` | `1` | m |\n"), "## A", &cmd).is_empty());
+        assert_eq!(
+            readme_table_mismatches(&table("| `X` | `2` | m |\n| `Y` | | m |\n"), "## A", &cmd),
+            [
+                "README default of X is \"`2`\", clap says \"1\"",
+                "README row Y is not read by t"
+            ]
+        );
+        assert_eq!(
+            readme_table_mismatches(&table(""), "## A", &cmd),
+            ["README table ## A has no row for X"]
+        );
+        assert_eq!(
+            readme_table_mismatches("no table", "## A", &cmd),
+            ["README has no configuration table after ## A"]
+        );
     }
 }

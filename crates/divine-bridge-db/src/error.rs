@@ -22,6 +22,7 @@
 //! fall back to permanent `db_query_failed` — the runbook says so under every code below.
 
 use crate::class::{Classified, ErrorClass};
+use crate::code::ErrorCode;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 /// What a failed statement means, by SQLSTATE class. Decided once, from the diesel error, by [`PgCondition::of`].
@@ -118,15 +119,15 @@ impl PgCondition {
     }
 
     /// The stable error code of a statement that failed with this condition (one runbook entry each).
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> ErrorCode {
         match self {
-            PgCondition::ConnectionLost => "db_connection_lost",
-            PgCondition::Conflict => "db_serialization_conflict",
-            PgCondition::Resources => "db_resources_exhausted",
-            PgCondition::Canceled => "db_statement_canceled",
-            PgCondition::LockTimeout => "db_lock_timeout",
-            PgCondition::ReadOnly => "db_read_only",
-            PgCondition::Other => "db_query_failed",
+            PgCondition::ConnectionLost => ErrorCode::DbConnectionLost,
+            PgCondition::Conflict => ErrorCode::DbSerializationConflict,
+            PgCondition::Resources => ErrorCode::DbResourcesExhausted,
+            PgCondition::Canceled => ErrorCode::DbStatementCanceled,
+            PgCondition::LockTimeout => ErrorCode::DbLockTimeout,
+            PgCondition::ReadOnly => ErrorCode::DbReadOnly,
+            PgCondition::Other => ErrorCode::DbQueryFailed,
         }
     }
 
@@ -197,17 +198,17 @@ impl From<crate::states::UnknownValue> for DbError {
 }
 
 impl Classified for DbError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         let condition = self.condition();
         match self {
-            DbError::Pool(_) => "db_unavailable",
-            DbError::Join(_) => "db_unavailable",
-            DbError::Migration(_) => "db_migration_failed",
-            DbError::UniqueViolation { .. } => "db_conflict",
+            DbError::Pool(_) => ErrorCode::DbUnavailable,
+            DbError::Join(_) => ErrorCode::DbUnavailable,
+            DbError::Migration(_) => ErrorCode::DbMigrationFailed,
+            DbError::UniqueViolation { .. } => ErrorCode::DbConflict,
             DbError::Query(_) => condition.code(),
-            DbError::Corrupt(_) => "db_corrupt_value",
-            DbError::InvalidPayload { .. } => "invalid_job_payload",
-            DbError::ConnectRejected(_) => "db_connect_rejected",
+            DbError::Corrupt(_) => ErrorCode::DbCorruptValue,
+            DbError::InvalidPayload { .. } => ErrorCode::InvalidJobPayload,
+            DbError::ConnectRejected(_) => ErrorCode::DbConnectRejected,
         }
     }
 

@@ -321,7 +321,7 @@ mod tests {
         ] {
             assert_eq!(
                 (err.code(), err.class()),
-                ("invalid_job_payload", ErrorClass::Permanent),
+                (divine_bridge_db::ErrorCode::InvalidJobPayload, ErrorClass::Permanent),
                 "{err}"
             );
         }

@@ -11,8 +11,8 @@ pub mod abuse;
 pub mod accounts;
 pub mod audit;
 // Error classes and the state enums live in `divine-bridge-core` (the protocol crates use them without Diesel);
-// re-exported so `divine_bridge_db::{class, states}` paths keep working.
-pub use divine_bridge_core::{class, states};
+// re-exported so `divine_bridge_db::{class, code, states}` paths keep working.
+pub use divine_bridge_core::{class, code, states};
 pub mod envcfg;
 pub mod error;
 pub mod job_args;
@@ -28,6 +28,7 @@ pub mod shards;
 pub mod testutil;
 
 pub use class::{Classified, ErrorClass};
+pub use code::ErrorCode;
 pub use error::DbError;
 pub use job_args::JobArgs;
 pub use states::{JobKind, JobState, ProvisioningState, RecordState};
@@ -343,6 +344,11 @@ pub fn connect_once(url: &str) -> Result<PgConnection, DbError> {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<PgManager>,
+    /// One connection for the worker pool's lease loop, outside `pool`, whose session carries the lease settings
+    /// ([`queue::lease_session_sql`]): a lease is then one statement, one round trip, instead of a transaction of
+    /// four (issue 11 §3 throughput). Opened on first use (`min_idle` 0), so processes that never lease (gateway,
+    /// CLI) never open it; the same health checks as `pool` (`PgManager`) evict it after a Postgres restart.
+    lease_pool: Pool<PgManager>,
     /// The connection URL with the transport parameters (for the one connection outside the pool: the listener).
     url: std::sync::Arc<str>,
 }
@@ -366,6 +372,11 @@ impl Db {
             session_sql: settings.session_sql(),
             idle_check_after: settings.idle_check_after,
         };
+        let lease_manager = PgManager {
+            url: url.to_string(),
+            session_sql: format!("{} {}", settings.session_sql(), queue::lease_session_sql()),
+            idle_check_after: settings.idle_check_after,
+        };
         let pool = Pool::builder()
             .max_size(settings.max_size)
             .min_idle(Some(1))
@@ -374,7 +385,13 @@ impl Db {
             .test_on_check_out(true)
             .build(manager)
             .map_err(|e| DbError::Pool(e.to_string()))?;
-        Ok(Db { pool, url })
+        let lease_pool = Pool::builder()
+            .max_size(1)
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(10))
+            .test_on_check_out(true)
+            .build_unchecked(lease_manager);
+        Ok(Db { pool, lease_pool, url })
     }
 
     /// The startup connection policy both binaries share (issue 14): tries one direct connection to `url` (with the
@@ -452,6 +469,38 @@ impl Db {
         })
         .await
         .map_err(|e| E::from(DbError::Join(e.to_string())))?
+    }
+
+    /// Leases up to `limit` jobs for `owner` on the lease connection ([`queue::lease_in_session`]: one round trip);
+    /// the same semantics as [`queue::lease`] on any connection.
+    pub async fn lease(&self, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<queue::LeasedJob>, DbError> {
+        let pool = self.lease_pool.clone();
+        let owner = owner.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| DbError::Pool(e.to_string()))?;
+            queue::lease_in_session(&mut conn, &owner, limit, lease_for)
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
+    }
+
+    /// `SHOW name` on the lease connection (tests: its session carries [`queue::LEASE_SETTINGS`]).
+    #[cfg(feature = "testutil")]
+    pub async fn lease_connection_setting(&self, name: &str) -> Result<String, DbError> {
+        let pool = self.lease_pool.clone();
+        let sql = format!("SELECT current_setting('{name}') AS v");
+        tokio::task::spawn_blocking(move || {
+            #[derive(diesel::QueryableByName)]
+            struct V {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                v: String,
+            }
+            let mut conn = pool.get().map_err(|e| DbError::Pool(e.to_string()))?;
+            let row: V = diesel::RunQueryDsl::get_result(diesel::sql_query(sql), &mut *conn)?;
+            Ok(row.v)
+        })
+        .await
+        .map_err(|e| DbError::Join(e.to_string()))?
     }
 
     /// Starts a job wake-up listener on its own connection (outside the pool; see [`listen`]).

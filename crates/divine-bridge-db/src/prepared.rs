@@ -5,7 +5,7 @@
 //! execution, measured under load (issue 11 §3, `queue_noop_jobs_per_sec`). [`Prepared`] carries the same SQL text —
 //! the `pub const …_SQL` strings stay the one copy, readable and usable for `EXPLAIN` — with `$n` placeholders, and
 //! lets diesel's statement cache keep one prepared statement per connection keyed by that text. Postgres then plans
-//! it as its plan cache decides (the lease forces a generic plan, see `queue::LEASE_SETTINGS_SQL`).
+//! it as its plan cache decides (the lease forces a generic plan, see `queue::LEASE_SETTINGS`).
 //!
 //! Placeholders are `$1`…`$9`, each may occur several times (its value is bound once per occurrence); no other `$`
 //! may occur in the text (no dollar quoting). Both are checked when the statement is built into SQL: a statement

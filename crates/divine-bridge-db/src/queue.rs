@@ -71,9 +71,11 @@ use crate::prepared::{Param, Prepared};
 use crate::schema::jobs;
 use crate::states::{DispatchClass, JobKind, JobState};
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Int2, Int4, Jsonb, Nullable, Text, Timestamptz};
+use divine_bridge_core::ErrorCode;
 use std::time::Duration;
 
 /// Ordering-key constructors: the only place key formats are spelled (see the module header for the rules).
@@ -164,19 +166,25 @@ struct InsertJob<'a> {
     source_created_at: DateTime<Utc>,
 }
 
+impl<'a> InsertJob<'a> {
+    /// The row of `job`; an unset `run_at` / `source_created_at` is `now`.
+    fn of(job: &'a NewJob, now: DateTime<Utc>) -> InsertJob<'a> {
+        InsertJob {
+            kind: job.kind.as_str(),
+            ordering_key: &job.ordering_key,
+            unique_key: job.unique_key.as_deref(),
+            payload: &job.payload,
+            priority: job.priority,
+            run_at: job.run_at.unwrap_or(now),
+            source_created_at: job.source_created_at.unwrap_or(now),
+        }
+    }
+}
+
 /// Enqueues `job`; returns its id, or `None` when a job with the same unique key already exists (in any state).
 /// Works inside a caller's transaction, so a record and its job can be written atomically.
 pub fn enqueue(conn: &mut PgConnection, job: &NewJob) -> Result<Option<i64>, DbError> {
-    let now = Utc::now();
-    let row = InsertJob {
-        kind: job.kind.as_str(),
-        ordering_key: &job.ordering_key,
-        unique_key: job.unique_key.as_deref(),
-        payload: &job.payload,
-        priority: job.priority,
-        run_at: job.run_at.unwrap_or(now),
-        source_created_at: job.source_created_at.unwrap_or(now),
-    };
+    let row = InsertJob::of(job, Utc::now());
     let id = diesel::insert_into(jobs::table)
         .values(&row)
         .on_conflict(jobs::unique_key)
@@ -198,18 +206,7 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
         return Ok(Vec::new());
     }
     let now = Utc::now();
-    let rows: Vec<InsertJob<'_>> = batch
-        .iter()
-        .map(|job| InsertJob {
-            kind: job.kind.as_str(),
-            ordering_key: &job.ordering_key,
-            unique_key: job.unique_key.as_deref(),
-            payload: &job.payload,
-            priority: job.priority,
-            run_at: job.run_at.unwrap_or(now),
-            source_created_at: job.source_created_at.unwrap_or(now),
-        })
-        .collect();
+    let rows: Vec<InsertJob<'_>> = batch.iter().map(|job| InsertJob::of(job, now)).collect();
     let mut ids = Vec::with_capacity(batch.len());
     // Postgres allows 65,535 bind parameters per statement; 7 per row.
     for chunk in rows.chunks(5_000) {
@@ -232,6 +229,21 @@ pub fn enqueue_many(conn: &mut PgConnection, batch: &[NewJob]) -> Result<Vec<i64
     Ok(ids)
 }
 
+/// The jobs of `kinds` of `account` (their `payload.account`, whatever their ordering key): the one filter of every
+/// per-account cancel and re-queue below.
+fn account_jobs<'a>(
+    account: &'a str,
+    kinds: &[JobKind],
+) -> Box<dyn BoxableExpression<jobs::table, Pg, SqlType = Bool> + 'a> {
+    let kinds: Vec<&'static str> = kinds.iter().map(|k| k.as_str()).collect();
+    Box::new(
+        jobs::payload
+            .retrieve_as_text("account")
+            .eq(account)
+            .and(jobs::kind.eq_any(kinds)),
+    )
+}
+
 /// Cancels every QUEUED job of `kinds` of `account` (its `payload.account`, whatever its ordering key; queued → cancelled), recording `code` as its
 /// `last_error_code` so the reason can be found again (account disable uses `account_disabled`, and
 /// [`requeue_skipped`] re-drives exactly those on enable). Running jobs are left alone. Returns how many were cancelled.
@@ -242,12 +254,10 @@ pub fn cancel_queued_for_account(
     code: &str,
 ) -> Result<usize, DbError> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Cancelled));
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq(JobState::Queued.as_str())),
     )
     .set((
@@ -270,12 +280,10 @@ pub fn requeue_skipped(
 ) -> Result<usize, DbError> {
     debug_assert!(JobState::Cancelled.can_transition_to(JobState::Queued));
     debug_assert!(JobState::Ineligible.can_transition_to(JobState::Queued));
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     Ok(diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq_any([JobState::Cancelled.as_str(), JobState::Ineligible.as_str()]))
             .filter(jobs::last_error_code.eq(code)),
     )
@@ -293,12 +301,10 @@ pub fn requeue_skipped(
 /// cancelled at once) and requests cancellation of running ones (honoured at finalize). Returns the number affected.
 pub fn cancel_for_account(conn: &mut PgConnection, account: &str, kinds: &[JobKind]) -> Result<usize, DbError> {
     let queued = cancel_queued_for_account(conn, account, kinds, "cancelled")?;
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     let now = Utc::now();
     let running = diesel::update(
         jobs::table
-            .filter(jobs::payload.retrieve_as_text("account").eq(account))
-            .filter(jobs::kind.eq_any(&kinds))
+            .filter(account_jobs(account, kinds))
             .filter(jobs::state.eq(JobState::Running.as_str()))
             .filter(jobs::cancel_requested_at.is_null()),
     )
@@ -412,7 +418,8 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
          RETURNING jobs.id, jobs.kind, jobs.ordering_key, jobs.unique_key, jobs.payload, jobs.priority, jobs.attempt, \
                    jobs.source_created_at, jobs.created_at, jobs.lease_token";
 
-/// The lease transaction's settings (`SET LOCAL`: they end with it).
+/// The lease's settings: per transaction ([`lease_settings_local_sql`], [`lease`] on any connection) or for the
+/// session of the lease connection ([`lease_session_sql`], [`lease_in_session`]).
 ///
 /// **Durability: `synchronous_commit = off`.** The lease's commit does not wait for its WAL flush (~1.8 ms per
 /// `fdatasync` on the CI disk, which capped a busy pool at one lease per flush). This loses nothing: WAL is flushed
@@ -432,12 +439,36 @@ pub const LEASE_SQL: &str = "WITH running AS ( \
 /// cost ~280 ms per lease for a plan that runs in under 1 ms. The plan is generic (`plan_cache_mode`): the lease is
 /// a prepared statement ([`crate::prepared`]) planned once per connection (planning took ~10 ms of a ~11 ms lease
 /// under load), and its shape does not depend on the parameters.
-pub const LEASE_SETTINGS_SQL: &str =
-    "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true), \
-            set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), \
-            set_config('enable_material', 'off', true), set_config('jit', 'off', true), \
-            set_config('plan_cache_mode', 'force_generic_plan', true), \
-            set_config('synchronous_commit', 'off', true)";
+pub const LEASE_SETTINGS: [(&str, &str); 8] = [
+    ("enable_sort", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+    ("enable_material", "off"),
+    ("jit", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+    ("synchronous_commit", "off"),
+];
+
+/// [`LEASE_SETTINGS`] for one transaction (`set_config(…, true)`): what [`lease`] runs before the lease on any
+/// connection.
+pub fn lease_settings_local_sql() -> String {
+    let calls: Vec<String> = LEASE_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("set_config('{name}', '{value}', true)"))
+        .collect();
+    format!("SELECT {}", calls.join(", "))
+}
+
+/// [`LEASE_SETTINGS`] for a whole session (`SET …;`): the session settings of the lease connection
+/// ([`crate::Db::lease`], [`lease_in_session`]), which runs nothing but the lease.
+pub fn lease_session_sql() -> String {
+    LEASE_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}';"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Leases up to `limit` runnable jobs for `owner`: key heads only, shared among the dispatch classes by weight
 /// ([`LEASE_SQL`], [`crate::states::DispatchClass`]); returned in dispatch order `(priority, source_created_at, id)`.
@@ -448,25 +479,52 @@ pub const LEASE_SETTINGS_SQL: &str =
 /// `jobs_one_running_per_key` enforces the same invariant in the database; should a concurrent lease ever trip it,
 /// this call returns no jobs instead of failing.
 pub fn lease(conn: &mut PgConnection, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<LeasedJob>, DbError> {
+    let result = conn
+        .transaction(|conn| {
+            diesel::sql_query(lease_settings_local_sql()).execute(conn)?;
+            lease_statement(conn, owner, limit, lease_for)
+        })
+        .map_err(DbError::from_diesel);
+    lease_result(owner, result)
+}
+
+/// [`lease`] on a connection whose session already carries [`LEASE_SETTINGS`] (the lease connection,
+/// [`crate::Db::lease`]): the statement alone, in its own implicit transaction — one round trip. On any other
+/// connection it would run with the default planner settings and a synchronous commit: correct, but slow.
+pub fn lease_in_session(
+    conn: &mut PgConnection,
+    owner: &str,
+    limit: i64,
+    lease_for: Duration,
+) -> Result<Vec<LeasedJob>, DbError> {
+    let result = lease_statement(conn, owner, limit, lease_for).map_err(DbError::from_diesel);
+    lease_result(owner, result)
+}
+
+fn lease_statement(
+    conn: &mut PgConnection,
+    owner: &str,
+    limit: i64,
+    lease_for: Duration,
+) -> Result<Vec<LeasedJob>, diesel::result::Error> {
     debug_assert!(JobState::Queued.can_transition_to(JobState::Running));
     let classes: Vec<i16> = DispatchClass::ALL.iter().map(|c| *c as i16).collect();
     let weights: Vec<i32> = DispatchClass::ALL.iter().map(|c| c.weight()).collect();
-    let result = conn
-        .transaction(|conn| {
-            Prepared::new(LEASE_SETTINGS_SQL, vec![]).execute(conn)?;
-            Prepared::new(
-                LEASE_SQL,
-                vec![
-                    Param::Text(owner),
-                    Param::BigInt(limit),
-                    Param::Double(lease_for.as_secs_f64()),
-                    Param::SmallInts(&classes),
-                    Param::Ints(&weights),
-                ],
-            )
-            .load::<LeasedJob>(conn)
-        })
-        .map_err(DbError::from_diesel);
+    Prepared::new(
+        LEASE_SQL,
+        vec![
+            Param::Text(owner),
+            Param::BigInt(limit),
+            Param::Double(lease_for.as_secs_f64()),
+            Param::SmallInts(&classes),
+            Param::Ints(&weights),
+        ],
+    )
+    .load::<LeasedJob>(conn)
+}
+
+/// A lease that tripped `jobs_one_running_per_key` is an empty lease; jobs come back in dispatch order.
+fn lease_result(owner: &str, result: Result<Vec<LeasedJob>, DbError>) -> Result<Vec<LeasedJob>, DbError> {
     match result {
         Err(e) if e.is_unique_violation() => {
             LEASE_CONFLICTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -560,17 +618,17 @@ pub enum Finish {
     Succeeded,
     /// Correctly skipped (e.g. account disabled).
     Ineligible {
-        code: String,
+        code: ErrorCode,
         detail: String,
     },
     /// Permanent failure.
     Failed {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     /// Transient failure: try again at `run_at`, unless the job is older than `max_age`.
     Retry {
-        code: String,
+        code: ErrorCode,
         message: String,
         run_at: DateTime<Utc>,
         max_age: Duration,
@@ -615,12 +673,12 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
         let now = Utc::now();
         let panics = panic_count + i32::from(matches!(outcome, Finish::Panicked { .. }));
         let panicked_at_limit = matches!(outcome, Finish::Panicked { limit, .. } if panics >= *limit);
-        let retry_within = |code: &str, message: &str, run_at: DateTime<Utc>, max_age: Duration| {
+        let retry_within = |code: ErrorCode, message: &str, run_at: DateTime<Utc>, max_age: Duration| {
             let age = (now - created_at).to_std().unwrap_or_default();
             if age >= max_age {
                 (
                     JobState::Failed,
-                    Some("retry_window_exhausted".to_string()),
+                    Some(ErrorCode::RetryWindowExhausted),
                     Some(format!(
                         "gave up after {}s of transient failures; last {code}: {message}",
                         age.as_secs()
@@ -628,45 +686,36 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
                     None,
                 )
             } else {
-                (
-                    JobState::Queued,
-                    Some(code.to_string()),
-                    Some(message.to_string()),
-                    Some(run_at),
-                )
+                (JobState::Queued, Some(code), Some(message.to_string()), Some(run_at))
             }
         };
-        let (state, code, message, run_at): (JobState, Option<String>, Option<String>, Option<DateTime<Utc>>) =
+        let (state, code, message, run_at): (JobState, Option<ErrorCode>, Option<String>, Option<DateTime<Utc>>) =
             match outcome {
                 Finish::Succeeded => (JobState::Succeeded, None, None, None),
-                Finish::Ineligible { code, detail } => {
-                    (JobState::Ineligible, Some(code.clone()), Some(detail.clone()), None)
-                }
+                Finish::Ineligible { code, detail } => (JobState::Ineligible, Some(*code), Some(detail.clone()), None),
                 _ if cancel_requested.is_some() => {
                     let (code, message) = match outcome {
-                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => {
-                            (code.as_str(), message)
-                        }
-                        Finish::Panicked { message, .. } => ("handler_panicked", message),
+                        Finish::Failed { code, message } | Finish::Retry { code, message, .. } => (*code, message),
+                        Finish::Panicked { message, .. } => (ErrorCode::HandlerPanicked, message),
                         Finish::Succeeded | Finish::Ineligible { .. } => unreachable!("matched above"),
                     };
                     (
                         JobState::Cancelled,
-                        Some("cancelled".into()),
+                        Some(ErrorCode::Cancelled),
                         Some(format!("cancelled after {code}: {message}")),
                         None,
                     )
                 }
-                Finish::Failed { code, message } => (JobState::Failed, Some(code.clone()), Some(message.clone()), None),
+                Finish::Failed { code, message } => (JobState::Failed, Some(*code), Some(message.clone()), None),
                 Finish::Retry {
                     code,
                     message,
                     run_at,
                     max_age,
-                } => retry_within(code, message, *run_at, *max_age),
+                } => retry_within(*code, message, *run_at, *max_age),
                 Finish::Panicked { message, limit, .. } if panicked_at_limit => (
                     JobState::Failed,
-                    Some("handler_panicked".into()),
+                    Some(ErrorCode::HandlerPanicked),
                     Some(format!(
                         "panicked {panics} times (PANIC_LIMIT {limit}); parked as permanent. last: {message}"
                     )),
@@ -677,7 +726,7 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
                     run_at,
                     max_age,
                     ..
-                } => retry_within("handler_panicked", message, *run_at, *max_age),
+                } => retry_within(ErrorCode::HandlerPanicked, message, *run_at, *max_age),
             };
         debug_assert!(JobState::Running.can_transition_to(state));
         let finished_at = state.is_terminal().then_some(now);
@@ -696,7 +745,11 @@ pub fn finish(conn: &mut PgConnection, lease: Lease, outcome: &Finish) -> Result
         );
         match code {
             Some(code) => update
-                .set((set_common, jobs::last_error_code.eq(code), jobs::last_error.eq(message)))
+                .set((
+                    set_common,
+                    jobs::last_error_code.eq(code.as_str()),
+                    jobs::last_error.eq(message),
+                ))
                 .execute(conn)?,
             None => update.set(set_common).execute(conn)?,
         };
@@ -731,23 +784,25 @@ pub fn retry_delay(attempt: i32, retry_after: Option<Duration>, base: Duration, 
 /// Puts unfinished jobs back in the queue at shutdown, fenced on each lease's token (`owner` only names the
 /// releasing process in `last_error`). The interrupted try is not counted (the attempt counter goes back by one):
 /// the process gave the work up, the work did not fail.
+/// The release statement (`$1` owner, `$2` ids, `$3` their tokens).
+pub const RELEASE_SQL: &str =
+    "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
+            run_at = now(), attempt = GREATEST(jobs.attempt - 1, 0), last_error_code = 'released_at_shutdown', \
+            last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
+     FROM unnest($2::bigint[], $3::bigint[]) AS l(id, token) \
+     WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running'";
+
 pub fn release(conn: &mut PgConnection, owner: &str, leases: &[Lease]) -> Result<usize, DbError> {
     debug_assert!(JobState::Running.can_transition_to(JobState::Queued));
     if leases.is_empty() {
         return Ok(0);
     }
     let (ids, tokens) = split(leases);
-    Ok(diesel::sql_query(
-        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, \
-                run_at = now(), attempt = GREATEST(jobs.attempt - 1, 0), last_error_code = 'released_at_shutdown', \
-                last_error = 'released by ' || $1 || ' during graceful shutdown', updated_at = now() \
-         FROM unnest($2::bigint[], $3::bigint[]) AS l(id, token) \
-         WHERE jobs.id = l.id AND jobs.lease_token = l.token AND jobs.state = 'running'",
-    )
-    .bind::<Text, _>(owner)
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<BigInt>, _>(&tokens)
-    .execute(conn)?)
+    Ok(diesel::sql_query(RELEASE_SQL)
+        .bind::<Text, _>(owner)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<BigInt>, _>(&tokens)
+        .execute(conn)?)
 }
 
 /// A job the watchdog put back in the queue (`state` queued), cancelled, or parked (`state` failed, code
@@ -1134,4 +1189,30 @@ pub const KIND_STATUS_SQL: &str = "SELECT kind, \
 /// [`KIND_STATUS_SQL`]: kinds without a queued, running or failed job are left out.
 pub fn kind_status(conn: &mut PgConnection) -> Result<Vec<KindStatus>, DbError> {
     Ok(diesel::sql_query(KIND_STATUS_SQL).load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes the watchdog and the shutdown release write from SQL (`last_error_code = '…'`) are `ErrorCode`s, as
+    /// every code written from Rust is by type: none can drift from the enum and its runbook entry.
+    #[test]
+    fn codes_written_by_sql_are_error_codes() {
+        let mut seen = 0;
+        for sql in [RECLAIM_SQL, RELEASE_SQL] {
+            let start = sql.find("last_error_code =").expect("the statement writes a code") + "last_error_code =".len();
+            let end = start + sql[start..].find("last_error =").expect("then the message");
+            for (i, part) in sql[start..end].split('\'').enumerate() {
+                if i % 2 == 1 {
+                    part.parse::<ErrorCode>().unwrap_or_else(|e| panic!("{e}"));
+                    seen += 1;
+                }
+            }
+        }
+        assert_eq!(
+            seen, 4,
+            "cancelled, suspected_poison, lease_expired, released_at_shutdown"
+        );
+    }
 }

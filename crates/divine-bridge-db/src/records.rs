@@ -344,6 +344,9 @@ pub fn mark_published(conn: &mut PgConnection, event_id: &str, at_uri: &str, cid
     Ok(n == 1)
 }
 
+/// The states of a live mapping: one a delete, supersede or disconnect must still remove.
+const LIVE_STATES: [&str; 2] = [RecordState::Reserved.as_str(), RecordState::Published.as_str()];
+
 /// Marks a live (`reserved` or `published`) mapping deleted (kind 5) or superseded (newer addressable revision);
 /// returns whether it applied. A mapping already `deleted` or `superseded` keeps its first verdict (`false`): a
 /// supersede sweep can never turn a deletion into a supersede, nor the reverse.
@@ -353,7 +356,7 @@ pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState)
     let n = diesel::update(
         record_mappings::table
             .find(event_id)
-            .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()])),
+            .filter(record_mappings::state.eq_any(LIVE_STATES)),
     )
     .set((
         record_mappings::state.eq(state.as_str()),
@@ -368,7 +371,7 @@ pub fn mark_removed(conn: &mut PgConnection, event_id: &str, state: RecordState)
 pub fn live_records_for_author(conn: &mut PgConnection, pubkey: &str) -> Result<Vec<RecordMapping>, DbError> {
     Ok(record_mappings::table
         .filter(record_mappings::nostr_pubkey.eq(pubkey))
-        .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()]))
+        .filter(record_mappings::state.eq_any(LIVE_STATES))
         .order(record_mappings::event_created_at.asc())
         .select(RecordMapping::as_select())
         .load(conn)?)
@@ -378,7 +381,7 @@ pub fn live_records_for_author(conn: &mut PgConnection, pubkey: &str) -> Result<
 pub fn live_records_for_coordinate(conn: &mut PgConnection, coordinate: &str) -> Result<Vec<RecordMapping>, DbError> {
     Ok(record_mappings::table
         .filter(record_mappings::coordinate.eq(coordinate))
-        .filter(record_mappings::state.eq_any([RecordState::Reserved.as_str(), RecordState::Published.as_str()]))
+        .filter(record_mappings::state.eq_any(LIVE_STATES))
         .order(record_mappings::event_created_at.desc())
         .select(RecordMapping::as_select())
         .load(conn)?)

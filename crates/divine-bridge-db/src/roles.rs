@@ -24,6 +24,7 @@
 //!    (`ALTER ROLE … PASSWORD`) so they never pass through a command line or a log.
 
 use crate::class::{Classified, ErrorClass};
+use crate::code::ErrorCode;
 use crate::error::DbError;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -171,8 +172,8 @@ pub enum RoleError {
 }
 
 impl Classified for RoleError {
-    fn code(&self) -> &'static str {
-        "db_role_invalid"
+    fn code(&self) -> ErrorCode {
+        ErrorCode::DbRoleInvalid
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent
@@ -347,7 +348,11 @@ mod tests {
             "gw-1",
             &"x".repeat(64),
         ] {
-            assert_eq!(RoleName::parse(bad).unwrap_err().code(), "db_role_invalid", "{bad}");
+            assert_eq!(
+                RoleName::parse(bad).unwrap_err().code(),
+                ErrorCode::DbRoleInvalid,
+                "{bad}"
+            );
         }
         assert_eq!(Roles::new("a", "a").unwrap_err(), RoleError::SameName("a".into()));
     }

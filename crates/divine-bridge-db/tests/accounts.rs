@@ -11,7 +11,7 @@ use divine_bridge_db::records::{self, RecordMapping};
 use divine_bridge_db::schema::jobs;
 use divine_bridge_db::states::priority;
 use divine_bridge_db::testutil::TestDb;
-use divine_bridge_db::{Classified, JobKind, ProvisioningState, RecordState};
+use divine_bridge_db::{Classified, ErrorCode, JobKind, ProvisioningState, RecordState};
 
 const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -200,13 +200,13 @@ fn handle_clashes_are_refused() {
 
     let taken = accounts::opt_in(&mut c, &req(B, "alice.divine.test")).unwrap_err();
     assert!(matches!(&taken, AccountError::HandleTaken { handle } if handle == "alice.divine.test"));
-    assert_eq!(taken.code(), "handle_taken");
+    assert_eq!(taken.code(), ErrorCode::HandleTaken);
     assert!(accounts::get(&mut c, B).unwrap().is_none());
     assert!(jobs_of(&mut c, B).is_empty(), "no job for a refused opt-in");
 
     let mismatch = accounts::opt_in(&mut c, &req(A, "other.divine.test")).unwrap_err();
     assert!(matches!(&mismatch, AccountError::HandleMismatch { existing } if existing == "alice.divine.test"));
-    assert_eq!(mismatch.code(), "handle_mismatch");
+    assert_eq!(mismatch.code(), ErrorCode::HandleMismatch);
     assert_eq!(accounts::get(&mut c, A).unwrap().unwrap().handle, "alice.divine.test");
 
     // Under a race the unique constraint still decides: a different pubkey racing for the handle loses.
@@ -226,7 +226,7 @@ fn handle_clashes_are_refused() {
     assert!(results
         .iter()
         .filter_map(|r| r.as_ref().err())
-        .all(|e| e.code() == "handle_taken"));
+        .all(|e| e.code() == ErrorCode::HandleTaken));
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn disable_cancels_only_this_accounts_queued_publishing_and_keeps_deletes_and_pr
     for id in [a1, a2, a_backfill] {
         let j = queue::get(&mut c, id).unwrap().unwrap();
         assert_eq!(j.state, "cancelled");
-        assert_eq!(j.last_error_code.as_deref(), Some(accounts::DISABLE_CODE));
+        assert_eq!(j.last_error_code.as_deref(), Some(accounts::DISABLE_CODE.as_str()));
     }
     // A paused account's deletes and profile changes are still honoured.
     assert_eq!(job_state(&mut c, a_profile), "queued");
@@ -302,7 +302,7 @@ fn operator_reset_only_touches_failed_links() {
     let mut c = db.conn();
     accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
     assert!(!accounts::reset_failed(&mut c, A).unwrap(), "pending: nothing to reset");
-    assert!(accounts::mark_failed(&mut c, A, "pds_rejected", "HTTP 400").unwrap());
+    assert!(accounts::mark_failed(&mut c, A, ErrorCode::PdsRejected, "HTTP 400").unwrap());
     assert!(accounts::reset_failed(&mut c, A).unwrap());
     let l = accounts::get(&mut c, A).unwrap().unwrap();
     assert_eq!(l.state().unwrap(), ProvisioningState::Pending);
@@ -325,7 +325,7 @@ fn worker_transitions_never_leave_disabled() {
         accounts::get(&mut c, A).unwrap().unwrap().state().unwrap(),
         ProvisioningState::Provisioning
     );
-    assert!(accounts::mark_failed(&mut c, A, "plc_rejected", "bad op").unwrap());
+    assert!(accounts::mark_failed(&mut c, A, ErrorCode::PlcRejected, "bad op").unwrap());
     let l = accounts::get(&mut c, A).unwrap().unwrap();
     assert_eq!(l.state().unwrap(), ProvisioningState::Failed);
     assert_eq!(l.provisioning_error.as_deref(), Some("plc_rejected"));
@@ -383,7 +383,7 @@ fn enable_redrives_provisioning_when_needed() {
 
     // Provisioning failed permanently: enable → pending, error cleared, the same job row queued again.
     force_job(&mut c, &provision_key, "failed", 3, Some("plc_rejected"));
-    accounts::mark_failed(&mut c, A, "plc_rejected", "bad op").unwrap();
+    accounts::mark_failed(&mut c, A, ErrorCode::PlcRejected, "bad op").unwrap();
     let l = accounts::enable(&mut c, A).unwrap();
     assert_eq!(l.state().unwrap(), ProvisioningState::Pending);
     assert_eq!(l.provisioning_error, None);
@@ -702,13 +702,13 @@ fn suspend_is_a_pause_only_the_operator_lifts() {
     assert!(accounts::followed_pubkeys(&mut c).unwrap().contains(A));
 
     let e = accounts::enable(&mut c, A).unwrap_err();
-    assert_eq!(e.code(), "account_suspended");
+    assert_eq!(e.code(), ErrorCode::AccountSuspended);
     assert!(e.to_string().contains("abuse report"));
     assert_eq!(
         accounts::opt_in(&mut c, &req(A, "alice.divine.test"))
             .unwrap_err()
             .code(),
-        "account_suspended"
+        ErrorCode::AccountSuspended
     );
     let d = accounts::disable(&mut c, A).unwrap();
     assert_eq!(
@@ -757,7 +757,7 @@ fn audited_actions_record_actor_reason_and_states_atomically() {
     let refused = audited(&mut c, A, &Actor::Nip98(A.into()), AuditAction::Enable, None, |c| {
         accounts::enable(c, A)
     });
-    assert_eq!(refused.unwrap_err().code(), "account_suspended");
+    assert_eq!(refused.unwrap_err().code(), ErrorCode::AccountSuspended);
     let trail = audit::list(&mut c, A, 10).unwrap();
     assert_eq!(trail.len(), 2, "{trail:?}");
     assert_eq!(

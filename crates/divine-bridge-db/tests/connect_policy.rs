@@ -3,6 +3,7 @@
 //! wait and then reported as `db_unavailable`; a reachable one connects.
 
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, Db, DbSettings, ErrorClass};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ fn unknown_database_fails_fast_naming_database_url() {
         started.elapsed() < Duration::from_secs(10),
         "no waiting on a permanent error"
     );
-    assert_eq!(err.code(), "db_connect_rejected");
+    assert_eq!(err.code(), ErrorCode::DbConnectRejected);
     assert_eq!(err.class(), ErrorClass::Permanent);
     let text = err.to_string();
     assert!(
@@ -60,7 +61,7 @@ fn unknown_role_fails_fast_and_the_password_is_never_printed() {
         ))
         .err()
         .expect("refused");
-    assert_eq!(err.code(), "db_connect_rejected", "{err}");
+    assert_eq!(err.code(), ErrorCode::DbConnectRejected, "{err}");
     assert!(!err.to_string().contains("hunter2secret"), "{err}");
 }
 
@@ -85,7 +86,7 @@ fn unreachable_server_is_retried_for_the_bounded_wait_then_unavailable() {
         waited >= Duration::from_secs(3) && waited < Duration::from_secs(15),
         "{waited:?}"
     );
-    assert_eq!(err.code(), "db_unavailable");
+    assert_eq!(err.code(), ErrorCode::DbUnavailable);
     assert_eq!(err.class(), ErrorClass::Transient);
     let text = err.to_string();
     assert!(

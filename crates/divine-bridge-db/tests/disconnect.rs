@@ -12,7 +12,7 @@ use divine_bridge_db::queue;
 use divine_bridge_db::records::{self, AccountKeys, AccountSession};
 use divine_bridge_db::schema::{account_keys, account_sessions, jobs};
 use divine_bridge_db::testutil::TestDb;
-use divine_bridge_db::{Classified, JobKind, ProvisioningState};
+use divine_bridge_db::{Classified, ErrorCode, JobKind, ProvisioningState};
 use std::time::Duration;
 
 const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -110,7 +110,7 @@ fn begin_cancels_all_work_queues_one_job_and_is_idempotent() {
             assert_eq!(state, "queued");
         } else {
             assert_eq!(state, "cancelled", "{kind}");
-            assert_eq!(code.as_deref(), Some(accounts::DISCONNECT_CODE), "{kind}");
+            assert_eq!(code.as_deref(), Some(accounts::DISCONNECT_CODE.as_str()), "{kind}");
         }
     }
 
@@ -140,18 +140,18 @@ fn leaving_account_is_not_followed_and_cannot_be_revived_or_moved() {
 
     assert!(!accounts::followed_pubkeys(&mut conn).unwrap().contains(A));
     let e = accounts::enable(&mut conn, A).unwrap_err();
-    assert_eq!(e.code(), "account_disconnected");
+    assert_eq!(e.code(), ErrorCode::AccountDisconnected);
     let e = opt_in(&mut conn, A, "alice.example.com").unwrap_err();
-    assert_eq!(e.code(), "account_disconnected");
+    assert_eq!(e.code(), ErrorCode::AccountDisconnected);
     accounts::disable(&mut conn, A).unwrap();
     accounts::suspend(&mut conn, A, "spam").unwrap();
     assert!(!accounts::mark_ready(&mut conn, A, DID).unwrap());
-    assert!(!accounts::mark_failed(&mut conn, A, "x", "y").unwrap());
+    assert!(!accounts::mark_failed(&mut conn, A, ErrorCode::PdsRejected, "y").unwrap());
     let link = accounts::get(&mut conn, A).unwrap().unwrap();
     assert_eq!(link.state().unwrap(), ProvisioningState::Disconnecting);
     // The handle stays taken.
     let e = opt_in(&mut conn, B, "alice.example.com").unwrap_err();
-    assert_eq!(e.code(), "handle_taken");
+    assert_eq!(e.code(), ErrorCode::HandleTaken);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn handle_is_released_after_the_grace_period_and_the_tombstone_stays() {
     );
     assert_eq!(
         opt_in(&mut conn, B, "alice.example.com").unwrap_err().code(),
-        "handle_taken"
+        ErrorCode::HandleTaken
     );
 
     assert_eq!(

@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
 use divine_bridge_db::testutil::TestDb;
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Classified, Db, DbError, DbSettings, ErrorClass};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ async fn backend_pid(db: &Db) -> Result<i32, DbError> {
 }
 
 fn assert_transient(e: &DbError, code: &str) {
-    assert_eq!((e.code(), e.class()), (code, ErrorClass::Transient), "{e}");
+    assert_eq!((e.code().as_str(), e.class()), (code, ErrorClass::Transient), "{e}");
 }
 
 /// 57P01 (admin_shutdown, what `pg_terminate_backend` and a fast shutdown send): transient `db_connection_lost`,
@@ -192,7 +193,7 @@ async fn statement_errors_outside_the_transient_classes_stay_permanent() {
             .unwrap_err();
         assert_eq!(
             (err.code(), err.class()),
-            ("db_query_failed", ErrorClass::Permanent),
+            (ErrorCode::DbQueryFailed, ErrorClass::Permanent),
             "{sql}: {err}"
         );
     }
@@ -337,4 +338,53 @@ fn keepalive_parameters_are_added_to_the_connection_url() {
     let tdb = TestDb::migrated("pg_keepalive");
     let mut c = PgConnection::establish(&s.connection_url(&tdb.url).unwrap()).expect("libpq accepts the parameters");
     diesel::sql_query("SELECT 1").execute(&mut c).unwrap();
+}
+
+/// Issue 11 §3 (throughput): `Db::lease` runs on a connection of its own whose session carries the lease settings, so
+/// a lease is one statement (no transaction to set them per call); the pool's connections keep the defaults (a
+/// synchronous commit, every plan shape), and the lease connection is replaced after a restart like the pool's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_connection_carries_the_lease_settings_and_is_replaced_after_a_restart() {
+    use divine_bridge_db::queue::{self, NewJob};
+    use divine_bridge_db::JobKind;
+    let tdb = TestDb::migrated("pg_lease_session");
+    let db = pool(&tdb, &settings(|s| s.idle_check_after = Duration::from_secs(3600)));
+    db.run(|c| {
+        let jobs: Vec<NewJob> = (0..4)
+            .map(|i| NewJob::new(JobKind::Noop, format!("k-{i}"), serde_json::json!({})))
+            .collect();
+        queue::enqueue_many(c, &jobs)
+    })
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(60);
+    assert_eq!(db.lease("w", 2, lease).await.unwrap().len(), 2);
+    for (name, value) in queue::LEASE_SETTINGS {
+        assert_eq!(
+            db.lease_connection_setting(name).await.unwrap(),
+            value,
+            "{name} on the lease connection"
+        );
+    }
+    let pooled: String = db
+        .run(|c| {
+            Ok::<_, DbError>(
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                    "current_setting('synchronous_commit')",
+                ))
+                .get_result(c)?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(pooled, "on", "the pool's connections commit synchronously");
+
+    assert!(tdb.terminate_backends() >= 2);
+    // The dead lease connection fails at most one lease (transient), then a new one carries the settings again.
+    if let Err(e) = db.lease("w", 1, lease).await {
+        assert_transient(&e, "db_connection_lost");
+    }
+    let again = db.lease("w", 2, lease).await.unwrap();
+    assert!(!again.is_empty(), "leases again after the restart");
+    assert_eq!(db.lease_connection_setting("synchronous_commit").await.unwrap(), "off");
 }

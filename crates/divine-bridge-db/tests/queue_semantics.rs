@@ -73,7 +73,7 @@ fn complete(conn: &mut PgConnection, ids: &[i64]) -> Vec<i64> {
 
 fn retry_now(code: &str) -> Finish {
     Finish::Retry {
-        code: code.into(),
+        code: code.parse().expect("a code of ErrorCode"),
         message: format!("{code} happened"),
         run_at: Utc::now() - ChronoDuration::seconds(1),
         max_age: WEEK,
@@ -139,7 +139,7 @@ fn a_head_in_backoff_blocks_its_successors_but_not_other_keys() {
     let b1 = enq(&mut c, &job("b", 3));
     assert_eq!(ids(&queue::lease(&mut c, "w", 1, LEASE).unwrap()), vec![a1]);
     let later = Finish::Retry {
-        code: "pds_unavailable".into(),
+        code: divine_bridge_db::ErrorCode::XrpcServerError,
         message: "503".into(),
         run_at: Utc::now() + ChronoDuration::hours(1),
         max_age: WEEK,
@@ -153,7 +153,7 @@ fn a_head_in_backoff_blocks_its_successors_but_not_other_keys() {
     );
     assert_eq!(row(&mut c, a2).state, "queued");
     assert_eq!(row(&mut c, a1).attempt, 1);
-    assert_eq!(row(&mut c, a1).last_error_code.as_deref(), Some("pds_unavailable"));
+    assert_eq!(row(&mut c, a1).last_error_code.as_deref(), Some("xrpc_server_error"));
 }
 
 #[test]
@@ -235,7 +235,7 @@ fn a_reclaimed_try_cannot_write_even_when_the_same_owner_leased_the_job_again() 
 
     // The stale try wakes up: every write it attempts is fenced off, though its owner id is the current one.
     let fail = Finish::Failed {
-        code: "pds_rejected".into(),
+        code: divine_bridge_db::ErrorCode::PdsRejected,
         message: "late".into(),
     };
     assert_eq!(queue::finish(&mut c, stale, &fail).unwrap(), Finished::LostLease);
@@ -340,7 +340,7 @@ fn panics_are_retried_until_the_panic_limit_then_fail_keeping_the_message() {
     // Transient failures in between do not count as panics.
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
-        finish(&mut c, id, &retry_now("pds_unavailable")),
+        finish(&mut c, id, &retry_now("xrpc_server_error")),
         Finished::Applied(JobState::Queued)
     );
     for n in 1..=2 {
@@ -427,13 +427,13 @@ fn transient_failures_never_become_terminal_by_count_alone() {
         let got = queue::lease(&mut c, "w", 1, LEASE).unwrap();
         assert_eq!((got[0].id, got[0].attempt), (id, n));
         assert_eq!(
-            finish(&mut c, id, &retry_now("pds_unavailable")),
+            finish(&mut c, id, &retry_now("xrpc_server_error")),
             Finished::Applied(JobState::Queued)
         );
     }
     let r = row(&mut c, id);
     assert_eq!((r.state.as_str(), r.attempt), ("queued", 50));
-    assert_eq!(r.last_error_code.as_deref(), Some("pds_unavailable"));
+    assert_eq!(r.last_error_code.as_deref(), Some("xrpc_server_error"));
     assert!(r.finished_at.is_none());
 }
 
@@ -445,7 +445,7 @@ fn a_retry_schedules_run_at_and_records_the_error() {
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     let at = Utc::now() + ChronoDuration::seconds(90);
     let outcome = Finish::Retry {
-        code: "pds_rate_limited".into(),
+        code: divine_bridge_db::ErrorCode::XrpcRateLimited,
         message: "429, retry after 90 s".into(),
         run_at: at,
         max_age: WEEK,
@@ -476,7 +476,7 @@ fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
         .unwrap();
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
-        finish(&mut c, id, &retry_now("pds_unavailable")),
+        finish(&mut c, id, &retry_now("xrpc_server_error")),
         Finished::Applied(JobState::Failed)
     );
     let r = row(&mut c, id);
@@ -484,7 +484,7 @@ fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
     assert_eq!(r.last_error_code.as_deref(), Some("retry_window_exhausted"));
     let text = r.last_error.unwrap();
     assert!(
-        text.contains("pds_unavailable") && text.contains("pds_unavailable happened"),
+        text.contains("xrpc_server_error") && text.contains("xrpc_server_error happened"),
         "{text}"
     );
     assert!(r.finished_at.is_some());
@@ -493,7 +493,7 @@ fn the_retry_window_ends_in_retry_window_exhausted_keeping_the_last_error() {
     let young = enq(&mut c, &job("b", 2));
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     assert_eq!(
-        finish(&mut c, young, &retry_now("pds_unavailable")),
+        finish(&mut c, young, &retry_now("xrpc_server_error")),
         Finished::Applied(JobState::Queued)
     );
 }
@@ -506,11 +506,11 @@ fn permanent_failure_and_ineligible_record_their_codes() {
     let i = enq(&mut c, &job("b", 2));
     queue::lease(&mut c, "w", 2, LEASE).unwrap();
     let failed = Finish::Failed {
-        code: "translate_invalid_event".into(),
+        code: divine_bridge_db::ErrorCode::InvalidEvent,
         message: "no video url".into(),
     };
     let inel = Finish::Ineligible {
-        code: "account_disabled".into(),
+        code: divine_bridge_db::ErrorCode::AccountDisabled,
         detail: "cross-posting disabled by the user".into(),
     };
     assert_eq!(finish(&mut c, f, &failed), Finished::Applied(JobState::Failed));
@@ -522,7 +522,7 @@ fn permanent_failure_and_ineligible_record_their_codes() {
             rf.last_error_code.as_deref(),
             rf.last_error.as_deref()
         ),
-        ("failed", Some("translate_invalid_event"), Some("no video url"))
+        ("failed", Some("invalid_event"), Some("no video url"))
     );
     let ri = row(&mut c, i);
     assert_eq!(
@@ -558,18 +558,18 @@ fn cancel_queued_is_immediate_and_cancel_running_is_honoured_at_finalize() {
         assert!(r.cancel_requested_at.is_some());
     }
     assert_eq!(
-        finish(&mut c, r1, &retry_now("pds_unavailable")),
+        finish(&mut c, r1, &retry_now("xrpc_server_error")),
         Finished::Applied(JobState::Cancelled)
     );
     let fail = Finish::Failed {
-        code: "pds_rejected".into(),
+        code: divine_bridge_db::ErrorCode::PdsRejected,
         message: "400".into(),
     };
     assert_eq!(finish(&mut c, r2, &fail), Finished::Applied(JobState::Cancelled));
     assert_eq!(complete(&mut c, &[r3]), vec![r3]);
     let c1 = row(&mut c, r1);
     assert_eq!(c1.last_error_code.as_deref(), Some("cancelled"));
-    assert!(c1.last_error.unwrap().contains("pds_unavailable"));
+    assert!(c1.last_error.unwrap().contains("xrpc_server_error"));
     assert_eq!(row(&mut c, r3).state, "succeeded", "the side effect happened");
 
     // A running job whose owner died with a cancel pending is cancelled by the watchdog, not re-queued.
@@ -669,7 +669,7 @@ fn operator_retry_requeue_and_listing() {
     };
     queue::lease(&mut c, "w", 10, LEASE).unwrap();
     let fail = Finish::Failed {
-        code: "pds_rejected".into(),
+        code: divine_bridge_db::ErrorCode::PdsRejected,
         message: "bad".into(),
     };
     finish(&mut c, failed, &fail);
@@ -717,7 +717,7 @@ fn requeue_or_enqueue_redrives_terminal_jobs() {
 
     queue::lease(&mut c, "w", 1, LEASE).unwrap();
     let inel = Finish::Ineligible {
-        code: "account_disabled".into(),
+        code: divine_bridge_db::ErrorCode::AccountDisabled,
         detail: "off".into(),
     };
     finish(&mut c, first, &inel);
@@ -845,7 +845,7 @@ fn job_heads_follow_every_kind_of_job_change() {
     assert!(leased.contains(&a0) && leased.contains(&b_urgent), "{leased:?}");
     assert_heads_exact(&mut c, "lease");
     assert_eq!(
-        finish(&mut c, a0, &retry_now("pds_unavailable")),
+        finish(&mut c, a0, &retry_now("xrpc_server_error")),
         Finished::Applied(JobState::Queued)
     );
     assert_heads_exact(&mut c, "retry");
@@ -946,7 +946,7 @@ fn the_sql_dispatch_class_matches_the_rust_one() {
 }
 
 /// Buffers one lease touches: EXPLAIN ANALYZE BUFFERS of LEASE_SQL prepared and executed as the queue runs it (under
-/// LEASE_SETTINGS_SQL, so with its generic plan), rolled back.
+/// LEASE_SETTINGS, so with its generic plan), rolled back.
 fn lease_buffers(conn: &mut PgConnection) -> i64 {
     #[derive(QueryableByName)]
     struct Plan {
@@ -956,7 +956,7 @@ fn lease_buffers(conn: &mut PgConnection) -> i64 {
     }
     let mut plan: Vec<Plan> = Vec::new();
     let _ = conn.transaction::<(), diesel::result::Error, _>(|c| {
-        diesel::sql_query(queue::LEASE_SETTINGS_SQL).execute(c)?;
+        diesel::sql_query(queue::lease_settings_local_sql()).execute(c)?;
         diesel::sql_query(format!(
             "PREPARE lease_explain(text, bigint, float8, int2[], int4[]) AS {}",
             queue::LEASE_SQL

@@ -15,7 +15,7 @@
 
 use crate::handle::{check_handle_syntax, normalize_domain, DEFAULT_RESERVED_NAMES};
 use divine_bridge_db::envcfg::{self, DbArgs, KeepEmpty, Problems, Raw};
-use divine_bridge_db::{Classified, DbSettings, ErrorClass};
+use divine_bridge_db::{Classified, DbSettings, ErrorClass, ErrorCode};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -280,8 +280,8 @@ impl ConfigError {
 }
 
 impl Classified for ConfigError {
-    fn code(&self) -> &'static str {
-        "gateway_config_invalid"
+    fn code(&self) -> ErrorCode {
+        ErrorCode::GatewayConfigInvalid
     }
 
     fn class(&self) -> ErrorClass {
@@ -336,12 +336,7 @@ impl GatewayArgs {
                 crate::auth::ServiceTokens::default()
             })
         };
-        let public = p.required("PUBLIC_URL", &self.public_url, "e.g. https://bridge.divine.video");
-        let public_url = if public.is_empty() {
-            String::new()
-        } else {
-            p.http_url("PUBLIC_URL", public)
-        };
+        let public_url = p.required_http_url("PUBLIC_URL", &self.public_url, "e.g. https://bridge.divine.video");
         let mut reserved_names = Vec::new();
         for name in envcfg::list(&self.reserved_handle_names) {
             let name = name.to_ascii_lowercase();
@@ -513,7 +508,7 @@ mod tests {
             let pairs: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != var).collect();
             let e = load(&pairs).unwrap_err();
             assert_eq!(e.vars(), [var]);
-            assert_eq!(e.code(), "gateway_config_invalid");
+            assert_eq!(e.code(), ErrorCode::GatewayConfigInvalid);
         }
         for (var, bad) in [
             ("PUBLIC_URL", "ftp://x"),
@@ -573,30 +568,7 @@ mod tests {
     fn readme_table_matches_the_clap_definitions() {
         use clap::CommandFactory;
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-        let rows = envcfg::readme_table(&readme, "`divine-handle-gateway`");
-        assert!(!rows.is_empty(), "README has a gateway configuration table");
-        let mut vars = envcfg::env_vars(&GatewayArgs::command());
-        vars.extend(
-            envcfg::LOGGING_VARS
-                .iter()
-                .map(|(n, d, _)| (n.to_string(), Some(d.to_string()))),
-        );
-        for (name, default) in &vars {
-            let Some((_, cell)) = rows.iter().find(|(n, _)| n == name) else {
-                panic!("README gateway configuration table has no row for {name}");
-            };
-            if let Some(d) = default.as_deref().filter(|d| !d.is_empty()) {
-                assert!(
-                    cell.contains(d),
-                    "README default of {name} is {cell:?}, clap says {d:?}"
-                );
-            }
-        }
-        for (name, _) in &rows {
-            assert!(
-                vars.iter().any(|(n, _)| n == name),
-                "README row {name} is not read by divine-handle-gateway"
-            );
-        }
+        let mismatches = envcfg::readme_table_mismatches(&readme, "`divine-handle-gateway`", &GatewayArgs::command());
+        assert!(mismatches.is_empty(), "{mismatches:#?}");
     }
 }

@@ -73,7 +73,7 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
             .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
         (status.as_u16() >= 400 && !is_problem).then(|| ApiError::from_status(status).problem())
     });
-    let code = problem.as_ref().map(|p| p.code);
+    let code = problem.as_ref().map(|p| p.code.as_str());
     let auth_failure = resp.extensions().get::<AuthFailure>().map(|a| a.0);
     if let Some(problem) = problem {
         let body = problem.to_json(&request_id).to_string();

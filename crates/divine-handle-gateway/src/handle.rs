@@ -181,7 +181,7 @@ pub fn host_to_handle(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use divine_bridge_db::Classified;
+    use divine_bridge_db::{Classified, ErrorCode};
 
     const D: &str = "divine.test";
 
@@ -195,7 +195,7 @@ mod tests {
 
     fn bad(raw: &str) -> String {
         let e = normalize_handle(raw, D).unwrap_err();
-        assert_eq!(e.code(), "invalid_handle");
+        assert_eq!(e.code(), ErrorCode::InvalidHandle);
         e.to_string()
     }
 
@@ -264,7 +264,7 @@ mod tests {
             "divine",
         ] {
             let e = normalize_handle(&format!(" {}.Divine.Test", name.to_uppercase()), D).unwrap_err();
-            assert_eq!(e.code(), "handle_reserved", "{name}");
+            assert_eq!(e.code(), ErrorCode::HandleReserved, "{name}");
             assert_eq!(e.status(), axum::http::StatusCode::CONFLICT);
             assert!(e.to_string().contains(&format!("{name}.divine.test")));
         }
@@ -300,7 +300,11 @@ mod tests {
             &format!("{}g", &hex[..63]),
             "npub1qqqq",
         ] {
-            assert_eq!(normalize_pubkey(bad).unwrap_err().code(), "invalid_pubkey", "{bad}");
+            assert_eq!(
+                normalize_pubkey(bad).unwrap_err().code(),
+                ErrorCode::InvalidPubkey,
+                "{bad}"
+            );
         }
     }
 
@@ -308,10 +312,10 @@ mod tests {
     fn event_ids_must_be_hex64() {
         let id = "AB".repeat(32);
         assert_eq!(normalize_event_id(&id).unwrap(), "ab".repeat(32));
-        assert_eq!(normalize_event_id("xyz").unwrap_err().code(), "invalid_event_id");
+        assert_eq!(normalize_event_id("xyz").unwrap_err().code(), ErrorCode::InvalidEventId);
         assert_eq!(
             normalize_event_id(&"a".repeat(65)).unwrap_err().code(),
-            "invalid_event_id"
+            ErrorCode::InvalidEventId
         );
     }
 

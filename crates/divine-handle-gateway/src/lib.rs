@@ -27,7 +27,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use divine_bridge_db::{migrate, Db};
+use divine_bridge_db::{migrate, Db, ErrorCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -179,11 +179,11 @@ pub enum StartError {
 }
 
 impl divine_bridge_db::Classified for StartError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            StartError::Bind { .. } => "gateway_bind_failed",
+            StartError::Bind { .. } => ErrorCode::GatewayBindFailed,
             StartError::Db(e) => e.code(),
-            StartError::Serve(_) => "gateway_serve_failed",
+            StartError::Serve(_) => ErrorCode::GatewayServeFailed,
         }
     }
 

@@ -157,7 +157,7 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     match checked {
         Ok(()) => next.run(req).await,
         Err(e) => {
-            tracing::info!(client = %ip, code = divine_bridge_db::Classified::code(&e), "request rate limited");
+            tracing::info!(client = %ip, code = %divine_bridge_db::Classified::code(&e), "request rate limited");
             e.into_response()
         }
     }

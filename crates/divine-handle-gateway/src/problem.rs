@@ -1,5 +1,5 @@
-//! Every error the gateway answers with, as ONE enum ([`ApiError`]) whose stable codes are listed in
-//! `fn code` (the runbook check extracts them from there), rendered as RFC 9457 `application/problem+json`
+//! Every error the gateway answers with, as ONE enum ([`ApiError`]) whose stable codes ([`ErrorCode`] variants, each
+//! with its runbook entry) are decided in `fn code`, rendered as RFC 9457 `application/problem+json`
 //! `{type, title, status, detail, code, request_id}`.
 //!
 //! Owns the mapping error → HTTP status/code/body and nothing else: it must not decide *whether* a request is
@@ -11,7 +11,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use divine_bridge_core::ReasonLabel;
 use divine_bridge_db::accounts::AccountError;
-use divine_bridge_db::{Classified, DbError, ErrorClass};
+use divine_bridge_db::{Classified, DbError, ErrorClass, ErrorCode};
 use std::time::Duration;
 
 /// Whole seconds of a wait, rounded up (what `Retry-After` carries).
@@ -107,39 +107,39 @@ pub enum ApiError {
 }
 
 impl Classified for ApiError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthorized { .. } => "unauthorized",
-            ApiError::InvalidPubkey(_) => "invalid_pubkey",
-            ApiError::InvalidHandle(_) => "invalid_handle",
-            ApiError::HandleTaken(_) => "handle_taken",
-            ApiError::HandleReserved(_) => "handle_reserved",
-            ApiError::HandleMismatch(_) => "handle_mismatch",
-            ApiError::AccountNotFound => "account_not_found",
-            ApiError::AccountSuspended(_) => "account_suspended",
-            ApiError::AccountDisconnected => "account_disconnected",
-            ApiError::OperatorOnly => "operator_only",
-            ApiError::HandleNotFound(_) => "handle_not_found",
-            ApiError::TooManyIds(_) => "too_many_ids",
-            ApiError::InvalidEventId(_) => "invalid_event_id",
-            ApiError::InvalidCursor(_) => "invalid_cursor",
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::NotFound => "not_found",
-            ApiError::RateLimited(_) => "rate_limited",
-            ApiError::GlobalRateLimited(_) => "global_rate_limited",
-            ApiError::ToggleRateLimited(_) => "toggle_rate_limited",
-            ApiError::ProvisioningBudgetExhausted(_) => "provisioning_budget_exhausted",
-            ApiError::OptInServiceOnly => "opt_in_service_only",
-            ApiError::OptInNotAllowlisted => "opt_in_not_allowlisted",
-            ApiError::InsufficientPow { .. } => "insufficient_pow",
-            ApiError::Overloaded => "overloaded",
-            ApiError::Timeout => "timeout",
-            ApiError::NotReady { .. } => "not_ready",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
+            ApiError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            ApiError::InvalidPubkey(_) => ErrorCode::InvalidPubkey,
+            ApiError::InvalidHandle(_) => ErrorCode::InvalidHandle,
+            ApiError::HandleTaken(_) => ErrorCode::HandleTaken,
+            ApiError::HandleReserved(_) => ErrorCode::HandleReserved,
+            ApiError::HandleMismatch(_) => ErrorCode::HandleMismatch,
+            ApiError::AccountNotFound => ErrorCode::AccountNotFound,
+            ApiError::AccountSuspended(_) => ErrorCode::AccountSuspended,
+            ApiError::AccountDisconnected => ErrorCode::AccountDisconnected,
+            ApiError::OperatorOnly => ErrorCode::OperatorOnly,
+            ApiError::HandleNotFound(_) => ErrorCode::HandleNotFound,
+            ApiError::TooManyIds(_) => ErrorCode::TooManyIds,
+            ApiError::InvalidEventId(_) => ErrorCode::InvalidEventId,
+            ApiError::InvalidCursor(_) => ErrorCode::InvalidCursor,
+            ApiError::InvalidJson(_) => ErrorCode::InvalidJson,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::GlobalRateLimited(_) => ErrorCode::GlobalRateLimited,
+            ApiError::ToggleRateLimited(_) => ErrorCode::ToggleRateLimited,
+            ApiError::ProvisioningBudgetExhausted(_) => ErrorCode::ProvisioningBudgetExhausted,
+            ApiError::OptInServiceOnly => ErrorCode::OptInServiceOnly,
+            ApiError::OptInNotAllowlisted => ErrorCode::OptInNotAllowlisted,
+            ApiError::InsufficientPow { .. } => ErrorCode::InsufficientPow,
+            ApiError::Overloaded => ErrorCode::Overloaded,
+            ApiError::Timeout => ErrorCode::Timeout,
+            ApiError::NotReady { .. } => ErrorCode::NotReady,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -291,7 +291,7 @@ impl From<AccountError> for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         // Details of database failures go to the log, not to the client.
-        tracing::error!(code = e.code(), error = %e, "database error");
+        tracing::error!(code = %e.code(), error = %e, "database error");
         match e.class() {
             ErrorClass::Transient => ApiError::Unavailable(format!("database ({})", e.code())),
             ErrorClass::Permanent => ApiError::Internal(format!("database ({})", e.code())),
@@ -377,7 +377,7 @@ pub struct AuthFailure(pub &'static str);
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub status: u16,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub title: &'static str,
     pub detail: String,
     /// For `/ready` failures: the readiness reason, rendered as the extension members `"ready": false, "reason"`
@@ -393,7 +393,7 @@ impl Problem {
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
-            "code": self.code,
+            "code": self.code.as_str(),
             "request_id": request_id,
         });
         if let Some(reason) = self.not_ready {

@@ -91,7 +91,7 @@ impl ReadyProbe {
             }),
             Err(e) => {
                 *slot = None;
-                tracing::warn!(code = e.code(), error = %e, "readiness check failed");
+                tracing::warn!(code = %e.code(), error = %e, "readiness check failed");
                 Err(ApiError::NotReady {
                     reason: "database_unavailable",
                     detail: format!("database ({})", e.code()),

@@ -36,23 +36,36 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
-use divine_bridge_db::accounts::{self, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS};
+use diesel::pg::PgConnection;
+use divine_bridge_db::accounts::{
+    self, AccountError, AccountLink, CrosspostStatus, OptIn, OptInOutcome, MAX_STATUS_IDS,
+};
 use divine_bridge_db::audit::audited;
 use divine_bridge_db::states::AuditAction;
 use serde::{Deserialize, Serialize};
 
-/// The account link as the API shows it (RFC 3339 timestamps; the operator-only error detail is omitted).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AccountLinkRecord {
-    pub nostr_pubkey: String,
-    pub handle: String,
-    pub did: Option<String>,
-    pub crosspost_enabled: bool,
-    pub provisioning_state: String,
-    pub provisioning_error: Option<String>,
-    pub disabled_at: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
+/// The account link as the API shows it: the [`AccountLink`] row (one definition of the fields and their types)
+/// serialised with only its public fields, in this order, and RFC 3339 timestamps (µs, `Z`). The operator-only
+/// fields (`provisioning_error_detail`, `suspended_reason`, `disconnected_at`) are never shown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLinkRecord(pub AccountLink);
+
+impl Serialize for AccountLinkRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let l = &self.0;
+        let mut out = serializer.serialize_struct("AccountLinkRecord", 9)?;
+        out.serialize_field("nostr_pubkey", &l.nostr_pubkey)?;
+        out.serialize_field("handle", &l.handle)?;
+        out.serialize_field("did", &l.did)?;
+        out.serialize_field("crosspost_enabled", &l.crosspost_enabled)?;
+        out.serialize_field("provisioning_state", &l.provisioning_state)?;
+        out.serialize_field("provisioning_error", &l.provisioning_error)?;
+        out.serialize_field("disabled_at", &l.disabled_at.map(rfc3339))?;
+        out.serialize_field("created_at", &rfc3339(l.created_at))?;
+        out.serialize_field("updated_at", &rfc3339(l.updated_at))?;
+        out.end()
+    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -61,17 +74,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl From<AccountLink> for AccountLinkRecord {
     fn from(l: AccountLink) -> Self {
-        AccountLinkRecord {
-            nostr_pubkey: l.nostr_pubkey,
-            handle: l.handle,
-            did: l.did,
-            crosspost_enabled: l.crosspost_enabled,
-            provisioning_state: l.provisioning_state,
-            provisioning_error: l.provisioning_error,
-            disabled_at: l.disabled_at.map(rfc3339),
-            created_at: rfc3339(l.created_at),
-            updated_at: rfc3339(l.updated_at),
-        }
+        AccountLinkRecord(l)
     }
 }
 
@@ -100,6 +103,26 @@ pub struct CrosspostStatusResponse {
     pub statuses: Vec<CrosspostStatus>,
 }
 
+/// The one shape of every account action (opt-in, enable, disable, disconnect, suspend, unsuspend): `op` runs for
+/// `pubkey` inside [`audited`] (the change and its audit row, with the credential's actor and `reason`, commit in one
+/// transaction); a database failure or an [`AccountError`] becomes the API error for it. Authorization and rate
+/// limits stay in each handler, because they differ per action.
+async fn audited_action<T: Send + 'static>(
+    state: &AppState,
+    credential: &Credential,
+    pubkey: String,
+    action: AuditAction,
+    reason: Option<String>,
+    op: impl FnOnce(&mut PgConnection, &str) -> Result<T, AccountError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let actor = credential.actor();
+    state
+        .db
+        .run(move |c| audited(c, &pubkey, &actor, action, reason.as_deref(), |c| op(c, &pubkey)))
+        .await
+        .map_err(ApiError::from)
+}
+
 /// `POST /api/account-links/opt-in` → 202 record.
 pub async fn opt_in(
     State(state): State<AppState>,
@@ -121,15 +144,11 @@ pub async fn opt_in(
         handle,
         crosspost_enabled: body.value.crosspost_enabled,
     };
-    let actor = credential.actor();
-    let result = state
-        .db
-        .run(move |c| {
-            audited(c, &req.nostr_pubkey.clone(), &actor, AuditAction::OptIn, None, |c| {
-                accounts::opt_in(c, &req)
-            })
-        })
-        .await?;
+    let pubkey = req.nostr_pubkey.clone();
+    let result = audited_action(&state, &credential, pubkey, AuditAction::OptIn, None, move |c, _| {
+        accounts::opt_in(c, &req)
+    })
+    .await?;
     let outcome = match result.outcome {
         OptInOutcome::Created => "created",
         OptInOutcome::Existing => "existing",
@@ -149,15 +168,7 @@ pub async fn enable(
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let link = state
-        .db
-        .run(move |c| {
-            audited(c, &pubkey, &actor, AuditAction::Enable, None, |c| {
-                accounts::enable(c, &pubkey)
-            })
-        })
-        .await?;
+    let link = audited_action(&state, &credential, pubkey, AuditAction::Enable, None, accounts::enable).await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, state = %link.provisioning_state, "enabled");
     Ok(Json(link.into()))
 }
@@ -171,15 +182,15 @@ pub async fn disable(
 ) -> Result<Json<AccountLinkRecord>, ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let disabled = state
-        .db
-        .run(move |c| {
-            audited(c, &pubkey, &actor, AuditAction::Disable, None, |c| {
-                accounts::disable(c, &pubkey)
-            })
-        })
-        .await?;
+    let disabled = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Disable,
+        None,
+        accounts::disable,
+    )
+    .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %disabled.link.nostr_pubkey,
@@ -198,15 +209,15 @@ pub async fn disconnect(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<AccountLinkRecord>), ApiError> {
     credential.authorize(&state, &pubkey, &body).await?;
-    let actor = credential.actor();
-    let started = state
-        .db
-        .run(move |c| {
-            audited(c, &pubkey, &actor, AuditAction::Disconnect, None, |c| {
-                accounts::begin_disconnect(c, &pubkey)
-            })
-        })
-        .await?;
+    let started = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Disconnect,
+        None,
+        accounts::begin_disconnect,
+    )
+    .await?;
     tracing::info!(
         credential = %credential.label(),
         pubkey = %started.link.nostr_pubkey,
@@ -238,15 +249,15 @@ pub async fn suspend(
     if reason.is_empty() {
         return Err(ApiError::InvalidJson("a non-blank `reason` is required".into()));
     }
-    let actor = credential.actor();
-    let suspended = state
-        .db
-        .run(move |c| {
-            audited(c, &pubkey, &actor, AuditAction::Suspend, Some(&reason), |c| {
-                accounts::suspend(c, &pubkey, &reason)
-            })
-        })
-        .await?;
+    let suspended = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Suspend,
+        Some(reason.clone()),
+        move |c, pubkey| accounts::suspend(c, pubkey, &reason),
+    )
+    .await?;
     tracing::info!(credential = %credential.label(), pubkey = %suspended.link.nostr_pubkey, cancelled_jobs = suspended.cancelled_jobs, "suspended");
     Ok(Json(suspended.link.into()))
 }
@@ -262,15 +273,15 @@ pub async fn unsuspend(
     credential.require_operator()?;
     credential.authorize(&state, &pubkey, &body).await?;
     limits::check_toggle_limit(&state, &pubkey).await?;
-    let actor = credential.actor();
-    let link = state
-        .db
-        .run(move |c| {
-            audited(c, &pubkey, &actor, AuditAction::Unsuspend, None, |c| {
-                accounts::unsuspend(c, &pubkey)
-            })
-        })
-        .await?;
+    let link = audited_action(
+        &state,
+        &credential,
+        pubkey,
+        AuditAction::Unsuspend,
+        None,
+        accounts::unsuspend,
+    )
+    .await?;
     tracing::info!(credential = %credential.label(), pubkey = %link.nostr_pubkey, "unsuspended");
     Ok(Json(link.into()))
 }
@@ -530,4 +541,45 @@ pub async fn not_found() -> ApiError {
 /// Fallback for a known route with another method → 405 `method_not_allowed`.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_shows_the_public_fields_of_the_row_only() {
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .unwrap()
+            .to_utc();
+        let link = AccountLink {
+            nostr_pubkey: "ab".repeat(32),
+            handle: "alice.divine.test".into(),
+            did: Some("did:plc:alice".into()),
+            crosspost_enabled: true,
+            provisioning_state: "failed".into(),
+            provisioning_error: Some("plc_rejected".into()),
+            provisioning_error_detail: Some("operator detail".into()),
+            disabled_at: None,
+            created_at: t,
+            updated_at: t,
+            suspended_reason: Some("operator reason".into()),
+            disconnected_at: Some(t),
+        };
+        let shown = serde_json::to_value(AccountLinkRecord::from(link)).unwrap();
+        assert_eq!(
+            shown,
+            serde_json::json!({
+                "nostr_pubkey": "ab".repeat(32),
+                "handle": "alice.divine.test",
+                "did": "did:plc:alice",
+                "crosspost_enabled": true,
+                "provisioning_state": "failed",
+                "provisioning_error": "plc_rejected",
+                "disabled_at": null,
+                "created_at": "2026-01-02T03:04:05.123456Z",
+                "updated_at": "2026-01-02T03:04:05.123456Z",
+            })
+        );
+    }
 }

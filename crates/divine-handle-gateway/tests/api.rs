@@ -971,7 +971,7 @@ async fn a_panicking_handler_is_an_internal_problem_through_the_same_layers() {
         (503, "unavailable", 503),
     ] {
         let e = ApiError::from_status(axum::http::StatusCode::from_u16(seen).unwrap());
-        assert_eq!((e.code(), e.status().as_u16()), (code, answered), "{seen}");
+        assert_eq!((e.code().as_str(), e.status().as_u16()), (code, answered), "{seen}");
     }
 }
 

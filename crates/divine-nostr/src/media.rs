@@ -26,7 +26,7 @@
 //! every hop, and an answer with other addresses gets (or builds) the client pinned to those.
 
 use crate::spool::{Spool, SpoolFile};
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -86,7 +86,7 @@ impl MediaFetchConfig {
 fn observe_fetch(kind: MediaKind, started: std::time::Instant, result: Result<u64, &MediaError>) {
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     };
     metrics::histogram!(crate::metrics::MEDIA_FETCH_DURATION, "kind" => kind.label(), "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
@@ -206,22 +206,22 @@ impl MediaError {
 }
 
 impl Classified for MediaError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            MediaError::BadUrl(_) => "media_bad_url",
-            MediaError::HostNotAllowed { .. } => "media_host_not_allowed",
-            MediaError::AddressForbidden { .. } => "media_address_forbidden",
-            MediaError::TooLarge { .. } => "media_too_large",
-            MediaError::HashMismatch { .. } => "hash_mismatch",
-            MediaError::HttpStatus { .. } => "media_http_status",
-            MediaError::Timeout => "media_timeout",
-            MediaError::Transport(_) => "media_transport",
-            MediaError::TooManyRedirects { .. } => "media_too_many_redirects",
-            MediaError::UnsupportedType { .. } => "media_unsupported_type",
-            MediaError::InsecureUrl { .. } => "media_insecure_url",
-            MediaError::PortNotAllowed { .. } => "media_port_not_allowed",
-            MediaError::HashMissing => "media_hash_missing",
-            MediaError::Spool(_) => "media_spool_io",
+            MediaError::BadUrl(_) => ErrorCode::MediaBadUrl,
+            MediaError::HostNotAllowed { .. } => ErrorCode::MediaHostNotAllowed,
+            MediaError::AddressForbidden { .. } => ErrorCode::MediaAddressForbidden,
+            MediaError::TooLarge { .. } => ErrorCode::MediaTooLarge,
+            MediaError::HashMismatch { .. } => ErrorCode::HashMismatch,
+            MediaError::HttpStatus { .. } => ErrorCode::MediaHttpStatus,
+            MediaError::Timeout => ErrorCode::MediaTimeout,
+            MediaError::Transport(_) => ErrorCode::MediaTransport,
+            MediaError::TooManyRedirects { .. } => ErrorCode::MediaTooManyRedirects,
+            MediaError::UnsupportedType { .. } => ErrorCode::MediaUnsupportedType,
+            MediaError::InsecureUrl { .. } => ErrorCode::MediaInsecureUrl,
+            MediaError::PortNotAllowed { .. } => ErrorCode::MediaPortNotAllowed,
+            MediaError::HashMissing => ErrorCode::MediaHashMissing,
+            MediaError::Spool(_) => ErrorCode::MediaSpoolIo,
         }
     }
 
@@ -935,7 +935,7 @@ mod tests {
             ("https://a.example:8443/x", "media_port_not_allowed"),
         ] {
             let e = f.fetch(u, None, MediaKind::Any).await.unwrap_err();
-            assert_eq!(e.code(), code, "{u}");
+            assert_eq!(e.code().as_str(), code, "{u}");
             assert_eq!(e.class(), ErrorClass::Permanent);
         }
     }

@@ -14,7 +14,7 @@
 
 use crate::translate::TranslateError;
 use chrono::{DateTime, Utc};
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use nostr::nips::nip09::EventDeletionRequest;
 use nostr::Event;
 
@@ -74,22 +74,27 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every value of [`Rejection::reason`] (a unit test checks each variant's reason is listed).
-    pub const REASONS: [&'static str; 4] = ["bad_id", "bad_signature", "future_dated", "unsupported_kind"];
+    pub const REASONS: [&'static str; 4] = [
+        ErrorCode::BadId.as_str(),
+        ErrorCode::BadSignature.as_str(),
+        ErrorCode::FutureDated.as_str(),
+        ErrorCode::UnsupportedKind.as_str(),
+    ];
 
-    /// Stable label for `bridge_nostr_events_rejected_total{reason}`.
+    /// Stable label for `bridge_nostr_events_rejected_total{reason}`: the code's wire spelling.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Rejection::BadId => "bad_id",
-            Rejection::BadSignature => "bad_signature",
-            Rejection::FutureDated { .. } => "future_dated",
-            Rejection::UnsupportedKind(_) => "unsupported_kind",
-        }
+        self.code().as_str()
     }
 }
 
 impl Classified for Rejection {
-    fn code(&self) -> &'static str {
-        self.reason()
+    fn code(&self) -> ErrorCode {
+        match self {
+            Rejection::BadId => ErrorCode::BadId,
+            Rejection::BadSignature => ErrorCode::BadSignature,
+            Rejection::FutureDated { .. } => ErrorCode::FutureDated,
+            Rejection::UnsupportedKind(_) => ErrorCode::UnsupportedKind,
+        }
     }
     fn class(&self) -> ErrorClass {
         ErrorClass::Permanent
@@ -827,10 +832,13 @@ mod tests {
         ] {
             let ev = sign(22, "", tags.clone(), 100);
             let e = VideoEvent::from_event(&ev).unwrap_err();
-            assert_eq!(e.code(), "invalid_event", "{tags:?}");
+            assert_eq!(e.code(), ErrorCode::InvalidEvent, "{tags:?}");
         }
         let no_d = sign(34235, "", vec![vec!["url", "https://a/v.mp4"]], 100);
-        assert_eq!(VideoEvent::from_event(&no_d).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            VideoEvent::from_event(&no_d).unwrap_err().code(),
+            ErrorCode::InvalidEvent
+        );
     }
 
     #[test]
@@ -937,8 +945,8 @@ mod tests {
         let only_foreign = sign(5, "", vec![vec!["a", &foreign]], 100);
         let d = DeleteRequest::from_event(&only_foreign).unwrap();
         assert_eq!(d.target_keys(), (vec![], vec![]), "the job deletes nothing");
-        assert_eq!(d.require_target().unwrap_err().code(), "invalid_event");
-        assert_eq!(parse_event(&only_foreign).unwrap_err().code(), "invalid_event");
+        assert_eq!(d.require_target().unwrap_err().code(), ErrorCode::InvalidEvent);
+        assert_eq!(parse_event(&only_foreign).unwrap_err().code(), ErrorCode::InvalidEvent);
     }
 
     #[test]
@@ -959,10 +967,13 @@ mod tests {
         for content in ["not json", "[1]"] {
             // Still a profile revision (it claims its place in the newest-wins order); the translation refuses it.
             let bad = ProfileMeta::from_event(&sign(0, content, vec![], 100)).unwrap();
-            assert_eq!(bad.content_error.as_ref().map(|e| e.code()), Some("invalid_event"));
+            assert_eq!(
+                bad.content_error.as_ref().map(|e| e.code()),
+                Some(ErrorCode::InvalidEvent)
+            );
             assert_eq!(
                 crate::translate::plan_profile(&bad).unwrap_err().code(),
-                "invalid_event"
+                ErrorCode::InvalidEvent
             );
             assert_eq!((bad.name, bad.created_at.timestamp()), (None, 100));
         }
@@ -1006,14 +1017,23 @@ mod tests {
     fn unrepresentable_created_at_is_invalid_never_the_epoch() {
         let far = u64::MAX;
         let video = sign(22, "", vec![vec!["url", "https://a/v.mp4"]], far);
-        assert_eq!(VideoEvent::from_event(&video).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            VideoEvent::from_event(&video).unwrap_err().code(),
+            divine_bridge_core::ErrorCode::InvalidEvent
+        );
         assert_eq!(
             ProfileMeta::from_event(&sign(0, "{}", vec![], far)).unwrap_err().code(),
-            "invalid_event"
+            divine_bridge_core::ErrorCode::InvalidEvent
         );
         let del = sign(5, "", vec![vec!["e", &"a".repeat(64)]], far);
-        assert_eq!(DeleteRequest::from_event(&del).unwrap_err().code(), "invalid_event");
-        assert_eq!(event_time(&video).unwrap_err().code(), "invalid_event");
+        assert_eq!(
+            DeleteRequest::from_event(&del).unwrap_err().code(),
+            divine_bridge_core::ErrorCode::InvalidEvent
+        );
+        assert_eq!(
+            event_time(&video).unwrap_err().code(),
+            divine_bridge_core::ErrorCode::InvalidEvent
+        );
         // Admission refuses it before any of that (it is future-dated).
         assert_eq!(check_event(&video, 1_735_689_600).unwrap_err().reason(), "future_dated");
         // A representable time is exact.

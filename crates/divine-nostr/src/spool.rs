@@ -67,8 +67,8 @@ impl SpoolError {
 }
 
 impl divine_bridge_core::Classified for SpoolError {
-    fn code(&self) -> &'static str {
-        "media_spool_io"
+    fn code(&self) -> divine_bridge_core::ErrorCode {
+        divine_bridge_core::ErrorCode::MediaSpoolIo
     }
     fn class(&self) -> divine_bridge_core::ErrorClass {
         divine_bridge_core::ErrorClass::Transient

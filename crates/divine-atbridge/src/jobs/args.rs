@@ -223,6 +223,6 @@ mod tests {
         let err = leased(JobKind::PublishPost, serde_json::json!({ "account": pk }))
             .args::<PublishPostArgs>()
             .unwrap_err();
-        assert_eq!(err.code(), "invalid_job_payload");
+        assert_eq!(err.code(), divine_bridge_db::ErrorCode::InvalidJobPayload);
     }
 }

@@ -23,7 +23,7 @@ use super::{JobError, RepoWriter, UpstreamError};
 use divine_bridge_db::accounts;
 use divine_bridge_db::records;
 use divine_bridge_db::states::{ProvisioningState, RecordState};
-use divine_bridge_db::{Classified, Db, ErrorClass};
+use divine_bridge_db::{Classified, Db, ErrorClass, ErrorCode};
 use futures::future::BoxFuture;
 
 /// The account-level PDS calls a disconnect needs (production: [`super::store::PdsRepo`]).
@@ -45,9 +45,9 @@ pub enum DisconnectError {
 }
 
 impl Classified for DisconnectError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            DisconnectError::RepoInactive { .. } => "disconnect_repo_inactive",
+            DisconnectError::RepoInactive { .. } => ErrorCode::DisconnectRepoInactive,
         }
     }
 
@@ -86,7 +86,7 @@ pub async fn disconnect(
         ProvisioningState::Disconnecting => {}
         other => {
             return Err(JobError::ineligible(
-                "disconnect_not_requested",
+                ErrorCode::DisconnectNotRequested,
                 format!("account is {other}, not disconnecting"),
             ))
         }

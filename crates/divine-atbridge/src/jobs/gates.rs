@@ -58,7 +58,7 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
         .map_err(divine_bridge_db::DbError::from)?;
     let Some((did, enabled, state)) = row else {
         return Err(JobError::ineligible(
-            "account_disabled",
+            divine_bridge_db::ErrorCode::AccountDisabled,
             "no account link for this pubkey",
         ));
     };
@@ -72,10 +72,13 @@ pub fn account_gate(conn: &mut PgConnection, pubkey: &str) -> Result<String, Job
             divine_bridge_db::accounts::DISABLE_CODE,
             "account is disabled or suspended",
         )),
-        _ if !enabled => Err(JobError::ineligible("account_disabled", "cross-posting is turned off")),
+        _ if !enabled => Err(JobError::ineligible(
+            divine_bridge_db::ErrorCode::AccountDisabled,
+            "cross-posting is turned off",
+        )),
         (ProvisioningState::Ready, Some(did)) => Ok(did),
         (ProvisioningState::Failed, _) => Err(JobError::ineligible(
-            "account_not_ready",
+            divine_bridge_db::ErrorCode::AccountNotReady,
             "account provisioning failed; re-drive it first",
         )),
         (other, _) => Err(JobError::AccountNotReady {

@@ -17,7 +17,7 @@ use crate::worker::{JobHandler, LeasedJob, Outcome, Registry};
 use crate::xrpc::XrpcClient;
 use divine_bridge_db::job_args::{BackfillAuthorArgs, DisconnectAccountArgs, ProvisionAccountArgs};
 use divine_bridge_db::states::priority;
-use divine_bridge_db::{Db, ErrorClass, JobKind};
+use divine_bridge_db::{Db, ErrorClass, ErrorCode, JobKind};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +149,7 @@ impl Handlers {
                 .map(|n| tracing::info!(pubkey, enqueued = n, "backfill enqueued history"))
                 .map_err(|e| {
                     JobError::Upstream(super::UpstreamError {
-                        code: "backfill_relay_error",
+                        code: ErrorCode::BackfillRelayError,
                         class: ErrorClass::Transient,
                         retry_after: None,
                         message: e.to_string(),
@@ -210,10 +210,7 @@ pub fn verified_event(args: EventPayload) -> Result<nostr::Event, JobError> {
 pub fn outcome_of(result: Result<(), JobError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Succeeded,
-        Err(JobError::Ineligible { code, detail }) => Outcome::Ineligible {
-            code: code.to_string(),
-            detail,
-        },
+        Err(JobError::Ineligible { code, detail }) => Outcome::Ineligible { code, detail },
         Err(e) => Outcome::from_error(&e),
     }
 }

@@ -22,7 +22,7 @@ pub use store::upstream;
 use crate::blob::{blob_ref_cid, MediaBody, PreparedMedia};
 use crate::translate::{self, KnownRecord, TranslateError};
 use atrium_api::types::BlobRef;
-use divine_bridge_db::{Classified, ErrorClass};
+use divine_bridge_db::{Classified, ErrorClass, ErrorCode};
 use futures::future::BoxFuture;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use std::time::Duration;
 pub enum JobError {
     /// The job was correctly skipped; recorded as `ineligible` with this reason code.
     #[error("{code}: {detail}")]
-    Ineligible { code: &'static str, detail: String },
+    Ineligible { code: ErrorCode, detail: String },
     /// The account is still being provisioned: retry later (in order behind provisioning).
     #[error("account is not ready yet ({state})")]
     AccountNotReady { state: String },
@@ -59,7 +59,7 @@ pub enum JobError {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct UpstreamError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub class: ErrorClass,
     pub retry_after: Option<Duration>,
     pub message: String,
@@ -78,16 +78,16 @@ impl UpstreamError {
 }
 
 impl Classified for JobError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            JobError::Ineligible { code, .. } => code,
-            JobError::AccountNotReady { .. } => "account_not_ready",
-            JobError::AccountBusy { .. } => "account_busy",
+            JobError::Ineligible { code, .. } => *code,
+            JobError::AccountNotReady { .. } => ErrorCode::AccountNotReady,
+            JobError::AccountBusy { .. } => ErrorCode::AccountBusy,
             JobError::Upstream(u) => u.code,
             JobError::Db(e) => e.code(),
-            JobError::BadPayload(_) => "invalid_job_payload",
-            JobError::PayloadEventRefused(_) => "job_event_unverified",
-            JobError::PayloadAuthorMismatch { .. } => "job_author_mismatch",
+            JobError::BadPayload(_) => ErrorCode::InvalidJobPayload,
+            JobError::PayloadEventRefused(_) => ErrorCode::JobEventUnverified,
+            JobError::PayloadAuthorMismatch { .. } => ErrorCode::JobAuthorMismatch,
         }
     }
 
@@ -119,7 +119,7 @@ impl From<TranslateError> for JobError {
 }
 
 impl JobError {
-    pub fn ineligible(code: &'static str, detail: impl Into<String>) -> JobError {
+    pub fn ineligible(code: ErrorCode, detail: impl Into<String>) -> JobError {
         JobError::Ineligible {
             code,
             detail: detail.into(),

@@ -8,6 +8,7 @@ use super::{upload_media, JobError, RepoWriter};
 use crate::blob::PreparedMedia;
 use crate::nostr::ProfileMeta;
 use crate::translate::{self, KnownRecord};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{records, Db};
 use futures::future::BoxFuture;
 
@@ -46,7 +47,7 @@ pub async fn sync_profile(
                 let newest = records::newest_profile_event(c, &pubkey)?;
                 if newest.as_ref().map(|(id, _)| id.as_str()) != Some(event_id.as_str()) {
                     return Err(JobError::ineligible(
-                        "superseded",
+                        ErrorCode::Superseded,
                         "a newer kind 0 profile was already synced",
                     ));
                 }

@@ -15,9 +15,9 @@ use diesel::prelude::*;
 use divine_bridge_db::accounts;
 use divine_bridge_db::job_args::{BackfillAuthorArgs, BackfillRun};
 use divine_bridge_db::queue::{self, NewJob};
-use divine_bridge_db::records::{self, AccountKeys};
+use divine_bridge_db::records;
 use divine_bridge_db::schema::account_links;
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ProvisioningState};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode, ProvisioningState};
 
 /// What the handler needs.
 pub struct ProvisionDeps<'a> {
@@ -53,14 +53,14 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
         .await?;
     let Some((handle, did, state)) = link else {
         return Err(JobError::ineligible(
-            "account_not_found",
+            ErrorCode::AccountNotFound,
             "no account link for this pubkey",
         ));
     };
     let state: ProvisioningState = state.parse().map_err(DbError::from)?;
     if state.is_paused() && did.is_none() {
         return Err(JobError::ineligible(
-            "account_disabled",
+            ErrorCode::AccountDisabled,
             "disabled or suspended before provisioning finished",
         ));
     }
@@ -71,20 +71,7 @@ pub async fn provision(deps: &ProvisionDeps<'_>, pubkey: &str) -> Result<String,
     let stored = match stored {
         Some(k) => k,
         None => {
-            let sealed = ProvisionSecrets::generate().seal(deps.kek.primary(), pubkey);
-            let row = AccountKeys {
-                nostr_pubkey: pubkey.to_string(),
-                kek_id: sealed.kek_id,
-                signing_key_sealed: sealed.signing_key_sealed,
-                rotation_key_sealed: sealed.rotation_key_sealed,
-                password_sealed: sealed.password_sealed,
-                signing_did_key: sealed.signing_did_key,
-                rotation_did_key: sealed.rotation_did_key,
-                provision_state: Some(ProvisionState::new().to_json()),
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-                seal_generation: 0,
-            };
+            let row = ProvisionSecrets::generate().keys_row(deps.kek.primary(), pubkey);
             deps.db.run(move |c| records::insert_keys_once(c, &row)).await?
         }
     };

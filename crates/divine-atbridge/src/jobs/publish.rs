@@ -23,6 +23,7 @@ use crate::nostr::{DeleteRequest, VideoEvent};
 use crate::translate::{self, KnownRecord};
 use chrono::{DateTime, Utc};
 use divine_bridge_db::records::{self, RecordMapping, Tombstone};
+use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Db, RecordState};
 use futures::future::BoxFuture;
 
@@ -81,7 +82,7 @@ pub async fn publish(
             let did = account_gate(c, &pubkey)?;
             if records::is_tombstoned(c, &pubkey, &event_id, coord.as_deref(), created)? {
                 return Err(JobError::ineligible(
-                    "deleted",
+                    ErrorCode::Deleted,
                     "a kind 5 deletion for this event was seen",
                 ));
             }
@@ -92,7 +93,7 @@ pub async fn publish(
                         (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id.as_str());
                     if newer && newest.nostr_event_id != event_id {
                         return Err(JobError::ineligible(
-                            "superseded",
+                            ErrorCode::Superseded,
                             format!(
                                 "a newer revision ({}) of {coord} is already bridged",
                                 newest.nostr_event_id
@@ -128,7 +129,7 @@ pub async fn publish(
     let prepared = source.prepare(video).await?;
     let record_json = translate::record_json(&prepared.record)?;
     let t = std::time::Instant::now();
-    let rkey = rkey_for(video).map_err(|e| JobError::ineligible("invalid_tid", e.to_string()))?;
+    let rkey = rkey_for(video).map_err(|e| JobError::ineligible(ErrorCode::InvalidTid, e.to_string()))?;
     crate::worker::note_record(&did, POST_COLLECTION, &rkey);
     let mapping = RecordMapping {
         coordinate: coord.clone(),
@@ -218,8 +219,8 @@ pub async fn publish(
 /// The ineligible verdict for a mapping that a delete or a newer revision removed while (or before) this try ran.
 fn removed_under_us(state: RecordState) -> JobError {
     match state {
-        RecordState::Superseded => JobError::ineligible("superseded", "a newer revision replaced it"),
-        _ => JobError::ineligible("deleted", "the bridged post was deleted"),
+        RecordState::Superseded => JobError::ineligible(ErrorCode::Superseded, "a newer revision replaced it"),
+        _ => JobError::ineligible(ErrorCode::Deleted, "the bridged post was deleted"),
     }
 }
 

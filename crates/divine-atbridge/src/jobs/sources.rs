@@ -18,7 +18,7 @@ use crate::nostr::{ProfileMeta, VideoEvent};
 use crate::spool::Spool;
 use crate::translate::{self, BridgedUser, PostContext, UrlTemplate};
 use atrium_api::types::BlobRef;
-use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ProvisioningState};
+use divine_bridge_db::{accounts, Classified, Db, ErrorClass, ErrorCode, ProvisioningState};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 
@@ -163,7 +163,7 @@ impl TranslatedPosts {
                 }
                 // A caption that can never be fetched is left out; the video is still worth posting.
                 Err(e) if e.class() == ErrorClass::Permanent => {
-                    tracing::warn!(url = %c.url, code = e.code(), "caption skipped")
+                    tracing::warn!(url = %c.url, code = %e.code(), "caption skipped")
                 }
                 Err(e) => return Err(media_err(e)),
             }
@@ -211,15 +211,15 @@ impl TranslatedProfiles {
             Err(e) if e.class() == ErrorClass::Permanent => {
                 let code = match ProfileImageRefusal::from_media(field, &e) {
                     Some(refusal) => {
-                        tracing::warn!(url = %url, code = refusal.code(), error = %refusal, "profile image refused");
+                        tracing::warn!(url = %url, code = %refusal.code(), error = %refusal, "profile image refused");
                         refusal.code()
                     }
                     None => {
-                        tracing::warn!(url = %url, field = field.as_str(), code = e.code(), error = %e, "profile image skipped");
+                        tracing::warn!(url = %url, field = field.as_str(), code = %e.code(), error = %e, "profile image skipped");
                         e.code()
                     }
                 };
-                metrics::counter!(crate::metrics::PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code)
+                metrics::counter!(crate::metrics::PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code.as_str())
                     .increment(1);
                 Ok(None)
             }
@@ -317,24 +317,24 @@ impl ProfileImageRefusal {
 }
 
 impl Classified for ProfileImageRefusal {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
             ProfileImageRefusal::UnsupportedFormat {
                 field: ImageField::Avatar,
                 ..
-            } => "avatar_unsupported_format",
+            } => ErrorCode::AvatarUnsupportedFormat,
             ProfileImageRefusal::UnsupportedFormat {
                 field: ImageField::Banner,
                 ..
-            } => "banner_unsupported_format",
+            } => ErrorCode::BannerUnsupportedFormat,
             ProfileImageRefusal::TooLarge {
                 field: ImageField::Avatar,
                 ..
-            } => "avatar_too_large",
+            } => ErrorCode::AvatarTooLarge,
             ProfileImageRefusal::TooLarge {
                 field: ImageField::Banner,
                 ..
-            } => "banner_too_large",
+            } => ErrorCode::BannerTooLarge,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -356,19 +356,19 @@ mod tests {
         let code = |f, e: &MediaError| ProfileImageRefusal::from_media(f, e).map(|r| (r.code(), r.class()));
         assert_eq!(
             code(ImageField::Avatar, &wrong),
-            Some(("avatar_unsupported_format", ErrorClass::Permanent))
+            Some((ErrorCode::AvatarUnsupportedFormat, ErrorClass::Permanent))
         );
         assert_eq!(
             code(ImageField::Avatar, &big),
-            Some(("avatar_too_large", ErrorClass::Permanent))
+            Some((ErrorCode::AvatarTooLarge, ErrorClass::Permanent))
         );
         assert_eq!(
             code(ImageField::Banner, &wrong),
-            Some(("banner_unsupported_format", ErrorClass::Permanent))
+            Some((ErrorCode::BannerUnsupportedFormat, ErrorClass::Permanent))
         );
         assert_eq!(
             code(ImageField::Banner, &big),
-            Some(("banner_too_large", ErrorClass::Permanent))
+            Some((ErrorCode::BannerTooLarge, ErrorClass::Permanent))
         );
         assert_eq!(code(ImageField::Avatar, &MediaError::Timeout), None);
     }

@@ -13,7 +13,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use divine_bridge_db::records::{self, AccountSession};
 use divine_bridge_db::schema::{account_keys, account_links};
-use divine_bridge_db::{Classified, Db, DbError, ErrorClass};
+use divine_bridge_db::{Classified, Db, DbError, ErrorClass, ErrorCode};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ impl DbSessionStore {
             .map_err(|e| store_err(&e))?;
         found.ok_or_else(|| {
             StoreError::new(
-                "account_not_found",
+                ErrorCode::AccountNotFound,
                 ErrorClass::Permanent,
                 "no account link for this DID",
             )

@@ -17,7 +17,7 @@ pub use text::{FacetFeature, FacetSpan};
 
 use crate::nostr::{ProfileMeta, TextTrack, VideoEvent, VideoVariant};
 use atrium_api::types::string::Datetime;
-use divine_bridge_core::{Classified, ErrorClass};
+use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
 use std::collections::HashMap;
 
 /// `app.bsky.feed.post#text` maxGraphemes.
@@ -80,13 +80,13 @@ impl TranslateError {
 }
 
 impl Classified for TranslateError {
-    fn code(&self) -> &'static str {
+    fn code(&self) -> ErrorCode {
         match self {
-            TranslateError::NoVideo => "no_video",
-            TranslateError::UnsupportedMediaType { .. } => "unsupported_media_type",
-            TranslateError::InvalidEvent { .. } => "invalid_event",
-            TranslateError::UnsupportedKind(_) => "unsupported_kind",
-            TranslateError::Unserializable { .. } => "record_unserializable",
+            TranslateError::NoVideo => ErrorCode::NoVideo,
+            TranslateError::UnsupportedMediaType { .. } => ErrorCode::UnsupportedMediaType,
+            TranslateError::InvalidEvent { .. } => ErrorCode::InvalidEvent,
+            TranslateError::UnsupportedKind(_) => ErrorCode::UnsupportedKind,
+            TranslateError::Unserializable { .. } => ErrorCode::RecordUnserializable,
         }
     }
     fn class(&self) -> ErrorClass {
@@ -513,7 +513,7 @@ mod tests {
             inferred.url
         );
         let e = choose_variant(&[hls, webm]).unwrap_err();
-        assert_eq!(e.code(), "unsupported_media_type");
+        assert_eq!(e.code(), ErrorCode::UnsupportedMediaType);
         assert_eq!(e.class(), ErrorClass::Permanent);
     }
 

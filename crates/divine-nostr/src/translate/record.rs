@@ -310,7 +310,7 @@ mod tests {
             extra_data: ipld_core::ipld::Ipld::Bool(true),
         }));
         let e = record_json(&broken).unwrap_err();
-        assert_eq!(e.code(), "record_unserializable");
+        assert_eq!(e.code(), divine_bridge_core::ErrorCode::RecordUnserializable);
         assert_eq!(e.class(), ErrorClass::Permanent);
         assert!(record_json(&build_profile(&plan, None, None).into())
             .unwrap()
