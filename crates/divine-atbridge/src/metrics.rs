@@ -340,7 +340,7 @@ fn zero_closed_series() {
     }
     for field in crate::jobs::sources::ImageField::ALL {
         for code in field.skipped_codes() {
-            metrics::counter!(PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code).increment(0);
+            metrics::counter!(PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code.as_str()).increment(0);
         }
     }
     for task in crate::app::TASKS {

@@ -263,7 +263,10 @@ async fn every_fault_is_classified() {
     );
 
     // A URL that cannot be parsed never leaves the process.
-    let e = client(t).send(XrpcRequest::get("not a url", FAULT_METHOD)).await.unwrap_err();
+    let e = client(t)
+        .send(XrpcRequest::get("not a url", FAULT_METHOD))
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.code(), e.class()),
         (ErrorCode::XrpcRequestInvalid, ErrorClass::Permanent)

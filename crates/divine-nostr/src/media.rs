@@ -190,18 +190,18 @@ impl MediaError {
     /// Every code a [`MediaError`] can carry while [`ErrorClass::Permanent`] (a closed set: metric labels such as
     /// `bridge_profile_images_skipped_total{code}` are created at zero from it; the unit test
     /// `permanent_codes_are_exactly_those_of_permanent_errors` keeps it in step with `code`/`class`).
-    pub const PERMANENT_CODES: &'static [&'static str] = &[
-        "media_bad_url",
-        "media_host_not_allowed",
-        "media_address_forbidden",
-        "media_too_large",
-        "hash_mismatch",
-        "media_http_status",
-        "media_too_many_redirects",
-        "media_unsupported_type",
-        "media_insecure_url",
-        "media_port_not_allowed",
-        "media_hash_missing",
+    pub const PERMANENT_CODES: &'static [ErrorCode] = &[
+        ErrorCode::MediaBadUrl,
+        ErrorCode::MediaHostNotAllowed,
+        ErrorCode::MediaAddressForbidden,
+        ErrorCode::MediaTooLarge,
+        ErrorCode::HashMismatch,
+        ErrorCode::MediaHttpStatus,
+        ErrorCode::MediaTooManyRedirects,
+        ErrorCode::MediaUnsupportedType,
+        ErrorCode::MediaInsecureUrl,
+        ErrorCode::MediaPortNotAllowed,
+        ErrorCode::MediaHashMissing,
     ];
 }
 
@@ -912,12 +912,12 @@ mod tests {
             MediaError::HashMissing,
             MediaError::Spool("s".into()),
         ];
-        let permanent: std::collections::BTreeSet<&str> = samples
+        let permanent: std::collections::BTreeSet<ErrorCode> = samples
             .iter()
             .filter(|e| e.class() == ErrorClass::Permanent)
             .map(|e| e.code())
             .collect();
-        let listed: std::collections::BTreeSet<&str> = MediaError::PERMANENT_CODES.iter().copied().collect();
+        let listed: std::collections::BTreeSet<ErrorCode> = MediaError::PERMANENT_CODES.iter().copied().collect();
         assert_eq!(listed.len(), MediaError::PERMANENT_CODES.len(), "a code listed twice");
         assert_eq!(permanent, listed);
     }

@@ -261,7 +261,7 @@ impl ImageField {
 
     /// Every `code` label `bridge_profile_images_skipped_total` can carry for this field: its two refusals and every
     /// permanent media code (the ones [`ProfileImageRefusal::from_media`] turns into a refusal stay at 0).
-    pub fn skipped_codes(self) -> Vec<&'static str> {
+    pub fn skipped_codes(self) -> Vec<ErrorCode> {
         let refusals = [
             ProfileImageRefusal::UnsupportedFormat {
                 field: self,
