@@ -44,6 +44,12 @@
 //! back from the oldest one delivered (`until`) to `since` until a page adds nothing new, and only then counts the
 //! subscription as caught up. An event that could not be enqueued (database down) holds the shard's cursor and
 //! triggers a resubscription, so it is read again.
+//!
+//! Logs: every line ingest writes while reading a relay is inside a span that says which read it belongs to.
+//! Subscription traffic (the stored replay and live events, and the truncated-replay catch-up pages) is in
+//! `relay_subscription{relay, shard, chunk, mode}` with `mode` `live` or `catchup`; history reads
+//! ([`fetch_history`]: backfill and the reconciliation sweep) are in `relay_history{relay, mode}` with `mode`
+//! `backfill` or `reconcile` ([`ReadMode`]).
 
 use crate::jobs::args::EventJob;
 use crate::nostr::{self as bridge_nostr, Rejection, MAX_FUTURE_SKEW_SECS, SUPPORTED_KINDS};
@@ -83,6 +89,36 @@ pub const DEFAULT_REPLAY_TRUNCATION_HINT: usize = 100;
 pub const DEFAULT_CLOSED_RETRY: Duration = Duration::from_secs(30);
 /// Time allowed for one page of a truncated-replay catch-up.
 const CATCH_UP_PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which kind of relay read a log line belongs to: the `mode` field of the `relay_subscription` and `relay_history`
+/// spans (see the module's "Logs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// An event delivered on a live subscription (its stored replay included).
+    Live,
+    /// A page of the catch-up that pages back a truncated stored replay.
+    Catchup,
+    /// A page of an author's history read for a `backfill_author` job.
+    Backfill,
+    /// A page of the reconciliation sweep's window.
+    Reconcile,
+}
+
+impl ReadMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Live => "live",
+            ReadMode::Catchup => "catchup",
+            ReadMode::Backfill => "backfill",
+            ReadMode::Reconcile => "reconcile",
+        }
+    }
+
+    /// The span of one subscription chunk's traffic on `relay`.
+    fn subscription_span(self, relay: &str, shard: u32, chunk: usize) -> tracing::Span {
+        tracing::info_span!("relay_subscription", relay, shard, chunk, mode = self.as_str())
+    }
+}
 
 /// Ingest settings (from env via `config`).
 #[derive(Debug, Clone)]
@@ -502,7 +538,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                         let received_at = Utc::now();
                         let event = event.into_owned();
                         let created = event.created_at;
-                        let span = tracing::info_span!("relay_subscription", relay = %relay_url, shard, chunk);
+                        let span = ReadMode::Live.subscription_span(relay_url.as_str(), shard, chunk);
                         let done = accept(&db, &authors, event, received_at).instrument(span).await;
                         if !p.caught_up.contains(&chunk) {
                             let r = p.replayed.entry(chunk).or_insert((0, created));
@@ -517,9 +553,12 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                         let Some(authors_of_chunk) = chunk_authors(&p.authors, cfg.authors_per_subscription).get(chunk).cloned() else { continue };
                         let (count, oldest) = p.replayed.remove(&chunk).unwrap_or((0, Timestamp::now()));
                         if count >= cfg.replay_truncation_hint.max(1) {
-                            tracing::info!(relay = %relay, shard, chunk, count, "stored replay may be truncated; paging back");
+                            let span = ReadMode::Catchup.subscription_span(&relay, shard, chunk);
+                            span.in_scope(|| tracing::info!(count, "stored replay may be truncated; paging back"));
                             let floor = p.since;
-                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, p, &cfg).await;
+                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, p, &cfg)
+                                .instrument(span)
+                                .await;
                             if !ok {
                                 continue;
                             }
@@ -805,7 +844,8 @@ async fn subscribe_shard(client: &Client, db: &Db, cfg: &IngestConfig, relay: &s
 
 /// Pages one chunk's history on `relay` back from `until` (inclusive: events sharing that second are re-fetched and
 /// deduplicated) to `since`, enqueueing every accepted event, until a page adds nothing new. Returns false when the
-/// catch-up could not finish (fetch or enqueue failed); a resubscription is then scheduled.
+/// catch-up could not finish (fetch or enqueue failed); a resubscription is then scheduled. Runs inside the chunk's
+/// `relay_subscription` span with `mode=catchup`.
 #[allow(clippy::too_many_arguments)]
 async fn catch_up(
     client: &Client,
@@ -824,7 +864,7 @@ async fn catch_up(
         let events = match client.fetch_events_from([relay], filter, CATCH_UP_PAGE_TIMEOUT).await {
             Ok(events) => events,
             Err(e) => {
-                tracing::warn!(relay = %relay, error = %e, "catch-up page failed; resubscribing later");
+                tracing::warn!(error = %e, "catch-up page failed; resubscribing later");
                 entry.retry_at = Some(tokio::time::Instant::now() + cfg.closed_retry);
                 return false;
             }
@@ -945,6 +985,8 @@ pub struct History {
 /// (inclusive: events sharing it that did not fit are fetched by the next page; the ones already seen are
 /// deduplicated) until a page adds nothing new to that relay's walk, reaches `since`, or the relay has returned
 /// `max_per_relay` distinct events. Nothing is admitted or enqueued here: callers run [`admit`] on the result.
+/// Each relay's walk runs in a `relay_history{relay, mode}` span (`mode`: what the caller reads for).
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_history(
     client: &Client,
     relays: &[String],
@@ -953,50 +995,82 @@ pub async fn fetch_history(
     page: usize,
     max_per_relay: usize,
     page_timeout: Duration,
+    mode: ReadMode,
 ) -> History {
     let mut history = History::default();
     let page = page.max(1);
     for relay in relays {
-        // A relay that is not connected answers every page with nothing, which would read as "no history": wait
-        // for it up to one page timeout, then count it as failed.
-        if let Err(e) = wait_connected(client, relay, page_timeout).await {
-            history.failed.push((relay.clone(), e));
-            continue;
-        }
-        let mut seen: HashSet<EventId> = HashSet::new();
-        let mut until: Option<Timestamp> = None;
-        loop {
-            let mut f = filter.clone().limit(page);
-            if let Some(s) = since {
-                f = f.since(s);
-            }
-            if let Some(u) = until {
-                f = f.until(u);
-            }
-            let events = match client.fetch_events_from([relay.as_str()], f, page_timeout).await {
-                Ok(events) => events,
-                Err(e) => {
-                    history.failed.push((relay.clone(), e.to_string()));
-                    break;
-                }
-            };
-            let mut new = 0usize;
-            let mut oldest: Option<Timestamp> = None;
-            for e in events.into_iter() {
-                oldest = Some(oldest.map_or(e.created_at, |o| o.min(e.created_at)));
-                if seen.insert(e.id) {
-                    new += 1;
-                    history.events.entry(e.id).or_insert(e);
-                }
-            }
-            let Some(oldest) = oldest else { break };
-            if new == 0 || seen.len() >= max_per_relay || since.is_some_and(|s| oldest <= s) {
-                break;
-            }
-            until = Some(oldest);
-        }
+        let span = tracing::info_span!("relay_history", relay = relay.as_str(), mode = mode.as_str());
+        fetch_relay_history(
+            client,
+            relay,
+            filter,
+            since,
+            page,
+            max_per_relay,
+            page_timeout,
+            &mut history,
+        )
+        .instrument(span)
+        .await;
     }
     history
+}
+
+/// One relay's walk of [`fetch_history`].
+#[allow(clippy::too_many_arguments)]
+async fn fetch_relay_history(
+    client: &Client,
+    relay: &str,
+    filter: &Filter,
+    since: Option<Timestamp>,
+    page: usize,
+    max_per_relay: usize,
+    page_timeout: Duration,
+    history: &mut History,
+) {
+    // A relay that is not connected answers every page with nothing, which would read as "no history": wait
+    // for it up to one page timeout, then count it as failed.
+    if let Err(e) = wait_connected(client, relay, page_timeout).await {
+        tracing::debug!(error = %e, "relay history not read: relay not connected");
+        history.failed.push((relay.to_string(), e));
+        return;
+    }
+    let mut seen: HashSet<EventId> = HashSet::new();
+    let mut until: Option<Timestamp> = None;
+    loop {
+        let mut f = filter.clone().limit(page);
+        if let Some(s) = since {
+            f = f.since(s);
+        }
+        if let Some(u) = until {
+            f = f.until(u);
+        }
+        let events = match client.fetch_events_from([relay], f, page_timeout).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay history page failed");
+                history.failed.push((relay.to_string(), e.to_string()));
+                break;
+            }
+        };
+        let mut new = 0usize;
+        let mut oldest: Option<Timestamp> = None;
+        let read = events.len();
+        for e in events.into_iter() {
+            oldest = Some(oldest.map_or(e.created_at, |o| o.min(e.created_at)));
+            if seen.insert(e.id) {
+                new += 1;
+                history.events.entry(e.id).or_insert(e);
+            }
+        }
+        tracing::debug!(read, new, until = until.map(|u| u.as_secs()), "relay history page read");
+        let Some(oldest) = oldest else { break };
+        if new == 0 || seen.len() >= max_per_relay || since.is_some_and(|s| oldest <= s) {
+            break;
+        }
+        until = Some(oldest);
+    }
 }
 
 async fn wait_connected(client: &Client, relay: &str, timeout: Duration) -> Result<(), String> {
@@ -1033,7 +1107,17 @@ pub async fn backfill(
         .author(author)
         .kinds(SUPPORTED_KINDS.iter().map(|k| Kind::from(*k)));
     let page = 500usize.min(max_events.max(1));
-    let history = fetch_history(&client, relays, &filter, None, page, max_events.max(1), page_timeout).await;
+    let history = fetch_history(
+        &client,
+        relays,
+        &filter,
+        None,
+        page,
+        max_events.max(1),
+        page_timeout,
+        ReadMode::Backfill,
+    )
+    .await;
     client.shutdown().await;
     if !relays.is_empty() && history.failed.len() == relays.len() {
         let (relay, error) = &history.failed[0];

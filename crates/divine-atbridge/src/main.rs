@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use divine_atbridge::app;
-use divine_atbridge::cli::{Cli, Command};
+use divine_atbridge::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     // `--help` / `--version` print and exit here, before logging, configuration or any connection.
@@ -11,8 +11,6 @@ fn main() -> std::process::ExitCode {
         // `run` is the default subcommand: parse again with it, so its options and environment variables apply.
         cli = Cli::parse_from(std::env::args_os().chain([std::ffi::OsString::from("run")]));
     }
-    // Operator commands report a failure once, as `error[code]: …` on stderr; `run` reports it in its log too.
-    let operator_command = !matches!(cli.command, None | Some(Command::Run(_)));
     app::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -21,9 +19,9 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(app::dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            if !operator_command {
-                tracing::error!(code = %e.code(), error = %e.message(), "divine-atbridge stopped");
-            }
+            // Every command, `run` included, reports a fatal error once, as `error[code]: …` on stderr: a log line
+            // with the same message before it only doubled what an operator (or a log collector, which reads stderr
+            // too) sees.
             eprintln!("error[{}]: {}", e.code(), e.message());
             std::process::ExitCode::FAILURE
         }

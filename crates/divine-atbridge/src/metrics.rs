@@ -330,6 +330,19 @@ fn zero_closed_series() {
         let _ = metrics::histogram!(MEDIA_FETCH_BYTES, "kind" => kind.label());
     }
     metrics::counter!(WATCHDOG_RECLAIMED).increment(0);
+    for method in divine_atproto::xrpc::XrpcMethod::ALL {
+        for status in divine_atproto::xrpc::STATUS_LABELS {
+            metrics::counter!(PDS_REQUESTS, "method" => method.as_str(), "status" => status).increment(0);
+        }
+    }
+    for field in crate::nostr::OptionalField::ALL {
+        metrics::counter!(NOSTR_FIELDS_DROPPED, "field" => field.as_str()).increment(0);
+    }
+    for field in crate::jobs::sources::ImageField::ALL {
+        for code in field.skipped_codes() {
+            metrics::counter!(PROFILE_IMAGES_SKIPPED, "field" => field.as_str(), "code" => code.as_str()).increment(0);
+        }
+    }
     for task in crate::app::TASKS {
         metrics::counter!(TASK_EXITS, "task" => task).increment(0);
     }

@@ -365,6 +365,7 @@ pub async fn sweep(db: &Db, cfg: &ReconcileConfig) -> (Found, Result<(), Reconci
                 cfg.page_size,
                 usize::MAX,
                 PAGE_TIMEOUT,
+                ingest::ReadMode::Reconcile,
             )
             .await;
             if let Some((relay, message)) = history.failed.into_iter().next() {

@@ -412,7 +412,7 @@ async fn two_hundred_events_under_db_kills_sigkills_and_pds_faults_settle_exactl
     );
 
     // 2. The chaos workers talk to the PDS through the proxy only.
-    let proxy = FaultProxy::start(&stack.pds_url, rng.gen()).await;
+    let proxy = FaultProxy::start(&stack.pds_url, rng.r#gen()).await;
     let chaos_env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| match k.as_str() {

@@ -7,7 +7,7 @@
 use axum::routing::get;
 use divine_atbridge::plc::PlcClient;
 use divine_atbridge::worker::{self, JobHandler, LeasedJob, Outcome, Registry, WorkerConfig, WorkerPool};
-use divine_atbridge::xrpc::{XrpcClient, XrpcConfig, XrpcRequest};
+use divine_atbridge::xrpc::{XrpcClient, XrpcConfig, XrpcMethod, XrpcRequest};
 use divine_bridge_db::queue::{self, NewJob};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::JobKind;
@@ -93,10 +93,7 @@ impl JobHandler for Publisher {
             worker::note_record(DID, "app.bsky.feed.post", RKEY);
             let sent = self
                 .xrpc
-                .send(XrpcRequest::get(
-                    format!("{}/ok", self.base),
-                    "com.atproto.repo.putRecord",
-                ))
+                .send(XrpcRequest::get(format!("{}/ok", self.base), XrpcMethod::PutRecord))
                 .await;
             assert!(sent.is_ok(), "{sent:?}");
             match job.payload["do"].as_str() {

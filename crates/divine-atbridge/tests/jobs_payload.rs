@@ -18,9 +18,12 @@ use std::time::Duration;
 
 fn handlers(db: divine_bridge_db::Db) -> Arc<Handlers> {
     let kek: Arc<divine_atbridge::keys::KeyRing> = Arc::new(
-        KeyEncryptionKey::from_base64(&data_encoding::BASE64.encode(&[7u8; 32]))
-            .unwrap()
-            .into(),
+        KeyEncryptionKey::from_base64(&base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            [7u8; 32],
+        ))
+        .unwrap()
+        .into(),
     );
     let identity = IdentityConfig {
         plc_url: "http://127.0.0.1:9".into(),

@@ -3,7 +3,7 @@
 //! at once with their codes, and `/health` answering while an unreachable Postgres is awaited for
 //! `DB_CONNECT_WAIT_SECS`. Needs only the test Postgres server (no PLC/PDS: nothing gets past startup).
 
-use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, text};
+use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, reported_once, text};
 use divine_bridge_db::testutil::TestDb;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -115,6 +115,7 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
     );
     assert!(err.contains("e.g. https://pds.example.com"), "{err}");
     assert!(!err.contains(&hex_key), "the key is never echoed");
+    reported_once(&out, "configuration problems:");
 }
 
 #[test]
@@ -133,6 +134,7 @@ fn a_busy_http_addr_is_a_startup_error() {
         err.contains(&format!("error[http_bind_failed]: cannot listen on HTTP_ADDR {addr}")),
         "{err}"
     );
+    reported_once(&out, &format!("cannot listen on HTTP_ADDR {addr}"));
 }
 
 #[test]
@@ -155,6 +157,7 @@ fn a_rejected_database_url_fails_fast_naming_it() {
     );
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("postgres://USER:PASSWORD@HOST:5432/DATABASE"), "{err}");
+    reported_once(&out, "DATABASE_URL was rejected");
 }
 
 #[test]
@@ -186,4 +189,5 @@ fn health_is_served_while_an_unreachable_database_is_awaited() {
     assert!(err.contains("error[db_unavailable]"), "{err}");
     assert!(err.contains("DB_CONNECT_WAIT_SECS (4 s)"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+    reported_once(&out, "DB_CONNECT_WAIT_SECS (4 s)");
 }

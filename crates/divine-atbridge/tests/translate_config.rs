@@ -2,18 +2,21 @@
 //! default, empty turns the feature off, a bad template fails startup with `config_invalid`. Alone in its test binary
 //! because it changes process environment variables.
 
+mod process_env;
+
 use divine_atbridge::config::CrosspostConfig;
 use divine_bridge_db::Classified;
 use divine_bridge_db::ErrorCode;
 
 #[test]
 fn link_templates_default_turn_off_when_empty_and_are_validated() {
+    let env = process_env::lock();
     for v in [
         "DIVINE_POST_URL_TEMPLATE",
         "DIVINE_PROFILE_URL_TEMPLATE",
         "NOSTR_RELAYS",
     ] {
-        std::env::remove_var(v);
+        env.remove(v);
     }
     let c = CrosspostConfig::from_env().unwrap();
     let post = c.post_url_template.expect("on by default");
@@ -24,15 +27,15 @@ fn link_templates_default_turn_off_when_empty_and_are_validated() {
         "https://divine.video/profile/npub1x"
     );
 
-    std::env::set_var("DIVINE_POST_URL_TEMPLATE", "");
-    std::env::set_var("DIVINE_PROFILE_URL_TEMPLATE", "  ");
+    env.set("DIVINE_POST_URL_TEMPLATE", "");
+    env.set("DIVINE_PROFILE_URL_TEMPLATE", "  ");
     let c = CrosspostConfig::from_env().unwrap();
     assert!(
         c.post_url_template.is_none() && c.profile_url_template.is_none(),
         "empty = off"
     );
 
-    std::env::set_var("DIVINE_POST_URL_TEMPLATE", "https://staging.divine.video/v/{d}");
+    env.set("DIVINE_POST_URL_TEMPLATE", "https://staging.divine.video/v/{d}");
     let c = CrosspostConfig::from_env().unwrap();
     assert_eq!(
         c.post_url_template.unwrap().render(&[("d", "clip 1")]),
@@ -45,9 +48,9 @@ fn link_templates_default_turn_off_when_empty_and_are_validated() {
         ("DIVINE_POST_URL_TEMPLATE", "divine.video/video/{id}"),
         ("DIVINE_PROFILE_URL_TEMPLATE", "https://divine.video/profile/{id}"),
     ] {
-        std::env::remove_var("DIVINE_POST_URL_TEMPLATE");
-        std::env::remove_var("DIVINE_PROFILE_URL_TEMPLATE");
-        std::env::set_var(var, bad);
+        env.remove("DIVINE_POST_URL_TEMPLATE");
+        env.remove("DIVINE_PROFILE_URL_TEMPLATE");
+        env.set(var, bad);
         let e = CrosspostConfig::from_env().unwrap_err();
         assert_eq!(e.code(), ErrorCode::ConfigInvalid, "{var}={bad}");
         assert!(e.to_string().contains(var), "{e}");

@@ -10,7 +10,7 @@
 //! 400 "Operations not correctly ordered" → `plc_ordering` — is made here, at the point of birth, from status + body.
 
 use crate::keys::{decode_did_key, verify_signature, AccountKey, DidKey};
-use crate::xrpc::{XrpcClient, XrpcError, XrpcRequest};
+use crate::xrpc::{XrpcClient, XrpcError, XrpcMethod, XrpcRequest};
 use base64::Engine;
 use cid::multihash::Multihash;
 use cid::Cid;
@@ -315,7 +315,7 @@ impl PlcClient {
             return Err(PlcError::InvalidOp("refusing to submit an unsigned op".into()));
         }
         op.check_size()?;
-        let request = XrpcRequest::post(format!("{}/{did}", self.base), "plc.submit")
+        let request = XrpcRequest::post(format!("{}/{did}", self.base), XrpcMethod::PlcSubmit)
             .json(op)
             .map_err(PlcError::Xrpc)?;
         self.xrpc.send(request).await.map_err(|e| self.map_err(did, e))?;
@@ -324,7 +324,7 @@ impl PlcClient {
 
     /// `GET {PLC}/{did}/log/last`: the DID's current (last valid) op.
     pub async fn last_op(&self, did: &str) -> Result<PlcOperation, PlcError> {
-        let request = XrpcRequest::get(format!("{}/{did}/log/last", self.base), "plc.last_op");
+        let request = XrpcRequest::get(format!("{}/{did}/log/last", self.base), XrpcMethod::PlcLastOp);
         let response = self.xrpc.send(request).await.map_err(|e| self.map_err(did, e))?;
         response.json().map_err(PlcError::Xrpc)
     }
@@ -332,7 +332,8 @@ impl PlcClient {
     /// [`PlcClient::last_op`] where "not registered yet" is an expected answer (provisioning asks before it
     /// registers): `None` on 404, which is then not logged as a failed request.
     pub async fn last_op_if_registered(&self, did: &str) -> Result<Option<PlcOperation>, PlcError> {
-        let request = XrpcRequest::get(format!("{}/{did}/log/last", self.base), "plc.last_op").not_found_expected();
+        let request =
+            XrpcRequest::get(format!("{}/{did}/log/last", self.base), XrpcMethod::PlcLastOp).not_found_expected();
         match self.xrpc.send(request).await.map_err(|e| self.map_err(did, e)) {
             Ok(response) => response.json().map(Some).map_err(PlcError::Xrpc),
             Err(PlcError::NotFound { .. }) => Ok(None),
@@ -342,14 +343,14 @@ impl PlcClient {
 
     /// `GET {PLC}/{did}/data`.
     pub async fn data(&self, did: &str) -> Result<PlcData, PlcError> {
-        let request = XrpcRequest::get(format!("{}/{did}/data", self.base), "plc.data");
+        let request = XrpcRequest::get(format!("{}/{did}/data", self.base), XrpcMethod::PlcData);
         let response = self.xrpc.send(request).await.map_err(|e| self.map_err(did, e))?;
         response.json().map_err(PlcError::Xrpc)
     }
 
     /// `GET {PLC}/{did}/log/audit`.
     pub async fn audit_log(&self, did: &str) -> Result<Vec<AuditEntry>, PlcError> {
-        let request = XrpcRequest::get(format!("{}/{did}/log/audit", self.base), "plc.audit_log");
+        let request = XrpcRequest::get(format!("{}/{did}/log/audit", self.base), XrpcMethod::PlcAuditLog);
         let response = self.xrpc.send(request).await.map_err(|e| self.map_err(did, e))?;
         response.json().map_err(PlcError::Xrpc)
     }

@@ -26,8 +26,131 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-/// Metric name counting every request, labelled `method` (NSID or `plc.<op>`) and `status` (HTTP status or `error`).
+/// Metric name counting every request, labelled `method` ([`XrpcMethod`]) and `status` ([`status_label`]).
 pub const REQUESTS_METRIC: &str = crate::metrics::PDS_REQUESTS;
+
+/// Every PDS and PLC call the bridge makes: the `method` label of the request metrics and of errors and log lines
+/// (the NSID for XRPC calls, `plc.<op>` for PLC calls). A closed set, so the metrics exist at zero from startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum XrpcMethod {
+    DescribeServer,
+    CreateAccount,
+    CreateInviteCode,
+    CreateSession,
+    RefreshSession,
+    GetSession,
+    ActivateAccount,
+    DeactivateAccount,
+    CheckAccountStatus,
+    GetRecommendedDidCredentials,
+    ResolveHandle,
+    PutRecord,
+    GetRecord,
+    DeleteRecord,
+    UploadBlob,
+    DescribeRepo,
+    GetRepoStatus,
+    PlcSubmit,
+    PlcLastOp,
+    PlcData,
+    PlcAuditLog,
+}
+
+impl XrpcMethod {
+    /// Every method.
+    pub const ALL: [XrpcMethod; 21] = [
+        XrpcMethod::DescribeServer,
+        XrpcMethod::CreateAccount,
+        XrpcMethod::CreateInviteCode,
+        XrpcMethod::CreateSession,
+        XrpcMethod::RefreshSession,
+        XrpcMethod::GetSession,
+        XrpcMethod::ActivateAccount,
+        XrpcMethod::DeactivateAccount,
+        XrpcMethod::CheckAccountStatus,
+        XrpcMethod::GetRecommendedDidCredentials,
+        XrpcMethod::ResolveHandle,
+        XrpcMethod::PutRecord,
+        XrpcMethod::GetRecord,
+        XrpcMethod::DeleteRecord,
+        XrpcMethod::UploadBlob,
+        XrpcMethod::DescribeRepo,
+        XrpcMethod::GetRepoStatus,
+        XrpcMethod::PlcSubmit,
+        XrpcMethod::PlcLastOp,
+        XrpcMethod::PlcData,
+        XrpcMethod::PlcAuditLog,
+    ];
+
+    /// The NSID (`com.atproto.repo.putRecord`) or `plc.<op>`.
+    pub const fn as_str(self) -> &'static str {
+        use atrium_api::com::atproto::{identity, repo, server, sync};
+        match self {
+            XrpcMethod::DescribeServer => server::describe_server::NSID,
+            XrpcMethod::CreateAccount => server::create_account::NSID,
+            XrpcMethod::CreateInviteCode => server::create_invite_code::NSID,
+            XrpcMethod::CreateSession => server::create_session::NSID,
+            XrpcMethod::RefreshSession => server::refresh_session::NSID,
+            XrpcMethod::GetSession => server::get_session::NSID,
+            XrpcMethod::ActivateAccount => server::activate_account::NSID,
+            XrpcMethod::DeactivateAccount => server::deactivate_account::NSID,
+            XrpcMethod::CheckAccountStatus => server::check_account_status::NSID,
+            XrpcMethod::GetRecommendedDidCredentials => identity::get_recommended_did_credentials::NSID,
+            XrpcMethod::ResolveHandle => identity::resolve_handle::NSID,
+            XrpcMethod::PutRecord => repo::put_record::NSID,
+            XrpcMethod::GetRecord => repo::get_record::NSID,
+            XrpcMethod::DeleteRecord => repo::delete_record::NSID,
+            XrpcMethod::UploadBlob => repo::upload_blob::NSID,
+            XrpcMethod::DescribeRepo => repo::describe_repo::NSID,
+            XrpcMethod::GetRepoStatus => sync::get_repo_status::NSID,
+            XrpcMethod::PlcSubmit => "plc.submit",
+            XrpcMethod::PlcLastOp => "plc.last_op",
+            XrpcMethod::PlcData => "plc.data",
+            XrpcMethod::PlcAuditLog => "plc.audit_log",
+        }
+    }
+}
+
+impl std::fmt::Display for XrpcMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every value of the `status` label of [`REQUESTS_METRIC`] ([`status_label`], plus `error` when no response
+/// arrived).
+pub const STATUS_LABELS: [&str; 18] = [
+    "200", "400", "401", "403", "404", "409", "413", "429", "500", "502", "503", "504", "2xx", "3xx", "4xx", "5xx",
+    "other", "error",
+];
+
+/// The `status` label of an HTTP status: the code itself for the statuses the runbooks tell apart (success, the
+/// client errors the PDS and PLC answer, rate limiting, the gateway/server errors), its class (`2xx` … `5xx`) for
+/// any other, `other` outside 200–599. A closed set ([`STATUS_LABELS`]), so every method × status series can exist at
+/// zero from startup while `status!~"2.."` and `status=~"5.."` still select as they did.
+// The exact codes come first on purpose; the class ranges after them catch the rest.
+#[allow(clippy::match_overlapping_arm)]
+pub const fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        409 => "409",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        201..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
 
 /// Longest error-body excerpt kept in an error (bytes of text).
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -274,12 +397,12 @@ impl std::fmt::Debug for BasicAuth {
     }
 }
 
-/// One request. `label` is the metric/method label: the NSID for XRPC calls, `plc.<op>` for PLC calls.
+/// One request. `label` is the metric/method label.
 #[derive(Debug)]
 pub struct XrpcRequest {
     method: Method,
     url: String,
-    label: String,
+    label: XrpcMethod,
     bearer: Option<String>,
     basic: Option<BasicAuth>,
     query: Vec<(String, String)>,
@@ -291,20 +414,20 @@ pub struct XrpcRequest {
 
 impl XrpcRequest {
     /// A GET of `url`.
-    pub fn get(url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+    pub fn get(url: impl Into<String>, label: XrpcMethod) -> XrpcRequest {
         XrpcRequest::new(Method::GET, url, label)
     }
 
     /// A POST to `url` (empty body until one is set).
-    pub fn post(url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+    pub fn post(url: impl Into<String>, label: XrpcMethod) -> XrpcRequest {
         XrpcRequest::new(Method::POST, url, label)
     }
 
-    fn new(method: Method, url: impl Into<String>, label: impl Into<String>) -> XrpcRequest {
+    fn new(method: Method, url: impl Into<String>, label: XrpcMethod) -> XrpcRequest {
         XrpcRequest {
             method,
             url: url.into(),
-            label: label.into(),
+            label,
             bearer: None,
             basic: None,
             query: Vec::new(),
@@ -345,7 +468,7 @@ impl XrpcRequest {
     /// A JSON body.
     pub fn json<T: Serialize + ?Sized>(mut self, body: &T) -> Result<XrpcRequest, XrpcError> {
         let bytes = serde_json::to_vec(body).map_err(|e| XrpcError::InvalidRequest {
-            method: self.label.clone(),
+            method: self.label.to_string(),
             detail: format!("JSON body: {e}"),
         })?;
         self.body = RequestBody::Json(bytes);
@@ -380,8 +503,8 @@ impl XrpcRequest {
     }
 
     /// The metric label.
-    pub fn label(&self) -> &str {
-        &self.label
+    pub fn label(&self) -> XrpcMethod {
+        self.label
     }
 }
 
@@ -442,18 +565,17 @@ impl XrpcClient {
     /// Sends `request`; any non-2xx status becomes a classified error. Counts the request in
     /// `bridge_pds_requests_total`.
     pub async fn send(&self, request: XrpcRequest) -> Result<XrpcResponse, XrpcError> {
-        let label = request.label.clone();
+        let label = request.label.as_str();
         let not_found_expected = request.not_found_expected;
         let started = Instant::now();
         let result = self.send_inner(request).await;
         let status_label = match &result {
-            Ok(resp) => resp.status.to_string(),
-            Err(e) => e.status().map(|s| s.to_string()).unwrap_or_else(|| "error".to_string()),
+            Ok(resp) => status_label(resp.status),
+            Err(e) => e.status().map_or("error", status_label),
         };
         let elapsed = started.elapsed();
-        metrics::counter!(REQUESTS_METRIC, "method" => label.clone(), "status" => status_label.clone()).increment(1);
-        metrics::histogram!(crate::metrics::PDS_REQUEST_DURATION, "method" => label.clone())
-            .record(elapsed.as_secs_f64());
+        metrics::counter!(REQUESTS_METRIC, "method" => label, "status" => status_label).increment(1);
+        metrics::histogram!(crate::metrics::PDS_REQUEST_DURATION, "method" => label).record(elapsed.as_secs_f64());
         let elapsed_ms = elapsed.as_millis() as u64;
         match &result {
             Ok(_) => tracing::debug!(method = %label, status = %status_label, elapsed_ms, "xrpc ok"),
@@ -480,6 +602,7 @@ impl XrpcClient {
             timeout,
             not_found_expected: _,
         } = request;
+        let label = label.as_str().to_string();
         let parsed = url::Url::parse(&url).map_err(|e| XrpcError::InvalidRequest {
             method: label.clone(),
             detail: format!("URL {url:?}: {e}"),
@@ -706,6 +829,24 @@ pub fn retry_after_from_headers(headers: &HeaderMap, now: chrono::DateTime<chron
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_labels_are_a_closed_set_and_methods_distinct() {
+        let mut reached = std::collections::BTreeSet::from(["error"]);
+        for status in 0..=u16::MAX {
+            let label = status_label(status);
+            assert!(STATUS_LABELS.contains(&label), "{status} -> {label}");
+            reached.insert(label);
+        }
+        assert_eq!(reached.len(), STATUS_LABELS.len(), "every label is reachable");
+        assert_eq!(
+            (status_label(201), status_label(429), status_label(599)),
+            ("2xx", "429", "5xx")
+        );
+        let names: std::collections::BTreeSet<&str> = XrpcMethod::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names.len(), XrpcMethod::ALL.len());
+        assert_eq!(XrpcMethod::PutRecord.as_str(), "com.atproto.repo.putRecord");
+    }
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

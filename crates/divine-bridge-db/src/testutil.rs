@@ -203,6 +203,18 @@ pub mod process {
         String::from_utf8_lossy(b).into_owned()
     }
 
+    /// Asserts a process reported its fatal error exactly once, as one `error[code]: …` line containing `message`,
+    /// across stdout and stderr (no log line repeating it).
+    pub fn reported_once(out: &Output, message: &str) {
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(
+            all.matches(message).count(),
+            1,
+            "{message:?} not exactly once in:\n{all}"
+        );
+        assert_eq!(all.matches("error[").count(), 1, "one error line:\n{all}");
+    }
+
     /// A local port with nothing listening on it.
     pub fn closed_port() -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

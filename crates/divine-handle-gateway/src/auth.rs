@@ -16,7 +16,7 @@
 //! This module decides *who* may act, never *what* the action does.
 
 use crate::cache::TtlCache;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, AuthReason};
 use crate::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -42,7 +42,7 @@ pub const DB_RETENTION: Duration = Duration::from_secs(600);
 /// Largest accepted `Authorization: Nostr` token (base64 characters).
 pub const MAX_NIP98_TOKEN: usize = 16 * 1024;
 
-fn unauthorized(reason: &'static str, detail: impl Into<String>) -> ApiError {
+fn unauthorized(reason: AuthReason, detail: impl Into<String>) -> ApiError {
     ApiError::Unauthorized {
         reason,
         detail: detail.into(),
@@ -133,7 +133,7 @@ impl ServiceTokens {
                 matched = Some(&t.id);
             }
         }
-        matched.ok_or_else(|| unauthorized("bad_token", "invalid bearer token"))
+        matched.ok_or_else(|| unauthorized(AuthReason::BadToken, "invalid bearer token"))
     }
 }
 
@@ -154,7 +154,7 @@ pub fn verify_bearer(given: &str, expected: &str) -> Result<(), ApiError> {
     if bool::from(a.as_slice().ct_eq(b.as_slice())) {
         Ok(())
     } else {
-        Err(unauthorized("bad_token", "invalid bearer token"))
+        Err(unauthorized(AuthReason::BadToken, "invalid bearer token"))
     }
 }
 
@@ -177,26 +177,30 @@ fn tag_value<'a>(event: &'a Event, name: &str) -> Option<&'a str> {
 /// 27235, `u` == `url`, `method` == `method`, `created_at` within ±[`MAX_CLOCK_SKEW_SECS`].
 pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Nip98Claim, ApiError> {
     if token.len() > MAX_NIP98_TOKEN {
-        return Err(unauthorized("malformed", "NIP-98 token too large"));
+        return Err(unauthorized(AuthReason::Malformed, "NIP-98 token too large"));
     }
     let raw = base64::engine::general_purpose::STANDARD
         .decode(token)
         .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(token))
-        .map_err(|_| unauthorized("malformed", "NIP-98 token is not base64"))?;
-    let event = Event::from_json(&raw).map_err(|e| unauthorized("malformed", format!("NIP-98 event: {e}")))?;
-    event
-        .verify()
-        .map_err(|e| unauthorized("bad_signature", format!("NIP-98 event id or signature invalid: {e}")))?;
+        .map_err(|_| unauthorized(AuthReason::Malformed, "NIP-98 token is not base64"))?;
+    let event =
+        Event::from_json(&raw).map_err(|e| unauthorized(AuthReason::Malformed, format!("NIP-98 event: {e}")))?;
+    event.verify().map_err(|e| {
+        unauthorized(
+            AuthReason::BadSignature,
+            format!("NIP-98 event id or signature invalid: {e}"),
+        )
+    })?;
     if event.kind != Kind::HttpAuth {
         return Err(unauthorized(
-            "wrong_kind",
+            AuthReason::WrongKind,
             format!("NIP-98 event must be kind 27235, got {}", event.kind.as_u16()),
         ));
     }
     let created = event.created_at.as_secs() as i64;
     if created < now - MAX_CLOCK_SKEW_SECS {
         return Err(unauthorized(
-            "stale",
+            AuthReason::Stale,
             format!(
                 "NIP-98 event created {}s ago (max {MAX_CLOCK_SKEW_SECS}s)",
                 now - created
@@ -205,7 +209,7 @@ pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Ni
     }
     if created > now + MAX_CLOCK_SKEW_SECS {
         return Err(unauthorized(
-            "future",
+            AuthReason::Future,
             format!(
                 "NIP-98 event created {}s in the future (max {MAX_CLOCK_SKEW_SECS}s)",
                 created - now
@@ -216,17 +220,17 @@ pub fn verify_nip98(token: &str, method: &str, url: &str, now: i64) -> Result<Ni
         Some(u) if u == url => {}
         Some(u) => {
             return Err(unauthorized(
-                "wrong_url",
+                AuthReason::WrongUrl,
                 format!("NIP-98 u tag {u:?} does not match {url:?}"),
             ))
         }
-        None => return Err(unauthorized("wrong_url", "NIP-98 event has no u tag")),
+        None => return Err(unauthorized(AuthReason::WrongUrl, "NIP-98 event has no u tag")),
     }
     match tag_value(&event, "method") {
         Some(m) if m == method => {}
         other => {
             return Err(unauthorized(
-                "wrong_method",
+                AuthReason::WrongMethod,
                 format!("NIP-98 method tag {other:?} does not match {method}"),
             ))
         }
@@ -252,11 +256,15 @@ impl FromRequestParts<AppState> for Credential {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("missing", "Authorization header required (Bearer or Nostr)"))?
+            .ok_or_else(|| unauthorized(AuthReason::Missing, "Authorization header required (Bearer or Nostr)"))?
             .to_str()
-            .map_err(|_| unauthorized("malformed", "Authorization header is not ASCII"))?;
-        let (scheme, rest) = split_authorization(value)
-            .ok_or_else(|| unauthorized("malformed", "Authorization header must be '<scheme> <credentials>'"))?;
+            .map_err(|_| unauthorized(AuthReason::Malformed, "Authorization header is not ASCII"))?;
+        let (scheme, rest) = split_authorization(value).ok_or_else(|| {
+            unauthorized(
+                AuthReason::Malformed,
+                "Authorization header must be '<scheme> <credentials>'",
+            )
+        })?;
         if scheme.eq_ignore_ascii_case("bearer") {
             let token_id = state.config.service_tokens.verify(rest)?;
             Ok(Credential::Service {
@@ -268,7 +276,7 @@ impl FromRequestParts<AppState> for Credential {
             Ok(Credential::Nostr(claim))
         } else {
             Err(unauthorized(
-                "bad_scheme",
+                AuthReason::BadScheme,
                 "unsupported Authorization scheme (use Bearer or Nostr)",
             ))
         }
@@ -311,20 +319,20 @@ impl Credential {
         };
         if claim.pubkey != acting_pubkey {
             return Err(unauthorized(
-                "wrong_pubkey",
+                AuthReason::WrongPubkey,
                 "NIP-98 event is not signed by the pubkey this request acts on",
             ));
         }
         match &claim.payload {
             None if !body.is_empty() => {
                 return Err(unauthorized(
-                    "payload_missing",
+                    AuthReason::PayloadMissing,
                     "NIP-98 payload tag required for a request with a body",
                 ))
             }
             Some(p) if *p != hex::encode(Sha256::digest(body)) => {
                 return Err(unauthorized(
-                    "payload_mismatch",
+                    AuthReason::PayloadMismatch,
                     "NIP-98 payload tag does not match the body's SHA-256",
                 ))
             }
@@ -377,7 +385,7 @@ impl ReplayGuard {
     /// a replica also deletes `nip98_seen` rows older than [`DB_RETENTION`].
     pub async fn check_and_record(&self, db: &Db, event_id: &str) -> Result<(), ApiError> {
         if self.seen_in_memory(event_id) {
-            return Err(unauthorized("replay", "NIP-98 event was already used"));
+            return Err(unauthorized(AuthReason::Replay, "NIP-98 event was already used"));
         }
         let now = Utc::now();
         let prev = self.last_db_prune.load(Ordering::Relaxed);
@@ -404,7 +412,7 @@ impl ReplayGuard {
         if fresh {
             Ok(())
         } else {
-            Err(unauthorized("replay", "NIP-98 event was already used"))
+            Err(unauthorized(AuthReason::Replay, "NIP-98 event was already used"))
         }
     }
 }

@@ -29,7 +29,7 @@
 
 use crate::auth::Credential;
 use crate::config::{AbuseConfig, OptInPolicy};
-use crate::metrics::{PROVISIONING_BUDGET_EXHAUSTED, PROVISIONING_BUDGET_USED, RATE_LIMITED};
+use crate::metrics::{RateLimitScope, PROVISIONING_BUDGET_EXHAUSTED, PROVISIONING_BUDGET_USED, RATE_LIMITED};
 use crate::problem::ApiError;
 use crate::AppState;
 use axum::extract::{ConnectInfo, Request, State};
@@ -99,7 +99,7 @@ impl RateLimits {
                 }
             }
             if let Err(not_until) = per_ip.check_key(&ip) {
-                metrics::counter!(RATE_LIMITED, "scope" => "client").increment(1);
+                metrics::counter!(RATE_LIMITED, "scope" => RateLimitScope::Client.as_str()).increment(1);
                 return Err(ApiError::RateLimited(not_until.wait_time_from(self.clock.now())));
             }
         }
@@ -110,7 +110,7 @@ impl RateLimits {
     pub fn check_global(&self) -> Result<(), ApiError> {
         if let Some(global) = &self.global {
             if let Err(not_until) = global.check() {
-                metrics::counter!(RATE_LIMITED, "scope" => "global").increment(1);
+                metrics::counter!(RATE_LIMITED, "scope" => RateLimitScope::Global.as_str()).increment(1);
                 return Err(ApiError::GlobalRateLimited(not_until.wait_time_from(self.clock.now())));
             }
         }
@@ -224,7 +224,7 @@ pub async fn check_toggle_limit(state: &AppState, pubkey: &str) -> Result<(), Ap
         .run(move |c| abuse::toggles(c, &pk, chrono::Utc::now()))
         .await?;
     if window.count >= limit {
-        metrics::counter!(RATE_LIMITED, "scope" => "toggle").increment(1);
+        metrics::counter!(RATE_LIMITED, "scope" => RateLimitScope::Toggle.as_str()).increment(1);
         return Err(ApiError::ToggleRateLimited(window.retry_after()));
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! divine-handle-gateway binary: command line and environment (clap: `--help` lists every variable, `--help` and
 //! `--version` exit before anything else runs), logging, configuration, then [`divine_handle_gateway::run`].
-//! Owns process setup only; everything else is in the library.
+//! Owns process setup only; everything else is in the library. A fatal error is printed once, as `error[code]: …`
+//! on stderr (a log line repeating it only doubled what an operator and a log collector see).
 
 use clap::Parser;
 use divine_bridge_db::Classified;
@@ -18,7 +19,6 @@ fn main() -> std::process::ExitCode {
     let config = match args.validate() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(code = %e.code(), error = %e, "invalid configuration");
             eprintln!("error[{}]: {e}", e.code());
             return std::process::ExitCode::from(2);
         }
@@ -33,7 +33,6 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(divine_handle_gateway::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(code = %e.code(), error = %e, "gateway stopped");
             eprintln!("error[{}]: {e}", e.code());
             std::process::ExitCode::FAILURE
         }

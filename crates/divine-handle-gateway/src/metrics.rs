@@ -54,6 +54,36 @@ pub const PROVISIONING_BUDGET_USED: &str = "gateway_provisioning_budget_used";
 /// `/.well-known/atproto-did` lookups by `result` (`hit`: answered from the cache, `miss`: queried).
 pub const WELL_KNOWN_LOOKUPS: &str = "gateway_well_known_lookups_total";
 
+/// The `scope` label of [`RATE_LIMITED`]: which limit refused the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitScope {
+    /// The per-client-IP bucket.
+    Client,
+    /// The replica-wide bucket.
+    Global,
+    /// The per-account enable/disable limit.
+    Toggle,
+}
+
+impl RateLimitScope {
+    pub const ALL: [RateLimitScope; 3] = [RateLimitScope::Client, RateLimitScope::Global, RateLimitScope::Toggle];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RateLimitScope::Client => "client",
+            RateLimitScope::Global => "global",
+            RateLimitScope::Toggle => "toggle",
+        }
+    }
+}
+
+/// The `result` label of [`WELL_KNOWN_LOOKUPS`].
+pub const WELL_KNOWN_RESULTS: [&str; 2] = [WELL_KNOWN_HIT, WELL_KNOWN_MISS];
+/// A lookup answered from the cache.
+pub const WELL_KNOWN_HIT: &str = "hit";
+/// A lookup that queried the database.
+pub const WELL_KNOWN_MISS: &str = "miss";
+
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: real buckets, not a summary, so replicas aggregate with
 /// `histogram_quantile(…, sum by (le) (rate(…_bucket[5m])))`. From a cached well-known lookup (1 ms) to a slow
 /// database (5 s and beyond).
@@ -100,9 +130,22 @@ pub fn prometheus() -> PrometheusHandle {
                 BUILD_INFO,
                 "always 1; the labels say which build runs (version, git_sha)"
             );
+            // Every counter with a closed label set exists at 0 from startup, so a grep or an alert finds it on a
+            // replica that has not counted anything yet. `gateway_http_requests_total` is the exception: its
+            // `status` is whatever a route answers, and the first probe (seconds after startup) creates it.
             for outcome in OPT_IN_OUTCOMES {
                 metrics::counter!(OPT_INS, "outcome" => outcome).increment(0);
             }
+            for reason in crate::problem::AuthReason::ALL {
+                metrics::counter!(AUTH_FAILURES, "reason" => reason.as_str()).increment(0);
+            }
+            for scope in RateLimitScope::ALL {
+                metrics::counter!(RATE_LIMITED, "scope" => scope.as_str()).increment(0);
+            }
+            for result in WELL_KNOWN_RESULTS {
+                metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => result).increment(0);
+            }
+            metrics::counter!(PROVISIONING_BUDGET_EXHAUSTED).increment(0);
             metrics::gauge!(BUILD_INFO, "version" => VERSION, "git_sha" => GIT_SHA).set(1.0);
             handle
         })

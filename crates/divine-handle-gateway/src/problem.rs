@@ -9,6 +9,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use divine_bridge_core::ReasonLabel;
 use divine_bridge_db::accounts::AccountError;
 use divine_bridge_db::{Classified, DbError, ErrorClass, ErrorCode};
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub enum ApiError {
     /// Missing, malformed or rejected credentials (bearer token or NIP-98). `reason` is a metric label.
     #[error("{detail}")]
-    Unauthorized { reason: &'static str, detail: String },
+    Unauthorized { reason: AuthReason, detail: String },
     #[error("invalid pubkey: {0}")]
     InvalidPubkey(String),
     #[error("invalid handle: {0}")]
@@ -246,7 +247,7 @@ impl ApiError {
     pub fn from_status(status: StatusCode) -> ApiError {
         match status {
             StatusCode::UNAUTHORIZED => ApiError::Unauthorized {
-                reason: "rejected",
+                reason: AuthReason::Rejected,
                 detail: "authorization required".into(),
             },
             StatusCode::NOT_FOUND => ApiError::NotFound,
@@ -298,6 +299,75 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// Why a credential was refused: the `reason` label of `gateway_auth_failures_total` (every value created at zero on
+/// startup, `metrics::prometheus`) and the `auth_reason` of the access-log line. A closed set, decided where the
+/// refusal is born (`auth`); the spellings are the core's [`ReasonLabel`]s, which the runbook check covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthReason {
+    Missing,
+    Malformed,
+    BadScheme,
+    BadToken,
+    BadSignature,
+    WrongKind,
+    Stale,
+    Future,
+    WrongUrl,
+    WrongMethod,
+    WrongPubkey,
+    PayloadMissing,
+    PayloadMismatch,
+    Replay,
+    Rejected,
+}
+
+impl AuthReason {
+    /// Every reason.
+    pub const ALL: [AuthReason; 15] = [
+        AuthReason::Missing,
+        AuthReason::Malformed,
+        AuthReason::BadScheme,
+        AuthReason::BadToken,
+        AuthReason::BadSignature,
+        AuthReason::WrongKind,
+        AuthReason::Stale,
+        AuthReason::Future,
+        AuthReason::WrongUrl,
+        AuthReason::WrongMethod,
+        AuthReason::WrongPubkey,
+        AuthReason::PayloadMissing,
+        AuthReason::PayloadMismatch,
+        AuthReason::Replay,
+        AuthReason::Rejected,
+    ];
+
+    /// The runbook's label of this reason.
+    pub const fn label(self) -> ReasonLabel {
+        match self {
+            AuthReason::Missing => ReasonLabel::Missing,
+            AuthReason::Malformed => ReasonLabel::Malformed,
+            AuthReason::BadScheme => ReasonLabel::BadScheme,
+            AuthReason::BadToken => ReasonLabel::BadToken,
+            AuthReason::BadSignature => ReasonLabel::BadSignature,
+            AuthReason::WrongKind => ReasonLabel::WrongKind,
+            AuthReason::Stale => ReasonLabel::Stale,
+            AuthReason::Future => ReasonLabel::Future,
+            AuthReason::WrongUrl => ReasonLabel::WrongUrl,
+            AuthReason::WrongMethod => ReasonLabel::WrongMethod,
+            AuthReason::WrongPubkey => ReasonLabel::WrongPubkey,
+            AuthReason::PayloadMissing => ReasonLabel::PayloadMissing,
+            AuthReason::PayloadMismatch => ReasonLabel::PayloadMismatch,
+            AuthReason::Replay => ReasonLabel::Replay,
+            AuthReason::Rejected => ReasonLabel::Rejected,
+        }
+    }
+
+    /// The metric label / log value.
+    pub const fn as_str(self) -> &'static str {
+        self.label().as_str()
+    }
+}
+
 /// Why a 401 was answered (the `reason` label of `gateway_auth_failures_total`), passed to the access-log line in
 /// the response extensions.
 #[derive(Debug, Clone, Copy)]
@@ -344,9 +414,9 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if let ApiError::Unauthorized { reason, .. } = &self {
-            metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => *reason).increment(1);
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => reason.as_str()).increment(1);
             // For the access-log line (`edge`): why the credential was refused.
-            resp.extensions_mut().insert(AuthFailure(reason));
+            resp.extensions_mut().insert(AuthFailure(reason.as_str()));
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Nostr"));
         }

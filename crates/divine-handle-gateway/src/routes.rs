@@ -27,7 +27,7 @@ use crate::edge::RequestId;
 use crate::extract::{JsonBody, PubkeyParam, RawBody};
 use crate::handle::{host_to_handle, normalize_event_id, normalize_handle, normalize_pubkey, MAX_HANDLE_LEN};
 use crate::limits;
-use crate::metrics::{OPT_INS, WELL_KNOWN_LOOKUPS};
+use crate::metrics::{OPT_INS, WELL_KNOWN_HIT, WELL_KNOWN_LOOKUPS, WELL_KNOWN_MISS};
 use crate::problem::ApiError;
 use crate::AppState;
 use axum::extract::State;
@@ -431,11 +431,11 @@ pub async fn atproto_did(State(state): State<AppState>, headers: HeaderMap, uri:
         .cloned();
     let did = match cached {
         Some(did) => {
-            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => "hit").increment(1);
+            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => WELL_KNOWN_HIT).increment(1);
             did
         }
         None => {
-            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => "miss").increment(1);
+            metrics::counter!(WELL_KNOWN_LOOKUPS, "result" => WELL_KNOWN_MISS).increment(1);
             let lookup = handle.clone();
             let did = state.db.run(move |c| accounts::resolve_handle(c, &lookup)).await?;
             state

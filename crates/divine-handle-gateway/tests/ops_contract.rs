@@ -137,6 +137,27 @@ async fn metrics_md_matches_the_exported_names_and_closed_sets_start_at_zero() {
         let name = family.split_whitespace().next().unwrap();
         assert!(exported.contains(name), "{name} is exported but not in METRIC_NAMES");
     }
+    // Every counter metrics.md lists exists right after startup, before its first event (before: the auth failures
+    // appeared only after a first 401, so `grep gateway_auth_failures_total` found nothing on a healthy replica).
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // Except the request counter: route × the status answered, created by the first response (a probe).
+    let missing: Vec<&&str> = documented
+        .iter()
+        .filter(|n| n.ends_with("_total") && **n != metrics::HTTP_REQUESTS && !families.contains(*n))
+        .collect();
+    assert!(missing.is_empty(), "not exported at startup: {missing:?}\n{text}");
+    // Each reason's series, whatever its value (another test of this binary may have counted a 401 already).
+    for reason in divine_handle_gateway::problem::AuthReason::ALL {
+        let series = format!("{}{{reason=\"{}\"}} ", metrics::AUTH_FAILURES, reason.as_str());
+        assert!(
+            text.lines().any(|l| l.starts_with(&series)),
+            "missing {series}:\n{text}"
+        );
+    }
     for outcome in metrics::OPT_IN_OUTCOMES {
         let series = format!("{}{{outcome=\"{outcome}\"}} 0", metrics::OPT_INS);
         assert!(text.contains(&series), "missing {series}:\n{text}");

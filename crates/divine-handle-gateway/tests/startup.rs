@@ -3,7 +3,7 @@
 //! message with hints (exit 2), a rejected `DATABASE_URL` fails at once (before: retried for a minute without
 //! listening), and `/health` answers while an unreachable Postgres is awaited for `DB_CONNECT_WAIT_SECS`.
 
-use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, text};
+use divine_bridge_db::testutil::process::{clean_command, closed_port, finish_within, get, reported_once, text};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,7 @@ fn every_configuration_problem_is_reported_in_one_message_with_hints() {
         "{err}"
     );
     assert!(!err.contains("too-short"), "the token is never echoed");
+    reported_once(&out, "configuration problems:");
 }
 
 #[test]
@@ -135,6 +136,7 @@ fn a_rejected_database_url_fails_fast_and_an_unreachable_one_is_awaited_with_hea
         "{err}"
     );
     assert!(err.contains("postgres://USER:PASSWORD@HOST:5432/DATABASE"), "{err}");
+    reported_once(&out, "DATABASE_URL was rejected");
 
     // Unreachable server: transient, retried for DB_CONNECT_WAIT_SECS with /health answering.
     let vars = base(format!("postgres://u:hunter2@127.0.0.1:{}/db", closed_port()), "4");
@@ -163,6 +165,7 @@ fn a_rejected_database_url_fails_fast_and_an_unreachable_one_is_awaited_with_hea
         err.contains("DB_CONNECT_WAIT_SECS (4 s)") && !err.contains("hunter2"),
         "{err}"
     );
+    reported_once(&out, "DB_CONNECT_WAIT_SECS (4 s)");
 }
 
 #[test]
@@ -194,4 +197,5 @@ fn a_busy_bind_addr_is_a_startup_error() {
         )),
         "{err}"
     );
+    reported_once(&out, &format!("cannot listen on BIND_ADDR {addr}"));
 }

@@ -186,6 +186,25 @@ pub enum MediaError {
     Spool(String),
 }
 
+impl MediaError {
+    /// Every code a [`MediaError`] can carry while [`ErrorClass::Permanent`] (a closed set: metric labels such as
+    /// `bridge_profile_images_skipped_total{code}` are created at zero from it; the unit test
+    /// `permanent_codes_are_exactly_those_of_permanent_errors` keeps it in step with `code`/`class`).
+    pub const PERMANENT_CODES: &'static [ErrorCode] = &[
+        ErrorCode::MediaBadUrl,
+        ErrorCode::MediaHostNotAllowed,
+        ErrorCode::MediaAddressForbidden,
+        ErrorCode::MediaTooLarge,
+        ErrorCode::HashMismatch,
+        ErrorCode::MediaHttpStatus,
+        ErrorCode::MediaTooManyRedirects,
+        ErrorCode::MediaUnsupportedType,
+        ErrorCode::MediaInsecureUrl,
+        ErrorCode::MediaPortNotAllowed,
+        ErrorCode::MediaHashMissing,
+    ];
+}
+
 impl Classified for MediaError {
     fn code(&self) -> ErrorCode {
         match self {
@@ -855,6 +874,52 @@ mod tests {
         assert_eq!(MediaError::Timeout.class(), ErrorClass::Transient);
         assert_eq!(MediaError::Transport("x".into()).class(), ErrorClass::Transient);
         assert_eq!(MediaError::TooLarge { limit: 1 }.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn permanent_codes_are_exactly_those_of_permanent_errors() {
+        // One value of every variant (and HTTP statuses of both classes); `code` and `class` match exhaustively, so
+        // a new variant fails to compile there and must be added here.
+        let samples = [
+            MediaError::BadUrl("x".into()),
+            MediaError::HostNotAllowed { host: "h".into() },
+            MediaError::AddressForbidden {
+                host: "h".into(),
+                addr: IpAddr::from([127, 0, 0, 1]),
+            },
+            MediaError::TooLarge { limit: 1 },
+            MediaError::HashMismatch {
+                expected: "a".into(),
+                actual: "b".into(),
+            },
+            MediaError::HttpStatus {
+                status: 404,
+                retry_after: None,
+            },
+            MediaError::HttpStatus {
+                status: 503,
+                retry_after: None,
+            },
+            MediaError::Timeout,
+            MediaError::Transport("t".into()),
+            MediaError::TooManyRedirects { max: 5 },
+            MediaError::UnsupportedType {
+                expected: "video",
+                found: "text/html".into(),
+            },
+            MediaError::InsecureUrl { url: "http://x".into() },
+            MediaError::PortNotAllowed { port: 8443 },
+            MediaError::HashMissing,
+            MediaError::Spool("s".into()),
+        ];
+        let permanent: std::collections::BTreeSet<ErrorCode> = samples
+            .iter()
+            .filter(|e| e.class() == ErrorClass::Permanent)
+            .map(|e| e.code())
+            .collect();
+        let listed: std::collections::BTreeSet<ErrorCode> = MediaError::PERMANENT_CODES.iter().copied().collect();
+        assert_eq!(listed.len(), MediaError::PERMANENT_CODES.len(), "a code listed twice");
+        assert_eq!(permanent, listed);
     }
 
     #[tokio::test]

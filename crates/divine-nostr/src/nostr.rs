@@ -203,9 +203,33 @@ pub struct VideoEvent {
     /// "content-warning"]`, as Divine's apps write them). Empty when the author marked nothing. `translate` maps them
     /// to Bluesky self-labels.
     pub content_warnings: Vec<String>,
-    /// Optional `imeta`/legacy fields that were present but malformed and therefore dropped (`"dim"`, `"duration"`,
-    /// `"size"`), one entry per dropped value, for `bridge_nostr_fields_dropped_total{field}`.
-    pub dropped_fields: Vec<&'static str>,
+    /// Optional `imeta`/legacy fields that were present but malformed and therefore dropped, one entry per dropped
+    /// value, for `bridge_nostr_fields_dropped_total{field}`.
+    pub dropped_fields: Vec<OptionalField>,
+}
+
+/// An optional video field whose malformed value is dropped rather than refusing the event (see
+/// [`VideoEvent::from_event`]); the `field` label of `bridge_nostr_fields_dropped_total`, a closed set created at
+/// zero on startup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptionalField {
+    Dim,
+    Duration,
+    Size,
+}
+
+impl OptionalField {
+    pub const ALL: [OptionalField; 3] = [OptionalField::Dim, OptionalField::Duration, OptionalField::Size];
+
+    /// The tag key (`imeta` entry or legacy tag name), also the metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OptionalField::Dim => "dim",
+            OptionalField::Duration => "duration",
+            OptionalField::Size => "size",
+        }
+    }
 }
 
 impl VideoEvent {
@@ -237,8 +261,12 @@ impl VideoEvent {
         }
         if variants.is_empty() {
             if let Some(url) = first("url") {
-                let optional = |name: &'static str| first(name).map(|v| (name, v));
-                let (size, dim, duration) = (optional("size"), optional("dim"), optional("duration"));
+                let optional = |field: OptionalField| first(field.as_str()).map(|v| (field, v));
+                let (size, dim, duration) = (
+                    optional(OptionalField::Size),
+                    optional(OptionalField::Dim),
+                    optional(OptionalField::Duration),
+                );
                 variants.push(VideoVariant {
                     url,
                     mime: first("m").map(|m| normalize_mime(&m)),
@@ -323,20 +351,20 @@ pub fn event_time(event: &Event) -> Result<DateTime<Utc>, TranslateError> {
 
 /// An optional field's parse result: the value, or `None` with the field recorded as dropped.
 fn optional_field<T>(
-    name: &'static str,
+    field: OptionalField,
     parsed: Result<T, TranslateError>,
-    dropped: &mut Vec<&'static str>,
+    dropped: &mut Vec<OptionalField>,
 ) -> Option<T> {
     match parsed {
         Ok(v) => Some(v),
         Err(_) => {
-            dropped.push(name);
+            dropped.push(field);
             None
         }
     }
 }
 
-fn parse_imeta(entries: &[String], dropped: &mut Vec<&'static str>) -> Result<VideoVariant, TranslateError> {
+fn parse_imeta(entries: &[String], dropped: &mut Vec<OptionalField>) -> Result<VideoVariant, TranslateError> {
     let mut v = VideoVariant {
         url: String::new(),
         mime: None,
@@ -362,10 +390,10 @@ fn parse_imeta(entries: &[String], dropped: &mut Vec<&'static str>) -> Result<Vi
             "url" if v.url.is_empty() => v.url = value.to_string(),
             "m" if v.mime.is_none() => v.mime = Some(normalize_mime(value)),
             "x" if v.sha256.is_none() => v.sha256 = Some(parse_sha256(value)?),
-            "size" if v.size.is_none() => v.size = optional_field("size", parse_size(value), dropped),
-            "dim" if v.dim.is_none() => v.dim = optional_field("dim", parse_dim(value), dropped),
+            "size" if v.size.is_none() => v.size = optional_field(OptionalField::Size, parse_size(value), dropped),
+            "dim" if v.dim.is_none() => v.dim = optional_field(OptionalField::Dim, parse_dim(value), dropped),
             "duration" if v.duration.is_none() => {
-                v.duration = optional_field("duration", parse_duration(value), dropped)
+                v.duration = optional_field(OptionalField::Duration, parse_duration(value), dropped)
             }
             "alt" if v.alt.is_none() && !value.is_empty() => v.alt = Some(value.to_string()),
             "fallback" if !value.is_empty() => v.fallbacks.push(value.to_string()),
@@ -839,7 +867,10 @@ mod tests {
         );
         assert_eq!(v.variants[0].mime.as_deref(), Some("video/mp4"));
         assert_eq!(v.variants[1].dim, Some((720, 1280)));
-        assert_eq!(v.dropped_fields, vec!["dim", "duration", "size"]);
+        assert_eq!(
+            v.dropped_fields,
+            vec![OptionalField::Dim, OptionalField::Duration, OptionalField::Size]
+        );
 
         let legacy = sign(
             21,
@@ -854,7 +885,10 @@ mod tests {
         );
         let v = VideoEvent::from_event(&legacy).unwrap();
         assert_eq!(v.variants[0].url, "https://a/v.mp4");
-        assert_eq!(v.dropped_fields, vec!["size", "dim", "duration"]);
+        assert_eq!(
+            v.dropped_fields,
+            vec![OptionalField::Size, OptionalField::Dim, OptionalField::Duration]
+        );
 
         let clean = sign(22, "", vec![vec!["imeta", "url https://a/v.mp4", "dim 1x1"]], 100);
         assert!(VideoEvent::from_event(&clean).unwrap().dropped_fields.is_empty());

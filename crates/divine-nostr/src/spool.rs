@@ -362,7 +362,7 @@ impl SpoolFile {
 
     /// The body as a stream of chunks read from the file (a fresh read each call, opened on first poll, so an I/O
     /// error surfaces as a body error of the request it feeds). The stream keeps the file alive.
-    pub fn stream(&self) -> impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    pub fn stream(&self) -> impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static + use<> {
         let keep = self.clone();
         futures::stream::try_unfold(
             (None, keep),

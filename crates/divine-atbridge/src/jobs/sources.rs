@@ -114,8 +114,8 @@ impl TranslatedPosts {
         let t = std::time::Instant::now();
         for field in &ev.dropped_fields {
             // Counted per translation try (a retried job counts again); the value is gone from the post either way.
-            metrics::counter!(crate::metrics::NOSTR_FIELDS_DROPPED, "field" => *field).increment(1);
-            tracing::info!(event = %ev.id, field, "malformed optional imeta field dropped");
+            metrics::counter!(crate::metrics::NOSTR_FIELDS_DROPPED, "field" => field.as_str()).increment(1);
+            tracing::info!(event = %ev.id, field = field.as_str(), "malformed optional imeta field dropped");
         }
         // Mentions are looked for in title and content, as `plan_post` composes them.
         let mentionable = format!("{}\n{}", ev.title.as_deref().unwrap_or(""), ev.content);
@@ -257,6 +257,25 @@ pub enum ImageField {
 }
 
 impl ImageField {
+    pub const ALL: [ImageField; 2] = [ImageField::Avatar, ImageField::Banner];
+
+    /// Every `code` label `bridge_profile_images_skipped_total` can carry for this field: its two refusals and every
+    /// permanent media code (the ones [`ProfileImageRefusal::from_media`] turns into a refusal stay at 0).
+    pub fn skipped_codes(self) -> Vec<ErrorCode> {
+        let refusals = [
+            ProfileImageRefusal::UnsupportedFormat {
+                field: self,
+                found: String::new(),
+            },
+            ProfileImageRefusal::TooLarge { field: self, limit: 0 },
+        ];
+        refusals
+            .iter()
+            .map(Classified::code)
+            .chain(MediaError::PERMANENT_CODES.iter().copied())
+            .collect()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ImageField::Avatar => "avatar",

@@ -11,7 +11,7 @@
 //! and a JSON → `Unknown` → JSON round trip buys nothing.
 
 use super::session::StoreError;
-use crate::xrpc::{xrpc_url, XrpcClient, XrpcError, XrpcRequest};
+use crate::xrpc::{xrpc_url, XrpcClient, XrpcError, XrpcMethod, XrpcRequest};
 use atrium_api::com::atproto::{identity, repo, server, sync};
 use atrium_api::types::Object;
 use divine_bridge_core::{Classified, ErrorClass, ErrorCode};
@@ -190,12 +190,12 @@ impl PdsClient {
         &self.base
     }
 
-    fn get(&self, nsid: &str) -> XrpcRequest {
-        XrpcRequest::get(xrpc_url(&self.base, nsid), nsid)
+    fn get(&self, method: XrpcMethod) -> XrpcRequest {
+        XrpcRequest::get(xrpc_url(&self.base, method.as_str()), method)
     }
 
-    fn post(&self, nsid: &str) -> XrpcRequest {
-        XrpcRequest::post(xrpc_url(&self.base, nsid), nsid)
+    fn post(&self, method: XrpcMethod) -> XrpcRequest {
+        XrpcRequest::post(xrpc_url(&self.base, method.as_str()), method)
     }
 
     async fn call<T: DeserializeOwned>(&self, call: Call, request: XrpcRequest) -> Result<T, PdsError> {
@@ -210,7 +210,7 @@ impl PdsClient {
 
     /// `com.atproto.server.describeServer` (its `did` is the `aud` of service-auth tokens).
     pub async fn describe_server(&self) -> Result<server::describe_server::OutputData, PdsError> {
-        let out: Object<_> = self.call(Call::Other, self.get(server::describe_server::NSID)).await?;
+        let out: Object<_> = self.call(Call::Other, self.get(XrpcMethod::DescribeServer)).await?;
         Ok(out.data)
     }
 
@@ -221,7 +221,7 @@ impl PdsClient {
         input: &server::create_account::InputData,
     ) -> Result<server::create_account::OutputData, PdsError> {
         let request = self
-            .post(server::create_account::NSID)
+            .post(XrpcMethod::CreateAccount)
             .bearer(service_auth)
             .json(input)
             .map_err(PdsError::Xrpc)?;
@@ -238,7 +238,7 @@ impl PdsClient {
             use_count: 1,
         };
         let request = self
-            .post(server::create_invite_code::NSID)
+            .post(XrpcMethod::CreateInviteCode)
             .basic("admin", admin_password)
             .json(&input)
             .map_err(PdsError::Xrpc)?;
@@ -280,7 +280,7 @@ impl PdsClient {
             password: password.to_string(),
         };
         let request = self
-            .post(server::create_session::NSID)
+            .post(XrpcMethod::CreateSession)
             .json(&input)
             .map_err(PdsError::Xrpc)?;
         let out: Object<_> = self.call(Call::Other, request).await?;
@@ -289,7 +289,7 @@ impl PdsClient {
 
     /// `com.atproto.server.refreshSession` (Bearer = refresh JWT).
     pub async fn refresh_session(&self, refresh_jwt: &str) -> Result<server::refresh_session::OutputData, PdsError> {
-        let request = self.post(server::refresh_session::NSID).bearer(refresh_jwt);
+        let request = self.post(XrpcMethod::RefreshSession).bearer(refresh_jwt);
         let out: Object<_> = self.call(Call::Other, request).await?;
         Ok(out.data)
     }
@@ -297,7 +297,7 @@ impl PdsClient {
     /// `com.atproto.server.getSession`.
     pub async fn get_session(&self, access_jwt: &str) -> Result<server::get_session::OutputData, PdsError> {
         let out: Object<_> = self
-            .call(Call::Other, self.get(server::get_session::NSID).bearer(access_jwt))
+            .call(Call::Other, self.get(XrpcMethod::GetSession).bearer(access_jwt))
             .await?;
         Ok(out.data)
     }
@@ -307,20 +307,15 @@ impl PdsClient {
         &self,
         access_jwt: &str,
     ) -> Result<identity::get_recommended_did_credentials::OutputData, PdsError> {
-        let request = self
-            .get(identity::get_recommended_did_credentials::NSID)
-            .bearer(access_jwt);
+        let request = self.get(XrpcMethod::GetRecommendedDidCredentials).bearer(access_jwt);
         let out: Object<_> = self.call(Call::Other, request).await?;
         Ok(out.data)
     }
 
     /// `com.atproto.server.activateAccount` (idempotent).
     pub async fn activate_account(&self, access_jwt: &str) -> Result<(), PdsError> {
-        self.call_empty(
-            Call::Other,
-            self.post(server::activate_account::NSID).bearer(access_jwt),
-        )
-        .await
+        self.call_empty(Call::Other, self.post(XrpcMethod::ActivateAccount).bearer(access_jwt))
+            .await
     }
 
     /// `com.atproto.server.deactivateAccount` (idempotent: deactivating a deactivated account succeeds). No
@@ -328,7 +323,7 @@ impl PdsClient {
     /// has already deleted every bridged record; the DID must keep resolving for the audit tombstone).
     pub async fn deactivate_account(&self, access_jwt: &str) -> Result<(), PdsError> {
         let request = self
-            .post(server::deactivate_account::NSID)
+            .post(XrpcMethod::DeactivateAccount)
             .bearer(access_jwt)
             .json(&serde_json::json!({}))
             .map_err(PdsError::Xrpc)?;
@@ -340,7 +335,7 @@ impl PdsClient {
         &self,
         access_jwt: &str,
     ) -> Result<server::check_account_status::OutputData, PdsError> {
-        let request = self.get(server::check_account_status::NSID).bearer(access_jwt);
+        let request = self.get(XrpcMethod::CheckAccountStatus).bearer(access_jwt);
         let out: Object<_> = self.call(Call::Other, request).await?;
         Ok(out.data)
     }
@@ -357,7 +352,7 @@ impl PdsClient {
         )?;
         check("rkey", atrium_api::types::string::RecordKey::new(input.rkey.clone()))?;
         let request = self
-            .post(repo::put_record::NSID)
+            .post(XrpcMethod::PutRecord)
             .bearer(access_jwt)
             .json(input)
             .map_err(PdsError::Xrpc)?;
@@ -373,7 +368,7 @@ impl PdsClient {
         rkey: &str,
     ) -> Result<Option<repo::get_record::OutputData>, PdsError> {
         let request = self
-            .get(repo::get_record::NSID)
+            .get(XrpcMethod::GetRecord)
             .query("repo", repo_id)
             .query("collection", collection)
             .query("rkey", rkey);
@@ -397,7 +392,7 @@ impl PdsClient {
     ) -> Result<(), PdsError> {
         let input = serde_json::json!({"repo": repo_id, "collection": collection, "rkey": rkey});
         let request = self
-            .post(repo::delete_record::NSID)
+            .post(XrpcMethod::DeleteRecord)
             .bearer(access_jwt)
             .json(&input)
             .map_err(PdsError::Xrpc)?;
@@ -412,7 +407,7 @@ impl PdsClient {
         body: impl Into<reqwest::Body>,
     ) -> Result<repo::upload_blob::OutputData, PdsError> {
         let request = self
-            .post(repo::upload_blob::NSID)
+            .post(XrpcMethod::UploadBlob)
             .bearer(access_jwt)
             .raw(content_type, body);
         let out: Object<_> = self.call(Call::Other, request).await?;
@@ -429,7 +424,7 @@ impl PdsClient {
         size: u64,
     ) -> Result<repo::upload_blob::OutputData, PdsError> {
         let request = self
-            .post(repo::upload_blob::NSID)
+            .post(XrpcMethod::UploadBlob)
             .bearer(access_jwt)
             .raw_sized(content_type, body, size)
             .timeout(upload_timeout(size));
@@ -440,7 +435,7 @@ impl PdsClient {
     /// `com.atproto.identity.resolveHandle`: the DID holding `handle`, or `None` when the PDS cannot resolve it
     /// (any 400: the reference PDS answers `InvalidRequest "Unable to resolve handle"` for a free handle).
     pub async fn resolve_handle(&self, handle: &str) -> Result<Option<String>, PdsError> {
-        let request = self.get(identity::resolve_handle::NSID).query("handle", handle);
+        let request = self.get(XrpcMethod::ResolveHandle).query("handle", handle);
         match self
             .call::<Object<identity::resolve_handle::OutputData>>(Call::Other, request)
             .await
@@ -454,7 +449,7 @@ impl PdsClient {
     /// `com.atproto.sync.getRepoStatus` (public).
     pub async fn get_repo_status(&self, did: &str) -> Result<sync::get_repo_status::OutputData, PdsError> {
         let out: Object<_> = self
-            .call(Call::Other, self.get(sync::get_repo_status::NSID).query("did", did))
+            .call(Call::Other, self.get(XrpcMethod::GetRepoStatus).query("did", did))
             .await?;
         Ok(out.data)
     }
@@ -462,7 +457,7 @@ impl PdsClient {
     /// `com.atproto.repo.describeRepo` (public).
     pub async fn describe_repo(&self, repo_id: &str) -> Result<repo::describe_repo::OutputData, PdsError> {
         let out: Object<_> = self
-            .call(Call::Other, self.get(repo::describe_repo::NSID).query("repo", repo_id))
+            .call(Call::Other, self.get(XrpcMethod::DescribeRepo).query("repo", repo_id))
             .await?;
         Ok(out.data)
     }

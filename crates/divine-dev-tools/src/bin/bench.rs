@@ -1607,7 +1607,10 @@ mod media {
             .env("DATABASE_URL", &tdb.url)
             .env("PLC_DIRECTORY_URL", &plc_url)
             .env("PDS_URL", &pds_url)
-            .env("KEY_ENCRYPTION_KEY", data_encoding::BASE64.encode(&kek))
+            .env(
+                "KEY_ENCRYPTION_KEY",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, kek),
+            )
             .env("ACCOUNT_EMAIL_DOMAIN", "bridge.test")
             .env("ALLOW_NO_RECOVERY_KEYS", "true")
             .env("PDS_ADMIN_PASSWORD", var("PDS_ADMIN_PASSWORD")?)
