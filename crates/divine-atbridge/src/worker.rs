@@ -357,6 +357,8 @@ impl WorkerPool {
             ))
         });
         let stats = tokio::spawn(refresh_stats(self.db.clone(), cfg.stats_interval, stop_aux.clone()));
+        let leased_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let heads_vacuum = tokio::spawn(vacuum_heads(self.db.clone(), leased_total.clone(), stop_aux.clone()));
         let wakeups = self.db.job_wakeups();
         let mut tasks = tokio::task::JoinSet::new();
 
@@ -402,6 +404,7 @@ impl WorkerPool {
             };
             let got = leased.len();
             backlog = got == free;
+            leased_total.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
             for job in leased {
                 let permit = permits
                     .clone()
@@ -483,6 +486,7 @@ impl WorkerPool {
             let _ = w.await;
         }
         let _ = stats.await;
+        let _ = heads_vacuum.await;
         tracing::info!(owner, "worker pool stopped");
     }
 }
@@ -864,6 +868,31 @@ pub async fn watchdog(db: Db, interval: Duration, policy: ReclaimPolicy, mut sto
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// How often a busy pool vacuums `job_heads` ([`queue::vacuum_heads`]: the dead index entries every completion leaves
+/// at the front of the lease's scan).
+const HEADS_VACUUM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Vacuums `job_heads` every [`HEADS_VACUUM_INTERVAL`] while this pool is leasing (`leased` grew since the last
+/// round); an idle pool leaves it to autovacuum. A failure is logged at debug and retried next round: the vacuum is an
+/// optimisation, never a condition of progress.
+async fn vacuum_heads(db: Db, leased: Arc<std::sync::atomic::AtomicU64>, mut stop: watch::Receiver<bool>) {
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(HEADS_VACUUM_INTERVAL) => {}
+        }
+        let now = leased.load(std::sync::atomic::Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = db.run(queue::vacuum_heads).await {
+            tracing::debug!(error = %e, "job_heads vacuum failed; retried next round");
         }
     }
 }

@@ -557,6 +557,18 @@ pub fn next_due(conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, DbErro
     Ok(row.at)
 }
 
+/// Vacuums `job_heads`, skipping it when another vacuum holds it (`SKIP_LOCKED`: replicas never wait on each other).
+///
+/// Why the queue does it itself: every head move is a non-HOT update (`run_at` and `head_id` are indexed), so a busy
+/// queue leaves dead entries at the front of `job_heads_dispatch`, exactly where every lease starts its scan, and the
+/// lease slows down with every completion until they are removed. Autovacuum looks at a database once a minute at
+/// best; a table rewritten thousands of times a second needs it every second. The table holds one row per key with
+/// live work, so a vacuum of it costs milliseconds. Not in a transaction (VACUUM refuses one).
+pub fn vacuum_heads(conn: &mut PgConnection) -> Result<(), DbError> {
+    diesel::sql_query("VACUUM (SKIP_LOCKED) job_heads").execute(conn)?;
+    Ok(())
+}
+
 static LEASE_CONFLICTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many leases in this process were turned into empty leases because they tripped `jobs_one_running_per_key`

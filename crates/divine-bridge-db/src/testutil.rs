@@ -115,7 +115,15 @@ impl TestDb {
     pub fn with_roles_deferred(&self, tag: &str) -> (crate::roles::Roles, crate::roles::Applied) {
         let roles = crate::roles::Roles::new(&format!("{tag}_worker"), &format!("{tag}_gateway")).expect("role names");
         self.drop_roles_with_db(roles.clone());
+        // Roles, memberships and grants of roles live in cluster-wide catalogs: two test processes applying their
+        // roles at once deadlocked on them (CI: `deadlock detected` in e2e_chaos). One advisory lock in the server's
+        // `postgres` database (advisory locks are per database) serializes them; it ends with `admin`.
+        let mut admin = PgConnection::establish(&self.admin_url).expect("connect to test Postgres server");
+        diesel::sql_query("SELECT pg_advisory_lock(7243001)")
+            .execute(&mut admin)
+            .expect("take the roles lock");
         let applied = crate::roles::apply(&mut self.conn(), &roles).expect("apply roles SQL");
+        drop(admin);
         (roles, applied)
     }
 
