@@ -8,53 +8,22 @@
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use divine_atbridge::ingest::{self, IngestConfig};
+use divine_bridge_db::testutil::logs::{self, Capture};
 use divine_bridge_db::testutil::TestDb;
 use nostr_relay_builder::prelude::*;
 use nostr_sdk::Client;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,divine_atbridge=debug"))
-            .with_writer(capture.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-        capture
-    })
+    logs::capture("warn,divine_atbridge=debug")
 }
 
 /// The captured lines whose current span names `relay`.
 fn lines_of(relay: &str) -> Vec<serde_json::Value> {
-    let text = String::from_utf8(capture().0.lock().unwrap().clone()).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+    capture()
+        .lines()
+        .into_iter()
         .filter(|l| l["span"]["relay"] == relay)
         .collect()
 }

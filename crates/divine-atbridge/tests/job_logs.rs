@@ -9,64 +9,27 @@ use divine_atbridge::plc::PlcClient;
 use divine_atbridge::worker::{self, JobHandler, LeasedJob, Outcome, Registry, WorkerConfig, WorkerPool};
 use divine_atbridge::xrpc::{XrpcClient, XrpcConfig, XrpcMethod, XrpcRequest};
 use divine_bridge_db::queue::{self, NewJob};
+use divine_bridge_db::testutil::logs::{self, Capture};
 use divine_bridge_db::testutil::TestDb;
 use divine_bridge_db::JobKind;
 use futures::future::BoxFuture;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// Every line the process logged, shared by the tests of this binary (the subscriber is process-global).
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
+/// Every line this test binary logged (one global subscriber: info, debug for the bridge and the ATProto client).
 fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,divine_atbridge=debug,divine_atproto=debug",
-            ))
-            .with_writer(capture.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-        capture
-    })
+    logs::capture("info,divine_atbridge=debug,divine_atproto=debug")
 }
 
 /// The captured lines, parsed.
 fn lines() -> Vec<serde_json::Value> {
-    let bytes = capture().0.lock().unwrap().clone();
-    String::from_utf8(bytes)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
-        .collect()
+    capture().lines()
 }
 
 fn raw_lines() -> String {
-    String::from_utf8(capture().0.lock().unwrap().clone()).unwrap()
+    capture().text()
 }
 
 /// A local HTTP server answering 200 `{}` on `/ok` and 404 everywhere else; returns its base URL.

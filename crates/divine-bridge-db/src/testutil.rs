@@ -166,6 +166,65 @@ impl Drop for TestDb {
     }
 }
 
+/// Log lines as an operator's pipeline reads them (`LOG_FORMAT=json`), for tests that assert what is logged: one
+/// process-global subscriber per test binary, tracing-subscriber's own JSON formatter, every line kept in memory.
+pub mod logs {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    /// Everything the process logged since [`capture`] installed the subscriber.
+    #[derive(Clone, Default)]
+    pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    impl Capture {
+        /// The raw text captured so far.
+        pub fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).expect("UTF-8 log output")
+        }
+
+        /// Every captured line, parsed; a line that is not JSON fails the test.
+        pub fn lines(&self) -> Vec<serde_json::Value> {
+            self.text()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+                .collect()
+        }
+    }
+
+    /// Installs the JSON subscriber with the `EnvFilter` directives `filter` on the first call and returns the
+    /// capture; later calls return the same capture (the subscriber is global: one filter per test binary).
+    pub fn capture(filter: &str) -> &'static Capture {
+        static CAPTURE: OnceLock<Capture> = OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let capture = Capture::default();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(capture.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
+            capture
+        })
+    }
+}
+
 /// Running the real service binaries in startup tests (both services' `tests/startup.rs`): a clean environment,
 /// a bounded wait for exit, a port nothing listens on, and a bare HTTP GET that needs no client crate.
 pub mod process {

@@ -8,50 +8,19 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use common::*;
+use divine_bridge_db::testutil::logs::{self, Capture};
 use divine_handle_gateway::metrics::{self, METRIC_NAMES};
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture = Capture::default();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(capture.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber of this test binary");
-        capture
-    })
+    logs::capture("info")
 }
 
 /// Captured lines whose fields carry `request_id`.
 fn lines_of(request_id: &str) -> Vec<serde_json::Value> {
-    let text = String::from_utf8(capture().0.lock().unwrap().clone()).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    capture()
+        .lines()
+        .into_iter()
         .filter(|l| l["fields"]["request_id"] == request_id)
         .collect()
 }
