@@ -340,6 +340,23 @@ pub fn connect_once(url: &str) -> Result<PgConnection, DbError> {
     })
 }
 
+/// Runs `f` on a connection of `pool` on tokio's blocking threads (Diesel is synchronous): the one checkout path of
+/// [`Db::run`] and the lease connection. A failed checkout is `DbError::Pool`, a panicked or cancelled task
+/// `DbError::Join`, both converted into the caller's error type.
+async fn on_blocking_connection<T, E, F>(pool: Pool<PgManager>, f: F) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+    F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut conn = pool.get().map_err(|e| E::from(DbError::Pool(e.to_string())))?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| E::from(DbError::Join(e.to_string())))?
+}
+
 /// Handle to the database: a connection pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -462,45 +479,33 @@ impl Db {
         E: From<DbError> + Send + 'static,
         F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| E::from(DbError::Pool(e.to_string())))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| E::from(DbError::Join(e.to_string())))?
+        on_blocking_connection(self.pool.clone(), f).await
     }
 
     /// Leases up to `limit` jobs for `owner` on the lease connection ([`queue::lease_in_session`]: one round trip);
     /// the same semantics as [`queue::lease`] on any connection.
     pub async fn lease(&self, owner: &str, limit: i64, lease_for: Duration) -> Result<Vec<queue::LeasedJob>, DbError> {
-        let pool = self.lease_pool.clone();
         let owner = owner.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| DbError::Pool(e.to_string()))?;
-            queue::lease_in_session(&mut conn, &owner, limit, lease_for)
+        on_blocking_connection(self.lease_pool.clone(), move |c| {
+            queue::lease_in_session(c, &owner, limit, lease_for)
         })
         .await
-        .map_err(|e| DbError::Join(e.to_string()))?
     }
 
     /// `SHOW name` on the lease connection (tests: its session carries [`queue::LEASE_SETTINGS`]).
     #[cfg(feature = "testutil")]
     pub async fn lease_connection_setting(&self, name: &str) -> Result<String, DbError> {
-        let pool = self.lease_pool.clone();
+        #[derive(diesel::QueryableByName)]
+        struct V {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
         let sql = format!("SELECT current_setting('{name}') AS v");
-        tokio::task::spawn_blocking(move || {
-            #[derive(diesel::QueryableByName)]
-            struct V {
-                #[diesel(sql_type = diesel::sql_types::Text)]
-                v: String,
-            }
-            let mut conn = pool.get().map_err(|e| DbError::Pool(e.to_string()))?;
-            let row: V = diesel::RunQueryDsl::get_result(diesel::sql_query(sql), &mut *conn)?;
-            Ok(row.v)
+        on_blocking_connection(self.lease_pool.clone(), move |c| {
+            let row: V = diesel::RunQueryDsl::get_result(diesel::sql_query(sql), c)?;
+            Ok::<_, DbError>(row.v)
         })
         .await
-        .map_err(|e| DbError::Join(e.to_string()))?
     }
 
     /// Starts a job wake-up listener on its own connection (outside the pool; see [`listen`]).
