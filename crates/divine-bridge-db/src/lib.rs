@@ -384,16 +384,13 @@ impl Db {
             .connection_url(url)
             .map_err(|e| DbError::Pool(e.to_string()))?
             .into();
-        let manager = PgManager {
+        let manager = |session_sql: String| PgManager {
             url: url.to_string(),
-            session_sql: settings.session_sql(),
+            session_sql,
             idle_check_after: settings.idle_check_after,
         };
-        let lease_manager = PgManager {
-            url: url.to_string(),
-            session_sql: format!("{} {}", settings.session_sql(), queue::lease_session_sql()),
-            idle_check_after: settings.idle_check_after,
-        };
+        let lease_manager = manager(format!("{} {}", settings.session_sql(), queue::lease_session_sql()));
+        let manager = manager(settings.session_sql());
         let pool = Pool::builder()
             .max_size(settings.max_size)
             .min_idle(Some(1))
