@@ -89,6 +89,11 @@ pub const DEFAULT_REPLAY_TRUNCATION_HINT: usize = 100;
 pub const DEFAULT_CLOSED_RETRY: Duration = Duration::from_secs(30);
 /// Time allowed for one page of a truncated-replay catch-up.
 const CATCH_UP_PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// rust-nostr's default capacity of a relay pool's notification channel ([`IngestConfig::notification_capacity`]).
+pub const DEFAULT_NOTIFICATION_CAPACITY: usize = 4096;
+/// After the live pool's notification channel overflowed (`Lagged`), how long the resubscription of the held shards
+/// waits (it runs on the next status tick after this).
+const LAGGED_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
 /// Which kind of relay read a log line belongs to: the `mode` field of the `relay_subscription` and `relay_history`
 /// spans (see the module's "Logs").
@@ -138,6 +143,10 @@ pub struct IngestConfig {
     pub shards: u32,
     /// Shard lease period (`INGEST_LEASE_SECS`); heartbeats and rebalancing every third of it.
     pub lease: Duration,
+    /// Entries of a relay pool's notification channel (rust-nostr's default, [`DEFAULT_NOTIFICATION_CAPACITY`]). When
+    /// the loop falls this far behind, notifications are dropped (`Lagged`) and the held shards are re-read from their
+    /// cursors. Not an operator setting: tests shrink it to overflow it cheaply.
+    pub notification_capacity: usize,
 }
 
 impl IngestConfig {
@@ -152,6 +161,7 @@ impl IngestConfig {
             closed_retry: DEFAULT_CLOSED_RETRY,
             shards: DEFAULT_INGEST_SHARDS,
             lease: DEFAULT_INGEST_LEASE,
+            notification_capacity: DEFAULT_NOTIFICATION_CAPACITY,
         }
     }
 }
@@ -404,6 +414,23 @@ impl ShardProgress {
     }
 }
 
+/// A relay pool connected to `relays` that verifies what its subscriptions return (the live pool, and the pool of
+/// catch-up pages in [`run`]).
+async fn relay_pool(relays: &[String], notification_capacity: usize) -> anyhow::Result<Client> {
+    let pool = RelayPoolOptions::new().notification_channel_size(notification_capacity.max(1));
+    let client = Client::builder()
+        .opts(ClientOptions::new().verify_subscriptions(true).pool(pool))
+        .build();
+    for url in relays {
+        client
+            .add_relay(url.as_str())
+            .await
+            .with_context(|| format!("bad relay url {url}"))?;
+    }
+    client.connect().await;
+    Ok(client)
+}
+
 /// This process's replica id in `ingest_replicas` / `ingest_shards.owner`: host, pid and a random suffix (one per
 /// [`run`], so two loops in one process — tests — are two replicas).
 fn replica_id() -> String {
@@ -429,16 +456,14 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
         let _ = shutdown.wait_for(|s| *s).await;
         return Ok(());
     }
-    let client = Client::builder()
-        .opts(ClientOptions::new().verify_subscriptions(true))
-        .build();
-    for url in &cfg.relays {
-        client
-            .add_relay(url.as_str())
-            .await
-            .with_context(|| format!("bad relay url {url}"))?;
-    }
-    client.connect().await;
+    let client = relay_pool(&cfg.relays, cfg.notification_capacity).await?;
+    // Catch-up pages are read through a pool of their own. Every event a pool receives is broadcast on its
+    // notification channel (4,096 entries by default), and this loop does not read that channel while it awaits a catch-up: a
+    // catch-up of more than 4,096 events through the live pool overflowed it, the loop saw `Lagged`, resubscribed
+    // every shard from the cursor minus the overlap, and the replay started the same catch-up again — without end
+    // (seen on the localnet with ~10,000 events inside the overlap window; test
+    // `a_catch_up_larger_than_the_notification_channel_settles`). The live pool carries live subscriptions only.
+    let history = relay_pool(&cfg.relays, cfg.notification_capacity).await?;
     let mut notifications = client.notifications();
     let relays: Vec<String> = cfg.relays.iter().map(|r| relay_key(r)).collect();
     // The lag gauge exists from startup, before the first event: a cursor left ahead of now by an older version is
@@ -519,10 +544,15 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                 let n = match n {
                     Ok(n) => n,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
-                        // Dropped notifications are recovered by the cursor overlap on the next resubscribe.
+                        // Dropped notifications are recovered by the cursor overlap on the next resubscribe. The
+                        // cursors hold from now on (no chunk is caught up) and the resubscription waits
+                        // [`LAGGED_RESUBSCRIBE_DELAY`] (the status tick runs it), so the channel drains first: an
+                        // immediate resubscription whose replay overflows the channel again would never settle.
                         tracing::warn!(lagged = k, "ingest fell behind the relay pool; resubscribing");
-                        for ((relay, shard), p) in held.iter_mut() {
-                            subscribe_shard(&client, &db, &cfg, relay, *shard, p).await;
+                        let at = tokio::time::Instant::now() + LAGGED_RESUBSCRIBE_DELAY;
+                        for p in held.values_mut() {
+                            p.caught_up.clear();
+                            p.retry_at = Some(p.retry_at.map_or(at, |t| t.min(at)));
                         }
                         continue;
                     }
@@ -556,7 +586,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
                             let span = ReadMode::Catchup.subscription_span(&relay, shard, chunk);
                             span.in_scope(|| tracing::info!(count, "stored replay may be truncated; paging back"));
                             let floor = p.since;
-                            let ok = catch_up(&client, &db, &authors, &relay, &authors_of_chunk, floor, oldest, p, &cfg)
+                            let ok = catch_up(&history, &db, &authors, &relay, &authors_of_chunk, floor, oldest, p, &cfg)
                                 .instrument(span)
                                 .await;
                             if !ok {
@@ -595,6 +625,7 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
         }
     }
     flush_cursors(&db, &cfg, &mut held, &relays).await;
+    history.shutdown().await;
     // Hand the shards over at once instead of after a lease period.
     for ((relay, _), p) in held.drain() {
         let lease = p.lease;

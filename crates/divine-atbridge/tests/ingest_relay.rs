@@ -886,3 +886,82 @@ async fn replicas_divide_the_shards_and_a_dead_ones_share_is_taken_over() {
     let (live, holders) = live_and_holders(&mut conn, &relay_key);
     assert!(live.is_empty() && holders.is_empty(), "{live:?} {holders:?}");
 }
+
+/// A catch-up larger than the live relay pool's notification channel must settle. Catch-up pages used to be
+/// read through the live pool, whose channel the loop does not read while it awaits a catch-up: the channel
+/// overflowed, the loop saw `Lagged`, resubscribed every shard from the cursor minus the overlap, and the replay
+/// started the same catch-up again — the relay was queried without end (seen on the localnet with ~10,000 events in
+/// the overlap window). Now the catch-up has its own pool: once every event is a job the relay sees no more queries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_larger_than_the_notification_channel_settles() {
+    // 1,000 events through a 256-entry channel (the default is 4,096: the same overflow, 16 times the events).
+    const BACKLOG: u64 = 1_000;
+    let db = TestDb::migrated("ingest_big_catch_up");
+    let mut conn = db.conn();
+    let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let policy = Policy {
+        max_authors: usize::MAX,
+        refuse_first: 0,
+        seen: queries.clone(),
+    };
+    let alice = Keys::generate();
+    opt_in(&mut conn, &alice, "flood.test", "ready", true);
+    // The backlog is written straight into the relay's store (publishing it event by event is slower).
+    let store = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    });
+    let now = Timestamp::now().as_secs();
+    for i in 0..BACKLOG {
+        // All inside the 300 s overlap window the first subscription asks for (several per second).
+        let e = EventBuilder::new(Kind::from(22u16), format!("backlog {i}"))
+            .custom_created_at(Timestamp::from(now - i / 20))
+            .sign_with_keys(&alice)
+            .unwrap();
+        assert!(
+            store.save_event(&e).await.unwrap().is_success(),
+            "backlog event {i} stored"
+        );
+    }
+    let (_relay, url) = relay_with(
+        RelayBuilder::default()
+            .database(store)
+            .max_filter_limit(100)
+            .default_filter_limit(100)
+            .query_policy(policy),
+    )
+    .await;
+    let mut cfg = IngestConfig::new(vec![url.clone()], Duration::from_secs(300), Duration::from_millis(200));
+    cfg.replay_truncation_hint = 100;
+    cfg.notification_capacity = 256;
+    let (stop, task) = start_with(&db, cfg);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while (jobs(&mut conn).len() as u64) < BACKLOG {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {BACKLOG} events enqueued",
+            jobs(&mut conn).len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It settles: within 30 s comes a 3 s window in which no query reaches the relay (the author set does not
+    // change and nothing closes, so nothing has to be read again). The old loop re-queried every second or so.
+    let settle_by = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut windows = Vec::new();
+    loop {
+        let before = queries.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = queries.load(std::sync::atomic::Ordering::SeqCst);
+        windows.push(after - before);
+        if after == before {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < settle_by,
+            "the ingest keeps re-querying the relay after its catch-up (queries per 3 s: {windows:?})"
+        );
+    }
+    assert_eq!(jobs(&mut conn).len() as u64, BACKLOG, "one job per event");
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
