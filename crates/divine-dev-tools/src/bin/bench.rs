@@ -37,10 +37,11 @@
 //! previous one is written (one event in flight per account, the shape of the raw phase) — and *burst* — all 500 at
 //! once, round-robin, so the bridge's queue is never empty. Each event has its own video (tiny.mp4 plus a unique
 //! trailing `free` box, written to `$LOCALNET_DIR/media/` for the run and removed after), so every post uploads a new
-//! blob as real posts do. Then, with the bridge idle, it creates as many plain PDS
-//! accounts and writes equivalent post records with `putRecord`, one in-flight write per repo, all repos in parallel.
-//! A record counts as written when its `record_mappings` row turns `published` (polled every 10 ms): the bridge marks
-//! it after the PDS answered putRecord, and the PDS commits before it answers; every one is then read back with
+//! blob as real posts do. Then, with the bridge idle, it creates as many plain PDS accounts (an invite each, minted
+//! with `PDS_ADMIN_PASSWORD`: the PDS is invite-only) and writes equivalent post records with `putRecord`, one
+//! in-flight write per repo, all repos in parallel. A record counts as written when its `record_mappings` row turns
+//! `published` (polled every 5–100 ms, see `poll_interval`): the bridge marks it after the PDS answered putRecord,
+//! and the PDS commits before it answers; every one is then read back with
 //! `getRecord`. Prints:
 //! - `e2e_lag_p50_ms` / `e2e_lag_p99_ms` — steady phase, per event, relay OK → written;
 //! - `bridged_posts_per_sec` — burst phase, events / (first publish → last record written): the bridge's capacity;
@@ -53,6 +54,9 @@
 //!   published one at a time; `burst_phase_<phase>_mean_ms` (the bridge's `bridge_publish_phase_seconds` over the
 //!   burst: where a publish try's time goes) and `burst_publish_try_mean_ms`. The bridge's own media fetch time
 //!   goes to stderr.
+//! - `burst_cpu_<group>_ms_per_post` / `raw_upload_put_cpu_<group>_ms_per_post` and `burst_busy_cores` /
+//!   `raw_upload_put_busy_cores` — where the machine's CPU went in the two compared phases, per post, by process
+//!   group (`pds`, `bridge`, `relay`, `postgres`, `media`, `gateway`, `bench`, `other`; see [`cpu`]);
 //! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
 //!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
 //!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
@@ -476,6 +480,16 @@ fn explain(conn: &mut PgConnection) -> anyhow::Result<()> {
 }
 
 /// Suite `e2e`: bridge lag and throughput against the localnet, and raw PDS putRecord throughput for comparison.
+/// One single-use invite code minted through the PDS admin API (the bench's own plain accounts: the bridge's PDS is
+/// invite-only, issue 12 §4), with the bridge's own client call.
+async fn invite(pds_url: &str, admin_password: &str) -> anyhow::Result<String> {
+    use divine_atproto::xrpc::{XrpcClient, XrpcConfig};
+    let pds = divine_atproto::pds::PdsClient::new(XrpcClient::new(&XrpcConfig::default())?, pds_url);
+    pds.create_invite_code(admin_password)
+        .await
+        .map_err(|e| anyhow::anyhow!("createInviteCode: {e}"))
+}
+
 mod e2e {
     use anyhow::{bail, Context};
     use diesel::prelude::*;
@@ -497,6 +511,8 @@ mod e2e {
         handle_domain: String,
         /// The bridge's HTTP server (`/metrics`), for the SLO fractions and the sweep's found counters.
         bridge_http_url: String,
+        /// The PDS admin password, to mint invites for the raw phase's plain accounts.
+        pds_admin_password: String,
     }
 
     fn var(name: &str) -> anyhow::Result<String> {
@@ -514,6 +530,7 @@ mod e2e {
                 gateway_token: var("GATEWAY_SERVICE_TOKEN")?,
                 handle_domain: var("HANDLE_DOMAIN")?,
                 bridge_http_url: var("BRIDGE_HTTP_URL")?.trim_end_matches('/').to_string(),
+                pds_admin_password: var("PDS_ADMIN_PASSWORD")?,
             })
         }
     }
@@ -667,7 +684,9 @@ mod e2e {
             percentile_ms(&steady.lags, 0.99)
         );
         let burst_before = super::slo::scrape(&http, &metrics_url).await?;
+        let burst_cpu = super::cpu::sample();
         let burst = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, burst_videos.tags.clone()).await?;
+        let burst_cpu_after = super::cpu::sample();
         let burst_after = super::slo::scrape(&http, &metrics_url).await?;
         eprintln!(
             "bench: burst: {n_events} events bridged in {:.2} s; lag p50 {:.0} ms, p99 {:.0} ms",
@@ -717,10 +736,12 @@ mod e2e {
             let (http, env, video) = (&http, &env, &video);
             async move {
                 let handle = format!("rw{}.test", rand_name(10));
+                let code = super::invite(&env.pds_url, &env.pds_admin_password).await?;
                 let resp = http
                     .post(format!("{}/xrpc/com.atproto.server.createAccount", env.pds_url))
                     .json(&serde_json::json!({
-                        "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24)
+                        "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24),
+                        "inviteCode": code
                     }))
                     .send()
                     .await?;
@@ -744,6 +765,7 @@ mod e2e {
             join_all(setups).await.into_iter().collect::<anyhow::Result<_>>()?;
         let (raw_posts, raw_secs) = raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, None).await?;
         eprintln!("bench: raw putRecord: {raw_posts} posts over {n_accounts} repos in {raw_secs:.2} s");
+        let raw_cpu = super::cpu::sample();
         let (full_posts, full_secs) = raw_writes(
             &http,
             &env,
@@ -753,6 +775,7 @@ mod e2e {
             Some(&burst_videos.bytes),
         )
         .await?;
+        let raw_cpu_after = super::cpu::sample();
         eprintln!("bench: raw uploadBlob+putRecord: {full_posts} posts over {n_accounts} repos in {full_secs:.2} s");
 
         let bridged_pps = n_events as f64 / burst.secs;
@@ -791,6 +814,9 @@ mod e2e {
             "publish_post",
         );
         println!("burst_publish_try_mean_ms={:.2}", try_mean * 1000.0);
+        // Where the machine's CPU went in each of the two compared phases (per post, per process group).
+        super::cpu::print("burst", &burst_cpu, &burst_cpu_after, n_events);
+        super::cpu::print("raw_upload_put", &raw_cpu, &raw_cpu_after, full_posts);
         println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
         println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
         // The zero-loss SLO over this run (deltas of the bridge's own counters), after one complete reconciliation
@@ -973,7 +999,9 @@ mod e2e {
                 }
             }
         }
-        // Poll the mappings every 10 ms until every event is written (or 5 minutes pass).
+        // Poll the mappings until every event is written (or 5 minutes pass), every `poll_interval(pending)`: the
+        // poll is one index probe per pending event, so the interval grows with them and the observer's own load on
+        // Postgres stays flat (~2 % of a core) instead of competing with the system it measures.
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let pending: Vec<String> = {
@@ -984,6 +1012,7 @@ mod e2e {
                     .map(|(id, _)| id.clone())
                     .collect()
             };
+            let interval = poll_interval(pending.len());
             let done = track.lock().unwrap().seen.iter().all(Option::is_some);
             if done {
                 break;
@@ -1023,7 +1052,7 @@ mod e2e {
                     .await?;
                 bail!("{shape:?}: events not bridged within 5 minutes; e.g. {stuck:?}");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(interval).await;
         }
         while let Some(r) = publishers.join_next().await {
             r??;
@@ -1047,6 +1076,20 @@ mod e2e {
             uris,
             first_id,
         })
+    }
+
+    /// The shortest and longest interval between two polls of `record_mappings` in [`bridge_phase`].
+    const POLL_MIN: Duration = Duration::from_millis(5);
+    const POLL_MAX: Duration = Duration::from_millis(100);
+
+    /// How long to wait before the next poll with `pending` events still unwritten: 0.2 ms per pending event (a poll
+    /// costs Postgres one index probe, ~5 µs, per pending event: measured 1.3 ms with 250 pending), between
+    /// [`POLL_MIN`] and [`POLL_MAX`]. Polling every 10 ms whatever the backlog cost Postgres ~0.13 of a core during
+    /// a burst (half of its CPU per post there), CPU the bridged phase lost and the raw phase did not. A longer
+    /// interval can only make a phase look slower (its end is seen later), never faster; near the end of a phase
+    /// few events are pending and the interval is back at the minimum.
+    fn poll_interval(pending: usize) -> Duration {
+        (Duration::from_micros(200) * pending as u32).clamp(POLL_MIN, POLL_MAX)
     }
 
     /// Writes `n_events` equivalent post records across `accounts` with `putRecord`, one in-flight write per repo and
@@ -1744,9 +1787,12 @@ mod media {
         let mut raw_accounts = Vec::new();
         for _ in 0..n {
             let handle = format!("rm{}.test", rand_name(10));
+            let code = super::invite(&pds_url, &var("PDS_ADMIN_PASSWORD")?).await?;
             let resp = http
                 .post(format!("{pds_url}/xrpc/com.atproto.server.createAccount"))
-                .json(&serde_json::json!({"handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24)}))
+                .json(&serde_json::json!({
+                    "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24), "inviteCode": code
+                }))
                 .send()
                 .await?;
             let status = resp.status();
@@ -1820,5 +1866,127 @@ mod media {
         drop(relay);
         drop(tdb);
         Ok(())
+    }
+}
+
+/// Where the machine's CPU goes during a phase of `bench e2e`: CPU time per process group, read from `/proc`
+/// (`utime + stime + cutime + cstime` of every process, so backends that exited during the phase still count
+/// through their waiting parent), and the machine's busy cores from `/proc/stat`. Linux only; on a read error a
+/// process is skipped (it exited between the listing and the read). Context for
+/// `bridge_vs_raw_upload_put_ratio`: on two shared cores, CPU the bridge, relay, Postgres and this bench take during
+/// the bridged phase is CPU the PDS does not get (docs/runbooks/crossposting.md "Throughput against the PDS").
+mod cpu {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    /// `/proc` reports times in USER_HZ, which is 100 on every Linux ABI this runs on (x86_64, aarch64).
+    const TICKS_PER_SEC: f64 = 100.0;
+    /// The groups printed, in this order; a process that matches none counts under `other`.
+    pub const GROUPS: &[&str] = &[
+        "pds", "bridge", "relay", "postgres", "media", "gateway", "bench", "other",
+    ];
+
+    /// One reading: CPU seconds per group, the machine's busy and total jiffies, and when.
+    pub struct Sample {
+        groups: BTreeMap<&'static str, f64>,
+        busy: f64,
+        at: Instant,
+    }
+
+    fn group(pid: &str, comm: &str, cmdline: &str) -> &'static str {
+        if pid == std::process::id().to_string() {
+            "bench"
+        } else if comm.starts_with("divine-atbridge") {
+            "bridge"
+        } else if comm.starts_with("dev-relay") {
+            "relay"
+        } else if comm.starts_with("postgres") {
+            "postgres"
+        } else if cmdline.contains("pds.mjs") {
+            "pds"
+        } else if cmdline.contains("media-server.mjs") {
+            "media"
+        } else if comm.starts_with("divine-handle-g") {
+            "gateway"
+        } else {
+            "other"
+        }
+    }
+
+    /// Fields 14–17 of `/proc/<pid>/stat` (after the `(comm)` field, which may hold spaces), in seconds.
+    fn cpu_secs(stat: &str) -> Option<(String, f64)> {
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // rest[0] is field 3 (state); fields 14..=17 are rest[11..=14].
+        let ticks: f64 = rest.get(11..=14)?.iter().map(|v| v.parse::<f64>().unwrap_or(0.0)).sum();
+        Some((comm, ticks / TICKS_PER_SEC))
+    }
+
+    pub fn sample() -> Sample {
+        let mut groups: BTreeMap<&'static str, f64> = GROUPS.iter().map(|g| (*g, 0.0)).collect();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let Some((comm, secs)) = cpu_secs(&stat) else { continue };
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                *groups.entry(group(&pid, &comm, &cmdline)).or_default() += secs;
+            }
+        }
+        // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...; busy = all but idle+iowait.
+        let busy = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let v: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                Some(v.iter().sum::<f64>() - v.get(3).copied().unwrap_or(0.0) - v.get(4).copied().unwrap_or(0.0))
+            })
+            .unwrap_or(0.0);
+        Sample {
+            groups,
+            busy: busy / TICKS_PER_SEC,
+            at: Instant::now(),
+        }
+    }
+
+    /// Prints `<prefix>_cpu_<group>_ms_per_post` for every group and `<prefix>_busy_cores` (machine-wide CPU
+    /// seconds per wall second) between two samples.
+    pub fn print(prefix: &str, before: &Sample, after: &Sample, posts: usize) {
+        for g in GROUPS {
+            let secs = after.groups.get(g).copied().unwrap_or(0.0) - before.groups.get(g).copied().unwrap_or(0.0);
+            println!(
+                "{prefix}_cpu_{g}_ms_per_post={:.2}",
+                secs.max(0.0) * 1000.0 / posts.max(1) as f64
+            );
+        }
+        let wall = after.at.duration_since(before.at).as_secs_f64();
+        println!("{prefix}_busy_cores={:.2}", (after.busy - before.busy) / wall.max(1e-9));
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn stat_fields_after_a_comm_with_spaces() {
+            // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
+            let stat = "42 (node pds.mjs) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 11";
+            let (comm, secs) = super::cpu_secs(stat).unwrap();
+            assert_eq!(comm, "node pds.mjs");
+            assert!((secs - 3.10).abs() < 1e-9, "{secs}");
+            assert_eq!(super::group("1", "node", "node\0/x/pds.mjs\0"), "pds");
+            assert_eq!(super::group("1", "postgres", ""), "postgres");
+        }
     }
 }
