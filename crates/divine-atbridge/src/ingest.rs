@@ -458,10 +458,10 @@ pub async fn run(db: Db, cfg: IngestConfig, mut shutdown: watch::Receiver<bool>)
     }
     let client = relay_pool(&cfg.relays, cfg.notification_capacity).await?;
     // Catch-up pages are read through a pool of their own. Every event a pool receives is broadcast on its
-    // notification channel (4,096 entries by default), and this loop does not read that channel while it awaits a catch-up: a
-    // catch-up of more than 4,096 events through the live pool overflowed it, the loop saw `Lagged`, resubscribed
-    // every shard from the cursor minus the overlap, and the replay started the same catch-up again — without end
-    // (seen on the localnet with ~10,000 events inside the overlap window; test
+    // notification channel (4,096 entries by default), and this loop does not read that channel while it awaits a
+    // catch-up: a catch-up of more than 4,096 events through the live pool overflowed it, the loop saw `Lagged`,
+    // resubscribed every shard from the cursor minus the overlap, and the replay started the same catch-up again —
+    // without end (seen on the localnet with ~10,000 events inside the overlap window; test
     // `a_catch_up_larger_than_the_notification_channel_settles`). The live pool carries live subscriptions only.
     let history = relay_pool(&cfg.relays, cfg.notification_capacity).await?;
     let mut notifications = client.notifications();
