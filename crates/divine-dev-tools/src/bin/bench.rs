@@ -479,17 +479,32 @@ fn explain(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Suite `e2e`: bridge lag and throughput against the localnet, and raw PDS putRecord throughput for comparison.
-/// One single-use invite code minted through the PDS admin API (the bench's own plain accounts: the bridge's PDS is
-/// invite-only, issue 12 §4), with the bridge's own client call.
-async fn invite(pds_url: &str, admin_password: &str) -> anyhow::Result<String> {
-    use divine_atproto::xrpc::{XrpcClient, XrpcConfig};
-    let pds = divine_atproto::pds::PdsClient::new(XrpcClient::new(&XrpcConfig::default())?, pds_url);
-    pds.create_invite_code(admin_password)
-        .await
-        .map_err(|e| anyhow::anyhow!("createInviteCode: {e}"))
+/// Mints invites for the bench's own plain PDS accounts (the bridge's PDS is invite-only, issue 12 §4) with the
+/// bridge's own client call: one client for all of a suite's invites.
+struct Invites {
+    pds: divine_atproto::pds::PdsClient,
+    admin_password: String,
 }
 
+impl Invites {
+    fn new(pds_url: &str, admin_password: &str) -> anyhow::Result<Invites> {
+        use divine_atproto::xrpc::{XrpcClient, XrpcConfig};
+        Ok(Invites {
+            pds: divine_atproto::pds::PdsClient::new(XrpcClient::new(&XrpcConfig::default())?, pds_url),
+            admin_password: admin_password.to_string(),
+        })
+    }
+
+    /// One single-use invite code.
+    async fn mint(&self) -> anyhow::Result<String> {
+        self.pds
+            .create_invite_code(&self.admin_password)
+            .await
+            .map_err(|e| anyhow::anyhow!("createInviteCode: {e}"))
+    }
+}
+
+/// Suite `e2e`: bridge lag and throughput against the localnet, and raw PDS putRecord throughput for comparison.
 mod e2e {
     use anyhow::{bail, Context};
     use diesel::prelude::*;
@@ -732,11 +747,12 @@ mod e2e {
         };
 
         // 3. Raw PDS: as many plain accounts, equivalent records, one in-flight putRecord per repo, all in parallel.
+        let invites = super::Invites::new(&env.pds_url, &env.pds_admin_password)?;
         let setups = (0..n_accounts).map(|_| {
-            let (http, env, video) = (&http, &env, &video);
+            let (http, env, video, invites) = (&http, &env, &video, &invites);
             async move {
                 let handle = format!("rw{}.test", rand_name(10));
-                let code = super::invite(&env.pds_url, &env.pds_admin_password).await?;
+                let code = invites.mint().await?;
                 let resp = http
                     .post(format!("{}/xrpc/com.atproto.server.createAccount", env.pds_url))
                     .json(&serde_json::json!({
@@ -1784,10 +1800,11 @@ mod media {
 
         // Raw: the same files, uploadBlob + putRecord, all in parallel.
         let http = reqwest::Client::new();
+        let invites = super::Invites::new(&pds_url, &var("PDS_ADMIN_PASSWORD")?)?;
         let mut raw_accounts = Vec::new();
         for _ in 0..n {
             let handle = format!("rm{}.test", rand_name(10));
-            let code = super::invite(&pds_url, &var("PDS_ADMIN_PASSWORD")?).await?;
+            let code = invites.mint().await?;
             let resp = http
                 .post(format!("{pds_url}/xrpc/com.atproto.server.createAccount"))
                 .json(&serde_json::json!({
@@ -1881,12 +1898,29 @@ mod cpu {
 
     /// `/proc` reports times in USER_HZ, which is 100 on every Linux ABI this runs on (x86_64, aarch64).
     const TICKS_PER_SEC: f64 = 100.0;
-    /// The groups printed, in this order; a process that matches none counts under `other`.
-    pub const GROUPS: &[&str] = &[
-        "pds", "bridge", "relay", "postgres", "media", "gateway", "bench", "other",
+    /// How a process is recognised: by the start of its `comm` (the kernel's 15-byte name) or by a piece of its
+    /// command line (node processes differ only there).
+    enum Match {
+        Comm(&'static str),
+        Cmdline(&'static str),
+    }
+
+    /// The process groups, in the order they are printed; this bench's own process is `bench` and a process that
+    /// matches nothing counts under `other`.
+    const RULES: &[(&str, Match)] = &[
+        ("pds", Match::Cmdline("pds.mjs")),
+        ("bridge", Match::Comm("divine-atbridge")),
+        ("relay", Match::Comm("dev-relay")),
+        ("postgres", Match::Comm("postgres")),
+        ("media", Match::Cmdline("media-server.mjs")),
+        ("gateway", Match::Comm("divine-handle-g")),
     ];
 
-    /// One reading: CPU seconds per group, the machine's busy and total jiffies, and when.
+    fn groups() -> impl Iterator<Item = &'static str> {
+        RULES.iter().map(|(g, _)| *g).chain(["bench", "other"])
+    }
+
+    /// One reading: CPU seconds per group, the machine's busy seconds, and when.
     pub struct Sample {
         groups: BTreeMap<&'static str, f64>,
         busy: f64,
@@ -1895,22 +1929,15 @@ mod cpu {
 
     fn group(pid: &str, comm: &str, cmdline: &str) -> &'static str {
         if pid == std::process::id().to_string() {
-            "bench"
-        } else if comm.starts_with("divine-atbridge") {
-            "bridge"
-        } else if comm.starts_with("dev-relay") {
-            "relay"
-        } else if comm.starts_with("postgres") {
-            "postgres"
-        } else if cmdline.contains("pds.mjs") {
-            "pds"
-        } else if cmdline.contains("media-server.mjs") {
-            "media"
-        } else if comm.starts_with("divine-handle-g") {
-            "gateway"
-        } else {
-            "other"
+            return "bench";
         }
+        RULES
+            .iter()
+            .find(|(_, m)| match m {
+                Match::Comm(prefix) => comm.starts_with(prefix),
+                Match::Cmdline(piece) => cmdline.contains(piece),
+            })
+            .map_or("other", |(g, _)| *g)
     }
 
     /// Fields 14–17 of `/proc/<pid>/stat` (after the `(comm)` field, which may hold spaces), in seconds.
@@ -1925,7 +1952,7 @@ mod cpu {
     }
 
     pub fn sample() -> Sample {
-        let mut groups: BTreeMap<&'static str, f64> = GROUPS.iter().map(|g| (*g, 0.0)).collect();
+        let mut groups: BTreeMap<&'static str, f64> = groups().map(|g| (g, 0.0)).collect();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let pid = entry.file_name().to_string_lossy().into_owned();
@@ -1965,7 +1992,7 @@ mod cpu {
     /// Prints `<prefix>_cpu_<group>_ms_per_post` for every group and `<prefix>_busy_cores` (machine-wide CPU
     /// seconds per wall second) between two samples.
     pub fn print(prefix: &str, before: &Sample, after: &Sample, posts: usize) {
-        for g in GROUPS {
+        for g in groups() {
             let secs = after.groups.get(g).copied().unwrap_or(0.0) - before.groups.get(g).copied().unwrap_or(0.0);
             println!(
                 "{prefix}_cpu_{g}_ms_per_post={:.2}",
@@ -1987,6 +2014,12 @@ mod cpu {
             assert!((secs - 3.10).abs() < 1e-9, "{secs}");
             assert_eq!(super::group("1", "node", "node\0/x/pds.mjs\0"), "pds");
             assert_eq!(super::group("1", "postgres", ""), "postgres");
+            assert_eq!(
+                super::group("1", "divine-atbridge", "/x/divine-atbridge\0run\0"),
+                "bridge"
+            );
+            assert_eq!(super::group("1", "node", "node\0/x/plc.cjs\0"), "other");
+            assert_eq!(super::group(&std::process::id().to_string(), "bench", ""), "bench");
         }
     }
 }
