@@ -11,7 +11,8 @@
 //! 3. Each [`Spool`] works in its own instance directory `<MEDIA_SPOOL_DIR>/<pid>-<n>` holding an exclusively
 //!    locked `.lock` file. [`Spool::open`] removes every sibling instance directory whose lock it can take (its
 //!    owner is gone — killed, OOM-killed, restarted container), and never one whose owner is alive, so replicas or
-//!    test processes sharing a directory do not delete each other's files.
+//!    test processes sharing a directory do not delete each other's files. The sweep and the creation of an
+//!    instance hold the root's `.open.lock`, so a sweep never sees an instance between its creation and its lock.
 //! 4. The byte budget ([`MediaBudget`], `MEDIA_MEMORY_BUDGET_BYTES`) is a weighted semaphore: a video fetch takes
 //!    a permit BEFORE it starts (outside the fetch deadline, so waiting for budget never times a fetch out),
 //!    weighted by the size the event declares (`imeta size`), else the video size cap, capped at the whole budget
@@ -42,6 +43,8 @@ pub const DEFAULT_MEDIA_BUDGET_BYTES: u64 = 200_000_000;
 const BUDGET_UNIT: u64 = 1024;
 /// Read buffer of the upload stream.
 const READ_CHUNK: usize = 64 * 1024;
+/// The root's lock file, held while an instance is swept or created (a file, so the sweep never removes it).
+const OPEN_LOCK: &str = ".open.lock";
 /// Instances opened in this process (for unique instance directory names).
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
@@ -170,6 +173,17 @@ impl Spool {
     /// (rule 3), then creates and locks this instance's directory.
     pub fn open(root: &Path, budget: MediaBudget) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(root).map_err(|e| SpoolError::io(root, e))?;
+        // Rule 3's sweep and the creation of an instance exclude each other: between `create_dir` and `try_lock` a
+        // new instance looks exactly like one whose owner died before locking, and a sweep running then removed it
+        // under its owner. Held only for the sweep and the creation; released when `_open_guard` drops.
+        let open_lock_path = root.join(OPEN_LOCK);
+        let _open_guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&open_lock_path)
+            .map_err(|e| SpoolError::io(&open_lock_path, e))?;
+        _open_guard.lock().map_err(|e| SpoolError::io(&open_lock_path, e))?;
         let removed = clean_stale(root)?;
         if removed > 0 {
             tracing::info!(root = %root.display(), removed, "removed media spool directories of dead processes");
@@ -515,5 +529,37 @@ mod tests {
         let live_dir = live.dir().to_path_buf();
         drop(live);
         assert!(!live_dir.exists(), "a dropped spool removes its directory");
+    }
+
+    /// Spools opened at once under one root (replicas or the tests of one binary sharing the default directory):
+    /// each must keep its own directory. A sweep used to read a sibling created a moment earlier, before its lock
+    /// file existed or was locked, as a dead process's directory and remove it under its owner, whose every
+    /// spool file then failed with ENOENT (CI: `media_spool_io` until the e2e test timed out).
+    #[test]
+    fn spools_opened_at_once_keep_their_directories() {
+        let root = tempfile::tempdir().unwrap();
+        for _round in 0..50 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (root, barrier) = (root.path().to_path_buf(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Spool::open(&root, MediaBudget::new(1 << 20)).unwrap()
+                    })
+                })
+                .collect();
+            let spools: Vec<Spool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            for spool in &spools {
+                assert!(
+                    spool.dir().join(".lock").exists(),
+                    "{} lost its directory",
+                    spool.dir().display()
+                );
+                let mut w = spool.create().unwrap();
+                w.write(b"x").unwrap();
+                drop(w.finish().unwrap());
+            }
+        }
     }
 }
