@@ -814,3 +814,54 @@ async fn spooled_media_uploads_from_disk_and_is_removed_on_failure_and_success()
         "the ref computed while spooling is the uploaded bytes' ref"
     );
 }
+
+/// Counts the statements a connection sends (diesel's instrumentation sees every one).
+#[derive(Clone, Default)]
+struct StatementCount(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl diesel::connection::Instrumentation for StatementCount {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let diesel::connection::InstrumentationEvent::StartQuery { .. } = event {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The publish gate runs on every try: three statements whatever the event (account, tombstones by id and
+/// coordinate, the event's mapping with its coordinate's newest revision), where it used to take five for an
+/// addressable video. Its verdicts are those of `gates_disabled_not_ready_failed_and_untranslatable`,
+/// `deletes_win_in_either_order` and `addressable_revisions_supersede_and_coordinate_deletes_cover_older_ones`.
+#[tokio::test]
+async fn the_publish_gate_reads_in_three_statements() {
+    let tdb = TestDb::migrated("jobs_publish_gate_statements");
+    let db = tdb.pool(4);
+    let keys = Keys::generate();
+    account(&mut tdb.conn(), &keys, "ready", true);
+    let repo = MemRepo::default();
+    // An earlier revision is bridged and a delete of another event is remembered, so every lookup finds rows.
+    let v1 = video(&keys, "rev 1", 34235, Some("clip"), T);
+    publish::publish(&db, &FakeSource, &repo, &vid(&v1)).await.unwrap();
+    let other = video(&keys, "other", 22, None, T);
+    let del = delete_event(&keys, vec![Tag::event(other.id)], T + 1);
+    publish::delete(&db, &repo, &deletion(&del)).await.unwrap();
+
+    let mut conn = tdb.conn();
+    let count = StatementCount::default();
+    conn.set_instrumentation(count.clone());
+    let pubkey = keys.public_key().to_hex();
+    for event in [
+        video(&keys, "rev 2", 34235, Some("clip"), T + 100),
+        video(&keys, "plain", 22, None, T),
+    ] {
+        let v = vid(&event);
+        let coord = v.coordinate.as_ref().map(|c| c.to_string());
+        count.0.store(0, std::sync::atomic::Ordering::Relaxed);
+        let (did, existing) = publish::gate(&mut conn, &pubkey, &v.id, coord.as_deref(), v.created_at).unwrap();
+        assert!(did.starts_with(DID) && existing.is_none());
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::Relaxed),
+            3,
+            "statements of the gate for {coord:?}"
+        );
+    }
+}

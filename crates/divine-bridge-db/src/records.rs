@@ -387,17 +387,40 @@ pub fn live_records_for_coordinate(conn: &mut PgConnection, coordinate: &str) ->
         .load(conn)?)
 }
 
-/// The newest revision (any state) seen for a coordinate.
-pub fn newest_for_coordinate(conn: &mut PgConnection, coordinate: &str) -> Result<Option<RecordMapping>, DbError> {
-    Ok(record_mappings::table
-        .filter(record_mappings::coordinate.eq(coordinate))
+/// A video's own mapping and the newest revision (any state) of its coordinate, read together in one round trip
+/// (the publish gate needs both). The query orders this event's row first, then the coordinate's rows newest first,
+/// and keeps two: the event's own row (when it exists) and the newest other revision, or the two newest revisions.
+/// Either way the newest revision is the larger of the two by `(event_created_at, nostr_event_id)`. Without a
+/// coordinate only the event's row is read.
+pub fn record_and_newest_revision(
+    conn: &mut PgConnection,
+    event_id: &str,
+    coordinate: Option<&str>,
+) -> Result<(Option<RecordMapping>, Option<RecordMapping>), DbError> {
+    let Some(coordinate) = coordinate else {
+        return Ok((get_record(conn, event_id)?, None));
+    };
+    let rows: Vec<RecordMapping> = record_mappings::table
+        .filter(
+            record_mappings::nostr_event_id
+                .eq(event_id)
+                .or(record_mappings::coordinate.eq(coordinate)),
+        )
         .order((
+            record_mappings::nostr_event_id.eq(event_id).desc(),
             record_mappings::event_created_at.desc(),
             record_mappings::nostr_event_id.desc(),
         ))
+        .limit(2)
         .select(RecordMapping::as_select())
-        .first(conn)
-        .optional()?)
+        .load(conn)?;
+    let newest = rows
+        .iter()
+        .filter(|r| r.coordinate.as_deref() == Some(coordinate))
+        .max_by(|a, b| (a.event_created_at, &a.nostr_event_id).cmp(&(b.event_created_at, &b.nostr_event_id)))
+        .cloned();
+    let own = rows.into_iter().find(|r| r.nostr_event_id == event_id);
+    Ok((own, newest))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -435,7 +458,7 @@ pub fn put_tombstone(conn: &mut PgConnection, t: &Tombstone) -> Result<(), DbErr
 }
 
 /// Whether an event is deleted: by id, or (for addressable events) by a coordinate delete dated at or after the
-/// revision's created_at. Only tombstones by the same author count.
+/// revision's created_at. Only tombstones by the same author count. One round trip (`EXISTS` over both keys).
 pub fn is_tombstoned(
     conn: &mut PgConnection,
     pubkey: &str,
@@ -443,23 +466,20 @@ pub fn is_tombstoned(
     coordinate: Option<&str>,
     created_at: DateTime<Utc>,
 ) -> Result<bool, DbError> {
-    let by_id = nostr_tombstones::table
-        .find((event_id, pubkey))
-        .count()
-        .get_result::<i64>(conn)?
-        > 0;
-    if by_id {
-        return Ok(true);
-    }
-    let Some(coord) = coordinate else {
-        return Ok(false);
-    };
-    Ok(nostr_tombstones::table
-        .find((coord, pubkey))
-        .filter(nostr_tombstones::deleted_at.ge(created_at))
-        .count()
-        .get_result::<i64>(conn)?
-        > 0)
+    use diesel::dsl::exists;
+    let by_author = nostr_tombstones::table.filter(nostr_tombstones::nostr_pubkey.eq(pubkey));
+    let by_id = nostr_tombstones::target.eq(event_id);
+    Ok(match coordinate {
+        None => diesel::select(exists(by_author.filter(by_id))).get_result(conn)?,
+        Some(coord) => diesel::select(exists(
+            by_author.filter(
+                by_id.or(nostr_tombstones::target
+                    .eq(coord)
+                    .and(nostr_tombstones::deleted_at.ge(created_at))),
+            ),
+        ))
+        .get_result(conn)?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -243,3 +243,92 @@ fn keys_are_inserted_once() {
         "plc_registered"
     );
 }
+
+/// The publish gate's one read: a video's own mapping and the newest revision of its coordinate, whichever of them
+/// exist and whether or not they are the same row.
+#[test]
+fn own_mapping_and_newest_revision_come_from_one_read() {
+    let db = TestDb::migrated("records_newest_revision");
+    let mut conn = db.conn();
+    link(&mut conn);
+    let coord = format!("34236:{PK}:Vine-A");
+    let other = format!("34236:{PK}:vine-a");
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let (old, mid, new) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    let ids = |(own, newest): (Option<RecordMapping>, Option<RecordMapping>)| {
+        (own.map(|m| m.nostr_event_id), newest.map(|m| m.nostr_event_id))
+    };
+
+    // Nothing bridged yet.
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &mid, Some(&coord)).unwrap()),
+        (None, None)
+    );
+    // Only the event itself: it is its own newest revision.
+    reserve_record(&mut conn, &mapping(&mid, "3kaaaaaaaaa22", t0, Some(&coord))).unwrap();
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &mid, Some(&coord)).unwrap()),
+        (Some(mid.clone()), Some(mid.clone()))
+    );
+    // Two older revisions and a revision of another coordinate (d tags are case-sensitive) do not displace it.
+    reserve_record(
+        &mut conn,
+        &mapping(&old, "3kbbbbbbbbb22", t0 - Duration::seconds(10), Some(&coord)),
+    )
+    .unwrap();
+    reserve_record(
+        &mut conn,
+        &mapping(
+            &"d".repeat(64),
+            "3kccccccccc22",
+            t0 - Duration::seconds(5),
+            Some(&coord),
+        ),
+    )
+    .unwrap();
+    reserve_record(
+        &mut conn,
+        &mapping(&"e".repeat(64), "3kddddddddd22", t0 + Duration::days(1), Some(&other)),
+    )
+    .unwrap();
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &mid, Some(&coord)).unwrap()),
+        (Some(mid.clone()), Some(mid.clone()))
+    );
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &old, Some(&coord)).unwrap()),
+        (Some(old.clone()), Some(mid.clone())),
+        "an older revision's own row and the newest other"
+    );
+    // A newer revision (any state counts) is the newest, for its elders and for an event not yet bridged.
+    reserve_record(
+        &mut conn,
+        &mapping(&new, "3keeeeeeeee22", t0 + Duration::seconds(1), Some(&coord)),
+    )
+    .unwrap();
+    mark_removed(&mut conn, &new, RecordState::Deleted).unwrap();
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &mid, Some(&coord)).unwrap()),
+        (Some(mid.clone()), Some(new.clone()))
+    );
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &"f".repeat(64), Some(&coord)).unwrap()),
+        (None, Some(new.clone()))
+    );
+    // The same second: the larger event id is the newer revision.
+    let tie = "0".repeat(64);
+    reserve_record(
+        &mut conn,
+        &mapping(&tie, "3kfffffffff22", t0 + Duration::seconds(1), Some(&coord)),
+    )
+    .unwrap();
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &tie, Some(&coord)).unwrap()),
+        (Some(tie.clone()), Some(new.clone()))
+    );
+    // No coordinate: only the event's own row.
+    assert_eq!(
+        ids(record_and_newest_revision(&mut conn, &mid, None).unwrap()),
+        (Some(mid.clone()), None)
+    );
+}

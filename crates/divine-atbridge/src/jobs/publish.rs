@@ -22,6 +22,7 @@ use crate::metrics::phase;
 use crate::nostr::{DeleteRequest, VideoEvent};
 use crate::translate::{self, KnownRecord};
 use chrono::{DateTime, Utc};
+use diesel::PgConnection;
 use divine_bridge_db::records::{self, RecordMapping, Tombstone};
 use divine_bridge_db::ErrorCode;
 use divine_bridge_db::{Db, RecordState};
@@ -62,6 +63,40 @@ pub fn rkey_for(video: &VideoEvent) -> Result<String, crate::tid::TidError> {
     crate::tid::tid_for_event(secs, &video.id).map(|t| t.to_string())
 }
 
+/// The publish gate, from the database alone (no side effects): the account admits new posts ([`account_gate`]), no
+/// kind 5 covers the event (`deleted`) and no newer revision of its coordinate is bridged (`superseded`). Returns the
+/// account's DID and the event's mapping from an earlier try, if any. Three statements, one round trip each: it
+/// runs on every try, next to a PDS that shares the machine's CPU in small deployments (issue 11 §5).
+pub fn gate(
+    c: &mut PgConnection,
+    pubkey: &str,
+    event_id: &str,
+    coord: Option<&str>,
+    created: DateTime<Utc>,
+) -> Result<(String, Option<RecordMapping>), JobError> {
+    let did = account_gate(c, pubkey)?;
+    if records::is_tombstoned(c, pubkey, event_id, coord, created)? {
+        return Err(JobError::ineligible(
+            ErrorCode::Deleted,
+            "a kind 5 deletion for this event was seen",
+        ));
+    }
+    let (existing, newest) = records::record_and_newest_revision(c, event_id, coord)?;
+    if let (Some(coord), Some(newest)) = (coord, newest) {
+        let newer = (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id);
+        if newer && newest.nostr_event_id != event_id {
+            return Err(JobError::ineligible(
+                ErrorCode::Superseded,
+                format!(
+                    "a newer revision ({}) of {coord} is already bridged",
+                    newest.nostr_event_id
+                ),
+            ));
+        }
+    }
+    Ok((did, existing))
+}
+
 /// Publishes one video event exactly once.
 pub async fn publish(
     db: &Db,
@@ -78,33 +113,8 @@ pub async fn publish(
     // Gates, all from the database (no side effects yet).
     let (did, existing) = {
         let (pubkey, event_id, coord) = (pubkey.clone(), event_id.clone(), coord.clone());
-        db.run(move |c| {
-            let did = account_gate(c, &pubkey)?;
-            if records::is_tombstoned(c, &pubkey, &event_id, coord.as_deref(), created)? {
-                return Err(JobError::ineligible(
-                    ErrorCode::Deleted,
-                    "a kind 5 deletion for this event was seen",
-                ));
-            }
-            let existing = records::get_record(c, &event_id)?;
-            if let Some(coord) = coord.as_deref() {
-                if let Some(newest) = records::newest_for_coordinate(c, coord)? {
-                    let newer =
-                        (newest.event_created_at, newest.nostr_event_id.as_str()) > (created, event_id.as_str());
-                    if newer && newest.nostr_event_id != event_id {
-                        return Err(JobError::ineligible(
-                            ErrorCode::Superseded,
-                            format!(
-                                "a newer revision ({}) of {coord} is already bridged",
-                                newest.nostr_event_id
-                            ),
-                        ));
-                    }
-                }
-            }
-            Ok((did, existing))
-        })
-        .await?
+        db.run(move |c| gate(c, &pubkey, &event_id, coord.as_deref(), created))
+            .await?
     };
     phase("gate", t);
     if let Some(m) = &existing {
@@ -176,8 +186,8 @@ pub async fn publish(
         .await?;
     let t = phase("put", t);
     crate::failpoint::hit("publish_after_put");
-    let now_state = {
-        let (event_id, uri, cid) = (event_id.clone(), uri.clone(), cid.clone());
+    let (now_state, live) = {
+        let (event_id, uri, cid, coord) = (event_id.clone(), uri.clone(), cid.clone(), coord.clone());
         db.run(move |c| {
             // The reservation already holds the prepared record; it is rewritten only when the PDS's blob refs
             // changed it (one statement, one commit per publish in the common case).
@@ -185,12 +195,17 @@ pub async fn publish(
                 records::update_reserved_record(c, &event_id, &record)?;
             }
             if records::mark_published(c, &event_id, &uri, &cid)? {
-                return Ok(RecordState::Published);
+                // The supersede sweep's read goes with the mark (one checkout instead of two).
+                let live = match coord.as_deref() {
+                    Some(coord) => records::live_records_for_coordinate(c, coord)?,
+                    None => Vec::new(),
+                };
+                return Ok((RecordState::Published, live));
             }
             let row = records::get_record(c, &event_id)?.ok_or_else(|| {
                 divine_bridge_db::DbError::Corrupt(format!("record_mappings row {event_id} vanished"))
             })?;
-            row.record_state()
+            Ok::<_, divine_bridge_db::DbError>((row.record_state()?, Vec::new()))
         })
         .await?
     };
@@ -210,9 +225,7 @@ pub async fn publish(
     }
 
     // A newer revision of an addressable video replaces the older bridged ones.
-    if let Some(coord) = coord.as_deref() {
-        supersede_older(db, repo, coord, &event_id, created).await?;
-    }
+    remove_older(db, repo, live, &event_id, created).await?;
     Ok(Published::Written { uri, cid })
 }
 
@@ -238,6 +251,18 @@ async fn supersede_older(
         let coord = coord.to_string();
         db.run(move |c| records::live_records_for_coordinate(c, &coord)).await?
     };
+    remove_older(db, repo, live, event_id, created).await
+}
+
+/// The supersede sweep's writes: of `live` (the live revisions of one coordinate), deletes those older than
+/// `(created, event_id)` from the repo and marks them `superseded`.
+async fn remove_older(
+    db: &Db,
+    repo: &dyn RepoWriter,
+    live: Vec<RecordMapping>,
+    event_id: &str,
+    created: DateTime<Utc>,
+) -> Result<(), JobError> {
     for old in live
         .into_iter()
         .filter(|m| (m.event_created_at, m.nostr_event_id.as_str()) < (created, event_id))
