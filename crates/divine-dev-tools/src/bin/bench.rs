@@ -57,6 +57,8 @@
 //! - `burst_cpu_<group>_ms_per_post` / `raw_upload_put_cpu_<group>_ms_per_post` and `burst_busy_cores` /
 //!   `raw_upload_put_busy_cores` — where the machine's CPU went in the two compared phases, per post, by process
 //!   group (`pds`, `bridge`, `relay`, `postgres`, `media`, `gateway`, `bench`, `other`; see [`cpu`]);
+//!   `<phase>_pds_main_on_cpu`, `<phase>_pds_main_runqueue_wait` (fractions of the phase's wall time the PDS's main
+//!   thread ran, and was runnable but waited for a CPU) and `<phase>_pds_runqueue_wait_ms_per_post`;
 //! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
 //!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
 //!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
@@ -1920,11 +1922,30 @@ mod cpu {
         RULES.iter().map(|(g, _)| *g).chain(["bench", "other"])
     }
 
-    /// One reading: CPU seconds per group, the machine's busy seconds, and when.
+    /// One reading: CPU seconds per group, the machine's busy seconds, the PDS main thread's scheduler times, and
+    /// when.
     pub struct Sample {
         groups: BTreeMap<&'static str, f64>,
         busy: f64,
+        pds_main: Option<Schedstat>,
         at: Instant,
+    }
+
+    /// `/proc/<pid>/schedstat` of a process's main thread: seconds on a CPU, seconds runnable but waiting for one.
+    /// The PDS is one Node process whose main thread does its work; how long that thread waited for a CPU while the
+    /// bridge's processes ran is the part of the throughput gap no bridge-side latency explains.
+    #[derive(Clone, Copy)]
+    struct Schedstat {
+        on_cpu: f64,
+        waiting: f64,
+    }
+
+    fn schedstat(text: &str) -> Option<Schedstat> {
+        let mut v = text.split_whitespace().map(|x| x.parse::<f64>().ok());
+        Some(Schedstat {
+            on_cpu: v.next()?? / 1e9,
+            waiting: v.next()?? / 1e9,
+        })
     }
 
     fn group(pid: &str, comm: &str, cmdline: &str) -> &'static str {
@@ -1953,6 +1974,7 @@ mod cpu {
 
     pub fn sample() -> Sample {
         let mut groups: BTreeMap<&'static str, f64> = groups().map(|g| (g, 0.0)).collect();
+        let mut pds_main = None;
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for entry in dir.flatten() {
                 let pid = entry.file_name().to_string_lossy().into_owned();
@@ -1965,7 +1987,13 @@ mod cpu {
                 let Some((comm, secs)) = cpu_secs(&stat) else { continue };
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmdline = String::from_utf8_lossy(&cmdline);
-                *groups.entry(group(&pid, &comm, &cmdline)).or_default() += secs;
+                let g = group(&pid, &comm, &cmdline);
+                if g == "pds" && pds_main.is_none() {
+                    pds_main = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                        .ok()
+                        .and_then(|t| schedstat(&t));
+                }
+                *groups.entry(g).or_default() += secs;
             }
         }
         // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...; busy = all but idle+iowait.
@@ -1985,6 +2013,7 @@ mod cpu {
         Sample {
             groups,
             busy: busy / TICKS_PER_SEC,
+            pds_main,
             at: Instant::now(),
         }
     }
@@ -1999,8 +2028,18 @@ mod cpu {
                 secs.max(0.0) * 1000.0 / posts.max(1) as f64
             );
         }
-        let wall = after.at.duration_since(before.at).as_secs_f64();
-        println!("{prefix}_busy_cores={:.2}", (after.busy - before.busy) / wall.max(1e-9));
+        let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+        println!("{prefix}_busy_cores={:.2}", (after.busy - before.busy) / wall);
+        // The PDS main thread's share of the wall time on a CPU and waiting for one, and that wait per post.
+        if let (Some(a), Some(b)) = (before.pds_main, after.pds_main) {
+            let waiting = (b.waiting - a.waiting).max(0.0);
+            println!("{prefix}_pds_main_on_cpu={:.2}", (b.on_cpu - a.on_cpu).max(0.0) / wall);
+            println!("{prefix}_pds_main_runqueue_wait={:.2}", waiting / wall);
+            println!(
+                "{prefix}_pds_runqueue_wait_ms_per_post={:.2}",
+                waiting * 1000.0 / posts.max(1) as f64
+            );
+        }
     }
 
     #[cfg(test)]
@@ -2020,6 +2059,13 @@ mod cpu {
             );
             assert_eq!(super::group("1", "node", "node\0/x/plc.cjs\0"), "other");
             assert_eq!(super::group(&std::process::id().to_string(), "bench", ""), "bench");
+        }
+
+        #[test]
+        fn schedstat_is_run_and_wait_nanoseconds() {
+            let s = super::schedstat("12500000000 250000000 9876\n").unwrap();
+            assert!((s.on_cpu - 12.5).abs() < 1e-9 && (s.waiting - 0.25).abs() < 1e-9);
+            assert!(super::schedstat("garbage").is_none());
         }
     }
 }
