@@ -13,6 +13,8 @@
 //!    owner is gone — killed, OOM-killed, restarted container), and never one whose owner is alive, so replicas or
 //!    test processes sharing a directory do not delete each other's files. The sweep and the creation of an
 //!    instance hold the root's `.open.lock`, so a sweep never sees an instance between its creation and its lock.
+//!    An instance directory removed from outside (a tmp cleaner, an operator) is recreated, with its lock, by the
+//!    next spool file ([`Spool::create`]), so one `rm` costs one retried try, not every try until a restart.
 //! 4. The byte budget ([`MediaBudget`], `MEDIA_MEMORY_BUDGET_BYTES`) is a weighted semaphore: a video fetch takes
 //!    a permit BEFORE it starts (outside the fetch deadline, so waiting for budget never times a fetch out),
 //!    weighted by the size the event declares (`imeta size`), else the video size cap, capped at the whole budget
@@ -150,11 +152,13 @@ pub struct Spool {
 
 #[derive(Debug)]
 struct SpoolInner {
+    root: PathBuf,
     dir: PathBuf,
     budget: MediaBudget,
     next: AtomicU64,
-    /// Holds the instance lock for the spool's lifetime.
-    _lock: std::fs::File,
+    /// Holds the instance lock for the spool's lifetime (replaced when the directory is restored, see
+    /// [`Spool::create`]).
+    lock: std::sync::Mutex<std::fs::File>,
 }
 
 impl Drop for SpoolInner {
@@ -168,45 +172,74 @@ pub fn default_spool_root() -> PathBuf {
     std::env::temp_dir().join("divine-atbridge-spool")
 }
 
+/// Takes the root's `.open.lock` (blocking): rule 3's sweep and the creation of an instance directory exclude each
+/// other. Between `create_dir` and `try_lock` a new instance looks exactly like one whose owner died before locking
+/// it, and a sweep running then removed it under its owner. Held until the returned file drops.
+fn open_guard(root: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(root).map_err(|e| SpoolError::io(root, e))?;
+    let path = root.join(OPEN_LOCK);
+    let guard = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io(&path, e))?;
+    guard.lock().map_err(|e| SpoolError::io(&path, e))?;
+    Ok(guard)
+}
+
+/// Creates `dir` and its exclusively locked `.lock` file; call with [`open_guard`] held.
+fn lock_instance(dir: &Path) -> Result<std::fs::File, SpoolError> {
+    std::fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
+    let lock_path = dir.join(".lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| SpoolError::io(&lock_path, e))?;
+    lock.try_lock().map_err(|e| {
+        SpoolError::io(
+            &lock_path,
+            std::io::Error::other(format!("instance lock is taken: {e}")),
+        )
+    })?;
+    Ok(lock)
+}
+
 impl Spool {
     /// Opens a spool under `root` (created if missing): removes instance directories left by dead processes
     /// (rule 3), then creates and locks this instance's directory.
     pub fn open(root: &Path, budget: MediaBudget) -> Result<Spool, SpoolError> {
-        std::fs::create_dir_all(root).map_err(|e| SpoolError::io(root, e))?;
-        // Rule 3's sweep and the creation of an instance exclude each other: between `create_dir` and `try_lock` a
-        // new instance looks exactly like one whose owner died before locking, and a sweep running then removed it
-        // under its owner. Held only for the sweep and the creation; released when `_open_guard` drops.
-        let open_lock_path = root.join(OPEN_LOCK);
-        let _open_guard = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&open_lock_path)
-            .map_err(|e| SpoolError::io(&open_lock_path, e))?;
-        _open_guard.lock().map_err(|e| SpoolError::io(&open_lock_path, e))?;
+        let _open_guard = open_guard(root)?;
         let removed = clean_stale(root)?;
         if removed > 0 {
             tracing::info!(root = %root.display(), removed, "removed media spool directories of dead processes");
         }
         let name = format!("{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let dir = root.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| SpoolError::io(&dir, e))?;
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|e| SpoolError::io(&lock_path, e))?;
-        lock.try_lock().map_err(|e| {
-            SpoolError::io(
-                &lock_path,
-                std::io::Error::other(format!("instance lock is taken: {e}")),
-            )
-        })?;
+        let lock = lock_instance(&dir)?;
         Ok(Spool {
             inner: Arc::new(SpoolInner {
+                root: root.to_path_buf(),
                 dir,
                 budget,
                 next: AtomicU64::new(0),
-                _lock: lock,
+                lock: std::sync::Mutex::new(lock),
             }),
         })
+    }
+
+    /// Recreates this instance's directory and its lock after something outside the bridge removed them (a tmp
+    /// cleaner, an operator's `rm`): otherwise every later spool file fails `media_spool_io` until a restart.
+    fn restore_dir(&self) -> Result<(), SpoolError> {
+        let _open_guard = open_guard(&self.inner.root)?;
+        if self.inner.dir.join(".lock").exists() {
+            return Ok(()); // another task of this spool restored it first
+        }
+        let lock = lock_instance(&self.inner.dir)?;
+        *self.inner.lock.lock().unwrap_or_else(|p| p.into_inner()) = lock;
+        tracing::warn!(
+            code = "media_spool_io",
+            dir = %self.inner.dir.display(),
+            "media spool directory was removed from outside the bridge; recreated it"
+        );
+        Ok(())
     }
 
     /// This instance's directory.
@@ -222,7 +255,14 @@ impl Spool {
     pub fn create(&self) -> Result<SpoolWriter, SpoolError> {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let path = self.inner.dir.join(format!("{n}.media"));
-        let file = std::fs::File::create(&path).map_err(|e| SpoolError::io(&path, e))?;
+        let file = match std::fs::File::create(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.restore_dir()?;
+                std::fs::File::create(&path)
+            }
+            other => other,
+        }
+        .map_err(|e| SpoolError::io(&path, e))?;
         Ok(SpoolWriter {
             guard: PathGuard(path),
             file: std::io::BufWriter::with_capacity(READ_CHUNK, file),
@@ -561,5 +601,26 @@ mod tests {
                 drop(w.finish().unwrap());
             }
         }
+    }
+
+    /// Something outside the bridge removed the instance directory (a tmp cleaner, an operator): the next spool file
+    /// recreates it, with its lock, instead of every try failing `media_spool_io` until a restart; and a spool opened
+    /// afterwards by another process does not take the restored directory for a dead one.
+    #[test]
+    fn a_directory_removed_from_outside_is_restored_with_its_lock() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), MediaBudget::new(1 << 20)).unwrap();
+        std::fs::remove_dir_all(spool.dir()).unwrap();
+        let mut w = spool.create().unwrap();
+        w.write(b"after the rm").unwrap();
+        let file = w.finish().unwrap();
+        assert!(file.path().exists());
+        let other = Spool::open(root.path(), MediaBudget::new(1 << 20)).unwrap();
+        assert!(
+            spool.dir().join(".lock").exists(),
+            "the sweep left the restored directory alone"
+        );
+        assert!(file.path().exists());
+        drop(other);
     }
 }
