@@ -481,10 +481,16 @@ fn explain(conn: &mut PgConnection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mints invites for the bench's own plain PDS accounts (the bridge's PDS is invite-only, issue 12 §4) with the
-/// bridge's own client call: one client for all of a suite's invites.
+/// `n` random lowercase letters (handles and passwords of the bench's accounts).
+fn rand_name(n: usize) -> String {
+    (0..n).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
+}
+
+/// The bench's own plain PDS accounts (the raw phases' repos): each with an invite minted by the bridge's own client
+/// call (the bridge's PDS is invite-only, issue 12 §4), one client for all of a suite's invites.
 struct Invites {
     pds: divine_atproto::pds::PdsClient,
+    pds_url: String,
     admin_password: String,
 }
 
@@ -493,6 +499,7 @@ impl Invites {
         use divine_atproto::xrpc::{XrpcClient, XrpcConfig};
         Ok(Invites {
             pds: divine_atproto::pds::PdsClient::new(XrpcClient::new(&XrpcConfig::default())?, pds_url),
+            pds_url: pds_url.trim_end_matches('/').to_string(),
             admin_password: admin_password.to_string(),
         })
     }
@@ -504,10 +511,37 @@ impl Invites {
             .await
             .map_err(|e| anyhow::anyhow!("createInviteCode: {e}"))
     }
+
+    /// A new plain account `<prefix><random>.test` with a fresh invite: its `(did, accessJwt)`.
+    async fn plain_account(&self, http: &reqwest::Client, prefix: &str) -> anyhow::Result<(String, String)> {
+        let handle = format!("{prefix}{}.test", rand_name(10));
+        let code = self.mint().await?;
+        let resp = http
+            .post(format!("{}/xrpc/com.atproto.server.createAccount", self.pds_url))
+            .json(&serde_json::json!({
+                "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24),
+                "inviteCode": code
+            }))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("createAccount: HTTP {status}: {body}");
+        }
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow::anyhow!("createAccount answered without {name}: {body}"))
+        };
+        Ok((field("did")?, field("accessJwt")?))
+    }
 }
 
 /// Suite `e2e`: bridge lag and throughput against the localnet, and raw PDS putRecord throughput for comparison.
 mod e2e {
+    use super::rand_name;
     use anyhow::{bail, Context};
     use diesel::prelude::*;
     use divine_bridge_db::schema::{jobs, record_mappings};
@@ -550,10 +584,6 @@ mod e2e {
                 pds_admin_password: var("PDS_ADMIN_PASSWORD")?,
             })
         }
-    }
-
-    fn rand_name(n: usize) -> String {
-        (0..n).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
     }
 
     fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
@@ -753,21 +783,7 @@ mod e2e {
         let setups = (0..n_accounts).map(|_| {
             let (http, env, video, invites) = (&http, &env, &video, &invites);
             async move {
-                let handle = format!("rw{}.test", rand_name(10));
-                let code = invites.mint().await?;
-                let resp = http
-                    .post(format!("{}/xrpc/com.atproto.server.createAccount", env.pds_url))
-                    .json(&serde_json::json!({
-                        "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24),
-                        "inviteCode": code
-                    }))
-                    .send()
-                    .await?;
-                let body = json_or_status(resp, "createAccount").await?;
-                let (did, jwt) = (
-                    body["did"].as_str().unwrap().to_string(),
-                    body["accessJwt"].as_str().unwrap().to_string(),
-                );
+                let (did, jwt) = invites.plain_account(http, "rw").await?;
                 let resp = http
                     .post(format!("{}/xrpc/com.atproto.repo.uploadBlob", env.pds_url))
                     .bearer_auth(&jwt)
@@ -1509,6 +1525,7 @@ mod ingest_bench {
 
 /// Suite `media`: peak RSS of one bridge process bridging several large videos at once (see the module docs).
 mod media {
+    use super::rand_name;
     use super::{env_or, ThrowawayDb};
     use anyhow::{bail, Context};
     use diesel::prelude::*;
@@ -1622,10 +1639,6 @@ mod media {
 
     fn var(name: &str) -> anyhow::Result<String> {
         std::env::var(name).with_context(|| format!("{name} is not set (source the refstack env)"))
-    }
-
-    fn rand_name(n: usize) -> String {
-        (0..n).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
     }
 
     pub fn suite() -> anyhow::Result<()> {
@@ -1805,24 +1818,7 @@ mod media {
         let invites = super::Invites::new(&pds_url, &var("PDS_ADMIN_PASSWORD")?)?;
         let mut raw_accounts = Vec::new();
         for _ in 0..n {
-            let handle = format!("rm{}.test", rand_name(10));
-            let code = invites.mint().await?;
-            let resp = http
-                .post(format!("{pds_url}/xrpc/com.atproto.server.createAccount"))
-                .json(&serde_json::json!({
-                    "handle": handle, "email": format!("{handle}@bench.test"), "password": rand_name(24), "inviteCode": code
-                }))
-                .send()
-                .await?;
-            let status = resp.status();
-            let body: serde_json::Value = resp.json().await?;
-            if !status.is_success() {
-                bail!("createAccount: {status} {body}");
-            }
-            raw_accounts.push((
-                body["did"].as_str().unwrap_or_default().to_string(),
-                body["accessJwt"].as_str().unwrap_or_default().to_string(),
-            ));
+            raw_accounts.push(invites.plain_account(&http, "rm").await?);
         }
         let tids = divine_atbridge::tid::TidGenerator::with_random_clock_id();
         let t1 = Instant::now();
