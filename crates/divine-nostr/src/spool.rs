@@ -47,6 +47,8 @@ const BUDGET_UNIT: u64 = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// The root's lock file, held while an instance is swept or created (a file, so the sweep never removes it).
 const OPEN_LOCK: &str = ".open.lock";
+/// An instance directory's lock file, held by its owner for the spool's lifetime (rule 3).
+const INSTANCE_LOCK: &str = ".lock";
 /// Instances opened in this process (for unique instance directory names).
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
@@ -191,7 +193,7 @@ fn open_guard(root: &Path) -> Result<std::fs::File, SpoolError> {
 /// Creates `dir` and its exclusively locked `.lock` file; call with [`open_guard`] held.
 fn lock_instance(dir: &Path) -> Result<std::fs::File, SpoolError> {
     std::fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
-    let lock_path = dir.join(".lock");
+    let lock_path = dir.join(INSTANCE_LOCK);
     let lock = std::fs::File::create(&lock_path).map_err(|e| SpoolError::io(&lock_path, e))?;
     lock.try_lock().map_err(|e| {
         SpoolError::io(
@@ -229,7 +231,7 @@ impl Spool {
     /// cleaner, an operator's `rm`): otherwise every later spool file fails `media_spool_io` until a restart.
     fn restore_dir(&self) -> Result<(), SpoolError> {
         let _open_guard = open_guard(&self.inner.root)?;
-        if self.inner.dir.join(".lock").exists() {
+        if self.inner.dir.join(INSTANCE_LOCK).exists() {
             return Ok(()); // another task of this spool restored it first
         }
         let lock = lock_instance(&self.inner.dir)?;
@@ -276,7 +278,11 @@ impl Spool {
     /// Files currently in this instance's directory (tests and diagnostics).
     pub fn file_count(&self) -> usize {
         std::fs::read_dir(&self.inner.dir)
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name() != ".lock").count())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name() != INSTANCE_LOCK)
+                    .count()
+            })
             .unwrap_or(0)
     }
 }
@@ -290,7 +296,7 @@ fn clean_stale(root: &Path) -> Result<usize, SpoolError> {
         if !path.is_dir() {
             continue;
         }
-        let lock_path = path.join(".lock");
+        let lock_path = path.join(INSTANCE_LOCK);
         let owner_alive = match std::fs::OpenOptions::new().write(true).open(&lock_path) {
             // Taking the lock proves the owner is gone; it is released when `f` drops, after the removal.
             Ok(f) => match f.try_lock() {
