@@ -21,6 +21,7 @@
 pub use divine_bridge_db::queue::LeasedJob;
 
 use crate::config::ConfigError;
+use divine_bridge_db::accounts;
 use divine_bridge_db::envcfg::Problems;
 use divine_bridge_db::queue::{self, Finish, Finished, Lease, ReclaimPolicy};
 use divine_bridge_db::{Classified, Db, ErrorClass, ErrorCode, JobKind, JobState};
@@ -596,7 +597,21 @@ async fn completer(
                     TryEnd::Returned(o) => o.label(),
                     _ => "retried",
                 };
-                match db.run(move |c| queue::finish(c, lease, &finish)).await {
+                // A publish the gate skipped because the account was paused is finalized against the account, so
+                // an enable that raced the try re-queues it (accounts::finish_skipped, accounts rule 3).
+                let paused_account = match &finish {
+                    Finish::Ineligible { code, .. }
+                        if *code == accounts::DISABLE_CODE && d.job.kind == JobKind::PublishPost =>
+                    {
+                        d.job.account().ok().map(str::to_string)
+                    }
+                    _ => None,
+                };
+                let finalized = db.run(move |c| match paused_account {
+                    Some(account) => accounts::finish_skipped(c, lease, &account, &finish),
+                    None => queue::finish(c, lease, &finish),
+                });
+                match finalized.await {
                     Ok(Finished::Applied(state)) => {
                         let label = match state {
                             JobState::Cancelled => "cancelled",

@@ -14,7 +14,9 @@
 //!    finishes (it was already under way); one that runs later ends `ineligible` with the same code.
 //! 3. Enable re-queues every publish job of the account that ended `cancelled` or `ineligible` with
 //!    `account_disabled` ([`queue::requeue_skipped`]): a cancelled job keeps its unique key, so re-enqueueing the
-//!    event would be a no-op and the post would never be bridged.
+//!    event would be a no-op and the post would never be bridged. A publish try that read the paused account
+//!    before an enable and ends after it is re-queued by its own finalize ([`finish_skipped`]), so no skip outlives
+//!    the pause that caused it.
 //! 4. An account has ONE backfill job key, `backfill:<pubkey>`, re-driven with [`queue::requeue_or_enqueue`]: any
 //!    number of enable/disable rounds leaves at most one live backfill.
 //!
@@ -384,6 +386,44 @@ pub fn resolve_handle(conn: &mut PgConnection, handle: &str) -> Result<Option<St
         .first::<Option<String>>(conn)
         .optional()?
         .flatten())
+}
+
+/// Finalizes a try that ended `ineligible` with [`DISABLE_CODE`] (the publish gate found the account paused), and
+/// re-queues it at once when the account is enabled by then (module rule 3).
+///
+/// Why: the gate reads the account before the try finalizes. An enable committing in between re-queues the jobs
+/// already skipped ([`queue::requeue_skipped`]), but not this one, still running; written `ineligible` afterwards, it
+/// would stay skipped although the pause is over (seen in e2e_lifecycle: enable, disable, enable in quick
+/// succession). So the verdict is written under a share lock on the account's link row, which an enable updates
+/// first: an enable in flight is waited for and then seen here (the job is re-queued, [`queue::retry`]: attempt and
+/// key order kept); an enable that starts later waits for this commit, and its `requeue_skipped` sees the verdict.
+/// Only this job is re-queued: two finalizes re-queueing each other's rows could deadlock.
+pub fn finish_skipped(
+    conn: &mut PgConnection,
+    lease: queue::Lease,
+    account: &str,
+    outcome: &queue::Finish,
+) -> Result<queue::Finished, DbError> {
+    conn.transaction(|conn| {
+        let link: Option<(bool, String)> = account_links::table
+            .find(account)
+            .select((account_links::crosspost_enabled, account_links::provisioning_state))
+            .for_share()
+            .first(conn)
+            .optional()?;
+        let finished = queue::finish(conn, lease, outcome)?;
+        let enabled_now = match link {
+            Some((enabled, state)) => {
+                let state: ProvisioningState = state.parse()?;
+                enabled && !state.is_paused() && !state.is_leaving()
+            }
+            None => false,
+        };
+        if finished == queue::Finished::Applied(JobState::Ineligible) && enabled_now {
+            queue::retry(conn, lease.id)?;
+        }
+        Ok(finished)
+    })
 }
 
 /// Turns cross-posting back on. No-op (returns the link) when it is already on and the account is neither

@@ -780,3 +780,77 @@ fn audited_actions_record_actor_reason_and_states_atomically() {
     );
     assert_eq!(trail[1].before_state, None);
 }
+
+/// A publish try that read the paused account before an enable and finalizes after it: the enable's
+/// `requeue_skipped` could not see it (still running), so its own finalize re-queues it, also when the enable is
+/// still in flight (it waits for it on the link row). Still paused, the skip stands. (CI: e2e_lifecycle's
+/// enable/disable/enable left such a post `ineligible account_disabled` for good.)
+#[test]
+fn a_skip_finalized_after_an_enable_is_requeued() {
+    let db = TestDb::migrated("acc_skip_after_enable");
+    let mut c = db.conn();
+    accounts::opt_in(&mut c, &req(A, "alice.divine.test")).unwrap();
+    accounts::mark_ready(&mut c, A, "did:plc:alice").unwrap();
+    let skipped = queue::Finish::Ineligible {
+        code: accounts::DISABLE_CODE,
+        detail: "account is disabled or suspended".into(),
+    };
+    let lease_publish = |c: &mut PgConnection, event: &str| {
+        let id = publish_job(c, A, event);
+        let leased = queue::lease(c, "w1", 100, std::time::Duration::from_secs(60)).unwrap();
+        leased
+            .iter()
+            .find(|j| j.id == id)
+            .expect("the publish job is leased")
+            .lease()
+    };
+
+    // Paused when the gate read it, enabled before the finalize: re-queued, attempt kept.
+    let raced = lease_publish(&mut c, &"1".repeat(64));
+    accounts::disable(&mut c, A).unwrap();
+    accounts::enable(&mut c, A).unwrap();
+    assert_eq!(
+        job_state(&mut c, raced.id),
+        "running",
+        "enable leaves a running try alone"
+    );
+    assert_eq!(
+        accounts::finish_skipped(&mut c, raced, A, &skipped).unwrap(),
+        queue::Finished::Applied(divine_bridge_db::JobState::Ineligible)
+    );
+    let j = queue::get(&mut c, raced.id).unwrap().unwrap();
+    assert_eq!(
+        (j.state.to_string(), j.attempt, j.finished_at),
+        ("queued".into(), 1, None)
+    );
+
+    // Still paused: the skip stands (enable will re-queue it).
+    let paused = lease_publish(&mut c, &"2".repeat(64));
+    accounts::disable(&mut c, A).unwrap();
+    accounts::finish_skipped(&mut c, paused, A, &skipped).unwrap();
+    assert_eq!(job_state(&mut c, paused.id), "ineligible");
+
+    // An enable in flight (its link update not yet committed): the finalize waits for it, then re-queues.
+    let in_flight = lease_publish(&mut c, &"3".repeat(64));
+    use diesel::connection::SimpleConnection;
+    let mut enabler = db.conn();
+    enabler
+        .batch_execute(&format!(
+            "BEGIN; UPDATE account_links SET crosspost_enabled = true, provisioning_state = 'ready', \
+             disabled_at = NULL WHERE nostr_pubkey = '{A}'"
+        ))
+        .unwrap();
+    let finalizer = {
+        let url = db.url.clone();
+        let skipped = skipped.clone();
+        std::thread::spawn(move || {
+            let mut c = PgConnection::establish(&url).unwrap();
+            accounts::finish_skipped(&mut c, in_flight, A, &skipped).unwrap()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!finalizer.is_finished(), "the finalize waits for the enable in flight");
+    enabler.batch_execute("COMMIT").unwrap();
+    finalizer.join().unwrap();
+    assert_eq!(job_state(&mut c, in_flight.id), "queued");
+}
