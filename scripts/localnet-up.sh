@@ -48,7 +48,15 @@ MEDIA_URL="http://127.0.0.1:$MEDIA_P"
 GATEWAY_URL="http://127.0.0.1:$GATEWAY_P"
 BRIDGE_HTTP_URL="http://127.0.0.1:$BRIDGE_P"
 HANDLE_DOMAIN="test"
-DATABASE_URL="postgres://postgres@${PGHOST_ADDR}:${PGPORT_NUM}/$DB"
+# TLS to a Postgres on loopback protects nothing and costs both ends CPU on every round trip (libpq's default
+# sslmode=prefer negotiates it whenever the server has ssl=on, as Debian's does): ~8 % of the bridge's CPU and a share
+# of Postgres's in the e2e bench, next to the PDS on the same cores. A localnet pointed at another host keeps prefer;
+# production uses sslmode=require or stricter (launch-checklist.md).
+case "$PGHOST_ADDR" in
+  127.* | ::1 | localhost) DB_TLS="?sslmode=disable" ;;
+  *) DB_TLS="" ;;
+esac
+DATABASE_URL="postgres://postgres@${PGHOST_ADDR}:${PGPORT_NUM}/$DB$DB_TLS"
 
 # refstack.sh with this localnet's run dir and ports (and nothing inherited from a caller such as scripts/test.sh).
 refstack() { RUN_DIR="$REFSTACK_RUN" PLC_PORT="$PLC_P" PDS_PORT="$PDS_P" PDS_ADMIN_PASSWORD="$ADMIN_PW" scripts/refstack.sh "$@"; }
