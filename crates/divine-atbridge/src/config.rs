@@ -327,9 +327,14 @@ impl std::fmt::Debug for IdentityConfig {
 
 /// `KEY_ENCRYPTION_KEY`: must parse as [`crate::keys::KeyEncryptionKey`] (the one definition of a valid key). The
 /// common mistake — 64 hex digits from `openssl rand -hex 32`, which is also valid base64 of 48 bytes — gets a hint
-/// saying so and how to generate a key. The value itself is never echoed. Returns the parsed keys, in order.
+/// saying so and how to generate a key. The value itself is never echoed. Returns the parsed keys, in order. The
+/// list is split by [`crate::keys::kek_entries`], as `keys rotate` splits it: an empty entry is refused, never dropped.
 pub fn check_kek(raw: &str) -> Result<Vec<crate::keys::KeyEncryptionKey>, String> {
-    envcfg::list(raw).iter().map(|key| check_one_kek(key)).collect()
+    let several = raw.contains(',');
+    crate::keys::kek_entries(raw)
+        .enumerate()
+        .map(|(i, key)| check_one_kek(key).map_err(|e| if several { format!("entry {}: {e}", i + 1) } else { e }))
+        .collect()
 }
 
 fn check_one_kek(raw: &str) -> Result<crate::keys::KeyEncryptionKey, String> {
@@ -947,6 +952,15 @@ mod tests {
         assert_eq!(ring.ids(), [expected]);
         let e = check_kek("c2hvcnQ=").unwrap_err();
         assert!(e.contains("32 bytes") && e.contains("openssl rand -base64 32"), "{e}");
+        // An empty entry (an unset `$OLD` in `$NEW,$OLD`) is refused with its position, as `keys rotate` refuses it.
+        for (list, entry) in [
+            (format!("{KEK},"), "entry 2"),
+            (format!("{KEK}, ,{KEK}"), "entry 2"),
+            (format!(",{KEK}"), "entry 1"),
+        ] {
+            let e = check_kek(&list).unwrap_err();
+            assert!(e.contains(entry) && e.contains("empty"), "{list}: {e}");
+        }
     }
 
     #[test]

@@ -296,12 +296,19 @@ impl From<KeyEncryptionKey> for KeyRing {
     }
 }
 
+/// The entries of a `KEY_ENCRYPTION_KEY` value, in order (the one split of that list, for the worker's configuration
+/// check and `keys rotate`). Every comma separates two entries, so an empty one (`K1,,K2`, or `K1,` from an unset
+/// variable in `$NEW,$OLD` during a rotation) stays in the list and its parse refuses it: dropped, it would start the
+/// bridge without the old key, and every secret still sealed by that key would fail to unseal at run time.
+pub fn kek_entries(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+}
+
 impl KeyRing {
     /// `KEY_ENCRYPTION_KEY`: one or more base64 keys, comma-separated, the sealing one first. Every entry must
     /// parse and the ids must differ (a key listed twice is a configuration mistake, not a no-op).
     pub fn from_base64_list(list: &str) -> Result<KeyRing, KeyError> {
-        let keys = list
-            .split(',')
+        let keys = kek_entries(list)
             .enumerate()
             .map(|(i, part)| {
                 KeyEncryptionKey::from_base64(part).map_err(|e| KeyError::KekInvalid(format!("entry {}: {e}", i + 1)))
@@ -696,6 +703,15 @@ mod tests {
                 .code(),
             ErrorCode::KeyEncryptionKeyInvalid
         );
+        // An empty entry is refused, not dropped (an unset `$OLD` in `$NEW,$OLD`).
+        for list in [
+            format!("{},", b64([2u8; 32])),
+            format!("{},,{}", b64([2u8; 32]), b64([1u8; 32])),
+        ] {
+            let e = KeyRing::from_base64_list(&list).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::KeyEncryptionKeyInvalid);
+            assert!(e.to_string().contains("empty"), "{e}");
+        }
         // Keys parsed elsewhere (the worker's configuration check) make the same ring without a second parse.
         let parsed = KeyRing::from_keys(vec![new.clone(), old.clone()]).unwrap();
         assert_eq!(parsed.ids(), ring.ids());
