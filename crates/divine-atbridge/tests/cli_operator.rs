@@ -349,6 +349,8 @@ fn db_roles_creates_a_schema_owning_worker_and_a_gateway_kept_from_keys() {
     assert!(!sql.contains(" ON account_keys "), "{sql}");
 
     let apply = [&args[..], &["--apply"]].concat();
+    // `--apply` creates roles: serialized with every other test process that does (TestDb::roles_lock).
+    let roles_lock = db.roles_lock();
     let first = cli(&db, &apply);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     assert!(stdout(&first).contains("not migrated yet"), "{}", stdout(&first));
@@ -363,6 +365,7 @@ fn db_roles_creates_a_schema_owning_worker_and_a_gateway_kept_from_keys() {
         assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
         assert!(stdout(&again).contains("gateway grants applied"), "{}", stdout(&again));
     }
+    drop(roles_lock);
     let owner: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
         "(SELECT tableowner::text FROM pg_tables WHERE tablename = 'account_keys')",
     ))

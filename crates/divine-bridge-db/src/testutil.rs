@@ -11,6 +11,11 @@ struct Pid {
     pid: i32,
 }
 
+/// The cross-process roles lock of [`TestDb::roles_lock`]; released when its session ends (on drop).
+pub struct RolesLock {
+    _admin: PgConnection,
+}
+
 /// A uniquely named database that is dropped (with `FORCE`) when this value is dropped.
 pub struct TestDb {
     /// Connection URL of the test database.
@@ -115,16 +120,22 @@ impl TestDb {
     pub fn with_roles_deferred(&self, tag: &str) -> (crate::roles::Roles, crate::roles::Applied) {
         let roles = crate::roles::Roles::new(&format!("{tag}_worker"), &format!("{tag}_gateway")).expect("role names");
         self.drop_roles_with_db(roles.clone());
-        // Roles, memberships and grants of roles live in cluster-wide catalogs: two test processes applying their
-        // roles at once deadlocked on them (CI: `deadlock detected` in e2e_chaos). One advisory lock in the server's
-        // `postgres` database (advisory locks are per database) serializes them; it ends with `admin`.
+        let _lock = self.roles_lock();
+        let applied = crate::roles::apply(&mut self.conn(), &roles).expect("apply roles SQL");
+        (roles, applied)
+    }
+
+    /// Serializes creating and granting roles across test processes until the guard drops. Roles, memberships and
+    /// grants of roles live in cluster-wide catalogs: two test processes applying their roles at once deadlocked on
+    /// them (CI: `deadlock detected` in e2e_chaos). One advisory lock in the server's `postgres` database (advisory
+    /// locks are per database) serializes them. Take it around anything that creates roles, also through the CLI
+    /// (`db roles --apply`).
+    pub fn roles_lock(&self) -> RolesLock {
         let mut admin = PgConnection::establish(&self.admin_url).expect("connect to test Postgres server");
         diesel::sql_query("SELECT pg_advisory_lock(7243001)")
             .execute(&mut admin)
             .expect("take the roles lock");
-        let applied = crate::roles::apply(&mut self.conn(), &roles).expect("apply roles SQL");
-        drop(admin);
-        (roles, applied)
+        RolesLock { _admin: admin }
     }
 
     /// Drops `roles` (created by someone else, e.g. the CLI) after this database.
