@@ -60,7 +60,9 @@
 //!   `raw_upload_put_busy_cores` — where the machine's CPU went in the two compared phases, per post, by process
 //!   group (`pds`, `bridge`, `relay`, `postgres`, `media`, `gateway`, `bench`, `other`; see [`cpu`]);
 //!   `<phase>_pds_main_on_cpu`, `<phase>_pds_main_runqueue_wait` (fractions of the phase's wall time the PDS's main
-//!   thread ran, and was runnable but waited for a CPU) and `<phase>_pds_runqueue_wait_ms_per_post`;
+//!   thread ran, and was runnable but waited for a CPU), `<phase>_pds_runqueue_wait_ms_per_post` and
+//!   `<phase>_steal_cores` (CPU the virtual machine's host took from it); the same for the second pair as `burst2_*`
+//!   and `raw_upload_put2_*`;
 //! - `slo_fraction_le_5m` / `slo_fraction_le_30m` — of the bridge's publish/delete/profile jobs that ended during the
 //!   run, the fraction that ended `succeeded`/`ineligible` within 5 / 30 min of the event (`bridge_e2e_lag_seconds`
 //!   from `BRIDGE_HTTP_URL/metrics`, deltas over the run — the recording rules' definition);
@@ -819,6 +821,7 @@ mod e2e {
         // videos: the host's speed drifts by tens of percent between phases seconds apart (the PDS's CPU cost per post
         // moved between 12 and 21 ms from one phase to the next in one run, see crossposting.md), and a drift that
         // is linear over the four phases cancels out of the sums.
+        let raw2_cpu = super::cpu::sample();
         let (full2_posts, full2_secs) = raw_writes(
             &http,
             &env,
@@ -829,7 +832,10 @@ mod e2e {
         )
         .await?;
         eprintln!("bench: raw uploadBlob+putRecord (second): {full2_posts} posts in {full2_secs:.2} s");
+        let raw2_cpu_after = super::cpu::sample();
+        let burst2_cpu = super::cpu::sample();
         let burst2 = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, second_videos.tags.clone()).await?;
+        let burst2_cpu_after = super::cpu::sample();
         eprintln!(
             "bench: burst (second): {n_events} events bridged in {:.2} s",
             burst2.secs
@@ -885,6 +891,8 @@ mod e2e {
         // Where the machine's CPU went in each of the two compared phases (per post, per process group).
         super::cpu::print("burst", &burst_cpu, &burst_cpu_after, n_events);
         super::cpu::print("raw_upload_put", &raw_cpu, &raw_cpu_after, full_posts);
+        super::cpu::print("raw_upload_put2", &raw2_cpu, &raw2_cpu_after, full2_posts);
+        super::cpu::print("burst2", &burst2_cpu, &burst2_cpu_after, n_events);
         println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
         println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
         // The zero-loss SLO over this run (deltas of the bridge's own counters), after one complete reconciliation
@@ -1970,11 +1978,12 @@ mod cpu {
         RULES.iter().map(|(g, _)| *g).chain(["bench", "other"])
     }
 
-    /// One reading: CPU seconds per group, the machine's busy seconds, the PDS main thread's scheduler times, and
-    /// when.
+    /// One reading: CPU seconds per group, the machine's busy and stolen seconds, the PDS main thread's scheduler
+    /// times, and when.
     pub struct Sample {
         groups: BTreeMap<&'static str, f64>,
         busy: f64,
+        steal: f64,
         pds_main: Option<Schedstat>,
         at: Instant,
     }
@@ -2044,30 +2053,38 @@ mod cpu {
                 *groups.entry(g).or_default() += secs;
             }
         }
-        // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...; busy = all but idle+iowait.
-        let busy = std::fs::read_to_string("/proc/stat")
+        let (busy, steal) = std::fs::read_to_string("/proc/stat")
             .ok()
-            .and_then(|s| {
-                let v: Vec<f64> = s
-                    .lines()
-                    .next()?
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|x| x.parse().ok())
-                    .collect();
-                Some(v.iter().sum::<f64>() - v.get(3).copied().unwrap_or(0.0) - v.get(4).copied().unwrap_or(0.0))
-            })
-            .unwrap_or(0.0);
+            .and_then(|s| busy_and_steal(s.lines().next()?))
+            .unwrap_or_default();
         Sample {
             groups,
             busy: busy / TICKS_PER_SEC,
+            steal: steal / TICKS_PER_SEC,
             pds_main,
             at: Instant::now(),
         }
     }
 
-    /// Prints `<prefix>_cpu_<group>_ms_per_post` for every group and `<prefix>_busy_cores` (machine-wide CPU
-    /// seconds per wall second) between two samples.
+    /// The first line of `/proc/stat` (`cpu user nice system idle iowait irq softirq steal guest guest_nice`, in
+    /// ticks): (busy, steal). Busy is everything but idle, iowait and steal; guest time is already inside user and
+    /// nice. Steal is time this virtual machine's CPUs were runnable while the host ran something else: on a shared
+    /// host it is what makes one phase slower than the next with the same work, so it is printed per phase.
+    fn busy_and_steal(line: &str) -> Option<(f64, f64)> {
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+        let steal = at(7);
+        let busy = (0..8).map(at).sum::<f64>() - at(3) - at(4) - steal;
+        Some((busy, steal))
+    }
+
+    /// Prints `<prefix>_cpu_<group>_ms_per_post` for every group, `<prefix>_busy_cores` (machine-wide CPU seconds per
+    /// wall second) and `<prefix>_steal_cores` (CPU seconds the host took from this machine per wall second) between
+    /// two samples.
     pub fn print(prefix: &str, before: &Sample, after: &Sample, posts: usize) {
         for g in groups() {
             let secs = after.groups.get(g).copied().unwrap_or(0.0) - before.groups.get(g).copied().unwrap_or(0.0);
@@ -2078,6 +2095,7 @@ mod cpu {
         }
         let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
         println!("{prefix}_busy_cores={:.2}", (after.busy - before.busy) / wall);
+        println!("{prefix}_steal_cores={:.2}", (after.steal - before.steal) / wall);
         // The PDS main thread's share of the wall time on a CPU and waiting for one, and that wait per post.
         if let (Some(a), Some(b)) = (before.pds_main, after.pds_main) {
             let waiting = (b.waiting - a.waiting).max(0.0);
@@ -2107,6 +2125,14 @@ mod cpu {
             );
             assert_eq!(super::group("1", "node", "node\0/x/plc.cjs\0"), "other");
             assert_eq!(super::group(&std::process::id().to_string(), "bench", ""), "bench");
+        }
+
+        #[test]
+        fn steal_is_apart_from_busy() {
+            // user nice system idle iowait irq softirq steal guest guest_nice
+            let (busy, steal) = super::busy_and_steal("cpu  100 10 30 500 20 0 5 40 7 0").unwrap();
+            assert_eq!((busy, steal), (145.0, 40.0));
+            assert!(super::busy_and_steal("cpu  1 x 3").is_none());
         }
 
         #[test]
