@@ -52,10 +52,10 @@
 //!   with an uploadBlob before each putRecord — the PDS work the bridge does per post) and
 //!   `bridge_vs_raw_upload_put_ratio`: measured over two pairs of phases in the order burst, raw, raw, burst (each
 //!   with its own videos; posts per second over the summed times, so a drift of the host's speed cancels), with each
-//!   pair's own ratio as `bridge_vs_raw_upload_put_ratio_first_pair` / `_second_pair`; `e2e_lag_unloaded_p50_ms` / `_max_ms` from one warm-up event per account
-//!   published one at a time; `burst_phase_<phase>_mean_ms` (the bridge's `bridge_publish_phase_seconds` over the
-//!   burst: where a publish try's time goes) and `burst_publish_try_mean_ms`. The bridge's own media fetch time
-//!   goes to stderr.
+//!   pair's own ratio as `bridge_vs_raw_upload_put_ratio_first_pair` / `_second_pair`; `e2e_lag_unloaded_p50_ms` /
+//!   `_max_ms` from one warm-up event per account published one at a time; `burst_phase_<phase>_mean_ms` (the
+//!   bridge's `bridge_publish_phase_seconds` over the burst: where a publish try's time goes) and
+//!   `burst_publish_try_mean_ms`. The bridge's own media fetch time goes to stderr.
 //! - `burst_cpu_<group>_ms_per_post` / `raw_upload_put_cpu_<group>_ms_per_post` and `burst_busy_cores` /
 //!   `raw_upload_put_busy_cores` — where the machine's CPU went in the two compared phases, per post, by process
 //!   group (`pds`, `bridge`, `relay`, `postgres`, `media`, `gateway`, `bench`, `other`; see [`cpu`]);
