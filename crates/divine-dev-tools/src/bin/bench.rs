@@ -737,9 +737,15 @@ mod e2e {
             percentile_ms(&steady.lags, 0.99)
         );
         let burst_before = super::slo::scrape(&http, &metrics_url).await?;
-        let burst_cpu = super::cpu::sample();
-        let burst = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, burst_videos.tags.clone()).await?;
-        let burst_cpu_after = super::cpu::sample();
+        let (burst, burst_cpu) = super::cpu::during(bridge_phase(
+            &db,
+            &client,
+            &keys,
+            n_events,
+            Shape::Burst,
+            burst_videos.tags.clone(),
+        ))
+        .await?;
         let burst_after = super::slo::scrape(&http, &metrics_url).await?;
         eprintln!(
             "bench: burst: {n_events} events bridged in {:.2} s; lag p50 {:.0} ms, p99 {:.0} ms",
@@ -805,37 +811,39 @@ mod e2e {
             join_all(setups).await.into_iter().collect::<anyhow::Result<_>>()?;
         let (raw_posts, raw_secs) = raw_writes(&http, &env, &raw_accounts, &sample_record, n_events, None).await?;
         eprintln!("bench: raw putRecord: {raw_posts} posts over {n_accounts} repos in {raw_secs:.2} s");
-        let raw_cpu = super::cpu::sample();
-        let (full_posts, full_secs) = raw_writes(
+        let ((full_posts, full_secs), raw_cpu) = super::cpu::during(raw_writes(
             &http,
             &env,
             &raw_accounts,
             &sample_record,
             n_events,
             Some(&burst_videos.bytes),
-        )
+        ))
         .await?;
-        let raw_cpu_after = super::cpu::sample();
         eprintln!("bench: raw uploadBlob+putRecord: {full_posts} posts over {n_accounts} repos in {full_secs:.2} s");
         // 4. The compared pair again in the opposite order (raw, then bridged: burst, raw, raw, burst), each with new
         // videos: the host's speed drifts by tens of percent between phases seconds apart (the PDS's CPU cost per post
         // moved between 12 and 21 ms from one phase to the next in one run, see crossposting.md), and a drift that
         // is linear over the four phases cancels out of the sums.
-        let raw2_cpu = super::cpu::sample();
-        let (full2_posts, full2_secs) = raw_writes(
+        let ((full2_posts, full2_secs), raw2_cpu) = super::cpu::during(raw_writes(
             &http,
             &env,
             &raw_accounts,
             &sample_record,
             n_events,
             Some(&second_videos.bytes),
-        )
+        ))
         .await?;
         eprintln!("bench: raw uploadBlob+putRecord (second): {full2_posts} posts in {full2_secs:.2} s");
-        let raw2_cpu_after = super::cpu::sample();
-        let burst2_cpu = super::cpu::sample();
-        let burst2 = bridge_phase(&db, &client, &keys, n_events, Shape::Burst, second_videos.tags.clone()).await?;
-        let burst2_cpu_after = super::cpu::sample();
+        let (burst2, burst2_cpu) = super::cpu::during(bridge_phase(
+            &db,
+            &client,
+            &keys,
+            n_events,
+            Shape::Burst,
+            second_videos.tags.clone(),
+        ))
+        .await?;
         eprintln!(
             "bench: burst (second): {n_events} events bridged in {:.2} s",
             burst2.secs
@@ -889,10 +897,10 @@ mod e2e {
         );
         println!("burst_publish_try_mean_ms={:.2}", try_mean * 1000.0);
         // Where the machine's CPU went in each of the two compared phases (per post, per process group).
-        super::cpu::print("burst", &burst_cpu, &burst_cpu_after, n_events);
-        super::cpu::print("raw_upload_put", &raw_cpu, &raw_cpu_after, full_posts);
-        super::cpu::print("raw_upload_put2", &raw2_cpu, &raw2_cpu_after, full2_posts);
-        super::cpu::print("burst2", &burst2_cpu, &burst2_cpu_after, n_events);
+        super::cpu::print("burst", &burst_cpu, n_events);
+        super::cpu::print("raw_upload_put", &raw_cpu, full_posts);
+        super::cpu::print("raw_upload_put2", &raw2_cpu, full2_posts);
+        super::cpu::print("burst2", &burst2_cpu, n_events);
         println!("e2e_lag_unloaded_p50_ms={:.0}", percentile_ms(&unloaded, 0.50));
         println!("e2e_lag_unloaded_max_ms={:.0}", percentile_ms(&unloaded, 1.0));
         // The zero-loss SLO over this run (deltas of the bridge's own counters), after one complete reconciliation
@@ -1980,7 +1988,7 @@ mod cpu {
 
     /// One reading: CPU seconds per group, the machine's busy and stolen seconds, the PDS main thread's scheduler
     /// times, and when.
-    pub struct Sample {
+    struct Sample {
         groups: BTreeMap<&'static str, f64>,
         busy: f64,
         steal: f64,
@@ -2029,7 +2037,7 @@ mod cpu {
         Some((comm, ticks / TICKS_PER_SEC))
     }
 
-    pub fn sample() -> Sample {
+    fn sample() -> Sample {
         let mut groups: BTreeMap<&'static str, f64> = groups().map(|g| (g, 0.0)).collect();
         let mut pds_main = None;
         if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -2082,10 +2090,30 @@ mod cpu {
         Some((busy, steal))
     }
 
+    /// The readings at the start and the end of one phase.
+    pub struct Window {
+        before: Sample,
+        after: Sample,
+    }
+
+    /// Runs one phase between two readings.
+    pub async fn during<T>(phase: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Window)> {
+        let before = sample();
+        let out = phase.await?;
+        Ok((
+            out,
+            Window {
+                before,
+                after: sample(),
+            },
+        ))
+    }
+
     /// Prints `<prefix>_cpu_<group>_ms_per_post` for every group, `<prefix>_busy_cores` (machine-wide CPU seconds per
-    /// wall second) and `<prefix>_steal_cores` (CPU seconds the host took from this machine per wall second) between
-    /// two samples.
-    pub fn print(prefix: &str, before: &Sample, after: &Sample, posts: usize) {
+    /// wall second) and `<prefix>_steal_cores` (CPU seconds the host took from this machine per wall second) over
+    /// one phase.
+    pub fn print(prefix: &str, window: &Window, posts: usize) {
+        let Window { before, after } = window;
         for g in groups() {
             let secs = after.groups.get(g).copied().unwrap_or(0.0) - before.groups.get(g).copied().unwrap_or(0.0);
             println!(
